@@ -1,0 +1,24 @@
+"""The Flask app factory: one blueprint per protocol surface, backends
+passed in, nothing connected at import time."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ..config import Config
+from ..driver import Driver
+from ..ipam import Ipam
+from . import errors, ipam, network, plugin
+
+MAX_BODY = 1 << 20   # Docker's requests are a few hundred bytes; refuse anything over 1 MiB
+
+
+def create_app(cfg: Config, driver: Driver, ipam_backend: Ipam) -> Flask:
+    app = Flask("netplugin")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["netplugin"] = {"cfg": cfg, "driver": driver, "ipam": ipam_backend}
+    app.register_blueprint(plugin.bp)
+    app.register_blueprint(network.bp)
+    app.register_blueprint(ipam.bp)
+    errors.register(app)
+    return app

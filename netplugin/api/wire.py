@@ -1,0 +1,77 @@
+"""What every protocol handler shares: reading the JSON body, checking
+fields, the per-call deadline, the reply's content type and one log line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from flask import Response, current_app, g, request
+
+from .. import deadline
+from ..errors import InvalidRequest
+
+log = logging.getLogger("netplugin.api")
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+
+
+def reply(obj: dict, status: int = 200) -> Response:
+    return Response(json.dumps(obj), status=status, mimetype=CONTENT_TYPE)
+
+
+def backend(name: str) -> Any:
+    return current_app.extensions["netplugin"][name]
+
+
+def field(body: dict, name: str, kind: type | tuple = str, required: bool = True, default: Any = None) -> Any:
+    """body[name], checked for presence and type, with a message that names it."""
+    if name not in body or body[name] is None:
+        if required:
+            raise InvalidRequest(f"field {name} is missing from the request")
+        return default
+    value = body[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidRequest(f"field {name} must be a {want}, not {type(value).__name__}")
+    return value
+
+
+def _body() -> dict:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def protocol(fn: Callable[[dict], dict]) -> Callable[[], Response]:
+    """Wrap a handler taking the parsed body: deadline, reply, one log line."""
+    @functools.wraps(fn)
+    def handler() -> Response:
+        g.started = time.monotonic()
+        g.body = {}
+        body = g.body = _body()
+        with deadline.within(backend("cfg").handler_deadline):
+            result = fn(body)
+        log_call(200)
+        return reply(result)
+    return handler
+
+
+def log_call(status: int, error: str = "") -> None:
+    """One line per protocol call: method, ids, outcome and duration."""
+    body = getattr(g, "body", None) or {}
+    started = getattr(g, "started", time.monotonic())
+    ids = " ".join(f"{k}={str(body[k])[:12]}" for k in ("NetworkID", "EndpointID", "PoolID", "Address")
+                   if isinstance(body.get(k), str) and body.get(k))
+    level = logging.INFO if status < 500 else logging.ERROR
+    log.log(level, "%s %s status=%d ms=%.1f%s", request.path.lstrip("/"), ids, status,
+            (time.monotonic() - started) * 1000, f" error={error!r}" if error else "")

@@ -1,0 +1,139 @@
+"""All settings in one dataclass, read from defaults, a TOML file, the
+environment (``NETPLUGIN_<FIELD>``) and command-line flags, later winning.
+
+Example file (``/etc/netplugin/netplugin.toml``)::
+
+    etcd_endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+    host_id = "db-host-17"
+    bridge = "netplugin0"
+    datapath_type = "system"
+    uplink = "bond0"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .errors import InvalidRequest
+
+DEFAULT_CONFIG_FILE = "/etc/netplugin/netplugin.toml"
+ENV_PREFIX = "NETPLUGIN_"
+
+# Names that reach OVS or the kernel are checked against this before use.
+_IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass
+class Config:
+    """Settings of the daemon and of netctl."""
+
+    etcd_endpoints: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    etcd_prefix: str = "/netplugin/v1"
+    etcd_timeout: float = 3.0
+    etcd_cacert: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    etcd_user: str | None = None
+    etcd_password: str | None = None
+    host_id: str = field(default_factory=socket.gethostname)
+    bridge: str = "netplugin0"
+    datapath_type: str = "system"
+    uplink: str | None = None
+    socket: str = "/run/docker/plugins/netplugin.sock"
+    socket_group: str | None = None
+    mtu: int = 1500
+    ovsdb: str = "unix:/var/run/openvswitch/db.sock"
+    ovs_timeout: float = 5.0
+    docker_url: str = "unix:///var/run/docker.sock"
+    docker_timeout: float = 5.0
+    handler_deadline: float = 20.0
+    threads: int = 32
+    log_level: str = "INFO"
+
+    def validate(self) -> "Config":
+        """Raise InvalidRequest naming the first setting that cannot work."""
+        if not self.etcd_endpoints:
+            raise InvalidRequest("etcd_endpoints is empty: give at least one URL such as http://127.0.0.1:2379")
+        for url in self.etcd_endpoints:
+            if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d+/?$", url):
+                raise InvalidRequest(f"etcd endpoint {url!r} is not of the form http(s)://HOST:PORT")
+        if not _HOST_ID_RE.match(self.host_id or ""):
+            raise InvalidRequest(f"host_id {self.host_id!r} must be 1-63 letters, digits, '.', '_' or '-'")
+        if not _IFACE_RE.match(self.bridge or ""):
+            raise InvalidRequest(f"bridge {self.bridge!r} is not a valid interface name (1-15 letters, digits, '.', '_', '-')")
+        if self.uplink is not None and not _IFACE_RE.match(self.uplink):
+            raise InvalidRequest(f"uplink {self.uplink!r} is not a valid interface name")
+        if self.datapath_type not in ("system", "netdev"):
+            raise InvalidRequest(f"datapath_type {self.datapath_type!r} must be 'system' or 'netdev'")
+        if not 576 <= int(self.mtu) <= 9216:
+            raise InvalidRequest(f"mtu {self.mtu} must be between 576 and 9216")
+        if not self.etcd_prefix.startswith("/") or self.etcd_prefix.endswith("/"):
+            raise InvalidRequest("etcd_prefix must start with '/' and not end with '/'")
+        if bool(self.etcd_user) != bool(self.etcd_password):
+            raise InvalidRequest("etcd_user and etcd_password go together: give both or neither")
+        if bool(self.etcd_cert) != bool(self.etcd_key):
+            raise InvalidRequest("etcd_cert and etcd_key go together: give both or neither")
+        return self
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """Turn a string from the environment or a flag into the field's type."""
+    if raw is None:
+        return None
+    text = str(kind)
+    if "list" in text:
+        if isinstance(raw, list):
+            return [str(x) for x in raw]
+        return [part.strip() for part in str(raw).split(",") if part.strip()]
+    if text.startswith("int") or kind is int:
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"setting {name} must be a whole number, not {raw!r}") from None
+    if text.startswith("float") or kind is float:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"setting {name} must be a number, not {raw!r}") from None
+    return str(raw)
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build a Config: defaults < file < environment < overrides (flags).
+
+    A missing default file is fine; a missing file that was asked for is not.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name: f.type for f in fields(Config)}
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    file_path = path or DEFAULT_CONFIG_FILE
+    if os.path.exists(file_path):
+        try:
+            with open(file_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidRequest(f"cannot read config file {file_path}: {exc}") from None
+        for key, raw in data.items():
+            key = key.replace("-", "_")
+            if key not in known:
+                raise InvalidRequest(f"config file {file_path}: unknown setting {key!r}")
+            values[key] = _coerce(key, known[key], raw)
+    elif path:
+        raise InvalidRequest(f"config file {path} does not exist")
+    for key, kind in known.items():
+        raw = env.get(ENV_PREFIX + key.upper())
+        if raw is not None and raw != "":
+            values[key] = _coerce(key, kind, raw)
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            values[key] = _coerce(key, known[key], raw)
+    return dataclasses.replace(Config(), **values).validate()

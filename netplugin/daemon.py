@@ -1,0 +1,112 @@
+"""The ``netplugin`` daemon: gunicorn serving the Flask app on a root-only
+unix socket. It listens before it connects to anything: etcd, OVS and Docker
+are reached on first use, so Docker never finds the socket missing because a
+backend is slow, and calls made while etcd is down fail with "store
+unavailable" instead of hanging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import logging
+import os
+import sys
+import threading
+import time
+
+from . import __version__
+from .config import Config, load
+from .errors import NetpluginError
+
+log = logging.getLogger("netplugin")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="netplugin", description="Docker network and IPAM driver on Open vSwitch.")
+    p.add_argument("--config", help="TOML settings file (default /etc/netplugin/netplugin.toml if present)")
+    p.add_argument("--etcd-endpoints", help="comma-separated etcd URLs, e.g. http://127.0.0.1:2379")
+    p.add_argument("--host-id", help="this host's id in the cluster (default: the hostname)")
+    p.add_argument("--bridge", help="OVS bridge name (default netplugin0)")
+    p.add_argument("--datapath-type", choices=["system", "netdev"], help="OVS datapath type")
+    p.add_argument("--uplink", help="interface that trunks the VLANs to other hosts")
+    p.add_argument("--socket", help="plugin socket (default /run/docker/plugins/netplugin.sock)")
+    p.add_argument("--socket-group", help="group that may use the socket besides root")
+    p.add_argument("--mtu", type=int, help="MTU of container interfaces (default 1500)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--version", action="version", version=f"netplugin {__version__}")
+    return p.parse_args(argv)
+
+
+def settings(argv: list[str] | None = None) -> Config:
+    args = parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    return load(args.config, overrides=flags)
+
+
+def secure_socket(path: str, group: str | None) -> None:
+    """Root-only: mode 0660, owner root, group root or the configured group."""
+    gid = grp.getgrnam(group).gr_gid if group else 0
+    os.chown(path, 0, gid)
+    os.chmod(path, 0o660)
+
+
+def background_start(driver) -> None:
+    """Prepare the bridge and compare OVS with etcd, retrying until both answer."""
+    def run():
+        while True:
+            try:
+                driver.ensure_bridge()
+                driver.compare_ports_with_store()
+                return
+            except NetpluginError as exc:
+                log.warning("start-up check waits: %s", exc.message)
+                time.sleep(2)
+    threading.Thread(target=run, name="startup-check", daemon=True).start()
+
+
+def serve(cfg: Config) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from .api import create_app
+    from .backends import make_driver
+
+    os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in {
+                "bind": f"unix:{cfg.socket}", "workers": 1, "worker_class": "gthread",
+                "threads": cfg.threads, "umask": 0o117, "timeout": 60, "graceful_timeout": 5,
+                "keepalive": 5, "proc_name": f"netplugin[{cfg.host_id}]", "loglevel": cfg.log_level.lower(),
+                "when_ready": lambda server: secure_socket(cfg.socket, cfg.socket_group),
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            driver = make_driver(cfg)
+            background_start(driver)
+            return create_app(cfg, driver, driver.ipam)
+
+    log.info("netplugin %s on host %s: socket %s, bridge %s (%s), etcd %s", __version__, cfg.host_id,
+             cfg.socket, cfg.bridge, cfg.datapath_type, ",".join(cfg.etcd_endpoints))
+    Server().run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = settings(argv)
+    except NetpluginError as exc:
+        print(f"netplugin: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        print("netplugin: must run as root (it creates veths and OVS ports)", file=sys.stderr)
+        return 1
+    serve(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Open vSwitch through ovsdbapp: the bridge, its uplink trunk, and one VLAN
+access port per endpoint, each made or removed in a single OVSDB transaction.
+
+Ports carry ``external_ids`` so that everything netplugin made can be found
+again without etcd: ``np-endpoint`` (endpoint id), ``np-network`` (network id)
+and ``np-host``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..errors import DataplaneError, DataplaneUnavailable
+
+log = logging.getLogger(__name__)
+
+EXT_ENDPOINT = "np-endpoint"
+EXT_NETWORK = "np-network"
+EXT_HOST = "np-host"
+
+
+class Switch:
+    """One OVSDB connection, opened on first use and reopened after a failure."""
+
+    def __init__(self, ovsdb: str = "unix:/var/run/openvswitch/db.sock", timeout: float = 5.0):
+        self.ovsdb = ovsdb
+        self.timeout = timeout
+        self._api = None
+        self._lock = threading.Lock()
+
+    def api(self):
+        with self._lock:
+            if self._api is None:
+                try:
+                    from ovsdbapp.backend.ovs_idl import connection
+                    from ovsdbapp.schema.open_vswitch import impl_idl
+                    idl = connection.OvsdbIdl.from_server(self.ovsdb, "Open_vSwitch")
+                    conn = connection.Connection(idl=idl, timeout=self.timeout)
+                    self._api = impl_idl.OvsdbIdl(conn, start=True)
+                except Exception as exc:  # noqa: BLE001 - any failure means OVSDB is unreachable
+                    raise DataplaneUnavailable(
+                        f"Open vSwitch unavailable: cannot reach OVSDB at {self.ovsdb} ({exc or type(exc).__name__}); "
+                        "check that ovsdb-server and ovs-vswitchd are running") from None
+            return self._api
+
+    def _run(self, what: str, commands) -> list:
+        api = self.api()
+        try:
+            with api.transaction(check_error=True) as txn:
+                for cmd in commands(api):
+                    txn.add(cmd)
+            return [c.result for c in txn.commands]
+        except Exception as exc:  # noqa: BLE001 - ovsdbapp raises many kinds
+            name = type(exc).__name__
+            if "Timeout" in name or "NotConnected" in name:
+                with self._lock:
+                    self._api = None
+                raise DataplaneUnavailable(f"Open vSwitch did not answer while trying to {what} ({exc}); "
+                                           "check ovs-vswitchd") from None
+            raise DataplaneError(f"Open vSwitch refused to {what}: {exc}") from None
+
+    def ensure_bridge(self, bridge: str, datapath_type: str, uplink: str | None = None) -> None:
+        """Create the bridge if missing, with OpenFlow 1.3 for meters; add the uplink as a trunk."""
+        def cmds(api):
+            yield api.add_br(bridge, may_exist=True, datapath_type=datapath_type)
+            yield api.db_set("Bridge", bridge, ("protocols", ["OpenFlow10", "OpenFlow13"]))
+            if uplink:
+                yield api.add_port(bridge, uplink, may_exist=True)
+                yield api.db_set("Port", uplink, ("vlan_mode", "trunk"))
+        self._run(f"create bridge {bridge}", cmds)
+
+    def add_access_port(self, bridge: str, port: str, vlan: int, external_ids: dict[str, str]) -> None:
+        """Add port as an access port of vlan, tagged with external_ids, in one transaction."""
+        def cmds(api):
+            yield api.add_port(bridge, port, may_exist=True)
+            yield api.db_set("Port", port, ("tag", vlan), ("vlan_mode", "access"), ("external_ids", external_ids))
+            yield api.db_set("Interface", port, ("external_ids", external_ids))
+        self._run(f"add port {port} to {bridge}", cmds)
+
+    def delete_port(self, port: str) -> bool:
+        """Remove the port; False when it was not there."""
+        if not self.port_exists(port):
+            return False
+        self._run(f"delete port {port}", lambda api: [api.del_port(port, if_exists=True)])
+        return True
+
+    def port_exists(self, port: str) -> bool:
+        (rows,) = self._run("look up ports", lambda api: [api.db_find("Port", ("name", "=", port), columns=["name"])])
+        return bool(rows)
+
+    def bridge_exists(self, bridge: str) -> bool:
+        (found,) = self._run("look up bridges", lambda api: [api.br_exists(bridge)])
+        return bool(found)
+
+    def list_ports(self, bridge: str) -> list[dict]:
+        """Ports of the bridge that netplugin made: name, tag and external_ids."""
+        ports, = self._run("list ports", lambda api: [api.db_list("Port", columns=["name", "tag", "external_ids"])])
+        names = set(self._run("list bridge ports", lambda api: [api.list_ports(bridge)])[0]) \
+            if self.bridge_exists(bridge) else set()
+        out = []
+        for row in ports:
+            ext = row.get("external_ids") or {}
+            if row["name"] in names and EXT_ENDPOINT in ext:
+                tag = row.get("tag")
+                out.append({"name": row["name"], "tag": tag[0] if isinstance(tag, list) and tag else tag,
+                            "external_ids": dict(ext)})
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                try:
+                    self._api.ovsdb_connection.stop()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._api = None

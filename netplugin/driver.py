@@ -1,0 +1,324 @@
+"""The use cases behind the protocol: each reads, validates, acts and
+replies, undoing its own steps when one fails.
+
+Order rule: the etcd record is written before the datapath is touched and
+removed after the datapath is cleaned, so a crash between any two steps leaves
+a record that names what may exist, for a retry or the reconciler to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import netaddr
+
+from . import deadline
+from .config import Config
+from .dataplane.links import Links, veth_names
+from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
+from .docker_api import DockerNames
+from .errors import Conflict, DataplaneError, InvalidRequest, NetpluginError, NotFound
+from .ipam import ADDRESS_SPACE, Ipam
+from .model import (ALLOC_AUX, ALLOC_GATEWAY, Allocation, Binding, Endpoint, Network, check_address,
+                    check_docker_id, check_mac, check_name, check_subnet, check_vlan, mac_for)
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+GENERIC = "com.docker.network.generic"
+KNOWN_OPTIONS = {"vlan", "name"}
+NAMING_PATIENCE = 15.0   # seconds the background namer waits for Docker to store a new network
+
+
+def new_network_id() -> str:
+    return "n-" + secrets.token_hex(6)
+
+
+@dataclass
+class Backends:
+    """What the driver talks to; passed in, never created at import time."""
+
+    store: Store
+    ipam: Ipam
+    links: Links
+    switch: Switch
+    docker: DockerNames
+
+
+class Driver:
+    def __init__(self, cfg: Config, backends: Backends):
+        self.cfg = cfg
+        self.store = backends.store
+        self.ipam = backends.ipam
+        self.links = backends.links
+        self.switch = backends.switch
+        self.docker = backends.docker
+        self._bridge_ready = False
+        self._bridge_lock = threading.Lock()
+
+    # -- the bridge -------------------------------------------------------------
+    def ensure_bridge(self) -> None:
+        with self._bridge_lock:
+            if not self._bridge_ready:
+                self.switch.ensure_bridge(self.cfg.bridge, self.cfg.datapath_type, self.cfg.uplink)
+                self._bridge_ready = True
+
+    # -- networks -----------------------------------------------------------------
+    def create_network(self, docker_net: str, options: dict, ipv4: list, ipv6: list) -> None:
+        check_docker_id(docker_net, "NetworkID")
+        generic = self._generic_options(options)
+        if ipv6:
+            raise InvalidRequest("netplugin networks are IPv4 only: create the network without --ipv6")
+        if not isinstance(ipv4, list) or len(ipv4) != 1 or not isinstance(ipv4[0], dict):
+            raise InvalidRequest("a netplugin network needs exactly one IPv4 subnet: pass one --subnet")
+        data = ipv4[0]
+        if data.get("AddressSpace") != ADDRESS_SPACE:
+            raise InvalidRequest("this network's addresses do not come from netplugin's IPAM: "
+                                 "add --ipam-driver netplugin so addresses are unique across hosts")
+        subnet = check_subnet(data.get("Pool"))
+        gateway = str(check_address(data.get("Gateway") or "", subnet, "gateway"))
+        aux_raw = data.get("AuxAddresses") or {}
+        if not isinstance(aux_raw, dict):
+            raise InvalidRequest("AuxAddresses must be an object of name to address")
+        aux = {check_name(k, "aux address name"): str(check_address(v, subnet, f"aux address {k}"))
+               for k, v in aux_raw.items()}
+        vlan = check_vlan(generic["vlan"]) if "vlan" in generic else None
+        name = check_name(generic["name"]) if "name" in generic else None
+
+        net = self._existing_network(str(subnet), name)
+        created = False
+        if net is not None:
+            self._check_matches(net, str(subnet), gateway, vlan, aux)
+        else:
+            if vlan is None:
+                raise InvalidRequest(f"no global network has subnet {subnet}: to create one pass -o vlan=N "
+                                     "(1-4094), or create it first with 'netctl network create'")
+            sub_pool = self.ipam.recent_sub_pool(str(subnet))
+            net = Network(id=new_network_id(), name=name, subnet=str(subnet), gateway=gateway, vlan=vlan,
+                          ranges=[sub_pool] if sub_pool else [], aux=aux, origin="docker")
+            reserved = [Allocation(gateway, ALLOC_GATEWAY, self.cfg.host_id, network=net.id)]
+            reserved += [Allocation(ip, ALLOC_AUX, self.cfg.host_id, network=net.id) for ip in aux.values()]
+            self.store.create_network(net, reserved)
+            created = True
+        try:
+            deadline.check("binding the Docker network")
+            self.store.put_binding(Binding(docker_net, net.id, self.cfg.host_id, pool=str(subnet)))
+        except NetpluginError:
+            if created:
+                self.store.delete_network(net)
+            raise
+        if net.name is None:
+            threading.Thread(target=self._name_later, args=(docker_net, net.id), daemon=True,
+                             name=f"namer-{net.id}").start()
+
+    def _generic_options(self, options: dict) -> dict:
+        if not isinstance(options, dict):
+            raise InvalidRequest("Options must be an object")
+        generic = options.get(GENERIC) or {}
+        if not isinstance(generic, dict):
+            raise InvalidRequest(f"{GENERIC} must be an object of driver options")
+        unknown = sorted(set(generic) - KNOWN_OPTIONS)
+        if unknown:
+            raise InvalidRequest(f"unknown driver option(s) {', '.join(unknown)}: netplugin understands "
+                                 "-o vlan=N and -o name=GLOBAL-NETWORK")
+        return {k: str(v) for k, v in generic.items()}
+
+    def _existing_network(self, subnet: str, name: str | None) -> Network | None:
+        by_name = self.store.network_by_name(name) if name else None
+        if by_name is not None and by_name.subnet != subnet:
+            raise Conflict(f"network {name} exists with subnet {by_name.subnet}, not {subnet}: "
+                           f"use --subnet {by_name.subnet}, or another name")
+        by_subnet = by_name or self.store.network_by_subnet(subnet)
+        if name and by_subnet is not None and by_subnet.name not in (None, name):
+            raise Conflict(f"subnet {subnet} belongs to network {by_subnet.name}, not {name}")
+        return by_subnet
+
+    @staticmethod
+    def _check_matches(net: Network, subnet: str, gateway: str, vlan: int | None, aux: dict) -> None:
+        if vlan is not None and vlan != net.vlan:
+            raise Conflict(f"network {net.label} ({subnet}) uses VLAN {net.vlan}, not {vlan}: "
+                           f"pass -o vlan={net.vlan} or leave it out")
+        if gateway != net.gateway:
+            raise Conflict(f"network {net.label} has gateway {net.gateway}, not {gateway}: "
+                           f"pass --gateway {net.gateway}")
+        for key, ip in aux.items():
+            if net.aux.get(key) != ip:
+                raise Conflict(f"aux address {key}={ip} is not reserved in network {net.label} "
+                               f"(it reserves {net.aux or 'none'}): leave --aux-address out")
+        if net.name_conflict:
+            raise Conflict(net.name_conflict)
+
+    def _name_later(self, docker_net: str, net_id: str) -> None:
+        """Name a Docker-made network after its Docker network, once Docker has stored it."""
+        stop = time.monotonic() + NAMING_PATIENCE
+        while time.monotonic() < stop:
+            try:
+                if self.resolve_name(docker_net, net_id) is not None:
+                    return
+            except NetpluginError as exc:
+                log.warning("cannot name network %s yet: %s", net_id, exc.message)
+            time.sleep(0.2)
+
+    def resolve_name(self, docker_net: str, net_id: str) -> Network | None:
+        """Give the network its Docker name; on a clash, record why it cannot be used."""
+        net = self.store.get_network(net_id)
+        if net is None or net.name or net.name_conflict:
+            return net
+        name = self.docker.network_name(docker_net)
+        if name is None:
+            return None
+        if self.store.set_network_name(net, name):
+            log.info("network %s is named %s after its Docker network", net.id, name)
+        else:
+            other = self.store.network_by_name(name)
+            if other is not None and other.id != net.id:
+                self.store.mark_name_conflict(net, (
+                    f"docker network {name} has subnet {net.subnet}, but global network {name} has subnet "
+                    f"{other.subnet}: docker network rm {name}, then create it with --subnet {other.subnet} "
+                    f"(or with -o name=ANOTHER-NAME for a new network)"))
+        return self.store.get_network(net_id)
+
+    def delete_network(self, docker_net: str) -> None:
+        check_docker_id(docker_net, "NetworkID")
+        binding = self.store.get_binding(self.cfg.host_id, docker_net)
+        if binding is None:
+            return
+        self.store.delete_binding(self.cfg.host_id, docker_net)
+        net = self.store.get_network(binding.network)
+        if net is None or net.origin != "docker":
+            return
+        # A network Docker made goes with the last Docker network bound to it.
+        if any(b.network == net.id for b in self.store.list_bindings()):
+            return
+        if any(ep.network == net.id for ep in self.store.list_endpoints()):
+            return
+        self.store.delete_network(net)
+        log.info("deleted network %s: its last Docker network was removed", net.label)
+
+    def network_for(self, docker_net: str) -> Network:
+        binding = self.store.get_binding(self.cfg.host_id, docker_net)
+        net = self.store.get_network(binding.network) if binding else None
+        if net is None:
+            raise NotFound(f"docker network {docker_net[:12]} is not known to netplugin on host {self.cfg.host_id}: "
+                           "remove it and create it again with -d netplugin --ipam-driver netplugin")
+        if net.name is None and not net.name_conflict:
+            net = self.resolve_name(docker_net, net.id) or net
+        if net.name_conflict:
+            raise Conflict(net.name_conflict)
+        return net
+
+    # -- endpoints ------------------------------------------------------------------
+    def create_endpoint(self, docker_net: str, endpoint_id: str, interface: dict) -> dict:
+        """Returns the Interface fields Docker left empty (normally just MacAddress)."""
+        check_docker_id(docker_net, "NetworkID")
+        check_docker_id(endpoint_id, "EndpointID")
+        if not isinstance(interface, dict):
+            raise InvalidRequest("Interface must be an object with Address and MacAddress")
+        if interface.get("AddressIPv6"):
+            raise InvalidRequest("netplugin networks are IPv4 only: do not pass --ip6")
+        net = self.network_for(docker_net)
+        subnet = netaddr.IPNetwork(net.subnet)
+        address = interface.get("Address")
+        if not address:
+            raise InvalidRequest("Interface.Address is empty: the network must use --ipam-driver netplugin")
+        ip = check_address(address, subnet)
+        if str(ip) in net.aux.values():
+            raise Conflict(f"address {ip} is an auxiliary address of network {net.label}: choose another --ip")
+        mac = check_mac(interface["MacAddress"]) if interface.get("MacAddress") else mac_for(str(ip))
+        existing = self.store.get_endpoint(endpoint_id)
+        if existing is not None:
+            raise Conflict(f"endpoint {endpoint_id[:12]} exists already on host {existing[0].host}")
+        offset = int(ip) - subnet.first
+        held = self.store.get_allocation(net.subnet, offset)
+        if held is None:
+            raise Conflict(f"address {ip} is not allocated in network {net.label}: it was released meanwhile; retry")
+        alloc, alloc_rev = held
+        if alloc.kind != "endpoint" or alloc.host != self.cfg.host_id or alloc.endpoint not in ("", endpoint_id):
+            raise Conflict(f"address {ip} belongs to someone else ({alloc.kind} on host {alloc.host})")
+        port, peer = veth_names(endpoint_id)
+        ep = Endpoint(id=endpoint_id, network=net.id, docker_network=docker_net, host=self.cfg.host_id,
+                      ip=str(ip), prefixlen=subnet.prefixlen, mac=mac, port=port, peer=peer, vlan=net.vlan,
+                      network_name=net.label)
+        alloc.endpoint, alloc.network = endpoint_id, net.id
+        if not self.store.create_endpoint(ep, net.subnet, offset, alloc_rev, alloc):
+            raise Conflict(f"endpoint {endpoint_id[:12]} or its address {ip} changed at the same moment: retry")
+        try:
+            deadline.check("creating the veth pair")
+            self.ensure_bridge()
+            self.links.create_veth(port, peer, self.cfg.mtu, mac, self.cfg.datapath_type == "netdev")
+            deadline.check("adding the OVS port")
+            self.switch.add_access_port(self.cfg.bridge, port, net.vlan, {
+                EXT_ENDPOINT: endpoint_id, EXT_NETWORK: net.id, EXT_HOST: self.cfg.host_id})
+            deadline.check("finishing the endpoint")
+        except Exception:
+            self._undo_endpoint(ep)
+            raise
+        return {} if interface.get("MacAddress") else {"MacAddress": mac}
+
+    def _undo_endpoint(self, ep: Endpoint) -> None:
+        for step, fn in (("OVS port", lambda: self.switch.delete_port(ep.port)),
+                         ("veth", lambda: self.links.delete(ep.port)),
+                         ("etcd record", lambda: self.store.delete_endpoint(ep.id))):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - keep undoing; the reconciler finishes the rest
+                log.error("rollback of endpoint %s: could not remove its %s: %s", ep.id[:12], step, exc)
+
+    def _endpoint(self, docker_net: str, endpoint_id: str) -> Endpoint:
+        check_docker_id(docker_net, "NetworkID")
+        check_docker_id(endpoint_id, "EndpointID")
+        found = self.store.get_endpoint(endpoint_id)
+        if found is None or found[0].docker_network != docker_net:
+            raise NotFound(f"endpoint {endpoint_id[:12]} does not exist in docker network {docker_net[:12]}")
+        return found[0]
+
+    def join(self, docker_net: str, endpoint_id: str, sandbox_key: str) -> dict:
+        ep = self._endpoint(docker_net, endpoint_id)
+        if not isinstance(sandbox_key, str):
+            raise InvalidRequest("SandboxKey must be a string")
+        if not self.links.exists(ep.peer):
+            raise DataplaneError(f"the container end {ep.peer} of endpoint {endpoint_id[:12]} is missing: "
+                                 "remove the container and start it again")
+        net = self.store.get_network(ep.network)
+        if net is None:
+            raise NotFound(f"network of endpoint {endpoint_id[:12]} was deleted")
+        return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
+                "Gateway": net.gateway, "DisableGatewayService": True}
+
+    def leave(self, docker_net: str, endpoint_id: str) -> None:
+        self._endpoint(docker_net, endpoint_id)
+
+    def delete_endpoint(self, docker_net: str, endpoint_id: str) -> None:
+        """Remove port and veth, then the record. Unknown endpoints succeed:
+        Docker only logs errors here, so whatever exists by name is cleaned."""
+        check_docker_id(docker_net, "NetworkID")
+        check_docker_id(endpoint_id, "EndpointID")
+        found = self.store.get_endpoint(endpoint_id)
+        port = found[0].port if found else veth_names(endpoint_id)[0]
+        self.switch.delete_port(port)
+        self.links.delete(port)
+        if found is not None:
+            self.store.delete_endpoint(endpoint_id)
+
+    def endpoint_info(self, docker_net: str, endpoint_id: str) -> dict:
+        ep = self._endpoint(docker_net, endpoint_id)
+        return {"network": ep.network_name or ep.network, "network_id": ep.network, "vlan": ep.vlan,
+                "ip": ep.ip, "mac": ep.mac, "port": ep.port, "host": ep.host, "bridge": self.cfg.bridge}
+
+    # -- start-up -----------------------------------------------------------------------
+    def compare_ports_with_store(self) -> dict:
+        """Log how this host's OVS ports and its etcd endpoint records differ."""
+        ports = {p["external_ids"].get(EXT_ENDPOINT): p["name"] for p in self.switch.list_ports(self.cfg.bridge)
+                 if p["external_ids"].get(EXT_HOST) in (None, self.cfg.host_id)}
+        records = {ep.id: ep.port for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id}
+        diff = {"ports_without_record": sorted(ports[e] for e in set(ports) - set(records)),
+                "records_without_port": sorted(e[:12] for e in set(records) - set(ports))}
+        if diff["ports_without_record"] or diff["records_without_port"]:
+            log.warning("OVS and etcd differ on host %s: %s (the reconciler repairs this)", self.cfg.host_id, diff)
+        else:
+            log.info("OVS and etcd agree on host %s: %d endpoints", self.cfg.host_id, len(records))
+        return diff

@@ -1,0 +1,244 @@
+"""Global address pools on top of the store.
+
+Every address in use is one etcd key, claimed with a create-if-absent
+transaction, so any number of daemons can allocate from one pool at once and
+never hand out an address twice. To find a free address quickly at any fill,
+the pool is scanned 256 addresses (one "chunk") at a time, starting from a
+random chunk: one small keys-only range read and one transaction per
+allocation, whether the pool is 5% or 95% full. Chunks seen full are skipped
+for a moment; exhaustion is only declared after every chunk was read.
+
+PoolID on the wire is the subnet, or ``subnet@ip-range`` when Docker passed
+``--ip-range``: identical requests give identical PoolIDs, as Docker expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import netaddr
+
+from .errors import Conflict, InvalidRequest, NotFound, PoolExhausted
+from .model import (ALLOC_AUX, ALLOC_ENDPOINT, ALLOC_GATEWAY, Allocation, Network, check_address,
+                    check_range, check_subnet)
+from .store import CHUNK_BITS, Store, describe_holder
+
+log = logging.getLogger(__name__)
+
+ADDRESS_SPACE = "netplugin"
+GATEWAY_REQUEST = "com.docker.network.gateway"
+FULL_CHUNK_MEMORY = 2.0      # seconds a chunk seen full is skipped on a first pass
+PICKS_PER_CHUNK = 4          # random free addresses tried in a chunk before moving on
+
+
+class Pool:
+    """A parsed PoolID."""
+
+    def __init__(self, pool_id: str):
+        if not isinstance(pool_id, str) or not pool_id:
+            raise InvalidRequest(f"PoolID {pool_id!r} is missing or not a string")
+        subnet, _, rng = pool_id.partition("@")
+        try:
+            self.subnet = check_subnet(subnet)
+            self.range = check_range(rng, self.subnet) if rng else None
+        except InvalidRequest:
+            raise NotFound(f"pool {pool_id!r} is unknown to netplugin: it was not made by this IPAM driver") from None
+        self.id = pool_id
+
+    @property
+    def cidr(self) -> str:
+        return str(self.subnet)
+
+
+def pool_id_for(subnet: netaddr.IPNetwork, rng: netaddr.IPNetwork | None) -> str:
+    return f"{subnet}@{rng}" if rng else str(subnet)
+
+
+class Ipam:
+    def __init__(self, store: Store, host_id: str, rng: random.Random | None = None):
+        self.store = store
+        self.host_id = host_id
+        self.random = rng or random.Random()
+        self._full: dict[tuple[str, int], float] = {}
+        self._sub_pools: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # -- pools ----------------------------------------------------------------
+    def request_pool(self, pool: str, sub_pool: str, v6: bool) -> tuple[str, str, dict]:
+        """Validate a pool request; returns (PoolID, Pool, Data)."""
+        if v6:
+            raise InvalidRequest("netplugin serves IPv4 pools only: create the network without --ipv6")
+        if not pool:
+            raise InvalidRequest("netplugin needs an explicit pool: pass --subnet (for example --subnet 10.10.0.0/24)")
+        subnet = check_subnet(pool)
+        rng = check_range(sub_pool, subnet) if sub_pool else None
+        data: dict[str, str] = {}
+        for net in self.store.list_networks():
+            other = netaddr.IPNetwork(net.subnet)
+            if other == subnet:
+                data[GATEWAY_REQUEST] = f"{net.gateway}/{subnet.prefixlen}"
+            elif other.first <= subnet.last and subnet.first <= other.last:
+                raise Conflict(f"subnet {subnet} overlaps network {net.label} ({net.subnet}): choose another subnet")
+        with self._lock:   # CreateNetwork, which follows, is not told the --ip-range
+            self._sub_pools[str(subnet)] = str(rng) if rng else ""
+        return pool_id_for(subnet, rng), str(subnet), data
+
+    def recent_sub_pool(self, subnet: str) -> str:
+        """The --ip-range of the last RequestPool for subnet, or ''."""
+        with self._lock:
+            return self._sub_pools.get(subnet, "")
+
+    # -- addresses ------------------------------------------------------------
+    def request_address(self, pool_id: str, address: str, gateway: bool) -> str:
+        """Claim an address; returns 'ip/len'."""
+        pool = Pool(pool_id)
+        net = self.store.network_by_subnet(pool.cidr)
+        if gateway:
+            ip = self._gateway(pool, net, address)
+        elif address:
+            ip = self._claim_static(pool, net, address)
+        else:
+            ip = self.allocate(pool.subnet, self._dynamic_ranges(pool, net), net)
+        return f"{ip}/{pool.subnet.prefixlen}"
+
+    def _gateway(self, pool: Pool, net: Network | None, address: str) -> str:
+        if net is not None:
+            if address and str(check_address(address, pool.subnet, "gateway")) != net.gateway:
+                raise Conflict(f"network {net.label} has gateway {net.gateway}, not {address}: "
+                               f"pass --gateway {net.gateway} or leave --gateway out")
+            return net.gateway
+        ip = check_address(address, pool.subnet, "gateway") if address else netaddr.IPAddress(pool.subnet.first + 1)
+        offset = int(ip) - pool.subnet.first
+        alloc = Allocation(str(ip), ALLOC_GATEWAY, self.host_id)
+        if self.store.claim_address(pool.cidr, offset, alloc):
+            return str(ip)
+        held = self.store.get_allocation(pool.cidr, offset)
+        if held and held[0].kind == ALLOC_GATEWAY:
+            return str(ip)          # another host is creating the same network right now
+        raise Conflict(f"gateway {ip} is already held by {describe_holder(held[0]) if held else 'someone'}")
+
+    def _claim_static(self, pool: Pool, net: Network | None, address: str) -> str:
+        ip = check_address(address, pool.subnet)
+        if net is not None and str(ip) in net.aux.values():
+            return str(ip)          # Docker reserving an aux address the network already holds
+        offset = int(ip) - pool.subnet.first
+        alloc = Allocation(str(ip), ALLOC_ENDPOINT, self.host_id, network=net.id if net else "")
+        if self.store.claim_address(pool.cidr, offset, alloc):
+            return str(ip)
+        held = self.store.get_allocation(pool.cidr, offset)
+        where = f" in network {net.label}" if net else ""
+        holder = describe_holder(held[0]) if held else "an allocation that was just released: retry"
+        raise Conflict(f"address {ip}{where} is already in use by {holder}: choose another --ip")
+
+    def _dynamic_ranges(self, pool: Pool, net: Network | None) -> list[netaddr.IPNetwork]:
+        if pool.range is not None:
+            return [pool.range]
+        if net is not None and net.ranges:
+            return [netaddr.IPNetwork(r) for r in net.ranges]
+        return [pool.subnet]
+
+    def allocate(self, subnet: netaddr.IPNetwork, ranges: list[netaddr.IPNetwork], net: Network | None) -> str:
+        """Claim one free address from ranges (all inside subnet)."""
+        cidr = str(subnet)
+        lo_ok, hi_ok = 1, subnet.size - 2          # never the network or broadcast address
+        spans = [(max(r.first - subnet.first, lo_ok), min(r.last - subnet.first, hi_ok)) for r in ranges]
+        spans = [(a, b) for a, b in spans if a <= b]
+        chunks = sorted({c for a, b in spans for c in range(a >> CHUNK_BITS, (b >> CHUNK_BITS) + 1)})
+        if not chunks:
+            raise PoolExhausted(f"network {self._label(net, cidr)} has no usable address in {cidr}")
+        start = self.random.randrange(len(chunks))
+        order = chunks[start:] + chunks[:start]
+        alloc = Allocation("", ALLOC_ENDPOINT, self.host_id, network=net.id if net else "")
+        skipped: list[int] = []
+        for chunk in order:
+            if self._recently_full(cidr, chunk):
+                skipped.append(chunk)
+                continue
+            ip = self._try_chunk(subnet, chunk, spans, alloc)
+            if ip:
+                return ip
+        for chunk in skipped:                       # second look before saying "full"
+            ip = self._try_chunk(subnet, chunk, spans, alloc)
+            if ip:
+                return ip
+        in_use = sum(len(self._used_in_spans(cidr, c, spans)) for c in chunks)
+        where = cidr if ranges == [subnet] else ", ".join(str(r) for r in ranges)
+        raise PoolExhausted(f"network {self._label(net, cidr)} has no free address in {where} ({in_use} in use): "
+                            "release unused endpoints (netctl endpoint ls) or widen the range")
+
+    def _label(self, net: Network | None, cidr: str) -> str:
+        return net.label if net else cidr
+
+    def _used_in_spans(self, cidr: str, chunk: int, spans) -> set[int]:
+        used = self.store.used_offsets_in_chunk(cidr, chunk)
+        return {o for o in used if any(a <= o <= b for a, b in spans)}
+
+    def _try_chunk(self, subnet: netaddr.IPNetwork, chunk: int, spans, alloc: Allocation) -> str | None:
+        cidr = str(subnet)
+        base = chunk << CHUNK_BITS
+        used = self.store.used_offsets_in_chunk(cidr, chunk)
+        free = [o for a, b in spans for o in range(max(a, base), min(b, base + (1 << CHUNK_BITS) - 1) + 1)
+                if o not in used]
+        for _ in range(PICKS_PER_CHUNK):
+            if not free:
+                break
+            offset = free.pop(self.random.randrange(len(free)))
+            alloc.ip = str(netaddr.IPAddress(subnet.first + offset))
+            alloc.created = time.time()
+            if self.store.claim_address(cidr, offset, alloc):
+                return alloc.ip
+        if not free:
+            with self._lock:
+                self._full[(cidr, chunk)] = time.monotonic()
+        return None
+
+    def _recently_full(self, cidr: str, chunk: int) -> bool:
+        with self._lock:
+            seen = self._full.get((cidr, chunk))
+            if seen is None:
+                return False
+            if time.monotonic() - seen > FULL_CHUNK_MEMORY:
+                del self._full[(cidr, chunk)]
+                return False
+            return True
+
+    def release_address(self, pool_id: str, address: str) -> bool:
+        """Free an address. Idempotent: an address nobody holds is already free.
+
+        Returns True when an allocation was deleted. Addresses that belong to a
+        live network (gateway, aux), to another host, or to an endpoint whose
+        record still exists are kept: a late or repeated release must never
+        free an address that someone holds.
+        """
+        pool = Pool(pool_id)
+        ip = check_address(address, pool.subnet)
+        offset = int(ip) - pool.subnet.first
+        held = self.store.get_allocation(pool.cidr, offset)
+        if held is None:
+            return False
+        alloc, rev = held
+        if alloc.kind in (ALLOC_GATEWAY, ALLOC_AUX):
+            if self.store.network_by_subnet(pool.cidr) is not None:
+                return False
+        elif alloc.host != self.host_id:
+            log.warning("not releasing %s: it is held by host %s", ip, alloc.host)
+            return False
+        elif alloc.endpoint and self.store.get_endpoint(alloc.endpoint) is not None:
+            log.warning("not releasing %s: endpoint %s still exists", ip, alloc.endpoint[:12])
+            return False
+        with self._lock:
+            self._full.pop((pool.cidr, offset >> CHUNK_BITS), None)
+        return self.store.release_address(pool.cidr, offset, rev)
+
+    def usage(self, net: Network) -> dict:
+        """Size, used and free counts of a network's pool, for netctl."""
+        subnet = netaddr.IPNetwork(net.subnet)
+        allocs = self.store.list_allocations(net.subnet)
+        usable = subnet.size - 2
+        return {"subnet": net.subnet, "size": usable, "used": len(allocs), "free": usable - len(allocs),
+                "ranges": net.ranges,
+                "reserved": sorted((a.ip for _, a in allocs if a.kind in (ALLOC_GATEWAY, ALLOC_AUX)),
+                                   key=lambda s: int(netaddr.IPAddress(s)))}

@@ -1,0 +1,233 @@
+"""The key-value boundary: a tiny interface over etcd v3, and its etcd
+implementation. Only this module imports the etcd client.
+
+The interface is deliberately small (get, prefix reads, counting, one
+transaction primitive, leases) so the unit tests can swap in an in-memory
+fake with the same semantics, and so the client library could be replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+from urllib.parse import urlsplit
+
+from .errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A transaction guard: ``target`` is 'create', 'mod' or 'value'; op is '==' or '!='."""
+
+    key: str
+    target: str
+    op: str
+    value: int | bytes | str
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes | str
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+def absent(key: str) -> Compare:
+    return Compare(key, "create", "==", 0)
+
+
+def unchanged(key: str, mod_revision: int) -> Compare:
+    """The key still has this revision (0: it still does not exist)."""
+    if mod_revision == 0:
+        return absent(key)
+    return Compare(key, "mod", "==", mod_revision)
+
+
+def prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with prefix."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+class KV(Protocol):
+    def get(self, key: str) -> Item | None: ...
+    def get_prefix(self, prefix: str, keys_only: bool = False) -> list[Item]: ...
+    def count_prefix(self, prefix: str) -> int: ...
+    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool: ...
+    def grant_lease(self, ttl: int) -> int: ...
+    def refresh_lease(self, lease_id: int) -> None: ...
+    def revoke_lease(self, lease_id: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class EtcdKV:
+    """KV on etcd v3 through the python-etcd3 API (package etcd-sdk-python).
+
+    Connects lazily: building it touches nothing, so the daemon can listen
+    before etcd is up. Several endpoints fail over: an endpoint that failed is
+    skipped for ``retry_after`` seconds, then tried again.
+    """
+
+    def __init__(self, endpoints: list[str], timeout: float = 3.0, cacert: str | None = None,
+                 cert: str | None = None, key: str | None = None, user: str | None = None,
+                 password: str | None = None, retry_after: float = 2.0):
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._tls = (cacert, cert, key)
+        self._auth = (user, password)
+        self._retry_after = retry_after
+        self._client = None
+        self._lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------
+    def _connect(self):
+        import grpc
+        import pyetcd
+
+        cacert, cert, key = self._tls
+        creds = None
+        if cacert:
+            creds = pyetcd.MultiEndpointEtcd3Client.get_secure_creds(cacert, key, cert)
+        eps = []
+        for url in self.endpoints:
+            parts = urlsplit(url)
+            secure = parts.scheme == "https"
+            if secure and creds is None:
+                creds = grpc.ssl_channel_credentials()
+            eps.append(pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
+                                       creds=creds if secure else None, time_retry=self._retry_after))
+        user, password = self._auth
+        return pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=self.timeout, user=user,
+                                               password=password, failover=True)
+
+    def _get_client(self):
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = self._connect()
+                except Exception as exc:  # auth needs a round trip at connect time
+                    raise self._unavailable(exc) from None
+            return self._client
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        detail = str(exc) or type(exc).__name__
+        return StoreUnavailable(
+            f"store unavailable: etcd did not answer at {', '.join(self.endpoints)} ({detail}); "
+            "check that etcd is running and reachable, then retry")
+
+    def _call(self, fn, retry: bool = True):
+        """Run fn(client); map client errors to StoreUnavailable. A call that
+        failed to connect is tried once more, on another endpoint if any."""
+        import pyetcd.exceptions as etcd_exc
+
+        attempts = 2 if retry else 1
+        last: Exception | None = None
+        for _ in range(attempts):
+            client = self._get_client()
+            try:
+                return fn(client)
+            except etcd_exc.ConnectionFailedError as exc:
+                last = exc
+            except etcd_exc.NoServerAvailableError as exc:
+                last = exc
+                time.sleep(min(0.2, self._retry_after))
+            except (etcd_exc.ConnectionTimeoutError, etcd_exc.InternalServerError) as exc:
+                raise self._unavailable(exc) from None
+            except ValueError as exc:   # "Trying to use a failed node"
+                last = exc
+            except Exception as exc:
+                if "auth token" in str(exc).lower() or "UNAUTHENTICATED" in str(exc):
+                    with self._lock:     # tokens expire; log in again
+                        self._client = None
+                    last = exc
+                    continue
+                if type(exc).__module__.startswith(("grpc", "pyetcd")):
+                    raise self._unavailable(exc) from None
+                raise
+        raise self._unavailable(last or RuntimeError("no endpoint"))
+
+    # -- reads --------------------------------------------------------------
+    @staticmethod
+    def _item(value, meta) -> Item:
+        return Item(meta.key.decode(), value or b"", meta.create_revision, meta.mod_revision)
+
+    def get(self, key: str) -> Item | None:
+        value, meta = self._call(lambda c: c.get(key))
+        return None if meta is None else self._item(value, meta)
+
+    def get_prefix(self, prefix: str, keys_only: bool = False) -> list[Item]:
+        return self._call(lambda c: [self._item(v, m) for v, m in
+                                     c.get_prefix(prefix, keys_only=keys_only, sort_order="ascend")])
+
+    def count_prefix(self, prefix: str) -> int:
+        def count(c):
+            req = c._build_get_range_request(prefix, range_end=prefix_end(prefix), count_only=True)
+            return c.kvstub.Range(req, c.timeout, credentials=c.call_credentials, metadata=c.metadata).count
+        import grpc
+
+        def guarded(c):
+            try:
+                return count(c)
+            except grpc.RpcError as exc:
+                c._manage_grpc_errors(exc)
+        return self._call(guarded)
+
+    # -- writes -------------------------------------------------------------
+    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool:
+        compares, success = list(compares), list(success)
+
+        def run(c):
+            t = c.transactions
+            guards = []
+            for cmp in compares:
+                target = {"create": t.create, "mod": t.mod, "value": t.value}[cmp.target](cmp.key)
+                guards.append(target == cmp.value if cmp.op == "==" else target != cmp.value)
+            ops = []
+            for op in success:
+                if isinstance(op, Put):
+                    ops.append(t.put(op.key, op.value, op.lease))
+                elif op.prefix:
+                    ops.append(t.delete(op.key, range_end=prefix_end(op.key)))
+                else:
+                    ops.append(t.delete(op.key))
+            ok, _ = c.transaction(compare=guards, success=ops, failure=[])
+            return ok
+        # A transaction is not resent: it may have been applied before the
+        # connection broke. Callers read back and decide.
+        return self._call(run, retry=False)
+
+    def grant_lease(self, ttl: int) -> int:
+        return self._call(lambda c: c.lease(ttl).id)
+
+    def refresh_lease(self, lease_id: int) -> None:
+        self._call(lambda c: list(c.refresh_lease(lease_id)))
+
+    def revoke_lease(self, lease_id: int) -> None:
+        self._call(lambda c: c.revoke_lease(lease_id))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                finally:
+                    self._client = None

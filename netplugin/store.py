@@ -1,0 +1,251 @@
+"""The only module that knows the etcd key layout. Everything above it speaks
+in records (model.py); everything below it is the KV boundary (kv.py).
+
+Layout under the versioned prefix (default ``/netplugin/v1``)::
+
+    networks/<id>                  Network record
+    index/name/<name>              -> network id  (names are unique)
+    index/subnet/<a.b.c.d-len>     -> network id  (subnets are unique)
+    index/vlan/<vlan>              -> network id  (VLANs are unique)
+    meta/networks                  touched by every network create/delete, so
+                                   the overlap check and the write are atomic
+    ipam/<a.b.c.d-len>/<offset>    Allocation, one key per address in use;
+                                   offset is 8 hex digits from the subnet start
+    endpoints/<endpoint-id>        Endpoint record
+    bindings/<host>/<docker-net>   Binding: a host's Docker network -> global network
+
+One key per address keeps every allocation a single-key create-if-absent
+transaction: two daemons can never both win the same address, releasing is a
+plain delete, and the holder of any address can be named.
+"""
+
+from __future__ import annotations
+
+import time
+
+import netaddr
+
+from .errors import Conflict, NotFound
+from .kv import KV, Delete, Put, absent, unchanged
+from .model import Allocation, Binding, Endpoint, Network
+
+CHUNK_BITS = 8   # the pool is scanned 256 addresses at a time
+
+
+def subnet_key(subnet: str) -> str:
+    return subnet.replace("/", "-")
+
+
+class Store:
+    def __init__(self, kv: KV, prefix: str = "/netplugin/v1"):
+        self.kv = kv
+        self.prefix = prefix
+
+    # -- key layout -----------------------------------------------------------
+    def k_network(self, net_id: str) -> str:
+        return f"{self.prefix}/networks/{net_id}"
+
+    def k_index(self, kind: str, value: str | int) -> str:
+        return f"{self.prefix}/index/{kind}/{value}"
+
+    def k_meta_networks(self) -> str:
+        return f"{self.prefix}/meta/networks"
+
+    def k_pool(self, subnet: str) -> str:
+        return f"{self.prefix}/ipam/{subnet_key(subnet)}/"
+
+    def k_alloc(self, subnet: str, offset: int) -> str:
+        return f"{self.k_pool(subnet)}{offset:08x}"
+
+    def k_chunk(self, subnet: str, chunk: int) -> str:
+        return f"{self.k_pool(subnet)}{chunk:06x}"
+
+    def k_endpoint(self, endpoint_id: str) -> str:
+        return f"{self.prefix}/endpoints/{endpoint_id}"
+
+    def k_binding(self, host: str, docker_network: str) -> str:
+        return f"{self.prefix}/bindings/{host}/{docker_network}"
+
+    # -- networks -------------------------------------------------------------
+    def list_networks(self) -> list[Network]:
+        return [Network.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/networks/")]
+
+    def get_network(self, net_id: str) -> Network | None:
+        item = self.kv.get(self.k_network(net_id))
+        return Network.from_json(item.value) if item else None
+
+    def _index(self, kind: str, value: str | int) -> str | None:
+        item = self.kv.get(self.k_index(kind, value))
+        return item.value.decode() if item else None
+
+    def network_by_name(self, name: str) -> Network | None:
+        net_id = self._index("name", name)
+        return self.get_network(net_id) if net_id else None
+
+    def network_by_subnet(self, subnet: str) -> Network | None:
+        net_id = self._index("subnet", subnet_key(subnet))
+        return self.get_network(net_id) if net_id else None
+
+    def find_network(self, ref: str) -> Network:
+        """By name or id, for netctl and the admin API."""
+        net = self.network_by_name(ref) or (self.get_network(ref) if ref.startswith("n-") else None)
+        if net is None:
+            raise NotFound(f"network {ref!r} does not exist: see 'netctl network ls'")
+        return net
+
+    def create_network(self, net: Network, reserved: list[Allocation]) -> None:
+        """Write the network, its indexes and its reserved addresses at once.
+
+        Refused with Conflict when the name, VLAN or an overlapping subnet is
+        taken, or when a reserved address is held by someone else.
+        """
+        meta = self.kv.get(self.k_meta_networks())
+        meta_rev = meta.mod_revision if meta else 0
+        subnet = netaddr.IPNetwork(net.subnet)
+        existing = self.list_networks()
+        for other in existing:
+            if other.id == net.id:
+                raise Conflict(f"network id {net.id} exists already")
+            if net.name and other.name == net.name:
+                raise Conflict(f"network {net.name} exists already with subnet {other.subnet} and VLAN {other.vlan}")
+            if other.vlan == net.vlan:
+                raise Conflict(f"VLAN {net.vlan} is used by network {other.label} ({other.subnet}): choose another VLAN")
+            o = netaddr.IPNetwork(other.subnet)
+            if o.first <= subnet.last and subnet.first <= o.last:
+                raise Conflict(f"subnet {net.subnet} overlaps network {other.label} ({other.subnet}): choose another subnet")
+        compares = [unchanged(self.k_meta_networks(), meta_rev),
+                    absent(self.k_network(net.id)),
+                    absent(self.k_index("subnet", subnet_key(net.subnet))),
+                    absent(self.k_index("vlan", net.vlan))]
+        ops: list[Put | Delete] = [
+            Put(self.k_meta_networks(), str(time.time())),
+            Put(self.k_network(net.id), net.to_json()),
+            Put(self.k_index("subnet", subnet_key(net.subnet)), net.id),
+            Put(self.k_index("vlan", net.vlan), net.id),
+        ]
+        if net.name:
+            compares.append(absent(self.k_index("name", net.name)))
+            ops.append(Put(self.k_index("name", net.name), net.id))
+        for alloc in reserved:
+            key = self.k_alloc(net.subnet, int(netaddr.IPAddress(alloc.ip)) - subnet.first)
+            held = self.kv.get(key)
+            if held is not None:
+                holder = Allocation.from_json(held.value)
+                if holder.kind == alloc.kind and holder.host == alloc.host and not holder.endpoint:
+                    compares.append(unchanged(key, held.mod_revision))   # adopt our own claim
+                else:
+                    raise Conflict(f"address {alloc.ip} is held by {describe_holder(holder)}")
+            else:
+                compares.append(absent(key))
+            ops.append(Put(key, alloc.to_json()))
+        if not self.kv.txn(compares, ops):
+            raise Conflict(f"network {net.label} was changed by someone else at the same moment: retry")
+
+    def set_network_name(self, net: Network, name: str) -> bool:
+        """Name a Docker-made network once Docker tells its name. False when taken."""
+        item = self.kv.get(self.k_network(net.id))
+        if item is None:
+            return False
+        current = Network.from_json(item.value)
+        current.name = name
+        current.name_conflict = ""
+        return self.kv.txn([unchanged(self.k_network(net.id), item.mod_revision),
+                            absent(self.k_index("name", name))],
+                           [Put(self.k_network(net.id), current.to_json()),
+                            Put(self.k_index("name", name), net.id)])
+
+    def mark_name_conflict(self, net: Network, message: str) -> None:
+        item = self.kv.get(self.k_network(net.id))
+        if item is None:
+            return
+        current = Network.from_json(item.value)
+        current.name_conflict = message
+        self.kv.txn([unchanged(self.k_network(net.id), item.mod_revision)],
+                    [Put(self.k_network(net.id), current.to_json())])
+
+    def delete_network(self, net: Network) -> None:
+        """Remove the network, its indexes and every address of its pool."""
+        ops: list[Put | Delete] = [
+            Put(self.k_meta_networks(), str(time.time())),
+            Delete(self.k_network(net.id)),
+            Delete(self.k_index("subnet", subnet_key(net.subnet))),
+            Delete(self.k_index("vlan", net.vlan)),
+            Delete(self.k_pool(net.subnet), prefix=True),
+        ]
+        if net.name:
+            ops.append(Delete(self.k_index("name", net.name)))
+        self.kv.txn([], ops)
+
+    # -- addresses ------------------------------------------------------------
+    def claim_address(self, subnet: str, offset: int, alloc: Allocation) -> bool:
+        """Create-if-absent: True when this caller now holds the address."""
+        return self.kv.txn([absent(self.k_alloc(subnet, offset))],
+                           [Put(self.k_alloc(subnet, offset), alloc.to_json())])
+
+    def get_allocation(self, subnet: str, offset: int) -> tuple[Allocation, int] | None:
+        item = self.kv.get(self.k_alloc(subnet, offset))
+        return (Allocation.from_json(item.value), item.mod_revision) if item else None
+
+    def used_offsets_in_chunk(self, subnet: str, chunk: int) -> set[int]:
+        items = self.kv.get_prefix(self.k_chunk(subnet, chunk), keys_only=True)
+        return {int(i.key.rsplit("/", 1)[1], 16) for i in items}
+
+    def count_allocations(self, subnet: str) -> int:
+        return self.kv.count_prefix(self.k_pool(subnet))
+
+    def list_allocations(self, subnet: str) -> list[tuple[int, Allocation]]:
+        return [(int(i.key.rsplit("/", 1)[1], 16), Allocation.from_json(i.value))
+                for i in self.kv.get_prefix(self.k_pool(subnet))]
+
+    def release_address(self, subnet: str, offset: int, mod_revision: int) -> bool:
+        """Delete the allocation if nobody changed it since it was read."""
+        key = self.k_alloc(subnet, offset)
+        return self.kv.txn([unchanged(key, mod_revision)], [Delete(key)])
+
+    # -- endpoints ------------------------------------------------------------
+    def create_endpoint(self, ep: Endpoint, subnet: str, offset: int, alloc_rev: int,
+                        alloc: Allocation) -> bool:
+        """Write the endpoint and stamp its allocation with the endpoint id, at once."""
+        return self.kv.txn(
+            [absent(self.k_endpoint(ep.id)), unchanged(self.k_alloc(subnet, offset), alloc_rev)],
+            [Put(self.k_endpoint(ep.id), ep.to_json()), Put(self.k_alloc(subnet, offset), alloc.to_json())])
+
+    def get_endpoint(self, endpoint_id: str) -> tuple[Endpoint, int] | None:
+        item = self.kv.get(self.k_endpoint(endpoint_id))
+        return (Endpoint.from_json(item.value), item.mod_revision) if item else None
+
+    def update_endpoint(self, ep: Endpoint, mod_revision: int) -> bool:
+        return self.kv.txn([unchanged(self.k_endpoint(ep.id), mod_revision)],
+                           [Put(self.k_endpoint(ep.id), ep.to_json())])
+
+    def list_endpoints(self) -> list[Endpoint]:
+        return [Endpoint.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/endpoints/")]
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self.kv.txn([], [Delete(self.k_endpoint(endpoint_id))])
+
+    # -- bindings -------------------------------------------------------------
+    def put_binding(self, binding: Binding) -> None:
+        self.kv.txn([], [Put(self.k_binding(binding.host, binding.docker_network), binding.to_json())])
+
+    def get_binding(self, host: str, docker_network: str) -> Binding | None:
+        item = self.kv.get(self.k_binding(host, docker_network))
+        return Binding.from_json(item.value) if item else None
+
+    def list_bindings(self) -> list[Binding]:
+        return [Binding.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/bindings/")]
+
+    def delete_binding(self, host: str, docker_network: str) -> None:
+        self.kv.txn([], [Delete(self.k_binding(host, docker_network))])
+
+
+def describe_holder(alloc: Allocation) -> str:
+    """Who holds an address, in words an operator can act on."""
+    if alloc.kind == "gateway":
+        return "the gateway of its network"
+    if alloc.kind == "aux":
+        return "an auxiliary address of its network"
+    if alloc.endpoint:
+        return f"endpoint {alloc.endpoint[:12]} on host {alloc.host}"
+    return f"a container being created on host {alloc.host} (claimed {time.ctime(alloc.created)})"
+
