@@ -148,7 +148,7 @@ class EtcdKV:
             except etcd_exc.ConnectionFailedError as exc:
                 last = exc
             except etcd_exc.NoServerAvailableError as exc:
-                last = exc
+                last = last or exc
                 time.sleep(min(0.2, self._retry_after))
             except (etcd_exc.ConnectionTimeoutError, etcd_exc.InternalServerError) as exc:
                 raise self._unavailable(exc) from None

@@ -1,0 +1,1 @@
+"""netctl: the operator's command line."""

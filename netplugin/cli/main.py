@@ -1,0 +1,104 @@
+"""``netctl``: manage global networks without reading etcd keys.
+
+Exit codes: 0 ok, 1 error (message on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .. import __version__
+from ..config import load
+from ..errors import NetpluginError
+from . import network_cmds
+
+USAGE_ERROR = 2
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Connection and output options, accepted before or after the subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection (same settings, file and NETPLUGIN_* variables as the daemon)")
+    g.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
+    g.add_argument("--etcd-endpoints", default=argparse.SUPPRESS, help="comma-separated etcd URLs")
+    g.add_argument("--cacert", dest="etcd_cacert", default=argparse.SUPPRESS, help="CA certificate for etcd TLS")
+    g.add_argument("--cert", dest="etcd_cert", default=argparse.SUPPRESS, help="client certificate for etcd TLS")
+    g.add_argument("--key", dest="etcd_key", default=argparse.SUPPRESS, help="client key for etcd TLS")
+    g.add_argument("--user", dest="etcd_user", default=argparse.SUPPRESS, help="etcd user")
+    g.add_argument("--password", dest="etcd_password", default=argparse.SUPPRESS,
+                   help="etcd password (better: NETPLUGIN_ETCD_PASSWORD)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", "-j", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    o.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only ids or names")
+    return p
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):   # exit 2 with a message, as argparse does, but say where to look
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = Parser(prog="netctl", description="Operate netplugin's global networks.", parents=[common])
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    network_cmds.register(sub, common)
+    v = sub.add_parser("version", help="print the version", parents=[common])
+    v.set_defaults(run=lambda args, ctx: print(f"netctl {__version__}") or 0)
+    return parser
+
+
+class Context:
+    """Builds the store and IPAM on first use from the parsed settings."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self._store = None
+
+    @property
+    def cfg(self):
+        flags = {k: getattr(self.args, k) for k in ("etcd_endpoints", "etcd_cacert", "etcd_cert", "etcd_key",
+                                                    "etcd_user", "etcd_password") if hasattr(self.args, k)}
+        return load(getattr(self.args, "config", None), overrides=flags)
+
+    @property
+    def store(self):
+        if self._store is None:
+            from ..backends import make_store
+            self._store = make_store(self.cfg)
+        return self._store
+
+    @property
+    def ipam(self):
+        from ..ipam import Ipam
+        return Ipam(self.store, "netctl")
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def quiet(self) -> bool:
+        return bool(getattr(self.args, "quiet", False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        return int(args.run(args, Context(args)) or 0)
+    except NetpluginError as exc:
+        print(f"netctl: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"netctl: interrupted after {time.monotonic() - started:.1f} s", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``netctl network create|ls|inspect|rm`` and ``netctl ipam show``."""
+
+from __future__ import annotations
+
+import time
+
+from .. import networks
+from ..errors import InvalidRequest
+from .output import print_fields, print_json, print_table
+
+
+def register(sub, common) -> None:
+    net = sub.add_parser("network", help="global networks", parents=[common])
+    nsub = net.add_subparsers(dest="action", metavar="ACTION", parser_class=type(net))
+    nsub.required = True
+
+    c = nsub.add_parser("create", help="create a global network", parents=[common])
+    c.add_argument("name")
+    c.add_argument("--subnet", "-s", required=True, help="IPv4 CIDR, /16 to /30")
+    c.add_argument("--gateway", "-g", help="gateway address (default: the first address)")
+    c.add_argument("--vlan", "-p", required=True, help="VLAN id, 1-4094")
+    c.add_argument("--ip-range", action="append", default=[], help="CIDR that dynamic addresses come from")
+    c.add_argument("--aux-address", action="append", default=[], metavar="NAME=IP",
+                   help="reserve an address for something outside netplugin")
+    c.set_defaults(run=create)
+
+    ls = nsub.add_parser("ls", help="list global networks", parents=[common])
+    ls.set_defaults(run=list_networks)
+
+    i = nsub.add_parser("inspect", help="show one network, its pool and endpoints", parents=[common])
+    i.add_argument("name")
+    i.set_defaults(run=inspect)
+
+    rm = nsub.add_parser("rm", help="remove a network (refused while endpoints exist)", parents=[common])
+    rm.add_argument("name")
+    rm.add_argument("--force", "-f", action="store_true", help="remove even with endpoints")
+    rm.set_defaults(run=remove)
+
+    ipam = sub.add_parser("ipam", help="address pools", parents=[common])
+    isub = ipam.add_subparsers(dest="action", metavar="ACTION", parser_class=type(ipam))
+    isub.required = True
+    show = isub.add_parser("show", help="pool size, use and reservations of a network", parents=[common])
+    show.add_argument("name")
+    show.set_defaults(run=ipam_show)
+
+
+def _aux(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, ip = pair.partition("=")
+        if not sep or not name or not ip:
+            raise InvalidRequest(f"--aux-address {pair!r} must look like NAME=IP")
+        out[name] = ip
+    return out
+
+
+def create(args, ctx) -> int:
+    net = networks.create(ctx.store, args.name, args.subnet, args.vlan, args.gateway, args.ip_range,
+                          _aux(args.aux_address))
+    if ctx.json:
+        print_json(networks.describe(ctx.store, ctx.ipam, net))
+    else:
+        print(net.name)
+    return 0
+
+
+def list_networks(args, ctx) -> int:
+    nets = sorted(ctx.store.list_networks(), key=lambda n: n.label)
+    if ctx.quiet:
+        for net in nets:
+            print(net.label)
+    elif ctx.json:
+        print_json([{"id": n.id, "name": n.name, "subnet": n.subnet, "gateway": n.gateway, "vlan": n.vlan,
+                     "ranges": n.ranges, "origin": n.origin} for n in nets])
+    else:
+        usage = {n.id: ctx.store.count_allocations(n.subnet) for n in nets}
+        print_table(["NAME", "SUBNET", "GATEWAY", "VLAN", "USED", "ORIGIN"],
+                    [[n.label, n.subnet, n.gateway, n.vlan, usage[n.id], n.origin] for n in nets])
+    return 0
+
+
+def inspect(args, ctx) -> int:
+    info = networks.describe(ctx.store, ctx.ipam, ctx.store.find_network(args.name))
+    if ctx.json:
+        print_json(info)
+        return 0
+    pool = info["pool"]
+    print_fields([("Name", info["name"]), ("Id", info["id"]), ("Subnet", info["subnet"]),
+                  ("Gateway", info["gateway"]), ("VLAN", info["vlan"]), ("Ranges", ", ".join(info["ranges"])),
+                  ("Aux", ", ".join(f"{k}={v}" for k, v in info["aux"].items())), ("Origin", info["origin"]),
+                  ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["created"]))),
+                  ("Pool", f"{pool['used']} used, {pool['free']} free of {pool['size']}"),
+                  ("Hosts", ", ".join(info["hosts"])), ("Endpoints", len(info["endpoints"])),
+                  ("Problem", info["name_conflict"])])
+    if info["endpoints"]:
+        print()
+        print_table(["ENDPOINT", "HOST", "IP", "MAC"],
+                    [[e["id"][:12], e["host"], e["ip"], e["mac"]] for e in info["endpoints"]])
+    return 0
+
+
+def remove(args, ctx) -> int:
+    net = networks.remove(ctx.store, args.name, force=args.force)
+    if not ctx.quiet:
+        print(net.label)
+    return 0
+
+
+def ipam_show(args, ctx) -> int:
+    usage = ctx.ipam.usage(ctx.store.find_network(args.name))
+    if ctx.json:
+        print_json(usage)
+    else:
+        print_fields([("Subnet", usage["subnet"]), ("Size", usage["size"]), ("Used", usage["used"]),
+                      ("Free", usage["free"]), ("Ranges", ", ".join(usage["ranges"])),
+                      ("Reserved", ", ".join(usage["reserved"]))])
+    return 0
