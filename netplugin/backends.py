@@ -6,10 +6,11 @@ from __future__ import annotations
 from .config import Config
 from .dataplane.links import Links
 from .dataplane.ovs import Switch
-from .docker_api import DockerNames
+from .docker_api import DockerNames, DockerView
 from .driver import Backends, Driver
 from .ipam import Ipam
 from .kv import EtcdKV
+from .release import Releaser
 from .store import Store
 
 
@@ -24,3 +25,7 @@ def make_driver(cfg: Config) -> Driver:
     return Driver(cfg, Backends(store=store, ipam=Ipam(store, cfg.host_id), links=Links(),
                                 switch=Switch(cfg.ovsdb, cfg.ovs_timeout),
                                 docker=DockerNames(cfg.docker_url, cfg.docker_timeout)))
+
+
+def make_releaser(cfg: Config, driver: Driver) -> Releaser:
+    return Releaser(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker))

@@ -62,13 +62,13 @@ class Config:
         if not self.etcd_endpoints:
             raise InvalidRequest("etcd_endpoints is empty: give at least one URL such as http://127.0.0.1:2379")
         for url in self.etcd_endpoints:
-            if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d+/?$", url):
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+:\d+/?", url):
                 raise InvalidRequest(f"etcd endpoint {url!r} is not of the form http(s)://HOST:PORT")
-        if not _HOST_ID_RE.match(self.host_id or ""):
+        if not _HOST_ID_RE.fullmatch(self.host_id or ""):
             raise InvalidRequest(f"host_id {self.host_id!r} must be 1-63 letters, digits, '.', '_' or '-'")
-        if not _IFACE_RE.match(self.bridge or ""):
+        if not _IFACE_RE.fullmatch(self.bridge or ""):
             raise InvalidRequest(f"bridge {self.bridge!r} is not a valid interface name (1-15 letters, digits, '.', '_', '-')")
-        if self.uplink is not None and not _IFACE_RE.match(self.uplink):
+        if self.uplink is not None and not _IFACE_RE.fullmatch(self.uplink):
             raise InvalidRequest(f"uplink {self.uplink!r} is not a valid interface name")
         if self.datapath_type not in ("system", "netdev"):
             raise InvalidRequest(f"datapath_type {self.datapath_type!r} must be 'system' or 'netdev'")
@@ -76,6 +76,13 @@ class Config:
             raise InvalidRequest(f"mtu {self.mtu} must be between 576 and 9216")
         if not self.etcd_prefix.startswith("/") or self.etcd_prefix.endswith("/"):
             raise InvalidRequest("etcd_prefix must start with '/' and not end with '/'")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise InvalidRequest(f"log_level {self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        for name in ("etcd_timeout", "ovs_timeout", "docker_timeout", "handler_deadline"):
+            if not getattr(self, name) > 0:
+                raise InvalidRequest(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
+        if not 1 <= int(self.threads) <= 512:
+            raise InvalidRequest(f"threads {self.threads} must be between 1 and 512")
         if bool(self.etcd_user) != bool(self.etcd_password):
             raise InvalidRequest("etcd_user and etcd_password go together: give both or neither")
         if bool(self.etcd_cert) != bool(self.etcd_key):
@@ -134,6 +141,8 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None,
         if raw is not None and raw != "":
             values[key] = _coerce(key, kind, raw)
     for key, raw in (overrides or {}).items():
+        if key not in known:
+            raise InvalidRequest(f"unknown setting {key!r}")
         if raw is not None:
             values[key] = _coerce(key, known[key], raw)
     return dataclasses.replace(Config(), **values).validate()

@@ -51,8 +51,13 @@ def secure_socket(path: str, group: str | None) -> None:
     os.chmod(path, 0o660)
 
 
-def background_start(driver) -> None:
-    """Prepare the bridge and compare OVS with etcd, retrying until both answer."""
+def background_start(driver, releaser) -> None:
+    """Register the host, follow release requests, prepare the bridge and
+    compare OVS with etcd, retrying until each answers."""
+    from .hosts import HostHeartbeat
+    HostHeartbeat(driver.cfg, driver.store).start()
+    releaser.follow_requests()
+
     def run():
         while True:
             try:
@@ -69,7 +74,7 @@ def serve(cfg: Config) -> None:
     from gunicorn.app.base import BaseApplication
 
     from .api import create_app
-    from .backends import make_driver
+    from .backends import make_driver, make_releaser
 
     os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
 
@@ -85,8 +90,9 @@ def serve(cfg: Config) -> None:
 
         def load(self):
             driver = make_driver(cfg)
-            background_start(driver)
-            return create_app(cfg, driver, driver.ipam)
+            releaser = make_releaser(cfg, driver)
+            background_start(driver, releaser)
+            return create_app(cfg, driver, driver.ipam, releaser)
 
     log.info("netplugin %s on host %s: socket %s, bridge %s (%s), etcd %s", __version__, cfg.host_id,
              cfg.socket, cfg.bridge, cfg.datapath_type, ",".join(cfg.etcd_endpoints))

@@ -35,3 +35,51 @@ class DockerNames:
             with self._lock:
                 self._client = None
             return None
+
+    def container_endpoints(self, container: str) -> set[str]:
+        """Endpoint ids of a container (by name or id), empty when unknown."""
+        import docker.errors
+        try:
+            info = self._api().inspect_container(container)
+        except docker.errors.NotFound:
+            return set()
+        except Exception as exc:  # noqa: BLE001
+            log.info("cannot ask Docker about container %s: %s", container, exc)
+            return set()
+        return {n.get("EndpointID") for n in (info.get("NetworkSettings", {}).get("Networks") or {}).values()
+                if n.get("EndpointID")}
+
+
+class DockerView:
+    """What Docker believes is attached: endpoint id -> container, for the
+    Docker networks bound on this host. None when Docker cannot be asked,
+    so callers never take "no answer" for "no containers"."""
+
+    def __init__(self, names: DockerNames):
+        self.names = names
+
+    def live_endpoints(self, docker_networks: list[str]) -> dict[str, dict] | None:
+        import docker.errors
+        try:
+            api = self.names._api()
+            out: dict[str, dict] = {}
+            for net_id in docker_networks:
+                try:
+                    info = api.inspect_network(net_id)
+                except docker.errors.NotFound:
+                    continue
+                for cid, c in (info.get("Containers") or {}).items():
+                    if cid.startswith("ep-"):      # an endpoint without a container (load balancer)
+                        continue
+                    state = api.inspect_container(cid)["State"]
+                    if state.get("Running") or state.get("Paused") or state.get("Restarting"):
+                        out[c["EndpointID"]] = {"container": cid, "name": c.get("Name", ""),
+                                                "network": net_id, "ip": c.get("IPv4Address", "").split("/")[0],
+                                                "mac": c.get("MacAddress", ""),
+                                                "sandbox": state.get("Pid", 0)}
+            return out
+        except Exception as exc:  # noqa: BLE001 - unreachable or confused Docker: say "unknown"
+            log.warning("cannot read Docker's view of endpoints: %s", exc)
+            with self.names._lock:
+                self.names._client = None
+            return None

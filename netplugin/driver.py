@@ -102,8 +102,15 @@ class Driver:
                           ranges=[sub_pool] if sub_pool else [], aux=aux, origin="docker")
             reserved = [Allocation(gateway, ALLOC_GATEWAY, self.cfg.host_id, network=net.id)]
             reserved += [Allocation(ip, ALLOC_AUX, self.cfg.host_id, network=net.id) for ip in aux.values()]
-            self.store.create_network(net, reserved)
-            created = True
+            try:
+                self.store.create_network(net, reserved)
+                created = True
+            except Conflict:
+                # Another host may have created this very network a moment ago: bind to it.
+                net = self._existing_network(str(subnet), name)
+                if net is None:
+                    raise
+                self._check_matches(net, str(subnet), gateway, vlan, aux)
         try:
             deadline.check("binding the Docker network")
             self.store.put_binding(Binding(docker_net, net.id, self.cfg.host_id, pool=str(subnet)))
@@ -268,16 +275,17 @@ class Driver:
             except Exception as exc:  # noqa: BLE001 - keep undoing; the reconciler finishes the rest
                 log.error("rollback of endpoint %s: could not remove its %s: %s", ep.id[:12], step, exc)
 
-    def _endpoint(self, docker_net: str, endpoint_id: str) -> Endpoint:
+    def _endpoint(self, docker_net: str, endpoint_id: str) -> tuple[Endpoint, int]:
+        """The endpoint record and its revision; NotFound unless it is in docker_net."""
         check_docker_id(docker_net, "NetworkID")
         check_docker_id(endpoint_id, "EndpointID")
         found = self.store.get_endpoint(endpoint_id)
         if found is None or found[0].docker_network != docker_net:
             raise NotFound(f"endpoint {endpoint_id[:12]} does not exist in docker network {docker_net[:12]}")
-        return found[0]
+        return found
 
     def join(self, docker_net: str, endpoint_id: str, sandbox_key: str) -> dict:
-        ep = self._endpoint(docker_net, endpoint_id)
+        ep, rev = self._endpoint(docker_net, endpoint_id)
         if not isinstance(sandbox_key, str):
             raise InvalidRequest("SandboxKey must be a string")
         if not self.links.exists(ep.peer):
@@ -286,11 +294,18 @@ class Driver:
         net = self.store.get_network(ep.network)
         if net is None:
             raise NotFound(f"network of endpoint {endpoint_id[:12]} was deleted")
+        if sandbox_key and ep.sandbox != sandbox_key:
+            ep.sandbox = sandbox_key          # lets the reconciler repair a live container
+            self.store.update_endpoint(ep, rev)
         return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
                 "Gateway": net.gateway, "DisableGatewayService": True}
 
     def leave(self, docker_net: str, endpoint_id: str) -> None:
         self._endpoint(docker_net, endpoint_id)
+
+    def check_ids(self, docker_net: str, endpoint_id: str) -> None:
+        check_docker_id(docker_net, "NetworkID")
+        check_docker_id(endpoint_id, "EndpointID")
 
     def delete_endpoint(self, docker_net: str, endpoint_id: str) -> None:
         """Remove port and veth, then the record. Unknown endpoints succeed:
@@ -305,7 +320,7 @@ class Driver:
             self.store.delete_endpoint(endpoint_id)
 
     def endpoint_info(self, docker_net: str, endpoint_id: str) -> dict:
-        ep = self._endpoint(docker_net, endpoint_id)
+        ep, _ = self._endpoint(docker_net, endpoint_id)
         return {"network": ep.network_name or ep.network, "network_id": ep.network, "vlan": ep.vlan,
                 "ip": ep.ip, "mac": ep.mac, "port": ep.port, "host": ep.host, "bridge": self.cfg.bridge}
 

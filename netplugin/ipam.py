@@ -177,23 +177,27 @@ class Ipam:
         return {o for o in used if any(a <= o <= b for a, b in spans)}
 
     def _try_chunk(self, subnet: netaddr.IPNetwork, chunk: int, spans, alloc: Allocation) -> str | None:
+        """Claim a random free address of the chunk; None only once a fresh read finds it full.
+
+        Losing a race re-reads the chunk, so concurrent allocators can never
+        make a pool with free addresses look exhausted.
+        """
         cidr = str(subnet)
         base = chunk << CHUNK_BITS
-        used = self.store.used_offsets_in_chunk(cidr, chunk)
-        free = [o for a, b in spans for o in range(max(a, base), min(b, base + (1 << CHUNK_BITS) - 1) + 1)
-                if o not in used]
-        for _ in range(PICKS_PER_CHUNK):
+        while True:
+            used = self.store.used_offsets_in_chunk(cidr, chunk)
+            free = [o for a, b in spans for o in range(max(a, base), min(b, base + (1 << CHUNK_BITS) - 1) + 1)
+                    if o not in used]
             if not free:
-                break
-            offset = free.pop(self.random.randrange(len(free)))
-            alloc.ip = str(netaddr.IPAddress(subnet.first + offset))
-            alloc.created = time.time()
-            if self.store.claim_address(cidr, offset, alloc):
-                return alloc.ip
-        if not free:
-            with self._lock:
-                self._full[(cidr, chunk)] = time.monotonic()
-        return None
+                with self._lock:
+                    self._full[(cidr, chunk)] = time.monotonic()
+                return None
+            for _ in range(min(PICKS_PER_CHUNK, len(free))):
+                offset = free.pop(self.random.randrange(len(free)))
+                alloc.ip = str(netaddr.IPAddress(subnet.first + offset))
+                alloc.created = time.time()
+                if self.store.claim_address(cidr, offset, alloc):
+                    return alloc.ip
 
     def _recently_full(self, cidr: str, chunk: int) -> bool:
         with self._lock:

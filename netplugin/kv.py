@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Iterator, Protocol
 from urllib.parse import urlsplit
 
 from .errors import StoreUnavailable
@@ -51,6 +51,16 @@ class Delete:
     prefix: bool = False
 
 
+@dataclass(frozen=True)
+class Event:
+    """A change seen by a watch: kind is 'put' or 'delete'."""
+
+    kind: str
+    key: str
+    value: bytes
+    mod_revision: int
+
+
 def absent(key: str) -> Compare:
     return Compare(key, "create", "==", 0)
 
@@ -73,6 +83,8 @@ class KV(Protocol):
     def get_prefix(self, prefix: str, keys_only: bool = False) -> list[Item]: ...
     def count_prefix(self, prefix: str) -> int: ...
     def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool: ...
+    def snapshot(self, prefix: str) -> tuple[list[Item], int]: ...
+    def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[Event]: ...
     def grant_lease(self, ttl: int) -> int: ...
     def refresh_lease(self, lease_id: int) -> None: ...
     def revoke_lease(self, lease_id: int) -> None: ...
@@ -190,6 +202,33 @@ class EtcdKV:
             except grpc.RpcError as exc:
                 c._manage_grpc_errors(exc)
         return self._call(guarded)
+
+    def snapshot(self, prefix: str) -> tuple[list[Item], int]:
+        """Every item under prefix and the store revision they were read at,
+        so a watch can start right after it without missing a change."""
+        def run(c):
+            resp = c.get_prefix_response(prefix, sort_order="ascend")
+            return ([Item(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision) for kv in resp.kvs],
+                    resp.header.revision)
+        return self._call(run)
+
+    def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[Event]:
+        """Changes under prefix from start_revision on, until stop is set.
+        Raises StoreUnavailable when the watch breaks; callers re-snapshot."""
+        import pyetcd.events as etcd_events
+        events, cancel = self._call(lambda c: c.watch_prefix(prefix, start_revision=start_revision))
+        canceller = threading.Thread(target=lambda: (stop.wait(), cancel()), daemon=True, name="watch-cancel")
+        canceller.start()
+        try:
+            for ev in events:
+                kind = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
+                yield Event(kind, ev.key.decode(), ev.value or b"", ev.mod_revision)
+        except Exception as exc:  # noqa: BLE001 - a broken watch is an unavailable store
+            if not stop.is_set():
+                raise self._unavailable(exc) from None
+        finally:
+            if not stop.is_set():
+                cancel()
 
     # -- writes -------------------------------------------------------------
     def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool:

@@ -113,17 +113,30 @@ class Binding(Record):
     created: float = field(default_factory=time.time)
 
 
+@dataclass
+class Host(Record):
+    """A daemon's host: in ``hosts/`` under its lease while alive, in ``hostinfo/`` for good."""
+
+    host: str
+    bridge: str = ""
+    datapath_type: str = ""
+    uplink: str | None = None
+    version: str = ""
+    started: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+
+
 # -- validation helpers shared by the API, netctl and the driver -------------
 
 def check_name(name: object, what: str = "network name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidRequest(
             f"{what} {name!r} is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
 
 def check_docker_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not DOCKER_ID_RE.match(value):
+    if not isinstance(value, str) or not DOCKER_ID_RE.fullmatch(value):
         raise InvalidRequest(f"{what} {value!r} is not a Docker id (64 lowercase hex digits)")
     return value
 
@@ -158,7 +171,11 @@ def check_subnet(value: object) -> netaddr.IPNetwork:
 
 def check_address(value: object, subnet: netaddr.IPNetwork, what: str = "address") -> netaddr.IPAddress:
     """A usable host address inside subnet (not the network or broadcast address)."""
-    text = value.split("/")[0] if isinstance(value, str) else value
+    text = value
+    if isinstance(value, str) and "/" in value:
+        text, _, plen = value.partition("/")
+        if plen != str(subnet.prefixlen):
+            raise InvalidRequest(f"{what} {value} has prefix length /{plen}, but the subnet is {subnet}")
     try:
         ip = netaddr.IPAddress(text, flags=netaddr.INET_PTON)
     except (netaddr.AddrFormatError, ValueError, TypeError):

@@ -13,6 +13,13 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
                                    offset is 8 hex digits from the subnet start
     endpoints/<endpoint-id>        Endpoint record
     bindings/<host>/<docker-net>   Binding: a host's Docker network -> global network
+    hosts/<host>                   Host, bound to the daemon's lease: present while alive
+    hostinfo/<host>                Host with last_seen, kept after the host dies
+    release/<host>/<endpoint-id>   a request for that host to release one of its endpoints
+    released/<endpoint-id>         tombstone: when and by whom an endpoint was released
+    locks/<name>                   a lease-bound lock (the reconciler's)
+    reconcile/<host>/last          the last reconcile report of that host
+    reconcile/<host>/counters      its running totals, for metrics
 
 One key per address keeps every allocation a single-key create-if-absent
 transaction: two daemons can never both win the same address, releasing is a
@@ -21,13 +28,14 @@ plain delete, and the holder of any address can be named.
 
 from __future__ import annotations
 
+import json
 import time
 
 import netaddr
 
 from .errors import Conflict, NotFound
 from .kv import KV, Delete, Put, absent, unchanged
-from .model import Allocation, Binding, Endpoint, Network
+from .model import Allocation, Binding, Endpoint, Host, Network
 
 CHUNK_BITS = 8   # the pool is scanned 256 addresses at a time
 
@@ -131,8 +139,8 @@ class Store:
             held = self.kv.get(key)
             if held is not None:
                 holder = Allocation.from_json(held.value)
-                if holder.kind == alloc.kind and holder.host == alloc.host and not holder.endpoint:
-                    compares.append(unchanged(key, held.mod_revision))   # adopt our own claim
+                if adoptable(holder, alloc):
+                    compares.append(unchanged(key, held.mod_revision))
                 else:
                     raise Conflict(f"address {alloc.ip} is held by {describe_holder(holder)}")
             else:
@@ -237,6 +245,121 @@ class Store:
 
     def delete_binding(self, host: str, docker_network: str) -> None:
         self.kv.txn([], [Delete(self.k_binding(host, docker_network))])
+
+    # -- releasing endpoints whole ----------------------------------------------
+    def k_release(self, host: str, endpoint_id: str = "") -> str:
+        return f"{self.prefix}/release/{host}/{endpoint_id}"
+
+    def k_tombstone(self, endpoint_id: str) -> str:
+        return f"{self.prefix}/released/{endpoint_id}"
+
+    def release_endpoint(self, ep: Endpoint, by: str) -> tuple[bool, str | None]:
+        """Delete the endpoint record and its address at once, leaving a tombstone.
+
+        Returns (record deleted, address released). The address goes only if
+        it is still this endpoint's (or an unstamped claim of the same host).
+        """
+        import netaddr
+        subnet = netaddr.IPNetwork(f"{ep.ip}/{ep.prefixlen}").cidr
+        offset = int(netaddr.IPAddress(ep.ip)) - subnet.first
+        for _ in range(3):
+            rec = self.kv.get(self.k_endpoint(ep.id))
+            held = self.get_allocation(str(subnet), offset)
+            compares, ops = [], [Put(self.k_tombstone(ep.id), json.dumps(
+                {"endpoint": ep.id, "host": ep.host, "ip": ep.ip, "network": ep.network, "by": by,
+                 "time": time.time()}))]
+            if rec is not None:
+                compares.append(unchanged(self.k_endpoint(ep.id), rec.mod_revision))
+                ops.append(Delete(self.k_endpoint(ep.id)))
+            mine = held is not None and (held[0].endpoint == ep.id or (
+                not held[0].endpoint and held[0].host == ep.host and held[0].kind == "endpoint"))
+            if mine:
+                compares.append(unchanged(self.k_alloc(str(subnet), offset), held[1]))
+                ops.append(Delete(self.k_alloc(str(subnet), offset)))
+            else:
+                compares.append(unchanged(self.k_alloc(str(subnet), offset), held[1] if held else 0))
+            if self.kv.txn(compares, ops):
+                return rec is not None, ep.ip if mine else None
+        raise Conflict(f"endpoint {ep.id[:12]} kept changing while being released: retry")
+
+    def tombstone(self, endpoint_id: str) -> dict | None:
+        item = self.kv.get(self.k_tombstone(endpoint_id))
+        return json.loads(item.value) if item else None
+
+    def list_tombstones(self) -> list[tuple[str, dict]]:
+        return [(i.key, json.loads(i.value)) for i in self.kv.get_prefix(f"{self.prefix}/released/")]
+
+    def delete_key(self, key: str) -> None:
+        self.kv.txn([], [Delete(key)])
+
+    def request_release(self, host: str, endpoint_id: str, force: bool, by: str) -> None:
+        self.kv.txn([], [Put(self.k_release(host, endpoint_id),
+                             json.dumps({"state": "pending", "force": force, "by": by, "time": time.time()}))])
+
+    def release_request(self, host: str, endpoint_id: str) -> dict | None:
+        item = self.kv.get(self.k_release(host, endpoint_id))
+        return json.loads(item.value) if item else None
+
+    def answer_release_request(self, host: str, endpoint_id: str, answer: dict | None) -> None:
+        """Remove a request once carried out, or keep it with the reason it was refused."""
+        key = self.k_release(host, endpoint_id)
+        self.kv.txn([], [Delete(key)] if answer is None else [Put(key, json.dumps(answer))])
+
+    # -- hosts ----------------------------------------------------------------------
+    def k_host(self, host: str) -> str:
+        return f"{self.prefix}/hosts/{host}"
+
+    def k_hostinfo(self, host: str) -> str:
+        return f"{self.prefix}/hostinfo/{host}"
+
+    def register_host(self, host: Host, lease: int) -> None:
+        self.kv.txn([], [Put(self.k_host(host.host), host.to_json(), lease=lease),
+                         Put(self.k_hostinfo(host.host), host.to_json())])
+
+    def list_hosts(self) -> list[tuple[Host, bool]]:
+        """Every host ever registered, with whether its lease is alive."""
+        alive = {i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(f"{self.prefix}/hosts/", keys_only=True)}
+        return [(h, h.host in alive) for h in
+                (Host.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/hostinfo/"))]
+
+    def host_alive(self, host: str) -> bool:
+        return self.kv.get(self.k_host(host)) is not None
+
+    # -- locks and reports -------------------------------------------------------------
+    def k_lock(self, name: str) -> str:
+        return f"{self.prefix}/locks/{name}"
+
+    def try_lock(self, name: str, owner: str, lease: int) -> bool:
+        return self.kv.txn([absent(self.k_lock(name))], [Put(self.k_lock(name), owner, lease=lease)])
+
+    def lock_owner(self, name: str) -> str | None:
+        item = self.kv.get(self.k_lock(name))
+        return item.value.decode() if item else None
+
+    def put_json(self, key: str, obj: dict) -> None:
+        self.kv.txn([], [Put(key, json.dumps(obj, sort_keys=True))])
+
+    def get_json(self, key: str) -> dict | None:
+        item = self.kv.get(key)
+        return json.loads(item.value) if item else None
+
+    def k_reconcile(self, host: str, what: str) -> str:
+        return f"{self.prefix}/reconcile/{host}/{what}"
+
+
+def adoptable(holder: Allocation, reservation: Allocation) -> bool:
+    """May a new network take over this claim for its gateway or aux address?
+
+    Docker claims the gateway and aux addresses through IPAM before
+    CreateNetwork: the gateway of a network being created (by any host, since
+    several hosts may create the same network at once), and an aux address
+    claimed by this host as a plain address (IPAM cannot tell it from --ip).
+    """
+    if holder.endpoint:
+        return False
+    if reservation.kind == "gateway":
+        return holder.kind == "gateway"
+    return holder.host == reservation.host and holder.kind in (reservation.kind, "endpoint")
 
 
 def describe_holder(alloc: Allocation) -> str:

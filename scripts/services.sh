@@ -154,6 +154,21 @@ start_containerd() {
 start_dockerd() {
     if docker_up; then log "dockerd: already running"; return; fi
     local logf=$NP_CI_LOGS/dockerd.log
+    # A dockerd killed with kill -9 leaves its pid file, and a new one refuses to
+    # start. Give a dying dockerd up to 10 s to go, then drop a stale file.
+    if [[ -f /var/run/docker.pid ]]; then
+        local old state i
+        old=$(cat /var/run/docker.pid 2>/dev/null || true)
+        for ((i = 0; i < 50; i++)); do
+            state=$(ps -o stat= -p "${old:-0}" 2>/dev/null || true)
+            [[ -z $state || $state == Z* ]] && break
+            sleep 0.2
+        done
+        if [[ -z $state || $state == Z* ]]; then
+            log "dockerd: removing the stale /var/run/docker.pid"
+            rm -f /var/run/docker.pid
+        fi
+    fi
     log "dockerd: starting ${DOCKERD_FLAGS[*]}"
     start_bg dockerd "$logf" dockerd "${DOCKERD_FLAGS[@]}"
     wait_for docker_up 60 || die "'$DOCKER info' still failing after 60 s; see $logf"

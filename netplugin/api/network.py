@@ -101,7 +101,7 @@ def program_external_connectivity(body: dict) -> dict:
 @protocol
 def revoke_external_connectivity(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ...}`` -> ``{}``"""
-    _ids(body)
+    backend("driver").check_ids(*_ids(body))
     return {}
 
 

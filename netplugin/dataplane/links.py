@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 HOST_PREFIX = "np"
 PEER_PREFIX = "nc"
+HOST_END_RE = re.compile(r"^np[0-9a-f]{11}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
 
@@ -28,7 +29,7 @@ def veth_names(endpoint_id: str) -> tuple[str, str]:
 
 
 def _checked(name: str) -> str:
-    if not _NAME_RE.match(name or ""):
+    if not _NAME_RE.fullmatch(name or ""):
         raise InvalidRequest(f"interface name {name!r} is invalid")
     return name
 
@@ -87,6 +88,30 @@ class Links:
             raise DataplaneError(f"cannot turn off tx checksum offload on {name}: {exc}") from None
         finally:
             eth.close()
+
+    def plug_into_netns(self, peer: str, netns_path: str, ip: str, prefixlen: int,
+                        gateway: str | None) -> str:
+        """Move peer into a container's network namespace and configure it as
+        Docker would have: the next free ethN, the address, up, and a default
+        route through gateway if the container has none. Returns the name."""
+        from pyroute2 import NetNS
+        _checked(peer)
+        with self._ipr() as ipr:
+            (idx,) = ipr.link_lookup(ifname=peer)
+            ipr.link("set", index=idx, net_ns_fd=netns_path)
+        ns = NetNS(netns_path)
+        try:
+            names = {link.get_attr("IFLA_IFNAME") for link in ns.get_links()}
+            name = next(f"eth{i}" for i in range(64) if f"eth{i}" not in names)
+            (idx,) = ns.link_lookup(ifname=peer)
+            ns.link("set", index=idx, ifname=name)
+            ns.addr("add", index=idx, address=ip, prefixlen=prefixlen)
+            ns.link("set", index=idx, state="up")
+            if gateway and not ns.get_default_routes(family=2):
+                ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+            return name
+        finally:
+            ns.close()
 
     def delete(self, name: str) -> bool:
         """Delete a link (its veth peer goes with it). False when it was not there."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unixhttp import call
+from netplugin.unixhttp import call
 
 DOCKER = "/usr/bin/docker"          # the 20.10 client that matches the daemon
 IMAGE = os.environ.get("NETPLUGIN_TEST_IMAGE", "netplugin/busybox:latest")
@@ -41,14 +41,15 @@ def docker(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Co
 class Plugin:
     """One netplugin daemon process and what the tests need to look at its state."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, socket: str = SOCKET, prefix: str | None = None):
         self.host_id = "e2e-" + secrets.token_hex(3)
         self.bridge = "npe2e" + secrets.token_hex(2)
-        self.prefix = "/netplugin/e2e-" + secrets.token_hex(4)
-        self.log = tmp / "netplugin.log"
+        self.prefix = prefix or "/netplugin/e2e-" + secrets.token_hex(4)
+        self.socket = socket
+        self.log = tmp / f"netplugin-{self.host_id}.log"
         self.env = dict(os.environ, NETPLUGIN_ETCD_ENDPOINTS=ETCD, NETPLUGIN_ETCD_PREFIX=self.prefix,
                         NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=self.bridge,
-                        NETPLUGIN_DATAPATH_TYPE="netdev", NETPLUGIN_SOCKET=SOCKET)
+                        NETPLUGIN_DATAPATH_TYPE="netdev", NETPLUGIN_SOCKET=socket)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -59,14 +60,26 @@ class Plugin:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"netplugin exited at start:\n{self.log.read_text()[-3000:]}")
-            if os.path.exists(SOCKET) and self.answers():
+            if os.path.exists(self.socket) and self.answers():
                 return
             time.sleep(0.05)
-        raise AssertionError(f"netplugin did not listen on {SOCKET} within 10 s:\n{self.log.read_text()[-3000:]}")
+        raise AssertionError(f"netplugin did not listen on {self.socket} within 10 s:\n{self.log.read_text()[-3000:]}")
+
+    def call(self, method: str, body: dict | None = None) -> tuple[int, dict]:
+        return call(self.socket, method, body)
+
+    def reconcile(self, *args: str) -> dict:
+        """One reconcile pass of this host; the parsed one-line JSON report."""
+        proc = subprocess.run([sys.executable, "-m", "netplugin.reconcile_cli", "--json", *args], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 1, f"the report must be one line: {proc.stdout!r}"
+        return json.loads(lines[0])
 
     def answers(self) -> bool:
         try:
-            status, reply = call(SOCKET, "Plugin.Activate", timeout=2)
+            status, reply = call(self.socket, "Plugin.Activate", timeout=2)
         except OSError:
             return False
         return status == 200 and "NetworkDriver" in reply.get("Implements", [])

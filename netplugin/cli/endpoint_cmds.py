@@ -1,0 +1,207 @@
+"""``netctl endpoint ls|inspect|release``, ``netctl host ls|inspect`` and
+``netctl reconcile``."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..errors import InvalidRequest, NetpluginError, NotFound
+from ..reconcile_cli import add_arguments as add_reconcile_arguments
+from .output import print_fields, print_json, print_table
+
+
+def register(sub, common) -> None:
+    ep = sub.add_parser("endpoint", help="container endpoints", parents=[common])
+    esub = ep.add_subparsers(dest="action", metavar="ACTION", parser_class=type(ep))
+    esub.required = True
+    ls = esub.add_parser("ls", help="list endpoints", parents=[common])
+    ls.add_argument("--network", "-n", help="only this network")
+    ls.add_argument("--host", help="only this host")
+    ls.set_defaults(run=endpoint_ls)
+    ins = esub.add_parser("inspect", help="one endpoint, by id (or prefix), IP or container", parents=[common])
+    ins.add_argument("ref", metavar="ID|IP|CONTAINER")
+    ins.set_defaults(run=endpoint_inspect)
+    rel = esub.add_parser("release", help="release an endpoint whole: port, veth, record, address",
+                          parents=[common])
+    rel.add_argument("id", nargs="?", metavar="ID", help="endpoint id or unique prefix")
+    rel.add_argument("--ip", help="release by address instead")
+    rel.add_argument("--network", "-n", help="network of --ip (needed when several networks could hold it)")
+    rel.add_argument("--force", action="store_true", help="even if Docker shows it attached to a running container")
+    rel.add_argument("--wait", type=float, default=5.0, help="seconds to wait for another host (default 5)")
+    rel.set_defaults(run=endpoint_release)
+
+    host = sub.add_parser("host", help="hosts of the cluster", parents=[common])
+    hsub = host.add_subparsers(dest="action", metavar="ACTION", parser_class=type(host))
+    hsub.required = True
+    hls = hsub.add_parser("ls", help="list hosts, alive or dead", parents=[common])
+    hls.set_defaults(run=host_ls)
+    hin = hsub.add_parser("inspect", help="one host", parents=[common])
+    hin.add_argument("host")
+    hin.set_defaults(run=host_inspect)
+
+    rec = sub.add_parser("reconcile", help="find and release leaks on this host", parents=[common])
+    add_reconcile_arguments(rec)
+    rec.set_defaults(run=reconcile)
+
+
+def _endpoint_row(ep) -> dict:
+    return {"id": ep.id, "network": ep.network_name or ep.network, "network_id": ep.network, "host": ep.host,
+            "ip": ep.ip, "mac": ep.mac, "vlan": ep.vlan, "port": ep.port, "docker_network": ep.docker_network,
+            "sandbox": ep.sandbox, "created": ep.created}
+
+
+def endpoint_ls(args, ctx) -> int:
+    eps = ctx.store.list_endpoints()
+    if args.network:
+        net = ctx.store.find_network(args.network)
+        eps = [e for e in eps if e.network == net.id]
+    if args.host:
+        eps = [e for e in eps if e.host == args.host]
+    eps.sort(key=lambda e: (e.network_name, e.host, e.ip))
+    if ctx.quiet:
+        for e in eps:
+            print(e.id)
+    elif ctx.json:
+        print_json([_endpoint_row(e) for e in eps])
+    else:
+        print_table(["ENDPOINT", "NETWORK", "HOST", "IP", "MAC", "VLAN", "PORT"],
+                    [[e.id[:12], e.network_name or e.network, e.host, e.ip, e.mac, e.vlan, e.port] for e in eps])
+    return 0
+
+
+def find_endpoint(ctx, ref: str):
+    eps = ctx.store.list_endpoints()
+    matches = [e for e in eps if e.id.startswith(ref.lower())] if len(ref) >= 4 else []
+    matches = matches or [e for e in eps if e.ip == ref]
+    if not matches:
+        from ..docker_api import DockerNames
+        ids = DockerNames(ctx.cfg.docker_url, ctx.cfg.docker_timeout).container_endpoints(ref)
+        matches = [e for e in eps if e.id in ids]
+    if not matches:
+        raise NotFound(f"no endpoint matches {ref!r} (by id prefix, IP or container on this host): "
+                       "see 'netctl endpoint ls'")
+    if len(matches) > 1:
+        raise InvalidRequest(f"{ref!r} matches {len(matches)} endpoints: give more of the id, "
+                             "or --network with --ip")
+    return matches[0]
+
+
+def endpoint_inspect(args, ctx) -> int:
+    row = _endpoint_row(find_endpoint(ctx, args.ref))
+    if ctx.json:
+        print_json(row)
+    else:
+        row["created"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
+        print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()])
+    return 0
+
+
+def endpoint_release(args, ctx) -> int:
+    if bool(args.id) == bool(args.ip):
+        raise InvalidRequest("give an endpoint ID or --ip IP (not both)")
+    body: dict = {"Force": args.force, "Wait": args.wait}
+    if args.id:
+        try:
+            body["EndpointID"] = find_endpoint(ctx, args.id).id
+        except NotFound:
+            if len(args.id) != 64:
+                raise
+            body["EndpointID"] = args.id          # maybe released already: let the API say so
+    else:
+        network = args.network or _network_of_ip(ctx, args.ip)
+        body.update(Network=network, Address=args.ip)
+    reply = _release(ctx, body)
+    if ctx.json:
+        print_json(reply)
+    else:
+        removed = reply.get("Removed") or {}
+        done = ", ".join(f"{k}={v}" for k, v in removed.items() if v)
+        print(f"{reply['Status']}" + (f" on host {reply['Host']}" if reply.get("Host") else "")
+              + (f": {done}" if done else "") + (f" ({reply['Warning']})" if reply.get("Warning") else ""))
+    return 0
+
+
+def _network_of_ip(ctx, ip: str) -> str:
+    import netaddr
+    try:
+        addr = netaddr.IPAddress(ip)
+    except (netaddr.AddrFormatError, ValueError):
+        raise InvalidRequest(f"--ip {ip!r} is not an IPv4 address") from None
+    for net in ctx.store.list_networks():
+        if addr in netaddr.IPNetwork(net.subnet):
+            return net.id
+    raise NotFound(f"no network holds {ip}: see 'netctl network ls'")
+
+
+def _release(ctx, body: dict) -> dict:
+    """Through the local daemon's socket when it runs; otherwise queue for the owner in etcd."""
+    from ..unixhttp import call
+    sock = ctx.cfg.socket
+    if os.path.exists(sock):
+        status, reply = call(sock, "NetPlugin.ReleaseEndpoint", body, timeout=30)
+        if status != 200:
+            raise NetpluginError(reply.get("Err") or f"the daemon answered {status}")
+        return reply
+    ep_id = body.get("EndpointID")
+    found = ctx.store.get_endpoint(ep_id) if ep_id else None
+    if found is None:
+        raise NetpluginError(f"netplugin is not running here (no socket at {sock}); run this on a host with "
+                             "a running netplugin daemon")
+    ctx.store.request_release(found[0].host, ep_id, body["Force"], by="netctl")
+    return {"Status": "pending", "EndpointID": ep_id, "Host": found[0].host}
+
+
+def _host_rows(ctx) -> list[dict]:
+    counts: dict[str, int] = {}
+    for ep in ctx.store.list_endpoints():
+        counts[ep.host] = counts.get(ep.host, 0) + 1
+    return [{"host": h.host, "alive": alive, "bridge": h.bridge, "datapath_type": h.datapath_type,
+             "uplink": h.uplink, "endpoints": counts.get(h.host, 0), "version": h.version,
+             "started": h.started, "last_seen": time.time() if alive else h.last_seen}
+            for h, alive in sorted(ctx.store.list_hosts(), key=lambda x: x[0].host)]
+
+
+def host_ls(args, ctx) -> int:
+    rows = _host_rows(ctx)
+    if ctx.quiet:
+        for r in rows:
+            print(r["host"])
+    elif ctx.json:
+        print_json(rows)
+    else:
+        print_table(["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST SEEN"],
+                    [[r["host"], "alive" if r["alive"] else "dead", r["bridge"], r["datapath_type"], r["uplink"],
+                      r["endpoints"], "now" if r["alive"] else _ago(r["last_seen"])] for r in rows])
+    return 0
+
+
+def host_inspect(args, ctx) -> int:
+    rows = [r for r in _host_rows(ctx) if r["host"] == args.host]
+    if not rows:
+        raise NotFound(f"host {args.host!r} never registered: see 'netctl host ls'")
+    row = rows[0]
+    row["last_reconcile"] = ctx.store.get_json(ctx.store.k_reconcile(args.host, "last"))
+    if ctx.json:
+        print_json(row)
+    else:
+        last = row.pop("last_reconcile")
+        print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()] +
+                     [("Last reconcile", f"{_ago(last['started'])}, {len(last['findings'])} finding(s)"
+                       if last else None)])
+    return 0
+
+
+def _ago(ts: float) -> str:
+    seconds = int(time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def reconcile(args, ctx) -> int:
+    from ..reconcile_cli import run
+    overrides = {k: getattr(args, k) for k in ("config", "etcd_endpoints", "etcd_cacert", "etcd_cert",
+                                               "etcd_key", "etcd_user", "etcd_password") if hasattr(args, k)}
+    return run(args, overrides, ctx.json)

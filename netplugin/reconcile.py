@@ -1,0 +1,274 @@
+"""The reconciler: finds what crashes leaked on this host and releases or
+repairs it, without ever touching anything alive.
+
+It compares five views of this host: etcd endpoint records, address
+allocations, OVS ports carrying ``np-endpoint``, ``np…`` veths, and Docker's
+own (the containers attached to this host's netplugin networks). Rules:
+
+* Nothing younger than the grace period is touched. Even with ``--grace 0``,
+  an endpoint or an address claimed less than IN_FLIGHT_FLOOR seconds ago is
+  left alone: Docker calls CreateEndpoint and Join right after RequestAddress.
+* An endpoint Docker shows attached to a running, paused or restarting
+  container is never released; missing pieces of it are repaired instead.
+* When Docker cannot be asked, nothing that depends on liveness is released:
+  findings are reported only.
+* One reconciler per host at a time, through a lease-bound etcd lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+
+import netaddr
+
+from .config import Config
+from .dataplane.links import HOST_END_RE, Links, veth_names
+from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
+from .docker_api import DockerView
+from .errors import NetpluginError
+from .model import ALLOC_ENDPOINT, Allocation, Endpoint
+from .release import Releaser
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT_FLOOR = 10.0
+LOCK_TTL = 120
+
+
+@dataclass
+class Finding:
+    kind: str
+    id: str
+    detail: str
+    action: str            # release | repair | report
+    done: bool = False
+    error: str = ""
+
+
+@dataclass
+class Report:
+    host: str
+    started: float
+    dry_run: bool
+    grace: float
+    docker: str = "ok"
+    status: str = "done"
+    duration_ms: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        counts: dict[str, int] = {}
+        for f in self.findings:
+            counts[f.kind] = counts.get(f.kind, 0) + 1
+        out["counts"] = counts
+        out["released"] = sum(1 for f in self.findings if f.done and f.action == "release")
+        out["repaired"] = sum(1 for f in self.findings if f.done and f.action == "repair")
+        out["errors"] = sum(1 for f in self.findings if f.error)
+        return out
+
+
+class Reconciler:
+    def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView,
+                 releaser: Releaser):
+        self.cfg = cfg
+        self.store = store
+        self.links = links
+        self.switch = switch
+        self.docker = docker
+        self.releaser = releaser
+
+    # -- the run ------------------------------------------------------------------
+    def run(self, dry_run: bool = False, grace: float = 60.0, dead_host_after: float | None = None) -> dict:
+        report = Report(self.cfg.host_id, time.time(), dry_run, grace)
+        lock = f"reconcile-{self.cfg.host_id}"
+        lease = self.store.kv.grant_lease(LOCK_TTL)
+        owner = f"{socket.gethostname()}:{id(self)}"
+        if not self.store.try_lock(lock, owner, lease):
+            self.store.kv.revoke_lease(lease)
+            report.status = f"skipped: another reconciler holds the lock ({self.store.lock_owner(lock)})"
+            return self._finish(report, save=False)
+        try:
+            self._scan(report, grace)
+            if dead_host_after is not None:
+                self._scan_dead_hosts(report, dead_host_after)
+            if not dry_run:
+                for finding, act in self._actions:
+                    try:
+                        act()
+                        finding.done = True
+                    except NetpluginError as exc:
+                        finding.error = exc.message
+                    except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
+                        log.exception("reconcile action failed")
+                        finding.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.store.kv.revoke_lease(lease)
+        return self._finish(report, save=True)
+
+    def _finish(self, report: Report, save: bool) -> dict:
+        report.duration_ms = round((time.time() - report.started) * 1000, 1)
+        out = report.as_dict()
+        if save:
+            self.store.put_json(self.store.k_reconcile(self.cfg.host_id, "last"), out)
+            counters = self.store.get_json(self.store.k_reconcile(self.cfg.host_id, "counters")) or {
+                "runs": 0, "found": {}, "released": 0, "repaired": 0, "errors": 0}
+            counters["runs"] += 1
+            for kind, n in out["counts"].items():
+                counters["found"][kind] = counters["found"].get(kind, 0) + n
+            for key in ("released", "repaired", "errors"):
+                counters[key] += out[key]
+            counters["last_run"] = report.started
+            self.store.put_json(self.store.k_reconcile(self.cfg.host_id, "counters"), counters)
+        return out
+
+    def _add(self, report: Report, finding: Finding, act=None) -> None:
+        report.findings.append(finding)
+        if act is not None and finding.action != "report":
+            self._actions.append((finding, act))
+
+    # -- what is there ------------------------------------------------------------------
+    def _scan(self, report: Report, grace: float) -> None:
+        self._actions = []
+        me = self.cfg.host_id
+        now = time.time()
+
+        def old(created: float, floor: float = IN_FLIGHT_FLOOR) -> bool:
+            return now - created >= max(grace, floor)
+
+        records = {ep.id: ep for ep in self.store.list_endpoints() if ep.host == me}
+        networks = {n.id: n for n in self.store.list_networks()}
+        bindings = [b for b in self.store.list_bindings() if b.host == me]
+        ports = {p["external_ids"][EXT_ENDPOINT]: p for p in self.switch.list_ports(self.cfg.bridge)
+                 if p["external_ids"].get(EXT_HOST) in (None, me)}
+        veths = {name for name in self.links.list_names() if HOST_END_RE.fullmatch(name)}
+        live = self.docker.live_endpoints([b.docker_network for b in bindings])
+        if live is None:
+            report.docker = "unreachable: liveness unknown, nothing alive-dependent is released"
+        live_ips = {(v["network"], v["ip"]) for v in (live or {}).values()}
+
+        for ep in records.values():
+            attached = live.get(ep.id) if live is not None else None
+            if live is not None and attached is None:
+                if old(ep.created):
+                    self._add(report, Finding("endpoint_without_container", ep.id,
+                                              f"{ep.ip} on {ep.network_name}: no running container has it",
+                                              "release"), lambda ep=ep: self.releaser.release_local(ep, "reconciler"))
+                continue
+            has_port, has_veth = ep.id in ports, ep.port in veths
+            if not has_veth:
+                can = attached is not None and bool(ep.sandbox)
+                self._add(report, Finding("endpoint_without_veth", ep.id,
+                                          f"{ep.port} is gone; container {attached['name'] if attached else '?'}",
+                                          "repair" if can else "report"),
+                          lambda ep=ep: self._replug(ep, networks.get(ep.network)))
+            elif not has_port:
+                self._add(report, Finding("endpoint_without_port", ep.id, f"OVS port {ep.port} is gone", "repair"),
+                          lambda ep=ep: self._add_port(ep))
+
+        for eid, port in ports.items():
+            if eid in records:
+                continue
+            attached = live.get(eid) if live is not None else None
+            if attached is not None:
+                self._add(report, Finding("port_without_record", eid, f"{port['name']}: record lost, container "
+                                          f"{attached['name']} alive", "repair"),
+                          lambda eid=eid, port=port, attached=attached: self._rebuild_record(eid, port, attached))
+            else:
+                self._add(report, Finding("port_without_endpoint", eid, f"OVS port {port['name']} has no endpoint",
+                                          "release" if live is not None else "report"),
+                          lambda port=port: self._drop_port(port["name"]))
+
+        known_ports = {ep.port for ep in records.values()} | {p["name"] for p in ports.values()}
+        for name in sorted(veths - known_ports):
+            self._add(report, Finding("veth_without_endpoint", name, f"veth {name} has no endpoint", "release"),
+                      lambda name=name: self.links.delete(name))
+
+        for net in networks.values():
+            for offset, alloc in self.store.list_allocations(net.subnet):
+                if alloc.kind != ALLOC_ENDPOINT or alloc.host != me:
+                    continue
+                if alloc.endpoint in records or alloc.endpoint in ports:
+                    continue
+                if any(ip == alloc.ip for _, ip in live_ips):
+                    continue      # Docker has a live container at this address: its record is being rebuilt
+                if not old(alloc.created, IN_FLIGHT_FLOOR if not alloc.endpoint else 0):
+                    continue
+                self._add(report, Finding("ip_without_endpoint", alloc.ip,
+                                          f"{alloc.ip} in {net.label}: claimed {int(now - alloc.created)} s ago, "
+                                          f"no endpoint", "release"),
+                          lambda net=net, offset=offset, alloc=alloc: self._drop_address(net.subnet, offset, alloc))
+
+    def _scan_dead_hosts(self, report: Report, dead_after: float) -> None:
+        now = time.time()
+        dead = {h.host for h, alive in self.store.list_hosts()
+                if not alive and now - h.last_seen > dead_after and h.host != self.cfg.host_id}
+        for ep in self.store.list_endpoints():
+            if ep.host in dead:
+                self._add(report, Finding("endpoint_of_dead_host", ep.id, f"{ep.ip} on dead host {ep.host}",
+                                          "release"), lambda ep=ep: self.store.release_endpoint(ep, "reconciler"))
+
+    # -- actions -------------------------------------------------------------------------
+    def _drop_address(self, subnet: str, offset: int, seen: Allocation) -> None:
+        held = self.store.get_allocation(subnet, offset)
+        if held and held[0].created == seen.created and held[0].endpoint == seen.endpoint:
+            self.store.release_address(subnet, offset, held[1])
+
+    def _drop_port(self, port: str) -> None:
+        self.switch.delete_port(port)
+        self.links.delete(port)
+
+    def _add_port(self, ep: Endpoint) -> None:
+        self.switch.add_access_port(self.cfg.bridge, ep.port, ep.vlan,
+                                    {EXT_ENDPOINT: ep.id, EXT_NETWORK: ep.network, EXT_HOST: ep.host})
+
+    def _replug(self, ep: Endpoint, net) -> None:
+        """A live container lost its veth: make a new pair and plug it in."""
+        self.switch.delete_port(ep.port)
+        self.links.create_veth(ep.port, ep.peer, self.cfg.mtu, ep.mac, self.cfg.datapath_type == "netdev")
+        self.links.plug_into_netns(ep.peer, ep.sandbox, ep.ip, ep.prefixlen, net.gateway if net else None)
+        self._add_port(ep)
+
+    def _rebuild_record(self, eid: str, port: dict, attached: dict) -> None:
+        """A live container's record was lost: write it again from OVS and Docker."""
+        net = self.store.get_network(port["external_ids"].get(EXT_NETWORK, ""))
+        if net is None:
+            raise NetpluginError(f"endpoint {eid[:12]}: its network is gone; cannot rebuild the record")
+        subnet = netaddr.IPNetwork(net.subnet)
+        ip = attached["ip"]
+        offset = int(netaddr.IPAddress(ip)) - subnet.first
+        alloc = Allocation(ip, ALLOC_ENDPOINT, self.cfg.host_id, endpoint=eid, network=net.id)
+        held = self.store.get_allocation(net.subnet, offset)
+        if held is None:
+            if not self.store.claim_address(net.subnet, offset, alloc):
+                raise NetpluginError(f"address {ip} was taken meanwhile; endpoint {eid[:12]} needs attention")
+            held = self.store.get_allocation(net.subnet, offset)
+        elif held[0].endpoint not in ("", eid) or held[0].host != self.cfg.host_id:
+            raise NetpluginError(f"address {ip} of live endpoint {eid[:12]} is held by someone else")
+        _, peer = veth_names(eid)
+        ep = Endpoint(id=eid, network=net.id, docker_network=attached["network"], host=self.cfg.host_id, ip=ip,
+                      prefixlen=subnet.prefixlen, mac=attached["mac"], port=port["name"], peer=peer, vlan=net.vlan,
+                      network_name=net.label)
+        if not self.store.create_endpoint(ep, net.subnet, offset, held[1], alloc):
+            raise NetpluginError(f"endpoint {eid[:12]} changed while its record was rebuilt; run again")
+
+
+def format_human(report: dict) -> str:
+    lines = [f"reconcile on {report['host']}: {report['status']}, {len(report['findings'])} finding(s), "
+             f"{report['released']} released, {report['repaired']} repaired, {report['errors']} error(s) "
+             f"in {report['duration_ms']:.0f} ms{' (dry run)' if report['dry_run'] else ''}"]
+    if not report["docker"] == "ok":
+        lines.append(f"docker: {report['docker']}")
+    for f in report["findings"]:
+        state = "done" if f["done"] else ("FAILED: " + f["error"] if f["error"] else "not done")
+        lines.append(f"  {f['kind']:<26} {f['id'][:15]:<15} {f['action']:<8} {state:<10} {f['detail']}")
+    return "\n".join(lines)
+
+
+def as_json_line(report: dict) -> str:
+    return json.dumps(report, sort_keys=True, separators=(",", ":"))

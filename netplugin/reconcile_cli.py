@@ -1,0 +1,67 @@
+"""``netplugin-reconcile`` (also ``netctl reconcile``): one reconcile pass on
+this host. Prints a human summary, or with --json exactly one JSON line.
+Exit code 0 when the pass ran (whatever it found), 1 when it could not run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import NetpluginError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    p.add_argument("--grace", type=float, default=60.0,
+                   help="leave alone anything younger than this many seconds (default 60)")
+    p.add_argument("--dead-host-after", type=float, default=None, metavar="SECONDS",
+                   help="also release endpoints of hosts dead for longer than this (off by default)")
+    p.add_argument("--host-id", help="this host's id (default: the daemon's setting)")
+    p.add_argument("--bridge", help="this host's OVS bridge (default: the daemon's setting)")
+
+
+def run(args, cfg_overrides: dict, as_json: bool) -> int:
+    from .backends import make_driver, make_releaser
+    from .config import load
+    from .docker_api import DockerView
+    from .reconcile import Reconciler, as_json_line, format_human
+
+    if args.grace < 0:
+        print("netplugin-reconcile: --grace must be 0 or more seconds", file=sys.stderr)
+        return 2
+    overrides = dict(cfg_overrides)
+    for key in ("host_id", "bridge"):
+        if getattr(args, key, None):
+            overrides[key] = getattr(args, key)
+    try:
+        cfg = load(overrides.pop("config", None), overrides=overrides)
+        driver = make_driver(cfg)
+        releaser = make_releaser(cfg, driver)
+        report = Reconciler(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker),
+                            releaser).run(dry_run=args.dry_run, grace=args.grace,
+                                          dead_host_after=args.dead_host_after)
+    except NetpluginError as exc:
+        print(f"netplugin-reconcile: {exc.message}", file=sys.stderr)
+        return 1
+    print(as_json_line(report) if as_json else format_human(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="netplugin-reconcile",
+                                description="Find and release what crashed containers leaked on this host.")
+    add_arguments(p)
+    p.add_argument("--config", help="TOML settings file")
+    p.add_argument("--etcd-endpoints", help="comma-separated etcd URLs")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    args = p.parse_args(argv)
+    logging.basicConfig(level="WARNING", stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {"config": args.config}
+    if args.etcd_endpoints:
+        overrides["etcd_endpoints"] = args.etcd_endpoints
+    return run(args, overrides, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Releasing an endpoint whole: its OVS port, its veth, its etcd record and
+its address, in an order that is safe to repeat after a crash at any step
+(datapath first, then record and address together in one transaction, which
+also leaves a tombstone so a second call can say "already released").
+
+An endpoint of another host is released by that host: the request is queued
+under ``release/<host>/<endpoint-id>``, and every daemon follows its own
+queue. An endpoint that Docker still shows attached to a running container is
+not released unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import netaddr
+
+from .config import Config
+from .dataplane.links import Links
+from .dataplane.ovs import Switch
+from .docker_api import DockerView
+from .errors import Conflict, InvalidRequest, NotFound
+from .model import ALLOC_ENDPOINT, Endpoint
+from .store import Store
+from .watch import PrefixFollower
+
+log = logging.getLogger(__name__)
+
+
+class Releaser:
+    def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView | None):
+        self.cfg = cfg
+        self.store = store
+        self.links = links
+        self.switch = switch
+        self.docker = docker
+
+    # -- the local, whole release ---------------------------------------------------
+    def release_local(self, ep: Endpoint, by: str = "api") -> dict:
+        """Remove everything of an endpoint of this host. Idempotent."""
+        removed = {"ovs_port": None, "veth": None, "record": False, "address": None}
+        if self.switch.delete_port(ep.port):
+            removed["ovs_port"] = ep.port
+        if self.links.delete(ep.port):
+            removed["veth"] = ep.port
+        removed["record"], removed["address"] = self.store.release_endpoint(ep, by)
+        log.info("released endpoint %s (%s on %s): %s", ep.id[:12], ep.ip, ep.network_name or ep.network, removed)
+        return removed
+
+    def _live_container(self, ep: Endpoint) -> dict | None:
+        if self.docker is None:
+            return None
+        view = self.docker.live_endpoints([ep.docker_network])
+        if view is None:
+            raise Conflict(f"cannot ask Docker whether endpoint {ep.id[:12]} is in use: "
+                           "start dockerd, or pass Force to release it anyway")
+        return view.get(ep.id)
+
+    # -- the API's use case --------------------------------------------------------------
+    def release(self, endpoint_id: str | None = None, network: str | None = None, address: str | None = None,
+                force: bool = False, wait: float = 0.0) -> dict:
+        """Release by endpoint id, or by network and address. Returns a reply with
+        Status 'released', 'already released' or 'pending' (another host's)."""
+        if endpoint_id:
+            return self._release_id(endpoint_id, force, wait)
+        if not (network and address):
+            raise InvalidRequest("give EndpointID, or Network and Address")
+        net = self.store.find_network(network)
+        subnet = netaddr.IPNetwork(net.subnet)
+        try:
+            ip = netaddr.IPAddress(address.split("/")[0], flags=netaddr.INET_PTON)
+        except (netaddr.AddrFormatError, ValueError):
+            raise InvalidRequest(f"Address {address!r} is not an IPv4 address") from None
+        if ip not in subnet:
+            raise InvalidRequest(f"address {ip} is not in network {net.label} ({net.subnet})")
+        held = self.store.get_allocation(net.subnet, int(ip) - subnet.first)
+        if held is None:
+            return {"Status": "already released", "Network": net.label, "Address": str(ip)}
+        alloc, rev = held
+        if alloc.kind != ALLOC_ENDPOINT:
+            raise Conflict(f"address {ip} is the {alloc.kind} address of network {net.label}, not an endpoint's")
+        if alloc.endpoint and self.store.get_endpoint(alloc.endpoint):
+            return self._release_id(alloc.endpoint, force, wait)
+        # An address with no endpoint record: a claim that never became an endpoint.
+        if alloc.host != self.cfg.host_id and self.store.host_alive(alloc.host) and not force:
+            raise Conflict(f"address {ip} was claimed by live host {alloc.host} and may be in the middle of "
+                           "a container start: retry later, or pass Force")
+        self.store.release_address(net.subnet, int(ip) - subnet.first, rev)
+        return {"Status": "released", "Network": net.label, "Address": str(ip),
+                "Removed": {"ovs_port": None, "veth": None, "record": False, "address": str(ip)}}
+
+    def _release_id(self, endpoint_id: str, force: bool, wait: float) -> dict:
+        found = self.store.get_endpoint(endpoint_id)
+        if found is None:
+            stone = self.store.tombstone(endpoint_id)
+            if stone is None:
+                raise NotFound(f"endpoint {endpoint_id} is unknown: see 'netctl endpoint ls'")
+            return {"Status": "already released", "EndpointID": endpoint_id, "Host": stone["host"],
+                    "ReleasedAt": stone["time"], "ReleasedBy": stone["by"]}
+        ep = found[0]
+        if ep.host == self.cfg.host_id:
+            if not force:
+                live = self._live_container(ep)
+                if live:
+                    raise Conflict(f"endpoint {endpoint_id[:12]} belongs to running container {live['name']}: "
+                                   "stop it or disconnect it first, or pass Force")
+            removed = self.release_local(ep, by="api")
+            return {"Status": "released", "EndpointID": endpoint_id, "Host": ep.host, "Removed": removed}
+        self.store.request_release(ep.host, endpoint_id, force, by=self.cfg.host_id)
+        reply = {"Status": "pending", "EndpointID": endpoint_id, "Host": ep.host}
+        if not self.store.host_alive(ep.host):
+            reply["Warning"] = f"host {ep.host} is not alive: the release happens when it comes back"
+        stop = time.monotonic() + min(max(wait, 0.0), 15.0)
+        while time.monotonic() < stop:
+            time.sleep(0.2)
+            pending = self.store.release_request(ep.host, endpoint_id)
+            if pending is None:
+                return {"Status": "released", "EndpointID": endpoint_id, "Host": ep.host}
+            if pending.get("state") == "refused":
+                raise Conflict(f"host {ep.host} refused: {pending.get('message')}")
+        return reply
+
+    # -- carrying out requests queued for this host -------------------------------------------
+    def follow_requests(self) -> PrefixFollower:
+        prefix = self.store.k_release(self.cfg.host_id)
+        return PrefixFollower(self.store.kv, prefix,
+                              on_snapshot=lambda items: [self._carry_out(i.key, i.value) for i in items],
+                              on_event=lambda ev: ev.kind == "put" and self._carry_out(ev.key, ev.value),
+                              name="release-requests").start()
+
+    def _carry_out(self, key: str, raw: bytes) -> None:
+        endpoint_id = key.rsplit("/", 1)[1]
+        request = json.loads(raw)
+        if request.get("state") != "pending":
+            return
+        try:
+            found = self.store.get_endpoint(endpoint_id)
+            if found is not None and found[0].host == self.cfg.host_id:
+                ep = found[0]
+                live = None if request.get("force") else self._live_container(ep)
+                if live:
+                    self.store.answer_release_request(self.cfg.host_id, endpoint_id, dict(
+                        request, state="refused",
+                        message=f"endpoint belongs to running container {live['name']}"))
+                    return
+                self.release_local(ep, by=f"request from {request.get('by')}")
+            self.store.answer_release_request(self.cfg.host_id, endpoint_id, None)
+        except Conflict as exc:
+            self.store.answer_release_request(self.cfg.host_id, endpoint_id,
+                                              dict(request, state="refused", message=exc.message))

@@ -1,0 +1,49 @@
+"""Following a prefix in etcd: read everything, then apply each change, and
+start over from a fresh read whenever the watch breaks (etcd restarted, a
+member failed over, the connection dropped). Nothing is missed: the watch
+starts at the revision the read was made at."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from .errors import NetpluginError
+from .kv import KV, Event, Item
+
+log = logging.getLogger(__name__)
+
+
+class PrefixFollower:
+    def __init__(self, kv: KV, prefix: str, on_snapshot: Callable[[list[Item]], None],
+                 on_event: Callable[[Event], None], name: str, retry: float = 1.0):
+        self.kv = kv
+        self.prefix = prefix
+        self.on_snapshot = on_snapshot
+        self.on_event = on_event
+        self.name = name
+        self.retry = retry
+        self.stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "PrefixFollower":
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                items, revision = self.kv.snapshot(self.prefix)
+                self.on_snapshot(items)
+                for event in self.kv.watch_prefix(self.prefix, revision + 1, self.stop):
+                    self.on_event(event)
+            except NetpluginError as exc:
+                log.warning("%s: %s; reading again in %.0f s", self.name, exc.message, self.retry)
+            except Exception:  # noqa: BLE001 - a bug in a handler must not stop following
+                log.exception("%s failed; reading again", self.name)
+            self.stop.wait(self.retry)

@@ -1,0 +1,391 @@
+"""Fakes at the boundaries of netplugin, and nothing else.
+
+- MemoryKV: the KV protocol of netplugin/kv.py with etcd v3 semantics
+  (one global revision, create/mod revisions per key, compare-and-swap
+  transactions, prefix deletes, leases).
+- FakeLinks / FakeSwitch: the public methods of dataplane Links and Switch,
+  recording state in dicts; ``fail_next(method, exc)`` makes the next call of
+  that method raise, so rollback paths can be driven.
+- FakeDockerNames: Docker network names from a dict.
+
+Everything above these boundaries (Store, Ipam, Driver, the Flask app) is the
+real code under test.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable, Iterator
+
+from netplugin.errors import DataplaneError, DataplaneUnavailable, StoreUnavailable
+from netplugin.kv import Compare, Delete, Item, Put
+
+try:                                   # the watch part of the KV protocol
+    from netplugin.kv import Event
+except ImportError:                    # pragma: no cover - older kv.py
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Event:
+        kind: str
+        key: str
+        value: bytes
+        mod_revision: int
+
+FAKE_ENDPOINTS = "http://127.0.0.1:2379"
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class MemoryKV:
+    """In-memory etcd v3. Thread-safe; ``down = True`` makes every call fail
+    (and breaks open watches)."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._events: list[Event] = []         # every change, in revision order (never compacted)
+        self._data: dict[str, Item] = {}
+        self._key_lease: dict[str, int] = {}
+        self._leases: dict[int, int] = {}      # lease id -> ttl
+        self._next_lease = 0x694D0000
+        self._sorted: list[str] | None = []
+        self.revision = 1                      # an empty etcd cluster is at revision 1
+        self.down = False
+        self.calls: list[str] = []
+        self.txn_count = 0
+
+    # -- helpers --------------------------------------------------------------
+    def _check_up(self, what: str) -> None:
+        self.calls.append(what)
+        if self.down:
+            raise self._unavailable()
+
+    @staticmethod
+    def _unavailable() -> StoreUnavailable:
+        return StoreUnavailable(
+            f"store unavailable: etcd did not answer at {FAKE_ENDPOINTS} (fake etcd is down); "
+            "check that etcd is running and reachable, then retry")
+
+    def _keys(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self._data)
+        return self._sorted
+
+    def _range(self, prefix: str) -> list[str]:
+        import bisect
+        keys = self._keys()
+        start = bisect.bisect_left(keys, prefix)
+        out = []
+        for key in keys[start:]:
+            if not key.startswith(prefix):
+                break
+            out.append(key)
+        return out
+
+    def _put(self, key: str, value: bytes, lease: int | None, rev: int) -> None:
+        old = self._data.get(key)
+        create = old.create_revision if old else rev
+        if old is None:
+            self._sorted = None
+        self._data[key] = Item(key, value, create, rev)
+        self._events.append(Event("put", key, value, rev))
+        if lease:
+            self._key_lease[key] = lease
+        else:
+            self._key_lease.pop(key, None)
+
+    def _delete(self, key: str, rev: int) -> bool:
+        if key in self._data:
+            del self._data[key]
+            self._events.append(Event("delete", key, b"", rev))
+            self._key_lease.pop(key, None)
+            self._sorted = None
+            return True
+        return False
+
+    @staticmethod
+    def _compare_ok(cmp: Compare, item: Item | None) -> bool:
+        if cmp.op not in ("==", "!="):
+            raise ValueError(f"unsupported compare op {cmp.op!r}")
+        if cmp.target == "value":
+            if item is None:
+                return False           # etcd: a value compare on a missing key always fails
+            actual, wanted = item.value, _bytes(cmp.value)
+        elif cmp.target == "create":
+            actual, wanted = (item.create_revision if item else 0), int(cmp.value)
+        elif cmp.target == "mod":
+            actual, wanted = (item.mod_revision if item else 0), int(cmp.value)
+        else:
+            raise ValueError(f"unsupported compare target {cmp.target!r}")
+        return actual == wanted if cmp.op == "==" else actual != wanted
+
+    # -- the KV protocol ------------------------------------------------------
+    def get(self, key: str) -> Item | None:
+        with self._lock:
+            self._check_up("get")
+            return self._data.get(key)
+
+    def get_prefix(self, prefix: str, keys_only: bool = False) -> list[Item]:
+        with self._lock:
+            self._check_up("get_prefix")
+            items = [self._data[k] for k in self._range(prefix)]
+            if keys_only:
+                items = [Item(i.key, b"", i.create_revision, i.mod_revision) for i in items]
+            return items
+
+    def count_prefix(self, prefix: str) -> int:
+        with self._lock:
+            self._check_up("count_prefix")
+            return len(self._range(prefix))
+
+    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool:
+        compares, success = list(compares), list(success)
+        with self._lock:
+            self._check_up("txn")
+            self.txn_count += 1
+            if not all(self._compare_ok(c, self._data.get(c.key)) for c in compares):
+                return False
+            for op in success:
+                if isinstance(op, Put) and op.lease and op.lease not in self._leases:
+                    raise StoreUnavailable(f"store unavailable: etcd refused the put of {op.key}: "
+                                           f"lease {op.lease:x} not found")
+            rev = self.revision + 1
+            changed = False
+            for op in success:
+                if isinstance(op, Put):
+                    self._put(op.key, _bytes(op.value), op.lease, rev)
+                    changed = True
+                elif op.prefix:
+                    for key in self._range(op.key):
+                        changed = self._delete(key, rev) or changed
+                else:
+                    changed = self._delete(op.key, rev) or changed
+            if changed:
+                self.revision = rev
+                self._cond.notify_all()
+            return True
+
+    def snapshot(self, prefix: str) -> tuple[list[Item], int]:
+        """Every item under prefix and the revision they were read at."""
+        with self._lock:
+            self._check_up("snapshot")
+            return [self._data[k] for k in self._range(prefix)], self.revision
+
+    def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[Event]:
+        """Changes under prefix from start_revision on, until stop is set;
+        StoreUnavailable when the fake goes down (a broken watch)."""
+        with self._lock:
+            self._check_up("watch_prefix")
+        seen = 0
+        while not stop.is_set():
+            with self._cond:
+                if self.down:
+                    raise self._unavailable()
+                batch = self._events[seen:]
+                seen = len(self._events)
+                if not batch:
+                    self._cond.wait(0.02)
+                    continue
+            for event in batch:
+                if event.mod_revision >= start_revision and event.key.startswith(prefix):
+                    yield event
+                    if stop.is_set():
+                        return
+
+    def set_down(self, down: bool) -> None:
+        """Like assigning ``down``, and wakes watchers so they notice at once."""
+        with self._cond:
+            self.down = down
+            self._cond.notify_all()
+
+    def grant_lease(self, ttl: int) -> int:
+        with self._lock:
+            self._check_up("grant_lease")
+            self._next_lease += 1
+            self._leases[self._next_lease] = ttl
+            return self._next_lease
+
+    def refresh_lease(self, lease_id: int) -> None:
+        with self._lock:
+            self._check_up("refresh_lease")
+            if lease_id not in self._leases:
+                raise StoreUnavailable(f"store unavailable: lease {lease_id:x} not found")
+
+    def revoke_lease(self, lease_id: int) -> None:
+        with self._lock:
+            self._check_up("revoke_lease")
+            if self._leases.pop(lease_id, None) is None:
+                raise StoreUnavailable(f"store unavailable: lease {lease_id:x} not found")
+            keys = [k for k, lease in self._key_lease.items() if lease == lease_id]
+            if keys:
+                self.revision += 1
+                for key in keys:
+                    self._delete(key, self.revision)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        pass
+
+    # -- test helpers (not part of the KV protocol) ---------------------------
+    def dump(self) -> dict[str, tuple[bytes, int]]:
+        """Every key with its value and mod revision: equal snapshots mean no write."""
+        with self._lock:
+            return {k: (i.value, i.mod_revision) for k, i in self._data.items()}
+
+    def keys(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return list(self._range(prefix))
+
+    def load(self, pairs: Iterable[tuple[str, bytes | str]]) -> None:
+        """Bulk-write many keys in one revision (fast pre-filling for tests)."""
+        with self._lock:
+            rev = self.revision + 1
+            for key, value in pairs:
+                self._put(key, _bytes(value), None, rev)
+            self.revision = rev
+            self._cond.notify_all()
+
+    def leases(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._leases)
+
+
+class _Failing:
+    """fail_next(method, exc): the next call of method raises exc."""
+
+    def __init__(self):
+        self._fail: dict[str, list[Exception]] = {}
+        self.calls: list[tuple] = []
+        self._flock = threading.Lock()
+
+    def fail_next(self, method: str, exc: Exception | None = None, times: int = 1) -> None:
+        if not hasattr(self, method):
+            raise AttributeError(f"{type(self).__name__} has no method {method}")
+        exc = exc or DataplaneError(f"fake {type(self).__name__}.{method} failed")
+        with self._flock:
+            self._fail.setdefault(method, []).extend([exc] * times)
+
+    def _enter(self, method: str, *args) -> None:
+        with self._flock:
+            self.calls.append((method, *args))
+            pending = self._fail.get(method)
+            exc = pending.pop(0) if pending else None
+        if exc is not None:
+            raise exc
+
+
+class FakeLinks(_Failing):
+    """Kernel links: veth pairs as dicts. Same public methods as Links."""
+
+    def __init__(self):
+        super().__init__()
+        self.links: dict[str, dict] = {}
+        self.netns: dict[str, dict[str, dict]] = {}     # netns path -> name -> link moved there
+
+    def exists(self, name: str) -> bool:
+        self._enter("exists", name)
+        return name in self.links
+
+    def list_names(self, prefix: str = "np") -> list[str]:
+        self._enter("list_names", prefix)
+        return sorted(n for n in self.links if n.startswith(prefix))
+
+    def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool) -> None:
+        self._enter("create_veth", host, peer, mtu, peer_mac, tx_checksum_off)
+        if host in self.links and self.links[host]["peer"] != peer:
+            raise DataplaneError(f"veth {host} exists without its peer {peer}: delete {host} and retry")
+        self.links[host] = {"kind": "veth", "peer": peer, "mtu": mtu, "up": True, "mac": None,
+                            "tx_checksum": not tx_checksum_off}
+        self.links[peer] = {"kind": "veth", "peer": host, "mtu": mtu, "up": False, "mac": peer_mac,
+                            "tx_checksum": not tx_checksum_off}
+
+    def disable_tx_checksum(self, name: str) -> None:
+        self._enter("disable_tx_checksum", name)
+        if name not in self.links:
+            raise DataplaneError(f"cannot turn off tx checksum offload on {name}: no such device")
+        self.links[name]["tx_checksum"] = False
+
+    def plug_into_netns(self, peer: str, netns_path: str, ip: str, prefixlen: int,
+                        gateway: str | None) -> str:
+        self._enter("plug_into_netns", peer, netns_path, ip, prefixlen, gateway)
+        if peer not in self.links:
+            raise DataplaneError(f"cannot move {peer} into {netns_path}: no such device")
+        ns = self.netns.setdefault(netns_path, {})
+        name = next(f"eth{i}" for i in range(64) if f"eth{i}" not in ns)
+        ns[name] = dict(self.links.pop(peer), ip=ip, prefixlen=prefixlen, gateway=gateway, up=True, was=peer)
+        return name
+
+    def delete(self, name: str) -> bool:
+        self._enter("delete", name)
+        link = self.links.pop(name, None)
+        if link is None:
+            return False
+        self.links.pop(link.get("peer"), None)
+        for ns in self.netns.values():          # the peer goes with it, wherever it was moved
+            for inner in [n for n, l in ns.items() if l.get("peer") == name]:
+                del ns[inner]
+        return True
+
+
+class FakeSwitch(_Failing):
+    """Open vSwitch: bridges and ports as dicts. Same public methods as Switch."""
+
+    def __init__(self):
+        super().__init__()
+        self.bridges: dict[str, dict] = {}
+        self.ports: dict[str, dict] = {}
+
+    def ensure_bridge(self, bridge: str, datapath_type: str, uplink: str | None = None) -> None:
+        self._enter("ensure_bridge", bridge, datapath_type, uplink)
+        self.bridges.setdefault(bridge, {"datapath_type": datapath_type, "uplink": uplink,
+                                         "protocols": ["OpenFlow10", "OpenFlow13"]})
+        if uplink:
+            self.ports[uplink] = {"bridge": bridge, "tag": None, "vlan_mode": "trunk", "external_ids": {}}
+
+    def add_access_port(self, bridge: str, port: str, vlan: int, external_ids: dict[str, str]) -> None:
+        self._enter("add_access_port", bridge, port, vlan, external_ids)
+        if bridge not in self.bridges:
+            raise DataplaneError(f"Open vSwitch refused to add port {port} to {bridge}: no bridge named {bridge}")
+        self.ports[port] = {"bridge": bridge, "tag": vlan, "vlan_mode": "access",
+                            "external_ids": dict(external_ids)}
+
+    def delete_port(self, port: str) -> bool:
+        self._enter("delete_port", port)
+        return self.ports.pop(port, None) is not None
+
+    def port_exists(self, port: str) -> bool:
+        self._enter("port_exists", port)
+        return port in self.ports
+
+    def bridge_exists(self, bridge: str) -> bool:
+        self._enter("bridge_exists", bridge)
+        return bridge in self.bridges
+
+    def list_ports(self, bridge: str) -> list[dict]:
+        self._enter("list_ports", bridge)
+        return [{"name": name, "tag": p["tag"], "external_ids": dict(p["external_ids"])}
+                for name, p in sorted(self.ports.items())
+                if p["bridge"] == bridge and "np-endpoint" in p["external_ids"]]
+
+    def close(self) -> None:
+        pass
+
+
+def ovs_down() -> DataplaneUnavailable:
+    return DataplaneUnavailable("Open vSwitch unavailable: cannot reach OVSDB at unix:/fake/db.sock "
+                                "(fake); check that ovsdb-server and ovs-vswitchd are running")
+
+
+class FakeDockerNames:
+    """Docker network id -> name; None while Docker does not know the network."""
+
+    def __init__(self, names: dict[str, str] | None = None):
+        self.names: dict[str, str] = dict(names or {})
+        self.calls: list[str] = []
+
+    def network_name(self, docker_network_id: str) -> str | None:
+        self.calls.append(docker_network_id)
+        return self.names.get(docker_network_id)
