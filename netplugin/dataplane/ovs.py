@@ -20,29 +20,66 @@ EXT_NETWORK = "np-network"
 EXT_HOST = "np-host"
 
 
+def describe(exc: BaseException) -> str:
+    """str(exc), safe for ovsdbapp exceptions whose __str__ itself can fail."""
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:  # noqa: BLE001
+        return type(exc).__name__
+
+
 class Switch:
-    """One OVSDB connection, opened on first use and reopened after a failure."""
+    """One OVSDB connection, opened on first use and reopened after a failure.
+
+    Opening is bounded by ``timeout``: an ovsdb-server that accepts but never
+    answers gives DataplaneUnavailable instead of hanging the caller (the IDL's
+    schema fetch has no timeout of its own, so it runs in a helper thread).
+    """
 
     def __init__(self, ovsdb: str = "unix:/var/run/openvswitch/db.sock", timeout: float = 5.0):
         self.ovsdb = ovsdb
         self.timeout = timeout
         self._api = None
+        self._connecting: tuple[threading.Thread, dict] | None = None
         self._lock = threading.Lock()
+
+    def _connect(self):
+        from ovsdbapp.backend.ovs_idl import connection
+        from ovsdbapp.schema.open_vswitch import impl_idl
+        idl = connection.OvsdbIdl.from_server(self.ovsdb, "Open_vSwitch")
+        conn = connection.Connection(idl=idl, timeout=self.timeout)
+        # ovsdbapp keeps one connection per backend class; a class of our own
+        # per connection lets a Switch reopen, and two Switches differ.
+        backend = type("SwitchIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+        return backend(conn, start=True)
 
     def api(self):
         with self._lock:
-            if self._api is None:
-                try:
-                    from ovsdbapp.backend.ovs_idl import connection
-                    from ovsdbapp.schema.open_vswitch import impl_idl
-                    idl = connection.OvsdbIdl.from_server(self.ovsdb, "Open_vSwitch")
-                    conn = connection.Connection(idl=idl, timeout=self.timeout)
-                    self._api = impl_idl.OvsdbIdl(conn, start=True)
-                except Exception as exc:  # noqa: BLE001 - any failure means OVSDB is unreachable
-                    raise DataplaneUnavailable(
-                        f"Open vSwitch unavailable: cannot reach OVSDB at {self.ovsdb} ({exc or type(exc).__name__}); "
-                        "check that ovsdb-server and ovs-vswitchd are running") from None
-            return self._api
+            if self._api is not None:
+                return self._api
+            if self._connecting is None:
+                result: dict = {}
+
+                def connect():
+                    try:
+                        result["api"] = self._connect()
+                    except Exception as exc:  # noqa: BLE001 - reported to the caller below
+                        result["error"] = exc
+                thread = threading.Thread(target=connect, name="ovsdb-connect", daemon=True)
+                thread.start()
+                self._connecting = (thread, result)
+            thread, result = self._connecting
+        thread.join(self.timeout)
+        with self._lock:
+            if not thread.is_alive():
+                self._connecting = None
+            if "api" in result:
+                self._api = result["api"]
+                return self._api
+        detail = describe(result["error"]) if "error" in result else f"no answer within {self.timeout:g} s"
+        raise DataplaneUnavailable(
+            f"Open vSwitch unavailable: cannot reach OVSDB at {self.ovsdb} ({detail}); "
+            "check that ovsdb-server and ovs-vswitchd are running")
 
     def _run(self, what: str, commands) -> list:
         api = self.api()
@@ -56,9 +93,9 @@ class Switch:
             if "Timeout" in name or "NotConnected" in name:
                 with self._lock:
                     self._api = None
-                raise DataplaneUnavailable(f"Open vSwitch did not answer while trying to {what} ({exc}); "
-                                           "check ovs-vswitchd") from None
-            raise DataplaneError(f"Open vSwitch refused to {what}: {exc}") from None
+                raise DataplaneUnavailable(f"Open vSwitch did not answer while trying to {what} "
+                                           f"({describe(exc)}); check ovs-vswitchd") from None
+            raise DataplaneError(f"Open vSwitch refused to {what}: {describe(exc)}") from None
 
     def ensure_bridge(self, bridge: str, datapath_type: str, uplink: str | None = None) -> None:
         """Create the bridge if missing, with OpenFlow 1.3 for meters; add the uplink as a trunk."""

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.unixhttp import call
+from netplugin.unixhttp import call
 
 pytestmark = pytest.mark.integration
 
