@@ -4,12 +4,15 @@ netctl at start, never at import time."""
 from __future__ import annotations
 
 from .config import Config
+from .dataplane.flows import Flows
 from .dataplane.links import Links
+from .dataplane.ratelimit import RateLimiter
 from .dataplane.ovs import Switch
 from .docker_api import DockerNames, DockerView
 from .driver import Backends, Driver
 from .ipam import Ipam
 from .kv import EtcdKV
+from .limit_sync import LimitSync
 from .release import Releaser
 from .store import Store
 
@@ -22,10 +25,13 @@ def make_store(cfg: Config) -> Store:
 
 def make_driver(cfg: Config) -> Driver:
     store = make_store(cfg)
-    return Driver(cfg, Backends(store=store, ipam=Ipam(store, cfg.host_id), links=Links(),
-                                switch=Switch(cfg.ovsdb, cfg.ovs_timeout),
-                                docker=DockerNames(cfg.docker_url, cfg.docker_timeout)))
+    switch = Switch(cfg.ovsdb, cfg.ovs_timeout)
+    flows = Flows(cfg.bridge, cfg.ovs_timeout)
+    limits = LimitSync(cfg, store, RateLimiter(switch, flows, cfg.rate_limit))
+    return Driver(cfg, Backends(store=store, ipam=Ipam(store, cfg.host_id), links=Links(), switch=switch,
+                                docker=DockerNames(cfg.docker_url, cfg.docker_timeout), limits=limits, flows=flows))
 
 
 def make_releaser(cfg: Config, driver: Driver) -> Releaser:
-    return Releaser(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker))
+    return Releaser(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker),
+                    remove_limit=driver.remove_limit)

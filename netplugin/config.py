@@ -53,6 +53,7 @@ class Config:
     ovs_timeout: float = 5.0
     docker_url: str = "unix:///var/run/docker.sock"
     docker_timeout: float = 5.0
+    rate_limit: str = "auto"
     handler_deadline: float = 20.0
     threads: int = 32
     log_level: str = "INFO"
@@ -76,6 +77,8 @@ class Config:
             raise InvalidRequest(f"mtu {self.mtu} must be between 576 and 9216")
         if not self.etcd_prefix.startswith("/") or self.etcd_prefix.endswith("/"):
             raise InvalidRequest("etcd_prefix must start with '/' and not end with '/'")
+        if self.rate_limit not in ("auto", "meter", "policing"):
+            raise InvalidRequest(f"rate_limit {self.rate_limit!r} must be auto, meter or policing")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise InvalidRequest(f"log_level {self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
         for name in ("etcd_timeout", "ovs_timeout", "docker_timeout", "handler_deadline"):

@@ -57,6 +57,8 @@ def background_start(driver, releaser) -> None:
     from .hosts import HostHeartbeat
     HostHeartbeat(driver.cfg, driver.store).start()
     releaser.follow_requests()
+    if driver.limits is not None:
+        driver.limits.start()
 
     def run():
         while True:

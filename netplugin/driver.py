@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import netaddr
 
@@ -27,10 +28,14 @@ from .model import (ALLOC_AUX, ALLOC_GATEWAY, Allocation, Binding, Endpoint, Net
                     check_docker_id, check_mac, check_name, check_subnet, check_vlan, mac_for)
 from .store import Store
 
+if TYPE_CHECKING:
+    from .dataplane.flows import Flows
+    from .limit_sync import LimitSync
+
 log = logging.getLogger(__name__)
 
 GENERIC = "com.docker.network.generic"
-KNOWN_OPTIONS = {"vlan", "name"}
+KNOWN_OPTIONS = {"vlan", "name", "profile"}
 NAMING_PATIENCE = 15.0   # seconds the background namer waits for Docker to store a new network
 
 
@@ -47,6 +52,8 @@ class Backends:
     links: Links
     switch: Switch
     docker: DockerNames
+    limits: "LimitSync | None" = None
+    flows: "Flows | None" = None
 
 
 class Driver:
@@ -57,6 +64,8 @@ class Driver:
         self.links = backends.links
         self.switch = backends.switch
         self.docker = backends.docker
+        self.limits = backends.limits
+        self.flows = backends.flows
         self._bridge_ready = False
         self._bridge_lock = threading.Lock()
 
@@ -65,6 +74,8 @@ class Driver:
         with self._bridge_lock:
             if not self._bridge_ready:
                 self.switch.ensure_bridge(self.cfg.bridge, self.cfg.datapath_type, self.cfg.uplink)
+                if self.flows is not None:
+                    self.flows.ensure_pipeline()
                 self._bridge_ready = True
 
     # -- networks -----------------------------------------------------------------
@@ -88,18 +99,24 @@ class Driver:
                for k, v in aux_raw.items()}
         vlan = check_vlan(generic["vlan"]) if "vlan" in generic else None
         name = check_name(generic["name"]) if "name" in generic else None
+        profile = generic.get("profile", "")
+        if profile and profile not in self.store.list_profiles():
+            raise NotFound(f"profile {profile!r} does not exist: create it with 'netctl profile create'")
 
         net = self._existing_network(str(subnet), name)
         created = False
         if net is not None:
             self._check_matches(net, str(subnet), gateway, vlan, aux)
+            if profile and profile != net.profile:
+                raise Conflict(f"network {net.label} has profile {net.profile or 'none'}, not {profile}: "
+                               f"change it with 'netctl network set {net.label} --profile {profile}'")
         else:
             if vlan is None:
                 raise InvalidRequest(f"no global network has subnet {subnet}: to create one pass -o vlan=N "
                                      "(1-4094), or create it first with 'netctl network create'")
             sub_pool = self.ipam.recent_sub_pool(str(subnet))
             net = Network(id=new_network_id(), name=name, subnet=str(subnet), gateway=gateway, vlan=vlan,
-                          ranges=[sub_pool] if sub_pool else [], aux=aux, origin="docker")
+                          ranges=[sub_pool] if sub_pool else [], aux=aux, origin="docker", profile=profile)
             reserved = [Allocation(gateway, ALLOC_GATEWAY, self.cfg.host_id, network=net.id)]
             reserved += [Allocation(ip, ALLOC_AUX, self.cfg.host_id, network=net.id) for ip in aux.values()]
             try:
@@ -131,7 +148,7 @@ class Driver:
         unknown = sorted(set(generic) - KNOWN_OPTIONS)
         if unknown:
             raise InvalidRequest(f"unknown driver option(s) {', '.join(unknown)}: netplugin understands "
-                                 "-o vlan=N and -o name=GLOBAL-NETWORK")
+                                 "-o vlan=N, -o name=GLOBAL-NETWORK and -o profile=BANDWIDTH-PROFILE")
         return {k: str(v) for k, v in generic.items()}
 
     def _existing_network(self, subnet: str, name: str | None) -> Network | None:
@@ -260,14 +277,24 @@ class Driver:
             deadline.check("adding the OVS port")
             self.switch.add_access_port(self.cfg.bridge, port, net.vlan, {
                 EXT_ENDPOINT: endpoint_id, EXT_NETWORK: net.id, EXT_HOST: self.cfg.host_id})
+            if self.limits is not None:
+                deadline.check("applying the bandwidth limit")
+                self.limits.apply_endpoint(ep)
             deadline.check("finishing the endpoint")
         except Exception:
             self._undo_endpoint(ep)
             raise
         return {} if interface.get("MacAddress") else {"MacAddress": mac}
 
+    def remove_limit(self, endpoint_id: str, port: str) -> None:
+        """Meter, flows and policing of a port go before the port itself."""
+        if self.limits is not None:
+            self.limits.limiter.remove(endpoint_id, port)
+            self.limits.forget(endpoint_id)
+
     def _undo_endpoint(self, ep: Endpoint) -> None:
-        for step, fn in (("OVS port", lambda: self.switch.delete_port(ep.port)),
+        for step, fn in (("limit", lambda: self.remove_limit(ep.id, ep.port)),
+                         ("OVS port", lambda: self.switch.delete_port(ep.port)),
                          ("veth", lambda: self.links.delete(ep.port)),
                          ("etcd record", lambda: self.store.delete_endpoint(ep.id))):
             try:
@@ -314,6 +341,7 @@ class Driver:
         check_docker_id(endpoint_id, "EndpointID")
         found = self.store.get_endpoint(endpoint_id)
         port = found[0].port if found else veth_names(endpoint_id)[0]
+        self.remove_limit(endpoint_id, port)
         self.switch.delete_port(port)
         self.links.delete(port)
         if found is not None:

@@ -67,6 +67,7 @@ class Network(Record):
     aux: dict[str, str] = field(default_factory=dict)
     origin: str = "netctl"
     name_conflict: str = ""
+    profile: str = ""
     created: float = field(default_factory=time.time)
 
     @property
@@ -89,6 +90,7 @@ class Endpoint(Record):
     vlan: int
     network_name: str = ""
     sandbox: str = ""
+    limit: dict = field(default_factory=dict)   # {"profile": P} or {"rate_kbps": R, "burst_kb": B}
     created: float = field(default_factory=time.time)
 
 
@@ -110,6 +112,16 @@ class Binding(Record):
     network: str
     host: str
     pool: str = ""
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class Profile(Record):
+    """A bandwidth profile: what a container may send, in kbit/s, with a burst in kbit."""
+
+    name: str
+    rate_kbps: int
+    burst_kb: int
     created: float = field(default_factory=time.time)
 
 

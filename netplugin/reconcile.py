@@ -182,7 +182,7 @@ class Reconciler:
             else:
                 self._add(report, Finding("port_without_endpoint", eid, f"OVS port {port['name']} has no endpoint",
                                           "release" if live is not None else "report"),
-                          lambda port=port: self._drop_port(port["name"]))
+                          lambda port=port, eid=eid: self._drop_port(port["name"], eid))
 
         known_ports = {ep.port for ep in records.values()} | {p["name"] for p in ports.values()}
         for name in sorted(veths - known_ports):
@@ -219,7 +219,9 @@ class Reconciler:
         if held and held[0].created == seen.created and held[0].endpoint == seen.endpoint:
             self.store.release_address(subnet, offset, held[1])
 
-    def _drop_port(self, port: str) -> None:
+    def _drop_port(self, port: str, endpoint_id: str) -> None:
+        if self.releaser.remove_limit is not None:
+            self.releaser.remove_limit(endpoint_id, port)
         self.switch.delete_port(port)
         self.links.delete(port)
 

@@ -30,17 +30,21 @@ log = logging.getLogger(__name__)
 
 
 class Releaser:
-    def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView | None):
+    def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView | None,
+                 remove_limit=None):
         self.cfg = cfg
         self.store = store
         self.links = links
         self.switch = switch
         self.docker = docker
+        self.remove_limit = remove_limit      # driver.remove_limit: meter and flows of a port
 
     # -- the local, whole release ---------------------------------------------------
     def release_local(self, ep: Endpoint, by: str = "api") -> dict:
         """Remove everything of an endpoint of this host. Idempotent."""
         removed = {"ovs_port": None, "veth": None, "record": False, "address": None}
+        if self.remove_limit is not None:
+            self.remove_limit(ep.id, ep.port)
         if self.switch.delete_port(ep.port):
             removed["ovs_port"] = ep.port
         if self.links.delete(ep.port):

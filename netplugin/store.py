@@ -17,6 +17,7 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
     hostinfo/<host>                Host with last_seen, kept after the host dies
     release/<host>/<endpoint-id>   a request for that host to release one of its endpoints
     released/<endpoint-id>         tombstone: when and by whom an endpoint was released
+    profiles/<name>                Profile: rate and burst
     locks/<name>                   a lease-bound lock (the reconciler's)
     reconcile/<host>/last          the last reconcile report of that host
     reconcile/<host>/counters      its running totals, for metrics
@@ -34,8 +35,8 @@ import time
 import netaddr
 
 from .errors import Conflict, NotFound
-from .kv import KV, Delete, Put, absent, unchanged
-from .model import Allocation, Binding, Endpoint, Host, Network
+from .kv import KV, Compare, Delete, Put, absent, unchanged
+from .model import Allocation, Binding, Endpoint, Host, Network, Profile
 
 CHUNK_BITS = 8   # the pool is scanned 256 addresses at a time
 
@@ -304,6 +305,70 @@ class Store:
         """Remove a request once carried out, or keep it with the reason it was refused."""
         key = self.k_release(host, endpoint_id)
         self.kv.txn([], [Delete(key)] if answer is None else [Put(key, json.dumps(answer))])
+
+    # -- bandwidth profiles -----------------------------------------------------------
+    def k_profile(self, name: str = "") -> str:
+        return f"{self.prefix}/profiles/{name}"
+
+    def list_profiles(self) -> dict[str, Profile]:
+        return {p.name: p for p in (Profile.from_json(i.value) for i in self.kv.get_prefix(self.k_profile()))}
+
+    def put_profile(self, profile: Profile, create: bool) -> None:
+        """Create (refused if it exists) or change (refused if it does not) a profile."""
+        key = self.k_profile(profile.name)
+        guard = absent(key) if create else Compare(key, "create", "!=", 0)
+        if not self.kv.txn([guard], [Put(key, profile.to_json())]):
+            raise Conflict(f"profile {profile.name} exists already: use 'netctl profile set'") if create else \
+                NotFound(f"profile {profile.name!r} does not exist: see 'netctl profile ls'")
+
+    def delete_profile(self, name: str) -> list[str]:
+        """Delete a profile and detach it from networks and endpoints, at once.
+        Returns what it was attached to."""
+        for _ in range(5):
+            prof = self.kv.get(self.k_profile(name))
+            if prof is None:
+                raise NotFound(f"profile {name!r} does not exist: see 'netctl profile ls'")
+            compares, ops, users = [unchanged(self.k_profile(name), prof.mod_revision)], [Delete(self.k_profile(name))], []
+            for item in self.kv.get_prefix(f"{self.prefix}/networks/"):
+                net = Network.from_json(item.value)
+                if net.profile == name:
+                    net.profile = ""
+                    compares.append(unchanged(item.key, item.mod_revision))
+                    ops.append(Put(item.key, net.to_json()))
+                    users.append(f"network {net.label}")
+            for item in self.kv.get_prefix(f"{self.prefix}/endpoints/"):
+                ep = Endpoint.from_json(item.value)
+                if ep.limit.get("profile") == name:
+                    ep.limit = {}
+                    compares.append(unchanged(item.key, item.mod_revision))
+                    ops.append(Put(item.key, ep.to_json()))
+                    users.append(f"endpoint {ep.id[:12]}")
+            if self.kv.txn(compares, ops):
+                return users
+        raise Conflict(f"profile {name} kept changing while being removed: retry")
+
+    def update_network(self, net_id: str, change) -> Network:
+        """Apply change(network) and write it back, retrying on a concurrent write."""
+        for _ in range(5):
+            item = self.kv.get(self.k_network(net_id))
+            if item is None:
+                raise NotFound(f"network {net_id} does not exist")
+            net = Network.from_json(item.value)
+            change(net)
+            if self.kv.txn([unchanged(item.key, item.mod_revision)], [Put(item.key, net.to_json())]):
+                return net
+        raise Conflict(f"network {net_id} kept changing: retry")
+
+    def change_endpoint(self, endpoint_id: str, change) -> Endpoint:
+        for _ in range(5):
+            found = self.get_endpoint(endpoint_id)
+            if found is None:
+                raise NotFound(f"endpoint {endpoint_id[:12]} does not exist")
+            ep, rev = found
+            change(ep)
+            if self.update_endpoint(ep, rev):
+                return ep
+        raise Conflict(f"endpoint {endpoint_id[:12]} kept changing: retry")
 
     # -- hosts ----------------------------------------------------------------------
     def k_host(self, host: str) -> str:

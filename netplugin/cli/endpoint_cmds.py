@@ -30,6 +30,8 @@ def register(sub, common) -> None:
     rel.add_argument("--force", action="store_true", help="even if Docker shows it attached to a running container")
     rel.add_argument("--wait", type=float, default=5.0, help="seconds to wait for another host (default 5)")
     rel.set_defaults(run=endpoint_release)
+    from .profile_cmds import add_endpoint_set
+    add_endpoint_set(esub, common)
 
     host = sub.add_parser("host", help="hosts of the cluster", parents=[common])
     hsub = host.add_subparsers(dest="action", metavar="ACTION", parser_class=type(host))

@@ -36,6 +36,9 @@ def register(sub, common) -> None:
     rm.add_argument("--force", "-f", action="store_true", help="remove even with endpoints")
     rm.set_defaults(run=remove)
 
+    from .profile_cmds import add_network_set
+    add_network_set(nsub, common)
+
     ipam = sub.add_parser("ipam", help="address pools", parents=[common])
     isub = ipam.add_subparsers(dest="action", metavar="ACTION", parser_class=type(ipam))
     isub.required = True

@@ -83,6 +83,11 @@ class Flows:
         if ofport and int(ofport) in self.meter_ids():
             self._ofctl("del-meter", self.bridge, f"meter={int(ofport)}")
 
+    def meters_supported(self) -> bool:
+        out = self._ofctl("meter-features", self.bridge)
+        m = re.search(r"max_meter:(\d+)", out)
+        return bool(m and int(m.group(1)) > 0)
+
     def meter_ids(self) -> set[int]:
         out = self._ofctl("dump-meters", self.bridge)
         return {int(m) for m in re.findall(r"meter=(\d+)", out)}

@@ -126,6 +126,19 @@ class Switch:
         (rows,) = self._run("look up ports", lambda api: [api.db_find("Port", ("name", "=", port), columns=["name"])])
         return bool(rows)
 
+    def ofport(self, port: str) -> int | None:
+        """The OpenFlow port number of an interface, None while vswitchd has not given one."""
+        rows, = self._run("look up an ofport", lambda api: [api.db_find("Interface", ("name", "=", port),
+                                                                           columns=["ofport"])])
+        value = rows[0]["ofport"] if rows else None
+        value = value[0] if isinstance(value, list) and value else value
+        return int(value) if isinstance(value, int) and value > 0 else None
+
+    def set_policing(self, port: str, rate_kbps: int, burst_kb: int) -> None:
+        """OVS ingress policing on the interface (0, 0 removes it)."""
+        self._run(f"set policing on {port}", lambda api: [api.db_set(
+            "Interface", port, ("ingress_policing_rate", int(rate_kbps)), ("ingress_policing_burst", int(burst_kb)))])
+
     def bridge_exists(self, bridge: str) -> bool:
         (found,) = self._run("look up bridges", lambda api: [api.br_exists(bridge)])
         return bool(found)

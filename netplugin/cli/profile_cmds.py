@@ -1,0 +1,145 @@
+"""``netctl profile create|ls|inspect|rm|set``, ``netctl network set`` and
+``netctl endpoint set``: bandwidth limits, applied live on every host."""
+
+from __future__ import annotations
+
+from ..errors import InvalidRequest
+from ..limits import human_rate, make_profile, parse_burst, parse_rate, require_profile
+from .endpoint_cmds import find_endpoint
+from .output import print_fields, print_json, print_table
+
+
+def register(sub, common) -> None:
+    prof = sub.add_parser("profile", help="bandwidth profiles", parents=[common])
+    psub = prof.add_subparsers(dest="action", metavar="ACTION", parser_class=type(prof))
+    psub.required = True
+    c = psub.add_parser("create", help="create a profile", parents=[common])
+    c.add_argument("name")
+    c.add_argument("--rate", "-b", required=True, help="e.g. 500kbit, 100mbit, 1gbit")
+    c.add_argument("--burst", "-s", help="e.g. 256kb, 2mb (default: 250 ms of the rate)")
+    c.set_defaults(run=profile_create)
+    s = psub.add_parser("set", help="change a profile's rate or burst (applied live)", parents=[common])
+    s.add_argument("name")
+    s.add_argument("--rate", "-b", help="new rate")
+    s.add_argument("--burst", "-s", help="new burst")
+    s.set_defaults(run=profile_set)
+    ls = psub.add_parser("ls", help="list profiles", parents=[common])
+    ls.set_defaults(run=profile_ls)
+    ins = psub.add_parser("inspect", help="one profile and what uses it", parents=[common])
+    ins.add_argument("name")
+    ins.set_defaults(run=profile_inspect)
+    rm = psub.add_parser("rm", help="remove a profile (its limits are lifted)", parents=[common])
+    rm.add_argument("name")
+    rm.set_defaults(run=profile_rm)
+
+
+def add_network_set(network_sub, common) -> None:
+    ns = network_sub.add_parser("set", help="attach or detach a bandwidth profile", parents=[common])
+    ns.add_argument("name")
+    group = ns.add_mutually_exclusive_group(required=True)
+    group.add_argument("--profile", "-p", help="profile for every endpoint of the network")
+    group.add_argument("--no-profile", action="store_true", help="lift the network's limit")
+    ns.set_defaults(run=network_set)
+
+
+def add_endpoint_set(endpoint_sub, common) -> None:
+    es = endpoint_sub.add_parser("set", help="limit one endpoint, overriding its network", parents=[common])
+    es.add_argument("ref", metavar="ENDPOINT|IP|CONTAINER")
+    group = es.add_mutually_exclusive_group(required=True)
+    group.add_argument("--profile", "-p", help="a profile")
+    group.add_argument("--rate", "-b", help="a rate of its own, e.g. 50mbit")
+    group.add_argument("--clear", action="store_true", help="back to the network's limit")
+    es.add_argument("--burst", "-s", help="with --rate: the burst")
+    es.set_defaults(run=endpoint_set)
+
+
+def _row(p, users: list[str]) -> dict:
+    return {"name": p.name, "rate_kbps": p.rate_kbps, "burst_kb": p.burst_kb, "rate": human_rate(p.rate_kbps),
+            "used_by": users}
+
+
+def _users(ctx, name: str) -> list[str]:
+    nets = [f"network {n.label}" for n in ctx.store.list_networks() if n.profile == name]
+    eps = [f"endpoint {e.id[:12]}" for e in ctx.store.list_endpoints() if e.limit.get("profile") == name]
+    return nets + eps
+
+
+def profile_create(args, ctx) -> int:
+    prof = make_profile(args.name, args.rate, args.burst)
+    ctx.store.put_profile(prof, create=True)
+    print_json(_row(prof, [])) if ctx.json else print(prof.name)
+    return 0
+
+
+def profile_set(args, ctx) -> int:
+    if not args.rate and not args.burst:
+        raise InvalidRequest("give --rate and/or --burst")
+    current = require_profile(ctx.store.list_profiles(), args.name)
+    rate = parse_rate(args.rate) if args.rate else current.rate_kbps
+    burst = parse_burst(args.burst, rate) if args.burst else (
+        parse_burst(None, rate) if args.rate else current.burst_kb)
+    current.rate_kbps, current.burst_kb = rate, burst
+    ctx.store.put_profile(current, create=False)
+    print_json(_row(current, _users(ctx, args.name))) if ctx.json else print(current.name)
+    return 0
+
+
+def profile_ls(args, ctx) -> int:
+    profiles = sorted(ctx.store.list_profiles().values(), key=lambda p: p.name)
+    if ctx.quiet:
+        for p in profiles:
+            print(p.name)
+    elif ctx.json:
+        print_json([_row(p, _users(ctx, p.name)) for p in profiles])
+    else:
+        print_table(["NAME", "RATE", "BURST", "USED BY"],
+                    [[p.name, human_rate(p.rate_kbps), f"{p.burst_kb}kbit", len(_users(ctx, p.name))]
+                     for p in profiles])
+    return 0
+
+
+def profile_inspect(args, ctx) -> int:
+    prof = require_profile(ctx.store.list_profiles(), args.name)
+    row = _row(prof, _users(ctx, args.name))
+    if ctx.json:
+        print_json(row)
+    else:
+        print_fields([("Name", row["name"]), ("Rate", f"{row['rate']} ({row['rate_kbps']} kbit/s)"),
+                      ("Burst", f"{row['burst_kb']} kbit"), ("Used by", ", ".join(row["used_by"]))])
+    return 0
+
+
+def profile_rm(args, ctx) -> int:
+    users = ctx.store.delete_profile(args.name)
+    if ctx.json:
+        print_json({"name": args.name, "detached": users})
+    elif not ctx.quiet:
+        print(args.name + (f" (limits lifted on {', '.join(users)})" if users else ""))
+    return 0
+
+
+def network_set(args, ctx) -> int:
+    net = ctx.store.find_network(args.name)
+    name = "" if args.no_profile else args.profile
+    if name:
+        require_profile(ctx.store.list_profiles(), name)
+    net = ctx.store.update_network(net.id, lambda n: setattr(n, "profile", name))
+    print_json({"network": net.label, "profile": net.profile or None}) if ctx.json else print(net.label)
+    return 0
+
+
+def endpoint_set(args, ctx) -> int:
+    ep = find_endpoint(ctx, args.ref)
+    if args.clear:
+        limit: dict = {}
+    elif args.profile:
+        require_profile(ctx.store.list_profiles(), args.profile)
+        limit = {"profile": args.profile}
+    else:
+        rate = parse_rate(args.rate)
+        limit = {"rate_kbps": rate, "burst_kb": parse_burst(args.burst, rate)}
+    if args.burst and not args.rate:
+        raise InvalidRequest("--burst goes with --rate")
+    ep = ctx.store.change_endpoint(ep.id, lambda e: setattr(e, "limit", limit))
+    print_json({"endpoint": ep.id, "limit": ep.limit or None}) if ctx.json else print(ep.id[:12])
+    return 0

@@ -1,0 +1,59 @@
+"""Per-port limits on what a container sends (traffic entering the switch).
+
+Two mechanisms, chosen by the ``rate_limit`` setting:
+
+* ``meter``: an OpenFlow 1.3 meter per port (flows.py). Works in the kernel and
+  the userspace datapath.
+* ``policing``: OVS ``ingress_policing_rate``/``_burst``, which needs tc's police
+  action in the kernel (missing on some kernels, e.g. these test machines).
+* ``auto`` (default): meters when the bridge reports meter support, else policing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .flows import Flows
+from .ovs import Switch
+
+log = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    def __init__(self, switch: Switch, flows: Flows, method: str = "auto"):
+        self.switch = switch
+        self.flows = flows
+        self._method = None if method == "auto" else method
+        self._lock = threading.Lock()
+
+    @property
+    def method(self) -> str:
+        with self._lock:
+            if self._method is None:
+                self._method = "meter" if self.flows.meters_supported() else "policing"
+                log.info("rate limits use %s on bridge %s", self._method, self.flows.bridge)
+            return self._method
+
+    def apply(self, endpoint_id: str, port: str, limit: tuple[int, int] | None) -> None:
+        """Set or remove the limit of one port."""
+        if self.method == "meter":
+            ofport = self.switch.ofport(port)
+            if ofport is None:
+                return
+            if limit:
+                self.flows.set_port_meter(endpoint_id, ofport, *limit)
+            else:
+                self.flows.clear_port_meter(endpoint_id, ofport)
+        else:
+            self.switch.set_policing(port, *(limit or (0, 0)))
+
+    def remove(self, endpoint_id: str, port: str) -> None:
+        """Before a port goes: its meter, flows and policing go first."""
+        ofport = self.switch.ofport(port) if self.switch.port_exists(port) else None
+        self.flows.clear_port_meter(endpoint_id, ofport)
+        self.flows.delete_endpoint_flows(endpoint_id)
+
+    def applied(self) -> dict[int, dict]:
+        """What the bridge enforces now: meter id (ofport) -> rate and burst."""
+        return self.flows.meters() if self.method == "meter" else {}

@@ -1,0 +1,124 @@
+"""Keeps every local port's limit equal to what etcd says, live.
+
+It follows ``profiles/``, ``networks/`` and ``endpoints/`` with etcd watches;
+any change that can alter a local endpoint's limit wakes one worker, which
+recomputes the limit of every endpoint of this host and applies what differs.
+A daemon restart starts with a full pass, so every limit is applied again;
+a periodic pass also puts back what someone changed in OVS by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from .config import Config
+from .dataplane.ratelimit import RateLimiter
+from .errors import NetpluginError
+from .kv import Event
+from .limits import effective_limit
+from .model import Endpoint
+from .store import Store
+from .watch import PrefixFollower
+
+log = logging.getLogger(__name__)
+
+FULL_PASS_EVERY = 30.0
+
+
+class LimitSync:
+    def __init__(self, cfg: Config, store: Store, limiter: RateLimiter):
+        self.cfg = cfg
+        self.store = store
+        self.limiter = limiter
+        self.applied: dict[str, tuple[int, int] | None] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._followers: list[PrefixFollower] = []
+
+    def limit_of(self, ep: Endpoint) -> tuple[int, int] | None:
+        net = self.store.get_network(ep.network)
+        return effective_limit(ep, net, self.store.list_profiles())
+
+    def apply_endpoint(self, ep: Endpoint) -> None:
+        """Called by CreateEndpoint: the limit holds from the first packet."""
+        limit = self.limit_of(ep)
+        if limit:
+            self.limiter.apply(ep.id, ep.port, limit)
+        self.applied[ep.id] = limit
+
+    def forget(self, endpoint_id: str) -> None:
+        self.applied.pop(endpoint_id, None)
+
+    def resync(self, verify: bool = False) -> int:
+        """Apply every local endpoint's limit that changed; returns how many were applied."""
+        networks = {n.id: n for n in self.store.list_networks()}
+        profiles = self.store.list_profiles()
+        local = [ep for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id]
+        actual = self.limiter.applied() if verify else None
+        changed = 0
+        for ep in local:
+            want = effective_limit(ep, networks.get(ep.network), profiles)
+            have = self.applied.get(ep.id, "unknown")
+            if verify and actual is not None and want is not None:
+                ofport = self.limiter.switch.ofport(ep.port)
+                got = actual.get(ofport or -1)
+                if not got or (got["rate_kbps"], got["burst_kb"]) != want:
+                    have = "drifted"
+            if have == want:
+                continue
+            try:
+                self.limiter.apply(ep.id, ep.port, want)
+                self.applied[ep.id] = want
+                changed += 1
+                log.info("limit of endpoint %s (%s) is now %s", ep.id[:12], ep.ip,
+                         f"{want[0]} kbit/s, burst {want[1]} kbit" if want else "none")
+            except NetpluginError as exc:
+                log.warning("cannot apply the limit of endpoint %s: %s", ep.id[:12], exc.message)
+        for gone in set(self.applied) - {ep.id for ep in local}:
+            self.applied.pop(gone, None)
+        return changed
+
+    # -- following etcd -------------------------------------------------------------
+    def _on_endpoint(self, ev: Event) -> None:
+        if ev.kind == "delete":
+            return
+        try:
+            if json.loads(ev.value).get("host") == self.cfg.host_id:
+                self._wake.set()
+        except ValueError:
+            pass
+
+    def start(self) -> "LimitSync":
+        kick = lambda *_: self._wake.set()  # noqa: E731
+        p = self.store.prefix
+        self._followers = [
+            PrefixFollower(self.store.kv, f"{p}/profiles/", kick, kick, "limits-profiles").start(),
+            PrefixFollower(self.store.kv, f"{p}/networks/", kick, kick, "limits-networks").start(),
+            PrefixFollower(self.store.kv, f"{p}/endpoints/", kick, self._on_endpoint, "limits-endpoints").start(),
+        ]
+        threading.Thread(target=self._run, name="limit-sync", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        verify = True
+        while not self._stop.is_set():
+            woke = self._wake.wait(FULL_PASS_EVERY)
+            self._wake.clear()
+            try:
+                self.resync(verify=verify or not woke)
+                verify = False
+            except NetpluginError as exc:
+                log.warning("limit sync waits: %s", exc.message)
+                verify = True
+                self._stop.wait(1)
+            except Exception:  # noqa: BLE001
+                log.exception("limit sync failed")
+                self._stop.wait(1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for f in self._followers:
+            f.close()
