@@ -3,6 +3,7 @@ netctl at start, never at import time."""
 
 from __future__ import annotations
 
+from .arp_proxy import ArpProxy
 from .config import Config
 from .dataplane.flows import Flows
 from .dataplane.links import Links
@@ -28,8 +29,10 @@ def make_driver(cfg: Config) -> Driver:
     switch = Switch(cfg.ovsdb, cfg.ovs_timeout)
     flows = Flows(cfg.bridge, cfg.ovs_timeout)
     limits = LimitSync(cfg, store, RateLimiter(switch, flows, cfg.rate_limit))
+    arp = ArpProxy(cfg, store, switch, flows)
     return Driver(cfg, Backends(store=store, ipam=Ipam(store, cfg.host_id), links=Links(), switch=switch,
-                                docker=DockerNames(cfg.docker_url, cfg.docker_timeout), limits=limits, flows=flows))
+                                docker=DockerNames(cfg.docker_url, cfg.docker_timeout), limits=limits, flows=flows,
+                                arp=arp))
 
 
 def make_releaser(cfg: Config, driver: Driver) -> Releaser:

@@ -59,6 +59,8 @@ def background_start(driver, releaser) -> None:
     releaser.follow_requests()
     if driver.limits is not None:
         driver.limits.start()
+    if driver.arp is not None:
+        driver.arp.start()
 
     def run():
         while True:

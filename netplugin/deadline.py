@@ -29,3 +29,11 @@ def check(step: str) -> None:
     if current and time.monotonic() > current[0]:
         raise DeadlineExceeded(f"the call ran past its {current[1]:.0f} s deadline while {step}; "
                                "what it had done was undone: check etcd and Open vSwitch, then retry")
+
+
+def remaining(default: float) -> float:
+    """Seconds left in the current request's deadline, or default outside a request."""
+    current = _deadline.get()
+    if current is None:
+        return default
+    return max(0.0, current[0] - time.monotonic())

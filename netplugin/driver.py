@@ -29,6 +29,7 @@ from .model import (ALLOC_AUX, ALLOC_GATEWAY, Allocation, Binding, Endpoint, Net
 from .store import Store
 
 if TYPE_CHECKING:
+    from .arp_proxy import ArpProxy
     from .dataplane.flows import Flows
     from .limit_sync import LimitSync
 
@@ -54,6 +55,7 @@ class Backends:
     docker: DockerNames
     limits: "LimitSync | None" = None
     flows: "Flows | None" = None
+    arp: "ArpProxy | None" = None
 
 
 class Driver:
@@ -66,6 +68,7 @@ class Driver:
         self.docker = backends.docker
         self.limits = backends.limits
         self.flows = backends.flows
+        self.arp = backends.arp
         self._bridge_ready = False
         self._bridge_lock = threading.Lock()
 
@@ -324,6 +327,11 @@ class Driver:
         if sandbox_key and ep.sandbox != sandbox_key:
             ep.sandbox = sandbox_key          # lets the reconciler repair a live container
             self.store.update_endpoint(ep, rev)
+        if self.arp is not None:
+            try:
+                self.arp.announce(ep)
+            except NetpluginError as exc:      # an announcement is a courtesy: never fail a Join on it
+                log.warning("gratuitous ARP for %s failed: %s", ep.ip, exc.message)
         return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
                 "Gateway": net.gateway, "DisableGatewayService": True}
 

@@ -44,8 +44,7 @@ class LimitSync:
     def apply_endpoint(self, ep: Endpoint) -> None:
         """Called by CreateEndpoint: the limit holds from the first packet."""
         limit = self.limit_of(ep)
-        if limit:
-            self.limiter.apply(ep.id, ep.port, limit)
+        self.limiter.apply(ep.id, ep.port, ep.vlan, limit)
         self.applied[ep.id] = limit
 
     def forget(self, endpoint_id: str) -> None:
@@ -69,7 +68,7 @@ class LimitSync:
             if have == want:
                 continue
             try:
-                self.limiter.apply(ep.id, ep.port, want)
+                self.limiter.apply(ep.id, ep.port, ep.vlan, want)
                 self.applied[ep.id] = want
                 changed += 1
                 log.info("limit of endpoint %s (%s) is now %s", ep.id[:12], ep.ip,

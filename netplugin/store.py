@@ -18,6 +18,7 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
     release/<host>/<endpoint-id>   a request for that host to release one of its endpoints
     released/<endpoint-id>         tombstone: when and by whom an endpoint was released
     profiles/<name>                Profile: rate and burst
+    settings/<name>                cluster-wide settings (arp-mode)
     locks/<name>                   a lease-bound lock (the reconciler's)
     reconcile/<host>/last          the last reconcile report of that host
     reconcile/<host>/counters      its running totals, for metrics
@@ -369,6 +370,17 @@ class Store:
             if self.update_endpoint(ep, rev):
                 return ep
         raise Conflict(f"endpoint {endpoint_id[:12]} kept changing: retry")
+
+    # -- cluster-wide settings ------------------------------------------------------------
+    def k_setting(self, name: str) -> str:
+        return f"{self.prefix}/settings/{name}"
+
+    def arp_mode(self) -> str:
+        item = self.kv.get(self.k_setting("arp-mode"))
+        return item.value.decode() if item else "proxy"
+
+    def set_arp_mode(self, mode: str) -> None:
+        self.kv.txn([], [Put(self.k_setting("arp-mode"), mode)])
 
     # -- hosts ----------------------------------------------------------------------
     def k_host(self, host: str) -> str:

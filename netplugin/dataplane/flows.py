@@ -7,13 +7,16 @@ first, and numbers are formatted from ints.
 
 Pipeline (OpenFlow 1.3):
 
-* table 0  ``in_port=P`` → ``meter:M,goto_table:10`` for ports with a limit;
-           everything else → ``goto_table:10``
-* table 10 ARP answers for known endpoints (the ARP proxy); the rest → NORMAL
+* table 0  one flow per local port: ``in_port=P`` → ``[meter:M,]write_metadata:VLAN,goto_table:10``
+           (the meter only when the port has a limit; the metadata tells table 10
+           which VLAN an untagged packet from an access port belongs to);
+           everything else (the uplink trunk) → ``goto_table:10``
+* table 10 ARP answers for known endpoints (the ARP proxy), matched on
+           metadata=VLAN for local ports and on dl_vlan for the trunk; the rest → NORMAL
 
 Traffic of ports without a limit takes no meter and one extra table lookup,
-which the datapath caches. Flows of an endpoint carry a cookie derived from its
-endpoint id, so they are removed together.
+which the datapath caches. Every flow of an endpoint carries a cookie made of
+its endpoint id and a kind, so flows are found and removed by endpoint.
 """
 
 from __future__ import annotations
@@ -30,9 +33,20 @@ PRIO_PORT = 100
 _BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 
 
-def cookie_for(endpoint_id: str) -> int:
-    """A stable 63-bit cookie per endpoint (the top bit marks netplugin flows)."""
-    return (1 << 63) | int(endpoint_id[:15], 16)
+KIND_PORT = 0          # table 0: the port's classification (and meter)
+KIND_ARP_LOCAL = 1     # table 10: answer requests from local ports of the VLAN
+KIND_ARP_UPLINK = 2    # table 10: answer requests from the trunk (local endpoints only)
+ENDPOINT_MASK = (1 << 63) | ((1 << 60) - 1)
+
+
+def cookie_for(endpoint_id: str, kind: int = KIND_PORT) -> int:
+    """Top bit: a netplugin flow; bits 60-61: the kind; bits 0-59: the endpoint id."""
+    return (1 << 63) | (kind << 60) | int(endpoint_id[:15], 16)
+
+
+def endpoint_of_cookie(cookie: int) -> tuple[str, int]:
+    """(first 15 hex digits of the endpoint id, kind)."""
+    return f"{cookie & ((1 << 60) - 1):015x}", (cookie >> 60) & 0x3
 
 
 class Flows:
@@ -62,24 +76,30 @@ class Flows:
             f"table={TABLE_ARP},priority=0,actions=NORMAL",
         ]) + "\n")
 
-    # -- meters -------------------------------------------------------------------------
-    def set_port_meter(self, endpoint_id: str, ofport: int, rate_kbps: int, burst_kb: int) -> int:
-        """Limit what enters the switch from ofport; the meter id is the ofport number."""
-        meter, rate, burst = int(ofport), int(rate_kbps), int(burst_kb)
-        if meter <= 0 or rate <= 0 or burst <= 0:
-            raise InvalidRequest(f"meter {meter} needs a positive port, rate and burst")
-        spec = f"meter={meter},kbps,burst,band=type=drop,rate={rate},burst_size={burst}"
-        existing = self.meter_ids()
-        self._ofctl("mod-meter" if meter in existing else "add-meter", self.bridge, spec)
-        cookie = cookie_for(endpoint_id)
+    # -- ports and meters -------------------------------------------------------------
+    def set_port(self, endpoint_id: str, ofport: int, vlan: int, limit: tuple[int, int] | None) -> None:
+        """The port's table-0 flow, with a meter (id = ofport) when it has a limit."""
+        port = int(ofport)
+        if port <= 0 or not 1 <= int(vlan) <= 4094:
+            raise InvalidRequest(f"port {port} or VLAN {vlan} is out of range")
+        meter = ""
+        if limit:
+            rate, burst = (int(x) for x in limit)
+            if rate <= 0 or burst <= 0:
+                raise InvalidRequest("a meter needs a positive rate and burst")
+            spec = f"meter={port},kbps,burst,band=type=drop,rate={rate},burst_size={burst}"
+            self._ofctl("mod-meter" if port in self.meter_ids() else "add-meter", self.bridge, spec)
+            meter = f"meter:{port},"
         self._ofctl("--bundle", "add-flows", self.bridge, "-", stdin=(
-            f"table={TABLE_CLASSIFY},priority={PRIO_PORT},cookie={cookie:#x},in_port={meter},"
-            f"actions=meter:{meter},goto_table:{TABLE_ARP}\n"))
-        return meter
+            f"table={TABLE_CLASSIFY},priority={PRIO_PORT},cookie={cookie_for(endpoint_id):#x},in_port={port},"
+            f"actions={meter}write_metadata:{int(vlan):#x}/0xfff,goto_table:{TABLE_ARP}\n"))
+        if not limit and port in self.meter_ids():
+            self._ofctl("del-meter", self.bridge, f"meter={port}")
 
-    def clear_port_meter(self, endpoint_id: str, ofport: int | None) -> None:
-        """Remove the endpoint's table-0 flow and its meter; fine when absent."""
-        self._ofctl("del-flows", self.bridge, f"table={TABLE_CLASSIFY},cookie={cookie_for(endpoint_id):#x}/-1")
+    def clear_port(self, endpoint_id: str, ofport: int | None) -> None:
+        """Remove the port's table-0 flow and its meter; fine when absent."""
+        self._ofctl("del-flows", self.bridge,
+                    f"table={TABLE_CLASSIFY},cookie={cookie_for(endpoint_id):#x}/{(1 << 64) - 1:#x}")
         if ofport and int(ofport) in self.meter_ids():
             self._ofctl("del-meter", self.bridge, f"meter={int(ofport)}")
 
@@ -103,9 +123,44 @@ class Flows:
                             "burst_kb": int(burst.group(1)) if burst else None}
         return found
 
-    # -- any flows of an endpoint --------------------------------------------------------
+    # -- the ARP proxy -------------------------------------------------------------------
+    def arp_answer(self, endpoint_id: str, ip: str, mac: str, vlan: int, uplink_ofport: int | None) -> str:
+        """The flow text that answers ARP requests for ip with mac: from local ports
+        of the VLAN (metadata), or from the trunk (dl_vlan) when uplink_ofport is given."""
+        ip_hex = "0x" + "".join(f"{int(o):02x}" for o in ip.split("."))
+        mac_hex = "0x" + mac.replace(":", "")
+        if uplink_ofport is None:
+            cookie, match = cookie_for(endpoint_id, KIND_ARP_LOCAL), f"metadata={int(vlan):#x}/0xfff"
+        else:
+            cookie, match = cookie_for(endpoint_id, KIND_ARP_UPLINK), f"in_port={int(uplink_ofport)},dl_vlan={int(vlan)}"
+        return (f"table={TABLE_ARP},priority={PRIO_PORT},cookie={cookie:#x},arp,arp_op=1,{match},arp_tpa={ip},"
+                f"actions=move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],mod_dl_src:{mac},load:0x2->NXM_OF_ARP_OP[],"
+                f"move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
+                f"load:{mac_hex}->NXM_NX_ARP_SHA[],load:{ip_hex}->NXM_OF_ARP_SPA[],IN_PORT")
+
+    def add_flows(self, flows: list[str]) -> None:
+        if flows:
+            self._ofctl("--bundle", "add-flows", self.bridge, "-", stdin="\n".join(flows) + "\n")
+
+    def delete_cookies(self, cookies: list[int]) -> None:
+        if cookies:
+            self._ofctl("--bundle", "del-flows", self.bridge, "-",
+                        stdin="".join(f"cookie={c:#x}/{(1 << 64) - 1:#x}\n" for c in cookies))
+
+    def cookies(self, table: int) -> set[int]:
+        """Cookies of netplugin's flows in a table."""
+        out = self._ofctl("dump-flows", self.bridge, f"table={int(table)}")
+        return {c for c in (int(x, 16) for x in re.findall(r"cookie=(0x[0-9a-f]+)", out)) if c >> 63}
+
     def delete_endpoint_flows(self, endpoint_id: str) -> None:
-        self._ofctl("del-flows", self.bridge, f"cookie={cookie_for(endpoint_id):#x}/-1")
+        """Every flow of the endpoint, whatever its kind."""
+        self._ofctl("del-flows", self.bridge, f"cookie={cookie_for(endpoint_id):#x}/{ENDPOINT_MASK:#x}")
 
     def dump_flows(self) -> str:
         return self._ofctl("dump-flows", self.bridge)
+
+    def packet_out(self, in_port: int, packet_hex: str) -> None:
+        """Send a packet into the switch as if it came from in_port, switched normally."""
+        if not re.fullmatch(r"[0-9a-f]+", packet_hex):
+            raise InvalidRequest("packet must be hex")
+        self._ofctl("packet-out", self.bridge, f"in_port={int(in_port)},packet={packet_hex},actions=NORMAL")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from .. import deadline
 from ..errors import DataplaneError, DataplaneUnavailable
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 EXT_ENDPOINT = "np-endpoint"
 EXT_NETWORK = "np-network"
 EXT_HOST = "np-host"
+CONNECT_PATIENCE = 15.0
 
 
 def describe(exc: BaseException) -> str:
@@ -36,9 +38,11 @@ class Switch:
     schema fetch has no timeout of its own, so it runs in a helper thread).
     """
 
-    def __init__(self, ovsdb: str = "unix:/var/run/openvswitch/db.sock", timeout: float = 5.0):
+    def __init__(self, ovsdb: str = "unix:/var/run/openvswitch/db.sock", timeout: float = 5.0,
+                 connect_timeout: float = CONNECT_PATIENCE):
         self.ovsdb = ovsdb
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self._api = None
         self._connecting: tuple[threading.Thread, dict] | None = None
         self._lock = threading.Lock()
@@ -46,7 +50,9 @@ class Switch:
     def _connect(self):
         from ovsdbapp.backend.ovs_idl import connection
         from ovsdbapp.schema.open_vswitch import impl_idl
-        idl = connection.OvsdbIdl.from_server(self.ovsdb, "Open_vSwitch")
+        # Only the tables netplugin uses: the first dump of a big database is the slow part.
+        idl = connection.OvsdbIdl.from_server(self.ovsdb, "Open_vSwitch",
+                                              helper_tables=("Open_vSwitch", "Bridge", "Port", "Interface"))
         conn = connection.Connection(idl=idl, timeout=self.timeout)
         # ovsdbapp keeps one connection per backend class; a class of our own
         # per connection lets a Switch reopen, and two Switches differ.
@@ -69,14 +75,16 @@ class Switch:
                 thread.start()
                 self._connecting = (thread, result)
             thread, result = self._connecting
-        thread.join(self.timeout)
+        # A first connection downloads the database, which takes longer than one
+        # transaction: connect_timeout, but never past the request's deadline.
+        thread.join(min(self.connect_timeout, deadline.remaining(self.connect_timeout)))
         with self._lock:
             if not thread.is_alive():
                 self._connecting = None
             if "api" in result:
                 self._api = result["api"]
                 return self._api
-        detail = describe(result["error"]) if "error" in result else f"no answer within {self.timeout:g} s"
+        detail = describe(result["error"]) if "error" in result else "no answer in time"
         raise DataplaneUnavailable(
             f"Open vSwitch unavailable: cannot reach OVSDB at {self.ovsdb} ({detail}); "
             "check that ovsdb-server and ovs-vswitchd are running")

@@ -35,23 +35,21 @@ class RateLimiter:
                 log.info("rate limits use %s on bridge %s", self._method, self.flows.bridge)
             return self._method
 
-    def apply(self, endpoint_id: str, port: str, limit: tuple[int, int] | None) -> None:
-        """Set or remove the limit of one port."""
+    def apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None) -> None:
+        """Set or remove the limit of one port (and keep its table-0 flow)."""
+        ofport = self.switch.ofport(port)
         if self.method == "meter":
-            ofport = self.switch.ofport(port)
-            if ofport is None:
-                return
-            if limit:
-                self.flows.set_port_meter(endpoint_id, ofport, *limit)
-            else:
-                self.flows.clear_port_meter(endpoint_id, ofport)
+            if ofport is not None:
+                self.flows.set_port(endpoint_id, ofport, vlan, limit)
         else:
+            if ofport is not None:
+                self.flows.set_port(endpoint_id, ofport, vlan, None)
             self.switch.set_policing(port, *(limit or (0, 0)))
 
     def remove(self, endpoint_id: str, port: str) -> None:
-        """Before a port goes: its meter, flows and policing go first."""
+        """Before a port goes: its meter and every flow of it go first."""
         ofport = self.switch.ofport(port) if self.switch.port_exists(port) else None
-        self.flows.clear_port_meter(endpoint_id, ofport)
+        self.flows.clear_port(endpoint_id, ofport)
         self.flows.delete_endpoint_flows(endpoint_id)
 
     def applied(self) -> dict[int, dict]:

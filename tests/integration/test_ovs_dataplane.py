@@ -274,7 +274,7 @@ def test_switch_reopens_quickly_after_close(h, ovs_ready):
 
 def test_switch_with_an_ovsdb_that_never_answers_gives_up_within_its_timeout():
     """A wedged ovsdb-server (socket accepts, nothing answers: e.g. stopped or
-    overloaded) must give DataplaneUnavailable after Switch.timeout, not hang
+    overloaded) must give DataplaneUnavailable after Switch.connect_timeout, not hang
     the Docker call that is waiting (Docker sets no timeout on plugin calls)."""
     import os
     import socket
@@ -290,7 +290,7 @@ def test_switch_with_an_ovsdb_that_never_answers_gives_up_within_its_timeout():
     def call():
         t0 = time.monotonic()
         try:
-            Switch("unix:" + path, timeout=2).bridge_exists("nptest000000")
+            Switch("unix:" + path, timeout=2, connect_timeout=2).bridge_exists("nptest000000")
             outcome["result"] = "answered"
         except BaseException as exc:   # noqa: BLE001
             outcome["result"] = exc
