@@ -57,6 +57,8 @@ class Config:
     handler_deadline: float = 20.0
     threads: int = 32
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_address: str = "127.0.0.1:9109"
 
     def validate(self) -> "Config":
         """Raise InvalidRequest naming the first setting that cannot work."""
@@ -77,6 +79,11 @@ class Config:
             raise InvalidRequest(f"mtu {self.mtu} must be between 576 and 9216")
         if not self.etcd_prefix.startswith("/") or self.etcd_prefix.endswith("/"):
             raise InvalidRequest("etcd_prefix must start with '/' and not end with '/'")
+        if self.log_format not in ("text", "json"):
+            raise InvalidRequest(f"log_format {self.log_format!r} must be text or json")
+        if self.metrics_address:
+            from .metrics_server import parse_address
+            parse_address(self.metrics_address)
         if self.rate_limit not in ("auto", "meter", "policing"):
             raise InvalidRequest(f"rate_limit {self.rate_limit!r} must be auto, meter or policing")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -51,6 +51,24 @@ def secure_socket(path: str, group: str | None) -> None:
     os.chmod(path, 0o660)
 
 
+def start_metrics(cfg: Config, driver):
+    """The loopback metrics and health port, unless turned off."""
+    from . import health
+    from .metrics import Metrics
+    from .metrics_server import serve
+    metrics = Metrics()
+    metrics.watch_store(driver.store, cfg.host_id)
+    if driver.limits is not None:
+        driver.limits.metrics = metrics
+    if cfg.metrics_address:
+        try:
+            serve(cfg.metrics_address, metrics.registry,
+                  lambda: health.check(driver.store, driver.switch, cfg.bridge))
+        except OSError as exc:
+            log.error("metrics port %s unavailable (%s): running without it", cfg.metrics_address, exc)
+    return metrics
+
+
 def background_start(driver, releaser) -> None:
     """Register the host, follow release requests, prepare the bridge and
     compare OVS with etcd, retrying until each answers."""
@@ -95,8 +113,9 @@ def serve(cfg: Config) -> None:
         def load(self):
             driver = make_driver(cfg)
             releaser = make_releaser(cfg, driver)
+            metrics = start_metrics(cfg, driver)
             background_start(driver, releaser)
-            return create_app(cfg, driver, driver.ipam, releaser)
+            return create_app(cfg, driver, driver.ipam, releaser, metrics)
 
     log.info("netplugin %s on host %s: socket %s, bridge %s (%s), etcd %s", __version__, cfg.host_id,
              cfg.socket, cfg.bridge, cfg.datapath_type, ",".join(cfg.etcd_endpoints))
@@ -109,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     except NetpluginError as exc:
         print(f"netplugin: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import setup
+    setup(cfg.log_level, cfg.log_format)
     if os.geteuid() != 0:
         print("netplugin: must run as root (it creates veths and OVS ports)", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ class LimitSync:
         self.store = store
         self.limiter = limiter
         self.applied: dict[str, tuple[int, int] | None] = {}
+        self.metrics = None     # set by the daemon: counts limits applied
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._followers: list[PrefixFollower] = []
@@ -71,12 +72,16 @@ class LimitSync:
                 self.limiter.apply(ep.id, ep.port, ep.vlan, want)
                 self.applied[ep.id] = want
                 changed += 1
+                if self.metrics is not None:
+                    self.metrics.limits_applied.inc()
                 log.info("limit of endpoint %s (%s) is now %s", ep.id[:12], ep.ip,
                          f"{want[0]} kbit/s, burst {want[1]} kbit" if want else "none")
             except NetpluginError as exc:
                 log.warning("cannot apply the limit of endpoint %s: %s", ep.id[:12], exc.message)
         for gone in set(self.applied) - {ep.id for ep in local}:
             self.applied.pop(gone, None)
+        if self.metrics is not None:
+            self.metrics.limited_ports.set(sum(1 for v in self.applied.values() if v))
         return changed
 
     # -- following etcd -------------------------------------------------------------

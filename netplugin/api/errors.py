@@ -15,8 +15,8 @@ from .wire import log_call, reply
 log = logging.getLogger("netplugin.api")
 
 
-def error_reply(status: int, message: str):
-    log_call(status, message)
+def error_reply(status: int, message: str, exc: BaseException | None = None):
+    log_call(status, message, exc)
     return reply({"Err": message, "Error": message}, status)
 
 
@@ -24,7 +24,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def handle(exc: Exception):
         if isinstance(exc, NetpluginError):
-            return error_reply(exc.status, exc.message)
+            return error_reply(exc.status, exc.message, exc)
         if isinstance(exc, HTTPException):
             if exc.code == 404:
                 from flask import request

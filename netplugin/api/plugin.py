@@ -2,7 +2,8 @@
 
 from flask import Blueprint
 
-from .wire import protocol
+from .. import health
+from .wire import backend, protocol, reply
 
 bp = Blueprint("plugin", __name__)
 
@@ -12,3 +13,12 @@ bp = Blueprint("plugin", __name__)
 def activate(body: dict) -> dict:
     """``{}`` -> ``{"Implements": ["NetworkDriver", "IpamDriver"]}``"""
     return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+
+@bp.get("/health")
+def health_check():
+    """GET -> ``{"healthy": true, "etcd": {"ok": true, "ms": 1.1}, "ovsdb": {"ok": true, "ms": 0.4}}``,
+    status 200, or 503 when either is unreachable."""
+    driver = backend("driver")
+    report = health.check(driver.store, driver.switch, driver.cfg.bridge)
+    return reply(report, 200 if report["healthy"] else 503)

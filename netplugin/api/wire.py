@@ -56,8 +56,6 @@ def protocol(fn: Callable[[dict], dict]) -> Callable[[], Response]:
     """Wrap a handler taking the parsed body: deadline, reply, one log line."""
     @functools.wraps(fn)
     def handler() -> Response:
-        g.started = time.monotonic()
-        g.body = {}
         body = g.body = _body()
         with deadline.within(backend("cfg").handler_deadline):
             result = fn(body)
@@ -66,12 +64,18 @@ def protocol(fn: Callable[[dict], dict]) -> Callable[[], Response]:
     return handler
 
 
-def log_call(status: int, error: str = "") -> None:
-    """One line per protocol call: method, ids, outcome and duration."""
+def log_call(status: int, error: str = "", exc: BaseException | None = None) -> None:
+    """One line per protocol call (method, ids, outcome, duration), and its metrics."""
     body = getattr(g, "body", None) or {}
-    started = getattr(g, "started", time.monotonic())
-    ids = " ".join(f"{k}={str(body[k])[:12]}" for k in ("NetworkID", "EndpointID", "PoolID", "Address")
-                   if isinstance(body.get(k), str) and body.get(k))
+    seconds = time.monotonic() - getattr(g, "started", time.monotonic())
+    method = request.path.lstrip("/")
+    fields = {"NetworkID": "network", "EndpointID": "endpoint", "PoolID": "pool", "Address": "address"}
+    call = {name: str(body[k])[:64] for k, name in fields.items() if isinstance(body.get(k), str) and body.get(k)}
+    call.update(method=method, status=status, ms=round(seconds * 1000, 1), error=error)
+    ids = " ".join(f"{k}={str(body[k])[:12]}" for k in fields if k in body and isinstance(body[k], str) and body[k])
     level = logging.INFO if status < 500 else logging.ERROR
-    log.log(level, "%s %s status=%d ms=%.1f%s", request.path.lstrip("/"), ids, status,
-            (time.monotonic() - started) * 1000, f" error={error!r}" if error else "")
+    log.log(level, "%s %s status=%d ms=%.1f%s", method, ids, status, seconds * 1000,
+            f" error={error!r}" if error else "", extra={"call": call})
+    metrics = current_app.extensions["netplugin"].get("metrics")
+    if metrics is not None:
+        metrics.observe_call(method if request.url_rule is not None else "unknown", status, seconds, exc)

@@ -1,0 +1,23 @@
+"""Is this daemon able to work: can it reach etcd and OVSDB?"""
+
+from __future__ import annotations
+
+import time
+
+from .errors import NetpluginError
+
+
+def check(store, switch, bridge: str) -> dict:
+    """``{"healthy": true, "etcd": {"ok": true, "ms": 1.2}, "ovsdb": {"ok": true, "ms": 0.8}}``"""
+    result: dict = {}
+    for name, probe in (("etcd", lambda: store.kv.get(store.k_meta_networks())),
+                        ("ovsdb", lambda: switch.bridge_exists(bridge))):
+        started = time.monotonic()
+        try:
+            probe()
+            result[name] = {"ok": True}
+        except NetpluginError as exc:
+            result[name] = {"ok": False, "error": exc.message}
+        result[name]["ms"] = round((time.monotonic() - started) * 1000, 1)
+    result["healthy"] = all(part["ok"] for part in result.values())
+    return result
