@@ -20,7 +20,6 @@ local endpoint for the trunk: never with the square of the cluster.
 from __future__ import annotations
 
 import logging
-import threading
 
 from .config import Config
 from .dataplane.flows import KIND_ARP_LOCAL, KIND_ARP_UPLINK, TABLE_ARP, Flows, cookie_for
@@ -28,7 +27,7 @@ from .dataplane.ovs import Switch
 from .errors import NetpluginError
 from .model import Endpoint
 from .store import Store
-from .watch import PrefixFollower
+from .watch import SyncLoop
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,8 @@ class ArpProxy:
         self.store = store
         self.switch = switch
         self.flows = flows
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._followers: list[PrefixFollower] = []
+        self._loop: SyncLoop | None = None
+        self._announced = False
 
     def desired(self) -> dict[int, str]:
         """cookie -> flow text of every answer this host should hold."""
@@ -101,35 +99,19 @@ class ArpProxy:
         return count
 
     # -- following etcd ------------------------------------------------------------------
+    def _pass(self, full: bool) -> None:
+        self.resync()
+        if not self._announced:
+            log.info("gratuitous ARP sent for %d local endpoints", self.announce_all_local())
+            self._announced = True
+
     def start(self) -> "ArpProxy":
-        kick = lambda *_: self._wake.set()  # noqa: E731
-        p = self.store.prefix
-        self._followers = [
-            PrefixFollower(self.store.kv, f"{p}/endpoints/", kick, kick, "arp-endpoints").start(),
-            PrefixFollower(self.store.kv, self.store.k_setting("arp-mode"), kick, kick, "arp-mode").start(),
-        ]
-        threading.Thread(target=self._run, name="arp-proxy", daemon=True).start()
+        self._loop = SyncLoop("arp-proxy", self._pass, FULL_PASS_EVERY)
+        self._loop.follow(self.store.kv, f"{self.store.prefix}/endpoints/")
+        self._loop.follow(self.store.kv, self.store.k_setting("arp-mode"))
+        self._loop.start()
         return self
 
-    def _run(self) -> None:
-        announced = False
-        while not self._stop.is_set():
-            self._wake.wait(FULL_PASS_EVERY)
-            self._wake.clear()
-            try:
-                self.resync()
-                if not announced:
-                    log.info("gratuitous ARP sent for %d local endpoints", self.announce_all_local())
-                    announced = True
-            except NetpluginError as exc:
-                log.warning("ARP proxy waits: %s", exc.message)
-                self._stop.wait(1)
-            except Exception:  # noqa: BLE001
-                log.exception("ARP proxy failed")
-                self._stop.wait(1)
-
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        for f in self._followers:
-            f.close()
+        if self._loop is not None:
+            self._loop.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
 from .config import Config
 from .dataplane.ratelimit import RateLimiter
@@ -20,7 +19,7 @@ from .kv import Event
 from .limits import effective_limit
 from .model import Endpoint
 from .store import Store
-from .watch import PrefixFollower
+from .watch import SyncLoop
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +33,7 @@ class LimitSync:
         self.limiter = limiter
         self.applied: dict[str, tuple[int, int] | None] = {}
         self.metrics = None     # set by the daemon: counts limits applied
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._followers: list[PrefixFollower] = []
+        self._loop: SyncLoop | None = None
 
     def limit_of(self, ep: Endpoint) -> tuple[int, int] | None:
         net = self.store.get_network(ep.network)
@@ -90,39 +87,19 @@ class LimitSync:
             return
         try:
             if json.loads(ev.value).get("host") == self.cfg.host_id:
-                self._wake.set()
+                self._loop.wake()
         except ValueError:
             pass
 
     def start(self) -> "LimitSync":
-        kick = lambda *_: self._wake.set()  # noqa: E731
         p = self.store.prefix
-        self._followers = [
-            PrefixFollower(self.store.kv, f"{p}/profiles/", kick, kick, "limits-profiles").start(),
-            PrefixFollower(self.store.kv, f"{p}/networks/", kick, kick, "limits-networks").start(),
-            PrefixFollower(self.store.kv, f"{p}/endpoints/", kick, self._on_endpoint, "limits-endpoints").start(),
-        ]
-        threading.Thread(target=self._run, name="limit-sync", daemon=True).start()
+        self._loop = SyncLoop("limit-sync", lambda full: self.resync(verify=full), FULL_PASS_EVERY)
+        self._loop.follow(self.store.kv, f"{p}/profiles/")
+        self._loop.follow(self.store.kv, f"{p}/networks/")
+        self._loop.follow(self.store.kv, f"{p}/endpoints/", self._on_endpoint)
+        self._loop.start()
         return self
 
-    def _run(self) -> None:
-        verify = True
-        while not self._stop.is_set():
-            woke = self._wake.wait(FULL_PASS_EVERY)
-            self._wake.clear()
-            try:
-                self.resync(verify=verify or not woke)
-                verify = False
-            except NetpluginError as exc:
-                log.warning("limit sync waits: %s", exc.message)
-                verify = True
-                self._stop.wait(1)
-            except Exception:  # noqa: BLE001
-                log.exception("limit sync failed")
-                self._stop.wait(1)
-
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        for f in self._followers:
-            f.close()
+        if self._loop is not None:
+            self._loop.close()

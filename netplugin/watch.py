@@ -47,3 +47,55 @@ class PrefixFollower:
             except Exception:  # noqa: BLE001 - a bug in a handler must not stop following
                 log.exception("%s failed; reading again", self.name)
             self.stop.wait(self.retry)
+
+
+class SyncLoop:
+    """Brings one part of the datapath in line with etcd: ``work(full)`` runs
+    whenever a followed prefix changes, and every ``period`` seconds anyway
+    (``full=True`` then, and after a failure: compare with the datapath too,
+    which puts back what someone changed by hand or an OVS restart lost)."""
+
+    def __init__(self, name: str, work: Callable[[bool], None], period: float = 30.0):
+        self.name = name
+        self.work = work
+        self.period = period
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._followers: list[PrefixFollower] = []
+
+    def wake(self, *_) -> None:
+        self._wake.set()
+
+    def follow(self, kv: KV, prefix: str, on_event: Callable[[Event], None] | None = None) -> "SyncLoop":
+        self._followers.append(PrefixFollower(kv, prefix, self.wake, on_event or self.wake,
+                                              f"{self.name}:{prefix.rstrip('/').rsplit('/', 1)[-1]}"))
+        return self
+
+    def start(self) -> "SyncLoop":
+        for follower in self._followers:
+            follower.start()
+        threading.Thread(target=self._run, name=self.name, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        full = True
+        while not self._stop.is_set():
+            woke = self._wake.wait(self.period)
+            self._wake.clear()
+            try:
+                self.work(full or not woke)
+                full = False
+            except NetpluginError as exc:
+                log.warning("%s waits: %s", self.name, exc.message)
+                full = True
+                self._stop.wait(1)
+            except Exception:  # noqa: BLE001 - a bug in one pass must not stop the loop
+                log.exception("%s failed", self.name)
+                full = True
+                self._stop.wait(1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for follower in self._followers:
+            follower.close()
