@@ -30,6 +30,7 @@ from .dataplane.links import HOST_END_RE, Links, veth_names
 from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
 from .docker_api import DockerView
 from .errors import NetpluginError
+from .hosts import LAST_SEEN_EVERY, LEASE_TTL
 from .model import ALLOC_ENDPOINT, Allocation, Endpoint
 from .release import Releaser
 from .store import Store
@@ -128,6 +129,8 @@ class Reconciler:
         return out
 
     def _add(self, report: Report, finding: Finding, act=None) -> None:
+        if self._docker_unknown:
+            finding.action = "report"     # without Docker's view, nothing is provably dead
         report.findings.append(finding)
         if act is not None and finding.action != "report":
             self._actions.append((finding, act))
@@ -135,21 +138,26 @@ class Reconciler:
     # -- what is there ------------------------------------------------------------------
     def _scan(self, report: Report, grace: float) -> None:
         self._actions = []
+        self._docker_unknown = False
         me = self.cfg.host_id
         now = time.time()
 
         def old(created: float, floor: float = IN_FLIGHT_FLOOR) -> bool:
             return now - created >= max(grace, floor)
 
-        records = {ep.id: ep for ep in self.store.list_endpoints() if ep.host == me}
-        networks = {n.id: n for n in self.store.list_networks()}
-        bindings = [b for b in self.store.list_bindings() if b.host == me]
+        # The datapath is read before the records: a create writes its record
+        # before its port and veth, so whatever port is seen here has its record
+        # in the read below, and an endpoint born mid-scan is never taken for a leak.
         ports = {p["external_ids"][EXT_ENDPOINT]: p for p in self.switch.list_ports(self.cfg.bridge)
                  if p["external_ids"].get(EXT_HOST) in (None, me)}
         veths = {name for name in self.links.list_names() if HOST_END_RE.fullmatch(name)}
+        bindings = [b for b in self.store.list_bindings() if b.host == me]
         live = self.docker.live_endpoints([b.docker_network for b in bindings])
+        records = {ep.id: ep for ep in self.store.list_endpoints() if ep.host == me}
+        networks = {n.id: n for n in self.store.list_networks()}
+        self._docker_unknown = live is None
         if live is None:
-            report.docker = "unreachable: liveness unknown, nothing alive-dependent is released"
+            report.docker = "unreachable: liveness unknown, findings are only reported"
         live_ips = {(v["network"], v["ip"]) for v in (live or {}).values()}
 
         for ep in records.values():
@@ -206,8 +214,12 @@ class Reconciler:
 
     def _scan_dead_hosts(self, report: Report, dead_after: float) -> None:
         now = time.time()
+        # last_seen is written every LAST_SEEN_EVERY seconds and the lease lasts
+        # LEASE_TTL more: the host may have lived that long after it. Count from
+        # the latest moment it could have died, so nothing is released early.
+        margin = LAST_SEEN_EVERY + LEASE_TTL
         dead = {h.host for h, alive in self.store.list_hosts()
-                if not alive and now - h.last_seen > dead_after and h.host != self.cfg.host_id}
+                if not alive and now - (h.last_seen + margin) > dead_after and h.host != self.cfg.host_id}
         for ep in self.store.list_endpoints():
             if ep.host in dead:
                 self._add(report, Finding("endpoint_of_dead_host", ep.id, f"{ep.ip} on dead host {ep.host}",

@@ -21,7 +21,7 @@ from .config import Config
 from .dataplane.links import Links
 from .dataplane.ovs import Switch
 from .docker_api import DockerView
-from .errors import Conflict, InvalidRequest, NotFound
+from .errors import Conflict, InvalidRequest, NetpluginError, NotFound
 from .model import ALLOC_ENDPOINT, Endpoint
 from .store import Store
 from .watch import PrefixFollower
@@ -154,3 +154,7 @@ class Releaser:
         except Conflict as exc:
             self.store.answer_release_request(self.cfg.host_id, endpoint_id,
                                               dict(request, state="refused", message=exc.message))
+        except NetpluginError as exc:
+            # OVS or etcd failing now: leave the request pending for the next pass,
+            # and go on with the rest of the queue.
+            log.warning("release of %s must wait: %s", endpoint_id[:12], exc.message)

@@ -141,7 +141,11 @@ def _release(ctx, body: dict) -> dict:
     from ..unixhttp import call
     sock = ctx.cfg.socket
     if os.path.exists(sock):
-        status, reply = call(sock, "NetPlugin.ReleaseEndpoint", body, timeout=30)
+        try:
+            status, reply = call(sock, "NetPlugin.ReleaseEndpoint", body, timeout=30)
+        except OSError as exc:
+            raise NetpluginError(f"netplugin does not answer on {sock} ({exc}): is the daemon running? "
+                                 "(systemctl status netplugin)") from None
         if status != 200:
             raise NetpluginError(reply.get("Err") or f"the daemon answered {status}")
         return reply
