@@ -32,7 +32,7 @@ from .watch import SyncLoop
 log = logging.getLogger(__name__)
 
 MODES = ("proxy", "flood")
-FULL_PASS_EVERY = 30.0
+FULL_PASS_EVERY = 10.0
 
 
 def garp_packet(mac: str, ip: str) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 
 from .config import Config
+from .dataplane.flows import TABLE_CLASSIFY, cookie_for
 from .dataplane.ratelimit import RateLimiter
 from .errors import NetpluginError
 from .kv import Event
@@ -23,7 +24,7 @@ from .watch import SyncLoop
 
 log = logging.getLogger(__name__)
 
-FULL_PASS_EVERY = 30.0
+FULL_PASS_EVERY = 10.0   # bounds how long an OVS restart leaves ports without limits
 
 
 class LimitSync:
@@ -53,12 +54,20 @@ class LimitSync:
         networks = {n.id: n for n in self.store.list_networks()}
         profiles = self.store.list_profiles()
         local = [ep for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id]
-        actual = self.limiter.applied() if verify else None
+        actual = flows_present = None
+        if verify and local:
+            # A full pass also compares with the bridge: an OVS restart drops
+            # every flow and meter, and someone may have edited them by hand.
+            self.limiter.flows.ensure_pipeline()
+            actual = self.limiter.applied()
+            flows_present = self.limiter.flows.cookies(TABLE_CLASSIFY)
         changed = 0
         for ep in local:
             want = effective_limit(ep, networks.get(ep.network), profiles)
             have = self.applied.get(ep.id, "unknown")
-            if verify and actual is not None and want is not None:
+            if flows_present is not None and cookie_for(ep.id) not in flows_present:
+                have = "drifted"
+            elif actual is not None and want is not None and self.limiter.method == "meter":
                 ofport = self.limiter.switch.ofport(ep.port)
                 got = actual.get(ofport or -1)
                 if not got or (got["rate_kbps"], got["burst_kb"]) != want:

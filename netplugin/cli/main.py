@@ -12,7 +12,7 @@ import time
 from .. import __version__
 from ..config import load
 from ..errors import NetpluginError
-from . import endpoint_cmds, global_cmds, network_cmds, profile_cmds
+from . import endpoint_cmds, global_cmds, network_cmds, profile_cmds, status_cmds
 
 USAGE_ERROR = 2
 
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint_cmds.register(sub, common)
     profile_cmds.register(sub, common)
     global_cmds.register(sub, common)
+    status_cmds.register(sub, common)
     v = sub.add_parser("version", help="print the version", parents=[common])
     v.set_defaults(run=lambda args, ctx: print(f"netctl {__version__}") or 0)
     return parser

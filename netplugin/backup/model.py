@@ -1,0 +1,233 @@
+"""Jobs, their states and what may follow what; backups in the catalog.
+
+A job is one backup or one restore, run by the drctl agent of one host::
+
+    queued -> starting -> running -> verifying -> succeeded
+       |         |           |           |
+       +---------+-----------+-----------+----> failed | expired | cancelled
+
+``starting`` covers creating the container, starting it and checking every
+limit; the job's own work begins only when it is ``running``. ``expired``
+means a deadline passed (not started in time, or the whole run took too long);
+``cancelled`` means someone asked. Terminal states never change again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import Conflict, InvalidRequest
+
+QUEUED, STARTING, RUNNING, VERIFYING = "queued", "starting", "running", "verifying"
+SUCCEEDED, FAILED, EXPIRED, CANCELLED = "succeeded", "failed", "expired", "cancelled"
+STATES = (QUEUED, STARTING, RUNNING, VERIFYING, SUCCEEDED, FAILED, EXPIRED, CANCELLED)
+ACTIVE = frozenset({STARTING, RUNNING, VERIFYING})          # holding a slot and the target lock
+TERMINAL = frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED})
+ENDINGS = frozenset({FAILED, EXPIRED, CANCELLED})
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({STARTING}) | ENDINGS,
+    STARTING: frozenset({RUNNING}) | ENDINGS,
+    RUNNING: frozenset({VERIFYING}) | ENDINGS,
+    VERIFYING: frozenset({SUCCEEDED}) | ENDINGS,
+    SUCCEEDED: frozenset(), FAILED: frozenset(), EXPIRED: frozenset(), CANCELLED: frozenset(),
+}
+
+BACKUP, RESTORE = "backup", "restore"
+KINDS = (BACKUP, RESTORE)
+COMPRESSIONS = {"zstd": ".sql.zst", "gzip": ".sql.gz"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DB_RE = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
+
+
+def check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise InvalidRequest(f"{what} {value!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit")
+    return value
+
+
+def check_database(value: object, what: str = "database") -> str:
+    """A schema name we put in SQL and file names: plain identifiers only."""
+    if not isinstance(value, str) or not _DB_RE.fullmatch(value):
+        raise InvalidRequest(f"{what} {value!r} must be 1-64 letters, digits, '_' or '$' "
+                             "(other names are not supported by drctl)")
+    return value
+
+
+def check_db_host(value: object) -> str:
+    if not isinstance(value, str) or not _HOSTNAME_RE.fullmatch(value):
+        raise InvalidRequest(f"database host {value!r} is not a host name or address")
+    return value
+
+
+def new_job_id(now: float | None = None) -> str:
+    """Sortable by submission time: 20261126-041300-a1b2c3."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Limits:
+    """What a job container may use. None: not limited (strict mode refuses
+    nothing here: leaving a limit off is a choice; dropping one is not)."""
+
+    cpus: float | None = None                 # nano_cpus = cpus * 1e9
+    memory: int | None = None                 # bytes; swap is always equal to it (no swap)
+    pids: int | None = None
+    read_bps: int | None = None               # on the disk that backs the backup volume
+    write_bps: int | None = None
+    read_iops: int | None = None
+    write_iops: int | None = None
+    profile: str = ""                         # netplugin bandwidth profile for the job's endpoint
+
+    def disk_limited(self) -> bool:
+        return any((self.read_bps, self.write_bps, self.read_iops, self.write_iops))
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Limits":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+
+
+@dataclass
+class JobSpec:
+    """What was asked. Never holds a secret: credentials stay in the option file."""
+
+    network: str
+    db_host: str
+    option_file: str                          # host path of a MySQL option file, mounted read-only
+    volume: str                               # named Docker volume holding the backups
+    database: str                             # backup: the schema to dump; restore: the schema to load into
+    db_port: int = 3306
+    ip: str = ""                              # fixed address on the network, optional
+    image: str = ""                           # tools image ("" = the configured one)
+    limits: dict = field(default_factory=dict)
+    start_timeout: float = 600.0              # from submission until running
+    timeout: float = 6 * 3600.0               # from admission until the end
+    labels: dict = field(default_factory=dict)
+    compression: str = "zstd"
+    keep_last: int | None = None              # retention, backups only
+    max_age: float | None = None              # seconds
+    backup: str = ""                          # restore: the backup's name
+    source_target: str = ""                   # restore: the target the backup was made of
+    replace: bool = False                     # restore: drop a non-empty target schema first
+    checksums: bool = True                    # per-table checksums and row counts in the manifest
+    strict: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobSpec":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    target: str                               # the lock name: at most one active job per target
+    host: str                                 # whose agent runs it
+    spec: dict
+    state: str = QUEUED
+    created: float = field(default_factory=time.time)
+    updated: float = 0.0
+    start_by: float = 0.0                     # deadline for reaching running
+    run_by: float = 0.0                       # deadline for the whole run, set at admission
+    history: list = field(default_factory=list)        # [{"state", "time", "message"}]
+    message: str = ""                         # why it ended (or what it waits for)
+    slot: int | None = None
+    container: str = ""
+    container_name: str = ""
+    endpoint: str = ""
+    ip: str = ""
+    exit_code: int | None = None
+    oom_killed: bool | None = None
+    log_tail: str = ""
+    limits_applied: dict = field(default_factory=dict)
+    result: dict = field(default_factory=dict)         # backup: name, file, size, sha256; restore: verification
+    progress: dict = field(default_factory=dict)       # bytes so far, updated while running
+    cancel_requested: str = ""                # who asked, empty if nobody
+    submitted_by: str = ""
+    removed: float = 0.0                      # when its container was removed (drctl rm, clean-up)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Job":
+        data = json.loads(raw)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def job_spec(self) -> JobSpec:
+        return JobSpec.from_dict(self.spec)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def entered(self, state: str) -> float | None:
+        """When the job last entered that state."""
+        for h in reversed(self.history):
+            if h["state"] == state:
+                return h["time"]
+        return None
+
+    def move(self, state: str, message: str = "", now: float | None = None) -> None:
+        """Change state, or raise Conflict naming the illegal transition."""
+        if state not in TRANSITIONS.get(self.state, ()):
+            raise Conflict(f"job {self.id} is {self.state}: it cannot become {state}")
+        now = time.time() if now is None else now
+        self.state = state
+        self.updated = now
+        if message:
+            self.message = message
+        self.history.append({"state": state, "time": now, "message": message})
+
+
+@dataclass
+class Backup:
+    """A verified backup in the catalog. Only the runner writes these, and only
+    after every check passed: what is in the catalog is good."""
+
+    name: str
+    target: str
+    database: str
+    volume: str
+    path: str                                 # inside the volume: <target>/<name><ext>
+    manifest_path: str
+    size: int
+    sha256: str
+    created: float
+    host: str
+    job: str
+    compression: str = "zstd"
+    server_version: str = ""
+    tables: int = 0
+    rows: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Backup":
+        data = json.loads(raw)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def backup_name(target: str, job_id: str) -> str:
+    """<target>-<job id>: unique, and sorts by time within a target."""
+    return f"{target}-{job_id}"

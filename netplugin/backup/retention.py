@@ -1,0 +1,100 @@
+"""Which backups to delete, and deleting them.
+
+Rules, per target, over the catalog (which holds verified backups only):
+
+* a backup goes when it is beyond the newest ``keep_last``, or older than ``max_age``;
+* the newest backup is never deleted, whatever its age: the last good backup
+  survives even when backups stopped for longer than ``max_age``;
+* nothing is deleted unless the newest backup's files are present and the
+  right size: retention must never leave a damaged backup as the only one;
+* the runner prunes only after a verified success (a failed job never prunes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import Conflict, InvalidRequest
+from .model import Backup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    keep: list[Backup]
+    delete: list[Backup]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def plan(backups: list[Backup], keep_last: int | None, max_age: float | None, now: float) -> Plan:
+    if keep_last is not None and keep_last < 1:
+        raise InvalidRequest("keep-last must be at least 1: the last good backup is always kept")
+    if max_age is not None and max_age < 0:
+        raise InvalidRequest("max-age cannot be negative")
+    ordered = sorted(backups, key=lambda b: (b.created, b.name), reverse=True)
+    keep, delete, reasons = [], [], {}
+    for i, b in enumerate(ordered):
+        if i == 0:
+            keep.append(b)                          # the newest: never deleted
+            continue
+        if keep_last is not None and i >= keep_last:
+            delete.append(b)
+            reasons[b.name] = f"beyond the newest {keep_last}"
+        elif max_age is not None and now - b.created > max_age:
+            delete.append(b)
+            reasons[b.name] = f"older than {max_age:.0f} s"
+        else:
+            keep.append(b)
+    return Plan(keep, delete, reasons)
+
+
+def prune(store, target: str, keep_last: int | None, max_age: float | None, now: float,
+          volume_path: Callable[[str], str | None], dry_run: bool = False) -> Report:
+    """Apply the plan to one target's backups whose volume is on this host."""
+    backups = store.backups(target)
+    report = Report()
+    if not backups:
+        return report
+    newest = backups[0]
+    base = volume_path(newest.volume)
+    if base is None:
+        raise Conflict(f"the newest backup of {target} ({newest.name}) is in volume {newest.volume}, which is not "
+                       "a local volume of this host: prune on the host that holds it")
+    path = os.path.join(base, newest.path)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = -1
+    if size != newest.size or not os.path.exists(os.path.join(base, newest.manifest_path)):
+        raise Conflict(f"the newest backup of {target} ({newest.name}) is missing or damaged in volume "
+                       f"{newest.volume} (size {size}, catalog {newest.size}): refusing to delete older backups")
+    p = plan(backups, keep_last, max_age, now)
+    report.kept = [b.name for b in p.keep]
+    for b in p.delete:
+        vbase = volume_path(b.volume)
+        if vbase is None:
+            report.skipped.append(f"{b.name} (volume {b.volume} not on this host)")
+            continue
+        if dry_run:
+            report.deleted.append(b.name)
+            continue
+        for rel in (b.path, b.manifest_path):
+            try:
+                os.unlink(os.path.join(vbase, rel))
+            except FileNotFoundError:
+                pass
+        store.remove_backup(b)
+        report.deleted.append(b.name)
+        log.info("retention: deleted backup %s of %s (%s)", b.name, target, p.reasons.get(b.name))
+    return report

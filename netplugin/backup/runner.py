@@ -1,0 +1,695 @@
+"""Runs one admitted job to its end: create the container with its limits,
+attach to its logs, start it, check every limit, open the gate, wait, verify,
+record. Never ``auto_remove``: the exit code, the OOM flag and the logs are read
+from the stopped container, which stays until ``drctl rm`` or the agent's
+clean-up after ``keep_containers``.
+
+File handling happens on the host, in the volume's folder (Docker's
+``Mountpoint``; the agent runs as root on the Docker host): the dump is written
+as ``<name><ext>.partial`` and renamed by the runner only after every check
+passed, the manifest first; a job that ends any other way has its partial
+files removed here, even when its container was killed mid-write.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import asdict
+
+from ..errors import Conflict, InvalidRequest, NetpluginError
+from . import jobscript, limits as lim, retention
+from .config import BackupConfig
+from .model import (BACKUP, CANCELLED, COMPRESSIONS, EXPIRED, FAILED, RESTORE, RUNNING, STARTING, SUCCEEDED,
+                    TERMINAL, VERIFYING, Backup, Job, JobSpec, Limits, backup_name)
+from .store import BackupStore
+
+log = logging.getLogger(__name__)
+
+LABEL_JOB = "netplugin.backup.job"
+LABEL_KIND = "netplugin.backup.kind"
+LABEL_TARGET = "netplugin.backup.target"
+MOUNT_BACKUP, MOUNT_JOB, MOUNT_CNF = "/backup", "/job", "/run/drctl/client.cnf"
+MANIFEST_FORMAT = 1
+
+
+class JobEnded(Exception):
+    """Ends the job in state with message (failed, expired or cancelled)."""
+
+    def __init__(self, state: str, message: str):
+        super().__init__(message)
+        self.state = state
+        self.message = message
+
+
+class HostEnv:
+    """What the runner reads from the host itself; replaced by a fake in unit tests."""
+
+    def device(self, path: str) -> lim.BlockDevice:
+        return lim.backing_device(path)
+
+    def applied(self, pid: int, device: lim.BlockDevice | None) -> dict:
+        return lim.read_applied(lim.cgroup_dirs(pid), device)
+
+    def swap(self) -> int:
+        return lim.host_swap_bytes()
+
+    def processes(self, pid: int) -> list[str]:
+        """Command lines of every process in the container's cgroup (for the secret check)."""
+        dirs = lim.cgroup_dirs(pid)
+        base = dirs.get("pids") or dirs.get("memory") or dirs.get("unified")
+        out = []
+        try:
+            with open(os.path.join(base, "cgroup.procs")) as fh:
+                pids = [p.strip() for p in fh if p.strip()]
+        except (OSError, TypeError):
+            return out
+        for p in pids:
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as fh:
+                    out.append(fh.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+        return out
+
+    def meter(self, bridge: str, port: str) -> tuple[int, int] | None:
+        """(rate kbit/s, burst kbit) enforced on a port: its OpenFlow meter, else
+        its ingress policing; None when there is none."""
+        def run(*args: str) -> str:
+            proc = subprocess.run(list(args), capture_output=True, text=True, timeout=10)
+            return proc.stdout if proc.returncode == 0 else ""
+        ofport = run("ovs-vsctl", "--timeout=5", "get", "Interface", port, "ofport").strip()
+        if ofport.isdigit():
+            for block in run("ovs-ofctl", "-O", "OpenFlow13", "dump-meters", bridge).split("meter=")[1:]:
+                if block.split()[0] == ofport:
+                    rate = re.search(r"rate=(\d+)", block)
+                    burst = re.search(r"burst_size=(\d+)", block)
+                    if rate:
+                        return int(rate.group(1)), int(burst.group(1)) if burst else 0
+        rate = run("ovs-vsctl", "--timeout=5", "get", "Interface", port, "ingress_policing_rate").strip()
+        burst = run("ovs-vsctl", "--timeout=5", "get", "Interface", port, "ingress_policing_burst").strip()
+        if rate.isdigit() and int(rate) > 0:
+            return int(rate), int(burst) if burst.isdigit() else 0
+        return None
+
+
+class _Ctx:
+    def __init__(self, job: Job):
+        self.job = job
+        self.spec: JobSpec = job.job_spec
+        self.limits = Limits.from_dict(self.spec.limits)
+        self.volume_path = ""
+        self.device: lim.BlockDevice | None = None
+        self.job_dir = ""
+        self.container = job.container
+        self.manifest: dict | None = None
+        self.backup: Backup | None = None
+        self.log_lines: collections.deque = collections.deque(maxlen=200)
+        self.attach_thread: threading.Thread | None = None
+        self.exit_code: int | None = None
+        self.oom: bool | None = None
+        self.gate_open = False
+
+    # paths, inside the volume (relative) and on the host
+    @property
+    def ext(self) -> str:
+        return COMPRESSIONS[self.spec.compression]
+
+    def rel(self, suffix: str = "") -> str:
+        return f"{self.job.target}/{backup_name(self.job.target, self.job.id)}{suffix}"
+
+    def host(self, rel: str) -> str:
+        return os.path.join(self.volume_path, rel)
+
+
+def _docker_message(exc: Exception) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return text.decode() if isinstance(text, bytes) else str(text)
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return type(exc).__name__ == "NotFound" or getattr(getattr(exc, "response", None), "status_code", 0) == 404
+
+
+def _is_timeout(exc: Exception) -> bool:
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & {"ReadTimeout", "ReadTimeoutError", "ConnectionError", "Timeout", "TimeoutError",
+                         "timeout"}) or "timed out" in str(exc).lower()
+
+
+class Runner:
+    def __init__(self, store: BackupStore, docker, cfg: BackupConfig, env: HostEnv | None = None,
+                 np_store=None, clock=time.time, sleep=time.sleep):
+        self.store = store
+        self.docker = docker          # docker.APIClient (or a fake with the same methods)
+        self.cfg = cfg
+        self.env = env or HostEnv()
+        self.np_store = np_store      # netplugin's Store: endpoints and profiles
+        self.clock = clock
+        self.sleep = sleep
+
+    # -- state changes ------------------------------------------------------------------
+    def _update(self, ctx: _Ctx, change) -> Job:
+        ctx.job = self.store.update(ctx.job.id, change)
+        return ctx.job
+
+    def _move(self, ctx: _Ctx, state: str, message: str = "", **fields) -> Job:
+        def change(j: Job):
+            for k, v in fields.items():
+                setattr(j, k, v)
+            j.move(state, message, now=self.clock())
+        return self._update(ctx, change)
+
+    def _check_stop(self, ctx: _Ctx, phase: str) -> None:
+        """Raise JobEnded when the job was cancelled or a deadline passed."""
+        found = self.store.get(ctx.job.id)
+        if found and found[0].cancel_requested:
+            raise JobEnded(CANCELLED, f"cancelled by {found[0].cancel_requested} while {phase}")
+        now = self.clock()
+        if ctx.job.state == STARTING and ctx.job.start_by and now > ctx.job.start_by:
+            raise JobEnded(EXPIRED, f"not running within its start deadline ({ctx.spec.start_timeout:.0f} s) "
+                                    f"while {phase}")
+        if ctx.job.run_by and now > ctx.job.run_by:
+            raise JobEnded(EXPIRED, f"not finished within its deadline ({ctx.spec.timeout:.0f} s) while {phase}")
+
+    # -- the whole job --------------------------------------------------------------------
+    def run(self, job: Job) -> Job:
+        """job was admitted (starting). Returns the job in its final state."""
+        ctx = _Ctx(job)
+        try:
+            self._prepare(ctx)
+            self._create_and_start(ctx)
+            self._wait(ctx)
+            self._finish(ctx)
+        except JobEnded as end:
+            self._end(ctx, end.state, end.message)
+        except NetpluginError as exc:
+            self._end(ctx, FAILED, exc.message)
+        except Exception as exc:  # noqa: BLE001 - every failure ends the job with a message
+            if type(exc).__module__.startswith(("docker", "requests", "urllib3")):
+                self._end(ctx, FAILED, f"Docker refused: {_docker_message(exc)}")
+            else:
+                log.exception("job %s: unexpected error", job.id)
+                self._end(ctx, FAILED, f"internal error in the runner: {type(exc).__name__}: {exc}")
+        return ctx.job
+
+    def adopt(self, job: Job) -> Job:
+        """Carry on with an active job whose agent died (this host's new agent)."""
+        ctx = _Ctx(job)
+        try:
+            self._locate(ctx)
+            if job.state == STARTING:
+                raise JobEnded(FAILED, "the agent stopped while the job was starting (its limits were not all "
+                                       "checked): submit it again")
+            try:
+                info = self.docker.inspect_container(ctx.container)
+            except Exception as exc:  # noqa: BLE001
+                if _is_not_found(exc):
+                    raise JobEnded(FAILED, f"its container {ctx.container[:12]} is gone") from None
+                raise
+            ctx.gate_open = True
+            if job.state == RUNNING and info["State"].get("Running"):
+                log.info("job %s: adopted, container still running", job.id)
+                self._wait(ctx)
+            self._finish(ctx)
+        except JobEnded as end:
+            self._end(ctx, end.state, end.message)
+        except NetpluginError as exc:
+            self._end(ctx, FAILED, exc.message)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("job %s: adopting failed", job.id)
+            self._end(ctx, FAILED, f"adopting the job failed: {type(exc).__name__}: {exc}")
+        return ctx.job
+
+    # -- preparing --------------------------------------------------------------------------
+    def _locate(self, ctx: _Ctx) -> None:
+        spec = ctx.spec
+        ctx.job_dir = os.path.join(self.cfg.work_dir, ctx.job.id)
+        try:
+            vol = self.docker.inspect_volume(spec.volume)
+        except Exception as exc:  # noqa: BLE001
+            if not _is_not_found(exc):
+                raise
+            if ctx.job.kind == RESTORE:
+                raise JobEnded(FAILED, f"volume {spec.volume} does not exist on host {ctx.job.host}") from None
+            vol = self.docker.create_volume(spec.volume, driver="local", labels={"netplugin.backup.volume": "1"})
+        if vol.get("Driver") != "local":
+            raise JobEnded(FAILED, f"volume {spec.volume} uses driver {vol.get('Driver')}: drctl needs a 'local' "
+                                   "volume, whose folder it can check and rename in")
+        ctx.volume_path = vol["Mountpoint"]
+
+    def _prepare(self, ctx: _Ctx) -> None:
+        spec, job = ctx.spec, ctx.job
+        self._locate(ctx)
+        image = spec.image or self.cfg.image
+        try:
+            self.docker.inspect_image(image)
+        except Exception as exc:  # noqa: BLE001
+            if _is_not_found(exc):
+                raise JobEnded(FAILED, f"image {image} is not on host {job.host}: build it with "
+                                       "scripts/make-db-images.sh") from None
+            raise
+        try:
+            self.docker.inspect_network(spec.network)
+        except Exception as exc:  # noqa: BLE001
+            if _is_not_found(exc):
+                raise JobEnded(FAILED, f"network {spec.network} does not exist on host {job.host}: create it "
+                                       "with 'docker network create -d netplugin ...'") from None
+            raise
+        if ctx.limits.profile:
+            if self.np_store is None:
+                raise JobEnded(FAILED, "a bandwidth profile was asked but netplugin's store is not available")
+            if ctx.limits.profile not in self.np_store.list_profiles():
+                raise JobEnded(FAILED, f"bandwidth profile {ctx.limits.profile!r} does not exist: create it with "
+                                       "'netctl profile create'")
+        try:
+            st = os.stat(spec.option_file)
+        except OSError as exc:
+            raise JobEnded(FAILED, f"option file {spec.option_file} cannot be read on host {job.host}: "
+                                   f"{exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise JobEnded(FAILED, f"option file {spec.option_file} is not a regular file")
+        if st.st_mode & 0o077:
+            raise JobEnded(FAILED, f"option file {spec.option_file} is readable by others (mode "
+                                   f"{stat.S_IMODE(st.st_mode):o}): it holds a password; chmod 600 it")
+        if ctx.limits.disk_limited():
+            try:
+                ctx.device = self.env.device(ctx.volume_path)
+            except InvalidRequest as exc:
+                raise JobEnded(FAILED, f"disk limits cannot be applied: {exc.message}") from None
+        params = {"DB_HOST": spec.db_host, "DB_PORT": spec.db_port, "DATABASE": spec.database,
+                  "COMPRESSION": spec.compression, "CHECKSUMS": spec.checksums}
+        if job.kind == BACKUP:
+            params["PARTIAL"] = f"{MOUNT_BACKUP}/{ctx.rel(ctx.ext + '.partial')}"
+            params["DIRECT"] = bool(ctx.limits.write_bps or ctx.limits.write_iops)
+        else:
+            ctx.manifest = self._load_manifest(ctx)
+            params.update(REL=ctx.manifest["file"], SIZE=ctx.manifest["size"], SHA256=ctx.manifest["sha256"],
+                          REPLACE=spec.replace, COMPRESSION=ctx.manifest["compression"],
+                          DIRECT=bool(ctx.limits.read_bps or ctx.limits.read_iops),
+                          CHECKSUMS=spec.checksums and bool(ctx.manifest.get("tables")))
+        if os.path.exists(ctx.job_dir):
+            shutil.rmtree(ctx.job_dir)
+        os.makedirs(os.path.join(ctx.job_dir, "bin"), mode=0o700)
+        os.makedirs(os.path.join(ctx.job_dir, "out"), mode=0o700)
+        for name, text in (("bin/job.sh", jobscript.SCRIPT), ("bin/checksum-gen.sql", jobscript.CHECKSUM_GEN_SQL),
+                           ("params", jobscript.params_text(params))):
+            with open(os.path.join(ctx.job_dir, name), "w") as fh:
+                fh.write(text)
+
+    def _load_manifest(self, ctx: _Ctx) -> dict:
+        """The manifest of the backup to restore, from the volume, checked against the catalog."""
+        spec = ctx.spec
+        backup = self.store.find_backup(spec.backup)
+        ctx.backup = backup
+        path = ctx.host(backup.manifest_path)
+        try:
+            with open(path) as fh:
+                manifest = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise JobEnded(FAILED, f"manifest {backup.manifest_path} of backup {backup.name} cannot be read "
+                                   f"in volume {spec.volume}: {exc}") from None
+        if manifest.get("sha256") != backup.sha256 or manifest.get("size") != backup.size:
+            raise JobEnded(FAILED, f"manifest of backup {backup.name} does not match the catalog (sha256 or size): "
+                                   "the volume holds another or a damaged backup")
+        return manifest
+
+    # -- container ------------------------------------------------------------------------
+    def _create_and_start(self, ctx: _Ctx) -> None:
+        spec, job, limits = ctx.spec, ctx.job, ctx.limits
+        d = self.docker
+        self._check_stop(ctx, "preparing")
+        mounts = [
+            {"Type": "volume", "Source": spec.volume, "Target": MOUNT_BACKUP, "ReadOnly": job.kind == RESTORE},
+            {"Type": "bind", "Source": ctx.job_dir, "Target": MOUNT_JOB, "ReadOnly": False},
+            {"Type": "bind", "Source": spec.option_file, "Target": MOUNT_CNF, "ReadOnly": True},
+        ]
+        host_config = d.create_host_config(
+            mounts=mounts, network_mode=spec.network, auto_remove=False, restart_policy={"Name": "no"},
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
+            log_config={"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+            **lim.host_config_kwargs(limits, ctx.device))
+        networking = None
+        if spec.ip:
+            networking = d.create_networking_config({spec.network: d.create_endpoint_config(ipv4_address=spec.ip)})
+        labels = {**{str(k): str(v) for k, v in spec.labels.items()},
+                  LABEL_JOB: job.id, LABEL_KIND: job.kind, LABEL_TARGET: job.target}
+        name = f"drctl-{job.id}"
+        resp = d.create_container(spec.image or self.cfg.image, command=["/bin/bash", f"{MOUNT_JOB}/bin/job.sh", job.kind],
+                                  name=name, labels=labels, host_config=host_config, networking_config=networking,
+                                  user="0:0", working_dir=MOUNT_JOB, environment={"DRCTL_JOB": job.id},
+                                  use_config_proxy=False)
+        ctx.container = resp["Id"]
+        warnings = [w for w in (resp.get("Warnings") or []) if w]
+        self._update(ctx, lambda j: (setattr(j, "container", ctx.container), setattr(j, "container_name", name)))
+        dropped = lim.limit_warnings(warnings)
+        info = d.inspect_container(ctx.container)
+        problems = lim.check_inspect(info.get("HostConfig") or {}, limits, ctx.device)
+        report: dict = {"requested": asdict(limits), "device": asdict(ctx.device) if ctx.device else None,
+                        "docker_warnings": warnings}
+        if (dropped or problems) and spec.strict:
+            raise JobEnded(FAILED, "strict mode: Docker did not apply every limit: "
+                           + "; ".join(dropped + problems) + " (the job did not start)")
+        report["problems"] = dropped + problems
+        self._attach(ctx)
+        d.start(ctx.container)
+        info = d.inspect_container(ctx.container)
+        net = (info.get("NetworkSettings", {}).get("Networks") or {}).get(spec.network) or {}
+        endpoint, ip, pid = net.get("EndpointID", ""), net.get("IPAddress", ""), info["State"].get("Pid") or 0
+        self._update(ctx, lambda j: (setattr(j, "endpoint", endpoint), setattr(j, "ip", ip)))
+        if limits.profile:
+            report["profile"] = self._apply_profile(ctx, endpoint, limits.profile)
+        if not info["State"].get("Running") or not pid:
+            raise JobEnded(FAILED, f"the container stopped at once (exit code {info['State'].get('ExitCode')})")
+        applied = self.env.applied(pid, ctx.device)
+        cg_problems = lim.check_applied(applied, limits, self.env.swap())
+        report["cgroup"] = applied
+        if cg_problems and spec.strict:
+            raise JobEnded(FAILED, "strict mode: the kernel does not enforce every limit: "
+                           + "; ".join(cg_problems) + " (the job did not start)")
+        report["problems"] = report.get("problems", []) + cg_problems
+        self._check_stop(ctx, "starting")
+        self._move(ctx, RUNNING, "limits checked; working", limits_applied=report)
+        with open(os.path.join(ctx.job_dir, "go"), "w") as fh:
+            fh.write(str(self.clock()))
+        ctx.gate_open = True
+
+    def _apply_profile(self, ctx: _Ctx, endpoint: str, profile: str) -> dict:
+        if not endpoint:
+            raise JobEnded(FAILED, f"the container has no endpoint on {ctx.spec.network}: cannot apply profile {profile}")
+        found = self.np_store.get_endpoint(endpoint)
+        if found is None:
+            raise JobEnded(FAILED, f"network {ctx.spec.network} is not a netplugin network (no endpoint record for "
+                                   f"{endpoint[:12]}): bandwidth profiles need one")
+        ep = self.np_store.change_endpoint(endpoint, lambda e: setattr(e, "limit", {"profile": profile}))
+        prof = self.np_store.list_profiles().get(profile)
+        want = (prof.rate_kbps, prof.burst_kb) if prof else None
+        bridge = ""
+        for host, _alive in self.np_store.list_hosts():
+            if host.host == ep.host:
+                bridge = host.bridge
+        deadline = time.monotonic() + self.cfg.profile_wait
+        got = None
+        while time.monotonic() < deadline:
+            got = self.env.meter(bridge, ep.port) if bridge else None
+            if got and want and got[0] == want[0]:
+                return {"name": profile, "rate_kbps": got[0], "burst_kb": got[1], "port": ep.port, "bridge": bridge}
+            self.sleep(0.2)
+        message = (f"bandwidth profile {profile} ({want[0] if want else '?'} kbit/s) is not enforced on port "
+                   f"{ep.port} of bridge {bridge or '?'} after {self.cfg.profile_wait:.0f} s (switch has "
+                   f"{got[0] if got else 'no limit'}): is netplugin running on host {ep.host}?")
+        if ctx.spec.strict:
+            raise JobEnded(FAILED, "strict mode: " + message)
+        return {"name": profile, "problem": message}
+
+    def _attach(self, ctx: _Ctx) -> None:
+        try:
+            stream = self.docker.attach(ctx.container, stdout=True, stderr=True, stream=True, logs=True)
+        except Exception as exc:  # noqa: BLE001 - logs are also read afterwards
+            log.warning("job %s: cannot attach to the logs: %s", ctx.job.id, exc)
+            return
+        path = os.path.join(ctx.job_dir, "job.log")
+
+        def pump():
+            pending = b""
+            try:
+                with open(path, "ab") as out:
+                    for chunk in stream:
+                        out.write(chunk)
+                        out.flush()
+                        pending += chunk
+                        *lines, pending = pending.split(b"\n")
+                        ctx.log_lines.extend(x.decode(errors="replace") for x in lines)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("job %s: log stream ended: %s", ctx.job.id, exc)
+            if pending:
+                ctx.log_lines.append(pending.decode(errors="replace"))
+        ctx.attach_thread = threading.Thread(target=pump, name=f"logs-{ctx.job.id}", daemon=True)
+        ctx.attach_thread.start()
+
+    # -- waiting ------------------------------------------------------------------------------
+    def _wait(self, ctx: _Ctx) -> None:
+        last_progress = 0.0
+        while True:
+            remaining = ctx.job.run_by - self.clock() if ctx.job.run_by else 2.0
+            if remaining <= 0:
+                self._check_stop(ctx, "running")
+            try:
+                result = self.docker.wait(ctx.container, timeout=max(0.2, min(2.0, remaining)))
+                ctx.exit_code = int(result.get("StatusCode", -1))
+                break
+            except Exception as exc:  # noqa: BLE001
+                if not _is_timeout(exc):
+                    raise
+            self._check_stop(ctx, "running")
+            if self.clock() - last_progress >= 5 and ctx.job.kind == BACKUP:
+                last_progress = self.clock()
+                try:
+                    size = os.path.getsize(ctx.host(ctx.rel(ctx.ext + ".partial")))
+                except OSError:
+                    size = 0
+                self._update(ctx, lambda j: setattr(j, "progress", {"bytes": size, "time": self.clock()}))
+        self._collect(ctx)
+
+    def _collect(self, ctx: _Ctx) -> None:
+        """Exit code, OOM flag and log tail of the stopped container."""
+        try:
+            info = self.docker.inspect_container(ctx.container)
+            state = info.get("State", {})
+            ctx.exit_code = state.get("ExitCode", ctx.exit_code)
+            ctx.oom = bool(state.get("OOMKilled"))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("job %s: cannot inspect the stopped container: %s", ctx.job.id, exc)
+        if ctx.attach_thread is not None:
+            ctx.attach_thread.join(timeout=5)
+        tail = list(ctx.log_lines)[-self.cfg.log_tail_lines:]
+        if not tail:
+            try:
+                raw = self.docker.logs(ctx.container, stdout=True, stderr=True, tail=self.cfg.log_tail_lines)
+                tail = raw.decode(errors="replace").splitlines()
+            except Exception:  # noqa: BLE001
+                tail = []
+        text = "\n".join(tail)[-8192:]
+        self._update(ctx, lambda j: (setattr(j, "exit_code", ctx.exit_code), setattr(j, "oom_killed", ctx.oom),
+                                     setattr(j, "log_tail", text)))
+
+    # -- verifying --------------------------------------------------------------------------------
+    def _out(self, ctx: _Ctx, name: str) -> str | None:
+        try:
+            with open(os.path.join(ctx.job_dir, "out", name)) as fh:
+                return fh.read()
+        except OSError:
+            return None
+
+    def _finish(self, ctx: _Ctx) -> None:
+        if ctx.exit_code is None:
+            self._collect(ctx)
+        if ctx.oom:
+            mem = lim.human_bytes(ctx.limits.memory) if ctx.limits.memory else "?"
+            raise JobEnded(FAILED, f"the job was OOM-killed: it needed more than its memory limit ({mem})")
+        if ctx.exit_code != 0:
+            error = (self._out(ctx, "error") or "").strip()
+            last = ctx.job.log_tail.strip().splitlines()[-1:] if ctx.job.log_tail else []
+            why = error or (last[0] if last else "no message")
+            raise JobEnded(FAILED, f"the job exited with code {ctx.exit_code}: {why}")
+        self._check_stop(ctx, "verifying")
+        if ctx.job.state != VERIFYING:
+            self._move(ctx, VERIFYING, "checking the result")
+        if ctx.job.kind == BACKUP:
+            result = self._verify_backup(ctx)
+        else:
+            result = self._verify_restore(ctx)
+        self._move(ctx, SUCCEEDED, result.pop("message"), result=result)
+
+    def _verify_backup(self, ctx: _Ctx) -> dict:
+        spec, job = ctx.spec, ctx.job
+        partial = ctx.host(ctx.rel(ctx.ext + ".partial"))
+        status = jobscript.parse_status(self._out(ctx, "status") or "")
+        bad = {k: v for k, v in status.items() if v != 0}
+        if not status or bad:
+            raise JobEnded(FAILED, f"verification: stages of the dump failed: {bad or 'no status recorded'}")
+        if (self._out(ctx, "done") or "").strip() != "ok":
+            raise JobEnded(FAILED, "verification: the job did not record that it finished")
+        if "-- Dump completed" not in (self._out(ctx, "dump_tail") or ""):
+            raise JobEnded(FAILED, "verification: the dump has no completion marker")
+        try:
+            size = os.path.getsize(partial)
+        except OSError:
+            raise JobEnded(FAILED, f"verification: {ctx.rel(ctx.ext + '.partial')} is missing") from None
+        streamed = int((self._out(ctx, "bytes") or "-1").strip() or -1)
+        if size != streamed:
+            raise JobEnded(FAILED, f"verification: the file has {size} bytes but {streamed} were written")
+        if size < self.cfg.min_size:
+            raise JobEnded(FAILED, f"verification: the dump is only {size} bytes (minimum {self.cfg.min_size})")
+        sha = (self._out(ctx, "sha256") or "").split()[:1]
+        if not sha or not re.fullmatch(r"[0-9a-f]{64}", sha[0]):
+            raise JobEnded(FAILED, "verification: no sha256 was recorded")
+        tables: dict = {}
+        if spec.checksums:
+            before = jobscript.parse_checksums(self._out(ctx, "checksums.before") or "")
+            after = jobscript.parse_checksums(self._out(ctx, "checksums.after") or "")
+            for name, row in before.items():
+                tables[name] = dict(row, consistent=after.get(name) == row)
+        now = self.clock()
+        name = backup_name(job.target, job.id)
+        manifest = {
+            "format": MANIFEST_FORMAT, "name": name, "target": job.target, "database": spec.database,
+            "job": job.id, "host": job.host, "created": job.entered(RUNNING) or job.created, "finished": now,
+            "source": {"host": spec.db_host, "port": spec.db_port, "network": spec.network},
+            "server_version": (self._out(ctx, "server_version") or "").strip(),
+            "tool": "mariadb-dump --single-transaction --routines --triggers --events --hex-blob",
+            "image": spec.image or self.cfg.image,
+            "compression": spec.compression, "file": ctx.rel(ctx.ext), "size": size, "sha256": sha[0],
+            "uncompressed_size": int((self._out(ctx, "raw_bytes") or "0").strip() or 0),
+            "tables": tables, "rows": sum(t["rows"] for t in tables.values()),
+            "changed_during_backup": sorted(n for n, t in tables.items() if not t["consistent"]),
+            "stages": status, "limits": job.limits_applied,
+        }
+        mpath = ctx.host(ctx.rel(".manifest.json"))
+        with open(os.open(mpath + ".partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(mpath + ".partial", mpath)
+        os.replace(partial, ctx.host(ctx.rel(ctx.ext)))
+        dfd = os.open(os.path.dirname(mpath), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        backup = Backup(name=name, target=job.target, database=spec.database, volume=spec.volume,
+                        path=ctx.rel(ctx.ext), manifest_path=ctx.rel(".manifest.json"), size=size, sha256=sha[0],
+                        created=manifest["created"], host=job.host, job=job.id, compression=spec.compression,
+                        server_version=manifest["server_version"], tables=len(tables), rows=manifest["rows"])
+        self.store.add_backup(backup)
+        result = {"backup": name, "file": backup.path, "size": size, "sha256": sha[0], "tables": len(tables),
+                  "rows": manifest["rows"], "uncompressed_size": manifest["uncompressed_size"],
+                  "changed_during_backup": manifest["changed_during_backup"]}
+        started = job.entered(RUNNING)
+        if started:
+            result["seconds"] = round(now - started, 3)
+        pruned = self._prune(ctx)
+        if pruned is not None:
+            result["pruned"] = pruned
+        note = f" ({len(manifest['changed_during_backup'])} tables changed during the dump)" \
+            if manifest["changed_during_backup"] else ""
+        result["message"] = f"backup {name}: {lim.human_bytes(size)}, {len(tables)} tables, {manifest['rows']} rows{note}"
+        return result
+
+    def _prune(self, ctx: _Ctx) -> list[str] | None:
+        """Retention after this verified success; never fails the job."""
+        spec = ctx.spec
+        if spec.keep_last is None and spec.max_age is None:
+            return None
+        try:
+            report = retention.prune(self.store, ctx.job.target, spec.keep_last, spec.max_age, self.clock(),
+                                     volume_path=lambda volume: self._volume_path(volume))
+            return report.deleted
+        except NetpluginError as exc:
+            log.warning("job %s: retention skipped: %s", ctx.job.id, exc.message)
+            return [f"skipped: {exc.message}"]
+
+    def _volume_path(self, volume: str) -> str | None:
+        try:
+            vol = self.docker.inspect_volume(volume)
+        except Exception:  # noqa: BLE001
+            return None
+        return vol.get("Mountpoint") if vol.get("Driver") == "local" else None
+
+    def _verify_restore(self, ctx: _Ctx) -> dict:
+        status = jobscript.parse_status(self._out(ctx, "status") or "")
+        bad = {k: v for k, v in status.items() if v != 0}
+        if not status or bad:
+            raise JobEnded(FAILED, f"verification: stages of the load failed: {bad or 'no status recorded'}")
+        if (self._out(ctx, "done") or "").strip() != "ok":
+            raise JobEnded(FAILED, "verification: the job did not record that it finished")
+        manifest = ctx.manifest or self._load_manifest(ctx)
+        expected: dict = manifest.get("tables") or {}
+        checked, unverifiable, problems = 0, [], []
+        if ctx.spec.checksums and expected:
+            got = jobscript.parse_checksums(self._out(ctx, "checksums.restored") or "")
+            for name, want in sorted(expected.items()):
+                if not want.get("consistent", True):
+                    unverifiable.append(name)
+                    continue
+                have = got.get(name)
+                if have is None:
+                    problems.append(f"table {name} is missing")
+                elif have["rows"] != want["rows"]:
+                    problems.append(f"table {name} has {have['rows']} rows, the backup {want['rows']}")
+                elif have["checksum"] != want["checksum"]:
+                    problems.append(f"table {name} has checksum {have['checksum']}, the backup {want['checksum']}")
+                else:
+                    checked += 1
+            extra = sorted(set(got) - set(expected))
+            if extra:
+                problems.append(f"tables not in the backup: {', '.join(extra)}")
+        if problems:
+            raise JobEnded(FAILED, "verification failed: " + "; ".join(problems))
+        rows = sum(t["rows"] for n, t in expected.items() if n not in unverifiable)
+        result = {"backup": manifest["name"], "database": ctx.spec.database, "tables_verified": checked,
+                  "rows_verified": rows, "unverifiable": unverifiable, "size": manifest["size"]}
+        started = ctx.job.entered(RUNNING)
+        if started:
+            result["seconds"] = round(self.clock() - started, 3)
+        note = f"; {len(unverifiable)} tables changed during the backup and were not compared" if unverifiable else ""
+        result["message"] = (f"restored {manifest['name']} into {ctx.spec.database}: {checked} tables, {rows} rows "
+                             f"match the manifest{note}")
+        return result
+
+    # -- ending -----------------------------------------------------------------------------------
+    def _end(self, ctx: _Ctx, state: str, message: str) -> None:
+        if ctx.job_dir and not ctx.gate_open:
+            try:
+                open(os.path.join(ctx.job_dir, "abort"), "w").close()
+            except OSError:
+                pass
+        if ctx.container:
+            try:
+                info = self.docker.inspect_container(ctx.container)
+                if info.get("State", {}).get("Running"):
+                    self.docker.kill(ctx.container)
+                    try:
+                        self.docker.wait(ctx.container, timeout=15)
+                    except Exception:  # noqa: BLE001
+                        pass
+                if ctx.exit_code is None:
+                    self._collect(ctx)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("job %s: cannot stop container %s: %s", ctx.job.id, ctx.container[:12], exc)
+        if ctx.job.kind == BACKUP and ctx.volume_path:
+            for suffix in (ctx.ext + ".partial", ".manifest.json.partial"):
+                try:
+                    os.unlink(ctx.host(ctx.rel(suffix)))
+                    log.info("job %s: removed %s", ctx.job.id, ctx.rel(suffix))
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("job %s: cannot remove %s: %s", ctx.job.id, ctx.rel(suffix), exc)
+        try:
+            self._move(ctx, state, message)
+        except Conflict:
+            found = self.store.get(ctx.job.id)
+            if found and found[0].state in TERMINAL:
+                ctx.job = found[0]
+            else:
+                raise
+        log.info("job %s: %s: %s", ctx.job.id, state, message)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

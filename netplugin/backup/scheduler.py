@@ -1,0 +1,256 @@
+"""The per-host agent (``drctl agent``): admits queued jobs up to the host's
+cap, one active job per target, first come first served; expires jobs that
+wait beyond their start deadline; runs each admitted job in a thread; adopts
+the active jobs a previous agent of this host left.
+
+Every decision is an etcd transaction (store.py): the cap and the per-target
+lock hold across threads, processes and hosts. A job whose target is busy
+does not block the jobs behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+from ..errors import Conflict, NetpluginError
+from .config import BackupConfig
+from .model import CANCELLED, EXPIRED, QUEUED, Job
+from .store import BackupStore
+
+log = logging.getLogger(__name__)
+
+GC_EVERY = 60.0
+
+
+class Agent:
+    def __init__(self, store: BackupStore, host: str, cfg: BackupConfig, runner_factory: Callable[[], object],
+                 clock=time.time, docker=None):
+        self.store = store
+        self.host = host
+        self.cfg = cfg
+        self.max_jobs = int(cfg.max_jobs)
+        self.runner_factory = runner_factory
+        self.clock = clock
+        self.docker = docker            # for the clean-up of old containers; optional
+        self.lease: int | None = None
+        self.threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self._last_gc = 0.0
+        self._said: dict[str, str] = {}
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self, wait_previous: float | None = None) -> None:
+        """Take the host's agent key (waiting for a dead predecessor's lease to
+        lapse), then adopt what it left."""
+        info = {"host": self.host, "pid": os.getpid(), "node": socket.gethostname(), "max_jobs": self.max_jobs,
+                "started": self.clock()}
+        wait = self.cfg.lease_ttl + 2 if wait_previous is None else wait_previous
+        deadline = time.monotonic() + wait
+        self.lease = self.store.kv.grant_lease(self.cfg.lease_ttl)
+        while not self.store.register_agent(self.host, info, self.lease, exclusive=True):
+            if time.monotonic() > deadline:
+                self.store.kv.revoke_lease(self.lease)
+                raise Conflict(f"another drctl agent is running for host {self.host} "
+                               f"({self.store.agents().get(self.host)}): stop it first")
+            time.sleep(0.5)
+        self.adopt()
+
+    def close(self) -> None:
+        """Stop admitting. Running jobs go on in their containers; when jobs are
+        active the lease is left to lapse so that the next agent adopts them
+        (revoking it would free their targets at once)."""
+        self.stopping.set()
+        self.wake.set()
+        with self._lock:
+            busy = [t for t in self.threads.values() if t.is_alive()]
+        if not busy and self.lease is not None:
+            try:
+                self.store.kv.revoke_lease(self.lease)
+            except NetpluginError:
+                pass
+
+    def serve(self) -> None:
+        """Tick until close(); the lease is refreshed on the way."""
+        refresh_every = max(1.0, self.cfg.lease_ttl / 3)
+        last_refresh = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                if time.monotonic() - last_refresh >= refresh_every:
+                    self._keepalive()
+                    last_refresh = time.monotonic()
+                self.tick()
+            except NetpluginError as exc:
+                log.warning("agent: %s", exc.message)
+            except Exception:  # noqa: BLE001 - the agent must keep going
+                log.exception("agent tick failed")
+            self.wake.wait(self.cfg.poll)
+            self.wake.clear()
+
+    def _keepalive(self) -> None:
+        try:
+            self.store.kv.refresh_lease(self.lease)
+            return
+        except NetpluginError as exc:
+            log.warning("agent: lease refresh failed (%s): taking a new lease", exc.message)
+        self.lease = self.store.kv.grant_lease(self.cfg.lease_ttl)
+        self.store.register_agent(self.host, {"host": self.host, "pid": os.getpid(), "max_jobs": self.max_jobs,
+                                              "started": self.clock()}, self.lease)
+        with self._lock:
+            ids = [i for i, t in self.threads.items() if t.is_alive()]
+        for job_id in ids:
+            found = self.store.get(job_id)
+            if found and found[0].active and not self.store.reclaim(found[0], self.lease):
+                log.warning("agent: job %s lost its slot or target lock while etcd was away", job_id)
+
+    def adopt(self) -> list[str]:
+        adopted = []
+        for job in self.store.list_jobs():
+            if job.host != self.host or not job.active:
+                continue
+            with self._lock:
+                if job.id in self.threads:
+                    continue
+            if not self.store.reclaim(job, self.lease):
+                log.warning("agent: job %s: its slot or target lock is held by another job; carrying on", job.id)
+            log.info("agent: adopting job %s (%s)", job.id, job.state)
+            self._spawn(job, adopt=True)
+            adopted.append(job.id)
+        return adopted
+
+    # -- scheduling -------------------------------------------------------------------------
+    def tick(self) -> list[str]:
+        """One pass over the queue; returns the ids admitted."""
+        if self.stopping.is_set():
+            return []
+        now = self.clock()
+        queued = []
+        for job_id in self.store.queued(self.host):
+            found = self.store.get(job_id)
+            if found is None:
+                continue
+            queued.append(found)
+        queued.sort(key=lambda jr: (jr[0].created, jr[0].id))
+        slots = self.store.slots(self.host)
+        free = [i for i in range(self.max_jobs) if i not in slots]
+        admitted = []
+        for job, rev in queued:
+            if job.state != QUEUED:
+                continue
+            if job.cancel_requested:
+                self._end_queued(job, CANCELLED, f"cancelled by {job.cancel_requested} while queued")
+                continue
+            if job.start_by and now > job.start_by:
+                why = self._said.get(job.id) or "waiting"
+                self._end_queued(job, EXPIRED, f"not started within its start deadline "
+                                               f"({job.job_spec.start_timeout:.0f} s): {why}")
+                continue
+            if not free:
+                self._say(job, f"waiting for a slot: {len(slots)} of {self.max_jobs} jobs running on {self.host}")
+                continue
+            holder = self.store.lock_holder(job.target)
+            if holder is not None:
+                self._say(job, f"waiting for target {job.target}: job {holder} is active on it")
+                continue
+            got = self.store.admit(job, rev, free[0], self.lease, self.clock(), job.job_spec.timeout)
+            if got is None:
+                continue                        # changed meanwhile; next tick sees it
+            slots[free.pop(0)] = got.id
+            self._said.pop(got.id, None)
+            admitted.append(got.id)
+            log.info("agent: job %s (%s of %s) admitted to slot %s", got.id, got.kind, got.target, got.slot)
+            self._spawn(got, adopt=False)
+        if now - self._last_gc >= GC_EVERY:
+            self._last_gc = now
+            self.gc(now)
+        return admitted
+
+    def _say(self, job: Job, message: str) -> None:
+        """Record why a queued job waits (written only when it changes)."""
+        if self._said.get(job.id) == message:
+            return
+        self._said[job.id] = message
+
+        def change(j: Job):
+            if j.state == QUEUED:
+                j.message = message
+        try:
+            self.store.update(job.id, change)
+        except NetpluginError:
+            pass
+
+    def _end_queued(self, job: Job, state: str, message: str) -> None:
+        def change(j: Job):
+            if j.state == QUEUED:
+                j.move(state, message, now=self.clock())
+        try:
+            self.store.update(job.id, change)
+            self._said.pop(job.id, None)
+            log.info("agent: job %s %s: %s", job.id, state, message)
+        except NetpluginError as exc:
+            log.warning("agent: cannot end job %s: %s", job.id, exc.message)
+
+    def _spawn(self, job: Job, adopt: bool) -> None:
+        def work():
+            final = job
+            try:
+                runner = self.runner_factory()
+                final = runner.adopt(job) if adopt else runner.run(job)
+            except Exception:  # noqa: BLE001
+                log.exception("agent: job %s: runner crashed", job.id)
+            finally:
+                try:
+                    found = self.store.get(job.id)
+                    self.store.release(found[0] if found else final)
+                except NetpluginError as exc:
+                    log.warning("agent: job %s: slot not released (%s); its lease will free it", job.id, exc.message)
+                with self._lock:
+                    self.threads.pop(job.id, None)
+                self.wake.set()
+        thread = threading.Thread(target=work, name=f"job-{job.id}", daemon=True)
+        with self._lock:
+            self.threads[job.id] = thread
+        thread.start()
+
+    def active(self) -> int:
+        with self._lock:
+            return sum(1 for t in self.threads.values() if t.is_alive())
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                threads = list(self.threads.values())
+            if not threads:
+                return
+            for t in threads:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    # -- clean-up ---------------------------------------------------------------------------
+    def gc(self, now: float) -> None:
+        """Remove ended jobs' containers after keep_containers, their records after keep_history."""
+        for job in self.store.list_jobs():
+            if job.host != self.host or not job.terminal:
+                continue
+            age = now - (job.updated or job.created)
+            if job.container and not job.removed and age > self.cfg.keep_containers and self.docker is not None:
+                try:
+                    self.docker.remove_container(job.container, v=False, force=False)
+                except Exception as exc:  # noqa: BLE001
+                    if "No such container" not in str(exc) and "404" not in str(exc):
+                        log.warning("agent: cannot remove container of job %s: %s", job.id, exc)
+                        continue
+                try:
+                    self.store.update(job.id, lambda j: setattr(j, "removed", now))
+                except NetpluginError:
+                    pass
+            if age > self.cfg.keep_history and (job.removed or not job.container):
+                self.store.delete_job(job)

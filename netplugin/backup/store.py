@@ -1,0 +1,178 @@
+"""The etcd layout of drctl, under the configured prefix (``/netplugin/v1``)::
+
+    backup/jobs/<job-id>             Job: spec, state, history, results (kept after it ends)
+    backup/queue/<host>/<job-id>     present while the job waits for that host's agent
+    backup/slots/<host>/<n>          -> job id; n < the host's cap; bound to the agent's lease
+    backup/locks/<target>            -> job id; one active job per target; bound to the lease
+    backup/agents/<host>             the agent of that host, bound to its lease: alive while present
+    backup/catalog/<target>/<name>   Backup: a verified backup (only verified ones are written)
+
+Admission is one transaction: the job is still queued and unchanged, a slot
+of the host is free, the target is free; it writes the job as starting, the
+slot, the lock and removes the queue entry. So two agents (or two threads)
+can never run more than the cap, nor two jobs on one target. Slots and locks
+live on the agent's lease: an agent that dies frees them within the lease's
+TTL, and the agent that starts next adopts its host's active jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from ..errors import Conflict, NotFound
+from ..kv import KV, Compare, Delete, Put, absent, unchanged
+from .model import QUEUED, STARTING, Backup, Job
+
+
+class BackupStore:
+    def __init__(self, kv: KV, prefix: str = "/netplugin/v1"):
+        self.kv = kv
+        self.root = f"{prefix}/backup"
+
+    # -- keys -----------------------------------------------------------------------------
+    def k_job(self, job_id: str = "") -> str:
+        return f"{self.root}/jobs/{job_id}"
+
+    def k_queue(self, host: str, job_id: str = "") -> str:
+        return f"{self.root}/queue/{host}/{job_id}"
+
+    def k_slot(self, host: str, n: int | None = None) -> str:
+        return f"{self.root}/slots/{host}/" + ("" if n is None else f"{n:03d}")
+
+    def k_lock(self, target: str) -> str:
+        return f"{self.root}/locks/{target}"
+
+    def k_agent(self, host: str = "") -> str:
+        return f"{self.root}/agents/{host}"
+
+    def k_catalog(self, target: str = "", name: str = "") -> str:
+        if not target:
+            return f"{self.root}/catalog/"
+        return f"{self.root}/catalog/{target}/{name}"
+
+    # -- jobs -----------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        if not self.kv.txn([absent(self.k_job(job.id))],
+                           [Put(self.k_job(job.id), job.to_json()), Put(self.k_queue(job.host, job.id), job.id)]):
+            raise Conflict(f"job {job.id} exists already")
+
+    def get(self, job_id: str) -> tuple[Job, int] | None:
+        item = self.kv.get(self.k_job(job_id))
+        return (Job.from_json(item.value), item.mod_revision) if item else None
+
+    def find(self, ref: str) -> Job:
+        """By id or unique prefix (at least 4 characters), or the last part of the id."""
+        found = self.get(ref)
+        if found:
+            return found[0]
+        jobs = self.list_jobs()
+        matches = [j for j in jobs if len(ref) >= 4 and ref in j.id]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFound(f"job {ref!r} does not exist: see 'drctl ls'")
+        raise NotFound(f"job {ref!r} is ambiguous ({len(matches)} jobs match): give more of its id")
+
+    def list_jobs(self) -> list[Job]:
+        return sorted((Job.from_json(i.value) for i in self.kv.get_prefix(self.k_job())), key=lambda j: j.created)
+
+    def queued(self, host: str) -> list[str]:
+        return [i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(self.k_queue(host), keys_only=True)]
+
+    def update(self, job_id: str, change: Callable[[Job], None], tries: int = 8) -> Job:
+        """Read, change(job), write back guarded by the revision read; retried on a
+        concurrent write. change may raise (e.g. Conflict on an illegal move).
+        The queue entry follows the state: it goes when the job leaves queued."""
+        for _ in range(tries):
+            found = self.get(job_id)
+            if found is None:
+                raise NotFound(f"job {job_id} does not exist")
+            job, rev = found
+            was = job.state
+            change(job)
+            ops: list[Put | Delete] = [Put(self.k_job(job.id), job.to_json())]
+            if was == QUEUED and job.state != QUEUED:
+                ops.append(Delete(self.k_queue(job.host, job.id)))
+            if self.kv.txn([unchanged(self.k_job(job.id), rev)], ops):
+                return job
+        raise Conflict(f"job {job_id} kept changing: retry")
+
+    def admit(self, job: Job, rev: int, slot: int, lease: int, now: float, run_timeout: float) -> Job | None:
+        """queued -> starting with a slot and the target lock, at once; None when
+        the job changed, the slot or the target was taken meanwhile."""
+        job.move(STARTING, f"admitted to slot {slot}", now=now)
+        job.slot = slot
+        job.run_by = now + run_timeout
+        ok = self.kv.txn(
+            [unchanged(self.k_job(job.id), rev), absent(self.k_slot(job.host, slot)), absent(self.k_lock(job.target))],
+            [Put(self.k_job(job.id), job.to_json()), Delete(self.k_queue(job.host, job.id)),
+             Put(self.k_slot(job.host, slot), job.id, lease=lease), Put(self.k_lock(job.target), job.id, lease=lease)])
+        return job if ok else None
+
+    def reclaim(self, job: Job, lease: int) -> bool:
+        """An agent adopting an active job takes its slot and lock again (absent,
+        or still naming this job)."""
+        ops, compares = [], []
+        for key in (self.k_slot(job.host, job.slot or 0), self.k_lock(job.target)):
+            item = self.kv.get(key)
+            if item is not None and item.value.decode() != job.id:
+                return False
+            compares.append(unchanged(key, item.mod_revision if item else 0))
+            ops.append(Put(key, job.id, lease=lease))
+        return self.kv.txn(compares, ops)
+
+    def release(self, job: Job) -> None:
+        """Free the job's slot and lock, only if they are still this job's."""
+        for key in (self.k_slot(job.host, job.slot if job.slot is not None else -1), self.k_lock(job.target)):
+            self.kv.txn([Compare(key, "value", "==", job.id)], [Delete(key)])
+
+    def slots(self, host: str) -> dict[int, str]:
+        return {int(i.key.rsplit("/", 1)[1]): i.value.decode() for i in self.kv.get_prefix(self.k_slot(host))}
+
+    def lock_holder(self, target: str) -> str | None:
+        item = self.kv.get(self.k_lock(target))
+        return item.value.decode() if item else None
+
+    def delete_job(self, job: Job) -> None:
+        self.kv.txn([], [Delete(self.k_job(job.id)), Delete(self.k_queue(job.host, job.id))])
+
+    # -- agents ---------------------------------------------------------------------------
+    def register_agent(self, host: str, info: dict, lease: int, exclusive: bool = False) -> bool:
+        """Announce the agent; exclusive: only if no live agent of that host is announced."""
+        compares = [absent(self.k_agent(host))] if exclusive else []
+        return self.kv.txn(compares, [Put(self.k_agent(host), json.dumps(info, sort_keys=True), lease=lease)])
+
+    def agents(self) -> dict[str, dict]:
+        return {i.key.rsplit("/", 1)[1]: json.loads(i.value) for i in self.kv.get_prefix(self.k_agent())}
+
+    def agent_alive(self, host: str) -> bool:
+        return self.kv.get(self.k_agent(host)) is not None
+
+    # -- catalog --------------------------------------------------------------------------
+    def add_backup(self, backup: Backup) -> None:
+        self.kv.txn([], [Put(self.k_catalog(backup.target, backup.name), backup.to_json())])
+
+    def backups(self, target: str | None = None) -> list[Backup]:
+        """Newest first."""
+        prefix = self.k_catalog(target, "") if target else self.k_catalog()
+        found = [Backup.from_json(i.value) for i in self.kv.get_prefix(prefix)]
+        return sorted(found, key=lambda b: (b.created, b.name), reverse=True)
+
+    def find_backup(self, name: str) -> Backup:
+        for b in self.backups():
+            if b.name == name:
+                return b
+        raise NotFound(f"backup {name!r} is not in the catalog: see 'drctl backups'")
+
+    def remove_backup(self, backup: Backup) -> None:
+        self.kv.txn([], [Delete(self.k_catalog(backup.target, backup.name))])
+
+    def targets(self) -> list[str]:
+        return sorted({i.key[len(self.k_catalog()):].split("/", 1)[0]
+                       for i in self.kv.get_prefix(self.k_catalog(), keys_only=True)})
+
+
+def now() -> float:
+    return time.time()
