@@ -19,6 +19,11 @@ from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+# gRPC refuses replies over 4 MiB by default: about 7,000 endpoint records in one
+# prefix read. Allow what etcd itself allows per request (its default limit is 1.5 MiB
+# per value, and ranges are unbounded).
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 16 << 20)]
+
 
 @dataclass(frozen=True)
 class Item:
@@ -126,7 +131,8 @@ class EtcdKV:
             if secure and creds is None:
                 creds = grpc.ssl_channel_credentials()
             eps.append(pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
-                                       creds=creds if secure else None, time_retry=self._retry_after))
+                                       creds=creds if secure else None, time_retry=self._retry_after,
+                                       opts=GRPC_OPTIONS))
         user, password = self._auth
         return pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=self.timeout, user=user,
                                                password=password, failover=True)

@@ -21,12 +21,14 @@ from .config import Config
 from .dataplane.links import Links
 from .dataplane.ovs import Switch
 from .docker_api import DockerView
-from .errors import Conflict, InvalidRequest, NetpluginError, NotFound
+from .errors import Conflict, DataplaneUnavailable, InvalidRequest, NetpluginError, NotFound
 from .model import ALLOC_ENDPOINT, Endpoint
 from .store import Store
-from .watch import PrefixFollower
+from .watch import SyncLoop
 
 log = logging.getLogger(__name__)
+
+RETRY_EVERY = 10.0
 
 
 class Releaser:
@@ -127,18 +129,26 @@ class Releaser:
         return reply
 
     # -- carrying out requests queued for this host -------------------------------------------
-    def follow_requests(self) -> PrefixFollower:
+    def follow_requests(self) -> SyncLoop:
+        """Carry out this host's queue when it changes, and every RETRY_EVERY
+        seconds, so a request that failed for a moment (OVS or etcd away) is
+        tried again without anyone writing it again."""
         prefix = self.store.k_release(self.cfg.host_id)
-        return PrefixFollower(self.store.kv, prefix,
-                              on_snapshot=lambda items: [self._carry_out(i.key, i.value) for i in items],
-                              on_event=lambda ev: ev.kind == "put" and self._carry_out(ev.key, ev.value),
-                              name="release-requests").start()
+        loop = SyncLoop("release-requests", lambda full: self._drain(prefix), RETRY_EVERY)
+        return loop.follow(self.store.kv, prefix).start()
 
-    def _carry_out(self, key: str, raw: bytes) -> None:
+    def _drain(self, prefix: str) -> None:
+        waiting = [item.key for item in self.store.kv.get_prefix(prefix)
+                   if not self._carry_out(item.key, item.value)]
+        if waiting:   # the loop tries again in a second
+            raise DataplaneUnavailable(f"{len(waiting)} release request(s) must wait for OVS or etcd")
+
+    def _carry_out(self, key: str, raw: bytes) -> bool:
+        """Carry out one request; False when it must be tried again later."""
         endpoint_id = key.rsplit("/", 1)[1]
         request = json.loads(raw)
         if request.get("state") != "pending":
-            return
+            return True
         try:
             found = self.store.get_endpoint(endpoint_id)
             if found is not None and found[0].host == self.cfg.host_id:
@@ -148,13 +158,15 @@ class Releaser:
                     self.store.answer_release_request(self.cfg.host_id, endpoint_id, dict(
                         request, state="refused",
                         message=f"endpoint belongs to running container {live['name']}"))
-                    return
+                    return True
                 self.release_local(ep, by=f"request from {request.get('by')}")
             self.store.answer_release_request(self.cfg.host_id, endpoint_id, None)
         except Conflict as exc:
             self.store.answer_release_request(self.cfg.host_id, endpoint_id,
                                               dict(request, state="refused", message=exc.message))
         except NetpluginError as exc:
-            # OVS or etcd failing now: leave the request pending for the next pass,
-            # and go on with the rest of the queue.
+            # OVS or etcd failing now: the request stays pending, the rest of the
+            # queue goes on, and the loop tries it again shortly.
             log.warning("release of %s must wait: %s", endpoint_id[:12], exc.message)
+            return False
+        return True

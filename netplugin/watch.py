@@ -89,10 +89,12 @@ class SyncLoop:
                 log.warning("%s waits: %s", self.name, exc.message)
                 full = True
                 self._stop.wait(1)
+                self._wake.set()          # try again in a second, not at the next period
             except Exception:  # noqa: BLE001 - a bug in one pass must not stop the loop
                 log.exception("%s failed", self.name)
                 full = True
                 self._stop.wait(1)
+                self._wake.set()
 
     def close(self) -> None:
         self._stop.set()

@@ -370,6 +370,18 @@ class FakeSwitch(_Failing):
                 for name, p in sorted(self.ports.items())
                 if p["bridge"] == bridge and "np-endpoint" in p["external_ids"]]
 
+    def ofport(self, port: str) -> int | None:
+        """OpenFlow port numbers in the order ports were added, as vswitchd gives them."""
+        self._enter("ofport", port)
+        names = list(self.ports)
+        return names.index(port) + 1 if port in self.ports else None
+
+    def set_policing(self, port: str, rate_kbps: int, burst_kb: int) -> None:
+        self._enter("set_policing", port, rate_kbps, burst_kb)
+        if port not in self.ports:
+            raise DataplaneError(f"Open vSwitch refused to set policing on {port}: no such interface")
+        self.ports[port]["policing"] = (int(rate_kbps), int(burst_kb))
+
     def close(self) -> None:
         pass
 
@@ -389,3 +401,32 @@ class FakeDockerNames:
     def network_name(self, docker_network_id: str) -> str | None:
         self.calls.append(docker_network_id)
         return self.names.get(docker_network_id)
+
+
+class FakeDockerView:
+    """Docker's view of live endpoints (docker_api.DockerView.live_endpoints):
+    endpoint id -> {container, name, network, ip, mac, sandbox} for the Docker
+    networks asked about. ``reachable = False`` makes it answer None, as the
+    real view does when Docker cannot be asked."""
+
+    def __init__(self):
+        self.live: dict[str, dict] = {}
+        self.reachable = True
+        self.calls: list[list[str]] = []
+
+    def attach(self, endpoint_id: str, docker_network: str, ip: str, mac: str = "", name: str = "web",
+               container: str | None = None, sandbox: int = 4242) -> dict:
+        self.live[endpoint_id] = {"container": container or ("c" * 52 + endpoint_id[:12]), "name": name,
+                                  "network": docker_network, "ip": ip.split("/")[0], "mac": mac,
+                                  "sandbox": sandbox}
+        return self.live[endpoint_id]
+
+    def detach(self, endpoint_id: str) -> None:
+        self.live.pop(endpoint_id, None)
+
+    def live_endpoints(self, docker_networks: list[str]) -> dict[str, dict] | None:
+        self.calls.append(list(docker_networks))
+        if not self.reachable:
+            return None
+        nets = set(docker_networks)
+        return {eid: dict(info) for eid, info in self.live.items() if info["network"] in nets}

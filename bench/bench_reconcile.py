@@ -1,0 +1,578 @@
+#!/usr/bin/env python3
+"""Reconcile scan time: one ``Reconciler.run(dry_run=True, grace=0)`` of a host
+with 1,000 and with 10,000 endpoints, on real etcd and a real OVSDB, with the
+time split into its parts (etcd reads, the OVS port list, the veth list).
+
+What is real and what is not:
+
+  etcd     real (127.0.0.1:2379), through netplugin's own EtcdKV and Store, on a
+           private prefix /netplugin/bench-rec-<hex>. Per endpoint: an Endpoint
+           record and its Allocation (stamped with the endpoint id), written
+           directly in batched transactions (64 endpoints, 128 ops, per txn),
+           plus one network and one binding of this host.
+  OVS      real ovsdb-server, read by netplugin's Switch (ovsdbapp), one access
+           port per endpoint on a netdev bridge 'nprec<4 hex>', with the tag and
+           the external_ids np-endpoint/np-network/np-host the driver sets,
+           created with ovs-vsctl (argument lists, --batch ports per call).
+           Two OVSDBs:
+             system   the machine's own ovsdb-server with ovs-vswitchd attached;
+                      only for sizes up to --system-ovs-max (default 1,000)
+             private  a separate ovsdb-server on a fresh vswitch.ovsschema DB in
+                      a temporary folder, with no ovs-vswitchd; every size
+           The interfaces are of type 'patch' with a peer that does not exist,
+           so they need no kernel device. Why not 10,000 ports on the shared
+           vswitchd: measured on this machine, 10,000 no-type ports (no device)
+           took 164 s to add, 58 s of ovs-vswitchd CPU and ~490 MB of its log
+           (it retries and logs every missing device on every reconfigure);
+           10,000 patch ports added in 8 s but adding and deleting them cost
+           ovs-vswitchd ~110 s of CPU, with multi-second poll loops that stall
+           every other ovs-vsctl on the machine. The reconciler only reads the
+           OVSDB, never ovs-vswitchd, so the private server measures the same
+           code path; the 1,000 run on both shows how close they are.
+  veths    real veth pairs listed by netplugin's Links (pyroute2), but in a
+           private network namespace 'nprec-<hex>' holding the host end of one
+           pair per endpoint (np + 11 hex, as the driver names it), whose other
+           end (nc...) sits in a second namespace 'nprec-<hex>-c' as it would
+           in the containers. So the scan sees a consistent host, and other
+           suites' link listings in the root namespace are not slowed.
+  Docker   a fake view that says every endpoint is attached to a running
+           container, so nothing is released (and a dry run anyway).
+
+Expected findings: none. A finding means the scan saw something inconsistent;
+the counts are printed.
+
+Each size is measured --runs times "cold" (new EtcdKV, Switch and Links per run,
+as each netplugin-reconcile invocation is a new process: the OVSDB connection
+and its full initial sync are part of the time) and --runs times "warm" (the
+same clients again). Parts are timed by wrapping the calls: etcd_read (range
+reads and gets: endpoints, networks, bindings, allocations, the lock owner and
+counters), etcd_write (lease, lock, report, counters), ovs_list
+(Switch.list_ports), veth_list (Links.list_names), docker (the fake: ~0).
+'other' is the rest of the wall time (Python: decoding records, comparing).
+
+If a scan with the clients as shipped fails (an etcd reply larger than gRPC's
+default 4 MiB receive limit; an OVSDB connection whose first dump takes longer
+than Switch's connect limit; an OVSDB command over ovs_timeout), the error is
+printed and the same scans are measured again with those limits raised
+(gRPC receive limit 256 MiB, OVSDB command timeout 120 s, connect limit 300 s;
+bench-side client options, netplugin itself unchanged), so that a figure
+exists and the failure stays visible.
+
+Before the scans, the biggest etcd read (Store.list_endpoints, every endpoint
+record of the cluster) is also made alone with the shipped client, since the
+scan reads the OVSDB first and an OVSDB failure would hide an etcd one.
+
+Prints figures and never passes or fails on time. Exit 0 when the run completed
+and cleaned up; 1 when setup or cleanup broke; 130 on Ctrl-C. Everything made is
+removed on the way out: the bridge (system OVSDB), the private ovsdb-server and
+its folder, the two network namespaces, the etcd prefix.
+
+    sudo /tmp/venv/bin/python bench/bench_reconcile.py [--sizes 1000,10000] [--runs 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+EPS_PER_TXN = 64                    # 2 puts each: etcd's default --max-txn-ops is 128
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+SYSTEM_DB = "unix:/var/run/openvswitch/db.sock"
+BIG_GRPC = 256 * 1024 * 1024
+RAISED_OVS_TIMEOUT = 120.0          # per OVSDB command (shipped: ovs_timeout, 5 s)
+RAISED_OVS_CONNECT = 300.0          # for the OVSDB connection and its first dump (shipped: 15 s)
+PARTS = ("etcd_read", "etcd_write", "ovs_list", "veth_list", "docker", "other")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000,10000", help="comma-separated endpoint counts (default 1000,10000)")
+    p.add_argument("--runs", type=int, default=3, help="cold and warm scans per size and OVSDB (default 3 each)")
+    p.add_argument("--system-ovs-max", type=int, default=1000,
+                   help="also use the machine's own OVSDB (ovs-vswitchd attached) for sizes up to this (default 1000)")
+    p.add_argument("--batch", type=int, default=1000, help="ports per ovs-vsctl call (default 1000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
+    return p.parse_args(argv)
+
+
+# -- timing wrappers ------------------------------------------------------------------------------
+
+class Parts:
+    def __init__(self):
+        self.secs = {k: 0.0 for k in PARTS}
+        self.calls = {k: 0 for k in PARTS}
+
+    def wrap(self, obj, method: str, part: str) -> None:
+        real = getattr(obj, method)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return real(*a, **kw)
+            finally:
+                self.secs[part] += time.perf_counter() - t0
+                self.calls[part] += 1
+        setattr(obj, method, timed)
+
+
+class LiveView:
+    """Docker's view: every endpoint of this host attached to a running container."""
+
+    def __init__(self, live: dict[str, dict]):
+        self.live = live
+
+    def live_endpoints(self, docker_networks):
+        return dict(self.live)
+
+
+def big_grpc_kv_class():
+    """EtcdKV whose gRPC channels accept replies up to BIG_GRPC bytes (bench-side only)."""
+    import pyetcd
+
+    from netplugin.kv import EtcdKV
+
+    class BigKV(EtcdKV):
+        def _connect(self):
+            real = pyetcd.Endpoint
+
+            def endpoint(*a, **kw):
+                kw["opts"] = [("grpc.max_receive_message_length", BIG_GRPC),
+                              ("grpc.max_send_message_length", BIG_GRPC)]
+                return real(*a, **kw)
+            pyetcd.Endpoint = endpoint
+            try:
+                return super()._connect()
+            finally:
+                pyetcd.Endpoint = real
+    return BigKV
+
+
+def ns_links_class(ns: str):
+    """Links whose netlink socket lives in network namespace ns: this thread
+    enters ns (setns) for the duration of one 'with _ipr()' and then returns.
+    pyroute2's NetNS is not used: it forks a helper, which both adds its own
+    cost to the listing and would inherit this script's signal handlers."""
+    import contextlib
+    import ctypes
+
+    from pyroute2 import IPRoute
+
+    from netplugin.dataplane.links import Links
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    clone_newnet = 0x40000000
+
+    def setns(fd: int) -> None:
+        if libc.setns(fd, clone_newnet) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+
+    class NsLinks(Links):
+        @contextlib.contextmanager
+        def _ipr(self):
+            with open(f"/run/netns/{ns}") as target, open("/proc/thread-self/ns/net") as mine:
+                setns(target.fileno())
+                try:
+                    with IPRoute() as ipr:
+                        yield ipr
+                finally:
+                    setns(mine.fileno())
+    return NsLinks
+
+
+# -- setup -----------------------------------------------------------------------------------------------
+
+def write_records(store, net, host: str, docker_net: str, n: int, out: C.Out) -> list:
+    """n endpoint records with their stamped allocations, in batched transactions."""
+    import netaddr
+
+    from netplugin.dataplane.links import veth_names
+    from netplugin.kv import Put
+    from netplugin.model import ALLOC_ENDPOINT, Allocation, Endpoint, mac_for
+
+    subnet = netaddr.IPNetwork(net.subnet)
+    created = time.time() - 3600
+    eps, seen_ports = [], set()
+    while len(eps) < n:
+        eid = secrets.token_hex(32)
+        port, peer = veth_names(eid)
+        if port in seen_ports:
+            continue
+        seen_ports.add(port)
+        offset = 2 + len(eps)                               # .0 network, .1 gateway
+        ip = str(netaddr.IPAddress(subnet.first + offset))
+        eps.append((Endpoint(id=eid, network=net.id, docker_network=docker_net, host=host, ip=ip,
+                             prefixlen=subnet.prefixlen, mac=mac_for(ip), port=port, peer=peer, vlan=net.vlan,
+                             network_name=net.name, sandbox=f"/var/run/docker/netns/{eid[:12]}", created=created),
+                    offset, Allocation(ip, ALLOC_ENDPOINT, host, endpoint=eid, network=net.id, created=created)))
+    t0 = time.monotonic()
+    for i in range(0, n, EPS_PER_TXN):
+        ops = []
+        for ep, offset, alloc in eps[i:i + EPS_PER_TXN]:
+            ops.append(Put(store.k_endpoint(ep.id), ep.to_json()))
+            ops.append(Put(store.k_alloc(net.subnet, offset), alloc.to_json()))
+        if not store.kv.txn([], ops):
+            raise RuntimeError("an unconditional etcd transaction was refused")
+    out.progress(f"wrote {n} endpoint records and allocations in {time.monotonic() - t0:.1f} s")
+    return [ep for ep, _, _ in eps]
+
+
+class PrivateOvsdb:
+    """An ovsdb-server of our own on a fresh Open_vSwitch database, no ovs-vswitchd."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.sock = folder / "db.sock"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def remote(self) -> str:
+        return f"unix:{self.sock}"
+
+    def start(self) -> None:
+        db = self.folder / "conf.db"
+        C.run("ovsdb-tool", "create", str(db), SCHEMA)
+        self.proc = subprocess.Popen(["ovsdb-server", str(db), f"--remote=punix:{self.sock}",
+                                      f"--unixctl={self.folder / 'ovsdb-server.ctl'}", "--no-chdir",
+                                      "-vconsole:off", f"--log-file={self.folder / 'ovsdb-server.log'}"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"private ovsdb-server did not start (see {self.folder}/ovsdb-server.log)")
+            time.sleep(0.02)
+        C.run("ovs-vsctl", f"--db={self.remote}", "--no-wait", "init")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def vsctl(db: str, *args: str, timeout: float = 600) -> None:
+    wait = ["--no-wait"] if db != SYSTEM_DB else ["--timeout=600"]
+    C.run("ovs-vsctl", f"--db={db}", *wait, *args, timeout=timeout)
+
+
+def add_bridge_and_ports(db: str, bridge: str, eps: list, batch: int, out: C.Out) -> float:
+    """The bridge, then one access port per endpoint, many per ovs-vsctl call.
+
+    Generic create/add commands: ovs-vsctl's add-port rebuilds its whole cache
+    after every port, which makes thousands of ports in one call quadratic."""
+    vsctl(db, "add-br", bridge, "--", "set", "Bridge", bridge, "datapath_type=netdev")
+    t0 = time.monotonic()
+    for i in range(0, len(eps), batch):
+        args, refs = [], []
+        for j, ep in enumerate(eps[i:i + batch]):
+            ext = [f"external_ids:np-endpoint={ep.id}", f"external_ids:np-network={ep.network}",
+                   f"external_ids:np-host={ep.host}"]
+            args += ["--", f"--id=@i{j}", "create", "Interface", f"name={ep.port}", "type=patch",
+                     f"options:peer={ep.port}-none", *ext,
+                     "--", f"--id=@p{j}", "create", "Port", f"name={ep.port}", f"interfaces=@i{j}",
+                     f"tag={ep.vlan}", "vlan_mode=access", *ext]
+            refs.append(f"@p{j}")
+        vsctl(db, *args, "--", "add", "Bridge", bridge, "ports", *refs)
+    secs = time.monotonic() - t0
+    out.progress(f"added {len(eps)} ports to {bridge} ({'system' if db == SYSTEM_DB else 'private'} OVSDB) "
+                 f"in {secs:.1f} s")
+    return secs
+
+
+def make_netns(ns: str, peers_ns: str, eps: list, out: C.Out) -> None:
+    """One veth pair per endpoint: the host end (np...) in ns, the container end
+    (nc...) in peers_ns, as on a host whose containers hold the other ends."""
+    C.run("ip", "netns", "add", ns)
+    C.run("ip", "netns", "add", peers_ns)
+    t0 = time.monotonic()
+    lines = "".join(f"link add {ep.port} type veth peer name {ep.peer} netns {peers_ns}\n" for ep in eps)
+    proc = subprocess.run(["ip", "-n", ns, "-batch", "-"], input=lines, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip -batch failed: {proc.stderr.strip()[-500:]}")
+    out.progress(f"made {len(eps)} veth pairs (host ends in netns {ns}) in {time.monotonic() - t0:.1f} s")
+
+
+# -- one scan --------------------------------------------------------------------------------------------
+
+def make_switch(cfg, raised: bool):
+    """netplugin's Switch as the daemon builds it, or with its time limits raised."""
+    import inspect
+
+    from netplugin.dataplane.ovs import Switch
+    if not raised:
+        return Switch(cfg.ovsdb, cfg.ovs_timeout)
+    kwargs = {}
+    if "connect_timeout" in inspect.signature(Switch).parameters:
+        kwargs["connect_timeout"] = RAISED_OVS_CONNECT
+    return Switch(cfg.ovsdb, RAISED_OVS_TIMEOUT, **kwargs)
+
+
+class Scanner:
+    """raised=False: the clients exactly as netplugin-reconcile makes them.
+    raised=True: the etcd client's gRPC receive limit and the OVSDB time limits
+    raised (bench-side options only), to get a figure where the shipped limits fail."""
+
+    def __init__(self, cfg, ns: str, live: dict, raised: bool):
+        from netplugin.kv import EtcdKV
+        self.cfg, self.ns, self.live, self.raised = cfg, ns, live, raised
+        self.kv_class = big_grpc_kv_class() if raised else EtcdKV
+        self.clients = None
+
+    def _clients(self, fresh: bool):
+        from netplugin.store import Store
+        if fresh or self.clients is None:
+            self.close()
+            kv = self.kv_class(self.cfg.etcd_endpoints, timeout=30.0 if self.raised else self.cfg.etcd_timeout)
+            self.clients = (Store(kv, self.cfg.etcd_prefix), make_switch(self.cfg, self.raised),
+                            ns_links_class(self.ns)())
+        return self.clients
+
+    def close(self) -> None:
+        if self.clients is not None:
+            store, switch, _ = self.clients
+            switch.close()
+            store.kv.close()
+            self.clients = None
+
+    def scan(self, fresh: bool) -> dict:
+        from netplugin.reconcile import Reconciler
+        from netplugin.release import Releaser
+        store, switch, links = self._clients(fresh)
+        parts = Parts()
+        # wrap per scan on thin proxies so the wrappers do not pile up on reused clients
+        kv_proxy = _Proxy(store.kv)
+        switch_proxy, links_proxy, view = _Proxy(switch), _Proxy(links), LiveView(self.live)
+        for method in ("get", "get_prefix", "count_prefix", "snapshot"):
+            parts.wrap(kv_proxy, method, "etcd_read")
+        for method in ("txn", "grant_lease", "revoke_lease", "refresh_lease"):
+            parts.wrap(kv_proxy, method, "etcd_write")
+        parts.wrap(switch_proxy, "list_ports", "ovs_list")
+        parts.wrap(links_proxy, "list_names", "veth_list")
+        parts.wrap(view, "live_endpoints", "docker")
+        from netplugin.store import Store
+        tstore = Store(kv_proxy, store.prefix)
+        releaser = Releaser(self.cfg, tstore, links_proxy, switch_proxy, view)
+        t0 = time.perf_counter()
+        try:
+            report = Reconciler(self.cfg, tstore, links_proxy, switch_proxy, view, releaser).run(
+                dry_run=True, grace=0)
+        except Exception as exc:  # noqa: BLE001 - a failed scan is a result
+            self.close()
+            return {"error": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}",
+                    "wall": time.perf_counter() - t0}
+        wall = time.perf_counter() - t0
+        secs = dict(parts.secs)
+        secs["other"] = max(0.0, wall - sum(v for k, v in secs.items() if k != "other"))
+        return {"wall": wall, "parts": secs, "calls": {k: v for k, v in parts.calls.items() if v},
+                "status": report["status"], "findings": len(report["findings"]), "counts": report["counts"]}
+
+
+class _Proxy:
+    def __init__(self, target):
+        self._target = target
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+
+def probe_etcd(cfg) -> dict:
+    """The reconciler's biggest etcd read, alone: every endpoint record
+    (Store.list_endpoints), with the client as shipped; and the reply's size."""
+    from netplugin.kv import EtcdKV
+    from netplugin.store import Store
+    out: dict = {}
+    kv = EtcdKV(cfg.etcd_endpoints, timeout=cfg.etcd_timeout)
+    t0 = time.perf_counter()
+    try:
+        out["endpoints_read"] = len(Store(kv, cfg.etcd_prefix).list_endpoints())
+        out["shipped_s"] = round(time.perf_counter() - t0, 3)
+    except Exception as exc:  # noqa: BLE001 - a failed read is a result
+        out["shipped_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+    finally:
+        kv.close()
+    big = big_grpc_kv_class()(cfg.etcd_endpoints, timeout=30.0)
+    try:
+        items = big.get_prefix(f"{cfg.etcd_prefix}/endpoints/")
+        out["reply_bytes"] = sum(len(i.key) + len(i.value) for i in items)
+    finally:
+        big.close()
+    return out
+
+
+def summarize(scans: list[dict]) -> dict:
+    ok = [s for s in scans if "error" not in s]
+    out = {"runs": len(scans), "failed": len(scans) - len(ok)}
+    if scans and not ok:
+        out["error"] = scans[0]["error"]
+        out["wall_until_error_s"] = round(statistics.median(s["wall"] for s in scans), 3)
+        return out
+    out["wall_s"] = round(statistics.median(s["wall"] for s in ok), 3)
+    out["wall_min_s"] = round(min(s["wall"] for s in ok), 3)
+    out["wall_max_s"] = round(max(s["wall"] for s in ok), 3)
+    out["parts_s"] = {k: round(statistics.median(s["parts"][k] for s in ok), 3) for k in PARTS}
+    out["findings"] = ok[-1]["findings"]
+    out["counts"] = ok[-1]["counts"]
+    out["calls"] = ok[-1]["calls"]
+    return out
+
+
+def measure(cfg, ns: str, live: dict, raised: bool, runs: int, out: C.Out, label: str) -> dict:
+    scanner = Scanner(cfg, ns, live, raised)
+    result = {}
+    try:
+        for mode, fresh in (("cold", True), ("warm", False)):
+            scans = []
+            if mode == "warm":
+                first = scanner.scan(fresh=True)           # connect once, untimed
+                if "error" in first:
+                    scans.append(first)
+            for _ in range(runs if not scans else 0):
+                scans.append(scanner.scan(fresh=fresh))
+                s = scans[-1]
+                out.progress(f"{label} {mode}: " + (f"FAILED after {s['wall']:.2f} s: {s['error']}" if "error" in s
+                                                    else f"{s['wall']:.2f} s, {s['findings']} finding(s)"))
+                if "error" in s:
+                    break
+            result[mode] = summarize(scans)
+            if "error" in result[mode]:
+                break
+    finally:
+        scanner.close()
+    return result
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = C.Out(args.json)
+
+    from netplugin import networks
+    from netplugin.config import Config
+    from netplugin.kv import EtcdKV
+    from netplugin.model import Binding
+    from netplugin.store import Store
+
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    info = C.machine()
+    result: dict = {"benchmark": "reconcile", "machine": info,
+                    "command": " ".join([Path(sys.executable).name] + sys.argv),
+                    "settings": {"sizes": sizes, "runs": args.runs, "system_ovs_max": args.system_ovs_max,
+                                 "batch": args.batch},
+                    "results": []}
+    finished = False
+    with C.Cleanup(out) as cleanup:
+        for n in sizes:
+            rtag = secrets.token_hex(4)
+            prefix = f"/netplugin/bench-rec-{rtag}"
+            host = f"bench-rec-{rtag}"
+            bridge = "nprec" + secrets.token_hex(2)
+            ns = f"nprec-{rtag}"
+            kv = EtcdKV([C.ETCD], timeout=30.0)
+            store = Store(kv, prefix)
+            cleanup.add(f"delete etcd prefix {prefix}", lambda p=prefix: C.etcd_delete_prefix(p + "/"))
+            cleanup.add("close the etcd client", kv.close)
+            subnet = f"10.{C.pick_octets(1)[0]}.0.0/16"
+            net = networks.create(store, f"bench-rec-{rtag}", subnet, C.pick_vlan())
+            docker_net = C.hex64()
+            store.put_binding(Binding(docker_net, net.id, host, pool=subnet))
+            eps = write_records(store, net, host, docker_net, n, out)
+            live = {ep.id: {"container": C.hex64(), "name": f"c{i}", "network": docker_net, "ip": ep.ip,
+                            "mac": ep.mac, "sandbox": 1000 + i} for i, ep in enumerate(eps)}
+            for name in (ns, ns + "-c"):
+                cleanup.add(f"delete netns {name}",
+                            lambda name=name: C.run("ip", "netns", "del", name) if Path(f"/run/netns/{name}").exists()
+                            else None)
+            make_netns(ns, ns + "-c", eps, out)
+
+            dbs = []
+            folder = Path(tempfile.mkdtemp(prefix="nprec-ovsdb-"))
+            cleanup.add(f"remove {folder}", lambda f=folder: shutil.rmtree(f, ignore_errors=True))
+            private = PrivateOvsdb(folder)
+            cleanup.add("stop the private ovsdb-server", private.stop)
+            private.start()
+            dbs.append(("private", private.remote, add_bridge_and_ports(private.remote, bridge, eps, args.batch, out)))
+            if n <= args.system_ovs_max:
+                cleanup.add(f"delete bridge {bridge} (system OVSDB)",
+                            lambda b=bridge: C.run("ovs-vsctl", "--timeout=600", "--if-exists", "del-br", b,
+                                                   timeout=700))
+                dbs.append(("system", SYSTEM_DB, add_bridge_and_ports(SYSTEM_DB, bridge, eps, args.batch, out)))
+                time.sleep(2)                           # let ovs-vswitchd settle before timing
+
+            probe = probe_etcd(Config(etcd_endpoints=[C.ETCD], etcd_prefix=prefix, host_id=host))
+            out.progress(f"{n} eps: list_endpoints with the shipped etcd client: "
+                         + (f"{probe['shipped_s']:.3f} s" if "shipped_s" in probe else f"FAILED: {probe['shipped_error']}")
+                         + f" (reply ~{probe['reply_bytes'] / 1e6:.2f} MB of keys and values)")
+            result.setdefault("etcd_probe", {})[str(n)] = probe
+            for db_name, remote, ports_secs in dbs:
+                cfg = Config(etcd_endpoints=[C.ETCD], etcd_prefix=prefix, host_id=host, bridge=bridge,
+                             datapath_type="netdev", ovsdb=remote).validate()
+                row = {"endpoints": n, "ovsdb": db_name, "setup_ports_s": round(ports_secs, 2),
+                       "shipped": measure(cfg, ns, live, False, args.runs, out, f"{n} eps, {db_name} OVSDB")}
+                if "error" in row["shipped"].get("cold", {}) or "error" in row["shipped"].get("warm", {}):
+                    row["raised"] = measure(cfg, ns, live, True, args.runs, out,
+                                            f"{n} eps, {db_name} OVSDB, limits raised")
+                result["results"].append(row)
+            if n <= args.system_ovs_max:
+                t0 = time.monotonic()
+                C.run("ovs-vsctl", "--timeout=600", "--if-exists", "del-br", bridge, timeout=700)
+                out.progress(f"deleted {bridge} from the system OVSDB in {time.monotonic() - t0:.1f} s")
+            cleanup.run()                               # this size's things, before the next size
+        finished = True
+    result["cleanup_failures"] = cleanup.failures
+    report(result, out)
+    out.result(result)
+    return 0 if finished and not cleanup.failures else 1
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def report(result: dict, out: C.Out) -> None:
+    out.say(C.machine_line(result["machine"]))
+    rows = []
+    for r in result["results"]:
+        for variant in ("shipped", "raised"):
+            for mode in ("cold", "warm"):
+                s = r.get(variant, {}).get(mode)
+                if s is None:
+                    continue
+                label = f"{r['endpoints']:>6} {r['ovsdb']:<7} {mode:<4} {'' if variant == 'shipped' else 'limits raised'}"
+                if "error" in s:
+                    rows.append([label, "FAILED", "", "", "", "", "", "", s["error"][:90]])
+                    continue
+                p = s["parts_s"]
+                rows.append([label, _fmt(s["wall_s"]), _fmt(p["etcd_read"]), _fmt(p["etcd_write"]),
+                             _fmt(p["ovs_list"]), _fmt(p["veth_list"]), _fmt(p["other"]),
+                             f"{_fmt(s['wall_min_s'])}-{_fmt(s['wall_max_s'])}",
+                             f"{s['findings']} {s['counts'] or ''}"])
+    for n, probe in result.get("etcd_probe", {}).items():
+        out.say(f"{n:>6} endpoints: Store.list_endpoints with the shipped etcd client: "
+                + (f"{probe['shipped_s']:.3f} s" if "shipped_s" in probe else f"FAILED ({probe['shipped_error'][:200]})")
+                + f"; reply ~{probe['reply_bytes'] / 1e6:.2f} MB")
+    out.say(C.table(["size ovsdb mode variant", "wall s", "etcd rd", "etcd wr", "ovs list", "veth list", "other",
+                     "wall range", "findings"], rows, aligns="lrrrrrrll"))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,439 @@
+"""The runner (netplugin/backup/runner.py) over FakeDocker, FakeHostEnv and the
+in-memory etcd: the whole life of a job, every way it can end, and what it
+leaves in the volume and in etcd."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from netplugin.backup import jobscript
+from netplugin.backup.config import BackupConfig
+from netplugin.backup.model import (BACKUP, CANCELLED, EXPIRED, FAILED, QUEUED, RESTORE, RUNNING, STARTING,
+                                    SUCCEEDED, VERIFYING, Job, JobSpec, Limits, new_job_id)
+from netplugin.backup.runner import Runner
+from netplugin.backup.store import BackupStore
+from netplugin.model import Endpoint, Host, Profile
+from netplugin.store import Store
+
+from .fakes import MemoryKV
+from .test_backup_fakes import (CHECKSUMS, FakeDocker, FakeHostEnv, backup_slow, hang_mid_dump, restore_ok,
+                                restore_with, write_dump, wrong_password)
+
+PREFIX = "/netplugin/t"
+PASSWORD = "S3cret-in-the-file-only"
+
+
+class Rig:
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.kv = MemoryKV()
+        self.store = BackupStore(self.kv, PREFIX)
+        self.np = Store(self.kv, PREFIX)
+        self.docker = FakeDocker(str(tmp_path / "docker"))
+        self.env = FakeHostEnv(self.docker)
+        self.cfg = BackupConfig(work_dir=str(tmp_path / "work"), profile_wait=0.3, min_size=100)
+        self.option_file = str(tmp_path / "client.cnf")
+        with open(os.open(self.option_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write(f"[client]\nuser=root\npassword={PASSWORD}\n")
+        self.docker.create_volume("backups")
+        self.clock = time.time
+
+    def runner(self) -> Runner:
+        return Runner(self.store, self.docker, self.cfg, env=self.env, np_store=self.np, clock=lambda: self.clock(),
+                      sleep=lambda s: time.sleep(min(s, 0.02)))
+
+    def job(self, kind=BACKUP, target="prod-db", limits=None, **spec) -> Job:
+        base = dict(network="prod", db_host="10.10.0.5", option_file=self.option_file, volume="backups",
+                    database="shop", limits=limits if limits is not None else {"cpus": 1.0, "memory": 512 << 20,
+                                                                               "pids": 64, "write_bps": 1 << 20})
+        base.update(spec)
+        now = time.time()
+        job = Job(id=new_job_id(now), kind=kind, target=target, host="h1", spec=JobSpec(**base).__dict__,
+                  created=now, start_by=now + base.get("start_timeout", 600),
+                  history=[{"state": QUEUED, "time": now, "message": "submitted"}])
+        self.store.submit(job)
+        found, rev = self.store.get(job.id)
+        lease = self.kv.grant_lease(15)
+        admitted = self.store.admit(found, rev, 0, lease, now, JobSpec(**base).timeout)
+        assert admitted is not None
+        return admitted
+
+    def run(self, job: Job) -> Job:
+        final = self.runner().run(job)
+        self.store.release(final)          # the agent's part
+        return final
+
+    def files(self, target="prod-db") -> list[str]:
+        path = os.path.join(self.docker.volumes["backups"]["Mountpoint"], target)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def backup(self, **kw) -> Job:
+        return self.run(self.job(**kw))
+
+
+@pytest.fixture
+def rig(tmp_path):
+    return Rig(tmp_path)
+
+
+def states(job: Job) -> list[str]:
+    return [h["state"] for h in job.history]
+
+
+# -- success -----------------------------------------------------------------------------------
+
+def test_backup_succeeds_with_manifest_rename_and_catalog(rig):
+    job = rig.backup()
+    assert job.state == SUCCEEDED, job.message
+    assert states(job) == [QUEUED, STARTING, RUNNING, VERIFYING, SUCCEEDED]
+    name = job.result["backup"]
+    assert rig.files() == [f"{name}.manifest.json", f"{name}.sql.zst"]            # no .partial left
+    manifest = json.loads(open(os.path.join(rig.docker.volumes["backups"]["Mountpoint"], "prod-db",
+                                            f"{name}.manifest.json")).read())
+    assert manifest["size"] == 4096 and manifest["rows"] == 5
+    assert manifest["tables"]["a"] == {"engine": "InnoDB", "rows": 3, "checksum": "123456789", "consistent": True}
+    assert manifest["server_version"] == "10.11.19-MariaDB"
+    assert manifest["limits"]["cgroup"]["write_bps"] == 1 << 20            # the limits actually applied
+    assert manifest["limits"]["device"]["node"] == "/dev/vda"
+    [b] = rig.store.backups("prod-db")
+    assert (b.name, b.size, b.sha256) == (name, 4096, manifest["sha256"])
+    assert job.exit_code == 0 and job.oom_killed is False
+    assert "dump done" in job.log_tail
+
+
+def test_container_is_created_limited_labelled_and_never_auto_removed(rig):
+    job = rig.backup(labels={"team": "dba"}, ip="10.10.0.77")
+    c = rig.docker.containers[job.container]
+    hc = c.host_config
+    assert hc["NanoCpus"] == 1_000_000_000 and hc["Memory"] == 512 << 20 and hc["MemorySwap"] == 512 << 20
+    assert hc["PidsLimit"] == 64 and hc["BlkioDeviceWriteBps"] == [{"Path": "/dev/vda", "Rate": 1 << 20}]
+    assert hc["AutoRemove"] is False and hc["NetworkMode"] == "prod" and hc["ReadonlyRootfs"] is True
+    assert c.networking["EndpointsConfig"]["prod"]["IPAMConfig"]["IPv4Address"] == "10.10.0.77"
+    assert c.labels["team"] == "dba" and c.labels["netplugin.backup.job"] == job.id
+    assert job.container in rig.docker.containers                      # still there after the job
+
+
+def test_password_is_never_on_a_command_line_or_in_the_environment(rig):
+    job = rig.backup()
+    c = rig.docker.containers[job.container]
+    inspect = json.dumps(rig.docker.inspect_container(job.container))
+    assert PASSWORD not in inspect and PASSWORD not in json.dumps(c.command)
+    mounts = {m["Target"]: m for m in c.host_config["Mounts"]}
+    assert mounts["/run/drctl/client.cnf"]["ReadOnly"] is True
+    for root, _dirs, files in os.walk(rig.cfg.work_dir):
+        for f in files:
+            assert PASSWORD not in open(os.path.join(root, f), errors="replace").read()
+
+
+def test_script_records_every_stage_and_reads_the_option_file():
+    assert "--defaults-file=$CNF" in jobscript.SCRIPT
+    assert 'st=("${PIPESTATUS[@]}")' in jobscript.SCRIPT
+    assert "password" not in jobscript.SCRIPT.lower()
+    assert "--single-transaction" in jobscript.SCRIPT and "--routines" in jobscript.SCRIPT
+    assert "--triggers" in jobscript.SCRIPT and "--events" in jobscript.SCRIPT
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+def test_wrong_password_fails_and_leaves_no_file(rig):
+    rig.docker.behaviour = wrong_password
+    job = rig.backup()
+    assert job.state == FAILED
+    assert "Access denied" in job.message and job.exit_code == 2
+    assert rig.files() == [] and rig.store.backups() == []
+
+
+@pytest.mark.parametrize("status,why", [
+    ("dump=2 tee_raw=0 compress=0 tee_out=0 write=0 tail=0 raw_count=0 sha256=0 count=0", "dump"),
+    ("dump=0 tee_raw=0 compress=0 tee_out=0 write=1 tail=0 raw_count=0 sha256=0 count=0", "write"),
+])
+def test_a_failed_stage_is_never_masked_by_the_last_one(rig, status, why):
+    """`dump | gzip` returns gzip's 0: the runner reads every stage's status."""
+    def lying(c, job_dir, volume, docker):
+        write_dump(job_dir, volume, status=status)
+        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
+        return 0
+    rig.docker.behaviour = lying
+    job = rig.backup()
+    assert job.state == FAILED and why in job.message
+    assert rig.files() == [] and rig.store.backups() == []
+
+
+def test_missing_completion_marker_fails(rig):
+    def cut(c, job_dir, volume, docker):
+        write_dump(job_dir, volume, marker=False)
+        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
+        return 0
+    rig.docker.behaviour = cut
+    job = rig.backup()
+    assert job.state == FAILED and "completion marker" in job.message
+    assert rig.files() == []
+
+
+def test_tiny_dump_is_not_a_success(rig):
+    def tiny(c, job_dir, volume, docker):
+        write_dump(job_dir, volume, payload=b"\x28\xb5\x2f\xfd")
+        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
+        return 0
+    rig.docker.behaviour = tiny
+    job = rig.backup()
+    assert job.state == FAILED and "only 4 bytes" in job.message
+    assert rig.files() == []
+
+
+def test_oom_killed_job_fails_saying_so(rig):
+    def oom(c, job_dir, volume, docker):
+        c.oom = True
+        return 137
+    rig.docker.behaviour = oom
+    job = rig.backup()
+    assert job.state == FAILED and job.oom_killed is True and "OOM-killed" in job.message
+
+
+def test_cancel_mid_dump_kills_and_removes_the_partial(rig):
+    rig.docker.behaviour = hang_mid_dump
+    job = rig.job()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("job", rig.run(job)))
+    t.start()
+    deadline = time.time() + 5
+    while not any(f.endswith(".partial") for f in rig.files()) and time.time() < deadline:
+        time.sleep(0.01)
+    assert any(f.endswith(".partial") for f in rig.files())
+    rig.store.update(job.id, lambda j: setattr(j, "cancel_requested", "op@host"))
+    t.join(10)
+    final = result["job"]
+    assert final.state == CANCELLED and "op@host" in final.message
+    assert rig.files() == [] and final.exit_code == 137
+
+
+def test_run_deadline_expires_the_job_and_removes_the_partial(rig):
+    rig.docker.behaviour = hang_mid_dump
+    job = rig.job(timeout=0.5)
+    final = rig.run(job)
+    assert final.state == EXPIRED and "deadline" in final.message
+    assert rig.files() == []
+
+
+def test_start_deadline_expires_a_job_that_cannot_start_in_time(rig):
+    job = rig.job()
+    rig.store.update(job.id, lambda j: setattr(j, "start_by", time.time() - 1))
+    job = rig.store.get(job.id)[0]
+    final = rig.run(job)
+    assert final.state == EXPIRED and "start deadline" in final.message
+
+
+def test_option_file_readable_by_others_is_refused(rig):
+    os.chmod(rig.option_file, 0o644)
+    job = rig.backup()
+    assert job.state == FAILED and "chmod 600" in job.message
+    assert job.container == ""                                # refused before any container
+
+
+def test_missing_image_says_how_to_build_it(rig):
+    rig.docker.images.clear()
+    job = rig.backup()
+    assert job.state == FAILED and "make-db-images.sh" in job.message
+
+
+# -- strict mode -------------------------------------------------------------------------------
+
+def test_strict_mode_fails_when_docker_warns_it_dropped_a_limit(rig):
+    rig.docker.warnings = ["Your kernel does not support Block I/O throttling: device write bps discarded."]
+    job = rig.backup()
+    assert job.state == FAILED and "strict mode" in job.message and "Block I/O" in job.message
+    assert not rig.docker.containers[job.container].running    # created, never started
+    assert rig.files() == []
+
+
+def test_strict_mode_fails_when_inspect_lacks_a_limit(rig):
+    rig.docker.drop = {"PidsLimit"}
+    job = rig.backup()
+    assert job.state == FAILED and "pids" in job.message and "HostConfig.PidsLimit" in job.message
+
+
+def test_strict_mode_fails_when_the_cgroup_does_not_enforce(rig):
+    rig.env.override = {"write_bps": None}
+    job = rig.backup()
+    assert job.state == FAILED and "the kernel does not enforce" in job.message and "write bps" in job.message
+    assert rig.files() == []                                  # the gate never opened
+
+
+def test_swap_without_accounting_fails_only_if_the_host_swaps(rig):
+    rig.env.override = {"swap": None}
+    assert rig.backup().state == SUCCEEDED                     # no swap on the host: nothing to limit
+    rig.env.swap_bytes = 1 << 30
+    job = rig.backup()
+    assert job.state == FAILED and "swap" in job.message
+
+
+def test_non_strict_runs_and_records_the_problem(rig):
+    rig.env.override = {"write_bps": None}
+    job = rig.backup(strict=False)
+    assert job.state == SUCCEEDED
+    assert any("write bps" in p for p in job.limits_applied["problems"])
+
+
+def test_disk_limits_on_a_volume_without_a_disk_fail_clearly(rig):
+    from netplugin.errors import InvalidRequest
+    rig.env.device_error = InvalidRequest("/x is on a tmpfs file system (device 0:52): there is no disk")
+    job = rig.backup()
+    assert job.state == FAILED and "disk limits cannot be applied" in job.message and "tmpfs" in job.message
+
+
+# -- bandwidth profile -------------------------------------------------------------------------
+
+def _netplugin_endpoint(rig, rate=50000):
+    rig.np.put_profile(Profile(name="bk50", rate_kbps=rate, burst_kb=12500), create=True)
+    rig.np.register_host(Host(host="h1", bridge="br0"), rig.kv.grant_lease(30))
+
+    def on_endpoint(c):
+        ep = Endpoint(id=c.endpoint, network="n1", docker_network="d1", host="h1", ip=c.ip, prefixlen=24,
+                      mac="02:00:00:00:00:01", port="np" + c.endpoint[:11], peer="nc" + c.endpoint[:11], vlan=100)
+        rig.kv.txn([], [__import__("netplugin.kv", fromlist=["Put"]).Put(rig.np.k_endpoint(ep.id), ep.to_json())])
+    rig.docker.on_endpoint = on_endpoint
+
+
+def test_profile_is_set_on_the_endpoint_and_checked_on_the_switch(rig):
+    _netplugin_endpoint(rig)
+    orig = rig.np.change_endpoint
+
+    def enforce(endpoint_id, change):            # netplugin's limit sync, at once
+        ep = orig(endpoint_id, change)
+        rig.env.meters[ep.port] = (50000, 12500)
+        return ep
+    rig.np.change_endpoint = enforce
+    job = rig.backup(limits={"profile": "bk50"})
+    assert job.state == SUCCEEDED, job.message
+    assert rig.np.get_endpoint(job.endpoint)[0].limit == {"profile": "bk50"}
+    assert job.limits_applied["profile"]["rate_kbps"] == 50000
+
+
+def test_profile_not_enforced_fails_in_strict_mode(rig):
+    _netplugin_endpoint(rig)
+    job = rig.backup(limits={"profile": "bk50"})
+    assert job.state == FAILED and "bk50" in job.message and "not enforced" in job.message
+
+
+def test_unknown_profile_fails_before_any_container(rig):
+    job = rig.backup(limits={"profile": "nope"})
+    assert job.state == FAILED and "does not exist" in job.message and job.container == ""
+
+
+# -- retention after success ----------------------------------------------------------------------
+
+def test_success_prunes_beyond_keep_last_never_the_newest(rig):
+    names = []
+    for _ in range(3):
+        job = rig.backup(keep_last=2)
+        assert job.state == SUCCEEDED
+        names.append(job.result["backup"])
+        time.sleep(0.01)
+    kept = [b.name for b in rig.store.backups("prod-db")]
+    assert kept == [names[2], names[1]]
+    assert job.result["pruned"] == [names[0]]
+    assert not any(f.startswith(names[0]) for f in rig.files())
+
+
+def test_a_failed_backup_never_prunes(rig):
+    good = rig.backup(keep_last=1)
+    rig.docker.behaviour = wrong_password
+    bad = rig.backup(keep_last=1, max_age=0)
+    assert bad.state == FAILED
+    assert [b.name for b in rig.store.backups("prod-db")] == [good.result["backup"]]
+
+
+# -- restore -----------------------------------------------------------------------------------
+
+def test_restore_verifies_rows_and_checksums_against_the_manifest(rig):
+    b = rig.backup()
+    rig.docker.behaviours[RESTORE] = restore_ok
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", database="shop_dr", backup=b.result["backup"],
+                          limits={"read_bps": 1 << 20}))
+    assert job.state == SUCCEEDED, job.message
+    assert job.result["tables_verified"] == 2 and job.result["rows_verified"] == 5
+    params = open(os.path.join(rig.cfg.work_dir, job.id, "params")).read()
+    assert "SHA256=" in params and "DIRECT=1" in params
+    mounts = {m["Target"]: m for m in rig.docker.containers[job.container].host_config["Mounts"]}
+    assert mounts["/backup"]["ReadOnly"] is True
+
+
+@pytest.mark.parametrize("restored,why", [
+    ("a\tInnoDB\t3\t123456789\nb\tInnoDB\t1\t987654321\n", "has 1 rows"),
+    ("a\tInnoDB\t3\t123456789\nb\tInnoDB\t2\t111\n", "checksum"),
+    ("a\tInnoDB\t3\t123456789\n", "missing"),
+])
+def test_restore_with_different_data_fails(rig, restored, why):
+    b = rig.backup()
+    rig.docker.behaviours[RESTORE] = restore_with(restored)
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", backup=b.result["backup"]))
+    assert job.state == FAILED and why in job.message
+
+
+def test_tables_changed_during_the_dump_are_marked_and_not_compared(rig):
+    def changing(c, job_dir, volume, docker):
+        write_dump(job_dir, volume, checksums_after=CHECKSUMS.replace("987654321", "5"))
+        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
+        return 0
+    rig.docker.behaviour = changing
+    b = rig.backup()
+    assert b.state == SUCCEEDED and b.result["changed_during_backup"] == ["b"]
+    rig.docker.behaviours[RESTORE] = restore_with("a\tInnoDB\t3\t123456789\nb\tInnoDB\t2\t5\n")
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", backup=b.result["backup"]))
+    assert job.state == SUCCEEDED and job.result["unverifiable"] == ["b"]
+
+
+def test_restore_of_a_damaged_manifest_fails(rig):
+    b = rig.backup()
+    base = rig.docker.volumes["backups"]["Mountpoint"]
+    path = os.path.join(base, "prod-db", b.result["backup"] + ".manifest.json")
+    data = json.load(open(path))
+    data["sha256"] = "0" * 64
+    json.dump(data, open(path, "w"))
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", backup=b.result["backup"]))
+    assert job.state == FAILED and "does not match the catalog" in job.message
+
+
+# -- adoption ----------------------------------------------------------------------------------
+
+def _start_only(rig, job):
+    """Run a job up to running, then drop its runner, as if the agent died."""
+    from netplugin.backup.runner import _Ctx
+    ctx = _Ctx(job)
+    runner = rig.runner()
+    runner._prepare(ctx)
+    runner._create_and_start(ctx)
+    assert ctx.gate_open
+    return ctx
+
+
+def test_adopting_a_running_job_waits_for_it_and_verifies(rig):
+    rig.docker.behaviour = backup_slow(0.3)
+    job = rig.job()
+    _start_only(rig, job)
+    assert rig.store.get(job.id)[0].state == RUNNING
+    final = rig.runner().adopt(rig.store.get(job.id)[0])
+    assert final.state == SUCCEEDED, final.message
+    assert len(rig.files()) == 2 and not any(f.endswith(".partial") for f in rig.files())
+
+
+def test_adopting_a_starting_job_fails_it_safely(rig):
+    job = rig.job()
+    final = rig.runner().adopt(job)
+    assert final.state == FAILED and "starting" in final.message
+
+
+def test_adopting_a_job_whose_container_vanished_fails(rig):
+    rig.docker.behaviour = backup_slow(0.2)
+    job = rig.job()
+    ctx = _start_only(rig, job)
+    rig.docker.kill(ctx.container)
+    del rig.docker.containers[ctx.container]
+    final = rig.runner().adopt(rig.store.get(job.id)[0])
+    assert final.state == FAILED and "gone" in final.message
+    assert rig.files() == []

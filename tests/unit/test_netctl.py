@@ -1,0 +1,520 @@
+"""netctl (netplugin/cli/main.py) against the in-memory etcd: every command's
+output for people (tables with headers), for programs (--json) and for
+scripts (-q), and the exit codes: 0 ok, 1 error with 'netctl: ' on stderr,
+2 usage error.
+
+``netplugin.backends.make_store`` is replaced so netctl's Store runs over the
+same MemoryKV as the Harness hosts (h1, h2), which make endpoints the way
+Docker does. ``endpoint release`` goes through a fake of the plugin socket
+(``netplugin.unixhttp.call``) that hands the request to the real Flask app
+with a Releaser, or through the etcd queue when no socket exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+
+import netplugin.backends as backends
+import netplugin.cli.main as cli_main
+import netplugin.docker_api as docker_api
+import netplugin.unixhttp as unixhttp
+from netplugin import __version__
+from netplugin.api import create_app
+from netplugin.cli.main import main
+from netplugin.model import Host
+from netplugin.release import Releaser
+from netplugin.store import Store
+
+from .fakes import FakeDockerView
+
+SUBNET = "10.10.0.0/24"
+REAL_MAKE_STORE = backends.make_store
+_PARSER: list = []
+
+
+def cached_parser():
+    """netctl's parser, built once: building it costs ~15 ms, and it holds no state
+    between parse_args calls."""
+    if not _PARSER:
+        _PARSER.append(REAL_BUILD_PARSER())
+    return _PARSER[0]
+
+
+REAL_BUILD_PARSER = cli_main.build_parser
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+class Result:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+    def __repr__(self):
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+@pytest.fixture
+def sock(tmp_path) -> str:
+    return str(tmp_path / "netplugin.sock")
+
+
+@pytest.fixture
+def netctl(monkeypatch, capsys, kv, sock):
+    """Run netctl's main(argv); returns a Result. Usage errors (SystemExit) are caught."""
+    for name in list(os.environ):
+        if name.startswith("NETPLUGIN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
+    monkeypatch.setenv("NETPLUGIN_SOCKET", sock)
+    monkeypatch.setattr(backends, "make_store", lambda cfg: Store(kv, cfg.etcd_prefix))
+    monkeypatch.setattr(docker_api.DockerNames, "container_endpoints", lambda self, ref: set())
+    monkeypatch.setattr(cli_main, "build_parser", cached_parser)
+    capsys.readouterr()
+
+    def run(*argv: str) -> Result:
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+    return run
+
+
+def fields(lines: list[str]) -> dict[str, str]:
+    """'Key  value' lines of print_fields (keys may hold single spaces)."""
+    return dict(re.split(r"\s{2,}", line.rstrip(), maxsplit=1) for line in lines)
+
+
+def ok(result: Result) -> Result:
+    assert result.code == 0, result
+    assert result.err == "", result
+    return result
+
+
+def error(result: Result, message: str) -> str:
+    """Exit 1, one 'netctl: ...' line on stderr containing message, nothing on stdout."""
+    assert result.code == 1, result
+    assert result.out == "", result
+    assert result.err.startswith("netctl: ") and result.err.endswith("\n"), result
+    assert message in result.err, result
+    return result.err
+
+
+def usage(result: Result, message: str) -> str:
+    assert result.code == 2, result
+    assert result.out == "", result
+    assert "usage: netctl" in result.err and message in result.err, result
+    return result.err
+
+
+@pytest.fixture
+def prod(netctl):
+    ok(netctl("network", "create", "prod", "--subnet", SUBNET, "--vlan", "100"))
+    return "prod"
+
+
+@pytest.fixture
+def containers(np, np2, prod):
+    """Two containers on h1 and one on h2, all on prod."""
+    net1 = np.create_network(SUBNET, vlan=100, name="prod")
+    net2 = np2.create_network(SUBNET, vlan=100, name="prod")
+    a, b = np.run_container(net1, ip="10.10.0.10"), np.run_container(net1, ip="10.10.0.11")
+    c = np2.run_container(net2, ip="10.10.0.20")
+    return {"net1": net1, "net2": net2, "a": a, "b": b, "c": c}
+
+
+# -- network ---------------------------------------------------------------------------------------
+
+def test_network_create_prints_the_name(netctl, kv):
+    r = ok(netctl("network", "create", "prod", "--subnet", SUBNET, "--vlan", "100"))
+    assert r.out == "prod\n"
+    assert any(k.startswith("/netplugin/v1/networks/n-") for k in kv.keys())
+
+
+def test_network_create_json(netctl):
+    r = ok(netctl("network", "create", "db", "-s", "10.20.0.0/24", "-p", "200", "--gateway", "10.20.0.254",
+                  "--ip-range", "10.20.0.128/25", "--aux-address", "router=10.20.0.2", "--json"))
+    info = r.json
+    assert info["name"] == "db" and info["subnet"] == "10.20.0.0/24" and info["vlan"] == 200
+    assert info["gateway"] == "10.20.0.254" and info["ranges"] == ["10.20.0.128/25"]
+    assert info["aux"] == {"router": "10.20.0.2"} and info["origin"] == "netctl"
+    assert info["pool"]["used"] == 2 and info["endpoints"] == [] and info["id"].startswith("n-")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--subnet", "10.10.0.0/24", "--vlan", "5000"], "vlan 5000 is out of range"),
+    (["--subnet", "10.10.0.1/24", "--vlan", "5"], "has host bits set: did you mean 10.10.0.0/24?"),
+    (["--subnet", "10.0.0.0/8", "--vlan", "5"], "netplugin pools are /16 to /30"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--aux-address", "router"], "must look like NAME=IP"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--gateway", "10.11.0.1"], "is outside subnet"),
+])
+def test_network_create_bad_input_is_exit_1(netctl, args, message):
+    error(netctl("network", "create", "x", *args), message)
+
+
+def test_network_create_clashes_are_exit_1(netctl, prod):
+    error(netctl("network", "create", "prod", "--subnet", "10.30.0.0/24", "--vlan", "300"),
+          "network prod exists already with subnet 10.10.0.0/24 and VLAN 100")
+    error(netctl("network", "create", "other", "--subnet", "10.10.0.0/25", "--vlan", "300"),
+          "overlaps network prod")
+    error(netctl("network", "create", "other", "--subnet", "10.30.0.0/24", "--vlan", "100"),
+          "VLAN 100 is used by network prod")
+
+
+def test_network_ls_table_quiet_and_json(netctl, prod):
+    ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/24", "--vlan", "200"))
+    r = ok(netctl("network", "ls"))
+    assert r.lines[0].split() == ["NAME", "SUBNET", "GATEWAY", "VLAN", "USED", "ORIGIN"]
+    assert [line.split() for line in r.lines[1:]] == [
+        ["db", "10.20.0.0/24", "10.20.0.1", "200", "1", "netctl"],
+        ["prod", "10.10.0.0/24", "10.10.0.1", "100", "1", "netctl"]]
+    assert ok(netctl("network", "ls", "-q")).out == "db\nprod\n"
+    rows = ok(netctl("network", "ls", "--json")).json
+    assert [(n["name"], n["subnet"], n["vlan"], n["gateway"], n["origin"]) for n in rows] == [
+        ("db", "10.20.0.0/24", 200, "10.20.0.1", "netctl"), ("prod", "10.10.0.0/24", 100, "10.10.0.1", "netctl")]
+    assert ok(netctl("--json", "network", "ls")).json == rows        # options before the command too
+    assert ok(netctl("-q", "network", "ls")).out == "db\nprod\n"
+
+
+def test_network_ls_empty(netctl):
+    assert ok(netctl("network", "ls")).lines == ["NAME  SUBNET  GATEWAY  VLAN  USED  ORIGIN"]
+    assert ok(netctl("network", "ls", "--json")).json == []
+    assert ok(netctl("network", "ls", "-q")).out == ""
+
+
+def test_network_inspect(netctl, containers):
+    r = ok(netctl("network", "inspect", "prod"))
+    header = r.lines.index("")
+    f = fields(r.lines[:header])
+    assert list(f) == ["Name", "Id", "Subnet", "Gateway", "VLAN", "Ranges", "Aux", "Origin", "Created", "Pool",
+                       "Hosts", "Endpoints", "Problem"]
+    assert f["Name"] == "prod" and f["Subnet"] == SUBNET and f["VLAN"] == "100"
+    assert f["Gateway"] == "10.10.0.1" and f["Origin"] == "netctl"
+    assert f["Pool"] == "4 used, 250 free of 254"
+    assert f["Hosts"] == "h1, h2" and f["Endpoints"] == "3"
+    assert f["Problem"] == "-" and f["Ranges"] == "-" and f["Aux"] == "-"
+    assert r.lines[header + 1].split() == ["ENDPOINT", "HOST", "IP", "MAC"]
+    rows = [line.split() for line in r.lines[header + 2:]]
+    assert sorted((row[1], row[2]) for row in rows) == [("h1", "10.10.0.10"), ("h1", "10.10.0.11"),
+                                                        ("h2", "10.10.0.20")]
+    assert all(len(row[0]) == 12 for row in rows)
+    info = ok(netctl("network", "inspect", "prod", "--json")).json
+    assert info["pool"] == {"subnet": SUBNET, "size": 254, "used": 4, "free": 250, "ranges": [],
+                            "reserved": ["10.10.0.1"]}
+    assert sorted(e["ip"] for e in info["endpoints"]) == ["10.10.0.10", "10.10.0.11", "10.10.0.20"]
+    assert ok(netctl("network", "inspect", info["id"], "--json")).json["name"] == "prod"    # by id
+
+
+def test_network_inspect_unknown_is_exit_1(netctl):
+    error(netctl("network", "inspect", "nope"), "network 'nope' does not exist: see 'netctl network ls'")
+
+
+def test_network_rm_refused_with_endpoints_unless_force(netctl, kv, containers):
+    error(netctl("network", "rm", "prod"),
+          "network prod still has 3 endpoint(s) on host(s) h1, h2: stop those containers first, or pass --force")
+    assert ok(netctl("network", "ls", "-q")).out == "prod\n"
+    r = ok(netctl("network", "rm", "prod", "--force"))
+    assert r.out == "prod\n"
+    assert ok(netctl("network", "ls", "-q")).out == ""
+    assert kv.keys("/netplugin/v1/endpoints/") == [] and kv.keys("/netplugin/v1/bindings/") == []
+    assert kv.keys("/netplugin/v1/ipam/") == [] and kv.keys("/netplugin/v1/index/") == []
+
+
+def test_network_rm(netctl, prod):
+    assert ok(netctl("network", "rm", "prod")).out == "prod\n"
+    ok(netctl("network", "create", "prod", "--subnet", SUBNET, "--vlan", "100"))
+    assert ok(netctl("-q", "network", "rm", "prod")).out == ""
+    error(netctl("network", "rm", "prod"), "network 'prod' does not exist")
+
+
+# -- ipam -------------------------------------------------------------------------------------------
+
+def test_ipam_show(netctl, containers):
+    ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/28", "--vlan", "200",
+              "--aux-address", "router=10.20.0.2", "--ip-range", "10.20.0.8/29"))
+    r = ok(netctl("ipam", "show", "db"))
+    assert r.lines == ["Subnet    10.20.0.0/28", "Size      14", "Used      2", "Free      12",
+                       "Ranges    10.20.0.8/29", "Reserved  10.20.0.1, 10.20.0.2"]
+    assert ok(netctl("ipam", "show", "prod", "--json")).json == {
+        "subnet": SUBNET, "size": 254, "used": 4, "free": 250, "ranges": [], "reserved": ["10.10.0.1"]}
+    error(netctl("ipam", "show", "nope"), "does not exist")
+
+
+# -- endpoint ls / inspect -----------------------------------------------------------------------------
+
+def test_endpoint_ls(netctl, containers):
+    a, b, c = containers["a"], containers["b"], containers["c"]
+    r = ok(netctl("endpoint", "ls"))
+    assert r.lines[0].split() == ["ENDPOINT", "NETWORK", "HOST", "IP", "MAC", "VLAN", "PORT"]
+    assert [line.split() for line in r.lines[1:]] == [
+        [a.endpoint[:12], "prod", "h1", "10.10.0.10", "02:4e:0a:0a:00:0a", "100", "np" + a.endpoint[:11]],
+        [b.endpoint[:12], "prod", "h1", "10.10.0.11", "02:4e:0a:0a:00:0b", "100", "np" + b.endpoint[:11]],
+        [c.endpoint[:12], "prod", "h2", "10.10.0.20", "02:4e:0a:0a:00:14", "100", "np" + c.endpoint[:11]]]
+    assert ok(netctl("endpoint", "ls", "-q")).out == f"{a.endpoint}\n{b.endpoint}\n{c.endpoint}\n"
+    assert ok(netctl("endpoint", "ls", "--host", "h2", "-q")).out == f"{c.endpoint}\n"
+    rows = ok(netctl("endpoint", "ls", "--json", "--host", "h1")).json
+    assert [(e["id"], e["ip"], e["host"], e["network"]) for e in rows] == [
+        (a.endpoint, "10.10.0.10", "h1", "prod"), (b.endpoint, "10.10.0.11", "h1", "prod")]
+    assert set(rows[0]) == {"id", "network", "network_id", "host", "ip", "mac", "vlan", "port", "docker_network",
+                            "sandbox", "created"}
+
+
+def test_endpoint_ls_by_network(netctl, np, containers):
+    ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/24", "--vlan", "200"))
+    d = np.run_container(np.create_network("10.20.0.0/24", vlan=200, name="db"))
+    assert ok(netctl("endpoint", "ls", "--network", "db", "-q")).out == f"{d.endpoint}\n"
+    assert len(ok(netctl("endpoint", "ls", "-n", "prod", "-q")).lines) == 3
+    assert ok(netctl("endpoint", "ls", "--network", "db", "--host", "h2", "-q")).out == ""
+    assert ok(netctl("endpoint", "ls", "--network", "db", "--host", "h2")).lines == [
+        "ENDPOINT  NETWORK  HOST  IP  MAC  VLAN  PORT"]
+    error(netctl("endpoint", "ls", "--network", "nope"), "network 'nope' does not exist")
+
+
+def test_endpoint_inspect_by_id_prefix_and_ip(netctl, containers):
+    a = containers["a"]
+    r = ok(netctl("endpoint", "inspect", a.endpoint[:8]))
+    f = fields(r.lines)
+    assert list(f) == ["Id", "Network", "Network id", "Host", "Ip", "Mac", "Vlan", "Port", "Docker network",
+                       "Sandbox", "Created"]
+    assert f["Id"] == a.endpoint and f["Ip"] == "10.10.0.10" and f["Host"] == "h1" and f["Network"] == "prod"
+    assert f["Network id"].startswith("n-") and f["Docker network"] == containers["net1"].id
+    assert f["Port"] == "np" + a.endpoint[:11] and f["Mac"] == "02:4e:0a:0a:00:0a" and f["Vlan"] == "100"
+    assert time.strptime(f["Created"], "%Y-%m-%d %H:%M:%S")
+    by_ip = ok(netctl("endpoint", "inspect", "10.10.0.10", "--json")).json
+    assert by_ip["id"] == a.endpoint and by_ip["ip"] == "10.10.0.10" and by_ip["port"] == "np" + a.endpoint[:11]
+    assert ok(netctl("endpoint", "inspect", a.endpoint.upper()[:12], "--json")).json["id"] == a.endpoint
+
+
+def test_endpoint_inspect_unknown_or_ambiguous_is_exit_1(netctl, containers):
+    error(netctl("endpoint", "inspect", "10.10.0.99"),
+          "no endpoint matches '10.10.0.99' (by id prefix, IP or container on this host)")
+    error(netctl("endpoint", "inspect", "abc"), "no endpoint matches 'abc'")     # under 4 characters: no prefix
+
+
+def test_endpoint_inspect_ambiguous_prefix(netctl, np, prod):
+    net = np.create_network(SUBNET, vlan=100, name="prod")
+    np.run_container(net, endpoint="abcd" + "1" * 60)
+    np.run_container(net, endpoint="abcd" + "2" * 60)
+    error(netctl("endpoint", "inspect", "abcd"), "'abcd' matches 2 endpoints: give more of the id")
+    assert ok(netctl("endpoint", "inspect", "abcd1", "--json")).json["id"] == "abcd" + "1" * 60
+
+
+def test_endpoint_inspect_by_container_name(netctl, containers, monkeypatch):
+    a = containers["a"]
+    monkeypatch.setattr(docker_api.DockerNames, "container_endpoints",
+                        lambda self, ref: {a.endpoint} if ref == "web-1" else set())
+    assert ok(netctl("endpoint", "inspect", "web-1", "--json")).json["id"] == a.endpoint
+
+
+# -- endpoint release --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def daemon(np, sock, monkeypatch):
+    """h1's daemon on the (fake) socket: unixhttp.call hands requests to the real app."""
+    view = FakeDockerView()
+    app = create_app(np.cfg, np.driver, np.ipam, Releaser(np.cfg, np.store, np.links, np.switch, view))
+    client = app.test_client()
+    calls = []
+
+    def call(path, method, body=None, timeout=30):
+        calls.append((path, method, body))
+        resp = client.post("/" + method, data=json.dumps(body or {}), content_type="application/json")
+        return resp.status_code, json.loads(resp.get_data(as_text=True) or "{}")
+    monkeypatch.setattr(unixhttp, "call", call)
+    open(sock, "w").close()                                  # the socket "exists"
+    return {"view": view, "calls": calls}
+
+
+def test_endpoint_release_by_id_through_the_socket(netctl, np, containers, daemon, sock):
+    a = containers["a"]
+    port = "np" + a.endpoint[:11]
+    r = ok(netctl("endpoint", "release", a.endpoint[:12]))
+    assert r.out == f"released on host h1: ovs_port={port}, veth={port}, record=True, address=10.10.0.10\n"
+    assert daemon["calls"] == [(sock, "NetPlugin.ReleaseEndpoint",
+                                {"Force": False, "Wait": 5.0, "EndpointID": a.endpoint})]
+    assert np.store.get_endpoint(a.endpoint) is None and port not in np.switch.ports
+    # again, by the full id: the API says it was released already
+    assert ok(netctl("endpoint", "release", a.endpoint)).out == "already released on host h1\n"
+    reply = ok(netctl("endpoint", "release", a.endpoint, "--json")).json
+    assert reply["Status"] == "already released" and reply["ReleasedBy"] == "api"
+
+
+def test_endpoint_release_by_ip_through_the_socket(netctl, np, containers, daemon):
+    b = containers["b"]
+    reply = ok(netctl("endpoint", "release", "--ip", "10.10.0.11", "--json")).json
+    assert reply["Status"] == "released" and reply["EndpointID"] == b.endpoint
+    body = daemon["calls"][0][2]
+    assert body["Address"] == "10.10.0.11" and body["Network"] == np.store.network_by_name("prod").id
+    ok(netctl("endpoint", "release", "--ip", "10.10.0.12", "--network", "prod"))   # a free address
+    assert daemon["calls"][1][2]["Network"] == "prod"
+
+
+def test_endpoint_release_of_a_live_container_is_exit_1_unless_forced(netctl, np, containers, daemon):
+    a = containers["a"]
+    daemon["view"].attach(a.endpoint, containers["net1"].id, a.ip, name="web-1")
+    error(netctl("endpoint", "release", a.endpoint[:12]), "belongs to running container web-1")
+    assert np.store.get_endpoint(a.endpoint) is not None
+    ok(netctl("endpoint", "release", a.endpoint[:12], "--force"))
+    assert daemon["calls"][-1][2]["Force"] is True
+    assert np.store.get_endpoint(a.endpoint) is None
+
+
+def test_endpoint_release_of_another_hosts_endpoint_is_pending(netctl, np, containers, daemon):
+    c = containers["c"]
+    r = ok(netctl("endpoint", "release", c.endpoint[:12], "--wait", "0"))
+    assert r.out == "pending on host h2 (host h2 is not alive: the release happens when it comes back)\n"
+    assert np.store.release_request("h2", c.endpoint)["state"] == "pending"
+
+
+def test_endpoint_release_errors(netctl, containers, daemon):
+    error(netctl("endpoint", "release"), "give an endpoint ID or --ip IP (not both)")
+    error(netctl("endpoint", "release", "abcdef", "--ip", "10.10.0.10"), "give an endpoint ID or --ip IP")
+    error(netctl("endpoint", "release", "ffffffff"), "no endpoint matches 'ffffffff'")
+    error(netctl("endpoint", "release", "f" * 64), f"endpoint {'f' * 64} is unknown")
+    error(netctl("endpoint", "release", "--ip", "10.99.0.1"), "no network holds 10.99.0.1")
+    error(netctl("endpoint", "release", "--ip", "nonsense"), "--ip 'nonsense' is not an IPv4 address")
+    error(netctl("endpoint", "release", "--ip", "10.10.0.1"), "is the gateway address of network prod")
+    usage(netctl("endpoint", "release", "x", "--wait", "soon"), "argument --wait: invalid float value")
+
+
+def test_endpoint_release_without_a_socket_queues_for_the_owner(netctl, np, containers, sock):
+    assert not os.path.exists(sock)
+    a, c = containers["a"], containers["c"]
+    r = ok(netctl("endpoint", "release", c.endpoint[:12], "--force"))
+    assert r.out == "pending on host h2\n"
+    request = np.store.release_request("h2", c.endpoint)
+    assert request["state"] == "pending" and request["force"] is True and request["by"] == "netctl"
+    reply = ok(netctl("endpoint", "release", a.endpoint[:12], "--json")).json
+    assert reply == {"Status": "pending", "EndpointID": a.endpoint, "Host": "h1"}
+    assert np.store.release_request("h1", a.endpoint)["force"] is False
+    error(netctl("endpoint", "release", "--ip", "10.10.0.10"),
+          f"netplugin is not running here (no socket at {sock})")
+
+
+# -- host ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def hosts(np, containers):
+    lease = np.kv.grant_lease(15)
+    np.store.register_host(Host(host="h1", bridge="nptest0", datapath_type="netdev", version="1.2.3"), lease)
+    dead = np.kv.grant_lease(15)
+    np.store.register_host(Host(host="h2", bridge="netplugin0", datapath_type="system", uplink="bond0",
+                                last_seen=time.time() - 7200), dead)
+    np.kv.revoke_lease(dead)
+
+
+def test_host_ls(netctl, hosts):
+    r = ok(netctl("host", "ls"))
+    assert r.lines[0].split() == ["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST", "SEEN"]
+    assert [line.split() for line in r.lines[1:]] == [
+        ["h1", "alive", "nptest0", "netdev", "-", "2", "now"],
+        ["h2", "dead", "netplugin0", "system", "bond0", "1", "2h", "ago"]]
+    assert ok(netctl("host", "ls", "-q")).out == "h1\nh2\n"
+    rows = ok(netctl("host", "ls", "--json")).json
+    assert [(h["host"], h["alive"], h["endpoints"], h["uplink"]) for h in rows] == [
+        ("h1", True, 2, None), ("h2", False, 1, "bond0")]
+    assert rows[1]["last_seen"] < time.time() - 7000
+
+
+def test_host_ls_empty(netctl):
+    assert ok(netctl("host", "ls", "-q")).out == ""
+    assert ok(netctl("host", "ls", "--json")).json == []
+
+
+def test_host_inspect(netctl, np, hosts):
+    r = ok(netctl("host", "inspect", "h2"))
+    f = fields(r.lines)
+    assert f["Host"] == "h2" and f["Alive"] == "False" and f["Uplink"] == "bond0" and f["Bridge"] == "netplugin0"
+    assert f["Endpoints"] == "1" and f["Last reconcile"] == "-"
+    np.store.put_json(np.store.k_reconcile("h1", "last"), {"started": time.time() - 120, "findings": [{}, {}],
+                                                          "status": "done"})
+    r = ok(netctl("host", "inspect", "h1"))
+    assert "Last reconcile  2m ago, 2 finding(s)" in r.lines
+    info = ok(netctl("host", "inspect", "h1", "--json")).json
+    assert info["host"] == "h1" and info["alive"] is True and info["version"] == "1.2.3"
+    assert info["last_reconcile"]["status"] == "done"
+    error(netctl("host", "inspect", "h9"), "host 'h9' never registered: see 'netctl host ls'")
+
+
+# -- reconcile, version, usage, etcd down -----------------------------------------------------------------------
+
+def test_netctl_reconcile_prints_one_json_line(netctl, np, monkeypatch):
+    view = FakeDockerView()
+    monkeypatch.setattr(backends, "make_driver", lambda cfg: np.driver)
+    monkeypatch.setattr(docker_api, "DockerView", lambda names: view)
+    r = ok(netctl("reconcile", "--dry-run", "--json", "--host-id", "h1", "--bridge", "nptest0"))
+    assert r.out.count("\n") == 1
+    report = r.json
+    assert report["host"] == "h1" and report["dry_run"] is True and report["status"] == "done"
+    r = ok(netctl("reconcile", "--dry-run", "--host-id", "h1", "--bridge", "nptest0"))
+    assert r.out.startswith("reconcile on h1: done, 0 finding(s)")
+    bad = netctl("reconcile", "--grace", "-5")
+    assert bad.code == 2 and "--grace must be 0 or more seconds" in bad.err
+
+
+def test_version(netctl):
+    assert ok(netctl("version")).out == f"netctl {__version__}\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "the following arguments are required: COMMAND"),
+    (["frob"], "argument COMMAND: invalid choice: 'frob'"),
+    (["network"], "the following arguments are required: ACTION"),
+    (["network", "frob"], "invalid choice: 'frob'"),
+    (["network", "create", "prod", "--vlan", "100"], "the following arguments are required: --subnet/-s"),
+    (["network", "create", "prod", "--subnet", SUBNET], "the following arguments are required: --vlan/-p"),
+    (["network", "ls", "--bogus"], "unrecognized arguments: --bogus"),
+    (["endpoint", "ls", "--host"], "argument --host: expected one argument"),
+    (["host"], "the following arguments are required: ACTION"),
+    (["host", "inspect"], "the following arguments are required: host"),
+])
+def test_usage_errors_are_exit_2_with_a_message(netctl, kv, argv, message):
+    err = usage(netctl(*argv), message)
+    assert "see 'netctl" in err and "--help'" in err
+    assert kv.calls == []                                   # nothing was asked of etcd
+
+
+def test_etcd_down_is_exit_1_naming_the_endpoints(netctl, kv, prod):
+    kv.down = True
+    for argv in (["network", "ls"], ["endpoint", "ls"], ["host", "ls"], ["ipam", "show", "prod"],
+                 ["network", "create", "x", "--subnet", "10.40.0.0/24", "--vlan", "40"]):
+        error(netctl(*argv), "store unavailable: etcd did not answer at http://127.0.0.1:2379")
+
+
+def test_unreachable_real_etcd_is_exit_1_naming_the_endpoints(netctl, monkeypatch):
+    """With the real EtcdKV: a closed port on this machine, named in the message."""
+    monkeypatch.setattr(backends, "make_store", REAL_MAKE_STORE)
+    err = error(netctl("--etcd-endpoints", "http://127.0.0.1:1,http://127.0.0.2:1", "network", "ls"),
+                "store unavailable: etcd did not answer at http://127.0.0.1:1, http://127.0.0.2:1")
+    assert "check that etcd is running and reachable" in err
+
+
+def test_endpoint_release_with_a_stale_socket_is_exit_1_with_a_message(netctl, np, containers, sock):
+    """BUG (cli/endpoint_cmds.py, _release; cli/main.py, main): when the socket
+    file exists but no daemon listens (a daemon killed with kill -9 leaves it),
+    unixhttp.call raises ConnectionRefusedError, which is not a NetpluginError:
+    netctl dies with a Python traceback instead of exit 1 and a 'netctl: ...'
+    message (e.g. that the daemon does not answer at the socket). The same goes
+    for a timeout (30 s) or a reply that is not JSON."""
+    import socket as socket_mod
+    stale = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    stale.bind(sock)
+    stale.close()                                       # the file stays, nobody listens
+    try:
+        r = netctl("endpoint", "release", containers["a"].endpoint[:12])
+    except OSError as exc:
+        pytest.fail(f"netctl crashed with {exc!r} instead of exit 1 and a 'netctl: ' message")
+    error(r, sock)
