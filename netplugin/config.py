@@ -81,6 +81,8 @@ class Config:
             raise InvalidRequest("etcd_prefix must start with '/' and not end with '/'")
         if self.log_format not in ("text", "json"):
             raise InvalidRequest(f"log_format {self.log_format!r} must be text or json")
+        if self.metrics_address.lower() in ("off", "none", "no", "false"):
+            self.metrics_address = ""            # an empty variable is ignored, so say "off"
         if self.metrics_address:
             from .metrics_server import parse_address
             parse_address(self.metrics_address)

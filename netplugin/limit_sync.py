@@ -45,6 +45,8 @@ class LimitSync:
         limit = self.limit_of(ep)
         self.limiter.apply(ep.id, ep.port, ep.vlan, limit)
         self.applied[ep.id] = limit
+        if limit and self.metrics is not None:
+            self.metrics.limits_applied.inc()
 
     def forget(self, endpoint_id: str) -> None:
         self.applied.pop(endpoint_id, None)

@@ -146,8 +146,8 @@ sum=$(<"$OUT/file_sha256")
 tables=$("${SQL[@]}" -e "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='$DATABASE'") \
     || fail "cannot read the tables of $DATABASE: $(errtail "$OUT/connect.err")"
 if ((tables > 0)); then
-    [[ $REPLACE == 1 ]] || fail "database $DATABASE on $DB_HOST:$DB_PORT has $tables tables: refusing to load into it (use --replace to drop it first)" 2
-    log "dropping database $DATABASE ($tables tables): --replace"
+    [[ $REPLACE == 1 ]] || fail "database $DATABASE on $DB_HOST:$DB_PORT has $tables tables or views: refusing to load into it (use --replace to drop it first)" 2
+    log "dropping database $DATABASE ($tables tables or views): --replace"
     "${SQL[@]}" -e "DROP DATABASE \`$DATABASE\`" 2>"$OUT/connect.err" || fail "cannot drop $DATABASE: $(errtail "$OUT/connect.err")"
 fi
 "${SQL[@]}" -e "CREATE DATABASE IF NOT EXISTS \`$DATABASE\`" 2>"$OUT/connect.err" \

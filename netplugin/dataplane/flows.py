@@ -88,7 +88,12 @@ class Flows:
             if rate <= 0 or burst <= 0:
                 raise InvalidRequest("a meter needs a positive rate and burst")
             spec = f"meter={port},kbps,burst,band=type=drop,rate={rate},burst_size={burst}"
-            self._ofctl("mod-meter" if port in self.meter_ids() else "add-meter", self.bridge, spec)
+            try:
+                self._ofctl("mod-meter" if port in self.meter_ids() else "add-meter", self.bridge, spec)
+            except DataplaneError as exc:
+                if "METER_EXISTS" not in exc.message:   # someone else added it since we looked
+                    raise
+                self._ofctl("mod-meter", self.bridge, spec)
             meter = f"meter:{port},"
         self._ofctl("--bundle", "add-flows", self.bridge, "-", stdin=(
             f"table={TABLE_CLASSIFY},priority={PRIO_PORT},cookie={cookie_for(endpoint_id):#x},in_port={port},"

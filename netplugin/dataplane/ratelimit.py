@@ -26,6 +26,7 @@ class RateLimiter:
         self.flows = flows
         self._method = None if method == "auto" else method
         self._lock = threading.Lock()
+        self._apply_lock = threading.Lock()
 
     @property
     def method(self) -> str:
@@ -36,7 +37,14 @@ class RateLimiter:
             return self._method
 
     def apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None) -> None:
-        """Set or remove the limit of one port (and keep its table-0 flow)."""
+        """Set or remove the limit of one port (and keep its table-0 flow).
+
+        Serialized: CreateEndpoint and the etcd-driven sync may set the same
+        port's meter at the same moment, and a meter cannot be added twice."""
+        with self._apply_lock:
+            self._apply(endpoint_id, port, vlan, limit)
+
+    def _apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None) -> None:
         ofport = self.switch.ofport(port)
         if self.method == "meter":
             if ofport is not None:
