@@ -14,7 +14,6 @@ files removed here, even when its container was killed mid-write.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import os
@@ -62,24 +61,6 @@ class HostEnv:
 
     def swap(self) -> int:
         return lim.host_swap_bytes()
-
-    def processes(self, pid: int) -> list[str]:
-        """Command lines of every process in the container's cgroup (for the secret check)."""
-        dirs = lim.cgroup_dirs(pid)
-        base = dirs.get("pids") or dirs.get("memory") or dirs.get("unified")
-        out = []
-        try:
-            with open(os.path.join(base, "cgroup.procs")) as fh:
-                pids = [p.strip() for p in fh if p.strip()]
-        except (OSError, TypeError):
-            return out
-        for p in pids:
-            try:
-                with open(f"/proc/{p}/cmdline", "rb") as fh:
-                    out.append(fh.read().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                pass
-        return out
 
     def meter(self, bridge: str, port: str) -> tuple[int, int] | None:
         """(rate kbit/s, burst kbit) enforced on a port: its OpenFlow meter, else
@@ -525,6 +506,9 @@ class Runner:
         try:
             size = os.path.getsize(partial)
         except OSError:
+            done = self._already_renamed(ctx)
+            if done is not None:
+                return done
             raise JobEnded(FAILED, f"verification: {ctx.rel(ctx.ext + '.partial')} is missing") from None
         streamed = int((self._out(ctx, "bytes") or "-1").strip() or -1)
         if size != streamed:
@@ -585,6 +569,30 @@ class Runner:
             if manifest["changed_during_backup"] else ""
         result["message"] = f"backup {name}: {lim.human_bytes(size)}, {len(tables)} tables, {manifest['rows']} rows{note}"
         return result
+
+    def _already_renamed(self, ctx: _Ctx) -> dict | None:
+        """An agent that stopped between the rename and the end: the backup and its
+        manifest are in place, written by this job; finish the bookkeeping."""
+        try:
+            with open(ctx.host(ctx.rel(".manifest.json"))) as fh:
+                manifest = json.load(fh)
+            size = os.path.getsize(ctx.host(ctx.rel(ctx.ext)))
+        except (OSError, ValueError):
+            return None
+        if manifest.get("job") != ctx.job.id or manifest.get("size") != size:
+            return None
+        job = ctx.job
+        self.store.add_backup(Backup(
+            name=manifest["name"], target=job.target, database=manifest["database"], volume=ctx.spec.volume,
+            path=manifest["file"], manifest_path=ctx.rel(".manifest.json"), size=size, sha256=manifest["sha256"],
+            created=manifest["created"], host=job.host, job=job.id, compression=manifest["compression"],
+            server_version=manifest.get("server_version", ""), tables=len(manifest.get("tables") or {}),
+            rows=manifest.get("rows", 0)))
+        return {"backup": manifest["name"], "file": manifest["file"], "size": size, "sha256": manifest["sha256"],
+                "tables": len(manifest.get("tables") or {}), "rows": manifest.get("rows", 0),
+                "uncompressed_size": manifest.get("uncompressed_size", 0),
+                "changed_during_backup": manifest.get("changed_during_backup", []),
+                "message": f"backup {manifest['name']}: {lim.human_bytes(size)} (completed after the agent restarted)"}
 
     def _prune(self, ctx: _Ctx) -> list[str] | None:
         """Retention after this verified success; never fails the job."""
@@ -686,10 +694,3 @@ class Runner:
                 raise
         log.info("job %s: %s: %s", ctx.job.id, state, message)
 
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -14,7 +14,7 @@ import pytest
 from netplugin.backup import jobscript
 from netplugin.backup.config import BackupConfig
 from netplugin.backup.model import (BACKUP, CANCELLED, EXPIRED, FAILED, QUEUED, RESTORE, RUNNING, STARTING,
-                                    SUCCEEDED, VERIFYING, Job, JobSpec, Limits, new_job_id)
+                                    SUCCEEDED, VERIFYING, Job, JobSpec, new_job_id)
 from netplugin.backup.runner import Runner
 from netplugin.backup.store import BackupStore
 from netplugin.model import Endpoint, Host, Profile
@@ -437,3 +437,17 @@ def test_adopting_a_job_whose_container_vanished_fails(rig):
     final = rig.runner().adopt(rig.store.get(job.id)[0])
     assert final.state == FAILED and "gone" in final.message
     assert rig.files() == []
+
+
+def test_adopting_a_job_caught_between_rename_and_end_finishes_it(rig):
+    """The agent stopped after renaming the dump, before recording success."""
+    job = rig.backup()
+    name = job.result["backup"]
+    rig.store.remove_backup(rig.store.find_backup(name))
+    # Rewind the record to verifying, as the dead agent left it.
+    def rewind(j):
+        j.state, j.result = "verifying", {}
+    rig.store.update(job.id, rewind)
+    final = rig.runner().adopt(rig.store.get(job.id)[0])
+    assert final.state == SUCCEEDED and "after the agent restarted" in final.message
+    assert rig.store.find_backup(name).size == 4096

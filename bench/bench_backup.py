@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Dump and restore throughput of drctl jobs: over a netplugin network, over
+loopback on the host, and under a 50 Mbit/s bandwidth profile, in one run.
+
+Real drctl jobs (the agent, the runner, the job containers from
+netplugin/mariadb-tools:10.11) against MariaDB servers in containers
+(netplugin/mariadb:10.11), with the same data and the same limits (1 CPU,
+1 GiB, no disk limit) in every case:
+
+  netplugin     source and job on one netplugin network (VLAN a), target and the
+                restore job on another (VLAN b)
+  loopback      the same servers and jobs on the host's network namespace
+                (--network host), talking over 127.0.0.1
+  profile-job   as netplugin, each job's endpoint under a bandwidth profile
+                (default 50mbit)
+  profile-src   the backup only, with the profile on the *source server's*
+                endpoint instead (netplugin meters what a port sends: a backup
+                job receives its data, so only a limit on the sender binds)
+
+Rounds are interleaved (each round runs every case once) so slow spells of
+this noisy machine hit every case alike; the median of the rounds is reported.
+
+Figures per job: the SQL text moved (the dump's uncompressed size) divided by
+the job's work time (running -> verifying: connect, dump or load, write or read
+the file; per-table checksums are off, --no-checksums, to time the pipeline
+alone), in MB/s and Mbit/s; and the whole job time (submission to success,
+with container start and the limit checks).
+
+    sudo /tmp/venv/bin/python bench/bench_backup.py [--scale 5] [--rounds 3] [--rate 50mbit] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+SERVER_IMAGE = "netplugin/mariadb:10.11"
+TOOLS_IMAGE = "netplugin/mariadb-tools:10.11"
+# Its own socket (so Docker knows the driver as 'npdrbench') and bridge: the other
+# benchmarks share npbench.sock and npbench0 and may run at the same time.
+SOCKET = "/run/docker/plugins/npdrbench.sock"
+DRIVER = "npdrbench"
+BRIDGE = "npdrbench0"
+
+
+class Daemon(C.Daemon):
+    """_common.Daemon on this benchmark's own socket and bridge."""
+
+    def __init__(self, log_path: Path):
+        super().__init__(log_path)
+        self.env.update(NETPLUGIN_SOCKET=SOCKET, NETPLUGIN_BRIDGE=BRIDGE,
+                        NETPLUGIN_METRICS_ADDRESS=f"127.0.0.1:{random.randint(19200, 19799)}")
+
+    def start(self) -> None:
+        if os.path.exists(SOCKET):
+            if self._answers():
+                raise RuntimeError(f"another process already serves {SOCKET}: is another bench_backup running?")
+            os.unlink(SOCKET)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"netplugin exited at start:\n{self.log_tail()}")
+            if os.path.exists(SOCKET) and self._answers():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"netplugin did not listen on {SOCKET} within 15 s:\n{self.log_tail()}")
+
+    def _answers(self) -> bool:
+        try:
+            status, reply = C.call(SOCKET, "Plugin.Activate", {}, timeout=2)
+        except OSError:
+            return False
+        return status == 200 and "NetworkDriver" in reply.get("Implements", [])
+
+    def wait_bridge(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if C.run("ovs-ofctl", "-O", "OpenFlow13", "show", BRIDGE, check=False, timeout=10).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"bridge {BRIDGE} was not ready within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if os.path.exists(SOCKET) and not self._answers():
+            os.unlink(SOCKET)
+
+
+def remove_bridge() -> None:
+    if C.run("ovs-vsctl", "br-exists", BRIDGE, check=False).returncode != 0:
+        return
+    for name in C.run("ovs-vsctl", "list-ports", BRIDGE).stdout.split():
+        C.run("ip", "link", "del", name, check=False)
+    C.run("ovs-vsctl", "--if-exists", "del-br", BRIDGE)
+
+
+def data_sql(scale: int) -> str:
+    """The e2e drill's schema, scale times the rows (scale 1: 120k rows, ~7 MB of SQL)."""
+    n = max(1, scale)
+    return f"""
+CREATE DATABASE IF NOT EXISTS shop;
+USE shop;
+CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(128), created DATETIME,
+  balance DECIMAL(12,2), note TEXT NULL) ENGINE=InnoDB;
+INSERT INTO customers SELECT seq, CONCAT('customer-', seq), CONCAT('c', seq, '@example.com'),
+  '2020-01-01' + INTERVAL (seq % 1500) DAY, (seq * 37 % 100000) / 100, IF(seq % 7 = 0, NULL, MD5(seq))
+  FROM seq_1_to_{20000 * n};
+CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL, total DECIMAL(12,2),
+  status ENUM('new','paid','shipped','void'), placed TIMESTAMP NULL, KEY (customer_id)) ENGINE=InnoDB;
+INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq * 7919 % 1000000) / 100, ELT(1 + seq % 4, 'new','paid','shipped','void'),
+  '2021-01-01' + INTERVAL (seq * 13 % 86400000) SECOND FROM seq_1_to_{50000 * n};
+CREATE TABLE order_lines (order_id INT NOT NULL, line TINYINT NOT NULL, sku CHAR(12), qty SMALLINT, price DOUBLE,
+  PRIMARY KEY (order_id, line)) ENGINE=InnoDB;
+INSERT INTO order_lines SELECT 1 + seq DIV 2, seq % 2, UPPER(LEFT(SHA1(seq), 12)), 1 + seq % 9, (seq % 1000) * 1.25
+  FROM seq_0_to_{40000 * n - 1};
+CREATE TABLE blobs (id INT AUTO_INCREMENT PRIMARY KEY, data VARBINARY(255), flag BIT(1)) ENGINE=InnoDB;
+INSERT INTO blobs (data, flag) SELECT UNHEX(CONCAT(MD5(seq), SHA1(seq))), seq % 2 FROM seq_1_to_{10000 * n};
+"""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", type=int, default=5, help="data size: scale x 120k rows (default 5: 600k rows)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every case once (default 3)")
+    p.add_argument("--rate", default="50mbit", help="the profile's rate (default 50mbit)")
+    p.add_argument("--cases", default="netplugin,loopback,profile-job,profile-src")
+    p.add_argument("--keep-log", action="store_true", help="keep the daemon and agent logs")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
+    return p.parse_args(argv)
+
+
+class Bench:
+    def __init__(self, args, out: C.Out, logdir: Path):
+        self.args, self.out, self.logdir = args, out, logdir
+        self.rtag = C.tag()
+        self.label = f"npbench={self.rtag}"
+        self.daemon = Daemon(logdir / "netplugin.log")
+        self.env = dict(self.daemon.env, DRCTL_WORK_DIR=str(logdir / "work"), DRCTL_CONFIG="/dev/null",
+                        DRCTL_POLL="0.2")
+        self.agent: subprocess.Popen | None = None
+        self.volume = f"npbench-{self.rtag}"
+        self.password = secrets.token_hex(12)
+        self.secret_dir = Path(tempfile.mkdtemp(prefix="npbench-secrets-"))
+        self.cnf = self._secret("client.cnf", f"[client]\nuser=root\npassword={self.password}\n")
+        self.init = self._secret("db-init.sql", f"CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY "
+                                                f"'{self.password}';\nGRANT ALL ON *.* TO 'root'@'%';\n")
+        a, b = C.pick_octets(2)
+        self.subnets = {"src": f"10.{a}.0", "dst": f"10.{b}.0"}
+        vlans = random.sample(list(C.VLANS), 2)
+        self.vlans = {"src": vlans[0], "dst": vlans[1]}
+        self.nets = {"src": f"npbench-src-{self.rtag}", "dst": f"npbench-dst-{self.rtag}"}
+        self.ports = dict(zip(("src", "dst"), random.sample(range(33100, 33900), 2)))
+        self.profile = f"bench{self.rtag}"
+
+    def _secret(self, name: str, text: str) -> str:
+        path = self.secret_dir / name
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(text)
+        return str(path)
+
+    # -- pieces ---------------------------------------------------------------------------
+    def drctl(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "netplugin.backup.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"drctl {' '.join(args[:3])}... failed: {proc.stderr[-800:]} {proc.stdout[-1500:]}")
+        return proc
+
+    def netctl(self, *args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "netplugin.cli.main", *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"netctl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+    def start_agent(self) -> None:
+        with open(self.logdir / "agent.log", "ab") as fh:
+            self.agent = subprocess.Popen([sys.executable, "-m", "netplugin.backup.cli", "agent"], env=self.env,
+                                          stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        key = f"{self.daemon.prefix}/backup/agents/{self.daemon.host_id}"
+        while time.monotonic() < deadline:
+            if C.run("etcdctl", f"--endpoints={C.ETCD}", "get", key, "--keys-only", check=False).stdout.strip():
+                return
+            if self.agent.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"drctl agent did not start: {(self.logdir / 'agent.log').read_text()[-1500:]}")
+
+    def stop_agent(self) -> None:
+        if self.agent and self.agent.poll() is None:
+            os.killpg(self.agent.pid, signal.SIGTERM)
+            try:
+                self.agent.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.agent.pid, signal.SIGKILL)
+
+    def start_db(self, name: str, network: str, *extra: str, ip: str | None = None, port: int | None = None):
+        args = ["run", "-d", "--name", name, "--label", self.label, "--network", network,
+                "-v", f"{self.init}:/run/secrets/db-init.sql:ro"]
+        if ip:
+            args += ["--ip", ip]
+        C.docker(*args, SERVER_IMAGE, *extra)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if C.docker("exec", name, "mariadb", "-uroot", "-e", "SELECT 1", check=False).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{name} did not start: {C.docker('logs', name, check=False).stderr[-800:]}")
+
+    def sql(self, name: str, text: str) -> None:
+        subprocess.run([C.DOCKER, "exec", "-i", name, "mariadb", "-uroot"], input=text, text=True, check=True,
+                       capture_output=True, timeout=1800)
+
+    def job(self, *args: str) -> dict:
+        out = self.drctl(*args, "--label", self.label, "--no-checksums", "--wait", "--json", check=False)
+        try:
+            j = json.loads(out.stdout)
+        except ValueError:
+            raise RuntimeError(f"drctl {' '.join(args[:2])}: {out.stderr[-800:]}") from None
+        if j["state"] != "succeeded":
+            raise RuntimeError(f"job {j['id']} {j['state']}: {j['message']}\n{j['log_tail'][-800:]}")
+        return j
+
+    # -- one case -------------------------------------------------------------------------
+    def backup(self, case: str) -> dict:
+        if case == "loopback":
+            return self.job("run", "--target", f"bench-{case}", "--network", "host", "--db-host", "127.0.0.1",
+                            "--db-port", str(self.ports["src"]), "--database", "shop", "--option-file", self.cnf,
+                            "--volume", self.volume)
+        extra = ["--profile", self.profile] if case == "profile-job" else []
+        return self.job("run", "--target", f"bench-{case}", "--network", self.nets["src"],
+                        "--db-host", f"{self.subnets['src']}.10", "--database", "shop", "--option-file", self.cnf,
+                        "--volume", self.volume, *extra)
+
+    def restore(self, case: str, backup: str) -> dict:
+        if case == "loopback":
+            return self.job("restore", "--backup", backup, "--target", f"bench-{case}-dst", "--network", "host",
+                            "--db-host", "127.0.0.1", "--db-port", str(self.ports["dst"]), "--database", "shop",
+                            "--option-file", self.cnf, "--replace")
+        extra = ["--profile", self.profile] if case == "profile-job" else []
+        return self.job("restore", "--backup", backup, "--target", f"bench-{case}-dst", "--network", self.nets["dst"],
+                        "--db-host", f"{self.subnets['dst']}.10", "--database", "shop", "--option-file", self.cnf,
+                        "--replace", *extra)
+
+
+def figures(j: dict, sql_bytes: int) -> dict:
+    hist = {h["state"]: h["time"] for h in j["history"]}
+    work = hist["verifying"] - hist["running"]
+    return {"job": j["id"], "work_s": round(work, 3), "total_s": round(hist["succeeded"] - j["created"], 3),
+            "mb_s": round(sql_bytes / work / 1e6, 2), "mbit_s": round(sql_bytes * 8 / work / 1e6, 1)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = C.Out(args.json)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    logdir = Path(tempfile.mkdtemp(prefix="npbench-backup-"))
+    b = Bench(args, out, logdir)
+    info = C.machine()
+    result: dict = {"benchmark": "backup_restore", "machine": info,
+                    "command": " ".join([Path(sys.executable).name] + sys.argv),
+                    "settings": {"scale": args.scale, "rounds": args.rounds, "rate": args.rate, "cases": cases,
+                                 "limits": "drctl defaults: 1 CPU, 1 GiB, 256 pids, no disk limit; --no-checksums",
+                                 "etcd_prefix": b.daemon.prefix, "host_id": b.daemon.host_id}}
+    state = {"finished": False}
+    with C.Cleanup(out) as cleanup:
+        cleanup.add("remove the logs", lambda: C.drop_log(logdir, args.keep_log, state["finished"], out))
+        cleanup.add("remove the secrets", lambda: __import__("shutil").rmtree(b.secret_dir, ignore_errors=True))
+        cleanup.add("delete the etcd prefix", lambda: C.etcd_delete_prefix(b.daemon.prefix + "/"))
+        cleanup.add(f"remove bridge {BRIDGE}", remove_bridge)
+        cleanup.add("stop the daemon", b.daemon.stop)
+        for image in (SERVER_IMAGE, TOOLS_IMAGE):
+            C.docker("image", "inspect", image)
+        b.daemon.start()
+        b.daemon.wait_bridge()
+
+        def remove_docker():
+            ids = C.docker("ps", "-aq", "--filter", f"label={b.label}", check=False).stdout.split()
+            if ids:
+                C.docker("rm", "-f", *ids, check=False)
+            for net in b.nets.values():
+                C.docker("network", "rm", net, check=False)
+            C.docker("volume", "rm", "-f", b.volume, check=False)
+        cleanup.add("remove containers, networks and the volume", remove_docker)
+        for side in ("src", "dst"):
+            C.docker("network", "create", "-d", DRIVER, "--ipam-driver", DRIVER, "--subnet",
+                     f"{b.subnets[side]}.0/24", "-o", f"vlan={b.vlans[side]}", b.nets[side])
+        cleanup.add("stop the agent", b.stop_agent)
+        b.start_agent()
+        out.progress("starting 4 MariaDB servers (2 on netplugin networks, 2 on the host network)")
+        b.start_db(f"npbench-{b.rtag}-src", b.nets["src"], ip=f"{b.subnets['src']}.10")
+        b.start_db(f"npbench-{b.rtag}-dst", b.nets["dst"], ip=f"{b.subnets['dst']}.10")
+        b.start_db(f"npbench-{b.rtag}-hsrc", "host", f"--port={b.ports['src']}", "--bind-address=127.0.0.1")
+        b.start_db(f"npbench-{b.rtag}-hdst", "host", f"--port={b.ports['dst']}", "--bind-address=127.0.0.1")
+        t0 = time.monotonic()
+        sql = data_sql(args.scale)
+        for name in (f"npbench-{b.rtag}-src", f"npbench-{b.rtag}-hsrc"):
+            b.sql(name, sql)
+        out.progress(f"generated {120_000 * args.scale} rows on both sources in {time.monotonic() - t0:.1f} s")
+        b.netctl("profile", "create", b.profile, "--rate", args.rate)
+        src_ip = f"{b.subnets['src']}.10"
+
+        runs: dict[str, list[dict]] = {c: [] for c in cases}
+        for r in range(args.rounds):
+            order = cases[r % len(cases):] + cases[:r % len(cases)]
+            for case in order:
+                if case == "profile-src":
+                    b.netctl("endpoint", "set", src_ip, "--profile", b.profile)
+                    try:
+                        bk = b.backup("netplugin-src-limited")
+                    finally:
+                        b.netctl("endpoint", "set", src_ip, "--clear")
+                    sql_bytes = bk["result"]["uncompressed_size"]
+                    runs[case].append({"backup": figures(bk, sql_bytes), "restore": None, "sql_bytes": sql_bytes,
+                                       "compressed_bytes": bk["result"]["size"]})
+                else:
+                    bk = b.backup(case)
+                    sql_bytes = bk["result"]["uncompressed_size"]
+                    rs = b.restore(case, bk["result"]["backup"])
+                    runs[case].append({"backup": figures(bk, sql_bytes), "restore": figures(rs, sql_bytes),
+                                       "sql_bytes": sql_bytes, "compressed_bytes": bk["result"]["size"]})
+                last = runs[case][-1]
+                out.progress(f"round {r + 1} {case}: dump {last['backup']['mb_s']} MB/s" +
+                             (f", restore {last['restore']['mb_s']} MB/s" if last["restore"] else ""))
+        summary = {}
+        for case, rs in runs.items():
+            row = {"sql_mb": round(rs[0]["sql_bytes"] / 1e6, 1), "compressed_mb": round(rs[0]["compressed_bytes"] / 1e6, 1)}
+            for kind in ("backup", "restore"):
+                vals = [x[kind] for x in rs if x[kind]]
+                if vals:
+                    row[kind] = {k: C.rnd(C.median([v[k] for v in vals]), 2) for k in ("work_s", "total_s", "mb_s",
+                                                                                        "mbit_s")}
+            both = [x for x in rs if x["restore"]]
+            if both:
+                row["dump_plus_restore_mb_s"] = C.rnd(C.median(
+                    [x["sql_bytes"] / (x["backup"]["work_s"] + x["restore"]["work_s"]) / 1e6 for x in both]), 2)
+            summary[case] = row
+        result["runs"] = runs
+        result["summary"] = summary
+        headers = ["case", "SQL MB", "dump MB/s", "dump Mbit/s", "dump job s", "restore MB/s", "restore Mbit/s",
+                   "restore job s", "dump+restore MB/s"]
+        rows = []
+        for case, s in summary.items():
+            bk, rs = s.get("backup", {}), s.get("restore", {})
+            rows.append([case, s["sql_mb"], bk.get("mb_s"), bk.get("mbit_s"), bk.get("total_s"), rs.get("mb_s"),
+                         rs.get("mbit_s"), rs.get("total_s"), s.get("dump_plus_restore_mb_s")])
+        out.say(C.machine_line(info))
+        out.say(C.table(headers, rows))
+        out.result(result)
+        state["finished"] = True
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""drctl end to end: real dockerd, real MariaDB servers and job containers on
+netplugin networks, the real agent as a process, etcd.
+
+- a DR drill: a source database on prod (VLAN 100) with 120k generated rows,
+  a backup to a named volume, a restore on dr (VLAN 200) into a fresh server
+  through a 50 Mbit/s bandwidth profile, checksums equal on both sides;
+- the per-host cap: 8 jobs, never more than 5 at once, all finish;
+- limits in docker inspect and in the cgroup files, and direct-I/O writes of a
+  job running at the configured write rate (within 20%);
+- failures: a wrong password, a job cancelled and one expired mid-dump (their
+  partial files removed), the volume surviving the job container;
+- retention never deleting the last good backup.
+
+Images: netplugin/mariadb:10.11 and netplugin/mariadb-tools:10.11 from
+scripts/make-db-images.sh (run by scripts/test.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ETCD, LABEL, docker, new_network, run
+
+pytestmark = pytest.mark.e2e
+
+SERVER_IMAGE = "netplugin/mariadb:10.11"
+TOOLS_IMAGE = "netplugin/mariadb-tools:10.11"
+PASSWORD = "Dr-" + secrets.token_hex(8)
+
+SHOP_SQL = """
+CREATE DATABASE IF NOT EXISTS shop;
+USE shop;
+CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(128), created DATETIME,
+  balance DECIMAL(12,2), note TEXT NULL) ENGINE=InnoDB;
+INSERT INTO customers SELECT seq, CONCAT('customer-', seq), CONCAT('c', seq, '@example.com'),
+  '2020-01-01' + INTERVAL (seq % 1500) DAY, (seq * 37 % 100000) / 100, IF(seq % 7 = 0, NULL, MD5(seq))
+  FROM seq_1_to_20000;
+CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL, total DECIMAL(12,2),
+  status ENUM('new','paid','shipped','void'), placed TIMESTAMP NULL, KEY (customer_id)) ENGINE=InnoDB;
+INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq * 7919 % 1000000) / 100, ELT(1 + seq % 4, 'new','paid','shipped','void'),
+  '2021-01-01' + INTERVAL (seq * 13 % 86400000) SECOND FROM seq_1_to_50000;
+CREATE TABLE order_lines (order_id INT NOT NULL, line TINYINT NOT NULL, sku CHAR(12), qty SMALLINT, price DOUBLE,
+  PRIMARY KEY (order_id, line)) ENGINE=InnoDB;
+INSERT INTO order_lines SELECT 1 + seq DIV 2, seq % 2, UPPER(LEFT(SHA1(seq), 12)), 1 + seq % 9, (seq % 1000) * 1.25
+  FROM seq_0_to_39999;
+CREATE TABLE blobs (id INT AUTO_INCREMENT PRIMARY KEY, data VARBINARY(255), flag BIT(1)) ENGINE=InnoDB;
+INSERT INTO blobs (data, flag) SELECT UNHEX(CONCAT(MD5(seq), SHA1(seq))), seq % 2 FROM seq_1_to_10000;
+CREATE VIEW big_orders AS SELECT id, total FROM orders WHERE total > 9000;
+CREATE TRIGGER orders_ins BEFORE INSERT ON orders FOR EACH ROW SET NEW.total = IFNULL(NEW.total, 0);
+CREATE PROCEDURE customer_count(OUT n INT) SELECT COUNT(*) INTO n FROM customers;
+CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY DO DELETE FROM orders WHERE status = 'void' AND placed < '2000-01-01';
+"""
+SHOP_TABLES = {"customers": 20000, "orders": 50000, "order_lines": 40000, "blobs": 10000}
+
+SMALL_SQL = """
+CREATE DATABASE IF NOT EXISTS small;
+USE small;
+CREATE TABLE small.items (id INT PRIMARY KEY, label VARCHAR(40), price DECIMAL(8,2)) ENGINE=InnoDB;
+INSERT INTO small.items SELECT seq, CONCAT('item-', MD5(seq)), seq % 1000 / 10 FROM seq_1_to_20000;
+"""
+
+# Random bytes do not compress: the dump's size is known, so its write rate can be measured.
+RANDOM_SQL = """
+CREATE DATABASE IF NOT EXISTS noise;
+USE noise;
+CREATE TABLE noise.payload (id INT PRIMARY KEY, data VARBINARY(1024)) ENGINE=InnoDB;
+INSERT INTO noise.payload SELECT seq, RANDOM_BYTES(1024) FROM seq_1_to_8192;
+"""
+
+
+class DR:
+    """The agent process, the secrets, and helpers for one test."""
+
+    def __init__(self, plugin, tmp: Path):
+        self.plugin = plugin
+        self.tmp = tmp
+        self.volumes: list[str] = []
+        self.init_sql = self._secret("db-init.sql", (
+            f"CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '{PASSWORD}';\n"
+            "GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;\n"))
+        self.client_cnf = self._secret("client.cnf", f"[client]\nuser=root\npassword={PASSWORD}\n")
+        self.bad_cnf = self._secret("bad.cnf", "[client]\nuser=root\npassword=not-the-password\n")
+        self.env = dict(plugin.env, DRCTL_WORK_DIR=str(tmp / "work"), DRCTL_CONFIG=str(tmp / "none.toml"),
+                        DRCTL_POLL="0.2", DRCTL_LEASE_TTL="10")
+        self.agent_log = tmp / "agent.log"
+        self.agent: subprocess.Popen | None = None
+
+    def _secret(self, name: str, text: str) -> str:
+        path = self.tmp / name
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(text)
+        return str(path)
+
+    def start_agent(self) -> None:
+        (self.tmp / "none.toml").write_text("")
+        with open(self.agent_log, "ab") as out:
+            self.agent = subprocess.Popen([sys.executable, "-m", "netplugin.backup.cli", "agent"], env=self.env,
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        key = f"{self.plugin.prefix}/backup/agents/{self.plugin.host_id}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.agent.poll() is None, f"drctl agent exited:\n{self.agent_log.read_text()[-3000:]}"
+            if run("etcdctl", f"--endpoints={ETCD}", "get", key, "--keys-only", check=False).stdout.strip():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"drctl agent did not register:\n{self.agent_log.read_text()[-3000:]}")
+
+    def stop_agent(self) -> None:
+        if self.agent and self.agent.poll() is None:
+            os.killpg(self.agent.pid, signal.SIGTERM)
+            try:
+                self.agent.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.agent.pid, signal.SIGKILL)
+                self.agent.wait(5)
+
+    def drctl(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "netplugin.backup.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"drctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}"
+                                 f"\nagent log:\n{self.agent_log.read_text()[-3000:]}")
+        return proc
+
+    def job(self, job_id: str) -> dict:
+        return json.loads(self.drctl("show", "--json", job_id).stdout)
+
+    def wait_job(self, job_id: str, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            j = self.job(job_id)
+            if j["state"] in ("succeeded", "failed", "expired", "cancelled"):
+                return j
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} did not end within {timeout} s: {self.job(job_id)}")
+
+    def volume(self) -> str:
+        name = "drtest-" + secrets.token_hex(4)
+        self.volumes.append(name)
+        return name
+
+    def volume_path(self, name: str) -> Path:
+        return Path(docker("volume", "inspect", "-f", "{{.Mountpoint}}", name).stdout.strip())
+
+    def start_db(self, name: str, network: str, ip: str, sql: str | None = None) -> None:
+        docker("run", "-d", "--label", LABEL, "--name", name, "--network", network, "--ip", ip,
+               "-v", f"{self.init_sql}:/run/secrets/db-init.sql:ro", SERVER_IMAGE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if docker("exec", name, "mariadb", "-uroot", "-e", "SELECT 1", check=False).returncode == 0:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"MariaDB {name} did not start:\n{docker('logs', name, check=False).stderr[-2000:]}")
+        if sql:
+            self.sql(name, sql)
+
+    def sql(self, container: str, text: str, db: str = "") -> str:
+        proc = subprocess.run(["/usr/bin/docker", "exec", "-i", container, "mariadb", "-uroot", "--batch",
+                               "--skip-column-names", *([db] if db else [])], input=text, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, f"SQL on {container} failed: {proc.stderr}"
+        return proc.stdout
+
+    def backup_args(self, target: str, network: str, db_host: str, database: str, volume: str, *extra: str,
+                    option_file: str | None = None) -> list[str]:
+        return ["run", "--target", target, "--network", network, "--db-host", db_host, "--database", database,
+                "--option-file", option_file or self.client_cnf, "--volume", volume, "--label", LABEL, *extra]
+
+    def close(self) -> None:
+        self.stop_agent()
+        ids = docker("ps", "-aq", "--filter", f"label={LABEL}").stdout.split()
+        if ids:
+            docker("rm", "-f", *ids, check=False)
+        for v in self.volumes:
+            docker("volume", "rm", "-f", v, check=False)
+
+
+@pytest.fixture
+def dr(clean, tmp_path):
+    docker("image", "inspect", SERVER_IMAGE)
+    docker("image", "inspect", TOOLS_IMAGE)
+    d = DR(clean, tmp_path)
+    d.start_agent()
+    yield d
+    d.close()
+
+
+def table_facts(d: DR, container: str, db: str, tables) -> dict:
+    """Row counts and CHECKSUM TABLE, asked of the server directly (not through drctl)."""
+    out = {}
+    for t in tables:
+        count = d.sql(container, f"SELECT COUNT(*) FROM `{t}`", db).strip()
+        checksum = d.sql(container, f"CHECKSUM TABLE `{t}` EXTENDED", db).split()[-1]
+        out[t] = (int(count), checksum)
+    return out
+
+
+def test_dr_drill_backup_on_prod_restore_on_dr(dr):
+    """Source on prod (VLAN 100), backup to a named volume, restore on dr (VLAN 200)
+    into a fresh server through a bandwidth profile; the data is equal."""
+    new_network("prod", "10.117.0.0/24", 100)
+    new_network("dr", "10.127.0.0/24", 200)
+    dr.start_db("dr-source", "prod", "10.117.0.10", SHOP_SQL)
+    dr.start_db("dr-target", "dr", "10.127.0.10")
+    volume = dr.volume()
+
+    out = dr.drctl(*dr.backup_args("shop-prod", "prod", "10.117.0.10", "shop", volume, "--ip", "10.117.0.50",
+                                   "--cpus", "1", "--memory", "512m", "--pids", "128", "--write-bps", "64m",
+                                   "--wait", "--json"), check=False)
+    backup = json.loads(out.stdout)
+    assert backup["state"] == "succeeded", (backup["message"], backup["log_tail"])
+    assert backup["ip"] == "10.117.0.50" and backup["exit_code"] == 0 and backup["oom_killed"] is False
+    assert backup["result"]["rows"] == sum(SHOP_TABLES.values()) >= 100_000
+    assert backup["result"]["tables"] == len(SHOP_TABLES) and backup["result"]["changed_during_backup"] == []
+
+    # The file and its manifest, renamed from .partial, in the named volume.
+    base = dr.volume_path(volume)
+    name = backup["result"]["backup"]
+    assert sorted(p.name for p in (base / "shop-prod").iterdir()) == [f"{name}.manifest.json", f"{name}.sql.zst"]
+    manifest = json.loads((base / "shop-prod" / f"{name}.manifest.json").read_text())
+    assert manifest["size"] == (base / manifest["file"]).stat().st_size
+    assert manifest["server_version"].startswith("10.11")
+    assert manifest["limits"]["cgroup"]["write_bps"] == 64 << 20
+    assert {t: v["rows"] for t, v in manifest["tables"].items()} == SHOP_TABLES
+
+    # The password is in no command line, no environment, no etcd record.
+    inspect = docker("inspect", backup["container"]).stdout
+    assert PASSWORD not in inspect
+    assert PASSWORD not in run("etcdctl", f"--endpoints={ETCD}", "get", "--prefix", dr.plugin.prefix + "/").stdout
+
+    # Restore on dr through a 50 Mbit/s profile, into a fresh server.
+    dr.plugin.netctl("profile", "create", "dr50", "--rate", "50mbit")
+    out = dr.drctl("restore", "--latest", "shop-prod", "--target", "shop-dr", "--network", "dr",
+                   "--db-host", "10.127.0.10", "--option-file", dr.client_cnf, "--label", LABEL,
+                   "--read-bps", "64m", "--profile", "dr50", "--wait", "--json", check=False)
+    restore = json.loads(out.stdout)
+    assert restore["state"] == "succeeded", (restore["message"], restore["log_tail"])
+    assert restore["result"]["tables_verified"] == len(SHOP_TABLES)
+    assert restore["result"]["rows_verified"] == sum(SHOP_TABLES.values())
+    assert restore["limits_applied"]["profile"]["rate_kbps"] == 50000
+
+    # Equal, asked of both servers directly; routines, triggers, events and views came along.
+    assert table_facts(dr, "dr-source", "shop", SHOP_TABLES) == table_facts(dr, "dr-target", "shop", SHOP_TABLES)
+    for q in ("SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='shop'",
+              "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='shop'",
+              "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA='shop'",
+              "SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA='shop'"):
+        assert dr.sql("dr-target", q).strip() == dr.sql("dr-source", q).strip() == "1", q
+
+    # A second restore into the now non-empty schema is refused without --replace.
+    out = dr.drctl("restore", "--backup", name, "--target", "shop-dr", "--network", "dr", "--db-host", "10.127.0.10",
+                   "--option-file", dr.client_cnf, "--label", LABEL, "--wait", check=False)
+    assert out.returncode == 1 and "--replace" in out.stdout
+
+    # The volume outlives the job containers, even `docker rm -v`.
+    dr.drctl("rm", backup["id"])
+    docker("rm", "-v", restore["container"])
+    assert docker("ps", "-aq", "--filter", f"id={backup['container']}").stdout.strip() == ""
+    assert (base / manifest["file"]).stat().st_size == manifest["size"]
+    assert name in dr.drctl("backups", "shop-prod", "-q").stdout
+
+
+def test_cap_eight_jobs_never_more_than_five(dr):
+    new_network("capnet", "10.118.0.0/24", 171)
+    dr.start_db("cap-db", "capnet", "10.118.0.10", SMALL_SQL)
+    volume = dr.volume()
+    seen, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            out = subprocess.run(["/usr/bin/docker", "ps", "-q", "--filter", "label=netplugin.backup.kind"],
+                                 capture_output=True, text=True).stdout.split()
+            seen.append(len(out))
+            time.sleep(0.1)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    ids = [dr.drctl(*dr.backup_args(f"cap{i}", "capnet", "10.118.0.10", "small", volume, "--write-bps", "512k",
+                                    "-q")).stdout.strip() for i in range(8)]
+    jobs = [dr.wait_job(i, timeout=240) for i in ids]
+    stop.set()
+    sampler.join(5)
+    assert [j["state"] for j in jobs] == ["succeeded"] * 8, [(j["id"], j["message"]) for j in jobs]
+    # From the jobs' own histories: admitted (starting) .. ended, never more than 5 overlapping.
+    edges = []
+    for j in jobs:
+        began = next(h["time"] for h in j["history"] if h["state"] == "starting")
+        edges += [(began, 1), (j["history"][-1]["time"], -1)]
+    active = peak = 0
+    for _, step in sorted(edges):
+        active += step
+        peak = max(peak, active)
+    assert peak == 5, f"the cap was {'exceeded' if peak > 5 else 'never reached'}: {peak}"
+    assert max(seen) <= 5, f"docker ps saw {max(seen)} job containers running at once"
+
+
+def _cgroup_file(pid: int, controller: str, name: str) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if controller in ctrls.split(","):
+            for folder in (ctrls, controller):
+                p = Path("/sys/fs/cgroup") / folder / path.lstrip("/") / name
+                if p.exists():
+                    return p.read_text()
+    raise AssertionError(f"no {controller} cgroup file {name} for pid {pid}")
+
+
+def test_limits_in_inspect_in_cgroups_and_direct_io_at_the_write_rate(dr):
+    new_network("limnet", "10.119.0.0/24", 172)
+    dr.start_db("lim-db", "limnet", "10.119.0.10", RANDOM_SQL)
+    volume = dr.volume()
+    write_bps = 1 << 20
+    job_id = dr.drctl(*dr.backup_args("noise", "limnet", "10.119.0.10", "noise", volume, "--cpus", "1.5",
+                                      "--memory", "256m", "--pids", "100", "--write-bps", "1m", "--read-bps", "8m",
+                                      "--write-iops", "4000", "--no-checksums", "-q")).stdout.strip()
+    deadline = time.monotonic() + 60
+    while (j := dr.job(job_id))["state"] in ("queued", "starting"):
+        assert time.monotonic() < deadline, j
+        time.sleep(0.05)
+    assert j["state"] == "running", j["message"]
+    info = json.loads(docker("inspect", j["container"]).stdout)[0]
+    hc, pid = info["HostConfig"], info["State"]["Pid"]
+    # The disk behind the volume's folder, found the way an operator would.
+    st = os.stat(dr.volume_path(volume))
+    sysdir = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}").resolve()
+    if (sysdir / "partition").exists():
+        sysdir = sysdir.parent
+    majmin = (sysdir / "dev").read_text().strip()
+    device = j["limits_applied"]["device"]
+    assert f"{device['major']}:{device['minor']}" == majmin, (device, majmin)
+    dev_node = device["node"]
+
+    # docker inspect
+    assert hc["NanoCpus"] == 1_500_000_000 and hc["Memory"] == 256 << 20 and hc["MemorySwap"] == 256 << 20
+    assert hc["PidsLimit"] == 100 and hc["AutoRemove"] is False
+    assert hc["BlkioDeviceWriteBps"] == [{"Path": dev_node, "Rate": write_bps}]
+    assert hc["BlkioDeviceReadBps"] == [{"Path": dev_node, "Rate": 8 << 20}]
+    assert hc["BlkioDeviceWriteIOps"] == [{"Path": dev_node, "Rate": 4000}]
+    # the cgroup files
+    quota = int(_cgroup_file(pid, "cpu", "cpu.cfs_quota_us"))
+    period = int(_cgroup_file(pid, "cpu", "cpu.cfs_period_us"))
+    assert quota / period == 1.5
+    assert int(_cgroup_file(pid, "memory", "memory.limit_in_bytes")) == 256 << 20
+    assert int(_cgroup_file(pid, "memory", "memory.memsw.limit_in_bytes")) == 256 << 20
+    assert _cgroup_file(pid, "pids", "pids.max").strip() == "100"
+    assert f"{majmin} {write_bps}" in _cgroup_file(pid, "blkio", "blkio.throttle.write_bps_device")
+    assert f"{majmin} {8 << 20}" in _cgroup_file(pid, "blkio", "blkio.throttle.read_bps_device")
+    assert f"{majmin} 4000" in _cgroup_file(pid, "blkio", "blkio.throttle.write_iops_device")
+
+    # A direct-I/O write inside the job container (dd, an eager writer, beside the
+    # job's own dump): the cgroup's byte counter must grow at the configured rate.
+    def written() -> int:
+        text = _cgroup_file(pid, "blkio", "blkio.throttle.io_service_bytes")
+        return sum(int(line.split()[2]) for line in text.splitlines() if line.startswith(majmin + " Write"))
+    probe = subprocess.Popen(["/usr/bin/docker", "exec", j["container"], "dd", "if=/dev/zero",
+                              "of=/backup/probe.bin", "bs=256k", "count=12", "oflag=direct"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples, cmdlines = [], set()
+    while probe.poll() is None:
+        samples.append((time.monotonic(), written()))
+        for p in _cgroup_file(pid, "pids", "cgroup.procs").split():
+            try:
+                cmdlines.add(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+        time.sleep(0.05)
+    # What `ps` shows of the job: the dump is there, the password is not.
+    assert any(c.startswith("mariadb-dump --defaults-file=/run/drctl/client.cnf") for c in cmdlines), cmdlines
+    assert not any(PASSWORD in c for c in cmdlines)
+    _, dd_err = probe.communicate()
+    assert probe.returncode == 0, f"the probe failed ({probe.returncode}; did the job end first?): {dd_err}"
+    window = [(t, b) for t, b in samples if t >= samples[0][0] + 0.5]
+    (t0, b0), (t1, b1) = window[0], window[-1]
+    rate = (b1 - b0) / (t1 - t0)
+    print(f"direct-I/O writes of the job container: {rate / 1048576:.3f} MiB/s over {t1 - t0:.1f} s "
+          f"(configured {write_bps / 1048576:.3f} MiB/s); dd alone: {dd_err.strip().splitlines()[-1]}")
+    assert t1 - t0 >= 1.5, f"the probe was too short to measure: {dd_err}"
+    assert 0.8 * write_bps <= rate <= 1.2 * write_bps, \
+        f"direct writes ran at {rate / 1048576:.2f} MiB/s, configured {write_bps / 1048576:.2f} MiB/s"
+    j = dr.wait_job(job_id)
+    assert j["state"] == "succeeded", (j["message"], j["log_tail"])
+    assert j["result"]["size"] >= 6 << 20
+    (dr.volume_path(volume) / "probe.bin").unlink()
+
+
+def test_failures_leave_no_backup_file(dr):
+    new_network("failnet", "10.120.0.0/24", 173)
+    dr.start_db("fail-db", "failnet", "10.120.0.10", RANDOM_SQL)
+    volume = dr.volume()
+
+    # A wrong password: failed, no file at all.
+    out = dr.drctl(*dr.backup_args("noise-a", "failnet", "10.120.0.10", "noise", volume, "--wait", "--json",
+                                   option_file=dr.bad_cnf), check=False)
+    j = json.loads(out.stdout)
+    assert out.returncode == 1 and j["state"] == "failed" and "Access denied" in j["message"], j["message"]
+    base = dr.volume_path(volume)
+    assert not (base / "noise-a").exists() or list((base / "noise-a").iterdir()) == []
+    assert dr.drctl("backups", "noise-a", "-q").stdout.strip() == ""
+
+    def partial_appears(target: str, job_id: str) -> Path:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = [p for p in (base / target).glob("*.partial") if p.stat().st_size > 0] \
+                if (base / target).exists() else []
+            if found:
+                return found[0]
+            assert dr.job(job_id)["state"] in ("queued", "starting", "running"), dr.job(job_id)
+            time.sleep(0.1)
+        raise AssertionError("no partial file appeared")
+
+    # Cancelled mid-dump: killed, the partial file removed.
+    job_id = dr.drctl(*dr.backup_args("noise-b", "failnet", "10.120.0.10", "noise", volume, "--write-bps", "256k",
+                                      "-q")).stdout.strip()
+    partial = partial_appears("noise-b", job_id)
+    dr.drctl("cancel", "--wait", job_id)
+    j = dr.job(job_id)
+    assert j["state"] == "cancelled" and j["exit_code"] == 137
+    assert not partial.exists() and list((base / "noise-b").iterdir()) == []
+
+    # Past its deadline mid-dump: expired, the partial file removed.
+    job_id = dr.drctl(*dr.backup_args("noise-c", "failnet", "10.120.0.10", "noise", volume, "--write-bps", "256k",
+                                      "--timeout", "15s", "--no-checksums", "-q")).stdout.strip()
+    partial = partial_appears("noise-c", job_id)
+    j = dr.wait_job(job_id)
+    assert j["state"] == "expired" and "deadline" in j["message"] and "while running" in j["message"]
+    assert "dumping noise" in j["log_tail"] and "dump done" not in j["log_tail"]
+    assert not partial.exists() and list((base / "noise-c").iterdir()) == []
+    # The job containers are kept (never auto-removed), with their exit codes.
+    assert json.loads(docker("inspect", j["container"]).stdout)[0]["State"]["Running"] is False
+
+
+def test_retention_never_deletes_the_last_good_backup(dr):
+    new_network("retnet", "10.121.0.0/24", 174)
+    dr.start_db("ret-db", "retnet", "10.121.0.10", SMALL_SQL)
+    volume = dr.volume()
+    names = []
+    for _ in range(3):
+        out = dr.drctl(*dr.backup_args("small", "retnet", "10.121.0.10", "small", volume, "--keep-last", "2",
+                                       "--wait", "--json"), check=False)
+        j = json.loads(out.stdout)
+        assert j["state"] == "succeeded", j["message"]
+        names.append(j["result"]["backup"])
+    assert dr.drctl("backups", "small", "-q").stdout.split() == [names[2], names[1]]
+    base = dr.volume_path(volume)
+    assert sorted(p.name for p in (base / "small").iterdir()) == sorted(
+        [f"{n}.manifest.json" for n in names[1:]] + [f"{n}.sql.zst" for n in names[1:]])
+
+    # A failed backup with the harshest retention prunes nothing.
+    out = dr.drctl(*dr.backup_args("small", "retnet", "10.121.0.10", "small", volume, "--keep-last", "1",
+                                   "--max-age", "0s", "--wait", option_file=dr.bad_cnf), check=False)
+    assert out.returncode == 1
+    assert dr.drctl("backups", "small", "-q").stdout.split() == [names[2], names[1]]
+
+    # Pruning everything older than 0 s keeps the newest; again, still the newest.
+    dr.drctl("prune", "small", "--max-age", "0s")
+    assert dr.drctl("backups", "small", "-q").stdout.split() == [names[2]]
+    dr.drctl("prune", "small", "--keep-last", "1", "--max-age", "0s")
+    assert dr.drctl("backups", "small", "-q").stdout.split() == [names[2]]
+    assert (base / "small" / f"{names[2]}.sql.zst").exists()
+
+    # `drctl check` sees the last job failed (silence is not success).
+    assert dr.drctl("check", "small", check=False).returncode == 1
