@@ -14,6 +14,16 @@ PLUGIN_DIR=/run/docker/plugins
 STUB_PID=
 start=$SECONDS
 
+# --- 0. the multi-host rig (scripts/rig.sh) -----------------------------------------
+# Two dockerds in their own mount namespaces (data roots under /var/lib/netplugin-rig,
+# exec roots under /run/netplugin-rig), their plugin daemons, the bridges nprig-a/b and
+# the trunk veth nptrunk-a/b. rig.sh stop removes all of it (containers first, while the
+# rig's own plugins still answer) and tolerates any part being gone; so it runs first.
+clean_rig() {
+    [[ -f $REPO/scripts/rig.sh ]] || return 0
+    timeout 300 bash "$REPO/scripts/rig.sh" stop || log "WARNING: scripts/rig.sh stop failed"
+}
+
 # --- 1. plugin processes ---------------------------------------------------------
 # The plugin's daemon: gunicorn serving netplugin, `python -m netplugin.daemon`,
 # or the `netplugin` console script. Matched on the exact argv, killed by pid.
@@ -208,7 +218,7 @@ clean_ovs() {
     local br port n=0
     while read -r br; do
         [[ -n $br ]] || continue
-        if [[ $br == nptest* || $br == netplugin0 ]]; then
+        if [[ $br == nptest* || $br == nprig-* || $br == npe2e* || $br == netplugin0 ]]; then
             if ovs-vsctl --timeout=10 --if-exists del-br "$br"; then
                 n=$((n + 1))
             else
@@ -260,6 +270,7 @@ clean_etcd() {
 
 # Plugin first (so nothing re-creates state behind us), then Docker's view
 # (needs the stand-in), then the datapath and the store.
+clean_rig
 kill_plugin_processes
 rm -f -- "$PLUGIN_DIR"/netplugin*.sock
 clean_docker

@@ -11,7 +11,9 @@ cd "$REPO"
 bash scripts/install-deps.sh
 bash scripts/services.sh start
 bash scripts/make-images.sh
+bash scripts/make-db-images.sh
 bash scripts/reset-state.sh
 
 log "running unit, integration and end-to-end tests"
+set -- tests/multihost "$@" # the multi-host ring (scripts/rig.sh) runs last, after e2e
 exec "$REPO/.venv/bin/python" -m pytest -p no:cacheprovider tests/unit tests/integration tests/e2e "$@"

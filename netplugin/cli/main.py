@@ -52,8 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     global_cmds.register(sub, common)
     status_cmds.register(sub, common)
     v = sub.add_parser("version", help="print the version", parents=[common])
-    v.set_defaults(run=lambda args, ctx: print(f"netctl {__version__}") or 0)
+    v.set_defaults(run=version)
     return parser
+
+
+def version(args, ctx) -> int:
+    if ctx.json:
+        from .output import print_json
+        print_json({"netctl": __version__})
+    else:
+        print(f"netctl {__version__}")
+    return 0
 
 
 class Context:
@@ -91,6 +100,8 @@ class Context:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `netctl ... | head` ends quietly
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()

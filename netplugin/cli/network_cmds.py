@@ -104,7 +104,9 @@ def inspect(args, ctx) -> int:
 
 def remove(args, ctx) -> int:
     net = networks.remove(ctx.store, args.name, force=args.force)
-    if not ctx.quiet:
+    if ctx.json:
+        print_json({"removed": net.label, "id": net.id})
+    elif not ctx.quiet:
         print(net.label)
     return 0
 

@@ -1,0 +1,437 @@
+"""etcd as operators run it: a 3-member cluster on 127.0.0.1, and a member
+with TLS and user/password authentication.
+
+* Two real netplugin daemons and netctl are given all three members. The
+  member they talk to first, made the leader beforehand, is killed with
+  SIGKILL while both daemons allocate addresses as fast as they can:
+  allocations keep working (a short window of refusals during the election
+  is allowed and measured), no address is given twice, netctl keeps
+  answering, and both hosts stay alive in the registry.
+* netctl reaches an etcd that demands TLS client certificates and a
+  password with --cacert/--cert/--key and --user/--password, and fails with
+  exit 1 and a message without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from netplugin.unixhttp import call
+
+pytestmark = pytest.mark.integration
+
+ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (bound at once, so distinct)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def etcdctl(endpoints: str, *args: str, timeout: float = 15, extra: list[str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["etcdctl", f"--endpoints={endpoints}", "--dial-timeout=2s", "--command-timeout=5s",
+                           *(extra or []), *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, ETCDCTL_API="3"))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"etcdctl {' '.join(args)}: {proc.stderr}")
+    return proc
+
+
+class Member:
+    def __init__(self, name: str, client_port: int, peer_port: int, data: Path, log: Path):
+        self.name = name
+        self.client = f"http://127.0.0.1:{client_port}"
+        self.peer = f"http://127.0.0.1:{peer_port}"
+        self.data = data
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, cluster: str, token: str, extra: list[str] | None = None) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.data.chmod(0o700)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [ETCD_BIN, "--name", self.name, "--data-dir", str(self.data),
+                 "--listen-client-urls", self.client, "--advertise-client-urls", self.client,
+                 "--listen-peer-urls", self.peer, "--initial-advertise-peer-urls", self.peer,
+                 "--initial-cluster", cluster, "--initial-cluster-token", token,
+                 "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
+                 *(extra or [])],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class Cluster:
+    def __init__(self, tmp: Path, size: int = 3):
+        ports = free_ports(2 * size)
+        self.members = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], tmp / f"m{i}", tmp / f"m{i}.log")
+                        for i in range(size)]
+        self.token = "nptest-" + secrets.token_hex(4)
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.client for m in self.members)
+
+    def start(self) -> None:
+        spec = ",".join(f"{m.name}={m.peer}" for m in self.members)
+        for m in self.members:
+            m.start(spec, self.token)
+        deadline = time.monotonic() + 30
+        while etcdctl(self.endpoints, "endpoint", "health", check=False).returncode != 0:
+            for m in self.members:
+                if m.proc.poll() is not None:
+                    raise AssertionError(f"etcd {m.name} exited:\n{m.log.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, "the 3-member cluster did not become healthy in 30 s"
+            time.sleep(0.3)
+
+    def status(self) -> list[dict]:
+        out = etcdctl(self.endpoints, "endpoint", "status", "-w", "json", check=False).stdout
+        return json.loads(out) if out.strip() else []
+
+    def make_leader(self, member: Member) -> None:
+        """Move the leadership to member (etcdctl move-leader, asked of the current leader)."""
+        for _ in range(20):
+            status = self.status()
+            by_endpoint = {s["Endpoint"]: s for s in status}
+            if member.client not in by_endpoint:
+                time.sleep(0.3)
+                continue
+            target = by_endpoint[member.client]["Status"]["header"]["member_id"]
+            leader = by_endpoint[member.client]["Status"]["leader"]
+            if leader == target:
+                return
+            leader_ep = next(s["Endpoint"] for s in status if s["Status"]["header"]["member_id"] == leader)
+            etcdctl(leader_ep, "move-leader", format(target, "x"), check=False)
+            time.sleep(0.5)
+        raise AssertionError(f"could not make {member.name} the leader: {self.status()}")
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.kill()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {m.log}\n{m.log.read_text(errors='replace')[-1500:]}" for m in self.members
+                         if m.log.exists())
+
+
+@pytest.fixture
+def cluster(tmp_path, ovs_ready):
+    c = Cluster(tmp_path / "etcd")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+class Daemon:
+    """A netplugin daemon on a socket of its own (no Docker involved), with the cluster's endpoints."""
+
+    def __init__(self, tmp: Path, endpoints: str, prefix: str, tag: str):
+        self.host_id = f"nptest-{tag}-" + secrets.token_hex(2)
+        self.bridge = "nptest" + secrets.token_hex(3)
+        self.socket = str(tmp / f"{tag}.sock")
+        self.log = tmp / f"{tag}.log"
+        (tmp / f"xdg-{tag}").mkdir(exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
+        self.env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_ENDPOINTS=endpoints, NETPLUGIN_ETCD_PREFIX=prefix,
+                        NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=self.bridge,
+                        NETPLUGIN_DATAPATH_TYPE="netdev", NETPLUGIN_SOCKET=self.socket,
+                        XDG_RUNTIME_DIR=str(tmp / f"xdg-{tag}"))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"daemon exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                if call(self.socket, "Plugin.Activate", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"daemon did not listen in 15 s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.bridge], capture_output=True)
+
+
+def netctl(endpoints: str, prefix: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
+    env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_PREFIX=prefix)
+    return subprocess.run([sys.executable, "-m", "netplugin.cli.main", "--etcd-endpoints", endpoints, *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Allocator:
+    """Threads asking one daemon for addresses (RequestAddress, as Docker does) until stopped.
+    Records (time of the answer, address or None, error)."""
+
+    def __init__(self, daemon: Daemon, pool_id: str, threads: int = 3):
+        self.daemon = daemon
+        self.pool_id = pool_id
+        self.threads = threads
+        self.results: list[tuple[float, str | None, str]] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                status, reply = call(self.daemon.socket, "IpamDriver.RequestAddress",
+                                     {"PoolID": self.pool_id, "Address": "", "Options": {}}, timeout=30)
+                ok = status == 200
+                result = (t, reply["Address"].split("/")[0] if ok else None, "" if ok else f"{status} {reply}")
+            except OSError as exc:
+                result = (t, None, f"socket: {exc}")
+            # Stamped when the answer came: a call in flight at the kill counts as after it.
+            result = (time.monotonic(),) + result[1:]
+            with self.lock:
+                self.results.append(result)
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        for th in self._threads:
+            th.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for th in self._threads:
+            th.join(60)
+
+
+SUBNET = "10.234.0.0/20"        # room for a few thousand allocations
+
+
+def test_member_killed_mid_run(cluster, tmp_path):
+    prefix = "/netplugin/test-cluster-" + secrets.token_hex(4)
+    eps = cluster.endpoints
+    daemons = [Daemon(tmp_path, eps, prefix, "c1"), Daemon(tmp_path, eps, prefix, "c2")]
+    try:
+        for d in daemons:
+            d.start()
+        made = netctl(eps, prefix, "network", "create", "cl", "--subnet", SUBNET, "--vlan", "500")
+        assert made.returncode == 0, made.stderr
+        pools = []
+        for d in daemons:
+            status, reply = call(d.socket, "IpamDriver.RequestPool",
+                                 {"AddressSpace": "netplugin", "Pool": SUBNET, "SubPool": "", "Options": {}})
+            assert status == 200, reply
+            pools.append(reply["PoolID"])
+
+        # The first member of everyone's list leads: killing it costs both the
+        # clients' connection and an election.
+        victim = cluster.members[0]
+        cluster.make_leader(victim)
+        allocators = [Allocator(d, p) for d, p in zip(daemons, pools)]
+        for a in allocators:
+            a.start()
+        time.sleep(3)
+        killed_at = time.monotonic()
+        victim.kill()
+
+        # netctl with all three endpoints keeps answering while the member is down.
+        netctl_times = []
+        for args in (["network", "ls", "--json"], ["ipam", "show", "cl", "--json"], ["host", "ls", "--json"]):
+            t0 = time.monotonic()
+            proc = netctl(eps, prefix, *args)
+            netctl_times.append(time.monotonic() - t0)
+            assert proc.returncode == 0, f"netctl {' '.join(args)} with one member down: {proc.stderr}"
+            json.loads(proc.stdout)
+        time.sleep(max(0.0, killed_at + 8 - time.monotonic()))
+        for a in allocators:
+            a.finish()
+        ended = time.monotonic()
+
+        results = [r for a in allocators for r in a.results]
+        before = [r for r in results if r[0] < killed_at]
+        after = [r for r in results if r[0] >= killed_at]
+        failed_after = [r for r in after if r[1] is None]
+        ok_after = [r for r in after if r[1] is not None]
+        assert before and all(r[1] for r in before), [r[2] for r in before if not r[1]][:3]
+        assert ok_after, f"no allocation succeeded after the kill: {[r[2] for r in failed_after][:3]}"
+        # Refusals only in the first moments (reconnect + election); the rest of the run all succeeds.
+        late_failures = [r for r in failed_after if r[0] > killed_at + 5]
+        assert not late_failures, f"{len(late_failures)} allocations still failing 5 s after the kill: " \
+                                  f"{late_failures[0][2]}"
+        # Each daemon on its own kept working.
+        for a in allocators:
+            assert any(r[1] and r[0] > killed_at + 3 for r in a.results), f"{a.daemon.host_id} stopped allocating"
+
+        addresses = [r[1] for r in results if r[1]]
+        dupes = sorted({x for x in addresses if addresses.count(x) > 1})
+        assert not dupes, f"addresses given twice: {dupes}"
+        usage = json.loads(netctl(eps, prefix, "ipam", "show", "cl", "--json").stdout)
+        # A call that failed may still have claimed its address (the transaction
+        # reached etcd, the answer did not): that shows as used beyond the successes.
+        leaked = usage["used"] - 1 - len(addresses)
+        assert 0 <= leaked <= len(failed_after), (usage, len(addresses), len(failed_after))
+
+        hosts = {h["host"]: h for h in json.loads(netctl(eps, prefix, "host", "ls", "--json").stdout)}
+        for d in daemons:
+            assert hosts[d.host_id]["alive"], f"{d.host_id} fell out of the registry"
+        assert max(netctl_times) < 10, netctl_times
+        first_ok = min((r[0] for r in ok_after), default=ended) - killed_at
+        last_refusal = max((r[0] for r in failed_after), default=killed_at) - killed_at
+        print(f"\n{len(before)} allocations before the kill, {len(ok_after)} after, {len(failed_after)} refused "
+              f"after it (the last {last_refusal:.2f} s after the kill); first success {first_ok:.2f} s after it; "
+              f"netctl {max(netctl_times):.2f} s at most; {leaked} address(es) claimed by refused calls")
+    except AssertionError:
+        print(cluster.logs())
+        for d in daemons:
+            print(f"--- {d.log}\n{d.log.read_text(errors='replace')[-3000:]}" if d.log.exists() else "")
+        raise
+    finally:
+        for d in daemons:
+            d.stop()
+        live = ",".join(m.client for m in cluster.members if m.proc and m.proc.poll() is None)
+        if live:
+            etcdctl(live, "del", "--prefix", prefix + "/", check=False)
+
+
+# -- TLS and authentication ------------------------------------------------------------
+
+def make_certs(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=netplugin test CA")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN=netplugin-{name}")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return {"ca": d / "ca.pem", "cert": d / "client.pem", "key": d / "client.key",
+            "server_cert": d / "server.pem", "server_key": d / "server.key"}
+
+
+@pytest.fixture
+def secure_etcd(tmp_path):
+    """One etcd member on https that demands a client certificate, with
+    authentication on: user 'np' (password 'np-secret') may read and write /netplugin/."""
+    certs = make_certs(tmp_path / "pki")
+    client_port, peer_port = free_ports(2)
+    url = f"https://127.0.0.1:{client_port}"
+    m = Member("s0", client_port, peer_port, tmp_path / "s0", tmp_path / "s0.log")
+    m.client = url
+    m.start(f"s0={m.peer}", "nptest-tls-" + secrets.token_hex(3), extra=[
+        "--cert-file", str(certs["server_cert"]), "--key-file", str(certs["server_key"]),
+        "--trusted-ca-file", str(certs["ca"]), "--client-cert-auth"])
+    tls = [f"--cacert={certs['ca']}", f"--cert={certs['cert']}", f"--key={certs['key']}"]
+    try:
+        deadline = time.monotonic() + 30
+        while etcdctl(url, "endpoint", "health", extra=tls, check=False).returncode != 0:
+            assert m.proc.poll() is None, m.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the TLS member did not become healthy:\n{m.log.read_text()[-3000:]}"
+            time.sleep(0.3)
+        for args in (["user", "add", "root:root-secret"], ["user", "add", "np:np-secret"], ["role", "add", "np"],
+                     ["role", "grant-permission", "np", "--prefix=true", "readwrite", "/netplugin/"],
+                     ["user", "grant-role", "np", "np"], ["auth", "enable"]):
+            etcdctl(url, *args, extra=tls)
+        yield {"url": url, **certs}
+    finally:
+        m.kill()
+
+
+def test_netctl_and_daemon_with_tls_and_password(secure_etcd, tmp_path, ovs_ready):
+    s = secure_etcd
+    prefix = "/netplugin/test-tls-" + secrets.token_hex(4)
+    tls = ["--cacert", str(s["ca"]), "--cert", str(s["cert"]), "--key", str(s["key"])]
+    auth = ["--user", "np", "--password", "np-secret"]
+    created = netctl(s["url"], prefix, *tls, *auth, "network", "create", "sec", "--subnet", "10.235.0.0/24",
+                     "--vlan", "501", "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["vlan"] == 501
+    # The password from the environment, as the help advises.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
+    env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_PREFIX=prefix, NETPLUGIN_ETCD_PASSWORD="np-secret")
+    listed = subprocess.run([sys.executable, "-m", "netplugin.cli.main", "--etcd-endpoints", s["url"], *tls,
+                             "--user", "np", "network", "ls", "--json"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [n["name"] for n in json.loads(listed.stdout)] == ["sec"]
+
+    # Refusals: exit 1, a message, no traceback, bounded.
+    cases = {
+        "wrong password": [*tls, "--user", "np", "--password", "wrong"],
+        "no password": tls,
+        "no client certificate": ["--cacert", str(s["ca"]), *auth],
+        "no CA (server not trusted)": ["--cert", str(s["cert"]), "--key", str(s["key"]), *auth],
+    }
+    for what, args in cases.items():
+        t0 = time.monotonic()
+        proc = netctl(s["url"], prefix, *args, "network", "ls")
+        assert proc.returncode == 1, f"{what}: exit {proc.returncode}: {proc.stderr}"
+        # (gRPC's own C-core log lines may come first: the message is netctl's line.)
+        assert "netctl: " in proc.stderr and "Traceback" not in proc.stderr, f"{what}: {proc.stderr}"
+        assert s["url"] in proc.stderr or "auth" in proc.stderr.lower() or "password" in proc.stderr.lower(), \
+            f"{what}: the message names neither the endpoint nor the credentials: {proc.stderr}"
+        assert time.monotonic() - t0 < 20, f"{what}: took {time.monotonic() - t0:.1f} s"
+    plain = netctl(s["url"].replace("https", "http"), prefix, *auth, "network", "ls")
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
+    # Half a key pair is a usage mistake, caught before connecting.
+    half = netctl(s["url"], prefix, "--cacert", str(s["ca"]), "--cert", str(s["cert"]), *auth, "network", "ls")
+    assert half.returncode in (1, 2) and "etcd_key" in half.stderr, half.stderr
+
+    # The daemon with the same settings, from its environment.
+    d = Daemon(tmp_path, s["url"], prefix, "tls")
+    d.env.update(NETPLUGIN_ETCD_CACERT=str(s["ca"]), NETPLUGIN_ETCD_CERT=str(s["cert"]),
+                 NETPLUGIN_ETCD_KEY=str(s["key"]), NETPLUGIN_ETCD_USER="np", NETPLUGIN_ETCD_PASSWORD="np-secret")
+    try:
+        d.start()
+        status, pool = call(d.socket, "IpamDriver.RequestPool",
+                            {"AddressSpace": "netplugin", "Pool": "10.235.0.0/24", "SubPool": "", "Options": {}})
+        assert status == 200, pool
+        status, addr = call(d.socket, "IpamDriver.RequestAddress",
+                            {"PoolID": pool["PoolID"], "Address": "", "Options": {}})
+        assert status == 200, addr
+        usage = json.loads(netctl(s["url"], prefix, *tls, *auth, "ipam", "show", "sec", "--json").stdout)
+        assert usage["used"] == 2
+    except AssertionError:
+        print(d.log.read_text(errors="replace")[-3000:] if d.log.exists() else "(no daemon log)")
+        raise
+    finally:
+        d.stop()
