@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from .errors import NetpluginError
@@ -79,11 +80,16 @@ class SyncLoop:
 
     def _run(self) -> None:
         full = True
+        last_full = time.monotonic()
         while not self._stop.is_set():
-            woke = self._wake.wait(self.period)
+            self._wake.wait(self.period)
             self._wake.clear()
+            # A full pass at least every period, even while changes keep waking the loop.
+            full = full or time.monotonic() - last_full >= self.period
             try:
-                self.work(full or not woke)
+                self.work(full)
+                if full:
+                    last_full = time.monotonic()
                 full = False
             except NetpluginError as exc:
                 log.warning("%s waits: %s", self.name, exc.message)
