@@ -292,8 +292,8 @@ class Driver:
     def remove_limit(self, endpoint_id: str, port: str) -> None:
         """Meter, flows and policing of a port go before the port itself."""
         if self.limits is not None:
+            self.limits.forget(endpoint_id)            # first: no pass may re-add them
             self.limits.limiter.remove(endpoint_id, port)
-            self.limits.forget(endpoint_id)
 
     def _undo_endpoint(self, ep: Endpoint) -> None:
         for step, fn in (("limit", lambda: self.remove_limit(ep.id, ep.port)),

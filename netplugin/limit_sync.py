@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from .config import Config
 from .dataplane.flows import TABLE_CLASSIFY, cookie_for
@@ -24,6 +25,7 @@ from .watch import SyncLoop
 
 log = logging.getLogger(__name__)
 
+GONE_MEMORY = 120.0      # seconds a deleted endpoint stays barred from being limited again
 FULL_PASS_EVERY = 10.0   # bounds how long an OVS restart leaves ports without limits
 
 
@@ -34,6 +36,7 @@ class LimitSync:
         self.limiter = limiter
         self.applied: dict[str, tuple[int, int] | None] = {}
         self.metrics = None     # set by the daemon: counts limits applied
+        self._gone: dict[str, float] = {}
         self._loop: SyncLoop | None = None
 
     def limit_of(self, ep: Endpoint) -> tuple[int, int] | None:
@@ -43,13 +46,19 @@ class LimitSync:
     def apply_endpoint(self, ep: Endpoint) -> None:
         """Called by CreateEndpoint: the limit holds from the first packet."""
         limit = self.limit_of(ep)
+        self._gone.pop(ep.id, None)
         self.limiter.apply(ep.id, ep.port, ep.vlan, limit)
         self.applied[ep.id] = limit
         if limit and self.metrics is not None:
             self.metrics.limits_applied.inc()
 
     def forget(self, endpoint_id: str) -> None:
+        """The endpoint is going: no pass may set its flow or meter again."""
         self.applied.pop(endpoint_id, None)
+        now = time.monotonic()
+        self._gone[endpoint_id] = now
+        for old in [e for e, t in self._gone.items() if now - t > GONE_MEMORY]:
+            del self._gone[old]
 
     def resync(self, verify: bool = False) -> int:
         """Apply every local endpoint's limit that changed; returns how many were applied."""
@@ -63,8 +72,14 @@ class LimitSync:
             self.limiter.flows.ensure_pipeline()
             actual = self.limiter.applied()
             flows_present = self.limiter.flows.cookies(TABLE_CLASSIFY)
+        if flows_present is not None:
+            # Flows of endpoints that are no longer here (deleted while a pass ran).
+            keep = {cookie_for(ep.id) for ep in local if ep.id not in self._gone}
+            self.limiter.flows.delete_cookies(sorted(flows_present - keep))
         changed = 0
         for ep in local:
+            if ep.id in self._gone:
+                continue
             want = effective_limit(ep, networks.get(ep.network), profiles)
             have = self.applied.get(ep.id, "unknown")
             if flows_present is not None and cookie_for(ep.id) not in flows_present:

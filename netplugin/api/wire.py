@@ -72,7 +72,8 @@ def log_call(status: int, error: str = "", exc: BaseException | None = None) -> 
     fields = {"NetworkID": "network", "EndpointID": "endpoint", "PoolID": "pool", "Address": "address"}
     call = {name: str(body[k])[:64] for k, name in fields.items() if isinstance(body.get(k), str) and body.get(k)}
     call.update(method=method, status=status, ms=round(seconds * 1000, 1), error=error)
-    ids = " ".join(f"{k}={str(body[k])[:12]}" for k in fields if k in body and isinstance(body[k], str) and body[k])
+    ids = " ".join(f"{k}={str(body[k])[:12] if k in ('NetworkID', 'EndpointID') else body[k]}"
+                   for k in fields if k in body and isinstance(body[k], str) and body[k])
     level = logging.INFO if status < 500 else logging.ERROR
     log.log(level, "%s %s status=%d ms=%.1f%s", method, ids, status, seconds * 1000,
             f" error={error!r}" if error else "", extra={"call": call})

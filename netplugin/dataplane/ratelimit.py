@@ -55,10 +55,12 @@ class RateLimiter:
             self.switch.set_policing(port, *(limit or (0, 0)))
 
     def remove(self, endpoint_id: str, port: str) -> None:
-        """Before a port goes: its meter and every flow of it go first."""
-        ofport = self.switch.ofport(port) if self.switch.port_exists(port) else None
-        self.flows.clear_port(endpoint_id, ofport)
-        self.flows.delete_endpoint_flows(endpoint_id)
+        """Before a port goes: its meter and every flow of it go first (under the
+        same lock as apply, so a pass in flight cannot put them back after)."""
+        with self._apply_lock:
+            ofport = self.switch.ofport(port) if self.switch.port_exists(port) else None
+            self.flows.clear_port(endpoint_id, ofport)
+            self.flows.delete_endpoint_flows(endpoint_id)
 
     def applied(self) -> dict[int, dict]:
         """What the bridge enforces now: meter id (ofport) -> rate and burst."""

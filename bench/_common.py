@@ -1,0 +1,529 @@
+"""Shared by the benchmarks: isolation names, the daemon under test, cleanup
+that runs even on Ctrl-C, a keep-alive client for the plugin socket, the
+machine description and small statistics.
+
+Isolation (other suites run on the same machine at the same time): the
+benchmarks never touch the default socket, the default etcd prefix or the
+test bridges. They use
+
+    socket      /run/docker/plugins/npbench.sock   (Docker calls the driver 'npbench')
+    etcd prefix /netplugin/bench-<random>
+    bridge      npbench0
+    host id     bench-<random>
+    subnets     inside 10.200.0.0/16 .. 10.210.0.0/16
+    VLANs       3900-3999
+    containers  named npbench-...
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import random
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+DOCKER = "/usr/bin/docker"      # the 20.10 client that matches the daemon (not /usr/local/bin/docker)
+IMAGE = os.environ.get("NPBENCH_IMAGE", "netplugin/busybox:latest")
+ETCD = os.environ.get("NPBENCH_ETCD", "http://127.0.0.1:2379")
+SOCKET = "/run/docker/plugins/npbench.sock"
+DRIVER = "npbench"              # Docker names a legacy plugin after its socket
+BRIDGE = "npbench0"
+SUBNET_OCTETS = range(200, 211)  # 10.200.0.0/16 .. 10.210.0.0/16
+VLANS = range(3900, 4000)
+ADDRESS_SPACE = "netplugin"
+
+
+def tag() -> str:
+    """A short random tag for this run's names."""
+    return secrets.token_hex(4)
+
+
+def hex64() -> str:
+    return secrets.token_hex(32)
+
+
+def pick_octets(n: int) -> list[int]:
+    """n distinct second octets inside 10.200-10.210."""
+    return random.sample(list(SUBNET_OCTETS), n)
+
+
+def pick_vlan() -> int:
+    return random.choice(list(VLANS))
+
+
+# -- output -------------------------------------------------------------------
+
+class Out:
+    """Human text goes to stdout, or to stderr when --json owns stdout."""
+
+    def __init__(self, json_mode: bool):
+        self.json_mode = json_mode
+
+    def say(self, text: str = "") -> None:
+        print(text, file=sys.stderr if self.json_mode else sys.stdout, flush=True)
+
+    def progress(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def result(self, obj: dict) -> None:
+        if self.json_mode:
+            print(json.dumps(obj, sort_keys=False), flush=True)
+
+
+def table(headers: list[str], rows: Iterable[Iterable], aligns: str | None = None) -> str:
+    rows = [[_cell(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    aligns = aligns or ("l" + "r" * (len(headers) - 1))
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    return str(value)
+
+
+# -- statistics ----------------------------------------------------------------
+
+def pct(values: list[float], p: float) -> float | None:
+    """The p-th percentile (0-100), linear between closest ranks; None when empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    if len(s) == 1:
+        return s[0]
+    k = (len(s) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def rnd(value, digits: int = 3):
+    return None if value is None else round(value, digits)
+
+
+# -- the machine ----------------------------------------------------------------
+
+def _out(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def machine() -> dict:
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    etcd_version = "?"
+    try:
+        import urllib.request
+        with urllib.request.urlopen(ETCD + "/version", timeout=3) as resp:
+            etcd_version = json.loads(resp.read()).get("etcdserver", "?")
+    except Exception:  # noqa: BLE001 - descriptive only
+        pass
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "nproc": os.cpu_count(),
+        "mem_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "docker": _out(DOCKER, "version", "-f", "{{.Server.Version}}") or "?",
+        "ovs": (_out("ovs-vsctl", "--version").splitlines() or ["?"])[0].split()[-1],
+        "etcd": etcd_version,
+        "python": platform.python_version(),
+        "netplugin_commit": _out("git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short",
+                                 "HEAD"),
+        "netplugin_dirty": bool(_out("git", "-C", str(Path(__file__).resolve().parent.parent), "status",
+                                     "--porcelain", "--", "netplugin")),
+        "ovs_ports_on_host": _ovs_port_count(),
+        "loadavg_start": _loadavg(),
+    }
+
+
+def _ovs_port_count() -> int | None:
+    """Ports on all OVS bridges of the host: other suites' load on ovs-vswitchd."""
+    try:
+        out = subprocess.run(["ovs-vsctl", "--timeout=5", "--format=csv", "--no-headings", "--columns=name",
+                              "list", "Port"], capture_output=True, text=True, timeout=10).stdout
+        return len(out.split())
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def machine_line(m: dict) -> str:
+    return (f"{m['date_utc']}  nproc={m['nproc']} mem={m['mem_gib']}GiB kernel={m['kernel']} "
+            f"docker={m['docker']} ovs={m['ovs']} etcd={m['etcd']} python={m['python']} "
+            f"netplugin={m['netplugin_commit']}{'+dirty' if m['netplugin_dirty'] else ''} "
+            f"load={m['loadavg_start']} ovs-ports={m['ovs_ports_on_host']}")
+
+
+# -- cleanup ------------------------------------------------------------------------
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _raise_interrupt(signum, frame):
+    raise _Terminated(f"signal {signum}")
+
+
+class Cleanup:
+    """A stack of undo steps, run last-first even on Ctrl-C/SIGTERM.
+
+    Use as a context manager; register a step as soon as the thing it undoes
+    may exist. While the steps run, SIGINT/SIGTERM are ignored so a second
+    Ctrl-C cannot leave half the mess behind.
+    """
+
+    def __init__(self, out: Out):
+        self.out = out
+        self.steps: list[tuple[str, Callable[[], None]]] = []
+        self.failures: list[str] = []
+
+    def add(self, what: str, fn: Callable[[], None]) -> None:
+        self.steps.append((what, fn))
+
+    def __enter__(self) -> "Cleanup":
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGHUP, _raise_interrupt)
+        return self
+
+    def run(self) -> None:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            while self.steps:
+                what, fn = self.steps.pop()
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001 - keep cleaning
+                    msg = f"cleanup: could not {what}: {exc}"
+                    self.failures.append(msg)
+                    self.out.progress("WARNING " + msg)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.out.progress(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")
+        self.run()
+        return False
+
+
+# -- commands -----------------------------------------------------------------------
+
+def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run(DOCKER, *args, check=check, timeout=timeout)
+
+
+def etcd_keys(prefix: str) -> list[str]:
+    out = run("etcdctl", f"--endpoints={ETCD}", "get", "--prefix", "--keys-only", prefix,
+              check=True, timeout=60).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def etcd_delete_prefix(prefix: str) -> None:
+    assert prefix.startswith("/netplugin/bench-") and prefix.endswith("/"), prefix
+    run("etcdctl", f"--endpoints={ETCD}", "del", "--prefix", prefix, timeout=120)
+
+
+os.environ.setdefault("ETCDCTL_API", "3")
+
+
+# -- Open vSwitch -----------------------------------------------------------------------
+
+def bridge_ports(bridge: str = BRIDGE) -> list[tuple[str, dict]]:
+    """(name, external_ids) of every port on the bridge; [] if it does not exist."""
+    if run("ovs-vsctl", "br-exists", bridge, check=False).returncode != 0:
+        return []
+    names = run("ovs-vsctl", "list-ports", bridge).stdout.split()
+    if not names:
+        return []
+    raw = json.loads(run("ovs-vsctl", "--format=json", "--columns=name,external_ids", "list", "Port",
+                         *names).stdout)
+    ports = []
+    for name, ext in raw["data"]:
+        ports.append((name, dict(ext[1]) if isinstance(ext, list) and ext and ext[0] == "map" else {}))
+    return ports
+
+
+def endpoint_flows(bridge: str = BRIDGE) -> dict:
+    """OpenFlow state netplugin keeps per endpoint: flows with a netplugin cookie
+    (top bit set; the pipeline's table-miss flows have cookie 0) and meters."""
+    flows = run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge, check=False, timeout=30)
+    meters = run("ovs-ofctl", "-O", "OpenFlow13", "dump-meters", bridge, check=False, timeout=30)
+    import re
+    cookies = [int(c, 16) for c in re.findall(r"cookie=0x([0-9a-f]+)", flows.stdout)]
+    names = {0: "port", 1: "arp_local", 2: "arp_uplink", 3: "other"}
+    kinds: dict[str, int] = {}
+    for c in cookies:
+        if c >> 63:
+            kinds[names[(c >> 60) & 3]] = kinds.get(names[(c >> 60) & 3], 0) + 1
+    return {"flows_with_endpoint_cookie": sum(1 for c in cookies if c >> 63), "flow_kinds": kinds,
+            # the endpoint-id part of each cookie (first 15 hex digits of the endpoint id)
+            "flow_endpoints": sorted({f"{c & ((1 << 60) - 1):015x}" for c in cookies if c >> 63})[:20],
+            "meters": len(re.findall(r"meter=\d+", meters.stdout)),
+            "readable": flows.returncode == 0}
+
+
+def remove_bridge(bridge: str = BRIDGE) -> None:
+    """Delete the bridge, and the host ends of the veths that were its ports."""
+    assert bridge == BRIDGE
+    for name, _ in bridge_ports(bridge):
+        run("ip", "link", "del", name, check=False)
+    run("ovs-vsctl", "--if-exists", "del-br", bridge)
+
+
+# -- the daemon ----------------------------------------------------------------------
+
+class Daemon:
+    """One netplugin daemon on the benchmark socket, in its own session,
+    started the way tests/e2e/conftest.py does it."""
+
+    def __init__(self, log_path: Path, threads: int | None = None, extra_env: dict | None = None,
+                 src: str | None = None):
+        """src: a folder holding another netplugin package (e.g. from
+        `git archive COMMIT netplugin | tar -x -C DIR`) to run instead of the
+        installed one, to compare commits on the same machine."""
+        self.host_id = "bench-" + tag()
+        self.prefix = "/netplugin/bench-" + tag()
+        self.log_path = log_path
+        self.env = dict(os.environ, NETPLUGIN_ETCD_ENDPOINTS=ETCD, NETPLUGIN_ETCD_PREFIX=self.prefix,
+                        NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=BRIDGE,
+                        NETPLUGIN_DATAPATH_TYPE="netdev", NETPLUGIN_SOCKET=SOCKET,
+                        NETPLUGIN_CONFIG="/dev/null",
+                        # gunicorn >= 25 opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl,
+                        # else ~/.gunicorn/gunicorn.ctl, shared by every daemon on the host and
+                        # removed by whichever stops first: keep ours private.
+                        XDG_RUNTIME_DIR=str(log_path.parent))
+        if threads:
+            self.env["NETPLUGIN_THREADS"] = str(threads)
+        if src:
+            if not (Path(src) / "netplugin" / "daemon.py").exists():
+                raise RuntimeError(f"--daemon-src {src}: no netplugin/daemon.py there")
+            self.env["PYTHONPATH"] = str(Path(src).resolve())
+        self.src = str(Path(src).resolve()) if src else None
+        self.env.update(extra_env or {})
+        self.proc: subprocess.Popen | None = None
+        self.package = ""
+
+    def start(self) -> None:
+        if os.path.exists(SOCKET):
+            if self._answers():
+                raise RuntimeError(f"another process already serves {SOCKET}: is another benchmark running?")
+            os.unlink(SOCKET)
+        # which netplugin the daemon will import, as it will import it
+        self.package = subprocess.run([sys.executable, "-c", "import netplugin; print(netplugin.__file__)"],
+                                      env=self.env, cwd=self.src or None, capture_output=True, text=True,
+                                      timeout=30).stdout.strip()
+        if self.src and not self.package.startswith(self.src):
+            raise RuntimeError(f"the daemon would import {self.package}, not the tree in {self.src}")
+        with open(self.log_path, "ab") as out:
+            # `python -m` puts the working directory first on sys.path: with --daemon-src, run
+            # from that tree, or a checkout in the caller's cwd would be imported instead.
+            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, cwd=self.src or None)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"netplugin exited at start:\n{self.log_tail()}")
+            if os.path.exists(SOCKET) and self._answers():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"netplugin did not listen on {SOCKET} within 15 s:\n{self.log_tail()}")
+
+    def _answers(self) -> bool:
+        try:
+            status, reply = call(SOCKET, "Plugin.Activate", {}, timeout=2)
+        except OSError:
+            return False
+        return status == 200 and "NetworkDriver" in reply.get("Implements", [])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_bridge(self, timeout: float = 60) -> None:
+        """The daemon creates the bridge in the background at start; wait until
+        ovs-vswitchd has made it (OpenFlow answers), not just the OVSDB row."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if run("ovs-ofctl", "-O", "OpenFlow13", "show", BRIDGE, check=False, timeout=10).returncode == 0:
+                return
+            if not self.alive():
+                raise RuntimeError(f"netplugin exited:\n{self.log_tail()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"bridge {BRIDGE} was not ready within {timeout} s (is ovs-vswitchd overloaded?):\n"
+                           f"{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if os.path.exists(SOCKET) and not self._answers():
+            try:
+                os.unlink(SOCKET)
+            except OSError:
+                pass
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+
+# -- the plugin protocol over the unix socket ---------------------------------------------
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+HEADERS = {"Content-Type": "application/json", "Accept": "application/vnd.docker.plugins.v1.2+json"}
+
+
+def call(sock_path: str, method: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+    """One POST on a fresh connection (like tests/unixhttp.py)."""
+    conn = _UnixConnection(sock_path, timeout)
+    try:
+        conn.request("POST", f"/{method}", body=json.dumps(body or {}).encode(), headers=HEADERS)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if raw else {})
+    finally:
+        conn.close()
+
+
+class Client:
+    """A keep-alive connection, as dockerd's plugin client keeps one (Go's
+    http.Transport). One per thread. Reconnects once if the server closed it."""
+
+    def __init__(self, sock_path: str = SOCKET, timeout: float = 60):
+        self.sock_path = sock_path
+        self.timeout = timeout
+        self.conn: _UnixConnection | None = None
+
+    def call(self, method: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body or {}).encode()
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = _UnixConnection(self.sock_path, self.timeout)
+            try:
+                self.conn.request("POST", f"/{method}", body=data, headers=HEADERS)
+                resp = self.conn.getresponse()
+                raw = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self.close()
+                return resp.status, (json.loads(raw) if raw else {})
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+                    http.client.CannotSendRequest, http.client.BadStatusLine):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def ok(self, method: str, body: dict | None = None) -> dict:
+        status, reply = self.call(method, body)
+        if status != 200:
+            raise RuntimeError(f"{method} answered {status}: {reply.get('Err') or reply}")
+        return reply
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+# -- the daemon log ---------------------------------------------------------------------------
+
+def parse_calls(text: str) -> list[dict]:
+    """Protocol calls from the daemon log: one line per call,
+    '<Interface>.<Method> [ids] status=N ms=F'."""
+    import re
+    pat = re.compile(r"netplugin\.api: (?P<method>[A-Za-z]+\.[A-Za-z]+)(?P<ids>.*?) status=(?P<status>\d+) "
+                     r"ms=(?P<ms>[0-9.]+)")
+    calls = []
+    for line in text.splitlines():
+        m = pat.search(line)
+        if m:
+            ids = dict(kv.split("=", 1) for kv in m.group("ids").split() if "=" in kv)
+            calls.append({"method": m.group("method"), "status": int(m.group("status")),
+                          "ms": float(m.group("ms")), "ids": ids})
+    return calls
+
+
+def drop_log(logdir: Path, keep: bool, finished: bool, out: Out) -> None:
+    """Remove the daemon's log folder, unless asked to keep it or the run broke."""
+    import shutil
+    if keep or not finished:
+        out.progress(f"daemon log kept: {logdir / 'netplugin.log'}")
+        return
+    shutil.rmtree(logdir, ignore_errors=True)
+
+
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_from(path: Path, start: int, end: int | None = None) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read() if end is None else fh.read(max(0, end - start))
+    return data.decode(errors="replace")
