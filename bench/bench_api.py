@@ -298,8 +298,7 @@ def dataplane_baseline(callers: int, count: int, vlan: int,
                 plan += [("port_flow", lambda: (ofport.__setitem__(0, switch.ofport(host)),
                                                 ofport[0] and flows.set_port(ep_id, ofport[0], vlan, None))),
                          ("garp_packet_out", lambda: ofport[0] and flows.packet_out(ofport[0], garp))]
-            plan += [("clear_flows", lambda: (flows.clear_port(ep_id, ofport[0]),
-                                              flows.delete_endpoint_flows(ep_id))) if flows is not None else None,
+            plan += [("clear_flows", lambda: flows.clear_port(ep_id, ofport[0])) if flows is not None else None,
                      ("delete_port", lambda: switch.delete_port(host)),
                      ("delete_veth", lambda: links.delete(host))]
             t0 = time.perf_counter()
@@ -314,7 +313,6 @@ def dataplane_baseline(callers: int, count: int, vlan: int,
                 try:
                     if flows is not None:
                         flows.clear_port(ep_id, ofport[0])
-                        flows.delete_endpoint_flows(ep_id)
                     if switch.port_exists(host):
                         switch.delete_port(host)
                 except Exception:  # noqa: BLE001

@@ -102,9 +102,9 @@ class Flows:
             self._ofctl("del-meter", self.bridge, f"meter={port}")
 
     def clear_port(self, endpoint_id: str, ofport: int | None) -> None:
-        """Remove the port's table-0 flow and its meter; fine when absent."""
-        self._ofctl("del-flows", self.bridge,
-                    f"table={TABLE_CLASSIFY},cookie={cookie_for(endpoint_id):#x}/{(1 << 64) - 1:#x}")
+        """Remove every flow of the endpoint (table 0 and its ARP answers) and the
+        port's meter; fine when absent."""
+        self.delete_endpoint_flows(endpoint_id)
         if ofport and int(ofport) in self.meter_ids():
             self._ofctl("del-meter", self.bridge, f"meter={int(ofport)}")
 

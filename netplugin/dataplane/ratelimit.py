@@ -60,7 +60,6 @@ class RateLimiter:
         with self._apply_lock:
             ofport = self.switch.ofport(port) if self.switch.port_exists(port) else None
             self.flows.clear_port(endpoint_id, ofport)
-            self.flows.delete_endpoint_flows(endpoint_id)
 
     def applied(self) -> dict[int, dict]:
         """What the bridge enforces now: meter id (ofport) -> rate and burst."""
