@@ -166,7 +166,12 @@ class EtcdKV:
             except etcd_exc.ConnectionFailedError as exc:
                 last = exc
             except etcd_exc.NoServerAvailableError as exc:
+                # Every member was marked failed (an election makes them all answer
+                # UNAVAILABLE for a moment): try them again rather than waiting
+                # out retry_after with none to ask.
                 last = last or exc
+                for endpoint in client.endpoints.values():
+                    endpoint.last_failed = 0
                 time.sleep(min(0.2, self._retry_after))
             except (etcd_exc.ConnectionTimeoutError, etcd_exc.InternalServerError) as exc:
                 raise self._unavailable(exc) from None
