@@ -153,40 +153,49 @@ class EtcdKV:
             "check that etcd is running and reachable, then retry")
 
     def _call(self, fn, retry: bool = True):
-        """Run fn(client); map client errors to StoreUnavailable. A call that
-        failed to connect is tried once more, on another endpoint if any."""
+        """Run fn(client); map client errors to StoreUnavailable.
+
+        A read that could not reach a member is tried again on the others until
+        ``timeout`` seconds have passed: when a member dies, the survivors answer
+        UNAVAILABLE while they elect a new leader (one to two seconds on a busy
+        host), and a caller should see that as a pause, not an error. A
+        transaction (retry=False) is sent once: it may have been applied before
+        the connection broke, so its caller reads back and decides.
+        """
         import pyetcd.exceptions as etcd_exc
 
-        attempts = 2 if retry else 1
+        give_up_at = time.monotonic() + self.timeout
         last: Exception | None = None
-        for _ in range(attempts):
+        while True:
             client = self._get_client()
             try:
                 return fn(client)
-            except etcd_exc.ConnectionFailedError as exc:
-                last = exc
             except etcd_exc.NoServerAvailableError as exc:
-                # Every member was marked failed (an election makes them all answer
-                # UNAVAILABLE for a moment): try them again rather than waiting
-                # out retry_after with none to ask.
+                # Every member is marked failed: ask them all again rather than
+                # waiting out retry_after with none to ask.
                 last = last or exc
                 for endpoint in client.endpoints.values():
                     endpoint.last_failed = 0
-                time.sleep(min(0.2, self._retry_after))
+                pause = 0.2
+            except (etcd_exc.ConnectionFailedError, ValueError) as exc:  # ValueError: "Trying to use a failed node"
+                last, pause = exc, 0.05
             except (etcd_exc.ConnectionTimeoutError, etcd_exc.InternalServerError) as exc:
                 raise self._unavailable(exc) from None
-            except ValueError as exc:   # "Trying to use a failed node"
-                last = exc
             except Exception as exc:
                 if "auth token" in str(exc).lower() or "UNAUTHENTICATED" in str(exc):
                     with self._lock:     # tokens expire; log in again
                         self._client = None
-                    last = exc
-                    continue
-                if type(exc).__module__.startswith(("grpc", "pyetcd")):
+                    last, pause = exc, 0.0
+                    if not retry:   # refused before it ran: safe to send again, once
+                        retry, give_up_at = True, time.monotonic()
+                        continue
+                elif type(exc).__module__.startswith(("grpc", "pyetcd")):
                     raise self._unavailable(exc) from None
-                raise
-        raise self._unavailable(last or RuntimeError("no endpoint"))
+                else:
+                    raise
+            if not retry or time.monotonic() + pause >= give_up_at:
+                raise self._unavailable(last or RuntimeError("no endpoint"))
+            time.sleep(pause)
 
     # -- reads --------------------------------------------------------------
     @staticmethod
