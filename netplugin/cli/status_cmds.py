@@ -4,9 +4,11 @@ Hosts alive and dead, endpoints, the last reconcile and the hosts whose
 reconciler has not run lately, backup jobs, and every network with its pool
 fill. ``--json`` gives the same and more (every host's last reconcile).
 
-Backup jobs: there is no backup module yet, so the section always says
-``none`` (JSON ``"backup_jobs": []``). When one exists, its jobs belong in
-``_backup_jobs`` below.
+Backup jobs are drctl's (``<prefix>/backup/``, netplugin/backup/): counts by
+state in the order of a job's life, the jobs queued for or active on a host
+whose agent is not alive, and the targets whose last backup job did not
+succeed. ``--json`` adds bytes backed up and per target the newest verified
+backup, what the catalog holds and the last backup job.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ def _reconcile_summary(report: dict) -> dict:
             "dry_run": bool(report.get("dry_run"))}
 
 
-def _backup_jobs(ctx) -> list[dict]:
-    """Backup jobs by state. None exist: netplugin has no backup module yet."""
-    return []
+def _backup_jobs(ctx) -> dict:
+    """drctl's jobs and catalog, read once (netplugin/backup/summary.py)."""
+    from ..backup.summary import read_once
+    return read_once(ctx.store.kv, ctx.store.prefix)
 
 
 def collect(ctx, now: float | None = None) -> dict:
@@ -129,13 +132,18 @@ def _reconcile_lines(info: dict) -> list[str]:
     return lines
 
 
-def _backup_line(jobs: list[dict]) -> str:
-    if not jobs:
-        return "none"
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job.get("state", "?")] = counts.get(job.get("state", "?"), 0) + 1
-    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+def _backup_lines(jobs: dict) -> list[str]:
+    if not jobs["total"]:
+        return ["none"]
+    lines = [", ".join(f"{n} {state}" for state, n in jobs["states"].items() if n)]
+    if jobs["orphaned"]:
+        lines.append(f"no live agent for {_plural(len(jobs['orphaned']), 'job')}: "
+                     + _names([f"{j['id']} {j['state']} on {j['host']}" for j in jobs["orphaned"]]))
+    bad = [t for t in jobs["targets"] if t["last_job"] and not t["last_job"]["succeeded"]]
+    if bad:
+        lines.append("last backup job did not succeed: "
+                     + _names([f"{t['target']} ({t['last_job']['state']})" for t in bad]))
+    return lines
 
 
 def status(args, ctx) -> int:
@@ -145,11 +153,12 @@ def status(args, ctx) -> int:
         return 0
     eps = info["endpoints"]
     rec = _reconcile_lines(info)
+    bk = _backup_lines(info["backup_jobs"])
     pairs = [("Cluster", f"{info['etcd']['prefix']} at {', '.join(info['etcd']['endpoints'])}"),
              ("Hosts", _hosts_line(info)),
              ("Endpoints", f"{eps['total']} on {_plural(eps['hosts'], 'host')}" if eps["total"] else "0"),
              ("Reconcile", rec[0])] + [("", more) for more in rec[1:]] + \
-            [("Backup jobs", _backup_line(info["backup_jobs"]))]
+            [("Backup jobs", bk[0])] + [("", more) for more in bk[1:]]
     print_fields(pairs)
     print()
     if not info["networks"]:

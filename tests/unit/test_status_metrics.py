@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -26,6 +27,9 @@ from netplugin.metrics import Metrics
 from netplugin.model import Host
 from netplugin.store import Store
 
+from netplugin.backup.store import BackupStore
+
+from .backup_records import put_job
 from .fakes import ovs_down
 
 SUBNET = "10.10.0.0/24"
@@ -41,7 +45,12 @@ FAMILIES = {
     "netplugin_reconcile_findings": "counter", "netplugin_reconcile_released": "counter",
     "netplugin_reconcile_repaired": "counter", "netplugin_reconcile_runs": "counter",
     "netplugin_reconcile_last_run_timestamp_seconds": "gauge",
+    "netplugin_backup_jobs": "gauge", "netplugin_backup_bytes": "counter",
+    "netplugin_backup_jobs_orphaned": "gauge", "netplugin_backup_agents": "gauge",
+    "netplugin_backup_last_success_timestamp_seconds": "gauge", "netplugin_backup_last_job_succeeded": "gauge",
+    "netplugin_backup_catalog_backups": "gauge", "netplugin_backup_catalog_bytes": "gauge",
 }
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "netplugin.json"
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -185,6 +194,40 @@ def test_every_family_is_exposed_with_its_type(metered):
     unexpected = {name for name in families if name.startswith("netplugin_")
                   and not name.endswith("_created")} - set(FAMILIES)       # _created: prometheus_client's own
     assert not unexpected, f"new metrics: add them to FAMILIES, docs/operations.md and the dashboard: {unexpected}"
+
+
+def _dashboard_panels(items):
+    for p in items:
+        yield p
+        yield from _dashboard_panels(p.get("panels", []))
+
+
+def test_dashboard_shows_every_family_and_queries_only_real_ones(metered):
+    """The unit twin of the e2e dashboard test: every family is on some panel,
+    and every name a panel queries is one the daemon exposes."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried: dict[str, list[str]] = {}
+    for p in _dashboard_panels(dashboard["panels"]):
+        for t in p.get("targets", []):
+            for name in re.findall(r"\bnetplugin_[a-zA-Z0-9_]+", t.get("expr", "")):
+                queried.setdefault(name, []).append(p["title"])
+    exposed = {f.name: f.type for f in metered.metrics.registry.collect()}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+    def family_of(name: str) -> str | None:
+        for family, kind in exposed.items():
+            if any(name == family + sfx for sfx in suffixes.get(kind, ("",))):
+                return family
+        return None
+    unknown = {n: t for n, t in queried.items() if family_of(n) is None}
+    assert not unknown, f"panels query metrics the daemon does not expose: {unknown}"
+    assert set(exposed) >= set(FAMILIES)
+
+    def shown(family: str) -> bool:
+        return any(family_of(n) == family for n in queried)
+    assert not [f for f in FAMILIES if not shown(f)], "families with no panel"
+    assert not [p["title"] for p in _dashboard_panels(dashboard["panels"]) if p["type"] == "text"
+                and "backup" in p["title"].lower()], "the backup text placeholder is still there"
 
 
 def test_rate_limit_metrics_start_at_zero(metered):
@@ -353,7 +396,10 @@ def test_status_json(netctl, kv, np):
         "problem": None}
     assert info["reconcile"]["last"]["host"] == "h1"
     assert info["reconcile"]["never"] == [] and info["reconcile"]["stale"] == []
-    assert info["backup_jobs"] == []
+    assert info["backup_jobs"] == {"total": 0, "states": {s: 0 for s in info["backup_jobs"]["states"]},
+                                   "backup_bytes": 0, "agents": [], "orphaned": [], "targets": []}
+    assert set(info["backup_jobs"]["states"]) == {"queued", "starting", "running", "verifying", "succeeded",
+                                                  "failed", "expired", "cancelled"}
     assert json.loads(ok(netctl("--json", "status")).out)["networks"] == info["networks"]
 
 
@@ -368,3 +414,42 @@ def test_status_is_listed_in_help(netctl):
     r = netctl("--help")
     assert r.code == 0
     assert re.search(r"^\s+status\s+the cluster on one screen", r.out, re.M), r.out
+
+
+def test_status_counts_backup_jobs_in_the_order_of_their_life(netctl, kv):
+    bs = BackupStore(kv)                                   # netctl's default prefix, /netplugin/v1
+    lease = kv.grant_lease(15)
+    bs.register_agent("h1", {"pid": 1}, lease)
+    put_job(bs, "succeeded", target="shop-db", size=4096, created=1000.0)
+    put_job(bs, "succeeded", target="shop-db", size=1024, created=2000.0)
+    put_job(bs, "failed", target="crm-db", created=3000.0)
+    put_job(bs, "running", target="erp-db", host="h1")
+    put_job(bs, "queued", target="hr-db", host="h7")      # no agent on h7
+    put_job(bs, "succeeded", target="shop-db", kind="restore")
+    r = ok(netctl("status"))
+    f = fields(r.lines)
+    i = [k for k, _ in f].index("Backup jobs")
+    assert f[i:] == [("Backup jobs", "1 queued, 1 running, 3 succeeded, 1 failed"),
+                     ("", "no live agent for 1 job: " + bs.list_jobs()[4].id + " queued on h7"),
+                     ("", "last backup job did not succeed: crm-db (failed)")]
+    info = json.loads(ok(netctl("status", "--json")).out)["backup_jobs"]
+    assert info["total"] == 6 and info["backup_bytes"] == 5120
+    assert {s: n for s, n in info["states"].items() if n} == {"queued": 1, "running": 1, "succeeded": 3, "failed": 1}
+    assert [j["host"] for j in info["orphaned"]] == ["h7"]
+    assert info["agents"] == ["h1"]
+    shop = next(t for t in info["targets"] if t["target"] == "shop-db")
+    assert shop["last_job"]["succeeded"] is True and shop["last_job"]["state"] == "succeeded"
+    kv.revoke_lease(lease)                                  # the agent of h1 dies: its running job is orphaned
+    lines = [v for k, v in fields(ok(netctl("status")).lines)]
+    assert "no live agent for 2 jobs: " in "\n".join(lines)
+
+
+def test_status_backup_jobs_with_many_orphans_fits_one_line(netctl, kv):
+    bs = BackupStore(kv)
+    for n in range(7):
+        put_job(bs, "queued", target=f"db{n}", host="gone")
+    f = dict(fields(ok(netctl("status")).lines))
+    assert f["Backup jobs"] == "7 queued"
+    orphans = [v for k, v in fields(ok(netctl("status")).lines) if v.startswith("no live agent")]
+    assert len(orphans) == 1 and orphans[0].startswith("no live agent for 7 jobs: ")
+    assert orphans[0].endswith(" and 2 more")
