@@ -113,7 +113,7 @@ class BackupReader:
         self._catalog: dict[str, tuple[int, Backup | None]] = {}
         self._gone_bytes = 0
         self._lock = threading.Lock()
-        self.reads = 0                     # records fetched by value, for tests and debugging
+        self.reads = 0                     # records fetched with their values, for tests and debugging
 
     def _sync(self, prefix: str, cache: dict, parse: Callable[[Item], object]) -> list:
         """Bring cache (key -> (revision, parsed)) up to the prefix; return the
@@ -125,10 +125,10 @@ class BackupReader:
             fetched = self.kv.get_prefix(prefix)
         else:
             fetched = [i for i in (self.kv.get(k) for k in stale) if i is not None]
+        self.reads += len(fetched)
         for item in fetched:
             if item.key in cache and cache[item.key][0] == item.mod_revision:
                 continue
-            self.reads += 1
             try:
                 cache[item.key] = (item.mod_revision, parse(item))
             except (ValueError, TypeError, KeyError) as exc:

@@ -44,6 +44,8 @@ def put_job(store: BackupStore, state: str, target: str = "shop-db", host: str =
         def change(j: Job, step=step, t=t, last=last) -> None:
             if last and step == SUCCEEDED and kind == BACKUP:
                 j.result = {"backup": backup_name(target, j.id), "size": size, "sha256": "0" * 64}
+            elif last and step == SUCCEEDED:          # a restore records the size of the backup it loaded
+                j.result = {"backup": "loaded", "database": "shop", "size": size, "tables_verified": 1}
             j.move(step, f"now {step}", now=t)
         store.update(job.id, change)
     job = store.get(job.id)[0]

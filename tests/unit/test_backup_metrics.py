@@ -81,7 +81,7 @@ def test_jobs_are_counted_by_state(metrics, bstore):
 def test_bytes_are_those_of_succeeded_backup_jobs_only(metrics, bstore):
     put_job(bstore, "succeeded", target="a", size=1_500_000)
     put_job(bstore, "succeeded", target="b", size=2_500)
-    put_job(bstore, "succeeded", target="c", kind="restore")      # a restore writes no backup
+    put_job(bstore, "succeeded", target="c", kind="restore", size=999)   # a restore writes no backup
     put_job(bstore, "failed", target="d")
     put_job(bstore, "running", target="e")
     assert value(metrics, "netplugin_backup_bytes_total") == 1_502_500
@@ -99,8 +99,8 @@ def test_bytes_never_go_down_when_old_job_records_are_removed(metrics, bstore):
 
 
 def test_per_target_newest_backup_catalog_and_last_job(metrics, bstore):
+    put_backup(bstore, "shop-db", created=1_700_086_400.0, size=300)    # the newest written first
     put_backup(bstore, "shop-db", created=1_700_000_000.0, size=100)
-    put_backup(bstore, "shop-db", created=1_700_086_400.0, size=300)
     put_backup(bstore, "crm-db", created=1_699_000_000.0, size=50)
     put_job(bstore, "succeeded", target="shop-db", size=300, created=1_700_086_390.0)
     put_job(bstore, "succeeded", target="crm-db", size=50, created=1_699_000_000.0)
@@ -118,7 +118,7 @@ def test_per_target_newest_backup_catalog_and_last_job(metrics, bstore):
     assert value(m, "netplugin_backup_last_job_succeeded", target="crm-db") == 0
     assert value(m, "netplugin_backup_last_job_succeeded", target="new-db") == 0
     # a pruned backup leaves the catalog figures
-    bstore.remove_backup(bstore.backups("shop-db")[-1])
+    bstore.remove_backup(bstore.backups("shop-db")[-1])             # the oldest
     assert value(m, "netplugin_backup_catalog_backups", target="shop-db") == 1
     assert value(m, "netplugin_backup_catalog_bytes", target="shop-db") == 300
 
