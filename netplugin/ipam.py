@@ -4,9 +4,18 @@ Every address in use is one etcd key, claimed with a create-if-absent
 transaction, so any number of daemons can allocate from one pool at once and
 never hand out an address twice. To find a free address quickly at any fill,
 the pool is scanned 256 addresses (one "chunk") at a time, starting from a
-random chunk: one small keys-only range read and one transaction per
-allocation, whether the pool is 5% or 95% full. Chunks seen full are skipped
-for a moment; exhaustion is only declared after every chunk was read.
+random chunk. Chunks seen full are skipped for a moment; exhaustion is only
+declared after every chunk was read.
+
+The common case is one etcd round trip per allocation, the claim itself:
+- the network of a pool is cached per process, and every claim carries a
+  guard that its record is unchanged, so a deleted or changed network is
+  noticed by the claim that would have used it (then re-read, and retried);
+- the free offsets of the last chunk read are kept, so the next allocations
+  claim from that list without reading the chunk again. The list may be stale
+  (another host took an address meanwhile): the claim is create-if-absent, so
+  a stale entry costs one refused transaction, never a duplicate. Each
+  process works from its own random chunk, so allocators rarely collide.
 
 PoolID on the wire is the subnet, or ``subnet@ip-range`` when Docker passed
 ``--ip-range``: identical requests give identical PoolIDs, as Docker expects.
@@ -32,6 +41,10 @@ ADDRESS_SPACE = "netplugin"
 GATEWAY_REQUEST = "com.docker.network.gateway"
 FULL_CHUNK_MEMORY = 2.0      # seconds a chunk seen full is skipped on a first pass
 PICKS_PER_CHUNK = 4          # random free addresses tried in a chunk before moving on
+
+
+class _StaleNetwork(Exception):
+    """A claim was refused because the cached network record changed."""
 
 
 class Pool:
@@ -64,6 +77,8 @@ class Ipam:
         self.random = rng or random.Random()
         self._full: dict[tuple[str, int], float] = {}
         self._sub_pools: dict[str, str] = {}
+        self._networks: dict[str, tuple[Network, int]] = {}          # subnet -> (network, revision)
+        self._free: dict[tuple[str, tuple], list[int]] = {}           # (subnet, spans) -> free offsets
         self._lock = threading.Lock()
 
     # -- pools ----------------------------------------------------------------
@@ -95,16 +110,49 @@ class Ipam:
     def request_address(self, pool_id: str, address: str, gateway: bool) -> str:
         """Claim an address; returns 'ip/len'."""
         pool = Pool(pool_id)
-        net = self.store.network_by_subnet(pool.cidr)
-        if gateway:
-            ip = self._gateway(pool, net, address)
-        elif address:
-            ip = self._claim_static(pool, net, address)
-        else:
-            ip = self.allocate(pool.subnet, self._dynamic_ranges(pool, net), net)
-        return f"{ip}/{pool.subnet.prefixlen}"
+        for fresh in (gateway, True):      # a gateway request is rare: always read it afresh
+            found = self._network(pool.cidr, fresh)
+            net = found[0] if found else None
+            guard = (net.id, found[1]) if found else None
+            try:
+                if gateway:
+                    ip = self._gateway(pool, net, address, guard)
+                elif address:
+                    ip = self._claim_static(pool, net, address, guard)
+                else:
+                    ip = self.allocate(pool.subnet, self._dynamic_ranges(pool, net), net, guard)
+                return f"{ip}/{pool.subnet.prefixlen}"
+            except _StaleNetwork:
+                continue
+        raise Conflict(f"the network of pool {pool.cidr} changed twice while an address was being claimed: retry")
 
-    def _gateway(self, pool: Pool, net: Network | None, address: str) -> str:
+    def _network(self, cidr: str, fresh: bool) -> tuple[Network, int] | None:
+        """The pool's network and its revision, from the cache unless fresh."""
+        if not fresh:
+            with self._lock:
+                cached = self._networks.get(cidr)
+            if cached:
+                return cached
+        found = self.store.network_rev_by_subnet(cidr)
+        with self._lock:
+            if found:
+                self._networks[cidr] = found
+            else:
+                self._networks.pop(cidr, None)
+        return found
+
+    def _claim(self, cidr: str, offset: int, alloc: Allocation, guard: tuple[str, int] | None) -> bool:
+        """Claim under the network guard; raises _StaleNetwork when the guard,
+        not a rival, made the claim fail."""
+        if self.store.claim_address(cidr, offset, alloc, guard):
+            return True
+        if guard is not None and self.store.network_revision(guard[0]) != guard[1]:
+            with self._lock:
+                self._networks.pop(cidr, None)
+            raise _StaleNetwork(cidr)
+        return False
+
+    def _gateway(self, pool: Pool, net: Network | None, address: str, guard: tuple[str, int] | None) -> str:
         if net is not None:
             if address and str(check_address(address, pool.subnet, "gateway")) != net.gateway:
                 raise Conflict(f"network {net.label} has gateway {net.gateway}, not {address}: "
@@ -113,20 +161,20 @@ class Ipam:
         ip = check_address(address, pool.subnet, "gateway") if address else netaddr.IPAddress(pool.subnet.first + 1)
         offset = int(ip) - pool.subnet.first
         alloc = Allocation(str(ip), ALLOC_GATEWAY, self.host_id)
-        if self.store.claim_address(pool.cidr, offset, alloc):
+        if self._claim(pool.cidr, offset, alloc, guard):
             return str(ip)
         held = self.store.get_allocation(pool.cidr, offset)
         if held and held[0].kind == ALLOC_GATEWAY:
             return str(ip)          # another host is creating the same network right now
         raise Conflict(f"gateway {ip} is already held by {describe_holder(held[0]) if held else 'someone'}")
 
-    def _claim_static(self, pool: Pool, net: Network | None, address: str) -> str:
+    def _claim_static(self, pool: Pool, net: Network | None, address: str, guard: tuple[str, int] | None) -> str:
         ip = check_address(address, pool.subnet)
         if net is not None and str(ip) in net.aux.values():
             return str(ip)          # Docker reserving an aux address the network already holds
         offset = int(ip) - pool.subnet.first
         alloc = Allocation(str(ip), ALLOC_ENDPOINT, self.host_id, network=net.id if net else "")
-        if self.store.claim_address(pool.cidr, offset, alloc):
+        if self._claim(pool.cidr, offset, alloc, guard):
             return str(ip)
         held = self.store.get_allocation(pool.cidr, offset)
         where = f" in network {net.label}" if net else ""
@@ -140,7 +188,8 @@ class Ipam:
             return [netaddr.IPNetwork(r) for r in net.ranges]
         return [pool.subnet]
 
-    def allocate(self, subnet: netaddr.IPNetwork, ranges: list[netaddr.IPNetwork], net: Network | None) -> str:
+    def allocate(self, subnet: netaddr.IPNetwork, ranges: list[netaddr.IPNetwork], net: Network | None,
+                 guard: tuple[str, int] | None = None) -> str:
         """Claim one free address from ranges (all inside subnet)."""
         cidr = str(subnet)
         lo_ok, hi_ok = 1, subnet.size - 2          # never the network or broadcast address
@@ -149,19 +198,23 @@ class Ipam:
         chunks = sorted({c for a, b in spans for c in range(a >> CHUNK_BITS, (b >> CHUNK_BITS) + 1)})
         if not chunks:
             raise PoolExhausted(f"network {self._label(net, cidr)} has no usable address in {cidr}")
+        alloc = Allocation("", ALLOC_ENDPOINT, self.host_id, network=net.id if net else "")
+        cache_key = (cidr, tuple(spans))
+        ip = self._from_free_list(subnet, cache_key, alloc, guard)
+        if ip:
+            return ip
         start = self.random.randrange(len(chunks))
         order = chunks[start:] + chunks[:start]
-        alloc = Allocation("", ALLOC_ENDPOINT, self.host_id, network=net.id if net else "")
         skipped: list[int] = []
         for chunk in order:
             if self._recently_full(cidr, chunk):
                 skipped.append(chunk)
                 continue
-            ip = self._try_chunk(subnet, chunk, spans, alloc)
+            ip = self._try_chunk(subnet, chunk, spans, alloc, guard)
             if ip:
                 return ip
         for chunk in skipped:                       # second look before saying "full"
-            ip = self._try_chunk(subnet, chunk, spans, alloc)
+            ip = self._try_chunk(subnet, chunk, spans, alloc, guard)
             if ip:
                 return ip
         in_use = sum(len(self._used_in_spans(cidr, c, spans)) for c in chunks)
@@ -176,11 +229,38 @@ class Ipam:
         used = self.store.used_offsets_in_chunk(cidr, chunk)
         return {o for o in used if any(a <= o <= b for a, b in spans)}
 
-    def _try_chunk(self, subnet: netaddr.IPNetwork, chunk: int, spans, alloc: Allocation) -> str | None:
+    def _pop_free(self, cache_key: tuple) -> int | None:
+        with self._lock:
+            free = self._free.get(cache_key)
+            if not free:
+                return None
+            return free.pop(self.random.randrange(len(free)))
+
+    def _from_free_list(self, subnet: netaddr.IPNetwork, cache_key: tuple, alloc: Allocation,
+                        guard: tuple[str, int] | None) -> str | None:
+        """Claim an offset remembered free from the last chunk read; None once
+        the list is used up (a refused claim just drops that entry)."""
+        cidr = str(subnet)
+        while (offset := self._pop_free(cache_key)) is not None:
+            if self._claim_offset(subnet, offset, alloc, guard):
+                return alloc.ip
+        with self._lock:
+            self._free.pop(cache_key, None)
+        return None
+
+    def _claim_offset(self, subnet: netaddr.IPNetwork, offset: int, alloc: Allocation,
+                      guard: tuple[str, int] | None) -> bool:
+        alloc.ip = str(netaddr.IPAddress(subnet.first + offset))
+        alloc.created = time.time()
+        return self._claim(str(subnet), offset, alloc, guard)
+
+    def _try_chunk(self, subnet: netaddr.IPNetwork, chunk: int, spans, alloc: Allocation,
+                   guard: tuple[str, int] | None = None) -> str | None:
         """Claim a random free address of the chunk; None only once a fresh read finds it full.
 
         Losing a race re-reads the chunk, so concurrent allocators can never
-        make a pool with free addresses look exhausted.
+        make a pool with free addresses look exhausted. What is left free is
+        remembered for the next allocations.
         """
         cidr = str(subnet)
         base = chunk << CHUNK_BITS
@@ -194,9 +274,9 @@ class Ipam:
                 return None
             for _ in range(min(PICKS_PER_CHUNK, len(free))):
                 offset = free.pop(self.random.randrange(len(free)))
-                alloc.ip = str(netaddr.IPAddress(subnet.first + offset))
-                alloc.created = time.time()
-                if self.store.claim_address(cidr, offset, alloc):
+                if self._claim_offset(subnet, offset, alloc, guard):
+                    with self._lock:
+                        self._free[(cidr, tuple(spans))] = free
                     return alloc.ip
 
     def _recently_full(self, cidr: str, chunk: int) -> bool:
@@ -236,6 +316,7 @@ class Ipam:
         with self._lock:
             self._full.pop((pool.cidr, offset >> CHUNK_BITS), None)
         return self.store.release_address(pool.cidr, offset, rev)
+
 
     def usage(self, net: Network) -> dict:
         """Size, used and free counts of a network's pool, for netctl."""

@@ -93,8 +93,20 @@ class Store:
         return self.get_network(net_id) if net_id else None
 
     def network_by_subnet(self, subnet: str) -> Network | None:
+        found = self.network_rev_by_subnet(subnet)
+        return found[0] if found else None
+
+    def network_rev_by_subnet(self, subnet: str) -> tuple[Network, int] | None:
+        """The network of a subnet and the revision of its record, so a caller
+        can cache it and make a later write conditional on it being unchanged."""
         net_id = self._index("subnet", subnet_key(subnet))
-        return self.get_network(net_id) if net_id else None
+        item = self.kv.get(self.k_network(net_id)) if net_id else None
+        return (Network.from_json(item.value), item.mod_revision) if item else None
+
+    def network_revision(self, net_id: str) -> int:
+        """The mod revision of a network record; 0 when it no longer exists."""
+        item = self.kv.get(self.k_network(net_id))
+        return item.mod_revision if item else 0
 
     def find_network(self, ref: str) -> Network:
         """By name or id, for netctl and the admin API."""
@@ -187,10 +199,18 @@ class Store:
         self.kv.txn([], ops)
 
     # -- addresses ------------------------------------------------------------
-    def claim_address(self, subnet: str, offset: int, alloc: Allocation) -> bool:
-        """Create-if-absent: True when this caller now holds the address."""
-        return self.kv.txn([absent(self.k_alloc(subnet, offset))],
-                           [Put(self.k_alloc(subnet, offset), alloc.to_json())])
+    def claim_address(self, subnet: str, offset: int, alloc: Allocation,
+                      network: tuple[str, int] | None = None) -> bool:
+        """Create-if-absent: True when this caller now holds the address.
+
+        ``network`` = (network id, mod revision) adds a guard: the claim only
+        happens while that network record is unchanged, so an allocator working
+        from a cached network can never stamp an address with a deleted one.
+        """
+        guards = [absent(self.k_alloc(subnet, offset))]
+        if network is not None:
+            guards.append(unchanged(self.k_network(network[0]), network[1]))
+        return self.kv.txn(guards, [Put(self.k_alloc(subnet, offset), alloc.to_json())])
 
     def get_allocation(self, subnet: str, offset: int) -> tuple[Allocation, int] | None:
         item = self.kv.get(self.k_alloc(subnet, offset))

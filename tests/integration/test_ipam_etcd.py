@@ -314,12 +314,12 @@ class _RivalFirstStore(Store):
         self.rival = rival
         self.steals = steals
 
-    def claim_address(self, subnet, offset, alloc):
+    def claim_address(self, subnet, offset, alloc, network=None):
         if self.steals > 0:
             self.steals -= 1
             ip = str(netaddr.IPAddress(netaddr.IPNetwork(subnet).first + offset))
             assert self.rival.claim_address(subnet, offset, Allocation(ip, "endpoint", "nptest-rival"))
-        return super().claim_address(subnet, offset, alloc)
+        return super().claim_address(subnet, offset, alloc, network)
 
 
 def test_losing_races_for_addresses_is_not_pool_exhaustion(etcd_endpoint, prefix):

@@ -56,6 +56,7 @@ class MemoryKV:
         self.down = False
         self.calls: list[str] = []
         self.txn_count = 0
+        self.read_count = 0
 
     # -- helpers --------------------------------------------------------------
     def _check_up(self, what: str) -> None:
@@ -126,11 +127,13 @@ class MemoryKV:
     def get(self, key: str) -> Item | None:
         with self._lock:
             self._check_up("get")
+            self.read_count += 1
             return self._data.get(key)
 
     def get_prefix(self, prefix: str, keys_only: bool = False) -> list[Item]:
         with self._lock:
             self._check_up("get_prefix")
+            self.read_count += 1
             items = [self._data[k] for k in self._range(prefix)]
             if keys_only:
                 items = [Item(i.key, b"", i.create_revision, i.mod_revision) for i in items]

@@ -230,12 +230,57 @@ def test_random_picks_never_network_or_broadcast(subnet, ip_range):
         assert set(got) == expected and len(got) == len(expected)
 
 
-def test_allocation_spreads_over_chunks(np):
-    """A random chunk is chosen first: 20 allocations in a /20 do not all land
-    in the first chunk."""
+def test_allocators_of_different_hosts_start_in_different_chunks(np):
+    """Each allocator starts from a random chunk, so hosts sharing a pool
+    rarely race for the same addresses."""
     net = np.create_network(subnet="10.20.0.0/20")
-    chunks = {(int(ip_of(np.ipam.request_address(net.pool_id, "", False))) >> 8) & 0xF for _ in range(20)}
+    chunks = set()
+    for seed in range(8):
+        ipam = Ipam(np.store, f"h{seed}", rng=random.Random(seed))
+        chunks.add((int(ip_of(ipam.request_address(net.pool_id, "", False))) >> 8) & 0xF)
     assert len(chunks) > 1
+
+
+def test_steady_allocation_is_one_transaction_and_no_read(np):
+    """After the first allocation has cached the network and a chunk's free
+    list, each further allocation is the claim alone."""
+    net = np.create_network(subnet="10.20.0.0/20")
+    first = ip_of(np.ipam.request_address(net.pool_id, "", False))
+    reads, txns = np.kv.read_count, np.kv.txn_count
+    got = [ip_of(np.ipam.request_address(net.pool_id, "", False)) for _ in range(50)]
+    assert np.kv.read_count == reads and np.kv.txn_count == txns + 50
+    assert len(set(got + [first])) == 51
+    net_id = np.store.network_by_subnet(net.subnet).id
+    assert all(a.network == net_id for _, a in np.store.list_allocations(net.subnet) if a.kind == "endpoint")
+
+
+def test_stale_free_list_never_gives_an_address_twice(np, np2):
+    """Another host takes every address this one remembered as free: the
+    claims are refused, the chunk is read again, and no address is doubled."""
+    net = np.create_network(subnet="10.20.0.0/24")
+    first = ip_of(np.ipam.request_address(net.pool_id, "", False))
+    taken = {first}
+    for _ in range(200):
+        taken.add(ip_of(np2.ipam.request_address(net.pool_id, "", False)))
+    mine = [ip_of(np.ipam.request_address(net.pool_id, "", False)) for _ in range(20)]
+    assert not set(mine) & taken and len(set(mine)) == 20
+    assert len(np.store.list_allocations(net.subnet)) == len(taken) + 20 + 1   # + the gateway
+
+
+def test_cached_network_replaced_is_noticed_by_the_claim(np, np2):
+    """The network is deleted and another host makes one with the same subnet: the next
+    allocation is refused by the guard, re-reads, and is stamped with the new one."""
+    old = np.create_network(subnet="10.20.0.0/24", name="first")
+    old_id = np.store.network_by_subnet(old.subnet).id
+    first = np.ipam.request_address(old.pool_id, "", False)
+    np.ok("IpamDriver.ReleaseAddress", {"PoolID": old.pool_id, "Address": str(ip_of(first))})
+    np.remove_network(old)
+    new = np2.create_network(subnet="10.20.0.0/24", name="second")   # h1's cache is not told
+    new_id = np.store.network_by_name("second").id
+    assert new_id != old_id
+    ip = ip_of(np.ipam.request_address(new.pool_id, "", False))
+    held = {a.ip: a for _, a in np.store.list_allocations(new.subnet)}
+    assert held[str(ip)].network == new_id
 
 
 # -- concurrency ---------------------------------------------------------------------------------
