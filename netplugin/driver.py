@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,7 @@ class Driver:
         self.arp = backends.arp
         self._bridge_ready = False
         self._bridge_lock = threading.Lock()
+        self._announcer: ThreadPoolExecutor | None = None
 
     # -- the bridge -------------------------------------------------------------
     def ensure_bridge(self) -> None:
@@ -327,13 +329,32 @@ class Driver:
         if sandbox_key and ep.sandbox != sandbox_key:
             ep.sandbox = sandbox_key          # lets the reconciler repair a live container
             self.store.update_endpoint(ep, rev)
-        if self.arp is not None:
-            try:
-                self.arp.announce(ep)
-            except NetpluginError as exc:      # an announcement is a courtesy: never fail a Join on it
-                log.warning("gratuitous ARP for %s failed: %s", ep.ip, exc.message)
+        self.announce_later(ep)
         return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
                 "Gateway": net.gateway, "DisableGatewayService": True}
+
+    def announce_later(self, ep: Endpoint) -> Future | None:
+        """Send the endpoint's gratuitous ARP from a background thread.
+
+        Join does not wait for it: it is a packet-out through ovs-ofctl (tens of
+        milliseconds on a busy host) that Docker's container start would
+        otherwise wait for, and it is a courtesy: neighbours learn the address
+        from the container's own first packets anyway. Announcements go out in
+        order, one at a time."""
+        if self.arp is None:
+            return None
+        with self._bridge_lock:
+            if self._announcer is None:
+                self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="garp")
+        return self._announcer.submit(self._announce, ep)
+
+    def _announce(self, ep: Endpoint) -> None:
+        try:
+            self.arp.announce(ep)
+        except NetpluginError as exc:
+            log.warning("gratuitous ARP for %s failed: %s", ep.ip, exc.message)
+        except Exception:  # noqa: BLE001 - a background courtesy must not die silently
+            log.exception("gratuitous ARP for %s failed", ep.ip)
 
     def leave(self, docker_net: str, endpoint_id: str) -> None:
         self._endpoint(docker_net, endpoint_id)

@@ -17,12 +17,21 @@ Pipeline (OpenFlow 1.3):
 Traffic of ports without a limit takes no meter and one extra table lookup,
 which the datapath caches. Every flow of an endpoint carries a cookie made of
 its endpoint id and a kind, so flows are found and removed by endpoint.
+
+Each ``ovs-ofctl`` run costs a process and a connection (10-30 ms idle, far
+more on a busy host), and CreateEndpoint and DeleteEndpoint wait for theirs.
+So the meter ids on the bridge are remembered after one listing and kept up
+to date by this class's own changes: setting or clearing a port without a
+limit needs no listing. If the bridge changed behind our back (another
+process, an OVS restart), the add/modify fallbacks below and the periodic
+full pass (which lists the meters again) put it right.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import threading
 
 from ..errors import DataplaneError, DataplaneUnavailable, InvalidRequest
 
@@ -55,6 +64,8 @@ class Flows:
             raise InvalidRequest(f"bridge name {bridge!r} is invalid")
         self.bridge = bridge
         self.timeout = timeout
+        self._meter_ids: set[int] | None = None      # None: not listed yet
+        self._meter_lock = threading.Lock()
 
     def _ofctl(self, *args: str, stdin: str | None = None) -> str:
         cmd = [OFCTL, "-O", "OpenFlow13", f"--timeout={int(self.timeout)}", *args]
@@ -87,26 +98,46 @@ class Flows:
             rate, burst = (int(x) for x in limit)
             if rate <= 0 or burst <= 0:
                 raise InvalidRequest("a meter needs a positive rate and burst")
-            spec = f"meter={port},kbps,burst,band=type=drop,rate={rate},burst_size={burst}"
-            try:
-                self._ofctl("mod-meter" if port in self.meter_ids() else "add-meter", self.bridge, spec)
-            except DataplaneError as exc:
-                if "METER_EXISTS" not in exc.message:   # someone else added it since we looked
-                    raise
-                self._ofctl("mod-meter", self.bridge, spec)
+            self._put_meter(port, f"meter={port},kbps,burst,band=type=drop,rate={rate},burst_size={burst}")
             meter = f"meter:{port},"
         self._ofctl("--bundle", "add-flows", self.bridge, "-", stdin=(
             f"table={TABLE_CLASSIFY},priority={PRIO_PORT},cookie={cookie_for(endpoint_id):#x},in_port={port},"
             f"actions={meter}write_metadata:{int(vlan):#x}/0xfff,goto_table:{TABLE_ARP}\n"))
-        if not limit and port in self.meter_ids():
+        if not limit:
+            self._drop_meter(port)
+
+    def _known_meters(self) -> set[int]:
+        with self._meter_lock:
+            known = self._meter_ids
+        return set(known) if known is not None else self.meter_ids()
+
+    def _remember(self, port: int, present: bool) -> None:
+        with self._meter_lock:
+            if self._meter_ids is not None:
+                (self._meter_ids.add if present else self._meter_ids.discard)(port)
+
+    def _put_meter(self, port: int, spec: str) -> None:
+        """Add or modify; whichever the bridge refuses, the other is tried."""
+        first, second = ("mod-meter", "add-meter") if port in self._known_meters() else ("add-meter", "mod-meter")
+        try:
+            self._ofctl(first, self.bridge, spec)
+        except DataplaneError as exc:
+            if "METER_EXISTS" not in exc.message and "UNKNOWN_METER" not in exc.message:
+                raise
+            self._ofctl(second, self.bridge, spec)
+        self._remember(port, True)
+
+    def _drop_meter(self, port: int) -> None:
+        if port in self._known_meters():
             self._ofctl("del-meter", self.bridge, f"meter={port}")
+            self._remember(port, False)
 
     def clear_port(self, endpoint_id: str, ofport: int | None) -> None:
         """Remove every flow of the endpoint (table 0 and its ARP answers) and the
         port's meter; fine when absent."""
         self.delete_endpoint_flows(endpoint_id)
-        if ofport and int(ofport) in self.meter_ids():
-            self._ofctl("del-meter", self.bridge, f"meter={int(ofport)}")
+        if ofport:
+            self._drop_meter(int(ofport))
 
     def meters_supported(self) -> bool:
         out = self._ofctl("meter-features", self.bridge)
@@ -114,10 +145,11 @@ class Flows:
         return bool(m and int(m.group(1)) > 0)
 
     def meter_ids(self) -> set[int]:
-        out = self._ofctl("dump-meters", self.bridge)
-        return {int(m) for m in re.findall(r"meter=(\d+)", out)}
+        """The meters on the bridge, listed now (and remembered)."""
+        return set(self.meters())
 
     def meters(self) -> dict[int, dict]:
+        """Meter id -> rate and burst, listed now (and the ids remembered)."""
         out = self._ofctl("dump-meters", self.bridge)
         found = {}
         for block in out.split("meter=")[1:]:
@@ -126,6 +158,8 @@ class Flows:
             burst = re.search(r"burst_size=(\d+)", block)
             found[ident] = {"rate_kbps": int(rate.group(1)) if rate else None,
                             "burst_kb": int(burst.group(1)) if burst else None}
+        with self._meter_lock:
+            self._meter_ids = set(found)
         return found
 
     # -- the ARP proxy -------------------------------------------------------------------

@@ -3,6 +3,7 @@ calls them, with replies checked exactly."""
 
 from __future__ import annotations
 
+import time
 import json
 
 import pytest
@@ -372,3 +373,26 @@ def test_two_hosts_create_the_same_network_at_the_same_moment(np, np2):
     np.ok("NetworkDriver.CreateNetwork", np.create_network_body(d1, "10.10.0.0/24", gw1, vlan=100, name="prod"))
     (net,) = np.store.list_networks()
     assert np.store.get_binding("h1", d1).network == np.store.get_binding("h2", d2).network == net.id
+
+
+def test_join_does_not_wait_for_the_gratuitous_arp(np):
+    """The announcement is sent after Join has answered, and still sent."""
+    import threading
+
+    class SlowArp:
+        def __init__(self):
+            self.release, self.sent = threading.Event(), []
+
+        def announce(self, ep):
+            assert self.release.wait(10)
+            self.sent.append(ep.ip)
+
+    np.driver.arp = arp = SlowArp()
+    net = np.create_network()
+    c = np.run_container(net)          # Join answered while the announcement is held
+    assert arp.sent == []
+    arp.release.set()
+    deadline = time.monotonic() + 5
+    while not arp.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert arp.sent == [c.ip]
