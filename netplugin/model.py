@@ -34,6 +34,7 @@ from .errors import InvalidRequest
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DOCKER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 NETWORK_ID_RE = re.compile(r"^n-[0-9a-f]{12}$")
+VLAN_RE = re.compile(r"-?[0-9]{1,9}")
 MIN_PREFIXLEN = 16   # at most 65,536 addresses: one layer-2 domain, never more
 MAX_PREFIXLEN = 30
 
@@ -154,10 +155,12 @@ def check_docker_id(value: object, what: str) -> str:
 
 
 def check_vlan(value: object) -> int:
-    try:
-        vlan = int(str(value), 10)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"vlan {value!r} is not a number: give a VLAN id from 1 to 4094") from None
+    # ASCII digits only: int() alone would also take " 100", "1_00", "+100" and
+    # other scripts' digits ("\u0661\u0660\u0660"), none of which an operator means.
+    if isinstance(value, bool) or not (isinstance(value, int) or
+                                       (isinstance(value, str) and VLAN_RE.fullmatch(value))):
+        raise InvalidRequest(f"vlan {value!r} is not a number: give a VLAN id from 1 to 4094")
+    vlan = int(value)
     if not 1 <= vlan <= 4094:
         raise InvalidRequest(f"vlan {vlan} is out of range: give a VLAN id from 1 to 4094")
     return vlan

@@ -59,7 +59,10 @@ def test_check_vlan_ok(value, expected):
 
 @pytest.mark.parametrize("value,words", [("0", "out of range"), ("4095", "out of range"), ("5000", "out of range"),
                                          ("-1", "out of range"), ("abc", "not a number"), ("", "not a number"),
-                                         (None, "not a number"), ("1.5", "not a number"), ("0x10", "not a number")])
+                                         (None, "not a number"), ("1.5", "not a number"), ("0x10", "not a number"),
+                                         (" 100", "not a number"), ("1_00", "not a number"),
+                                         ("+100", "not a number"), ("\u0661\u0660\u0660", "not a number"),
+                                         ("100\n", "not a number"), (True, "not a number")])
 def test_check_vlan_refuses(value, words):
     with pytest.raises(InvalidRequest) as exc:
         check_vlan(value)
