@@ -20,6 +20,7 @@ local endpoint for the trunk: never with the square of the cluster.
 from __future__ import annotations
 
 import logging
+import re
 
 from .config import Config
 from .dataplane.flows import KIND_ARP_LOCAL, KIND_ARP_UPLINK, TABLE_ARP, Flows, cookie_for
@@ -50,11 +51,15 @@ class ArpProxy:
         self.flows = flows
         self._loop: SyncLoop | None = None
         self._announced = False
+        self._uplink_port: int | None = None     # the uplink's ofport that the trunk answers match on
 
     def desired(self) -> dict[int, str]:
         """cookie -> flow text of every answer this host should hold."""
+        return self._desired()[0]
+
+    def _desired(self) -> tuple[dict[int, str], int | None]:
         if self.store.arp_mode() == "flood":
-            return {}
+            return {}, None
         endpoints = self.store.list_endpoints()
         local_vlans = {ep.vlan for ep in endpoints if ep.host == self.cfg.host_id}
         uplink = self.switch.ofport(self.cfg.uplink) if self.cfg.uplink else None
@@ -66,16 +71,39 @@ class ArpProxy:
             if ep.host == self.cfg.host_id and uplink:
                 want[cookie_for(ep.id, KIND_ARP_UPLINK)] = self.flows.arp_answer(ep.id, ep.ip, ep.mac, ep.vlan,
                                                                                   uplink)
-        return want
+        return want, uplink
+
+    def _wrong_uplink(self, have: set[int], uplink: int | None) -> set[int]:
+        """Trunk answers that match on another port than the uplink's current one.
+
+        An endpoint's address and MAC never change under its id, so the cookie says
+        everything about an answer but one thing: the uplink's OpenFlow port number,
+        which changes when the trunk is re-added (or given another ofport_request).
+        Looked at when that number is new to this process (start-up) or changed."""
+        mine = {c for c in have if (c >> 60) & 0x3 == KIND_ARP_UPLINK}
+        if not mine or uplink is None or uplink == self._uplink_port:
+            return set()
+        wrong = set()
+        for line in self.flows.dump_flows().splitlines():
+            cookie = re.search(r"cookie=(0x[0-9a-f]+)", line)
+            if cookie is None or int(cookie.group(1), 16) not in mine:
+                continue
+            port = re.search(r"in_port=\"?([^,\s\"]+)", line)
+            if port is None or port.group(1) not in (str(uplink), self.cfg.uplink):
+                wrong.add(int(cookie.group(1), 16))
+        return wrong
 
     def resync(self) -> tuple[int, int]:
         """Make table 10 hold exactly the desired answers; returns (added, removed)."""
-        want = self.desired()
+        want, uplink = self._desired()
         have = self.flows.cookies(TABLE_ARP)
-        stale = sorted(have - set(want))
-        new = [want[c] for c in want if c not in have]
+        wrong = self._wrong_uplink(have, uplink)
+        stale = sorted((have - set(want)) | wrong)
+        new = [want[c] for c in want if c not in have or c in wrong]
         self.flows.delete_cookies(stale)
         self.flows.add_flows(new)
+        if uplink is not None:
+            self._uplink_port = uplink
         if stale or new:
             log.info("ARP proxy: %d answers added, %d removed, %d held", len(new), len(stale), len(want))
         return len(new), len(stale)

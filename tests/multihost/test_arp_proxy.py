@@ -249,7 +249,8 @@ def test_remote_endpoint_answered_locally_nothing_on_trunk(arpnet, rig):
     assert_answered(a_to_b, arpnet.ip["b1"], arpnet.mac["b1"], arpnet.ip["a1"], arpnet.mac["a1"])
     assert_answered(b_to_a, arpnet.ip["a1"], arpnet.mac["a1"], arpnet.ip["b1"], arpnet.mac["b1"])
     assert trunk.who_has(UNKNOWN), "control: the unknown request must be on the trunk:\n" + trunk.text()
-    crossed = [ln for ln in trunk.lines if "ARP" in ln and (mentions(ln, arpnet.ip["a1"]) or mentions(ln, arpnet.ip["b1"]))]
+    crossed = [ln for ln in trunk.lines if "ARP" in ln and f"who-has {UNKNOWN} " not in ln        # the control
+               and (mentions(ln, arpnet.ip["a1"]) or mentions(ln, arpnet.ip["b1"]))]
     assert not crossed, "ARP for a proxied address crossed the trunk:\n" + "\n".join(crossed)
 
 
@@ -280,6 +281,44 @@ def test_request_from_trunk_answered_for_local_endpoint_only(arpnet, rig):
     uplink_answers = [f for f in arpnet.answers(rig.a, arpnet.ip["b1"]) if "dl_vlan=" in f]
     assert not uplink_answers, uplink_answers
     assert any("dl_vlan=" in f for f in arpnet.answers(rig.b, arpnet.ip["b1"]))
+
+
+def test_trunk_answers_follow_the_uplink_port_number(arpnet, rig):
+    """The uplink gets another OpenFlow port number (the trunk re-added, or given an
+    ofport_request): within the sync loop's full pass (10 s), host a's trunk answers
+    match on the new number, and a request from the trunk is again answered by the
+    switch rather than flooded to host a's ports."""
+    def ofport() -> int:
+        return int(run(["ovs-vsctl", "--timeout=10", "get", "Interface", rig.a.trunk, "ofport"]).stdout)
+
+    old = ofport()
+    used = {int(x) for x in run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=ofport", "find", "Interface",
+                                 f"name!={rig.a.trunk}"]).stdout.split() if x.strip().lstrip("-").isdigit()}
+    new = next(n for n in range(3600, 3700) if n not in used and n != old)
+    run(["ovs-vsctl", "--timeout=10", "set", "Interface", rig.a.trunk, f"ofport_request={new}"])
+    try:
+        deadline = time.monotonic() + 10
+        while ofport() != new:
+            assert time.monotonic() < deadline, f"OVS did not move {rig.a.trunk} to ofport {new}"
+            time.sleep(0.1)
+        ip = arpnet.ip["a2"]
+
+        def trunk_ports() -> list[str]:
+            return [m for f in arpnet.answers(rig.a, ip) for m in re.findall(r"in_port=\"?([^,\s\"]+)", f)]
+
+        deadline = time.monotonic() + 15
+        while trunk_ports() not in ([str(new)], [rig.a.trunk]):
+            assert time.monotonic() < deadline, \
+                f"trunk answer for {ip} still matches {trunk_ports()}, uplink is now {new} (was {old})"
+            time.sleep(0.2)
+        port = arpnet.endpoint(ip).port
+        with Capture(port) as cap:
+            result = arpnet.probe_trunk(ip, count=2)
+        assert_answered(result, ip, arpnet.mac["a2"], STRANGER_IP, STRANGER_MAC, vlan=VLAN)
+        assert not cap.who_has(ip), "the request from the trunk was flooded to a2's port:\n" + cap.text()
+    finally:
+        run(["ovs-vsctl", "--timeout=10", "remove", "Interface", rig.a.trunk, "ofport_request", str(new)],
+            check=False)
 
 
 def test_gratuitous_arp_on_trunk_at_join(arpnet, rig):
