@@ -186,6 +186,8 @@ def check_subnet(value: object) -> netaddr.IPNetwork:
 
 def check_address(value: object, subnet: netaddr.IPNetwork, what: str = "address") -> netaddr.IPAddress:
     """A usable host address inside subnet (not the network or broadcast address)."""
+    if not isinstance(value, str):      # netaddr would take an int as an address, and crash on a list
+        raise InvalidRequest(f"{what} {value!r} is not a valid IPv4 address")
     text = value
     if isinstance(value, str) and "/" in value:
         text, _, plen = value.partition("/")

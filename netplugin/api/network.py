@@ -2,6 +2,7 @@
 
 from flask import Blueprint
 
+from ..model import check_docker_id
 from .wire import backend, field, protocol
 
 bp = Blueprint("network", __name__)
@@ -93,6 +94,7 @@ def leave(body: dict) -> dict:
 def program_external_connectivity(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ..., "Options": {}}`` -> ``{}``: containers are
     reached directly on their VLAN, so there is no port mapping to program."""
+    field(body, "Options", dict, False, {})
     backend("driver").leave(*_ids(body))   # validates that the endpoint exists
     return {}
 
@@ -125,7 +127,9 @@ def discover_delete(body: dict) -> dict:
 @protocol
 def allocate_network(body: dict) -> dict:
     """Swarm managers only: ``{"NetworkID": ..., "Options": {}, "IPv4Data": [...]}`` -> ``{"Options": {}}``"""
-    field(body, "NetworkID")
+    check_docker_id(field(body, "NetworkID"), "NetworkID")
+    field(body, "Options", dict, False, {})
+    field(body, "IPv4Data", list, False, [])
     return {"Options": {}}
 
 
@@ -133,5 +137,5 @@ def allocate_network(body: dict) -> dict:
 @protocol
 def free_network(body: dict) -> dict:
     """Swarm managers only: ``{"NetworkID": ...}`` -> ``{}``"""
-    field(body, "NetworkID")
+    check_docker_id(field(body, "NetworkID"), "NetworkID")
     return {}
