@@ -376,6 +376,7 @@ def test_deleted_endpoint_answer_gone_within_2s_on_every_host(arpnet, rig):
     finally:
         rm.communicate(timeout=60)
     delays = {h: round(t - deleted_at[0], 3) for h, t in gone_at.items()}
+    print(f"answers for {ip} gone after (s): {delays}")
     assert set(delays) == {rig.a.host_id, rig.b.host_id}, \
         f"answers for {ip} still there 10 s after the record went: {delays}\n" + \
         "\n".join(arpnet.answers(rig.a, ip) + arpnet.answers(rig.b, ip))
