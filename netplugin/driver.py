@@ -72,7 +72,7 @@ class Driver:
         self.arp = backends.arp
         self._bridge_ready = False
         self._bridge_lock = threading.Lock()
-        self._announcer: ThreadPoolExecutor | None = None
+        self._background: ThreadPoolExecutor | None = None
 
     # -- the bridge -------------------------------------------------------------
     def ensure_bridge(self) -> None:
@@ -295,7 +295,7 @@ class Driver:
         """Meter, flows and policing of a port go before the port itself."""
         if self.limits is not None:
             self.limits.forget(endpoint_id)            # first: no pass may re-add them
-            self.limits.limiter.remove(endpoint_id, port)
+            self.limits.limiter.remove(endpoint_id, port, defer=self.later)
 
     def _undo_endpoint(self, ep: Endpoint) -> None:
         for step, fn in (("limit", lambda: self.remove_limit(ep.id, ep.port)),
@@ -343,18 +343,30 @@ class Driver:
         order, one at a time."""
         if self.arp is None:
             return None
+        return self.later(self._announce, ep)
+
+    def later(self, fn, *args) -> Future:
+        """Run fn(*args) on the driver's background thread, in submission order,
+        after the handler has answered. For work Docker need not wait for."""
         with self._bridge_lock:
-            if self._announcer is None:
-                self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="garp")
-        return self._announcer.submit(self._announce, ep)
+            if self._background is None:
+                self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="np-later")
+        return self._background.submit(self._logged, fn, *args)
+
+    @staticmethod
+    def _logged(fn, *args) -> None:
+        try:
+            fn(*args)
+        except NetpluginError as exc:
+            log.warning("background %s failed: %s", getattr(fn, "__name__", fn), exc.message)
+        except Exception:  # noqa: BLE001 - background work must not fail silently
+            log.exception("background %s failed", getattr(fn, "__name__", fn))
 
     def _announce(self, ep: Endpoint) -> None:
         try:
             self.arp.announce(ep)
         except NetpluginError as exc:
             log.warning("gratuitous ARP for %s failed: %s", ep.ip, exc.message)
-        except Exception:  # noqa: BLE001 - a background courtesy must not die silently
-            log.exception("gratuitous ARP for %s failed", ep.ip)
 
     def leave(self, docker_net: str, endpoint_id: str) -> None:
         self._endpoint(docker_net, endpoint_id)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 from .config import Config
 from .dataplane.flows import TABLE_CLASSIFY, cookie_for
 from .dataplane.ratelimit import RateLimiter
-from .errors import NetpluginError
+from .errors import DataplaneError, NetpluginError
 from .kv import Event
 from .limits import effective_limit
 from .model import Endpoint
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 GONE_MEMORY = 120.0      # seconds a deleted endpoint stays barred from being limited again
 FULL_PASS_EVERY = 10.0   # bounds how long an OVS restart leaves ports without limits
+PORT_WAIT = 2.0          # seconds CreateEndpoint waits for a limited port's OpenFlow number
+PENDING_RETRY = 0.1      # a port without an OpenFlow number yet is tried again this soon ...
+PENDING_PATIENCE = 5.0   # ... for this long; after that the periodic full pass takes over
 
 
 class LimitSync:
@@ -37,6 +41,7 @@ class LimitSync:
         self.applied: dict[str, tuple[int, int] | None] = {}
         self.metrics = None     # set by the daemon: counts limits applied
         self._gone: dict[str, float] = {}
+        self._pending: dict[str, float] = {}      # endpoint id -> when its port was first not ready
         self._loop: SyncLoop | None = None
 
     def limit_of(self, ep: Endpoint) -> tuple[int, int] | None:
@@ -44,12 +49,22 @@ class LimitSync:
         return effective_limit(ep, net, self.store.list_profiles())
 
     def apply_endpoint(self, ep: Endpoint) -> None:
-        """Called by CreateEndpoint: the limit holds from the first packet."""
-        limit = self.limit_of(ep)
+        """Called by CreateEndpoint, after the port was added.
+
+        A port with a limit gets its meter and flow now, so the limit holds
+        from the first packet. A port without one needs only its table-0 flow
+        (which tells the ARP proxy the port's VLAN): the sync loop, already
+        woken by this endpoint's new record, adds it moments later, off
+        Docker's path; until then the port's ARP is switched normally."""
         self._gone.pop(ep.id, None)
-        self.limiter.apply(ep.id, ep.port, ep.vlan, limit)
+        limit = self.limit_of(ep)
+        if limit is None:
+            return
+        if not self.limiter.apply(ep.id, ep.port, ep.vlan, limit, wait_port=PORT_WAIT):
+            raise DataplaneError(f"Open vSwitch gave port {ep.port} no OpenFlow port number within {PORT_WAIT:.0f} s, "
+                                 "so its bandwidth limit cannot be applied: check ovs-vswitchd, then retry")
         self.applied[ep.id] = limit
-        if limit and self.metrics is not None:
+        if self.metrics is not None:
             self.metrics.limits_applied.inc()
 
     def forget(self, endpoint_id: str) -> None:
@@ -92,7 +107,10 @@ class LimitSync:
             if have == want:
                 continue
             try:
-                self.limiter.apply(ep.id, ep.port, ep.vlan, want)
+                if not self.limiter.apply(ep.id, ep.port, ep.vlan, want):
+                    self._pending.setdefault(ep.id, time.monotonic())   # ovs-vswitchd has not taken it in yet
+                    continue
+                self._pending.pop(ep.id, None)
                 self.applied[ep.id] = want
                 changed += 1
                 if self.metrics is not None:
@@ -101,11 +119,23 @@ class LimitSync:
                          f"{want[0]} kbit/s, burst {want[1]} kbit" if want else "none")
             except NetpluginError as exc:
                 log.warning("cannot apply the limit of endpoint %s: %s", ep.id[:12], exc.message)
-        for gone in set(self.applied) - {ep.id for ep in local}:
+        here = {ep.id for ep in local}
+        for gone in set(self.applied) - here:
             self.applied.pop(gone, None)
+        self._retry_pending(here)
         if self.metrics is not None:
             self.metrics.limited_ports.set(sum(1 for v in self.applied.values() if v))
         return changed
+
+    def _retry_pending(self, here: set[str]) -> None:
+        """Ports just added wait a moment for their OpenFlow number: pass again soon."""
+        now = time.monotonic()
+        for eid in [e for e, t in self._pending.items() if e not in here or now - t > PENDING_PATIENCE]:
+            del self._pending[eid]
+        if self._pending and self._loop is not None:
+            timer = threading.Timer(PENDING_RETRY, self._loop.wake)
+            timer.daemon = True
+            timer.start()
 
     # -- following etcd -------------------------------------------------------------
     def _on_endpoint(self, ev: Event) -> None:

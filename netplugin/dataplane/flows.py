@@ -127,6 +127,10 @@ class Flows:
             self._ofctl(second, self.bridge, spec)
         self._remember(port, True)
 
+    def has_meter(self, ofport: int | None) -> bool:
+        """Whether the port has a meter, as far as this bridge's meters are known."""
+        return bool(ofport) and int(ofport) in self._known_meters()
+
     def _drop_meter(self, port: int) -> None:
         if port in self._known_meters():
             self._ofctl("del-meter", self.bridge, f"meter={port}")

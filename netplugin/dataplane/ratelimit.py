@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .flows import Flows
 from .ovs import Switch
@@ -36,16 +37,26 @@ class RateLimiter:
                 log.info("rate limits use %s on bridge %s", self._method, self.flows.bridge)
             return self._method
 
-    def apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None) -> None:
+    def apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None,
+              wait_port: float = 0.0) -> bool:
         """Set or remove the limit of one port (and keep its table-0 flow).
+        False when the port has no OpenFlow number yet (ovs-vswitchd has not
+        taken it in), after waiting up to ``wait_port`` seconds for one.
 
         Serialized: CreateEndpoint and the etcd-driven sync may set the same
         port's meter at the same moment, and a meter cannot be added twice."""
+        ofport = self._ofport(port, wait_port)
         with self._apply_lock:
-            self._apply(endpoint_id, port, vlan, limit)
+            return self._apply(endpoint_id, port, vlan, limit, ofport)
 
-    def _apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None) -> None:
-        ofport = self.switch.ofport(port)
+    def _ofport(self, port: str, wait: float) -> int | None:
+        give_up = time.monotonic() + wait
+        while (ofport := self.switch.ofport(port)) is None and time.monotonic() < give_up:
+            time.sleep(0.01)
+        return ofport
+
+    def _apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None,
+               ofport: int | None) -> bool:
         if self.method == "meter":
             if ofport is not None:
                 self.flows.set_port(endpoint_id, ofport, vlan, limit)
@@ -53,13 +64,23 @@ class RateLimiter:
             if ofport is not None:
                 self.flows.set_port(endpoint_id, ofport, vlan, None)
             self.switch.set_policing(port, *(limit or (0, 0)))
+        return ofport is not None
 
-    def remove(self, endpoint_id: str, port: str) -> None:
+    def remove(self, endpoint_id: str, port: str, defer=None) -> None:
         """Before a port goes: its meter and every flow of it go first (under the
-        same lock as apply, so a pass in flight cannot put them back after)."""
+        same lock as apply, so a pass in flight cannot put them back after).
+
+        ``defer(fn, *args)``, when given, may run the flow deletion later, off
+        the caller's path, if the port has no meter: flows are found by the
+        endpoint's cookie, so deleting them late can never touch another
+        endpoint's. A meter (id = OpenFlow port number, which a new port may
+        get) is always deleted at once."""
         with self._apply_lock:
             ofport = self.switch.ofport(port) if self.switch.port_exists(port) else None
-            self.flows.clear_port(endpoint_id, ofport)
+            if defer is not None and not self.flows.has_meter(ofport):
+                defer(self.flows.delete_endpoint_flows, endpoint_id)
+            else:
+                self.flows.clear_port(endpoint_id, ofport)
 
     def applied(self) -> dict[int, dict]:
         """What the bridge enforces now: meter id (ofport) -> rate and burst."""
