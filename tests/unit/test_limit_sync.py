@@ -1,0 +1,132 @@
+"""LimitSync and RateLimiter with fakes for the switch and the flows: which
+OpenFlow work happens on CreateEndpoint's and DeleteEndpoint's path, which is
+left to the sync loop or a background thread, and what happens while
+ovs-vswitchd has not numbered a new port yet."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from netplugin import limit_sync as limit_sync_mod
+from netplugin.config import Config
+from netplugin.dataplane.ratelimit import RateLimiter
+from netplugin.errors import DataplaneError
+from netplugin.kv import Put
+from netplugin.limit_sync import LimitSync
+from netplugin.model import Endpoint
+from netplugin.store import Store
+
+from .fakes import MemoryKV
+
+
+class NumberingSwitch:
+    """Ports get an OpenFlow number only when the test says so."""
+
+    def __init__(self):
+        self.numbers: dict[str, int] = {}
+        self.policing: dict[str, tuple[int, int]] = {}
+
+    def ofport(self, port: str) -> int | None:
+        return self.numbers.get(port)
+
+    def port_exists(self, port: str) -> bool:
+        return port in self.numbers
+
+    def set_policing(self, port: str, rate: int, burst: int) -> None:
+        self.policing[port] = (rate, burst)
+
+
+class RecordingFlows:
+    bridge = "nptest0"
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.meter_ports: set[int] = set()
+
+    def set_port(self, endpoint_id, ofport, vlan, limit):
+        self.calls.append(("set_port", endpoint_id, ofport, limit))
+        if limit:
+            self.meter_ports.add(ofport)
+        else:
+            self.meter_ports.discard(ofport)
+
+    def clear_port(self, endpoint_id, ofport):
+        self.calls.append(("clear_port", endpoint_id, ofport))
+        self.meter_ports.discard(ofport)
+
+    def delete_endpoint_flows(self, endpoint_id):
+        self.calls.append(("delete_endpoint_flows", endpoint_id))
+
+    def has_meter(self, ofport):
+        return ofport in self.meter_ports
+
+    def meters_supported(self):
+        return True
+
+
+@pytest.fixture
+def world():
+    cfg = Config(host_id="h1", bridge="nptest0", datapath_type="netdev")
+    store = Store(MemoryKV(), cfg.etcd_prefix)
+    switch, flows = NumberingSwitch(), RecordingFlows()
+    sync = LimitSync(cfg, store, RateLimiter(switch, flows, "meter"))
+    return cfg, store, switch, flows, sync
+
+
+def endpoint(n: int, limit: dict | None = None) -> Endpoint:
+    eid = f"{n:02x}" * 32
+    return Endpoint(id=eid, network="n-000000000001", docker_network="d" * 64, host="h1", ip=f"10.9.0.{n}",
+                    prefixlen=24, mac=f"02:00:0a:09:00:{n:02x}", port=f"np{eid[:11]}", peer=f"nc{eid[:11]}",
+                    vlan=100, limit=limit or {})
+
+
+def test_create_without_a_limit_leaves_the_flow_to_the_sync_loop(world):
+    _, _, switch, flows, sync = world
+    ep = endpoint(1)
+    switch.numbers[ep.port] = 5
+    sync.apply_endpoint(ep)
+    assert flows.calls == []
+
+
+def test_create_with_a_limit_waits_for_the_port_number_then_meters_it(world):
+    _, _, switch, flows, sync = world
+    ep = endpoint(2, {"rate_kbps": 10_000, "burst_kb": 2_500})
+    threading.Timer(0.15, lambda: switch.numbers.__setitem__(ep.port, 7)).start()
+    sync.apply_endpoint(ep)
+    assert flows.calls == [("set_port", ep.id, 7, (10_000, 2_500))]
+    assert sync.applied[ep.id] == (10_000, 2_500)
+
+
+def test_create_with_a_limit_fails_clearly_when_the_port_is_never_numbered(world, monkeypatch):
+    monkeypatch.setattr(limit_sync_mod, "PORT_WAIT", 0.2)
+    _, _, _, flows, sync = world
+    ep = endpoint(3, {"rate_kbps": 10_000, "burst_kb": 2_500})
+    t0 = time.monotonic()
+    with pytest.raises(DataplaneError, match="no OpenFlow port number"):
+        sync.apply_endpoint(ep)
+    assert time.monotonic() - t0 < 2 and flows.calls == [] and ep.id not in sync.applied
+
+
+def test_a_port_not_numbered_yet_is_retried_not_forgotten(world):
+    cfg, store, switch, flows, sync = world
+    ep = endpoint(4)
+    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    assert sync.resync() == 0 and ep.id not in sync.applied     # no number yet: nothing recorded
+    switch.numbers[ep.port] = 9
+    assert sync.resync() == 1
+    assert flows.calls == [("set_port", ep.id, 9, None)] and sync.applied[ep.id] is None
+
+
+def test_delete_defers_only_the_flows_of_a_port_without_meter(world):
+    _, _, switch, flows, sync = world
+    plain, limited = endpoint(5), endpoint(6)
+    switch.numbers.update({plain.port: 11, limited.port: 12})
+    flows.meter_ports.add(12)
+    later: list[tuple] = []
+    sync.limiter.remove(plain.id, plain.port, defer=lambda fn, *a: later.append((fn, a)))
+    sync.limiter.remove(limited.id, limited.port, defer=lambda fn, *a: later.append((fn, a)))
+    assert flows.calls == [("clear_port", limited.id, 12)]         # the meter goes at once
+    assert [(fn.__name__, a) for fn, a in later] == [("delete_endpoint_flows", (plain.id,))]
