@@ -24,6 +24,7 @@ PoolID on the wire is the subnet, or ``subnet@ip-range`` when Docker passed
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 ADDRESS_SPACE = "netplugin"
 GATEWAY_REQUEST = "com.docker.network.gateway"
-FULL_CHUNK_MEMORY = 2.0      # seconds a chunk seen full is skipped on a first pass
+FULL_CHUNK_MEMORY = 30.0     # seconds a chunk seen full is skipped on a first pass (never on the last look)
 PICKS_PER_CHUNK = 4          # random free addresses tried in a chunk before moving on
 
 
@@ -203,8 +204,7 @@ class Ipam:
         ip = self._from_free_list(subnet, cache_key, alloc, guard)
         if ip:
             return ip
-        start = self.random.randrange(len(chunks))
-        order = chunks[start:] + chunks[:start]
+        order = self._scan_order(chunks)
         skipped: list[int] = []
         for chunk in order:
             if self._recently_full(cidr, chunk):
@@ -221,6 +221,19 @@ class Ipam:
         where = cidr if ranges == [subnet] else ", ".join(str(r) for r in ranges)
         raise PoolExhausted(f"network {self._label(net, cidr)} has no free address in {where} ({in_use} in use): "
                             "release unused endpoints (netctl endpoint ls) or widen the range")
+
+    def _scan_order(self, chunks: list[int]) -> list[int]:
+        """Every chunk once, in an order of this call's own: a random start and
+        a random step prime to the count. Allocators that walked in address
+        order from random starts all met at the first free chunk after a full
+        run (a pool filled in order), and raced for it."""
+        n = len(chunks)
+        start, step = self.random.randrange(n), 1
+        if n > 2:
+            step = self.random.randrange(1, n)
+            while math.gcd(step, n) != 1:
+                step = self.random.randrange(1, n)
+        return [chunks[(start + i * step) % n] for i in range(n)]
 
     def _label(self, net: Network | None, cidr: str) -> str:
         return net.label if net else cidr

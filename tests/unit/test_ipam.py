@@ -409,3 +409,13 @@ def test_lost_races_then_truly_full_is_exhausted():
     with pytest.raises(PoolExhausted) as exc:
         ipam.request_address("10.10.0.0/29", "", False)
     assert "(6 in use)" in exc.value.message
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 16, 60, 256, 257])
+def test_scan_order_visits_every_chunk_once_in_varied_orders(n):
+    ipam = Ipam(Store(MemoryKV()), "h1", rng=random.Random(n))
+    chunks = list(range(100, 100 + n))
+    orders = [ipam._scan_order(chunks) for _ in range(20)]
+    assert all(sorted(o) == chunks for o in orders)
+    if n >= 16:   # not all the same walk: allocators that start at once spread out
+        assert len({tuple(o[:3]) for o in orders}) > 10
