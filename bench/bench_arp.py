@@ -4,8 +4,9 @@ it killed (kill -9), against a real kernel neighbour answering on the same
 bridge in the same run; and the flows one host holds at 100 and 1,000
 endpoints in the cluster.
 
-One daemon (the "host" under test) on the benchmark socket and bridge
-(npbench0, netdev), with an uplink trunk (a veth pair npbup0/npbup1) as on a
+One daemon (the "host" under test) on a socket and bridge of its own
+(/run/docker/plugins/npbench-arp.sock, npbencharp0, netdev; another benchmark may take
+over the shared npbench socket while this one's daemon is killed), with an uplink trunk (a veth pair npbup0/npbup1) as on a
 production host. Two endpoints are made through the plugin protocol
 (RequestAddress, CreateEndpoint, Join) and their container ends moved into
 network namespaces: the asker and the target, with their addresses
@@ -36,7 +37,11 @@ only: the ARP proxy reads nothing else). At 100 and at 1,000 endpoints it
 counts this host's flows by kind and checks them against the design
 (one answer per endpoint of a local VLAN, one trunk answer and one table-0
 flow per local endpoint), times how long the answers took to follow the
-records, and measures the reply latency again with the bigger table.
+records (and how many passes of the proxy that took, from the daemon's log), what one
+pass costs at that size (the daemon's own ArpProxy class, run in this process: the read
+of every endpoint, and a pass that finds nothing to change), the reply latency with the
+bigger table against the kernel at the same size (arp-mode flood), and how long all
+the answers take to go (flood) and come back at once (proxy).
 
     sudo /tmp/venv/bin/python bench/bench_arp.py [--rounds 3] [--latency-count 300]
                                                  [--seconds 3] [--window 16] [--scales 100,1000]
@@ -65,6 +70,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 UPLINK, UPLINK_PEER = "npbup0", "npbup1"
+# Its own socket and bridge, not the shared npbench ones: this benchmark kills its daemon
+# on purpose, and while that socket does not answer another benchmark would take it over
+# (and remove the bridge with this one's endpoints when it finishes).
+C.SOCKET = "/run/docker/plugins/npbench-arp.sock"
+C.BRIDGE = "npbencharp0"
 MODES = ("kernel", "proxy", "proxy-killed")
 VLANS_IN_CLUSTER = 4          # of which this host uses 2
 LOST_AFTER = 0.05             # s without a reply: a request of the closed loop counts as lost
@@ -170,7 +180,7 @@ class Host:
     def start(self) -> None:
         self.daemon.start()
         self.daemon.wait_bridge()
-        self.client = C.Client()
+        self.client = C.Client(C.SOCKET)
         deadline = time.monotonic() + 30
         while self.ofport(UPLINK) is None:            # the daemon adds the trunk in the background
             if time.monotonic() > deadline:
@@ -181,7 +191,7 @@ class Host:
         if self.client:
             self.client.close()
         self.daemon.start()
-        self.client = C.Client()
+        self.client = C.Client(C.SOCKET)
 
     def kill9(self) -> None:
         pid = self.daemon.proc.pid
@@ -214,7 +224,7 @@ class Host:
     @staticmethod
     def total_flows() -> int:
         out = C.run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "--no-stats", C.BRIDGE, timeout=60).stdout
-        return sum(1 for ln in out.splitlines() if "table=" in ln)
+        return sum(1 for ln in out.splitlines() if "actions=" in ln)     # (table 0 flows print no "table=")
 
 
 class Net:
@@ -274,7 +284,10 @@ def into_netns(host: Host, ep: dict, name: str) -> str:
 def probe(ns: str, kind: str, asker: dict, target: dict, n: float, window: int = 1) -> dict:
     proc = C.run("ip", "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()), "--probe", kind,
                  asker["peer"], asker["mac"], asker["ip"], target["ip"], target["mac"], str(n), str(window),
-                 timeout=120 + n)
+                 timeout=120 + n, check=False)
+    if proc.returncode != 0:
+        links = C.run("ip", "-n", ns, "-d", "link", "show", check=False).stdout
+        raise RuntimeError(f"the {kind} probe failed: {proc.stderr.strip()[-600:]}\nlinks in {ns}:\n{links}")
     return json.loads(proc.stdout)
 
 
@@ -336,7 +349,7 @@ def scale_to(host: Host, nets: list[Net], local_nets: list[Net], total: int, hos
     t0 = time.monotonic()
 
     def make(net: Net) -> None:
-        client = C.Client()
+        client = C.Client(C.SOCKET)
         try:
             net.endpoint(client)
         finally:
@@ -357,11 +370,13 @@ def scale_to(host: Host, nets: list[Net], local_nets: list[Net], total: int, hos
             n_remote += 1
         have["remote"][net.vlan] = want_remote
     written = time.monotonic()
+    log_mark = C.log_size(host.daemon.log_path)
     local_total = sum(have["local"].values()) + 2          # + asker and target
     local_vlan_eps = sum(have["local"][n.vlan] + have["remote"][n.vlan] for n in local_nets) + 2
     expect = {"arp_local": local_vlan_eps, "arp_uplink": local_total, "port": local_total}
     follow_s = wait_until("the answers follow the records",
                           lambda: {k: host.flow_kinds().get(k, 0) for k in expect} == expect, timeout=120)
+    passes = proxy_passes(C.read_from(host.daemon.log_path, log_mark))
     kinds = host.flow_kinds()
     return {"endpoints_in_cluster": total + 2, "hosts": hosts, "vlans": len(nets), "local_vlans": len(local_nets),
             "local_endpoints": local_total, "endpoints_in_local_vlans": local_vlan_eps,
@@ -369,7 +384,48 @@ def scale_to(host: Host, nets: list[Net], local_nets: list[Net], total: int, hos
             "as_designed": all(kinds.get(k, 0) == v for k, v in expect.items()),
             "local_made_s": C.rnd(local_s, 1), "remote_records": n_remote,
             "remote_written_s": C.rnd(written - t1, 1),
-            "answers_followed_s": C.rnd(follow_s, 2)}
+            "answers_followed_s": C.rnd(follow_s, 2),
+            "proxy_passes_while_following": len(passes),
+            "answers_added_while_following": sum(x[1] for x in passes)}
+
+
+def proxy_passes(text: str) -> list[tuple[str, int, int, int]]:
+    """(time, added, removed, held) of each pass of the daemon's ARP proxy that changed something."""
+    import re
+    pat = re.compile(r"^(\S+ \S+) .*ARP proxy: (\d+) answers added, (\d+) removed, (\d+) held")
+    return [(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
+            for m in map(pat.search, text.splitlines()) if m]
+
+
+def pass_cost(host: Host, count: int = 5) -> dict:
+    """What one pass of the ARP proxy costs at this size, measured in this process with
+    the daemon's own classes: desired() (etcd read of every endpoint, one OVSDB lookup)
+    and a resync() that finds nothing to change (plus the dump of table 10)."""
+    from netplugin.arp_proxy import ArpProxy
+    from netplugin.config import Config
+    from netplugin.dataplane.flows import Flows
+    from netplugin.dataplane.ovs import Switch
+    cfg = Config(host_id=host.daemon.host_id, bridge=C.BRIDGE, uplink=UPLINK, etcd_prefix=host.daemon.prefix)
+    proxy = ArpProxy(cfg, host.store, Switch(cfg.ovsdb, 30), Flows(C.BRIDGE, 30))
+    proxy.desired()                                  # connect first
+    desired, resync = [], []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        proxy.desired()
+        desired.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        changed = proxy.resync()
+        resync.append(time.perf_counter() - t0)
+        if changed != (0, 0):
+            raise RuntimeError(f"a converged table changed on resync: {changed}")
+    return {"desired_ms_median": C.rnd(C.median(desired) * 1000, 1),
+            "resync_ms_median": C.rnd(C.median(resync) * 1000, 1)}
+
+
+def latency_row(ns: str, asker: dict, target: dict, n: int) -> dict:
+    lat = probe(ns, "latency", asker, target, n)
+    return {"p50_us": C.rnd(C.pct(lat["latency_us"], 50), 1), "p99_us": C.rnd(C.pct(lat["latency_us"], 99), 1),
+            "lost": lat["lost"], "wrong": lat["wrong"]}
 
 
 def main(argv=None) -> int:
@@ -405,7 +461,7 @@ def main(argv=None) -> int:
         cleanup.add("remove the daemon log", lambda: C.drop_log(logdir, args.keep_log, state["finished"], out))
         cleanup.add("delete the etcd prefix", lambda: C.etcd_delete_prefix(host.daemon.prefix + "/"))
         cleanup.add("remove the uplink veth", lambda: C.run("ip", "link", "del", UPLINK, check=False))
-        cleanup.add("remove bridge npbench0", C.remove_bridge)
+        cleanup.add(f"remove bridge {C.BRIDGE}", lambda: C.remove_bridge(C.BRIDGE))
         cleanup.add("delete the namespaces", lambda: [C.run("ip", "netns", "del", ns, check=False)
                                                       for ns in host.netns])
         cleanup.add("stop the daemon", host.daemon.stop)
@@ -451,11 +507,22 @@ def main(argv=None) -> int:
         for total in scales:
             out.progress(f"cluster of {total} endpoints on {args.hosts} hosts")
             row = scale_to(host, nets, local_nets, total, args.hosts, have, args.callers, out)
-            lat = probe(ns_asker, "latency", asker, target, args.latency_count)
-            row["latency_p50_us"] = C.rnd(C.pct(lat["latency_us"], 50), 1)
-            row["latency_p99_us"] = C.rnd(C.pct(lat["latency_us"], 99), 1)
+            row["pass_cost"] = pass_cost(host)
+            # latency with the big table, against the kernel at the same size, then the
+            # time to put every answer back at once (flood -> proxy)
+            row["latency_proxy"] = latency_row(ns_asker, asker, target, args.latency_count)
+            want = sum(row["expected"][k] for k in ("arp_local", "arp_uplink"))
+            host.set_mode("flood")
+            row["flood_removed_s"] = C.rnd(wait_until("flood removes the answers", lambda: host.arp_flows() == 0,
+                                                      120), 2)
+            row["latency_kernel"] = latency_row(ns_asker, asker, target, args.latency_count)
+            host.set_mode("proxy")
+            row["proxy_reinstalled_s"] = C.rnd(wait_until("proxy puts the answers back",
+                                                          lambda: host.arp_flows() == want, 120), 2)
+            row["latency_proxy_again"] = latency_row(ns_asker, asker, target, args.latency_count)
             row["loadavg"] = C._loadavg()
-            if not row["as_designed"]:
+            if not row["as_designed"] or any(row[k]["wrong"] or row[k]["lost"] > args.latency_count // 10
+                                             for k in ("latency_proxy", "latency_kernel", "latency_proxy_again")):
                 broken = True
             scale_rows.append(row)
         result["scale"] = scale_rows
@@ -486,12 +553,21 @@ def report(out: C.Out, r: dict) -> None:
         out.say("")
     if r.get("scale"):
         out.say(C.table(["endpoints", "local", "in local VLANs", "arp_local", "arp_uplink", "table 0", "all flows",
-                         "as designed", "answers followed s", "p50 us", "p99 us"],
+                         "as designed", "followed s", "passes", "desired ms", "resync ms", "flood s", "proxy s"],
                         [[x["endpoints_in_cluster"], x["local_endpoints"], x["endpoints_in_local_vlans"],
                           x["flows"].get("arp_local", 0), x["flows"].get("arp_uplink", 0),
                           x["flows"].get("port", 0), x["flows"]["total_incl_table_miss"],
-                          "yes" if x["as_designed"] else "NO", x["answers_followed_s"], x["latency_p50_us"],
-                          x["latency_p99_us"]] for x in r["scale"]]))
+                          "yes" if x["as_designed"] else "NO", x["answers_followed_s"],
+                          x["proxy_passes_while_following"], x["pass_cost"]["desired_ms_median"],
+                          x["pass_cost"]["resync_ms_median"], x["flood_removed_s"], x["proxy_reinstalled_s"]]
+                         for x in r["scale"]]))
+        out.say("")
+        out.say(C.table(["endpoints", "proxy p50 us", "p99", "kernel p50 us", "p99", "proxy again p50 us", "p99",
+                         "load"],
+                        [[x["endpoints_in_cluster"], x["latency_proxy"]["p50_us"], x["latency_proxy"]["p99_us"],
+                          x["latency_kernel"]["p50_us"], x["latency_kernel"]["p99_us"],
+                          x["latency_proxy_again"]["p50_us"], x["latency_proxy_again"]["p99_us"], x["loadavg"]]
+                         for x in r["scale"]]))
     if r.get("cleanup_failures"):
         out.say("cleanup failures: " + "; ".join(r["cleanup_failures"]))
 
