@@ -76,7 +76,14 @@ class Driver:
 
     # -- the bridge -------------------------------------------------------------
     def ensure_bridge(self) -> None:
+        """Make the bridge and its base pipeline once, and again whenever the
+        bridge is gone (an OVS database reset, someone's ovs-vsctl del-br):
+        one lookup in the local OVSDB replica, far cheaper than failing every
+        CreateEndpoint until a restart."""
         with self._bridge_lock:
+            if self._bridge_ready and not self.switch.bridge_exists(self.cfg.bridge):
+                log.warning("bridge %s disappeared from Open vSwitch: making it again", self.cfg.bridge)
+                self._bridge_ready = False
             if not self._bridge_ready:
                 self.switch.ensure_bridge(self.cfg.bridge, self.cfg.datapath_type, self.cfg.uplink)
                 if self.flows is not None:

@@ -396,3 +396,15 @@ def test_join_does_not_wait_for_the_gratuitous_arp(np):
     while not arp.sent and time.monotonic() < deadline:
         time.sleep(0.01)
     assert arp.sent == [c.ip]
+
+
+def test_a_bridge_deleted_behind_the_daemon_is_made_again(np):
+    """An OVS database reset or a stray del-br must not fail every later
+    CreateEndpoint until the daemon restarts."""
+    net = np.create_network()
+    np.run_container(net)
+    np.switch.bridges.clear()
+    np.switch.ports.clear()
+    c = np.run_container(net)
+    assert np.cfg.bridge in np.switch.bridges
+    assert np.switch.ports[np.store.get_endpoint(c.endpoint)[0].port]["bridge"] == np.cfg.bridge
