@@ -14,8 +14,9 @@ The common case is one etcd round trip per allocation, the claim itself:
 - the free offsets of the last chunk read are kept, so the next allocations
   claim from that list without reading the chunk again. The list may be stale
   (another host took an address meanwhile): the claim is create-if-absent, so
-  a stale entry costs one refused transaction, never a duplicate. Each
-  process works from its own random chunk, so allocators rarely collide.
+  a stale entry costs one refused transaction, never a duplicate, and sends
+  this allocator to another chunk. Each process works from its own random
+  chunk, so allocators rarely collide.
 
 PoolID on the wire is the subnet, or ``subnet@ip-range`` when Docker passed
 ``--ip-range``: identical requests give identical PoolIDs, as Docker expects.
@@ -143,15 +144,17 @@ class Ipam:
         return found
 
     def _claim(self, cidr: str, offset: int, alloc: Allocation, guard: tuple[str, int] | None) -> bool:
-        """Claim under the network guard; raises _StaleNetwork when the guard,
-        not a rival, made the claim fail."""
-        if self.store.claim_address(cidr, offset, alloc, guard):
-            return True
+        """Create-if-absent under the network guard. A refusal is normally a
+        rival's claim; callers that then find the address free call
+        _check_guard, so the usual race costs no extra read."""
+        return self.store.claim_address(cidr, offset, alloc, guard)
+
+    def _check_guard(self, cidr: str, guard: tuple[str, int] | None) -> None:
+        """Raise _StaleNetwork when the cached network record changed."""
         if guard is not None and self.store.network_revision(guard[0]) != guard[1]:
             with self._lock:
                 self._networks.pop(cidr, None)
             raise _StaleNetwork(cidr)
-        return False
 
     def _gateway(self, pool: Pool, net: Network | None, address: str, guard: tuple[str, int] | None) -> str:
         if net is not None:
@@ -165,6 +168,8 @@ class Ipam:
         if self._claim(pool.cidr, offset, alloc, guard):
             return str(ip)
         held = self.store.get_allocation(pool.cidr, offset)
+        if held is None:
+            self._check_guard(pool.cidr, guard)
         if held and held[0].kind == ALLOC_GATEWAY:
             return str(ip)          # another host is creating the same network right now
         raise Conflict(f"gateway {ip} is already held by {describe_holder(held[0]) if held else 'someone'}")
@@ -178,6 +183,8 @@ class Ipam:
         if self._claim(pool.cidr, offset, alloc, guard):
             return str(ip)
         held = self.store.get_allocation(pool.cidr, offset)
+        if held is None:
+            self._check_guard(pool.cidr, guard)
         where = f" in network {net.label}" if net else ""
         holder = describe_holder(held[0]) if held else "an allocation that was just released: retry"
         raise Conflict(f"address {ip}{where} is already in use by {holder}: choose another --ip")
@@ -201,7 +208,8 @@ class Ipam:
             raise PoolExhausted(f"network {self._label(net, cidr)} has no usable address in {cidr}")
         alloc = Allocation("", ALLOC_ENDPOINT, self.host_id, network=net.id if net else "")
         cache_key = (cidr, tuple(spans))
-        ip = self._from_free_list(subnet, cache_key, alloc, guard)
+        refused: set[int] = set()                   # offsets whose claim was refused in this call
+        ip = self._from_free_list(subnet, cache_key, alloc, guard, refused)
         if ip:
             return ip
         order = self._scan_order(chunks)
@@ -210,11 +218,11 @@ class Ipam:
             if self._recently_full(cidr, chunk):
                 skipped.append(chunk)
                 continue
-            ip = self._try_chunk(subnet, chunk, spans, alloc, guard)
+            ip = self._try_chunk(subnet, chunk, spans, alloc, guard, refused)
             if ip:
                 return ip
         for chunk in skipped:                       # second look before saying "full"
-            ip = self._try_chunk(subnet, chunk, spans, alloc, guard)
+            ip = self._try_chunk(subnet, chunk, spans, alloc, guard, refused)
             if ip:
                 return ip
         in_use = sum(len(self._used_in_spans(cidr, c, spans)) for c in chunks)
@@ -250,13 +258,16 @@ class Ipam:
             return free.pop(self.random.randrange(len(free)))
 
     def _from_free_list(self, subnet: netaddr.IPNetwork, cache_key: tuple, alloc: Allocation,
-                        guard: tuple[str, int] | None) -> str | None:
-        """Claim an offset remembered free from the last chunk read; None once
-        the list is used up (a refused claim just drops that entry)."""
-        cidr = str(subnet)
-        while (offset := self._pop_free(cache_key)) is not None:
-            if self._claim_offset(subnet, offset, alloc, guard):
-                return alloc.ip
+                        guard: tuple[str, int] | None, refused: set[int]) -> str | None:
+        """Claim an offset remembered free from the last chunk read. A refusal
+        means another allocator works in this chunk too: the list is dropped,
+        so this one moves to a chunk of its own instead of racing on."""
+        offset = self._pop_free(cache_key)
+        if offset is None:
+            return None
+        if self._claim_offset(subnet, offset, alloc, guard):
+            return alloc.ip
+        refused.add(offset)
         with self._lock:
             self._free.pop(cache_key, None)
         return None
@@ -268,17 +279,24 @@ class Ipam:
         return self._claim(str(subnet), offset, alloc, guard)
 
     def _try_chunk(self, subnet: netaddr.IPNetwork, chunk: int, spans, alloc: Allocation,
-                   guard: tuple[str, int] | None = None) -> str | None:
+                   guard: tuple[str, int] | None = None, refused: set[int] | None = None) -> str | None:
         """Claim a random free address of the chunk; None only once a fresh read finds it full.
 
         Losing a race re-reads the chunk, so concurrent allocators can never
         make a pool with free addresses look exhausted. What is left free is
-        remembered for the next allocations.
+        remembered for the next allocations. An address refused earlier that
+        the read shows free was refused by the network guard, not a rival
+        (or its holder let it go since): the guard is checked then.
         """
         cidr = str(subnet)
         base = chunk << CHUNK_BITS
+        refused = set() if refused is None else refused
         while True:
             used = self.store.used_offsets_in_chunk(cidr, chunk)
+            mine = {o for o in refused if base <= o < base + (1 << CHUNK_BITS)}
+            if mine - used:
+                self._check_guard(cidr, guard)
+                refused -= mine
             free = [o for a, b in spans for o in range(max(a, base), min(b, base + (1 << CHUNK_BITS) - 1) + 1)
                     if o not in used]
             if not free:
@@ -291,6 +309,7 @@ class Ipam:
                     with self._lock:
                         self._free[(cidr, tuple(spans))] = free
                     return alloc.ip
+                refused.add(offset)
 
     def _recently_full(self, cidr: str, chunk: int) -> bool:
         with self._lock:
