@@ -35,6 +35,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DOCKER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 NETWORK_ID_RE = re.compile(r"^n-[0-9a-f]{12}$")
 VLAN_RE = re.compile(r"-?[0-9]{1,9}")
+SANDBOX_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
 MIN_PREFIXLEN = 16   # at most 65,536 addresses: one layer-2 domain, never more
 MAX_PREFIXLEN = 30
 
@@ -151,6 +152,19 @@ def check_name(name: object, what: str = "network name") -> str:
 def check_docker_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not DOCKER_ID_RE.fullmatch(value):
         raise InvalidRequest(f"{what} {value!r} is not a Docker id (64 lowercase hex digits)")
+    return value
+
+
+def check_sandbox_key(value: object) -> str:
+    """Join's SandboxKey: empty, or a plain absolute path of a network namespace
+    (/var/run/docker/netns/<id>). It is stored with the endpoint and handed to
+    the kernel (setns) when the reconciler repairs a live container."""
+    if value == "":
+        return value
+    if (not isinstance(value, str) or len(value) > 4096 or not SANDBOX_RE.fullmatch(value)
+            or any(part in (".", "..") for part in value.split("/"))):
+        raise InvalidRequest(f"SandboxKey {value!r} is not a network namespace path such as "
+                             "/var/run/docker/netns/0123456789ab (absolute; letters, digits, '.', '_', '-')")
     return value
 
 

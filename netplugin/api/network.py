@@ -2,7 +2,7 @@
 
 from flask import Blueprint
 
-from ..model import check_docker_id
+from ..model import check_docker_id, check_sandbox_key
 from .wire import backend, field, protocol
 
 bp = Blueprint("network", __name__)
@@ -78,7 +78,7 @@ def join(body: dict) -> dict:
     "DisableGatewayService": true}``"""
     net, ep = _ids(body)
     field(body, "Options", dict, False, {})
-    return backend("driver").join(net, ep, field(body, "SandboxKey", str, False, ""))
+    return backend("driver").join(net, ep, check_sandbox_key(field(body, "SandboxKey", str, False, "")))
 
 
 @bp.post("/NetworkDriver.Leave")

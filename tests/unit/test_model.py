@@ -7,7 +7,7 @@ import pytest
 
 from netplugin.errors import InvalidRequest
 from netplugin.model import (Allocation, Binding, Network, check_address, check_docker_id, check_mac,
-                             check_name, check_range, check_subnet, check_vlan, mac_for)
+                             check_name, check_range, check_sandbox_key, check_subnet, check_vlan, mac_for)
 
 from .conftest import did
 
@@ -144,3 +144,18 @@ def test_records_roundtrip():
     assert Allocation.from_json(alloc.to_json().encode()) == alloc
     b = Binding(did("d"), "n-0123456789ab", "h1", pool="10.10.0.0/24")
     assert Binding.from_json(b.to_json()) == b
+
+
+@pytest.mark.parametrize("value", ["", "/var/run/docker/netns/0123456789ab", "/var/run/docker/netns/default",
+                                   "/run/user/1000/docker/netns/ingress_sbox"])
+def test_check_sandbox_key_ok(value):
+    assert check_sandbox_key(value) == value
+
+
+@pytest.mark.parametrize("value", ["relative/netns", "/var/run/docker/netns/../../../proc/1/ns/net",
+                                   "/var/run/docker/netns/x;reboot", "/var/run/docker/netns/$(id)",
+                                   "/var/run/docker/netns/x\n", "/var/run/docker/netns/\u202ex", "/a//b", 5, None])
+def test_check_sandbox_key_refuses(value):
+    with pytest.raises(InvalidRequest) as exc:
+        check_sandbox_key(value)
+    assert exc.value.message.startswith("SandboxKey")
