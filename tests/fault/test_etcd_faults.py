@@ -108,6 +108,7 @@ class Rig:
         self.eps = cluster.endpoints
         self.spec = ",".join(f"{m.name}={m.peer}" for m in cluster.members)
         self.baseline_keys: list[str] = []
+        self.keys_before_outage: list[str] | None = None
         self.pid = 0
 
 
@@ -177,6 +178,7 @@ def test_member_killed_and_restarted_under_load(rig):
 
 def test_all_members_down_fails_fast_and_leaves_nothing(rig):
     d, network = rig.d, rig.network
+    rig.keys_before_outage = etcd_keys(rig.eps, d.prefix)
     for m in rig.cluster.members:
         m.kill()
     outage = []
@@ -193,6 +195,8 @@ def test_all_members_down_fails_fast_and_leaves_nothing(rig):
 
 def test_service_resumes_when_etcd_returns(rig):
     d, network = rig.d, rig.network
+    if rig.keys_before_outage is None:
+        rig.keys_before_outage = etcd_keys(rig.eps, d.prefix)
     for m in rig.cluster.members:
         m.kill()                         # (already down after the test before; down for sure now)
     back_at = time.monotonic()
@@ -210,6 +214,6 @@ def test_service_resumes_when_etcd_returns(rig):
           f"({attempts} attempt(s))")
     assert rc == 0, f"docker run still fails 30 s after etcd came back: {err}"
     assert d.proc.poll() is None and d.proc.pid == rig.pid, "the daemon was restarted"
-    # Nothing from the failed runs remains: the keys are those of before the outage.
-    assert etcd_keys(rig.eps, d.prefix) == rig.baseline_keys
+    # Nothing from the failed runs remains: the keys are those of just before the outage.
+    assert etcd_keys(rig.eps, d.prefix) == rig.keys_before_outage
     assert leftovers(d, network) == NOTHING
