@@ -54,7 +54,7 @@ EP_ID = secrets.token_hex(32)         # the one real endpoint
 NEW_NET = secrets.token_hex(32)       # ids of valid-looking requests that must still be refused
 NEW_EP = secrets.token_hex(32)
 
-EXAMPLES = int(os.environ.get("NETPLUGIN_FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("NETPLUGIN_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
