@@ -1,0 +1,188 @@
+"""What the load, daemon-crash, OVS-restart and Docker-restart tests share: a
+netplugin daemon of their own, registered with the main dockerd under its own
+driver name, and the views of one host's state that a leak check compares.
+
+The e2e ring's daemon keeps the default socket for the whole session, so these
+daemons answer on ``/run/docker/plugins/npfb*.sock`` (driver and IPAM name
+``npfb``, ``npfb2``), with an etcd prefix ``/netplugin/fault-b-<hex>`` of their
+own, bridges ``npfb-<hex>``, subnets in 10.251.0.0/16 and VLANs 3600-3699.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from netplugin.config import load
+from netplugin.backends import make_store
+from netplugin.dataplane.links import HOST_END_RE
+from netplugin.store import Store
+
+from tests.e2e.conftest import DOCKER, ETCD, IMAGE, Plugin, docker, run
+
+__all__ = ["DOCKER", "ETCD", "IMAGE", "LABEL", "Daemon", "docker", "run", "wait_until", "host_veths",
+           "delete_prefix", "ofctl_lines"]
+
+LABEL = "netplugin.fault-b=1"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(check: Callable[[], object], timeout: float, every: float = 0.2):
+    """check's first truthy result, or its last result when timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(every)
+
+
+def ofctl_lines(*args: str) -> list[str]:
+    """ovs-ofctl -O OpenFlow13 output lines without the reply header."""
+    out = run("ovs-ofctl", "-O", "OpenFlow13", *args, check=False).stdout
+    return [line.strip() for line in out.splitlines() if line.strip() and "reply" not in line]
+
+
+def host_veths() -> set[str]:
+    """Every host end of an endpoint veth on the machine (np + 11 hex), whoever made it."""
+    links = json.loads(run("ip", "-j", "link", "show").stdout)
+    return {link["ifname"] for link in links if HOST_END_RE.fullmatch(link["ifname"])}
+
+
+def bridge_of_port(name: str) -> str | None:
+    proc = run("ovs-vsctl", "--timeout=10", "port-to-br", name, check=False)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def delete_prefix(prefix: str) -> None:
+    run("etcdctl", f"--endpoints={ETCD}", "del", "--prefix", prefix + "/", check=False)
+
+
+class Daemon(Plugin):
+    """One netplugin daemon on /run/docker/plugins/<driver>.sock: Docker finds it
+    as network and IPAM driver <driver>."""
+
+    def __init__(self, tmp: Path, driver: str = "npfb", prefix: str | None = None):
+        tag = secrets.token_hex(2)
+        super().__init__(tmp, socket=f"/run/docker/plugins/{driver}.sock",
+                         prefix=prefix or "/netplugin/fault-b-" + secrets.token_hex(4))
+        self.driver = driver
+        self.host_id = f"fb-{driver}-{tag}"
+        self.bridge = f"npfb-{tag}"
+        self.log = tmp / f"netplugin-{self.host_id}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
+        env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_ENDPOINTS=ETCD, NETPLUGIN_ETCD_PREFIX=self.prefix,
+                   NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=self.bridge, NETPLUGIN_DATAPATH_TYPE="netdev",
+                   NETPLUGIN_SOCKET=self.socket, NETPLUGIN_METRICS_ADDRESS="off", ETCDCTL_API="3")
+        self.env = env
+        self._store: Store | None = None
+        self.restarts = 0
+
+    # -- the process ---------------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+
+    def restart_after_kill(self, down: float = 0.0) -> float:
+        """kill -9, stay down ``down`` seconds, start again; returns how long the
+        socket did not answer."""
+        t0 = time.monotonic()
+        self.kill9()
+        time.sleep(down)
+        self.start()
+        self.restarts += 1
+        return time.monotonic() - t0
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def cleanup(self) -> None:
+        """Stop the daemon; remove its bridge and its etcd prefix."""
+        self.stop()
+        run("ovs-vsctl", "--timeout=20", "--if-exists", "del-br", self.bridge, check=False)
+        delete_prefix(self.prefix)
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+
+    # -- Docker ----------------------------------------------------------------------------
+    def network(self, name: str, subnet: str, *opts: str) -> str:
+        """A Docker network of this driver (and IPAM driver)."""
+        args = ["network", "create", "-d", self.driver, "--ipam-driver", self.driver, "--subnet", subnet]
+        for opt in opts:
+            args += ["-o", opt]
+        return docker(*args, name).stdout.strip()
+
+    # -- what this host holds -----------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            cfg = load(overrides={"etcd_endpoints": ETCD, "etcd_prefix": self.prefix, "host_id": self.host_id})
+            self._store = make_store(cfg)
+        return self._store
+
+    def records(self) -> list:
+        """Endpoint records of this host."""
+        return [ep for ep in self.store.list_endpoints() if ep.host == self.host_id]
+
+    def allocations(self, subnet: str) -> list:
+        """(offset, Allocation) of endpoint addresses claimed by this host."""
+        return [(o, a) for o, a in self.store.list_allocations(subnet)
+                if a.kind == "endpoint" and a.host == self.host_id]
+
+    def ports(self) -> list[str]:
+        """Ports on this daemon's bridge (it has no uplink: every port is an endpoint's)."""
+        return self.ovs_ports()
+
+    def flows(self) -> list[str]:
+        return ofctl_lines("dump-flows", "--no-stats", self.bridge)
+
+    def endpoint_flows(self) -> list[str]:
+        """Flows of endpoints: netplugin's cookies have the top bit set."""
+        return [f for f in self.flows() if (m := re.search(r"cookie=(0x[0-9a-f]+)", f)) and int(m.group(1), 16) >> 63]
+
+    def meters(self) -> list[str]:
+        """One line per meter: ``meter=5 kbps burst bands= type=drop rate=20000 burst_size=5000``."""
+        text = " ".join(ofctl_lines("dump-meters", self.bridge))
+        return ["meter=" + block.strip() for block in text.split("meter=")[1:]]
+
+    def loose_veths(self, before: set[str]) -> set[str]:
+        """np-veths that appeared since ``before`` and are on no other bridge: ours.
+        A veth is on no bridge for a few milliseconds while any daemon makes an
+        endpoint, so only what stays loose across two looks a second apart counts."""
+        def loose() -> set[str]:
+            return {v for v in host_veths() - before if bridge_of_port(v) in (None, self.bridge)}
+        first = loose()
+        if not first:
+            return first
+        time.sleep(1)
+        return first & loose()
+
+    def reconcile(self, *args: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "netplugin.reconcile_cli", "--json", *args], env=self.env,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 1, f"the report must be one line: {proc.stdout!r}"
+        return json.loads(lines[0])
+
+
+def remove_containers(label: str = LABEL) -> int:
+    """docker rm -f every container with the label, in parallel batches; how many."""
+    ids = docker("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
+    procs = [subprocess.Popen([DOCKER, "rm", "-f", *ids[i:i + 10]], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for i in range(0, len(ids), 10)]
+    for p in procs:
+        p.wait(180)
+    return len(ids)
+
+
+def remove_networks(*drivers: str) -> None:
+    for driver in drivers:
+        for net in docker("network", "ls", "-q", "--filter", f"driver={driver}", check=False).stdout.split():
+            docker("network", "rm", net, check=False)
