@@ -87,7 +87,7 @@ class KV(Protocol):
     def get(self, key: str) -> Item | None: ...
     def get_prefix(self, prefix: str, keys_only: bool = False) -> list[Item]: ...
     def count_prefix(self, prefix: str) -> int: ...
-    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool: ...
+    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete], idempotent: bool = False) -> bool: ...
     def snapshot(self, prefix: str) -> tuple[list[Item], int]: ...
     def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[Event]: ...
     def grant_lease(self, ttl: int) -> int: ...
@@ -172,11 +172,15 @@ class EtcdKV:
                 return fn(client)
             except etcd_exc.NoServerAvailableError as exc:
                 # Every member is marked failed: ask them all again rather than
-                # waiting out retry_after with none to ask.
+                # waiting out retry_after with none to ask. Nothing was sent, so
+                # even a transaction may go again.
                 last = last or exc
                 for endpoint in client.endpoints.values():
                     endpoint.last_failed = 0
-                pause = 0.2
+                if time.monotonic() + 0.2 < give_up_at:
+                    time.sleep(0.2)
+                    continue
+                raise self._unavailable(last) from None
             except (etcd_exc.ConnectionFailedError, ValueError) as exc:  # ValueError: "Trying to use a failed node"
                 last, pause = exc, 0.05
             except (etcd_exc.ConnectionTimeoutError, etcd_exc.InternalServerError) as exc:
@@ -251,7 +255,10 @@ class EtcdKV:
                 cancel()
 
     # -- writes -------------------------------------------------------------
-    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool:
+    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete], idempotent: bool = False) -> bool:
+        """Apply success if every compare holds. A transaction that may have
+        been applied before the connection broke is not sent again unless the
+        caller says applying it twice is harmless (``idempotent``)."""
         compares, success = list(compares), list(success)
 
         def run(c):
@@ -270,9 +277,7 @@ class EtcdKV:
                     ops.append(t.delete(op.key))
             ok, _ = c.transaction(compare=guards, success=ops, failure=[])
             return ok
-        # A transaction is not resent: it may have been applied before the
-        # connection broke. Callers read back and decide.
-        return self._call(run, retry=False)
+        return self._call(run, retry=idempotent)
 
     def grant_lease(self, ttl: int) -> int:
         return self._call(lambda c: c.lease(ttl).id)

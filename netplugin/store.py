@@ -35,7 +35,7 @@ import time
 
 import netaddr
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, StoreUnavailable
 from .kv import KV, Compare, Delete, Put, absent, unchanged
 from .model import Allocation, Binding, Endpoint, Host, Network, Profile
 
@@ -210,7 +210,24 @@ class Store:
         guards = [absent(self.k_alloc(subnet, offset))]
         if network is not None:
             guards.append(unchanged(self.k_network(network[0]), network[1]))
-        return self.kv.txn(guards, [Put(self.k_alloc(subnet, offset), alloc.to_json())])
+        key, value = self.k_alloc(subnet, offset), alloc.to_json()
+        return self._txn_read_back(guards, [Put(key, value)], key, value)
+
+    def _txn_read_back(self, compares: list[Compare], ops: list, key: str, value: str) -> bool:
+        """A transaction that writes ``value`` at ``key``; when its answer is
+        lost (a member died mid-call, an election), the key is read back: our
+        value means it was applied, no key means it was not (it is sent once
+        more), anything else means someone else's write won."""
+        try:
+            return self.kv.txn(compares, ops)
+        except StoreUnavailable as lost:
+            try:
+                item = self.kv.get(key)
+            except StoreUnavailable:
+                raise lost from None
+            if item is None:
+                return self.kv.txn(compares, ops)
+            return item.value == value.encode()
 
     def get_allocation(self, subnet: str, offset: int) -> tuple[Allocation, int] | None:
         item = self.kv.get(self.k_alloc(subnet, offset))
@@ -236,9 +253,11 @@ class Store:
     def create_endpoint(self, ep: Endpoint, subnet: str, offset: int, alloc_rev: int,
                         alloc: Allocation) -> bool:
         """Write the endpoint and stamp its allocation with the endpoint id, at once."""
-        return self.kv.txn(
+        value = ep.to_json()
+        return self._txn_read_back(
             [absent(self.k_endpoint(ep.id)), unchanged(self.k_alloc(subnet, offset), alloc_rev)],
-            [Put(self.k_endpoint(ep.id), ep.to_json()), Put(self.k_alloc(subnet, offset), alloc.to_json())])
+            [Put(self.k_endpoint(ep.id), value), Put(self.k_alloc(subnet, offset), alloc.to_json())],
+            self.k_endpoint(ep.id), value)
 
     def get_endpoint(self, endpoint_id: str) -> tuple[Endpoint, int] | None:
         item = self.kv.get(self.k_endpoint(endpoint_id))
@@ -252,11 +271,12 @@ class Store:
         return [Endpoint.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/endpoints/")]
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        self.kv.txn([], [Delete(self.k_endpoint(endpoint_id))])
+        self.kv.txn([], [Delete(self.k_endpoint(endpoint_id))], idempotent=True)
 
     # -- bindings -------------------------------------------------------------
     def put_binding(self, binding: Binding) -> None:
-        self.kv.txn([], [Put(self.k_binding(binding.host, binding.docker_network), binding.to_json())])
+        self.kv.txn([], [Put(self.k_binding(binding.host, binding.docker_network), binding.to_json())],
+                    idempotent=True)
 
     def get_binding(self, host: str, docker_network: str) -> Binding | None:
         item = self.kv.get(self.k_binding(host, docker_network))
@@ -266,7 +286,7 @@ class Store:
         return [Binding.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/bindings/")]
 
     def delete_binding(self, host: str, docker_network: str) -> None:
-        self.kv.txn([], [Delete(self.k_binding(host, docker_network))])
+        self.kv.txn([], [Delete(self.k_binding(host, docker_network))], idempotent=True)
 
     # -- releasing endpoints whole ----------------------------------------------
     def k_release(self, host: str, endpoint_id: str = "") -> str:

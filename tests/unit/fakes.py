@@ -144,7 +144,7 @@ class MemoryKV:
             self._check_up("count_prefix")
             return len(self._range(prefix))
 
-    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete]) -> bool:
+    def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete], idempotent: bool = False) -> bool:
         compares, success = list(compares), list(success)
         with self._lock:
             self._check_up("txn")

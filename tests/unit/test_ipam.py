@@ -11,7 +11,7 @@ import threading
 import netaddr
 import pytest
 
-from netplugin.errors import Conflict, InvalidRequest, NotFound, PoolExhausted
+from netplugin.errors import Conflict, InvalidRequest, NotFound, PoolExhausted, StoreUnavailable
 from netplugin.ipam import Ipam, Pool, pool_id_for
 from netplugin.model import Allocation, Endpoint
 from netplugin.store import Store
@@ -375,7 +375,7 @@ class RacingKV(MemoryKV):
         super().__init__()
         self.steal = steal
 
-    def txn(self, compares, success):
+    def txn(self, compares, success, idempotent=False):
         compares, success = list(compares), list(success)
         if (self.steal > 0 and len(compares) == 1 and compares[0].target == "create"
                 and "/ipam/" in compares[0].key and len(success) == 1):
@@ -383,7 +383,7 @@ class RacingKV(MemoryKV):
             rival = Allocation("", "endpoint", "rival-host").to_json()
             from netplugin.kv import Put
             super().txn([], [Put(compares[0].key, rival)])
-        return super().txn(compares, success)
+        return super().txn(compares, success, idempotent)
 
 
 def test_lost_races_do_not_declare_a_pool_with_free_addresses_exhausted():
@@ -419,3 +419,51 @@ def test_scan_order_visits_every_chunk_once_in_varied_orders(n):
     assert all(sorted(o) == chunks for o in orders)
     if n >= 16:   # not all the same walk: allocators that start at once spread out
         assert len({tuple(o[:3]) for o in orders}) > 10
+
+
+class LostAnswerKV(MemoryKV):
+    """The next transactions raise StoreUnavailable as when a member dies
+    mid-call: 'applied' ones took effect first, 'lost' ones never arrived,
+    'rival' ones lost to another host's write of the same key."""
+
+    def __init__(self, plan: list[str]):
+        super().__init__()
+        self.plan = plan
+        self.attempts = 0
+
+    def txn(self, compares, success, idempotent=False):
+        compares, success = list(compares), list(success)
+        self.attempts += 1
+        what = self.plan.pop(0) if self.plan else "ok"
+        if what == "rival":
+            from netplugin.kv import Put
+            super().txn([], [Put(success[0].key, Allocation("", "endpoint", "rival-host").to_json())])
+        if what == "applied":
+            super().txn(compares, success)
+        if what in ("applied", "lost", "rival"):
+            raise StoreUnavailable("store unavailable: etcd did not answer (connection lost)")
+        return super().txn(compares, success, idempotent)
+
+
+@pytest.mark.parametrize("plan,claimed,sent", [
+    (["applied"], True, 1),          # applied, answer lost: read back, ours
+    (["lost"], True, 2),             # never arrived: read back, absent, sent again
+    (["rival"], False, 1),           # someone else's: refused
+])
+def test_a_claim_whose_answer_is_lost_is_settled_by_reading_back(plan, claimed, sent):
+    kv = LostAnswerKV(plan)
+    store = Store(kv)
+    alloc = Allocation("10.9.0.5", "endpoint", "h1")
+    assert store.claim_address("10.9.0.0/24", 5, alloc) is claimed
+    item = kv.get(store.k_alloc("10.9.0.0/24", 5))
+    assert (Allocation.from_json(item.value).host == "h1") is claimed
+    assert kv.attempts == sent
+
+
+def test_a_claim_fails_clearly_when_etcd_stays_away():
+    kv = LostAnswerKV(["lost"])
+    kv_get = kv.get
+    kv.get = lambda key: (_ for _ in ()).throw(StoreUnavailable("store unavailable: etcd is down"))
+    with pytest.raises(StoreUnavailable):
+        Store(kv).claim_address("10.9.0.0/24", 5, Allocation("10.9.0.5", "endpoint", "h1"))
+    kv.get = kv_get
