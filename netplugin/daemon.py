@@ -79,6 +79,11 @@ def background_start(driver, releaser) -> None:
         driver.limits.start()
     if driver.arp is not None:
         driver.arp.start()
+    if driver.flows is not None:
+        # Flows and meters back within a second or two of an OVS restart,
+        # not at the sync loops' next full pass.
+        from .restore import DataplaneRestorer
+        DataplaneRestorer(driver.cfg, driver.flows, driver.limits, driver.arp).start()
 
     def run():
         while True:

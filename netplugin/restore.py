@@ -1,0 +1,137 @@
+"""Putting the OpenFlow state back at once when Open vSwitch restarts.
+
+OVSDB keeps bridges and ports across a restart of ovs-vswitchd (and of
+ovsdb-server: the database is a file), and ports keep their OpenFlow numbers;
+but flows and meters live only in vswitchd and are gone. Until they are back,
+no rate limit is enforced and the ARP proxy does not answer (traffic itself
+goes on: a bridge with no flows switches normally). The sync loops of
+``limit_sync.py`` and ``arp_proxy.py`` put everything back on their next full
+pass, which can be 10 s away; this watcher notices the restart within a second
+and runs both passes at once.
+
+A restart is noticed two ways, each cheap enough to run every second:
+
+* the pid in ``ovs-vswitchd.pid`` (next to the OVSDB socket) changed: vswitchd
+  was restarted, by hand, by its monitor or by the service manager;
+* table 10 holds no flow at all, while the pipeline always keeps its
+  table-miss flow there: the flows were lost (a restart whose pid file cannot
+  be read, ``ovs-ofctl del-flows``, the bridge deleted and made again).
+
+Then it puts back, from etcd, in this order: the table-miss flows, every local
+port's table-0 flow with its meter (``LimitSync.resync(verify=True)``), and the
+ARP answers (``ArpProxy.resync()``); until all three succeed it tries again
+every second. Nothing here holds state that traffic depends on: with the
+daemon down, the periodic passes of the next daemon do the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+
+from .dataplane.flows import OFCTL, TABLE_ARP
+from .errors import NetpluginError
+
+log = logging.getLogger(__name__)
+
+POLL_EVERY = 1.0
+
+
+def vswitchd_pidfile(ovsdb: str) -> str | None:
+    """``/var/run/openvswitch/ovs-vswitchd.pid`` for ``unix:/var/run/openvswitch/db.sock``."""
+    if not ovsdb.startswith("unix:"):
+        return None                    # OVSDB over TCP: vswitchd may be on another machine's view
+    return os.path.join(os.path.dirname(ovsdb[len("unix:"):]) or "/", "ovs-vswitchd.pid")
+
+
+class DataplaneRestorer:
+    def __init__(self, cfg, flows, limits=None, arp=None, period: float = POLL_EVERY):
+        self.cfg = cfg
+        self.flows = flows
+        self.limits = limits
+        self.arp = arp
+        self.period = period
+        self.pidfile = vswitchd_pidfile(cfg.ovsdb)
+        self.restores = 0               # completed restores (metrics, tests)
+        self.last_restore_seconds: float | None = None
+        self._stop = threading.Event()
+        self._pid: str | None = None
+
+    # -- signals -------------------------------------------------------------------------
+    def vswitchd_pid(self) -> str | None:
+        if not self.pidfile:
+            return None
+        try:
+            with open(self.pidfile) as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+
+    def pipeline_lost(self) -> bool | None:
+        """True when table 10 of the bridge holds no flow; None when that cannot
+        be known now (no bridge yet, vswitchd not answering)."""
+        cmd = [OFCTL, "-O", "OpenFlow13", f"--timeout={max(1, int(self.cfg.ovs_timeout))}", "dump-aggregate",
+               self.cfg.bridge, f"table={TABLE_ARP}"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.cfg.ovs_timeout + 2)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:
+            return None
+        for word in proc.stdout.split():
+            if word.startswith("flow_count="):
+                return int(word.split("=", 1)[1]) == 0
+        return None
+
+    # -- the work ------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Table-miss flows, local ports' flows and meters, ARP answers; raises
+        NetpluginError when OVS or etcd does not answer yet."""
+        self.flows.ensure_pipeline()
+        if self.limits is not None:
+            self.limits.resync(verify=True)
+        if self.arp is not None:
+            self.arp.resync()
+
+    def check_once(self) -> bool:
+        """One look; restores when needed. True when it restored."""
+        pid = self.vswitchd_pid()
+        restarted = pid is not None and self._pid is not None and pid != self._pid
+        if pid is not None:
+            self._pid = pid
+        if not restarted and not self.pipeline_lost():
+            return False
+        why = f"ovs-vswitchd restarted (pid {pid})" if restarted else f"the flows of bridge {self.cfg.bridge} are gone"
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.restore()
+                break
+            except NetpluginError as exc:
+                log.warning("%s; restoring flows and meters waits: %s", why, exc.message)
+                self._stop.wait(self.period)
+        else:
+            return False
+        self.restores += 1
+        self.last_restore_seconds = time.monotonic() - started
+        log.info("%s: flows and meters of bridge %s put back from etcd in %.2f s", why, self.cfg.bridge,
+                 self.last_restore_seconds)
+        return True
+
+    def run(self) -> None:
+        self._pid = self.vswitchd_pid()
+        while not self._stop.wait(self.period):
+            try:
+                self.check_once()
+            except Exception:  # noqa: BLE001 - a bug in one look must not stop the watcher
+                log.exception("dataplane restore check failed")
+
+    def start(self) -> "DataplaneRestorer":
+        threading.Thread(target=self.run, name="dataplane-restore", daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()

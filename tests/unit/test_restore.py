@@ -1,0 +1,73 @@
+"""The dataplane restorer: notices an ovs-vswitchd restart (its pid changed)
+or lost flows (table 10 empty), and puts back pipeline, limits and ARP answers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from netplugin.errors import DataplaneUnavailable
+from netplugin.restore import DataplaneRestorer, vswitchd_pidfile
+
+
+class Calls:
+    def __init__(self, fail: int = 0):
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def ensure_pipeline(self):
+        if self.fail:
+            self.fail -= 1
+            raise DataplaneUnavailable("ovs-vswitchd is not reachable")
+        self.calls.append("pipeline")
+
+    def resync(self, verify: bool = False):
+        self.calls.append(f"resync verify={verify}")
+
+
+def restorer(tmp_path, fail: int = 0, lost: bool | None = False):
+    calls = Calls(fail)
+    cfg = SimpleNamespace(ovsdb=f"unix:{tmp_path}/db.sock", bridge="npunit0", ovs_timeout=1.0)
+    r = DataplaneRestorer(cfg, calls, limits=calls, arp=calls, period=0.01)
+    r.pipeline_lost = lambda: lost
+    return r, calls
+
+
+def test_pidfile_next_to_the_ovsdb_socket():
+    assert vswitchd_pidfile("unix:/var/run/openvswitch/db.sock") == "/var/run/openvswitch/ovs-vswitchd.pid"
+    assert vswitchd_pidfile("tcp:10.0.0.1:6640") is None
+
+
+def test_nothing_happens_while_vswitchd_and_flows_stay(tmp_path):
+    (tmp_path / "ovs-vswitchd.pid").write_text("100\n")
+    r, calls = restorer(tmp_path)
+    r._pid = r.vswitchd_pid()
+    assert not r.check_once() and not r.check_once()
+    assert calls.calls == [] and r.restores == 0
+
+
+def test_new_vswitchd_pid_restores_pipeline_limits_then_arp(tmp_path):
+    pidfile = tmp_path / "ovs-vswitchd.pid"
+    pidfile.write_text("100\n")
+    r, calls = restorer(tmp_path)
+    r._pid = r.vswitchd_pid()
+    pidfile.write_text("200\n")
+    assert r.check_once()
+    assert calls.calls == ["pipeline", "resync verify=True", "resync verify=False"]
+    assert r.restores == 1
+    assert not r.check_once()           # the same vswitchd: nothing more to do
+
+
+def test_lost_flows_restore_even_without_a_pid_change(tmp_path):
+    r, calls = restorer(tmp_path, lost=True)
+    assert r.check_once() and calls.calls[0] == "pipeline"
+
+
+def test_unknown_flow_state_does_nothing(tmp_path):
+    r, calls = restorer(tmp_path, lost=None)       # no bridge yet, or vswitchd not answering
+    assert not r.check_once() and calls.calls == []
+
+
+def test_retries_until_ovs_answers(tmp_path):
+    r, calls = restorer(tmp_path, fail=3, lost=True)
+    assert r.check_once()
+    assert calls.calls == ["pipeline", "resync verify=True", "resync verify=False"]
