@@ -23,7 +23,7 @@ from .config import Config
 from .dataplane.links import Links, veth_names
 from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
 from .docker_api import DockerNames
-from .errors import Conflict, DataplaneError, InvalidRequest, NetpluginError, NotFound
+from .errors import Conflict, DataplaneError, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
 from .ipam import ADDRESS_SPACE, Ipam
 from .model import (ALLOC_AUX, ALLOC_GATEWAY, Allocation, Binding, Endpoint, Network, check_address,
                     check_docker_id, check_mac, check_name, check_subnet, check_vlan, mac_for)
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 GENERIC = "com.docker.network.generic"
 KNOWN_OPTIONS = {"vlan", "name", "profile"}
 NAMING_PATIENCE = 15.0   # seconds the background namer waits for Docker to store a new network
+DELETE_RETRY_EVERY = 1.0  # seconds between background retries of a DeleteEndpoint that etcd refused
+DELETE_RETRIES = 60
 
 
 def new_network_id() -> str:
@@ -384,9 +386,35 @@ class Driver:
 
     def delete_endpoint(self, docker_net: str, endpoint_id: str) -> None:
         """Remove port and veth, then the record. Unknown endpoints succeed:
-        Docker only logs errors here, so whatever exists by name is cleaned."""
+        Docker only logs errors here, so whatever exists by name is cleaned.
+
+        Docker forgets the endpoint whatever the answer, so when etcd cannot
+        be reached the deletion is also finished in the background, retried
+        for up to a minute, rather than left to the reconciler."""
         check_docker_id(docker_net, "NetworkID")
         check_docker_id(endpoint_id, "EndpointID")
+        try:
+            self._delete_endpoint(endpoint_id)
+        except StoreUnavailable:
+            self._retry_delete(endpoint_id, 1)
+            raise
+
+    def _retry_delete(self, endpoint_id: str, attempt: int) -> None:
+        def again() -> None:
+            try:
+                self._delete_endpoint(endpoint_id)
+                log.info("endpoint %s deleted on retry %d, after etcd came back", endpoint_id[:12], attempt)
+            except StoreUnavailable:
+                if attempt < DELETE_RETRIES:
+                    self._retry_delete(endpoint_id, attempt + 1)
+                else:
+                    log.error("endpoint %s could not be deleted: etcd stayed unreachable; the reconciler "
+                              "will release it", endpoint_id[:12])
+        timer = threading.Timer(DELETE_RETRY_EVERY, self.later, (again,))
+        timer.daemon = True
+        timer.start()
+
+    def _delete_endpoint(self, endpoint_id: str) -> None:
         found = self.store.get_endpoint(endpoint_id)
         port = found[0].port if found else veth_names(endpoint_id)[0]
         self.remove_limit(endpoint_id, port)

@@ -96,6 +96,27 @@ class KV(Protocol):
     def close(self) -> None: ...
 
 
+_ATTEMPT = threading.local()     # this thread's deadline for the call in flight, if shorter
+
+
+def _client_class():
+    """python-etcd3's multi-endpoint client, whose per-call timeout can be
+    shortened for one attempt in one thread (the library reads ``timeout``
+    on every call and offers no per-call argument)."""
+    import pyetcd
+
+    class Client(pyetcd.MultiEndpointEtcd3Client):
+        @property
+        def timeout(self):
+            return getattr(_ATTEMPT, "timeout", None) or self._default_timeout
+
+        @timeout.setter
+        def timeout(self, value):
+            self._default_timeout = value
+
+    return Client
+
+
 class EtcdKV:
     """KV on etcd v3 through the python-etcd3 API (package etcd-sdk-python).
 
@@ -134,8 +155,7 @@ class EtcdKV:
                                        creds=creds if secure else None, time_retry=self._retry_after,
                                        opts=GRPC_OPTIONS))
         user, password = self._auth
-        return pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=self.timeout, user=user,
-                                               password=password, failover=True)
+        return _client_class()(endpoints=eps, timeout=self.timeout, user=user, password=password, failover=True)
 
     def _get_client(self):
         with self._lock:
@@ -166,9 +186,17 @@ class EtcdKV:
 
         give_up_at = time.monotonic() + self.timeout
         last: Exception | None = None
+        attempt, resent = 0, False
         while True:
             client = self._get_client()
+            attempt += 1
             try:
+                if retry:
+                    # A first attempt gets a third of the time: a member without a
+                    # leader holds a call until it has one, and another member may
+                    # answer sooner. Later attempts get whatever time is left.
+                    left = give_up_at - time.monotonic()
+                    _ATTEMPT.timeout = max(0.2, min(left, self.timeout / 3) if attempt == 1 else left)
                 return fn(client)
             except etcd_exc.NoServerAvailableError as exc:
                 # Every member is marked failed: ask them all again rather than
@@ -183,21 +211,27 @@ class EtcdKV:
                 raise self._unavailable(last) from None
             except (etcd_exc.ConnectionFailedError, ValueError) as exc:  # ValueError: "Trying to use a failed node"
                 last, pause = exc, 0.05
-            except (etcd_exc.ConnectionTimeoutError, etcd_exc.InternalServerError) as exc:
+            except etcd_exc.ConnectionTimeoutError as exc:
+                last, pause = exc, 0.0
+                if not retry:
+                    raise self._unavailable(exc) from None
+            except etcd_exc.InternalServerError as exc:
                 raise self._unavailable(exc) from None
             except Exception as exc:
                 if "auth token" in str(exc).lower() or "UNAUTHENTICATED" in str(exc):
                     with self._lock:     # tokens expire; log in again
                         self._client = None
                     last, pause = exc, 0.0
-                    if not retry:   # refused before it ran: safe to send again, once
-                        retry, give_up_at = True, time.monotonic()
+                    if not retry and not resent:   # refused before it ran: safe to send again, once
+                        resent = True
                         continue
                 elif type(exc).__module__.startswith(("grpc", "pyetcd")):
                     raise self._unavailable(exc) from None
                 else:
                     raise
-            if not retry or time.monotonic() + pause >= give_up_at:
+            finally:
+                _ATTEMPT.timeout = None
+            if not retry or time.monotonic() + pause >= give_up_at - 0.05:
                 raise self._unavailable(last or RuntimeError("no endpoint"))
             time.sleep(pause)
 

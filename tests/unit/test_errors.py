@@ -805,3 +805,23 @@ def test_veth_made_then_offload_failure_is_rolled_back(np, monkeypatch):
     msg = np.fail("NetworkDriver.CreateEndpoint", np.endpoint_body(net, ep, address), status=500)
     assert "tx checksum" in msg
     assert np.links.links == {} and np.switch.ports == {} and np.store.get_endpoint(ep) is None
+
+
+def test_delete_endpoint_refused_by_etcd_is_finished_in_the_background(np, monkeypatch):
+    """Docker forgets the endpoint whatever DeleteEndpoint answers: when etcd
+    is away the daemon finishes the deletion itself once it is back."""
+    import time
+    from netplugin import driver as driver_mod
+    monkeypatch.setattr(driver_mod, "DELETE_RETRY_EVERY", 0.05)
+    net = np.create_network()
+    c = np.run_container(net)
+    np.ok("NetworkDriver.Leave", {"NetworkID": net.id, "EndpointID": c.endpoint})
+    np.kv.down = True
+    np.fail("NetworkDriver.DeleteEndpoint", {"NetworkID": net.id, "EndpointID": c.endpoint}, status=503)
+    time.sleep(0.2)
+    np.kv.down = False
+    deadline = time.monotonic() + 5
+    while np.store.get_endpoint(c.endpoint) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert np.store.get_endpoint(c.endpoint) is None
+    assert not np.switch.ports and not np.links.links
