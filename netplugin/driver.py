@@ -402,7 +402,7 @@ class Driver:
     def _retry_delete(self, endpoint_id: str, attempt: int) -> None:
         def again() -> None:
             try:
-                self._delete_endpoint(endpoint_id)
+                self._delete_endpoint(endpoint_id, late=True)
                 log.info("endpoint %s deleted on retry %d, after etcd came back", endpoint_id[:12], attempt)
             except StoreUnavailable:
                 if attempt < DELETE_RETRIES:
@@ -414,13 +414,18 @@ class Driver:
         timer.daemon = True
         timer.start()
 
-    def _delete_endpoint(self, endpoint_id: str) -> None:
+    def _delete_endpoint(self, endpoint_id: str, late: bool = False) -> None:
+        """``late``: Docker has moved on, and its ReleaseAddress, refused while
+        the record existed, will not come again: the address goes with the
+        record (and a tombstone says why)."""
         found = self.store.get_endpoint(endpoint_id)
         port = found[0].port if found else veth_names(endpoint_id)[0]
         self.remove_limit(endpoint_id, port)
         self.switch.delete_port(port)
         self.links.delete(port)
-        if found is not None:
+        if found is not None and late:
+            self.store.release_endpoint(found[0], by=f"{self.cfg.host_id}: DeleteEndpoint finished once etcd answered")
+        elif found is not None:
             self.store.delete_endpoint(endpoint_id)
 
     def endpoint_info(self, docker_net: str, endpoint_id: str) -> dict:
