@@ -1,6 +1,6 @@
 """Daemon crash: the plugin is killed with kill -9 at random moments while
 Docker runs 200 container lifecycles (``docker run -d`` then ``docker rm
--f``, four at a time), and started again each time. Docker retries a plugin
+-f``, eight at a time), and started again each time. Docker retries a plugin
 whose socket refuses connections (for about 30 s), but a call that was in
 flight when the daemon died fails, so some docker commands may fail: they are
 counted, not hidden. Then one reconcile pass must leave nothing leaked (no
@@ -24,7 +24,7 @@ import pytest
 from .faultkit import IMAGE, LABEL, Daemon, docker, host_veths, remove_containers, remove_networks, wait_until
 
 LIFECYCLES = 200
-WORKERS = 4
+WORKERS = 8
 CRASH_SUBNET = "10.251.10.0/24"     # VLAN 3610
 PING_SUBNET = "10.251.11.0/24"      # VLAN 3611
 IN_FLIGHT_FLOOR = 10.0              # reconcile.IN_FLIGHT_FLOOR: nothing younger is touched, even with --grace 0
@@ -89,7 +89,7 @@ def test_kill9_during_200_lifecycles_then_one_reconcile_leaves_nothing(daemon):
                 errors.append(rm.stderr.strip()[-300:])
 
     def killer() -> None:
-        while not done.wait(rng.uniform(1.0, 4.0)):
+        while not done.wait(rng.uniform(2.0, 5.0)):
             kills.append(daemon.restart_after_kill(rng.uniform(0, 1.0)))
 
     def records_sampler() -> None:
@@ -120,8 +120,10 @@ def test_kill9_during_200_lifecycles_then_one_reconcile_leaves_nothing(daemon):
     print(f"\n{LIFECYCLES} lifecycles in {elapsed:.1f} s (seed {seed}), {len(kills)} kills "
           f"(socket back in {min(kills, default=0):.2f}-{max(kills, default=0):.2f} s), failed: {failures['run']} "
           f"docker run, {failures['rm']} docker rm; {left} containers left to remove")
-    for err in sorted(set(errors))[:10]:
-        print("  failure:", err)
+    empty = sum(1 for e in errors if "is missing from the request" in e)
+    print(f"  of which {empty} were a call Docker retried after the kill with an empty body")
+    for err in sorted(set(e for e in errors if "is missing from the request" not in e))[:10]:
+        print("  other failure:", err)
     assert len(kills) >= 5, f"only {len(kills)} kills: the test did not test much"
     assert not duplicates, f"an address was held by two containers at once: {duplicates}"
     assert not record_dups, f"two endpoint records with one address: {record_dups}"
