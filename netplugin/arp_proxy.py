@@ -52,6 +52,7 @@ class ArpProxy:
         self._loop: SyncLoop | None = None
         self._announced = False
         self._uplink_port: int | None = None     # the uplink's ofport that the trunk answers match on
+        self._held: set[int] | None = None        # cookies table 10 held after the last pass, None: unknown
 
     def desired(self) -> dict[int, str]:
         """cookie -> flow text of every answer this host should hold."""
@@ -93,15 +94,23 @@ class ArpProxy:
                 wrong.add(int(cookie.group(1), 16))
         return wrong
 
-    def resync(self) -> tuple[int, int]:
-        """Make table 10 hold exactly the desired answers; returns (added, removed)."""
+    def resync(self, full: bool = True) -> tuple[int, int]:
+        """Make table 10 hold exactly the desired answers; returns (added, removed).
+
+        A pass woken by a change trusts what the last pass left in the table
+        (one ``ovs-ofctl`` run per change, not two, on a host busy starting
+        containers); a full pass, at least every 10 s, reads the table, so
+        whatever an OVS restart or a hand edit removed comes back."""
         want, uplink = self._desired()
-        have = self.flows.cookies(TABLE_ARP)
+        held = self._held
+        have = held if (not full and held is not None) else self.flows.cookies(TABLE_ARP)
         wrong = self._wrong_uplink(have, uplink)
         stale = sorted((have - set(want)) | wrong)
         new = [want[c] for c in want if c not in have or c in wrong]
+        self._held = None                      # unknown until both changes went through
         self.flows.delete_cookies(stale)
         self.flows.add_flows(new)
+        self._held = set(want)
         if uplink is not None:
             self._uplink_port = uplink
         if stale or new:
@@ -128,7 +137,7 @@ class ArpProxy:
 
     # -- following etcd ------------------------------------------------------------------
     def _pass(self, full: bool) -> None:
-        self.resync()
+        self.resync(full)
         if not self._announced:
             log.info("gratuitous ARP sent for %d local endpoints", self.announce_all_local())
             self._announced = True
