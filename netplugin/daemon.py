@@ -112,6 +112,10 @@ def serve(cfg: Config) -> None:
                 "threads": cfg.threads, "umask": 0o117, "timeout": 60, "graceful_timeout": 5,
                 "keepalive": 5, "proc_name": f"netplugin[{cfg.host_id}]", "loglevel": cfg.log_level.lower(),
                 "when_ready": lambda server: secure_socket(cfg.socket, cfg.socket_group),
+                # gunicorn's control socket is one path per user ($XDG_RUNTIME_DIR or
+                # ~/.gunicorn): a second daemon on the host would take the first's, and
+                # whichever stopped first would delete it. Nothing here uses it.
+                "control_socket_disable": True,
             }.items():
                 self.cfg.set(key, value)
 
