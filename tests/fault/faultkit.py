@@ -86,9 +86,6 @@ class Daemon(Plugin):
         self.restarts = 0
 
     # -- the process ---------------------------------------------------------------------
-    def start(self) -> None:
-        super().start()
-
     def restart_after_kill(self, down: float = 0.0) -> float:
         """kill -9, stay down ``down`` seconds, start again; returns how long the
         socket did not answer."""
