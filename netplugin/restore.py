@@ -19,7 +19,7 @@ A restart is noticed two ways, each cheap enough to run every second:
 
 Then it puts back, from etcd, in this order: the table-miss flows, every local
 port's table-0 flow with its meter (``LimitSync.resync(verify=True)``), and the
-ARP answers (``ArpProxy.resync()``); until all three succeed it tries again
+ARP answers (``ArpProxy.resync(full=True)``); until all three succeed it tries again
 every second. Nothing here holds state that traffic depends on: with the
 daemon down, the periodic passes of the next daemon do the same.
 """
@@ -94,7 +94,7 @@ class DataplaneRestorer:
         if self.limits is not None:
             self.limits.resync(verify=True)
         if self.arp is not None:
-            self.arp.resync()
+            self.arp.resync(full=True)        # read the table: the proxy's own memory of it is stale
 
     def check_once(self) -> bool:
         """One look; restores when needed. True when it restored."""

@@ -18,7 +18,11 @@ bodies Docker sends (RequestAddress, CreateEndpoint, Join, Leave,
 DeleteEndpoint, ReleaseAddress): 1,000 ``docker run`` would take far longer
 than CI allows, and Docker adds nothing the plugin sees. One cycle in three is
 on a network with a bandwidth profile, so a meter and a metered table-0 flow
-are made and removed too.
+are made and removed too. They run as 8 streams of 125 back-to-back cycles:
+one stream of 1,000 takes over 4 minutes on the shared CI machine, more than
+the fault ring may spend on it, and concurrent streams are the harder case
+(deletes race creates and the sync loops' passes). bench/soak_lifecycles.py
+runs them strictly one after another, in any number.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ class Calls:
             raise DataplaneUnavailable("ovs-vswitchd is not reachable")
         self.calls.append("pipeline")
 
-    def resync(self, verify: bool = False):
-        self.calls.append(f"resync verify={verify}")
+    def resync(self, verify: bool = False, full: bool = False):
+        self.calls.append(f"resync verify={verify}" if not full else "resync full")
 
 
 def restorer(tmp_path, fail: int = 0, lost: bool | None = False):
@@ -52,7 +52,7 @@ def test_new_vswitchd_pid_restores_pipeline_limits_then_arp(tmp_path):
     r._pid = r.vswitchd_pid()
     pidfile.write_text("200\n")
     assert r.check_once()
-    assert calls.calls == ["pipeline", "resync verify=True", "resync verify=False"]
+    assert calls.calls == ["pipeline", "resync verify=True", "resync full"]
     assert r.restores == 1
     assert not r.check_once()           # the same vswitchd: nothing more to do
 
@@ -70,4 +70,4 @@ def test_unknown_flow_state_does_nothing(tmp_path):
 def test_retries_until_ovs_answers(tmp_path):
     r, calls = restorer(tmp_path, fail=3, lost=True)
     assert r.check_once()
-    assert calls.calls == ["pipeline", "resync verify=True", "resync verify=False"]
+    assert calls.calls == ["pipeline", "resync verify=True", "resync full"]
