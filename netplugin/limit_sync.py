@@ -42,6 +42,8 @@ class LimitSync:
         self.metrics = None     # set by the daemon: counts limits applied
         self._gone: dict[str, float] = {}
         self._pending: dict[str, float] = {}      # endpoint id -> when its port was first not ready
+        self._stray_meters: set[int] = set()      # meters no local limited port used at the last full pass
+        self._had_local = False                   # the bridge exists once a local endpoint was seen
         self._loop: SyncLoop | None = None
 
     def limit_of(self, ep: Endpoint) -> tuple[int, int] | None:
@@ -60,7 +62,8 @@ class LimitSync:
         limit = self.limit_of(ep)
         if limit is None:
             return
-        if not self.limiter.apply(ep.id, ep.port, ep.vlan, limit, wait_port=PORT_WAIT):
+        if not self.limiter.apply(ep.id, ep.port, ep.vlan, limit, wait_port=PORT_WAIT,
+                                  wanted=lambda: ep.id not in self._gone):
             raise DataplaneError(f"Open vSwitch gave port {ep.port} no OpenFlow port number within {PORT_WAIT:.0f} s, "
                                  "so its bandwidth limit cannot be applied: check ovs-vswitchd, then retry")
         self.applied[ep.id] = limit
@@ -81,7 +84,8 @@ class LimitSync:
         profiles = self.store.list_profiles()
         local = [ep for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id]
         actual = flows_present = None
-        if verify and local:
+        self._had_local = self._had_local or bool(local)
+        if verify and self._had_local:
             # A full pass also compares with the bridge: an OVS restart drops
             # every flow and meter, and someone may have edited them by hand.
             self.limiter.flows.ensure_pipeline()
@@ -107,7 +111,7 @@ class LimitSync:
             if have == want:
                 continue
             try:
-                if not self.limiter.apply(ep.id, ep.port, ep.vlan, want):
+                if not self.limiter.apply(ep.id, ep.port, ep.vlan, want, wanted=lambda e=ep.id: e not in self._gone):
                     self._pending.setdefault(ep.id, time.monotonic())   # ovs-vswitchd has not taken it in yet
                     continue
                 self._pending.pop(ep.id, None)
@@ -119,6 +123,8 @@ class LimitSync:
                          f"{want[0]} kbit/s, burst {want[1]} kbit" if want else "none")
             except NetpluginError as exc:
                 log.warning("cannot apply the limit of endpoint %s: %s", ep.id[:12], exc.message)
+        if actual is not None and self.limiter.method == "meter":
+            self._delete_stray_meters(set(actual), local, networks, profiles)
         here = {ep.id for ep in local}
         for gone in set(self.applied) - here:
             self.applied.pop(gone, None)
@@ -126,6 +132,29 @@ class LimitSync:
         if self.metrics is not None:
             self.metrics.limited_ports.set(sum(1 for v in self.applied.values() if v))
         return changed
+
+    def _delete_stray_meters(self, meters: set[int], local: list[Endpoint], networks, profiles) -> None:
+        """Meters that no local limited port uses, two full passes in a row: a
+        deletion that raced a pass can leave one behind. Before deleting, the
+        endpoints are read again under the apply lock, so a port made since the
+        listing that was given one of these ids keeps it."""
+        def used_by(endpoints: list[Endpoint]) -> set[int]:
+            used = set()
+            for ep in endpoints:
+                if ep.id not in self._gone and effective_limit(ep, networks.get(ep.network), profiles):
+                    ofport = self.limiter.switch.ofport(ep.port)
+                    if ofport is not None:
+                        used.add(ofport)
+            return used
+
+        stray = meters - used_by(local)
+        confirm = stray & self._stray_meters
+        self._stray_meters = stray - confirm
+        if confirm:
+            gone = self.limiter.delete_meters(confirm, lambda: used_by(
+                [ep for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id]))
+            if gone:
+                log.warning("deleted meters %s: no local port with a limit uses them", gone)
 
     def _retry_pending(self, here: set[str]) -> None:
         """Ports just added wait a moment for their OpenFlow number: pass again soon."""

@@ -131,6 +131,11 @@ class Flows:
         """Whether the port has a meter, as far as this bridge's meters are known."""
         return bool(ofport) and int(ofport) in self._known_meters()
 
+    def del_meter(self, meter: int) -> None:
+        """Delete one meter (and, as OpenFlow does, any flow that uses it)."""
+        self._ofctl("del-meter", self.bridge, f"meter={int(meter)}")
+        self._remember(int(meter), False)
+
     def _drop_meter(self, port: int) -> None:
         if port in self._known_meters():
             self._ofctl("del-meter", self.bridge, f"meter={port}")

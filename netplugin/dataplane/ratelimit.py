@@ -38,16 +38,22 @@ class RateLimiter:
             return self._method
 
     def apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None,
-              wait_port: float = 0.0) -> bool:
+              wait_port: float = 0.0, wanted=None) -> bool:
         """Set or remove the limit of one port (and keep its table-0 flow).
         False when the port has no OpenFlow number yet (ovs-vswitchd has not
         taken it in), after waiting up to ``wait_port`` seconds for one.
 
-        Serialized: CreateEndpoint and the etcd-driven sync may set the same
-        port's meter at the same moment, and a meter cannot be added twice."""
-        ofport = self._ofport(port, wait_port)
+        Serialized with ``remove``: CreateEndpoint and the etcd-driven sync may
+        set the same port's meter at the same moment, and a pass that read the
+        endpoint just before its DeleteEndpoint must not put back what the
+        deletion removed: under the lock, ``wanted()`` is asked again and the
+        port's number read again."""
+        if self._ofport(port, wait_port) is None:
+            return False
         with self._apply_lock:
-            return self._apply(endpoint_id, port, vlan, limit, ofport)
+            if wanted is not None and not wanted():
+                return True              # the endpoint is going: nothing to set
+            return self._apply(endpoint_id, port, vlan, limit, self.switch.ofport(port))
 
     def _ofport(self, port: str, wait: float) -> int | None:
         give_up = time.monotonic() + wait
@@ -81,6 +87,17 @@ class RateLimiter:
                 defer(self.flows.delete_endpoint_flows, endpoint_id)
             else:
                 self.flows.clear_port(endpoint_id, ofport)
+
+    def delete_meters(self, ids: set[int], in_use) -> list[int]:
+        """Delete the meters among ids that are not in ``in_use()``, asked under
+        the apply lock (so no port is being given one of them meanwhile)."""
+        gone = []
+        with self._apply_lock:
+            keep = in_use()
+            for meter in sorted(ids - keep):
+                self.flows.del_meter(meter)
+                gone.append(meter)
+        return gone
 
     def applied(self) -> dict[int, dict]:
         """What the bridge enforces now: meter id (ofport) -> rate and burst."""

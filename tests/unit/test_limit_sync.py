@@ -66,6 +66,23 @@ class RecordingFlows:
     def meters_supported(self):
         return True
 
+    # what a full pass reads and repairs
+    def ensure_pipeline(self):
+        pass
+
+    def meters(self):
+        return {m: {"rate_kbps": 1, "burst_kb": 1} for m in self.meter_ports}
+
+    def cookies(self, table):
+        return set()
+
+    def delete_cookies(self, cookies):
+        pass
+
+    def del_meter(self, meter):
+        self.calls.append(("del_meter", meter))
+        self.meter_ports.discard(meter)
+
 
 @pytest.fixture
 def world():
@@ -130,3 +147,27 @@ def test_delete_defers_only_the_flows_of_a_port_without_meter(world):
     sync.limiter.remove(limited.id, limited.port, defer=lambda fn, *a: later.append((fn, a)))
     assert flows.calls == [("clear_port", limited.id, 12)]         # the meter goes at once
     assert [(fn.__name__, a) for fn, a in later] == [("delete_endpoint_flows", (plain.id,))]
+
+
+def test_a_pass_that_read_an_endpoint_before_its_delete_puts_nothing_back(world):
+    """The pass read the endpoint, then DeleteEndpoint ran (forget + remove)
+    before the pass took the lock: under the lock it sees the endpoint is going."""
+    _, _, switch, flows, sync = world
+    ep = endpoint(7, {"rate_kbps": 10_000, "burst_kb": 2_500})
+    switch.numbers[ep.port] = 13
+    sync.forget(ep.id)                     # DeleteEndpoint got there first
+    assert sync.limiter.apply(ep.id, ep.port, ep.vlan, (10_000, 2_500), wanted=lambda: ep.id not in sync._gone)
+    assert flows.calls == [] and 13 not in flows.meter_ports
+
+
+def test_a_meter_no_local_limited_port_uses_is_deleted_after_two_full_passes(world):
+    _, store, switch, flows, sync = world
+    kept = endpoint(8, {"rate_kbps": 10_000, "burst_kb": 2_500})
+    switch.numbers[kept.port] = 21
+    store.kv.txn([], [Put(store.k_endpoint(kept.id), kept.to_json())])
+    sync.resync(verify=True)               # meters kept's port; 99 is a leftover
+    flows.meter_ports.add(99)
+    sync.resync(verify=True)               # first sighting: kept
+    assert 99 in flows.meter_ports
+    sync.resync(verify=True)               # second: deleted
+    assert flows.meter_ports == {21} and ("del_meter", 99) in flows.calls
