@@ -71,7 +71,8 @@ def main() -> int:
         print(f"{args.cycles} cycles in {elapsed:.1f} s ({args.cycles / elapsed:.1f}/s)")
         for m, ts in times.items():
             ts.sort()
-            print(f"  {m:32} median {statistics.median(ts) * 1000:6.1f} ms   p99 {ts[int(len(ts) * 0.99)] * 1000:6.1f} ms")
+            p99 = ts[int(len(ts) * 0.99)]
+            print(f"  {m:32} median {statistics.median(ts) * 1000:6.1f} ms   p99 {p99 * 1000:6.1f} ms")
 
         def clean() -> bool:
             return (not d.ports() and not d.meters() and sorted(d.flows()) == flows0

@@ -160,6 +160,18 @@ class Daemon(Plugin):
         time.sleep(1)
         return first & loose()
 
+    def own_findings(self, report: dict, veths_before: set[str]) -> list[dict]:
+        """The report's findings that concern this daemon. A reconciler takes every
+        np-veth of the machine that is neither its record's nor on its bridge for
+        a leak of its own; on a machine shared with other test runs those are
+        other daemons' (on their bridges, or made while this test ran)."""
+        def foreign(f: dict) -> bool:
+            name = f["id"]
+            return (f["kind"] == "veth_without_endpoint"
+                    and (name in veths_before or name not in host_veths()
+                         or bridge_of_port(name) not in (None, self.bridge)))
+        return [f for f in report["findings"] if not foreign(f)]
+
     def reconcile(self, *args: str) -> dict:
         proc = subprocess.run([sys.executable, "-m", "netplugin.reconcile_cli", "--json", *args], env=self.env,
                               capture_output=True, text=True, timeout=180)
