@@ -151,6 +151,9 @@ class Reconciler:
         ports = {p["external_ids"][EXT_ENDPOINT]: p for p in self.switch.list_ports(self.cfg.bridge)
                  if p["external_ids"].get(EXT_HOST) in (None, me)}
         veths = {name for name in self.links.list_names() if HOST_END_RE.fullmatch(name)}
+        # A veth on another bridge belongs to another daemon sharing this kernel
+        # (a test rig, a second bridge): never this host's leak.
+        veths -= {name for name, bridge in self.switch.port_bridges().items() if bridge != self.cfg.bridge}
         bindings = [b for b in self.store.list_bindings() if b.host == me]
         live = self.docker.live_endpoints([b.docker_network for b in bindings])
         records = {ep.id: ep for ep in self.store.list_endpoints() if ep.host == me}

@@ -147,6 +147,15 @@ class Switch:
         self._run(f"set policing on {port}", lambda api: [api.db_set(
             "Interface", port, ("ingress_policing_rate", int(rate_kbps)), ("ingress_policing_burst", int(burst_kb)))])
 
+    def port_bridges(self) -> dict[str, str]:
+        """Every port on any bridge of this Open vSwitch -> its bridge."""
+        bridges, = self._run("list bridges", lambda api: [api.list_br()])
+        out: dict[str, str] = {}
+        for bridge in bridges:
+            ports, = self._run(f"list the ports of {bridge}", lambda api, b=bridge: [api.list_ports(b)])
+            out.update({port: bridge for port in ports})
+        return out
+
     def bridge_exists(self, bridge: str) -> bool:
         (found,) = self._run("look up bridges", lambda api: [api.br_exists(bridge)])
         return bool(found)
@@ -173,3 +182,4 @@ class Switch:
                 except Exception:  # noqa: BLE001
                     pass
                 self._api = None
+

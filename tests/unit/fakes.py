@@ -367,6 +367,10 @@ class FakeSwitch(_Failing):
         self._enter("bridge_exists", bridge)
         return bridge in self.bridges
 
+    def port_bridges(self) -> dict[str, str]:
+        self._enter("port_bridges")
+        return {name: p["bridge"] for name, p in self.ports.items()}
+
     def list_ports(self, bridge: str) -> list[dict]:
         self._enter("list_ports", bridge)
         return [{"name": name, "tag": p["tag"], "external_ids": dict(p["external_ids"])}

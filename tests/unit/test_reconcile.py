@@ -609,3 +609,15 @@ def test_netplugin_reconcile_command(np, net, view, clock, monkeypatch, capsys):
     assert [(f["kind"], f["id"]) for f in report["findings"]] == [("ip_without_endpoint", ip)]
     assert reconcile_cli.main(["--grace", "-1"]) == 2
     assert "--grace must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_veth_on_another_bridge_is_another_daemons(np, rec, clock):
+    """Two daemons on one kernel (a test rig): the other's veths sit on its own
+    bridge and are never this host's leaks."""
+    np.switch.ensure_bridge("npother0", "netdev")
+    theirs, their_peer = veth_names("fedcba9876543210" * 4)
+    np.links.create_veth(theirs, their_peer, 1500, "02:4e:0a:0a:00:64", True)
+    np.switch.add_access_port("npother0", theirs, 200, {})
+    clock.advance(120)
+    assert rec.run(grace=60)["findings"] == []
+    assert theirs in np.links.links
