@@ -100,8 +100,17 @@ class Context:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `netctl ... | head` ends quietly
+    """The ``netctl`` command. Restores the default SIGPIPE action so that
+    ``netctl ... | head`` ends quietly: only when it runs as its own process,
+    since in a caller's process (tests, embedding) that would make any write
+    to a closed socket kill the caller."""
+    if argv is None:
+        import signal
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return run(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()
