@@ -96,6 +96,7 @@ class KV(Protocol):
     def close(self) -> None: ...
 
 
+_TRANSIENT = ("deadline exceeded", "leader changed", "no leader", "request timed out")
 _ATTEMPT = threading.local()     # this thread's deadline for the call in flight, if shorter
 
 
@@ -226,7 +227,12 @@ class EtcdKV:
                         resent = True
                         continue
                 elif type(exc).__module__.startswith(("grpc", "pyetcd")):
-                    raise self._unavailable(exc) from None
+                    # A member that waits for a leader answers a shortened attempt with
+                    # UNKNOWN "context deadline exceeded" (its own timer, not the
+                    # client's): that is a timeout too, worth another member's answer.
+                    if not (retry and any(s in str(exc).lower() for s in _TRANSIENT)):
+                        raise self._unavailable(exc) from None
+                    last, pause = exc, 0.05
                 else:
                     raise
             finally:

@@ -152,7 +152,9 @@ while IFS= read -r -d '' f; do
     done < <(ldd "$f" 2>/dev/null | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}')
 done < <(find "$ROOT/usr/bin" "$ROOT$STDLIB" "$ROOT$SITE" -type f \( -name '*.so' -o -name '*.so.*' -o -path '*/usr/bin/*' \) -print0)
 for extra in libgcc_s.so.1 libnss_files.so.2 libnss_dns.so.2 libresolv.so.2; do
-    path=$(ldconfig -p | awk -v n="$extra" '$1 == n && /x86-64|x86_64|64bit/ {print $NF; exit}')
+    # awk reads to the end (no early exit): ldconfig would die of SIGPIPE, and pipefail
+    # would make the whole build fail with 141 whenever the match came early.
+    path=$(ldconfig -p | awk -v n="$extra" '$1 == n && /x86-64|x86_64|64bit/ && !found {print $NF; found = 1}')
     [[ -n $path ]] && LIBS[$path]=1
 done
 for lib in "${!LIBS[@]}"; do
