@@ -28,9 +28,9 @@ def ops(rig):
                                       "--json").stdout)
     for host in rig.hosts:
         host.network(NET, SUBNET)
-    rig.a.start("ca", NET)
-    rig.b.start("cb", NET, "--ip", FIXED)
-    info = {"created": created, "ip_a": rig.a.ip_of("ca", NET), "ip_b": FIXED}
+    rig.a.start("mh-ca", NET)
+    rig.b.start("mh-cb", NET, "--ip", FIXED)
+    info = {"created": created, "ip_a": rig.a.ip_of("mh-ca", NET), "ip_b": FIXED}
     eps = {e["host"]: e for e in rig.a.netctl_json("endpoint", "ls", "--network", NET)}
     info["ep_a"], info["ep_b"] = eps["rig-a"], eps["rig-b"]
     yield info
@@ -99,15 +99,15 @@ def test_endpoint_inspect_by_id_ip_and_container(ops, rig):
     by_id = rig.a.netctl_json("endpoint", "inspect", ep_b["id"][:12])
     by_ip = rig.a.netctl_json("endpoint", "inspect", FIXED)
     # A container name is resolved through the Docker of the host netctl runs on.
-    by_name = rig.b.netctl_json("endpoint", "inspect", "cb")
+    by_name = rig.b.netctl_json("endpoint", "inspect", "mh-cb")
     assert by_id == by_ip == by_name
     assert (by_id["id"], by_id["host"], by_id["ip"], by_id["network"]) == (ep_b["id"], "rig-b", FIXED, NET)
     assert by_id["sandbox"] and by_id["docker_network"]
-    assert rig.a.netctl_json("endpoint", "inspect", "ca")["ip"] == ops["ip_a"]
-    # Host a's Docker has no container cb.
-    miss = rig.a.netctl("endpoint", "inspect", "cb", check=False)
-    assert miss.returncode == 1 and "no endpoint matches 'cb'" in miss.stderr
-    text = rig.b.netctl("endpoint", "inspect", "cb").stdout
+    assert rig.a.netctl_json("endpoint", "inspect", "mh-ca")["ip"] == ops["ip_a"]
+    # Host a's Docker has no container mh-cb (names with non-hex letters: "cb" once matched an endpoint id prefix).
+    miss = rig.a.netctl("endpoint", "inspect", "mh-cb", check=False)
+    assert miss.returncode == 1 and "no endpoint matches 'mh-cb'" in miss.stderr
+    text = rig.b.netctl("endpoint", "inspect", "mh-cb").stdout
     assert "Host            rig-b" in text and FIXED in text
 
 
