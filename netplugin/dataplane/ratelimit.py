@@ -7,11 +7,19 @@ Two mechanisms, chosen by the ``rate_limit`` setting:
 * ``policing``: OVS ``ingress_policing_rate``/``_burst``, which needs tc's police
   action in the kernel (missing on some kernels, e.g. these test machines).
 * ``auto`` (default): meters when the bridge reports meter support, else policing.
+
+OVS accepts the policing columns even where the kernel has no police action;
+it only logs its failure in its own log, and nothing is limited. So whenever
+policing is chosen (by ``auto`` or by the setting), the kernel's configuration
+is read, and a missing police action is logged as a warning by the daemon.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import os
+import re
 import threading
 import time
 
@@ -20,22 +28,81 @@ from .ovs import Switch
 
 log = logging.getLogger(__name__)
 
+# What OVS's ingress policing needs in the kernel: tc's police action, and a
+# classifier to hang it on (OVS uses "basic", or "matchall" with hw-offload).
+POLICE_ACTION = "CONFIG_NET_ACT_POLICE"
+POLICE_CLASSIFIERS = ("CONFIG_NET_CLS_BASIC", "CONFIG_NET_CLS_MATCHALL")
+
+
+def kernel_config() -> str | None:
+    """The running kernel's build configuration, or None when it cannot be read."""
+    candidates = ["/proc/config.gz", f"/boot/config-{os.uname().release}"]
+    for path in candidates:
+        try:
+            if path.endswith(".gz"):
+                with gzip.open(path, "rt", errors="replace") as fh:
+                    return fh.read()
+            with open(path, errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            continue
+    return None
+
+
+def tc_police_support(config: str | None) -> bool | None:
+    """Whether the kernel can police (built in or as a module), from its
+    configuration text; None when that is not known."""
+    if config is None:
+        return None if not os.path.isdir("/sys/module/act_police") else True
+
+    def enabled(option: str) -> bool:
+        return re.search(rf"^{option}=[ym]$", config, re.MULTILINE) is not None
+
+    return enabled(POLICE_ACTION) and any(enabled(c) for c in POLICE_CLASSIFIERS)
+
 
 class RateLimiter:
-    def __init__(self, switch: Switch, flows: Flows, method: str = "auto"):
+    def __init__(self, switch: Switch, flows: Flows, method: str = "auto", kernel_config=kernel_config):
+        if method not in ("auto", "meter", "policing"):
+            raise ValueError(f"rate limit method {method!r} must be auto, meter or policing")
         self.switch = switch
         self.flows = flows
+        self.setting = method
         self._method = None if method == "auto" else method
+        self._kernel_config = kernel_config
+        self._checked = False
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
 
     @property
     def method(self) -> str:
+        """The mechanism in use, chosen once (for ``auto``, by asking the bridge)."""
         with self._lock:
             if self._method is None:
                 self._method = "meter" if self.flows.meters_supported() else "policing"
-                log.info("rate limits use %s on bridge %s", self._method, self.flows.bridge)
+            if not self._checked:
+                self._checked = True
+                log.info("rate limits use %s on bridge %s (setting rate_limit = %s)",
+                         self._method, self.flows.bridge, self.setting)
+                if self._method == "policing":
+                    self._check_policing()
             return self._method
+
+    def _check_policing(self) -> None:
+        support = tc_police_support(self._kernel_config())
+        why = ("the bridge reports no OpenFlow meter support" if self.setting == "auto"
+               else "rate_limit is set to policing")
+        if support is False:
+            log.warning("rate limits on bridge %s are NOT ENFORCED: %s, so ingress policing is used, but this "
+                        "kernel has no tc police action (%s and %s or %s): Open vSwitch accepts the limits and "
+                        "drops nothing. Use a bridge whose datapath has meters (rate_limit = meter, e.g. "
+                        "datapath_type = netdev) or a kernel with tc police.", self.flows.bridge, why,
+                        POLICE_ACTION, *POLICE_CLASSIFIERS)
+        elif support is None:
+            log.warning("rate limits on bridge %s use ingress policing (%s), and whether this kernel has tc's "
+                        "police action cannot be told (no kernel configuration to read): if it has not, limits "
+                        "are not enforced; 'tc filter show dev PORT ingress' shows whether one took",
+                        self.flows.bridge, why)
 
     def apply(self, endpoint_id: str, port: str, vlan: int, limit: tuple[int, int] | None,
               wait_port: float = 0.0, wanted=None) -> bool:
