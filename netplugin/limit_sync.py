@@ -31,6 +31,7 @@ FULL_PASS_EVERY = 10.0   # bounds how long an OVS restart leaves ports without l
 PORT_WAIT = 2.0          # seconds CreateEndpoint waits for a limited port's OpenFlow number
 PENDING_RETRY = 0.1      # a port without an OpenFlow number yet is tried again this soon ...
 PENDING_PATIENCE = 5.0   # ... for this long; after that the periodic full pass takes over
+_UNKNOWN = object()      # no limit recorded for the endpoint yet
 
 
 class LimitSync:
@@ -45,6 +46,7 @@ class LimitSync:
         self._stray_meters: set[int] = set()      # meters no local limited port used at the last full pass
         self._had_local = False                   # the bridge exists once a local endpoint was seen
         self._loop: SyncLoop | None = None
+        self._record_lock = threading.Lock()      # applied and _gone, with the count
 
     def limit_of(self, ep: Endpoint) -> tuple[int, int] | None:
         net = self.store.get_network(ep.network)
@@ -58,7 +60,8 @@ class LimitSync:
         (which tells the ARP proxy the port's VLAN): the sync loop, already
         woken by this endpoint's new record, adds it moments later, off
         Docker's path; until then the port's ARP is switched normally."""
-        self._gone.pop(ep.id, None)
+        with self._record_lock:
+            self._gone.pop(ep.id, None)
         limit = self.limit_of(ep)
         if limit is None:
             return
@@ -66,17 +69,34 @@ class LimitSync:
                                   wanted=lambda: ep.id not in self._gone):
             raise DataplaneError(f"Open vSwitch gave port {ep.port} no OpenFlow port number within {PORT_WAIT:.0f} s, "
                                  "so its bandwidth limit cannot be applied: check ovs-vswitchd, then retry")
-        self.applied[ep.id] = limit
-        if self.metrics is not None:
+        self._record(ep.id, limit)
+
+    def _record(self, endpoint_id: str, limit: tuple[int, int] | None, repair: bool = False) -> bool:
+        """Remember the limit a port has now, and count it once.
+
+        CreateEndpoint and a pass woken by the endpoint's new record can both
+        set the same limit on the same port, one after the other (the apply
+        lock orders them): the second finds it recorded already and is not
+        counted again. A repair (the bridge lost what was recorded) is counted.
+        Nothing is recorded for an endpoint that is going."""
+        with self._record_lock:
+            if endpoint_id in self._gone:
+                return False
+            before = self.applied.get(endpoint_id, _UNKNOWN)
+            self.applied[endpoint_id] = limit
+        counted = repair or before != limit
+        if counted and self.metrics is not None:
             self.metrics.limits_applied.inc()
+        return counted
 
     def forget(self, endpoint_id: str) -> None:
         """The endpoint is going: no pass may set its flow or meter again."""
-        self.applied.pop(endpoint_id, None)
         now = time.monotonic()
-        self._gone[endpoint_id] = now
-        for old in [e for e, t in self._gone.items() if now - t > GONE_MEMORY]:
-            del self._gone[old]
+        with self._record_lock:
+            self.applied.pop(endpoint_id, None)
+            self._gone[endpoint_id] = now
+            for old in [e for e, t in self._gone.items() if now - t > GONE_MEMORY]:
+                del self._gone[old]
 
     def resync(self, verify: bool = False) -> int:
         """Apply every local endpoint's limit that changed; returns how many were applied."""
@@ -115,10 +135,9 @@ class LimitSync:
                     self._pending.setdefault(ep.id, time.monotonic())   # ovs-vswitchd has not taken it in yet
                     continue
                 self._pending.pop(ep.id, None)
-                self.applied[ep.id] = want
+                if not self._record(ep.id, want, repair=have == "drifted"):
+                    continue                 # set meanwhile by CreateEndpoint, or the endpoint is going
                 changed += 1
-                if self.metrics is not None:
-                    self.metrics.limits_applied.inc()
                 log.info("limit of endpoint %s (%s) is now %s", ep.id[:12], ep.ip,
                          f"{want[0]} kbit/s, burst {want[1]} kbit" if want else "none")
             except NetpluginError as exc:

@@ -301,9 +301,10 @@ def test_rate_limits_show_in_metrics(spec_daemon):
         start_container("ops-l1", net)
         time.sleep(1)
         base = applied()
-        # The profile goes on after the container started: a limit that CreateEndpoint sets
-        # races the limit follower over the same meter (a product bug, see the report), so
-        # this test lets the follower alone set, change and lift it.
+        # The profile goes on after the container started, so the limit follower alone sets,
+        # changes and lifts it: one counted application per step. (When CreateEndpoint and
+        # the follower both set a new port's limit, it is counted once: see
+        # tests/unit/test_limit_sync.py.)
         spec_daemon.netctl("network", "set", net, "--profile", "ops-slow")            # set live
         wait_for("netplugin_rate_limited_ports to count the port", lambda: limited() == 1, 40)
         wait_for("a new limit to be counted", lambda: applied() == base + 1, 40)

@@ -171,3 +171,73 @@ def test_a_meter_no_local_limited_port_uses_is_deleted_after_two_full_passes(wor
     assert 99 in flows.meter_ports
     sync.resync(verify=True)               # second: deleted
     assert flows.meter_ports == {21} and ("del_meter", 99) in flows.calls
+
+
+class CountingMetrics:
+    class _Counter:
+        def __init__(self):
+            self.value = 0
+
+        def inc(self):
+            self.value += 1
+
+    class _Gauge:
+        def set(self, value):
+            self.value = value
+
+    def __init__(self):
+        self.limits_applied = self._Counter()
+        self.limited_ports = self._Gauge()
+
+
+@pytest.mark.parametrize("create_first", [True, False])
+def test_create_endpoint_racing_a_pass_counts_the_limit_once(world, create_first):
+    """The pass woken by the endpoint's new record read it before CreateEndpoint
+    recorded its limit; both set the same meter, one after the other under the
+    apply lock, in either order. One limit was set: it is counted once."""
+    _, store, switch, flows, sync = world
+    sync.metrics = CountingMetrics()
+    ep = endpoint(30, {"rate_kbps": 10_000, "burst_kb": 2_500})
+    switch.numbers[ep.port] = 31
+    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    lock = sync.limiter._apply_lock
+    lock.acquire()
+    first = threading.Thread(target=sync.apply_endpoint if create_first else sync.resync,
+                             args=(ep,) if create_first else ())
+    second = threading.Thread(target=sync.resync if create_first else sync.apply_endpoint,
+                              args=() if create_first else (ep,))
+    first.start()
+    time.sleep(0.1)              # first waits for the lock, having read what it needs
+    second.start()
+    time.sleep(0.1)              # so does second: the pass saw no recorded limit
+    lock.release()
+    first.join(5)
+    second.join(5)
+    assert [c for c in flows.calls if c[0] == "set_port"] == [("set_port", ep.id, 31, (10_000, 2_500))] * 2
+    assert sync.applied[ep.id] == (10_000, 2_500)
+    assert sync.metrics.limits_applied.value == 1
+    # A later change is counted; a pass with nothing changed is not; a repair is.
+    assert sync.resync() == 0 and sync.metrics.limits_applied.value == 1
+    ep.limit = {"rate_kbps": 20_000, "burst_kb": 5_000}
+    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    assert sync.resync() == 1 and sync.metrics.limits_applied.value == 2
+    flows.meter_ports.discard(31)          # lost from the bridge: a full pass puts it back
+    assert sync.resync(verify=True) == 1 and sync.metrics.limits_applied.value == 3
+
+
+def test_a_pass_for_an_endpoint_deleted_meanwhile_records_and_counts_nothing(world):
+    _, store, switch, flows, sync = world
+    sync.metrics = CountingMetrics()
+    ep = endpoint(32, {"rate_kbps": 10_000, "burst_kb": 2_500})
+    switch.numbers[ep.port] = 33
+    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    lock = sync.limiter._apply_lock
+    lock.acquire()
+    t = threading.Thread(target=sync.resync)
+    t.start()
+    time.sleep(0.1)              # the pass read the endpoint and waits for the lock
+    sync.forget(ep.id)           # DeleteEndpoint
+    lock.release()
+    t.join(5)
+    assert flows.calls == [] and ep.id not in sync.applied
+    assert sync.metrics.limits_applied.value == 0
