@@ -22,10 +22,33 @@ from .errors import NetpluginError
 log = logging.getLogger("netplugin")
 
 
+def password_file_arg(path: str) -> str:
+    """--password-file: the etcd password is the file's first line. A password
+    itself is never taken on a command line, where ps shows it to everyone."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            line = fh.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read password file {path}: "
+                                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not line:
+        raise argparse.ArgumentTypeError(f"password file {path} is empty: its first line is the password")
+    return line
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="netplugin", description="Docker network and IPAM driver on Open vSwitch.")
+    # No abbreviations: "--password SECRET" must be refused, not taken for --password-file.
+    p = argparse.ArgumentParser(prog="netplugin", description="Docker network and IPAM driver on Open vSwitch.",
+                                allow_abbrev=False)
     p.add_argument("--config", help="TOML settings file (default /etc/netplugin/netplugin.toml if present)")
     p.add_argument("--etcd-endpoints", help="comma-separated etcd URLs, e.g. http://127.0.0.1:2379")
+    p.add_argument("--cacert", dest="etcd_cacert", metavar="FILE", help="CA certificate for etcd TLS (etcd_cacert)")
+    p.add_argument("--cert", dest="etcd_cert", metavar="FILE", help="client certificate for etcd TLS (etcd_cert)")
+    p.add_argument("--key", dest="etcd_key", metavar="FILE", help="client key for etcd TLS (etcd_key)")
+    p.add_argument("--user", dest="etcd_user", help="etcd user (etcd_user); the password goes with it")
+    p.add_argument("--password-file", dest="etcd_password", metavar="FILE", type=password_file_arg,
+                   help="file whose first line is the etcd password (etcd_password); "
+                        "or NETPLUGIN_ETCD_PASSWORD, or the config file")
     p.add_argument("--host-id", help="this host's id in the cluster (default: the hostname)")
     p.add_argument("--bridge", help="OVS bridge name (default netplugin0)")
     p.add_argument("--datapath-type", choices=["system", "netdev"], help="OVS datapath type")
