@@ -15,11 +15,14 @@ from .store import Store
 OPERATOR = "netctl"
 
 
-def create(store: Store, name: str, subnet: str, vlan: int | str, gateway: str | None = None,
-           ranges: list[str] | None = None, aux: dict[str, str] | None = None) -> Network:
-    """Create a global network and reserve its gateway and aux addresses, in one transaction."""
+def plan(name: str, subnet: str, vlan: int | str, gateway: str | None = None,
+         ranges: list[str] | None = None, aux: dict[str, str] | None = None) -> tuple[Network, list[Allocation]]:
+    """Check what an operator asked for, without asking etcd: the network record
+    and the addresses it reserves (gateway, aux). Raises InvalidRequest naming
+    the first bad value."""
     check_name(name)
     cidr = check_subnet(subnet)
+    checked_vlan = check_vlan(vlan)
     gw = str(check_address(gateway, cidr, "gateway")) if gateway else str(netaddr.IPAddress(cidr.first + 1))
     checked_ranges = [str(check_range(r, cidr)) for r in ranges or []]
     checked_aux = {check_name(k, "aux address name"): str(check_address(v, cidr, f"aux address {k}"))
@@ -28,10 +31,17 @@ def create(store: Store, name: str, subnet: str, vlan: int | str, gateway: str |
         raise InvalidRequest(f"address {gw} cannot be both the gateway and an aux address")
     if len(set(checked_aux.values())) != len(checked_aux):
         raise InvalidRequest("two aux addresses have the same address")
-    net = Network(id=new_network_id(), name=name, subnet=str(cidr), gateway=gw, vlan=check_vlan(vlan),
+    net = Network(id=new_network_id(), name=name, subnet=str(cidr), gateway=gw, vlan=checked_vlan,
                   ranges=checked_ranges, aux=checked_aux, origin=OPERATOR)
     reserved = [Allocation(gw, ALLOC_GATEWAY, OPERATOR, network=net.id)]
     reserved += [Allocation(ip, ALLOC_AUX, OPERATOR, network=net.id) for ip in checked_aux.values()]
+    return net, reserved
+
+
+def create(store: Store, name: str, subnet: str, vlan: int | str, gateway: str | None = None,
+           ranges: list[str] | None = None, aux: dict[str, str] | None = None) -> Network:
+    """Create a global network and reserve its gateway and aux addresses, in one transaction."""
+    net, reserved = plan(name, subnet, vlan, gateway, ranges, aux)
     store.create_network(net, reserved)
     return net
 

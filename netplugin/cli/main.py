@@ -6,15 +6,32 @@ Exit codes: 0 ok, 1 error (message on stderr), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
 from .. import __version__
 from ..config import load
+from ..daemon import password_file_arg
 from ..errors import NetpluginError
 from . import endpoint_cmds, global_cmds, network_cmds, profile_cmds, status_cmds
 
 USAGE_ERROR = 2
+# The form the settings accept (config.Config.validate): checked here too, so a
+# bad --etcd-endpoints is a usage error (exit 2) and etcd is never dialled.
+ENDPOINT_RE = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+:\d+/?")
+
+
+def endpoints_arg(text: str) -> str:
+    """--etcd-endpoints: comma-separated http(s)://HOST:PORT URLs."""
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    if not urls:
+        raise argparse.ArgumentTypeError("give at least one etcd URL, e.g. http://127.0.0.1:2379")
+    for url in urls:
+        if not ENDPOINT_RE.fullmatch(url):
+            raise argparse.ArgumentTypeError(f"{url!r} is not an etcd URL of the form http(s)://HOST:PORT, "
+                                             "e.g. https://10.0.0.1:2379")
+    return ",".join(urls)
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -22,16 +39,19 @@ def common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection (same settings, file and NETPLUGIN_* variables as the daemon)")
     g.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
-    g.add_argument("--etcd-endpoints", default=argparse.SUPPRESS, help="comma-separated etcd URLs")
+    g.add_argument("--etcd-endpoints", default=argparse.SUPPRESS, type=endpoints_arg,
+                   help="comma-separated etcd URLs, http(s)://HOST:PORT")
     g.add_argument("--cacert", dest="etcd_cacert", default=argparse.SUPPRESS, help="CA certificate for etcd TLS")
     g.add_argument("--cert", dest="etcd_cert", default=argparse.SUPPRESS, help="client certificate for etcd TLS")
     g.add_argument("--key", dest="etcd_key", default=argparse.SUPPRESS, help="client key for etcd TLS")
     g.add_argument("--user", dest="etcd_user", default=argparse.SUPPRESS, help="etcd user")
     g.add_argument("--password", dest="etcd_password", default=argparse.SUPPRESS,
-                   help="etcd password (better: NETPLUGIN_ETCD_PASSWORD)")
+                   help="etcd password (better: --password-file or NETPLUGIN_ETCD_PASSWORD; ps shows command lines)")
+    g.add_argument("--password-file", dest="etcd_password", default=argparse.SUPPRESS, metavar="FILE",
+                   type=password_file_arg, help="file whose first line is the etcd password")
     o = p.add_argument_group("output")
     o.add_argument("--json", "-j", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    o.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only ids or names")
+    o.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only ids")
     return p
 
 

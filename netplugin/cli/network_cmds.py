@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import time
 
+import argparse
+
 from .. import networks
 from ..errors import InvalidRequest
+from ..model import check_subnet, check_vlan
 from .output import print_fields, print_json, print_table
+
+
+def vlan_arg(text: str) -> int:
+    """--vlan: a VLAN id, 1-4094; anything else is a usage error (exit 2)."""
+    try:
+        return check_vlan(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def subnet_arg(text: str) -> str:
+    """--subnet: an IPv4 CIDR without host bits, /16 to /30."""
+    try:
+        return str(check_subnet(text))
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def aux_arg(text: str) -> tuple[str, str]:
+    """--aux-address NAME=IP."""
+    name, sep, ip = text.partition("=")
+    if not sep or not name or not ip:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like NAME=IP, e.g. router=10.10.0.2")
+    return name, ip
 
 
 def register(sub, common) -> None:
@@ -16,15 +43,15 @@ def register(sub, common) -> None:
 
     c = nsub.add_parser("create", help="create a global network", parents=[common])
     c.add_argument("name")
-    c.add_argument("--subnet", "-s", required=True, help="IPv4 CIDR, /16 to /30")
+    c.add_argument("--subnet", "-s", required=True, type=subnet_arg, help="IPv4 CIDR, /16 to /30")
     c.add_argument("--gateway", "-g", help="gateway address (default: the first address)")
-    c.add_argument("--vlan", "-p", required=True, help="VLAN id, 1-4094")
+    c.add_argument("--vlan", "-p", required=True, type=vlan_arg, help="VLAN id, 1-4094")
     c.add_argument("--ip-range", action="append", default=[], help="CIDR that dynamic addresses come from")
-    c.add_argument("--aux-address", action="append", default=[], metavar="NAME=IP",
+    c.add_argument("--aux-address", action="append", default=[], metavar="NAME=IP", type=aux_arg,
                    help="reserve an address for something outside netplugin")
-    c.set_defaults(run=create)
+    c.set_defaults(run=create, parser=c)
 
-    ls = nsub.add_parser("ls", help="list global networks", parents=[common])
+    ls = nsub.add_parser("ls", help="list global networks (-q: their ids)", parents=[common])
     ls.set_defaults(run=list_networks)
 
     i = nsub.add_parser("inspect", help="show one network, its pool and endpoints", parents=[common])
@@ -47,19 +74,19 @@ def register(sub, common) -> None:
     show.set_defaults(run=ipam_show)
 
 
-def _aux(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        name, sep, ip = pair.partition("=")
-        if not sep or not name or not ip:
-            raise InvalidRequest(f"--aux-address {pair!r} must look like NAME=IP")
-        out[name] = ip
-    return out
-
-
 def create(args, ctx) -> int:
-    net = networks.create(ctx.store, args.name, args.subnet, args.vlan, args.gateway, args.ip_range,
-                          _aux(args.aux_address))
+    # Every value is checked before etcd is asked: a bad one is a usage error
+    # (exit 2); what etcd refuses (name, VLAN or subnet taken) is an error (exit 1).
+    aux: dict[str, str] = {}
+    for name, ip in args.aux_address:
+        if name in aux:
+            args.parser.error(f"argument --aux-address: {name!r} is given twice")
+        aux[name] = ip
+    try:
+        net, reserved = networks.plan(args.name, args.subnet, args.vlan, args.gateway, args.ip_range, aux)
+    except InvalidRequest as exc:
+        args.parser.error(exc.message)
+    ctx.store.create_network(net, reserved)
     if ctx.json:
         print_json(networks.describe(ctx.store, ctx.ipam, net))
     else:
@@ -69,9 +96,9 @@ def create(args, ctx) -> int:
 
 def list_networks(args, ctx) -> int:
     nets = sorted(ctx.store.list_networks(), key=lambda n: n.label)
-    if ctx.quiet:
+    if ctx.quiet:                   # ids, which inspect, rm and ipam show accept too
         for net in nets:
-            print(net.label)
+            print(net.id)
     elif ctx.json:
         print_json([{"id": n.id, "name": n.name, "subnet": n.subnet, "gateway": n.gateway, "vlan": n.vlan,
                      "ranges": n.ranges, "origin": n.origin} for n in nets])

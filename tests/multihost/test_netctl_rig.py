@@ -51,7 +51,11 @@ def test_network_ls_json_quiet_and_table(ops, rig):
     assert (n["subnet"], n["gateway"], n["vlan"], n["origin"], n["ranges"]) == \
         (SUBNET, "10.233.0.1", VLAN, "netctl", ["10.233.0.128/25"])
     assert n["id"] == ops["created"]["id"]
-    assert NET in rig.b.netctl("network", "ls", "-q").stdout.split()
+    quiet = rig.b.netctl("network", "ls", "-q").stdout.split()
+    assert n["id"] in quiet and NET not in quiet and sorted(quiet) == sorted(x["id"] for x in nets.values())
+    # The ids feed back into the other commands.
+    assert rig.a.netctl_json("network", "inspect", n["id"])["name"] == NET
+    assert rig.a.netctl_json("ipam", "show", n["id"])["subnet"] == SUBNET
     table = rig.b.netctl("network", "ls").stdout.splitlines()
     assert table[0].split() == ["NAME", "SUBNET", "GATEWAY", "VLAN", "USED", "ORIGIN"]
     row = next(line.split() for line in table[1:] if line.split()[0] == NET)
@@ -155,7 +159,8 @@ def test_rm_refused_while_endpoints_exist_then_forced(ops, rig):
     assert "rig-b" in refused.stderr and "--force" in refused.stderr
     assert rig.a.netctl_json("network", "inspect", "mh-rm") == before          # nothing changed
     assert rig.a.netctl("network", "rm", "--force", "mh-rm").stdout.strip() == "mh-rm"
-    assert "mh-rm" not in rig.a.netctl("network", "ls", "-q").stdout.split()
+    assert before["id"] not in rig.a.netctl("network", "ls", "-q").stdout.split()
+    assert "mh-rm" not in [n["name"] for n in rig.a.netctl_json("network", "ls")]
     assert [e for e in rig.a.netctl_json("endpoint", "ls", "--host", "rig-b") if e["network_id"] == before["id"]] == []
     ports = rig.b.ports()
     # Host b's Docker still has the container and network: removing them must
@@ -175,7 +180,7 @@ def test_create_refusals(ops, rig):
     overlap = rig.a.netctl("network", "create", "mh-dup", "--subnet", "10.233.0.0/16", "--vlan", "403",
                            check=False)
     assert overlap.returncode == 1 and "10.233.0.0" in overlap.stderr
-    assert "mh-dup" not in rig.a.netctl("network", "ls", "-q").stdout.split()
+    assert "mh-dup" not in [n["name"] for n in rig.a.netctl_json("network", "ls")]
 
 
 @pytest.mark.parametrize("argv", [
@@ -188,6 +193,21 @@ def test_bad_arguments_exit_2(rig, argv):
     assert proc.returncode == 2, (argv, proc.returncode, proc.stderr)
     assert "error:" in proc.stderr and "usage:" in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["network", "create", "mh-bad", "--subnet", "10.233.5.0/24", "--vlan", "5000"], "vlan 5000 is out of range"),
+    (["network", "create", "mh-bad", "--subnet", "10.233.5.0/33", "--vlan", "405"], "'10.233.5.0/33'"),
+    (["network", "create", "mh-bad", "--subnet", "10.233.5.9/24", "--vlan", "405"], "did you mean 10.233.5.0/24"),
+    (["--etcd-endpoints", "127.0.0.1:2379", "network", "ls"], "'127.0.0.1:2379' is not an etcd URL"),
+])
+def test_bad_values_exit_2_naming_the_value(rig, argv, message):
+    """Bad values on the command line are usage errors: exit 2, a message naming
+    the value, and nothing written to etcd."""
+    proc = rig.a.netctl(*argv, check=False)
+    assert proc.returncode == 2, (argv, proc.returncode, proc.stderr)
+    assert message in proc.stderr and "usage: netctl" in proc.stderr and proc.stdout == ""
+    assert "mh-bad" not in [n["name"] for n in rig.a.netctl_json("network", "ls")]
 
 
 @pytest.mark.parametrize("argv", [["network", "ls"], ["host", "ls"], ["endpoint", "ls", "--json"],

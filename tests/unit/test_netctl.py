@@ -155,14 +155,52 @@ def test_network_create_json(netctl):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--subnet", "10.10.0.0/24", "--vlan", "5000"], "vlan 5000 is out of range"),
-    (["--subnet", "10.10.0.1/24", "--vlan", "5"], "has host bits set: did you mean 10.10.0.0/24?"),
-    (["--subnet", "10.0.0.0/8", "--vlan", "5"], "netplugin pools are /16 to /30"),
-    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--aux-address", "router"], "must look like NAME=IP"),
-    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--gateway", "10.11.0.1"], "is outside subnet"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5000"],
+     "argument --vlan/-p: vlan 5000 is out of range: give a VLAN id from 1 to 4094"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "0"], "argument --vlan/-p: vlan 0 is out of range"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "ten"], "argument --vlan/-p: vlan 'ten' is not a number"),
+    (["--subnet", "10.10.0.1/24", "--vlan", "5"],
+     "argument --subnet/-s: subnet 10.10.0.1/24 has host bits set: did you mean 10.10.0.0/24?"),
+    (["--subnet", "10.0.0.0/8", "--vlan", "5"], "argument --subnet/-s: subnet 10.0.0.0/8 is /8: netplugin pools are /16 to /30"),
+    (["--subnet", "10.10.0/24x", "--vlan", "5"],
+     "argument --subnet/-s: subnet '10.10.0/24x' is not a valid IPv4 CIDR such as 10.10.0.0/24"),
+    (["--subnet", "10.10.0.0", "--vlan", "5"], "subnet '10.10.0.0' must be an IPv4 CIDR such as 10.10.0.0/24"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--aux-address", "router"],
+     "argument --aux-address: 'router' must look like NAME=IP"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--gateway", "10.11.0.1"], "gateway 10.11.0.1 is outside subnet"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--gateway", "ten"], "gateway 'ten' is not a valid IPv4 address"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--ip-range", "10.10.1.0/25"],
+     "ip range 10.10.1.0/25 must be a CIDR without host bits inside subnet"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--aux-address", "r=10.10.0.2", "--aux-address", "r=10.10.0.3"],
+     "'r' is given twice"),
+    (["--subnet", "10.10.0.0/24", "--vlan", "5", "--aux-address", "r=10.10.0.1"],
+     "address 10.10.0.1 cannot be both the gateway and an aux address"),
 ])
-def test_network_create_bad_input_is_exit_1(netctl, args, message):
-    error(netctl("network", "create", "x", *args), message)
+def test_network_create_bad_values_are_exit_2(netctl, kv, args, message):
+    """A value that cannot work is a usage error, found before etcd is asked
+    anything; the message names the value and what is expected."""
+    err = usage(netctl("network", "create", "x", *args), message)
+    assert "usage: netctl network create" in err
+    assert kv.calls == []
+
+
+def test_network_create_bad_name_is_exit_2(netctl, kv):
+    err = usage(netctl("network", "create", "bad/name", "--subnet", "10.10.0.0/24", "--vlan", "5"),
+                "network name 'bad/name' is invalid")
+    assert kv.calls == [] and "bad/name" in err
+
+
+@pytest.mark.parametrize("endpoints, message", [
+    ("localhost:2379", "'localhost:2379' is not an etcd URL of the form http(s)://HOST:PORT"),
+    ("http://127.0.0.1:2379,ftp://10.0.0.1:21", "'ftp://10.0.0.1:21' is not an etcd URL"),
+    ("http://127.0.0.1", "'http://127.0.0.1' is not an etcd URL"),
+    (",", "give at least one etcd URL"),
+])
+def test_bad_etcd_endpoints_flag_is_exit_2(netctl, kv, endpoints, message):
+    for argv in (["--etcd-endpoints", endpoints, "network", "ls"], ["network", "ls", "--etcd-endpoints", endpoints]):
+        err = usage(netctl(*argv), message)
+        assert "argument --etcd-endpoints" in err
+    assert kv.calls == []
 
 
 def test_network_create_clashes_are_exit_1(netctl, prod):
@@ -181,12 +219,24 @@ def test_network_ls_table_quiet_and_json(netctl, prod):
     assert [line.split() for line in r.lines[1:]] == [
         ["db", "10.20.0.0/24", "10.20.0.1", "200", "1", "netctl"],
         ["prod", "10.10.0.0/24", "10.10.0.1", "100", "1", "netctl"]]
-    assert ok(netctl("network", "ls", "-q")).out == "db\nprod\n"
     rows = ok(netctl("network", "ls", "--json")).json
     assert [(n["name"], n["subnet"], n["vlan"], n["gateway"], n["origin"]) for n in rows] == [
         ("db", "10.20.0.0/24", 200, "10.20.0.1", "netctl"), ("prod", "10.10.0.0/24", 100, "10.10.0.1", "netctl")]
     assert ok(netctl("--json", "network", "ls")).json == rows        # options before the command too
-    assert ok(netctl("-q", "network", "ls")).out == "db\nprod\n"
+    ids = [n["id"] for n in rows]
+    assert all(re.fullmatch(r"n-[0-9a-f]{12}", i) for i in ids), ids
+    assert ok(netctl("network", "ls", "-q")).out == f"{ids[0]}\n{ids[1]}\n"       # ids, in name order
+    assert ok(netctl("-q", "network", "ls")).lines == ids
+
+
+def test_network_ls_quiet_ids_feed_inspect_ipam_and_rm(netctl, prod):
+    ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/24", "--vlan", "200"))
+    ids = ok(netctl("network", "ls", "-q")).lines
+    assert [ok(netctl("network", "inspect", i, "--json")).json["name"] for i in ids] == ["db", "prod"]
+    assert [ok(netctl("ipam", "show", i, "--json")).json["subnet"] for i in ids] == ["10.20.0.0/24", SUBNET]
+    for i in ids:
+        assert ok(netctl("network", "rm", i)).out in ("db\n", "prod\n")
+    assert ok(netctl("network", "ls", "-q")).out == ""
 
 
 def test_network_ls_empty(netctl):
@@ -225,7 +275,9 @@ def test_network_inspect_unknown_is_exit_1(netctl):
 def test_network_rm_refused_with_endpoints_unless_force(netctl, kv, containers):
     error(netctl("network", "rm", "prod"),
           "network prod still has 3 endpoint(s) on host(s) h1, h2: stop those containers first, or pass --force")
-    assert ok(netctl("network", "ls", "-q")).out == "prod\n"
+    listed = ok(netctl("network", "ls", "--json")).json
+    assert [n["name"] for n in listed] == ["prod"]
+    assert ok(netctl("network", "ls", "-q")).lines == [listed[0]["id"]]
     r = ok(netctl("network", "rm", "prod", "--force"))
     assert r.out == "prod\n"
     assert ok(netctl("network", "ls", "-q")).out == ""
