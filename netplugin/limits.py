@@ -32,6 +32,9 @@ _AMOUNT_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]+)\s*")
 
 def parse_rate(text: object) -> int:
     """'100mbit' -> 100000 (kbit/s)."""
+    if isinstance(text, (str, int, float)) and str(text).strip().startswith("-"):
+        raise InvalidRequest(f"rate {text!r} is negative: a rate is {MIN_RATE_KBPS}kbit to 100gbit, "
+                             "such as 500kbit, 100mbit or 1gbit")
     m = _AMOUNT_RE.fullmatch(str(text).lower()) if isinstance(text, (str, int, float)) else None
     if m is None or m.group(2) not in _RATE_UNITS:
         hint = " ('mbps' is ambiguous: say mbit)" if m and m.group(2).endswith("bps") else ""
@@ -48,6 +51,8 @@ def parse_burst(text: object, rate_kbps: int) -> int:
     """'256kb' -> 2048 (kbit); None or '' -> 250 ms of the rate."""
     if text in (None, ""):
         return max(MIN_BURST_KB, int(rate_kbps * DEFAULT_BURST_SECONDS))
+    if str(text).strip().startswith("-"):
+        raise InvalidRequest(f"burst {text!r} is negative: a burst is a size such as 256kb, 2mb or 512kbit")
     m = _AMOUNT_RE.fullmatch(str(text).lower())
     if m is None or m.group(2) not in _SIZE_UNITS:
         raise InvalidRequest(f"burst {text!r} is not a size such as 256kb, 2mb or 512kbit")

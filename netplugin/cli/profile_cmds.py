@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
+import re
+
 from ..errors import InvalidRequest
 from ..limits import human_rate, make_profile, parse_burst, parse_rate, require_profile
 from .endpoint_cmds import find_endpoint
 from .output import print_fields, print_json, print_table
+
+
+# "-5mbit" after --rate: argparse takes anything starting with '-' for an option
+# (and says "expected one argument") unless it looks like a negative number. An
+# amount with a unit is one here, so it reaches parse_rate/parse_burst, which
+# say what is wrong with it. These parsers have no option that looks like one.
+_NEGATIVE_AMOUNT = re.compile(r"^-\d+(\.\d+)?[a-zA-Z]*$")
+
+
+def _take_negative_amounts(parser) -> None:
+    parser._negative_number_matcher = _NEGATIVE_AMOUNT
 
 
 def register(sub, common) -> None:
@@ -18,11 +31,13 @@ def register(sub, common) -> None:
     c.add_argument("--rate", "-b", required=True, help="e.g. 500kbit, 100mbit, 1gbit")
     c.add_argument("--burst", "-s", help="e.g. 256kb, 2mb (default: 250 ms of the rate)")
     c.set_defaults(run=profile_create)
+    _take_negative_amounts(c)
     s = psub.add_parser("set", help="change a profile's rate or burst (applied live)", parents=[common])
     s.add_argument("name")
     s.add_argument("--rate", "-b", help="new rate")
     s.add_argument("--burst", "-s", help="new burst")
     s.set_defaults(run=profile_set)
+    _take_negative_amounts(s)
     ls = psub.add_parser("ls", help="list profiles", parents=[common])
     ls.set_defaults(run=profile_ls)
     ins = psub.add_parser("inspect", help="one profile and what uses it", parents=[common])
@@ -51,6 +66,7 @@ def add_endpoint_set(endpoint_sub, common) -> None:
     group.add_argument("--clear", action="store_true", help="back to the network's limit")
     es.add_argument("--burst", "-s", help="with --rate: the burst")
     es.set_defaults(run=endpoint_set)
+    _take_negative_amounts(es)
 
 
 def _row(p, users: list[str]) -> dict:
