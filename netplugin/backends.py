@@ -3,6 +3,8 @@ netctl at start, never at import time."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from .arp_proxy import ArpProxy
 from .config import Config
 from .dataplane.flows import Flows
@@ -24,9 +26,22 @@ def make_store(cfg: Config) -> Store:
     return Store(kv, cfg.etcd_prefix)
 
 
+def make_switch(cfg: Config) -> Switch:
+    """The OVSDB client; cfg.ovs_connect_timeout bounds opening the
+    connection and its first dump of the database."""
+    return Switch(cfg.ovsdb, cfg.ovs_timeout, connect_timeout=cfg.ovs_connect_timeout)
+
+
+def reconcile_settings(cfg: Config) -> Config:
+    """The settings a reconciler runs with: a new process's first OVSDB dump
+    of a big database takes longer than a request of the daemon may wait."""
+    return dataclasses.replace(cfg, ovs_connect_timeout=max(cfg.ovs_connect_timeout,
+                                                            cfg.reconcile_ovs_connect_timeout))
+
+
 def make_driver(cfg: Config) -> Driver:
     store = make_store(cfg)
-    switch = Switch(cfg.ovsdb, cfg.ovs_timeout)
+    switch = make_switch(cfg)
     flows = Flows(cfg.bridge, cfg.ovs_timeout)
     limits = LimitSync(cfg, store, RateLimiter(switch, flows, cfg.rate_limit))
     arp = ArpProxy(cfg, store, switch, flows)

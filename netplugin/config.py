@@ -51,6 +51,9 @@ class Config:
     mtu: int = 1500
     ovsdb: str = "unix:/var/run/openvswitch/db.sock"
     ovs_timeout: float = 5.0
+    # Opening the OVSDB connection downloads the Port and Interface tables: the
+    # daemon's requests are bounded by their deadline anyway.
+    ovs_connect_timeout: float = 15.0
     docker_url: str = "unix:///var/run/docker.sock"
     docker_timeout: float = 5.0
     rate_limit: str = "auto"
@@ -59,6 +62,11 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_address: str = "127.0.0.1:9109"
+    # The reconciler (netplugin-reconcile): a new process each run, whose first
+    # OVSDB dump at 10,000 ports takes 20-60 s on a loaded host.
+    reconcile_ovs_connect_timeout: float = 300.0
+    reconcile_dead_host_after: float | None = None     # seconds; unset = never release dead hosts' endpoints
+    reconcile_tombstone_max_age: float = 7 * 86400.0   # release tombstones older than this are pruned
 
     def validate(self) -> "Config":
         """Raise InvalidRequest naming the first setting that cannot work."""
@@ -90,9 +98,14 @@ class Config:
             raise InvalidRequest(f"rate_limit {self.rate_limit!r} must be auto, meter or policing")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise InvalidRequest(f"log_level {self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
-        for name in ("etcd_timeout", "ovs_timeout", "docker_timeout", "handler_deadline"):
+        for name in ("etcd_timeout", "ovs_timeout", "ovs_connect_timeout", "docker_timeout", "handler_deadline",
+                     "reconcile_ovs_connect_timeout", "reconcile_tombstone_max_age"):
             if not getattr(self, name) > 0:
                 raise InvalidRequest(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
+        if self.reconcile_dead_host_after is not None and not self.reconcile_dead_host_after > 0:
+            raise InvalidRequest("reconcile_dead_host_after must be a positive number of seconds "
+                                 f"(leave it unset to never release dead hosts' endpoints), "
+                                 f"not {self.reconcile_dead_host_after}")
         if not 1 <= int(self.threads) <= 512:
             raise InvalidRequest(f"threads {self.threads} must be between 1 and 512")
         if bool(self.etcd_user) != bool(self.etcd_password):

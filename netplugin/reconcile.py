@@ -12,7 +12,11 @@ own (the containers attached to this host's netplugin networks). Rules:
   container is never released; missing pieces of it are repaired instead.
 * When Docker cannot be asked, nothing that depends on liveness is released:
   findings are reported only.
-* One reconciler per host at a time, through a lease-bound etcd lock.
+* One reconciler per host at a time, through a lease-bound etcd lock. The
+  lease is kept alive while the run works; a run that can no longer show it
+  holds the lock stops acting.
+* A veth or port whose name is that of an endpoint Docker shows live is never
+  deleted, even with its record and its port gone.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
+from time import monotonic
 
 import netaddr
 
@@ -30,6 +36,7 @@ from .dataplane.links import HOST_END_RE, Links, veth_names
 from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
 from .docker_api import DockerView
 from .errors import NetpluginError
+from .kv import Delete
 from .hosts import LAST_SEEN_EVERY, LEASE_TTL
 from .model import ALLOC_ENDPOINT, Allocation, Endpoint
 from .release import Releaser
@@ -39,6 +46,9 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT_FLOOR = 10.0
 LOCK_TTL = 120
+LOCK_REFRESH_EVERY = LOCK_TTL / 4      # three refreshes may fail before the lease can expire
+LOCK_SAFETY_MARGIN = LOCK_TTL / 4      # stop acting this long before an unconfirmed lease could expire
+DEFAULT_TOMBSTONE_MAX_AGE = 7 * 86400.0
 
 
 @dataclass
@@ -60,6 +70,7 @@ class Report:
     docker: str = "ok"
     status: str = "done"
     duration_ms: float = 0.0
+    tombstones_pruned: int = 0
     findings: list[Finding] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -74,6 +85,62 @@ class Report:
         return out
 
 
+class LockKeeper:
+    """Keeps the lock's lease alive from a thread while a run works.
+
+    Each refresh also reads the lock back: the lock is held while its key
+    names this run and the last such proof is younger than the lease minus a
+    margin. Once another owner (or no owner) is seen, it stays lost."""
+
+    def __init__(self, store: Store, name: str, owner: str, lease: int, every: float | None = None):
+        self.store, self.name, self.owner, self.lease = store, name, owner, lease
+        self.every = every or LOCK_REFRESH_EVERY
+        self.confirmed = monotonic()
+        self.lost = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lock-{name}", daemon=True)
+
+    def start(self) -> "LockKeeper":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.every + 5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every) and not self.lost:
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Renew the lease and read the lock back; False once it is lost."""
+        if self.lost:
+            return False
+        renewed = True
+        try:
+            self.store.kv.refresh_lease(self.lease)
+        except NetpluginError as exc:
+            renewed = False
+            log.warning("reconcile lock %s: cannot renew its lease: %s", self.name, exc.message)
+        try:
+            owner = self.store.lock_owner(self.name)
+        except NetpluginError:
+            return self.held()                   # etcd unreachable: held while the last proof is recent
+        if owner != self.owner:
+            self.lost = f"the lock is now held by {owner}" if owner else "the lock's lease expired"
+            log.error("reconcile lock %s lost (%s): this run stops acting", self.name, self.lost)
+            return False
+        if renewed:
+            self.confirmed = monotonic()
+        return self.held()
+
+    def held(self) -> bool:
+        if not self.lost and monotonic() - self.confirmed > LOCK_TTL - LOCK_SAFETY_MARGIN:
+            self.lost = f"the lease could not be renewed for {int(monotonic() - self.confirmed)} s"
+        return not self.lost
+
+
 class Reconciler:
     def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView,
                  releaser: Releaser):
@@ -85,7 +152,8 @@ class Reconciler:
         self.releaser = releaser
 
     # -- the run ------------------------------------------------------------------
-    def run(self, dry_run: bool = False, grace: float = 60.0, dead_host_after: float | None = None) -> dict:
+    def run(self, dry_run: bool = False, grace: float = 60.0, dead_host_after: float | None = None,
+            tombstone_max_age: float | None = DEFAULT_TOMBSTONE_MAX_AGE) -> dict:
         report = Report(self.cfg.host_id, time.time(), dry_run, grace)
         lock = f"reconcile-{self.cfg.host_id}"
         lease = self.store.kv.grant_lease(LOCK_TTL)
@@ -94,23 +162,50 @@ class Reconciler:
             self.store.kv.revoke_lease(lease)
             report.status = f"skipped: another reconciler holds the lock ({self.store.lock_owner(lock)})"
             return self._finish(report, save=False)
+        keeper = LockKeeper(self.store, lock, owner, lease).start()
         try:
             self._scan(report, grace)
             if dead_host_after is not None:
                 self._scan_dead_hosts(report, dead_host_after)
-            if not dry_run:
-                for finding, act in self._actions:
-                    try:
-                        act()
-                        finding.done = True
-                    except NetpluginError as exc:
-                        finding.error = exc.message
-                    except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
-                        log.exception("reconcile action failed")
-                        finding.error = f"{type(exc).__name__}: {exc}"
+            if not dry_run and keeper.refresh():
+                self._act(keeper)
+                if tombstone_max_age is not None and keeper.held():
+                    report.tombstones_pruned = self._prune_tombstones(tombstone_max_age)
+            if keeper.lost:
+                report.status = f"stopped: lost the lock ({keeper.lost}); the rest was not done"
         finally:
-            self.store.kv.revoke_lease(lease)
+            keeper.stop()
+            try:
+                self.store.kv.revoke_lease(lease)
+            except NetpluginError as exc:      # expired already: nothing left to give back
+                log.info("reconcile lock lease: %s", exc.message)
         return self._finish(report, save=True)
+
+    def _act(self, keeper: LockKeeper) -> None:
+        """Carry out the findings' actions while the lock is ours."""
+        for finding, act in self._actions:
+            if not keeper.held():
+                finding.error = "not done: this run lost its lock"
+                continue
+            try:
+                act()
+                finding.done = True
+            except NetpluginError as exc:
+                finding.error = exc.message
+            except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
+                log.exception("reconcile action failed")
+                finding.error = f"{type(exc).__name__}: {exc}"
+
+    def _prune_tombstones(self, max_age: float) -> int:
+        """Delete the release tombstones older than max_age of this host and of
+        hosts not alive (whose own reconciler cannot); the number deleted."""
+        now = time.time()
+        alive = {h.host for h, up in self.store.list_hosts() if up and h.host != self.cfg.host_id}
+        old = [key for key, stone in self.store.list_tombstones()
+               if now - float(stone.get("time") or 0) > max_age and stone.get("host") not in alive]
+        for key in old:
+            self.store.kv.txn([], [Delete(key)])
+        return len(old)
 
     def _finish(self, report: Report, save: bool) -> dict:
         report.duration_ms = round((time.time() - report.started) * 1000, 1)
@@ -162,6 +257,9 @@ class Reconciler:
         if live is None:
             report.docker = "unreachable: liveness unknown, findings are only reported"
         live_ips = {(v["network"], v["ip"]) for v in (live or {}).values()}
+        # The names a live endpoint's port and veth have: never a leak, whatever else is lost.
+        live_ports = {veth_names(eid)[0]: eid for eid in (live or {})}
+        bound = {b.docker_network: b for b in bindings}
 
         for ep in records.values():
             attached = live.get(ep.id) if live is not None else None
@@ -186,6 +284,11 @@ class Reconciler:
             if eid in records:
                 continue
             attached = live.get(eid) if live is not None else None
+            if attached is None and port["name"] in live_ports:
+                eid = live_ports[port["name"]]           # ids that disagree with the name: the name's owner is live
+                attached = live[eid]
+                if eid in records:
+                    continue
             if attached is not None:
                 self._add(report, Finding("port_without_record", eid, f"{port['name']}: record lost, container "
                                           f"{attached['name']} alive", "repair"),
@@ -197,6 +300,10 @@ class Reconciler:
 
         known_ports = {ep.port for ep in records.values()} | {p["name"] for p in ports.values()}
         for name in sorted(veths - known_ports):
+            eid = live_ports.get(name)
+            if eid is not None:
+                self._add_live_veth(report, name, eid, live[eid], bound)
+                continue
             self._add(report, Finding("veth_without_endpoint", name, f"veth {name} has no endpoint", "release"),
                       lambda name=name: self.links.delete(name))
 
@@ -227,6 +334,20 @@ class Reconciler:
             if ep.host in dead:
                 self._add(report, Finding("endpoint_of_dead_host", ep.id, f"{ep.ip} on dead host {ep.host}",
                                           "release"), lambda ep=ep: self.store.release_endpoint(ep, "reconciler"))
+
+    def _add_live_veth(self, report: Report, name: str, eid: str, attached: dict, bound: dict) -> None:
+        """A live container's veth whose record and port are both gone: put the
+        port back (from Docker's view and the binding), so that the next run
+        rebuilds the record from it as for any port_without_record."""
+        binding = bound.get(attached["network"])
+        net = self.store.get_network(binding.network) if binding else None
+        detail = f"veth {name}: record and port lost, container {attached['name']} alive"
+        if net is None:
+            self._add(report, Finding("veth_of_live_container", eid, detail + "; its network is unknown", "report"))
+            return
+        ext = {EXT_ENDPOINT: eid, EXT_NETWORK: net.id, EXT_HOST: self.cfg.host_id}
+        self._add(report, Finding("veth_of_live_container", eid, detail, "repair"),
+                  lambda: self.switch.add_access_port(self.cfg.bridge, name, net.vlan, ext))
 
     # -- actions -------------------------------------------------------------------------
     def _drop_address(self, subnet: str, offset: int, seen: Allocation) -> None:

@@ -16,13 +16,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, default=60.0,
                    help="leave alone anything younger than this many seconds (default 60)")
     p.add_argument("--dead-host-after", type=float, default=None, metavar="SECONDS",
-                   help="also release endpoints of hosts dead for longer than this (off by default)")
+                   help="also release endpoints of hosts dead for longer than this (default: the "
+                        "reconcile_dead_host_after setting; off when unset)")
     p.add_argument("--host-id", help="this host's id (default: the daemon's setting)")
     p.add_argument("--bridge", help="this host's OVS bridge (default: the daemon's setting)")
 
 
 def run(args, cfg_overrides: dict, as_json: bool) -> int:
-    from .backends import make_driver, make_releaser
+    from .backends import make_driver, make_releaser, reconcile_settings
     from .config import load
     from .docker_api import DockerView
     from .reconcile import Reconciler, as_json_line, format_human
@@ -35,12 +36,13 @@ def run(args, cfg_overrides: dict, as_json: bool) -> int:
         if getattr(args, key, None):
             overrides[key] = getattr(args, key)
     try:
-        cfg = load(overrides.pop("config", None), overrides=overrides)
+        cfg = reconcile_settings(load(overrides.pop("config", None), overrides=overrides))
         driver = make_driver(cfg)
         releaser = make_releaser(cfg, driver)
+        dead_host_after = args.dead_host_after if args.dead_host_after is not None else cfg.reconcile_dead_host_after
         report = Reconciler(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker),
-                            releaser).run(dry_run=args.dry_run, grace=args.grace,
-                                          dead_host_after=args.dead_host_after)
+                            releaser).run(dry_run=args.dry_run, grace=args.grace, dead_host_after=dead_host_after,
+                                          tombstone_max_age=cfg.reconcile_tombstone_max_age)
     except NetpluginError as exc:
         print(f"netplugin-reconcile: {exc.message}", file=sys.stderr)
         return 1
