@@ -1,5 +1,11 @@
 """This host in the registry: a record bound to a lease that the daemon keeps
-alive, so other hosts and netctl can tell a live host from a dead one."""
+alive, so other hosts and netctl can tell a live host from a dead one.
+
+Every heartbeat stamps its time into the durable record (``hostinfo/<host>``,
+``last_seen``), in the same transaction that checks the leased record is
+still there: ``netctl host ls`` shows when a host last beat, alive or dead,
+to within one heartbeat. Nothing watches ``hostinfo/``, so the write wakes no
+one; it is one small transaction per host every HEARTBEAT seconds."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import time
 from . import __version__
 from .config import Config
 from .errors import NetpluginError
+from .kv import Compare, Put
 from .model import Host
 from .store import Store
 
@@ -17,7 +24,7 @@ log = logging.getLogger(__name__)
 
 LEASE_TTL = 15          # seconds without a heartbeat before a host counts as dead
 HEARTBEAT = 5
-LAST_SEEN_EVERY = 60    # the durable last_seen is written this often, not at every beat
+LAST_SEEN_EVERY = HEARTBEAT     # the durable last_seen is stamped at every beat
 
 
 class HostHeartbeat:
@@ -33,20 +40,22 @@ class HostHeartbeat:
                     uplink=self.cfg.uplink, version=__version__, started=self.started, last_seen=time.time())
 
     def beat(self) -> None:
-        """One heartbeat: register under a new lease if needed, else refresh it."""
+        """One heartbeat: register under a new lease if needed; else refresh it
+        and stamp this beat's time into the durable record, only while the
+        leased record still exists (one transaction)."""
         if self.lease is None:
             self.lease = self.store.kv.grant_lease(LEASE_TTL)
             self.store.register_host(self.record(), self.lease)
-            self._written = time.monotonic()
             log.info("host %s registered", self.cfg.host_id)
             return
         self.store.kv.refresh_lease(self.lease)
-        if not self.store.host_alive(self.cfg.host_id):     # the lease ran out while etcd was away
+        host_key = self.store.k_host(self.cfg.host_id)
+        stamped = self.store.kv.txn([Compare(host_key, "create", "!=", 0)],
+                                    [Put(self.store.k_hostinfo(self.cfg.host_id), self.record().to_json())],
+                                    idempotent=True)
+        if not stamped:                 # the lease ran out while etcd was away: the leased record is gone
             self.lease = None
             self.beat()
-        elif time.monotonic() - self._written > LAST_SEEN_EVERY:
-            self.store.register_host(self.record(), self.lease)
-            self._written = time.monotonic()
 
     def run(self) -> None:
         while not self.stop.is_set():

@@ -162,9 +162,11 @@ def _host_rows(ctx) -> list[dict]:
     counts: dict[str, int] = {}
     for ep in ctx.store.list_endpoints():
         counts[ep.host] = counts.get(ep.host, 0) + 1
+    # last_seen: the time of the host's last heartbeat, which stamps it (hosts.py),
+    # alive or dead; by the host's own clock.
     return [{"host": h.host, "alive": alive, "bridge": h.bridge, "datapath_type": h.datapath_type,
              "uplink": h.uplink, "endpoints": counts.get(h.host, 0), "version": h.version,
-             "started": h.started, "last_seen": time.time() if alive else h.last_seen}
+             "started": h.started, "last_seen": h.last_seen}
             for h, alive in sorted(ctx.store.list_hosts(), key=lambda x: x[0].host)]
 
 
@@ -178,7 +180,7 @@ def host_ls(args, ctx) -> int:
     else:
         print_table(["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST SEEN"],
                     [[r["host"], "alive" if r["alive"] else "dead", r["bridge"], r["datapath_type"], r["uplink"],
-                      r["endpoints"], "now" if r["alive"] else _ago(r["last_seen"])] for r in rows])
+                      r["endpoints"], _ago(r["last_seen"])] for r in rows])
     return 0
 
 
@@ -192,6 +194,8 @@ def host_inspect(args, ctx) -> int:
         print_json(row)
     else:
         last = row.pop("last_reconcile")
+        for key in ("started", "last_seen"):
+            row[key] = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[key]))} ({_ago(row[key])})"
         print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()] +
                      [("Last reconcile", f"{_ago(last['started'])}, {len(last['findings'])} finding(s)"
                        if last else None)])
@@ -199,7 +203,7 @@ def host_inspect(args, ctx) -> int:
 
 
 def _ago(ts: float) -> str:
-    seconds = int(time.time() - ts)
+    seconds = max(0, int(time.time() - ts))      # a host's clock a little ahead is "0s ago", not negative
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit} ago"

@@ -64,20 +64,58 @@ def test_first_beat_registers_under_a_lease(kv, store, cfg, clock):
     assert store.host_alive("h1")
 
 
-def test_later_beats_refresh_and_write_last_seen_only_now_and_then(kv, store, cfg, clock):
+def test_every_beat_refreshes_and_stamps_its_time(kv, store, cfg, clock):
+    """The durable record says when the host last beat, to the beat: netctl's
+    'last seen' of a dead host is its last heartbeat, not up to a minute earlier."""
     hb = HostHeartbeat(cfg, store)
     hb.beat()
-    lease, rev = hb.lease, kv.revision
-    for _ in range(int(hosts_mod.LAST_SEEN_EVERY // hosts_mod.HEARTBEAT)):
+    lease, started = hb.lease, clock["t"]
+    leased_value = kv.get(store.k_host("h1")).value
+    for _ in range(5):
         clock["t"] += hosts_mod.HEARTBEAT
         kv.calls.clear()
+        rev = kv.revision
         hb.beat()
-        assert "refresh_lease" in kv.calls
-    assert hb.lease == lease and kv.revision == rev                       # refreshed, nothing written
-    clock["t"] += hosts_mod.HEARTBEAT
+        assert "refresh_lease" in kv.calls and hb.lease == lease
+        assert kv.revision == rev + 1                                     # one transaction per beat
+        info = Host.from_json(kv.get(store.k_hostinfo("h1")).value)
+        assert (info.last_seen, info.started) == (clock["t"], started)
+        assert info.bridge == "nptest0" and info.uplink == "eth9"
+    assert kv.get(store.k_host("h1")).value == leased_value               # the leased record is not rewritten
+    assert kv._key_lease[store.k_host("h1")] == lease and store.k_hostinfo("h1") not in kv._key_lease
+
+
+def test_a_dead_hosts_last_seen_is_its_last_beat(kv, store, cfg, clock):
+    hb = HostHeartbeat(cfg, store)
     hb.beat()
-    assert hb.lease == lease and kv.revision == rev + 1
-    assert Host.from_json(kv.get(store.k_hostinfo("h1")).value).last_seen == clock["t"]
+    for _ in range(3):
+        clock["t"] += hosts_mod.HEARTBEAT
+        hb.beat()
+    last_beat = clock["t"]
+    kv.revoke_lease(hb.lease)                                             # the host dies; its lease runs out
+    clock["t"] += 3600
+    [(info, alive)] = store.list_hosts()
+    assert alive is False and info.last_seen == last_beat
+
+
+def test_no_stamp_without_the_leased_record(kv, store, cfg, clock, monkeypatch):
+    """A beat whose lease ran out writes no last_seen for a host that is not
+    registered: it registers again, under a new lease, stamping that time."""
+    hb = HostHeartbeat(cfg, store)
+    hb.beat()
+    old = hb.lease
+    kv.revoke_lease(old)
+    monkeypatch.setattr(kv, "refresh_lease", lambda lease_id: None)
+    writes = []
+    real_txn = kv.txn
+    monkeypatch.setattr(kv, "txn", lambda c, s, idempotent=False: writes.append((list(c), list(s))) or
+                        real_txn(c, s, idempotent))
+    clock["t"] += 20
+    hb.beat()
+    stamp, register = writes
+    assert stamp[0][0].key == store.k_host("h1") and stamp[1][0].key == store.k_hostinfo("h1")
+    assert {op.key for op in register[1]} == {store.k_host("h1"), store.k_hostinfo("h1")}
+    assert hb.lease not in (None, old) and kv._key_lease[store.k_host("h1")] == hb.lease
 
 
 def test_beat_reregisters_when_the_lease_ran_out_but_refresh_did_not_fail(kv, store, cfg, clock, monkeypatch):

@@ -458,10 +458,14 @@ def test_endpoint_release_without_a_socket_queues_for_the_owner(netctl, np, cont
 
 # -- host ----------------------------------------------------------------------------------------------
 
+H1_BEAT = time.time() - 42            # h1's last heartbeat, 42 s before the tests started
+
+
 @pytest.fixture
 def hosts(np, containers):
     lease = np.kv.grant_lease(15)
-    np.store.register_host(Host(host="h1", bridge="nptest0", datapath_type="netdev", version="1.2.3"), lease)
+    np.store.register_host(Host(host="h1", bridge="nptest0", datapath_type="netdev", version="1.2.3",
+                                last_seen=H1_BEAT), lease)
     dead = np.kv.grant_lease(15)
     np.store.register_host(Host(host="h2", bridge="netplugin0", datapath_type="system", uplink="bond0",
                                 last_seen=time.time() - 7200), dead)
@@ -471,14 +475,40 @@ def hosts(np, containers):
 def test_host_ls(netctl, hosts):
     r = ok(netctl("host", "ls"))
     assert r.lines[0].split() == ["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST", "SEEN"]
-    assert [line.split() for line in r.lines[1:]] == [
-        ["h1", "alive", "nptest0", "netdev", "-", "2", "now"],
-        ["h2", "dead", "netplugin0", "system", "bond0", "1", "2h", "ago"]]
+    rows = [line.split() for line in r.lines[1:]]
+    # LAST SEEN is the last heartbeat, alive or dead (not "now" for a live host).
+    assert rows[0][:6] == ["h1", "alive", "nptest0", "netdev", "-", "2"] and rows[0][7] == "ago"
+    assert 42 <= int(rows[0][6].rstrip("s")) <= 42 + int(time.time() - H1_BEAT - 42) + 1, rows[0]
+    assert rows[1] == ["h2", "dead", "netplugin0", "system", "bond0", "1", "2h", "ago"]
     assert ok(netctl("host", "ls", "-q")).out == "h1\nh2\n"
     rows = ok(netctl("host", "ls", "--json")).json
     assert [(h["host"], h["alive"], h["endpoints"], h["uplink"]) for h in rows] == [
         ("h1", True, 2, None), ("h2", False, 1, "bond0")]
+    assert rows[0]["last_seen"] == H1_BEAT                        # the record's time, to the beat
     assert rows[1]["last_seen"] < time.time() - 7000
+
+
+def test_host_ls_last_seen_follows_the_heartbeat(netctl, np, monkeypatch):
+    """The real heartbeat stamps each beat: netctl shows its time for a live host,
+    and the last one for a host that died."""
+    import netplugin.hosts as hosts_mod
+    from netplugin.hosts import HostHeartbeat
+    now = {"t": time.time() - 600}
+    monkeypatch.setattr(hosts_mod, "time", type("T", (), {"time": staticmethod(lambda: now["t"]),
+                                                         "monotonic": staticmethod(lambda: now["t"])}))
+    hb = HostHeartbeat(np.cfg, np.store)
+    hb.beat()                                            # registered 600 s ago
+    for _ in range(60):                                  # ... and beating every 5 s until 300 s ago
+        now["t"] += hosts_mod.HEARTBEAT
+        hb.beat()
+    [row] = ok(netctl("host", "ls", "--json")).json
+    assert row["alive"] is True and row["last_seen"] == now["t"] and row["started"] == now["t"] - 300
+    assert ok(netctl("host", "ls")).lines[1].split()[-2:] in (["5m", "ago"], ["4m", "ago"])
+    f = fields(ok(netctl("host", "inspect", "h1")).lines)
+    assert f["Last seen"] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now["t"])) + " (5m ago)"
+    np.kv.revoke_lease(hb.lease)                         # dead: its last beat stays
+    [row] = ok(netctl("host", "ls", "--json")).json
+    assert row["alive"] is False and row["last_seen"] == now["t"]
 
 
 def test_host_ls_empty(netctl):
@@ -490,6 +520,7 @@ def test_host_inspect(netctl, np, hosts):
     r = ok(netctl("host", "inspect", "h2"))
     f = fields(r.lines)
     assert f["Host"] == "h2" and f["Alive"] == "False" and f["Uplink"] == "bond0" and f["Bridge"] == "netplugin0"
+    assert f["Last seen"].endswith(" (2h ago)")
     assert f["Endpoints"] == "1" and f["Last reconcile"] == "-"
     np.store.put_json(np.store.k_reconcile("h1", "last"), {"started": time.time() - 120, "findings": [{}, {}],
                                                           "status": "done"})
@@ -497,6 +528,7 @@ def test_host_inspect(netctl, np, hosts):
     assert "Last reconcile  2m ago, 2 finding(s)" in r.lines
     info = ok(netctl("host", "inspect", "h1", "--json")).json
     assert info["host"] == "h1" and info["alive"] is True and info["version"] == "1.2.3"
+    assert info["last_seen"] == H1_BEAT
     assert info["last_reconcile"]["status"] == "done"
     error(netctl("host", "inspect", "h9"), "host 'h9' never registered: see 'netctl host ls'")
 
