@@ -694,6 +694,34 @@ def test_delete_endpoint_leaves_no_meter_and_no_flow(world, profile):
     assert rig.kv.get(f"{rig.prefix}/endpoints/{c.endpoint}") is None
 
 
+def test_delete_endpoint_without_limit_leaves_nothing_within_2_s(world):
+    """Without a limit DeleteEndpoint answers first and its flows go right after, off Docker's path
+    (docs/ratelimits.md, "Nothing left behind"): nothing of it may remain 2 s after the answer."""
+    rig = world.rig
+    c = rig.add_container(world.net, world.pool)
+    ofport = rig.ofport(c.port)
+    cookie = f"cookie={cookie_for(c.endpoint):#x},"
+    # The sync loop gives the new port its table-0 flow (and the ARP proxy its answer): wait for it,
+    # or there would be nothing to see disappear.
+    assert wait_for(lambda: any(cookie in fl for fl in flows(rig.bridge)), 5)[1] is not None, flows(rig.bridge)
+    assert rig.limit_state(c, ofport) == (None, False), "the endpoint was meant to have no limit"
+    rig.call("NetworkDriver.Leave", {"NetworkID": c.docker_net, "EndpointID": c.endpoint})
+    rig.call("NetworkDriver.DeleteEndpoint", {"NetworkID": c.docker_net, "EndpointID": c.endpoint})
+    answered = time.monotonic()
+    rig.call("IpamDriver.ReleaseAddress", {"PoolID": c.pool, "Address": c.ip})
+
+    def remains() -> list[str]:
+        left = _flows_of(rig.bridge, c.endpoint, ofport, c.ip)
+        return left + ([f"meter {ofport}"] if ofport in meters(rig.bridge) else [])
+
+    _, took = wait_for(lambda: not remains(), APPLY_WITHIN, step=0.01)
+    assert took is not None, f"2 s after DeleteEndpoint answered, this remains of the endpoint: {remains()}"
+    print(f"DeleteEndpoint without limit: nothing of it left {time.monotonic() - answered:.3f} s after the answer")
+    time.sleep(1.0)           # and nothing comes back
+    assert not remains(), remains()
+    assert rig.kv.get(f"{rig.prefix}/endpoints/{c.endpoint}") is None
+
+
 def test_kill_9_then_restart_reapplies_every_limit_from_etcd(world, profile):
     """kill -9; while the daemon is down a meter is deleted by hand and another endpoint's limit is
     changed in etcd (netctl needs no daemon); the restarted daemon puts both right within seconds."""
