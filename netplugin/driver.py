@@ -76,6 +76,7 @@ class Driver:
         self._bridge_lock = threading.Lock()
         self._background: ThreadPoolExecutor | None = None
         self._helpers: ThreadPoolExecutor | None = None
+        self.ipam.namer = self.name_now
 
     # -- the bridge -------------------------------------------------------------
     def ensure_bridge(self) -> None:
@@ -200,7 +201,15 @@ class Driver:
                     return
             except NetpluginError as exc:
                 log.warning("cannot name network %s yet: %s", net_id, exc.message)
-            time.sleep(0.2)
+            # Docker stores the network right after CreateNetwork answers: look again soon.
+            time.sleep(0.05 if time.monotonic() + NAMING_PATIENCE - stop < 1 else 0.2)
+
+    def name_now(self, net: Network) -> Network:
+        """The network, named now if one of this host's Docker networks stands for it."""
+        for binding in self.store.list_bindings():
+            if binding.host == self.cfg.host_id and binding.network == net.id:
+                return self.resolve_name(binding.docker_network, net.id) or net
+        return net
 
     def resolve_name(self, docker_net: str, net_id: str) -> Network | None:
         """Give the network its Docker name; on a clash, record why it cannot be used."""

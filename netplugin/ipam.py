@@ -29,10 +29,11 @@ import math
 import random
 import threading
 import time
+from typing import Callable
 
 import netaddr
 
-from .errors import Conflict, InvalidRequest, NotFound, PoolExhausted
+from .errors import Conflict, InvalidRequest, NetpluginError, NotFound, PoolExhausted
 from .model import (ALLOC_AUX, ALLOC_ENDPOINT, ALLOC_GATEWAY, Allocation, Network, check_address,
                     check_range, check_subnet)
 from .store import CHUNK_BITS, Store, describe_holder
@@ -82,6 +83,9 @@ class Ipam:
         self._networks: dict[str, tuple[Network, int]] = {}          # subnet -> (network, revision)
         self._free: dict[tuple[str, tuple], list[int]] = {}           # (subnet, spans) -> free offsets
         self._lock = threading.Lock()
+        # Names a Docker-made network that is still unnamed (set by the driver, which
+        # can ask Docker), so that an error about it says "prod", not "n-48a7...".
+        self.namer: Callable[[Network], Network] | None = None
 
     # -- pools ----------------------------------------------------------------
     def request_pool(self, pool: str, sub_pool: str, v6: bool) -> tuple[str, str, dict]:
@@ -98,10 +102,19 @@ class Ipam:
             if other == subnet:
                 data[GATEWAY_REQUEST] = f"{net.gateway}/{subnet.prefixlen}"
             elif other.first <= subnet.last and subnet.first <= other.last:
-                raise Conflict(f"subnet {subnet} overlaps network {net.label} ({net.subnet}): choose another subnet")
+                raise Conflict(f"subnet {subnet} overlaps network {self._named(net).label} ({net.subnet}): "
+                               "choose another subnet")
         with self._lock:   # CreateNetwork, which follows, is not told the --ip-range
             self._sub_pools[str(subnet)] = str(rng) if rng else ""
         return pool_id_for(subnet, rng), str(subnet), data
+
+    def _named(self, net: Network) -> Network:
+        if net.name is None and self.namer is not None:
+            try:
+                return self.namer(net)
+            except NetpluginError:
+                pass                      # the id will do; the error being raised matters more
+        return net
 
     def recent_sub_pool(self, subnet: str) -> str:
         """The --ip-range of the last RequestPool for subnet, or ''."""

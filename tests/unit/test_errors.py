@@ -830,3 +830,15 @@ def test_delete_endpoint_refused_by_etcd_is_finished_in_the_background(np, monke
     while np.allocation(net.subnet, c.ip) is not None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert np.allocation(net.subnet, c.ip) is None, "the address outlived the late deletion"
+
+
+def test_overlap_error_names_a_docker_made_network_docker_has_just_stored(np, monkeypatch):
+    """`docker network create` of an overlapping subnet right after the first one:
+    the error names the first network as Docker does, not by its netplugin id."""
+    monkeypatch.setattr(driver_mod, "NAMING_PATIENCE", 0.0)    # no background naming: the error must do it
+    net = np.create_network(subnet="10.10.0.0/24", name=None)
+    assert np.store.network_by_subnet("10.10.0.0/24").name is None
+    np.docker.names[net.id] = "e2e-ok"                     # Docker has stored it by now
+    msg = np.fail("IpamDriver.RequestPool", {"AddressSpace": "netplugin", "Pool": "10.10.0.0/16"}, status=409)
+    assert "overlaps network e2e-ok (10.10.0.0/24)" in msg
+    assert [n.subnet for n in np.store.list_networks()] == ["10.10.0.0/24"]   # naming is all that happened
