@@ -474,6 +474,8 @@ def cmd_show(args, ctx) -> int:
               ("Address", j.ip), ("Exit code", j.exit_code), ("OOM-killed", j.oom_killed)]
     if j.result:
         pairs.append(("Result", json.dumps(j.result, sort_keys=True)))
+    if j.result.get("warning"):
+        pairs.append(("WARNING", j.result["warning"]))
     if j.progress and not j.terminal:
         pairs.append(("Progress", human_bytes(j.progress.get("bytes"))))
     print_fields(pairs)

@@ -53,6 +53,7 @@ class BackupConfig:
     keep_containers: float = 7 * 86400.0       # the agent removes ended jobs' containers after this
     keep_history: float = 90 * 86400.0         # and their records after this
     profile_wait: float = 15.0                 # seconds to wait for netplugin to enforce a profile
+    lock_timeout: float = 20.0                 # seconds the backup may hold the source's global read lock
 
     def validate(self) -> "BackupConfig":
         if not 1 <= int(self.max_jobs) <= 256:

@@ -17,6 +17,17 @@ the bandwidth profile on the switch, so no byte moves unlimited.
 Every stage's exit status is recorded (``/job/out/status``), never only the
 pipeline's: ``dump | gzip`` returns gzip's status, and a failed dump would look
 like a success.
+
+The checksums of a backup are taken in the dump's own snapshot, so that they
+describe exactly the rows in the file, however busy the source: a control
+session takes ``FLUSH TABLES WITH READ LOCK`` (no commit can happen), a
+checksum session opens ``START TRANSACTION WITH CONSISTENT SNAPSHOT``, the
+dump starts with ``--single-transaction`` and the lock is released as soon as
+the dump reports (``--verbose``: "Setting savepoint") that its transaction is
+open. The lock waits at most ``LOCK_TIMEOUT`` seconds (``lock_wait_timeout``)
+and is held at most that long; any failure drops the control session, and the
+server releases the lock with it. The checksums then run in the snapshot while
+the dump runs.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ fail() {
     [[ -n ${PARTIAL:-} ]] && rm -f "$PARTIAL"
     exit "${2:-1}"
 }
-errtail() { [[ -s $1 ]] && tail -n 3 "$1" | tr '\n' ' '; }
+errtail() { [[ -s $1 ]] && grep -v -e '^-*$' "$1" | tail -n 3 | tr '\n' ' '; }
 
 n=0
 until [[ -e /job/go ]]; do
@@ -75,24 +86,99 @@ checksums() {
     || fail "cannot log in to $DB_HOST:$DB_PORT: $(errtail "$OUT/connect.err")" 2
 log "connected to $DB_HOST:$DB_PORT, server $(<"$OUT/server_version")"
 
+# A mariadb session fed statement by statement through a FIFO, its output in
+# $TMP/NAME.out (flushed after every statement): session_open NAME [DB].
+declare -A S_FD=() S_PID=()
+# closefds: in a child, drop the sessions' input ends (a session sees the end
+# of its input only when every copy of its FIFO's write end is closed).
+closefds() {
+    local fd
+    for fd in "${S_FD[@]}"; do
+        [[ -n $fd ]] && exec {fd}>&-
+    done
+    return 0
+}
+session_open() {
+    local name=$1 fd
+    shift
+    mkfifo "$TMP/$name.in"
+    (closefds; exec "${SQL[@]}" --unbuffered "$@") <"$TMP/$name.in" >"$TMP/$name.out" 2>"$OUT/$name.err" &
+    S_PID[$name]=$!
+    exec {fd}>"$TMP/$name.in"
+    S_FD[$name]=$fd
+}
+# session_send NAME STATEMENT...: a session that died makes this fail, not the script.
+session_send() {
+    local name=$1
+    shift
+    [[ -n ${S_FD[$name]:-} ]] || return 1
+    (trap '' PIPE; printf '%s\n' "$@" >&"${S_FD[$name]}") 2>/dev/null
+}
+# session_wait NAME MARKER SECONDS: until the session printed MARKER; 1 if it
+# ended or the time ran out.
+session_wait() {
+    local name=$1 marker=$2 end=$((SECONDS + $3))
+    until grep -qxF -- "$marker" "$TMP/$name.out" 2>/dev/null; do
+        kill -0 "${S_PID[$name]}" 2>/dev/null || return 1
+        ((SECONDS < end)) || return 1
+        sleep 0.02
+    done
+}
+# session_close NAME: end its input, wait for it; its exit status.
+session_close() {
+    local name=$1 fd=${S_FD[$1]:-}
+    [[ -n $fd ]] || return 0
+    exec {fd}>&-
+    S_FD[$name]=
+    wait "${S_PID[$name]}"
+}
+# session_kill NAME: drop the connection now (the server then releases its locks).
+session_kill() {
+    local name=$1 fd=${S_FD[$1]:-}
+    [[ -n $fd ]] && exec {fd}>&-
+    S_FD[$name]=
+    [[ -n ${S_PID[$name]:-} ]] && kill "${S_PID[$name]}" 2>/dev/null
+    return 0
+}
+# The global read lock must never outlive a failure.
+unlock() { [[ -n ${S_FD[ctl]:-} ]] && session_kill ctl; return 0; }
+# lapse START END: seconds between two `date +%s%N` readings, to the millisecond.
+lapse() { local d=$(($2 - $1)); printf '%d.%03d' $((d / 1000000000)) $((d / 1000000 % 1000)); }
+dumperr() { [[ -s $OUT/dump.err ]] && grep -v '^-- ' "$OUT/dump.err" | tail -n 3 | tr '\n' ' '; }
+
 if [[ $KIND == backup ]]; then
     exists=$("${SQL[@]}" -e "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='$DATABASE'") \
         || fail "cannot read the schema list: $(errtail "$OUT/connect.err")"
     [[ $exists == 1 ]] || fail "database $DATABASE does not exist on $DB_HOST:$DB_PORT" 2
-    if [[ $CHECKSUMS == 1 ]]; then
-        checksums "$DATABASE" "$OUT/checksums.before" \
-            || fail "checksums before the dump failed: $(errtail "$OUT/checksum.err")"
-        log "checksums of $(wc -l <"$OUT/checksums.before") tables taken"
-    fi
     mkdir -p "${PARTIAL%/*}"
     rm -f "$PARTIAL"
     TMP=/tmp/drctl
     mkdir -p "$TMP"
+    trap unlock EXIT
+    if [[ $CHECKSUMS == 1 ]]; then
+        # The checksums must describe exactly the data in the dump: they are taken
+        # in a snapshot opened together with the dump's. Under a short global read
+        # lock (no commit can happen), the checksum session opens its snapshot, the
+        # dump opens its own, and the lock is released as soon as the dump reports
+        # that its transaction is open.
+        t_lock=$(date +%s%N)
+        session_open ctl
+        session_send ctl "SET SESSION lock_wait_timeout=$LOCK_TIMEOUT, wait_timeout=$((LOCK_TIMEOUT * 2 + 30));" \
+            "FLUSH TABLES WITH READ LOCK;" "SELECT 'drctl:locked';"
+        session_wait ctl drctl:locked $((LOCK_TIMEOUT + 5)) \
+            || fail "cannot take the global read lock on $DB_HOST:$DB_PORT within ${LOCK_TIMEOUT} s (it needs the RELOAD privilege and no long-running statement): $(errtail "$OUT/ctl.err")"
+        t_locked=$(date +%s%N)
+        session_open chk "$DATABASE"
+        session_send chk "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" \
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT;" "SELECT 'drctl:snapshot';"
+        session_wait chk drctl:snapshot "$LOCK_TIMEOUT" \
+            || fail "cannot open the checksum snapshot: $(errtail "$OUT/chk.err")"
+    fi
     for f in raw_tail raw_count out_sha out_count; do mkfifo "$TMP/$f"; done
-    tail -c 1024 <"$TMP/raw_tail" >"$OUT/dump_tail" & p_tail=$!
-    wc -c <"$TMP/raw_count" >"$OUT/raw_bytes" & p_raw=$!
-    sha256sum <"$TMP/out_sha" >"$OUT/sha256" & p_sha=$!
-    wc -c <"$TMP/out_count" >"$OUT/bytes" & p_count=$!
+    (closefds; exec tail -c 1024) <"$TMP/raw_tail" >"$OUT/dump_tail" & p_tail=$!
+    (closefds; exec wc -c) <"$TMP/raw_count" >"$OUT/raw_bytes" & p_raw=$!
+    (closefds; exec sha256sum) <"$TMP/out_sha" >"$OUT/sha256" & p_sha=$!
+    (closefds; exec wc -c) <"$TMP/out_count" >"$OUT/bytes" & p_count=$!
     case $COMPRESSION in
         zstd) COMPRESS=(zstd -q -c -3 -T1) ;;
         gzip) COMPRESS=(gzip -c -6) ;;
@@ -101,14 +187,45 @@ if [[ $KIND == backup ]]; then
     WRITE=(dd "of=$PARTIAL" bs=512k iflag=fullblock conv=fsync status=none)
     [[ $DIRECT == 1 ]] && WRITE+=(oflag=direct)
     log "dumping $DATABASE to ${PARTIAL#/backup/} ($COMPRESSION$([[ $DIRECT == 1 ]] && echo ', direct I/O'))"
-    mariadb-dump "--defaults-file=$CNF" "--host=$DB_HOST" "--port=$DB_PORT" --single-transaction \
-        --routines --triggers --events --hex-blob --quick --default-character-set=utf8mb4 \
-        --max-allowed-packet=1G "$DATABASE" 2>"$OUT/dump.err" \
-        | tee "$TMP/raw_tail" "$TMP/raw_count" \
-        | "${COMPRESS[@]}" \
-        | tee "$TMP/out_sha" "$TMP/out_count" \
-        | "${WRITE[@]}" 2>"$OUT/write.err"
-    st=("${PIPESTATUS[@]}")
+    # --verbose: the dump says on stderr when its transaction is open ("Setting
+    # savepoint" follows START TRANSACTION WITH CONSISTENT SNAPSHOT).
+    DUMP=(mariadb-dump "--defaults-file=$CNF" "--host=$DB_HOST" "--port=$DB_PORT" --single-transaction
+        --routines --triggers --events --hex-blob --quick --default-character-set=utf8mb4
+        --max-allowed-packet=1G --verbose "$DATABASE")
+    printf '%s\n' "${DUMP[*]}" >"$OUT/dump_command"
+    mariadb-dump --version >"$OUT/dump_version" 2>/dev/null
+    (
+        closefds
+        "${DUMP[@]}" 2>"$OUT/dump.err" \
+            | tee "$TMP/raw_tail" "$TMP/raw_count" \
+            | "${COMPRESS[@]}" \
+            | tee "$TMP/out_sha" "$TMP/out_count" \
+            | "${WRITE[@]}" 2>"$OUT/write.err"
+        echo "${PIPESTATUS[*]}" >"$TMP/pipestatus"
+    ) &
+    p_dump=$!
+    if [[ $CHECKSUMS == 1 ]]; then
+        end=$((SECONDS + LOCK_TIMEOUT))
+        until grep -qE '^-- (Setting savepoint|Retrieving table structure|Disconnecting from)' "$OUT/dump.err" 2>/dev/null; do
+            kill -0 "$p_dump" 2>/dev/null || { unlock; wait "$p_dump"; fail "the dump ended before its transaction was open: $(dumperr)"; }
+            ((SECONDS < end)) || { unlock; fail "the dump did not open its transaction within ${LOCK_TIMEOUT} s: $(dumperr)"; }
+            sleep 0.02
+        done
+        session_send ctl "UNLOCK TABLES;" "SELECT 'drctl:unlocked';"
+        session_wait ctl drctl:unlocked 10 || { unlock; fail "UNLOCK TABLES failed: $(errtail "$OUT/ctl.err")"; }
+        session_close ctl || true
+        t_unlock=$(date +%s%N)
+        printf 'wait=%s held=%s\n' "$(lapse "$t_lock" "$t_locked")" "$(lapse "$t_locked" "$t_unlock")" >"$OUT/lock"
+        log "global read lock: waited $(lapse "$t_lock" "$t_locked") s, held $(lapse "$t_locked" "$t_unlock") s"
+        # Per table "name engine rows checksum", in the dump's snapshot, while the dump runs.
+        q=$(</job/bin/checksum-gen.sql)
+        gen=$("${SQL[@]}" --raw -e "${q//@SCHEMA@/$DATABASE}" 2>"$OUT/checksum.err") \
+            || { session_kill chk; fail "cannot list the tables of $DATABASE: $(errtail "$OUT/checksum.err")"; }
+        (session_send chk "$gen" "COMMIT;" "SELECT 'drctl:done';") &
+        p_send=$!
+    fi
+    wait "$p_dump"
+    read -r -a st <"$TMP/pipestatus" || st=(-1 -1 -1 -1 -1)
     wait "$p_tail"; s_tail=$?
     wait "$p_raw"; s_raw=$?
     wait "$p_sha"; s_sha=$?
@@ -117,13 +234,16 @@ if [[ $KIND == backup ]]; then
         "${st[0]}" "${st[1]}" "${st[2]}" "${st[3]}" "${st[4]}" "$s_tail" "$s_raw" "$s_sha" "$s_count" \
         >"$OUT/status"
     for s in "${st[@]}" "$s_tail" "$s_raw" "$s_sha" "$s_count"; do
-        [[ $s == 0 ]] || fail "a stage of the dump failed ($(<"$OUT/status")): $(errtail "$OUT/dump.err")$(errtail "$OUT/write.err")"
+        [[ $s == 0 ]] || fail "a stage of the dump failed ($(<"$OUT/status")): $(dumperr)$(errtail "$OUT/write.err")"
     done
     grep -q -- '-- Dump completed' "$OUT/dump_tail" \
-        || fail "the dump has no completion marker: it stopped early: $(errtail "$OUT/dump.err")"
+        || fail "the dump has no completion marker: it stopped early: $(dumperr)"
     if [[ $CHECKSUMS == 1 ]]; then
-        checksums "$DATABASE" "$OUT/checksums.after" \
-            || fail "checksums after the dump failed: $(errtail "$OUT/checksum.err")"
+        wait "$p_send"
+        session_close chk || fail "checksums in the dump's snapshot failed: $(errtail "$OUT/chk.err")"
+        grep -qxF drctl:done "$TMP/chk.out" || fail "checksums in the dump's snapshot did not finish: $(errtail "$OUT/chk.err")"
+        grep -vxE 'drctl:(snapshot|done)' "$TMP/chk.out" >"$OUT/checksums"
+        log "checksums of $(wc -l <"$OUT/checksums") tables taken in the dump's snapshot"
     fi
     log "dump done: $(<"$OUT/raw_bytes") bytes of SQL, $(<"$OUT/bytes") bytes written"
     echo ok >"$OUT/done"
@@ -212,6 +332,18 @@ def parse_checksums(text: str) -> dict[str, dict]:
         if len(parts) != 4:
             raise ValueError(f"unexpected checksum line {line!r}")
         out[parts[0]] = {"engine": parts[1], "rows": int(parts[2]), "checksum": parts[3]}
+    return out
+
+
+def parse_lock(text: str) -> dict[str, float]:
+    """``wait=0.031 held=0.120`` (seconds) -> {"wait": 0.031, "held": 0.12}."""
+    out = {}
+    for word in text.split():
+        key, _, value = word.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
     return out
 
 

@@ -38,7 +38,10 @@ LABEL_JOB = "netplugin.backup.job"
 LABEL_KIND = "netplugin.backup.kind"
 LABEL_TARGET = "netplugin.backup.target"
 MOUNT_BACKUP, MOUNT_JOB, MOUNT_CNF = "/backup", "/job", "/run/drctl/client.cnf"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2          # 2: checksums taken in the dump's own snapshot
+# Engines whose reads honour a consistent snapshot: their checksums describe
+# exactly the rows in the dump. Others are read as they are at that moment.
+TRANSACTIONAL_ENGINES = frozenset({"innodb", "rocksdb"})
 
 
 class JobEnded(Exception):
@@ -272,6 +275,7 @@ class Runner:
         if job.kind == BACKUP:
             params["PARTIAL"] = f"{MOUNT_BACKUP}/{ctx.rel(ctx.ext + '.partial')}"
             params["DIRECT"] = bool(ctx.limits.write_bps or ctx.limits.write_iops)
+            params["LOCK_TIMEOUT"] = max(1, int(self.cfg.lock_timeout))
         else:
             ctx.manifest = self._load_manifest(ctx)
             params.update(REL=ctx.manifest["file"], SIZE=ctx.manifest["size"], SHA256=ctx.manifest["sha256"],
@@ -519,11 +523,14 @@ class Runner:
         if not sha or not re.fullmatch(r"[0-9a-f]{64}", sha[0]):
             raise JobEnded(FAILED, "verification: no sha256 was recorded")
         tables: dict = {}
+        lock: dict = {}
         if spec.checksums:
-            before = jobscript.parse_checksums(self._out(ctx, "checksums.before") or "")
-            after = jobscript.parse_checksums(self._out(ctx, "checksums.after") or "")
-            for name, row in before.items():
-                tables[name] = dict(row, consistent=after.get(name) == row)
+            text = self._out(ctx, "checksums")
+            if text is None:
+                raise JobEnded(FAILED, "verification: no checksums were recorded in the dump's snapshot")
+            for name, row in jobscript.parse_checksums(text).items():
+                tables[name] = dict(row, transactional=row["engine"].lower() in TRANSACTIONAL_ENGINES)
+            lock = jobscript.parse_lock(self._out(ctx, "lock") or "")
         now = self.clock()
         name = backup_name(job.target, job.id)
         manifest = {
@@ -531,12 +538,17 @@ class Runner:
             "job": job.id, "host": job.host, "created": job.entered(RUNNING) or job.created, "finished": now,
             "source": {"host": spec.db_host, "port": spec.db_port, "network": spec.network},
             "server_version": (self._out(ctx, "server_version") or "").strip(),
-            "tool": "mariadb-dump --single-transaction --routines --triggers --events --hex-blob",
+            "tool": (self._out(ctx, "dump_command") or "").strip() or "mariadb-dump",
+            "tool_version": (self._out(ctx, "dump_version") or "").strip(),
             "image": spec.image or self.cfg.image,
             "compression": spec.compression, "file": ctx.rel(ctx.ext), "size": size, "sha256": sha[0],
             "uncompressed_size": int((self._out(ctx, "raw_bytes") or "0").strip() or 0),
             "tables": tables, "rows": sum(t["rows"] for t in tables.values()),
-            "changed_during_backup": sorted(n for n, t in tables.items() if not t["consistent"]),
+            # The checksums and row counts come from a snapshot opened with the dump's
+            # own, under a global read lock held for lock["held"] seconds: every
+            # transactional table's checksum describes exactly the rows in the dump.
+            "checksum_snapshot": "dump" if tables else None, "read_lock": lock,
+            "not_transactional": sorted(n for n, t in tables.items() if not t["transactional"]),
             "stages": status, "limits": job.limits_applied,
         }
         mpath = ctx.host(ctx.rel(".manifest.json"))
@@ -558,15 +570,15 @@ class Runner:
         self.store.add_backup(backup)
         result = {"backup": name, "file": backup.path, "size": size, "sha256": sha[0], "tables": len(tables),
                   "rows": manifest["rows"], "uncompressed_size": manifest["uncompressed_size"],
-                  "changed_during_backup": manifest["changed_during_backup"]}
+                  "not_transactional": manifest["not_transactional"], "read_lock": lock}
         started = job.entered(RUNNING)
         if started:
             result["seconds"] = round(now - started, 3)
         pruned = self._prune(ctx)
         if pruned is not None:
             result["pruned"] = pruned
-        note = f" ({len(manifest['changed_during_backup'])} tables changed during the dump)" \
-            if manifest["changed_during_backup"] else ""
+        note = f" ({len(manifest['not_transactional'])} tables of engines outside the snapshot: " \
+            f"{', '.join(manifest['not_transactional'])})" if manifest["not_transactional"] else ""
         result["message"] = f"backup {name}: {lim.human_bytes(size)}, {len(tables)} tables, {manifest['rows']} rows{note}"
         return result
 
@@ -591,7 +603,7 @@ class Runner:
         return {"backup": manifest["name"], "file": manifest["file"], "size": size, "sha256": manifest["sha256"],
                 "tables": len(manifest.get("tables") or {}), "rows": manifest.get("rows", 0),
                 "uncompressed_size": manifest.get("uncompressed_size", 0),
-                "changed_during_backup": manifest.get("changed_during_backup", []),
+                "not_transactional": manifest.get("not_transactional", []),
                 "message": f"backup {manifest['name']}: {lim.human_bytes(size)} (completed after the agent restarted)"}
 
     def _prune(self, ctx: _Ctx) -> list[str] | None:
@@ -627,16 +639,20 @@ class Runner:
         if ctx.spec.checksums and expected:
             got = jobscript.parse_checksums(self._out(ctx, "checksums.restored") or "")
             for name, want in sorted(expected.items()):
-                if not want.get("consistent", True):
+                if want.get("consistent") is False:
+                    # A format-1 manifest: that table's checksums were taken around the
+                    # dump, not in its snapshot, and differed: nothing to compare with.
                     unverifiable.append(name)
                     continue
                 have = got.get(name)
+                hint = "" if want.get("transactional", True) else \
+                    f" (engine {want.get('engine')} is outside the snapshot: was it written during the backup?)"
                 if have is None:
                     problems.append(f"table {name} is missing")
                 elif have["rows"] != want["rows"]:
-                    problems.append(f"table {name} has {have['rows']} rows, the backup {want['rows']}")
+                    problems.append(f"table {name} has {have['rows']} rows, the backup {want['rows']}{hint}")
                 elif have["checksum"] != want["checksum"]:
-                    problems.append(f"table {name} has checksum {have['checksum']}, the backup {want['checksum']}")
+                    problems.append(f"table {name} has checksum {have['checksum']}, the backup {want['checksum']}{hint}")
                 else:
                     checked += 1
             extra = sorted(set(got) - set(expected))
@@ -644,15 +660,23 @@ class Runner:
                 problems.append(f"tables not in the backup: {', '.join(extra)}")
         if problems:
             raise JobEnded(FAILED, "verification failed: " + "; ".join(problems))
-        rows = sum(t["rows"] for n, t in expected.items() if n not in unverifiable)
+        rows = sum(t["rows"] for n, t in expected.items() if n not in unverifiable) if checked else 0
         result = {"backup": manifest["name"], "database": ctx.spec.database, "tables_verified": checked,
                   "rows_verified": rows, "unverifiable": unverifiable, "size": manifest["size"]}
         started = ctx.job.entered(RUNNING)
         if started:
             result["seconds"] = round(self.clock() - started, 3)
-        note = f"; {len(unverifiable)} tables changed during the backup and were not compared" if unverifiable else ""
-        result["message"] = (f"restored {manifest['name']} into {ctx.spec.database}: {checked} tables, {rows} rows "
-                             f"match the manifest{note}")
+        if unverifiable:
+            result["warning"] = (f"{len(unverifiable)} of {len(expected)} tables NOT verified: {', '.join(unverifiable)} "
+                                 "changed during that backup, whose manifest (format 1) has no checksum of the "
+                                 "dumped rows")
+        elif ctx.spec.checksums and not expected:
+            result["warning"] = "NOT verified: the backup's manifest has no checksums (made with --no-checksums)"
+        elif not ctx.spec.checksums:
+            result["warning"] = "NOT verified: --no-checksums"
+        note = f"; WARNING: {result['warning']}" if result.get("warning") else ""
+        result["message"] = (f"restored {manifest['name']} into {ctx.spec.database}: {checked} of {len(expected)} "
+                             f"tables, {rows} rows match the manifest{note}")
         return result
 
     # -- ending -----------------------------------------------------------------------------------

@@ -274,7 +274,7 @@ def _write(job_dir: str, name: str, text: str) -> None:
 
 
 def write_dump(job_dir: str, volume: str, payload: bytes = b"x" * 4096, marker: bool = True,
-               status: str | None = None, checksums_after: str | None = None) -> str:
+               status: str | None = None, checksums: str | None = None) -> str:
     """What a good backup run leaves: the partial dump and every status file."""
     p = _params(job_dir)
     partial = os.path.join(volume, p["PARTIAL"][len("/backup/"):])
@@ -282,8 +282,10 @@ def write_dump(job_dir: str, volume: str, payload: bytes = b"x" * 4096, marker: 
     with open(partial, "wb") as fh:
         fh.write(payload)
     _write(job_dir, "server_version", "10.11.19-MariaDB\n")
-    _write(job_dir, "checksums.before", CHECKSUMS)
-    _write(job_dir, "checksums.after", CHECKSUMS if checksums_after is None else checksums_after)
+    _write(job_dir, "checksums", CHECKSUMS if checksums is None else checksums)
+    _write(job_dir, "lock", "wait=0.012 held=0.085\n")
+    _write(job_dir, "dump_command", "mariadb-dump --defaults-file=/run/drctl/client.cnf --single-transaction shop\n")
+    _write(job_dir, "dump_version", "mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB\n")
     _write(job_dir, "dump_tail", "...\n-- Dump completed on 2026-11-26\n" if marker else "INSERT INTO a VALUES")
     _write(job_dir, "raw_bytes", "20000\n")
     _write(job_dir, "bytes", f"{len(payload)}\n")

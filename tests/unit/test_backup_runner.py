@@ -96,7 +96,11 @@ def test_backup_succeeds_with_manifest_rename_and_catalog(rig):
     manifest = json.loads(open(os.path.join(rig.docker.volumes["backups"]["Mountpoint"], "prod-db",
                                             f"{name}.manifest.json")).read())
     assert manifest["size"] == 4096 and manifest["rows"] == 5
-    assert manifest["tables"]["a"] == {"engine": "InnoDB", "rows": 3, "checksum": "123456789", "consistent": True}
+    assert manifest["tables"]["a"] == {"engine": "InnoDB", "rows": 3, "checksum": "123456789", "transactional": True}
+    assert manifest["format"] == 2 and manifest["checksum_snapshot"] == "dump"
+    assert manifest["read_lock"] == {"wait": 0.012, "held": 0.085} and manifest["not_transactional"] == []
+    assert manifest["tool"].startswith("mariadb-dump --defaults-file=/run/drctl/client.cnf --single-transaction")
+    assert "10.11.19-MariaDB" in manifest["tool_version"]
     assert manifest["server_version"] == "10.11.19-MariaDB"
     assert manifest["limits"]["cgroup"]["write_bps"] == 1 << 20            # the limits actually applied
     assert manifest["limits"]["device"]["node"] == "/dev/vda"
@@ -375,17 +379,61 @@ def test_restore_with_different_data_fails(rig, restored, why):
     assert job.state == FAILED and why in job.message
 
 
-def test_tables_changed_during_the_dump_are_marked_and_not_compared(rig):
-    def changing(c, job_dir, volume, docker):
-        write_dump(job_dir, volume, checksums_after=CHECKSUMS.replace("987654321", "5"))
+def test_backup_params_bound_the_read_lock(rig):
+    rig.cfg.lock_timeout = 7.5
+    job = rig.backup()
+    params = open(os.path.join(rig.cfg.work_dir, job.id, "params")).read()
+    assert "LOCK_TIMEOUT=7\n" in params
+
+
+def test_a_backup_without_snapshot_checksums_fails(rig):
+    """Checksums asked for but not recorded: the backup is not catalogued."""
+    def no_checksums(c, job_dir, volume, docker):
+        write_dump(job_dir, volume)
+        os.unlink(os.path.join(job_dir, "out", "checksums"))
         open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
         return 0
-    rig.docker.behaviour = changing
+    rig.docker.behaviour = no_checksums
+    job = rig.backup()
+    assert job.state == FAILED and "no checksums" in job.message
+    assert rig.store.backups("prod-db") == [] and rig.files() == []
+
+
+def test_every_table_of_a_backup_is_compared_at_restore(rig):
+    """Every table's checksum comes from the dump's snapshot: none is skipped, even a
+    non-transactional one, whose difference is explained."""
+    def with_myisam(c, job_dir, volume, docker):
+        write_dump(job_dir, volume, checksums=CHECKSUMS + "c\tMyISAM\t4\t42\n")
+        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
+        return 0
+    rig.docker.behaviour = with_myisam
     b = rig.backup()
-    assert b.state == SUCCEEDED and b.result["changed_during_backup"] == ["b"]
+    assert b.state == SUCCEEDED and b.result["not_transactional"] == ["c"]
+    assert "engines outside the snapshot: c" in b.message
+    rig.docker.behaviours[RESTORE] = restore_with(CHECKSUMS + "c\tMyISAM\t4\t42\n")
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", backup=b.result["backup"]))
+    assert job.state == SUCCEEDED and job.result["tables_verified"] == 3 and job.result["unverifiable"] == []
+    assert "warning" not in job.result and "WARNING" not in job.message
+    rig.docker.behaviours[RESTORE] = restore_with(CHECKSUMS + "c\tMyISAM\t5\t43\n")
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db2", network="dr", backup=b.result["backup"]))
+    assert job.state == FAILED and "table c has 5 rows" in job.message and "outside the snapshot" in job.message
+
+
+def test_a_format_1_manifest_with_changed_tables_is_flagged_not_verified(rig):
+    """Backups made before checksums shared the dump's snapshot: tables that changed
+    during them cannot be compared, and the restore says so loudly."""
+    b = rig.backup()
+    path = os.path.join(rig.docker.volumes["backups"]["Mountpoint"], "prod-db", b.result["backup"] + ".manifest.json")
+    data = json.load(open(path))
+    data["format"] = 1
+    for name, t in data["tables"].items():
+        t.pop("transactional")
+        t["consistent"] = name != "b"
+    json.dump(data, open(path, "w"))
     rig.docker.behaviours[RESTORE] = restore_with("a\tInnoDB\t3\t123456789\nb\tInnoDB\t2\t5\n")
     job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", backup=b.result["backup"]))
-    assert job.state == SUCCEEDED and job.result["unverifiable"] == ["b"]
+    assert job.state == SUCCEEDED and job.result["unverifiable"] == ["b"] and job.result["tables_verified"] == 1
+    assert "NOT verified" in job.result["warning"] and "WARNING" in job.message
 
 
 def test_restore_of_a_damaged_manifest_fails(rig):
