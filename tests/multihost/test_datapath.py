@@ -232,3 +232,73 @@ def test_hosts_registered(topo, rig):
         assert h["alive"] is True
         assert (h["bridge"], h["uplink"], h["datapath_type"]) == (host.bridge, host.trunk, "netdev")
         assert h["endpoints"] == 2
+
+
+V330, SUBNET330 = "mh-v330", "10.231.33.0/24"
+
+
+def answers_for(host, ip: str) -> list[str]:
+    """host's ARP answers for ip (the flow text ends the match with 'arp_tpa=IP,')."""
+    return [f for f in host.flows() if f"arp_tpa={ip}," in f or f.endswith(f"arp_tpa={ip}")]
+
+
+def wait_answers(host, ip: str, present: bool, within: float = 5.0) -> float | None:
+    """Seconds until host holds (present) or no longer holds an answer for ip; None if it never did."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        if bool(answers_for(host, ip)) == present:
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    return None
+
+
+def test_arp_answers_only_for_vlans_with_a_local_endpoint(topo, rig):
+    """The ARP proxy answers, on a host, for the endpoints of the VLANs that have a
+    local endpoint there (docs/arp-proxy.md): a container of host b in a VLAN where
+    host a has no endpoint adds NO flow on host a, although host a's Docker knows
+    the network. Once a container of that VLAN runs on host a, host a answers for
+    host b's container too; when it leaves, that answer goes again."""
+    a, b = rig.a, rig.b
+    assert rig.a.netctl_json("global", "show")["arp_mode"] == "proxy"
+    assert wait_arp_answers(a, present=True), "proxy mode: host a must answer for its own VLANs"
+    for host in (a, b):
+        host.network(V330, SUBNET330, 330)
+    started: list[tuple[object, str]] = []
+    try:
+        before = a.flows()
+        b.start("b330", V330)
+        started.append((b, "b330"))
+        ip_b = b.ip_of("b330", V330)
+        # Control: host b, which has the endpoint, answers for it, so both proxies
+        # have seen the record by now (they follow the same etcd watch).
+        assert wait_answers(b, ip_b, present=True) is not None, f"host b never answered for {ip_b}"
+        time.sleep(1.0)
+        after = a.flows()
+        added = sorted(set(after) - set(before))
+        assert not added, ("host a added flow(s) for a container of host b in VLAN 330, which host a "
+                           "does not use:\n" + "\n".join(added))
+        assert not any(",dl_vlan=330," in f or "metadata=0x14a/" in f for f in after), after
+
+        a.start("a330", V330)
+        started.append((a, "a330"))
+        ip_a = a.ip_of("a330", V330)
+        appeared = wait_answers(a, ip_b, present=True)
+        assert appeared is not None, f"host a has an endpoint of VLAN 330 now, but no answer for {ip_b}"
+        assert all("table=10" in f and "metadata=0x14a/0xfff" in f for f in answers_for(a, ip_b)), \
+            answers_for(a, ip_b)
+        assert answers_for(a, ip_a), f"host a does not answer for its own {ip_a}"
+
+        a.docker("rm", "-f", "a330")
+        started.remove((a, "a330"))
+        gone = wait_answers(a, ip_b, present=False)
+        assert gone is not None, f"host a left VLAN 330 but still answers for {ip_b}:\n{answers_for(a, ip_b)}"
+        assert not any("metadata=0x14a/" in f or ",dl_vlan=330," in f for f in a.flows())
+        assert answers_for(b, ip_b), "host b must keep answering for its own endpoint"
+        print(f"host a: answer for host b's container in {appeared:.2f} s after joining VLAN 330, "
+              f"gone {gone:.2f} s after leaving it")
+    finally:
+        for host, name in started:
+            host.docker("rm", "-f", name, check=False)
+        for host in (a, b):
+            host.docker("network", "rm", V330, check=False)
+        rig.netctl("network", "rm", "--force", V330, check=False)
