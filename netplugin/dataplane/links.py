@@ -63,37 +63,44 @@ class Links:
     def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool) -> None:
         """Make the pair, set MTU and the container end's MAC, bring the host end up.
 
-        Idempotent: an existing pair of the same names is reused after its
-        settings are applied again (a retry after a crash lands here).
+        One netlink message makes the pair with every setting (CreateEndpoint
+        waits for this). Idempotent: an existing pair of the same names is
+        reused after its settings are applied again (a retry after a crash
+        lands here).
         """
         from pyroute2 import NetlinkError
         _checked(host), _checked(peer)
         try:
             with self._ipr() as ipr:
-                if not ipr.link_lookup(ifname=host):
-                    ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
-                (h,) = ipr.link_lookup(ifname=host)
-                peers = ipr.link_lookup(ifname=peer)
-                if not peers:
-                    raise DataplaneError(f"veth {host} exists without its peer {peer}: delete {host} and retry")
-                p = peers[0]
-                ipr.link("set", index=p, address=peer_mac, mtu=mtu)
-                ipr.link("set", index=h, mtu=mtu, state="up")
+                try:
+                    ipr.link("add", ifname=host, kind="veth", mtu=mtu, state="up",
+                             peer={"ifname": peer, "address": peer_mac, "mtu": mtu})
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                    self._apply_settings(ipr, host, peer, mtu, peer_mac)
         except NetlinkError as exc:
             raise DataplaneError(f"cannot create veth pair {host}/{peer}: {exc}") from None
         if tx_checksum_off:
             for name in (host, peer):
                 self.disable_tx_checksum(name)
 
+    @staticmethod
+    def _apply_settings(ipr, host: str, peer: str, mtu: int, peer_mac: str) -> None:
+        (h,) = ipr.link_lookup(ifname=host)
+        peers = ipr.link_lookup(ifname=peer)
+        if not peers:
+            raise DataplaneError(f"veth {host} exists without its peer {peer}: delete {host} and retry")
+        ipr.link("set", index=peers[0], address=peer_mac, mtu=mtu)
+        ipr.link("set", index=h, mtu=mtu, state="up")
+
     def disable_tx_checksum(self, name: str) -> None:
-        from pyroute2.ethtool import Ethtool
-        eth = Ethtool()
+        """The legacy ethtool ioctl (one system call, ~0.1 ms); the generic
+        netlink route reads every feature first (~2.5 ms per link)."""
+        from pyroute2.ethtool.ioctl import IoctlEthtool
+        eth = IoctlEthtool(_checked(name))
         try:
-            feats = eth.get_features(_checked(name))
-            for key, feat in feats.features.items():
-                if key.startswith("tx-checksum") and feat.available:
-                    feat.enable = False
-            eth.set_features(name, feats)
+            eth.set_offload_flag("tx-checksumming", 0)
         except Exception as exc:  # noqa: BLE001 - pyroute2 raises plain errors here
             raise DataplaneError(f"cannot turn off tx checksum offload on {name}: {exc}") from None
         finally:
