@@ -29,12 +29,16 @@ What is real and what is not:
            every other ovs-vsctl on the machine. The reconciler only reads the
            OVSDB, never ovs-vswitchd, so the private server measures the same
            code path; the 1,000 run on both shows how close they are.
-  veths    real veth pairs listed by netplugin's Links (pyroute2), but in a
-           private network namespace 'nprec-<hex>' holding the host end of one
-           pair per endpoint (np + 11 hex, as the driver names it), whose other
-           end (nc...) sits in a second namespace 'nprec-<hex>-c' as it would
-           in the containers. So the scan sees a consistent host, and other
-           suites' link listings in the root namespace are not slowed.
+  veths    real veth pairs listed by netplugin's Links, but in a private
+           network namespace 'nprec-<hex>' holding the host end of one pair per
+           endpoint (np + 11 hex, as the driver names it), whose other end
+           (nc...) sits in a second namespace 'nprec-<hex>-c' as it would in
+           the containers. So the scan sees a consistent host, other suites'
+           link listings in the root namespace are not slowed, and no other
+           reconciler on the machine takes these veths for its leaks. Links
+           lists names from sysfs: a sysfs of the private namespace is mounted
+           in a temporary folder (nsenter --net ... mount -t sysfs) and Links
+           reads its class/net, the same directory listing as /sys/class/net.
   Docker   a fake view that says every endpoint is attached to a running
            container, so nothing is released (and a dry run anyway).
 
@@ -50,24 +54,24 @@ counters), etcd_write (lease, lock, report, counters), ovs_list
 (Switch.list_ports), veth_list (Links.list_names), docker (the fake: ~0).
 'other' is the rest of the wall time (Python: decoding records, comparing).
 
-If a scan with the clients as shipped fails (an etcd reply larger than gRPC's
-default 4 MiB receive limit; an OVSDB connection whose first dump takes longer
-than Switch's connect limit; an OVSDB command over ovs_timeout), the error is
-printed and the same scans are measured again with those limits raised
-(gRPC receive limit 256 MiB, OVSDB command timeout 120 s, connect limit 300 s;
-bench-side client options, netplugin itself unchanged), so that a figure
-exists and the failure stays visible.
+The clients are made exactly as netplugin-reconcile makes them, with the
+shipped settings: backends.make_store, and backends.make_switch on
+backends.reconcile_settings (the reconciler's OVSDB connect patience,
+reconcile_ovs_connect_timeout). No limit is raised by the bench; a scan that
+fails is reported as failed.
 
 Before the scans, the biggest etcd read (Store.list_endpoints, every endpoint
 record of the cluster) is also made alone with the shipped client, since the
 scan reads the OVSDB first and an OVSDB failure would hide an etcd one.
 
 Prints figures and never passes or fails on time. Exit 0 when the run completed
-and cleaned up; 1 when setup or cleanup broke; 130 on Ctrl-C. Everything made is
-removed on the way out: the bridge (system OVSDB), the private ovsdb-server and
-its folder, the two network namespaces, the etcd prefix.
+and cleaned up; 1 when setup or cleanup broke, or something made was still
+there afterwards; 130 on Ctrl-C. Everything made is removed on the way out: the
+bridge (system OVSDB), the private ovsdb-server and its folder, the sysfs mount,
+the two network namespaces (and with them the veths), the etcd prefix; then
+each is checked to be gone.
 
-    sudo /tmp/venv/bin/python bench/bench_reconcile.py [--sizes 1000,10000] [--runs 3] [--json]
+    sudo .venv/bin/python bench/bench_reconcile.py [--sizes 1000,10000] [--runs 3] [--json]
 """
 
 from __future__ import annotations
@@ -90,9 +94,6 @@ import _common as C  # noqa: E402
 EPS_PER_TXN = 64                    # 2 puts each: etcd's default --max-txn-ops is 128
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 SYSTEM_DB = "unix:/var/run/openvswitch/db.sock"
-BIG_GRPC = 256 * 1024 * 1024
-RAISED_OVS_TIMEOUT = 120.0          # per OVSDB command (shipped: ovs_timeout, 5 s)
-RAISED_OVS_CONNECT = 300.0          # for the OVSDB connection and its first dump (shipped: 15 s)
 PARTS = ("etcd_read", "etcd_write", "ovs_list", "veth_list", "docker", "other")
 
 
@@ -137,30 +138,22 @@ class LiveView:
         return dict(self.live)
 
 
-def big_grpc_kv_class():
-    """EtcdKV whose gRPC channels accept replies up to BIG_GRPC bytes (bench-side only)."""
-    import pyetcd
-
-    from netplugin.kv import EtcdKV
-
-    class BigKV(EtcdKV):
-        def _connect(self):
-            real = pyetcd.Endpoint
-
-            def endpoint(*a, **kw):
-                kw["opts"] = [("grpc.max_receive_message_length", BIG_GRPC),
-                              ("grpc.max_send_message_length", BIG_GRPC)]
-                return real(*a, **kw)
-            pyetcd.Endpoint = endpoint
-            try:
-                return super()._connect()
-            finally:
-                pyetcd.Endpoint = real
-    return BigKV
+def mount_netns_sysfs(ns: str, folder: Path) -> None:
+    """A sysfs of network namespace ns at folder: its class/net lists ns's links."""
+    folder.mkdir(parents=True, exist_ok=True)
+    C.run("nsenter", f"--net=/run/netns/{ns}", "mount", "-t", "sysfs", "nprec-sysfs", str(folder))
 
 
-def ns_links_class(ns: str):
-    """Links whose netlink socket lives in network namespace ns: this thread
+def unmount(folder: Path) -> None:
+    if os.path.ismount(folder):
+        C.run("umount", str(folder))
+    folder.rmdir()
+
+
+def ns_links_class(ns: str, sysfs: Path):
+    """Links that list the links of network namespace ns: through its sysfs at
+    sysfs (Links reads names from SYS_CLASS_NET), and, where it falls back to
+    netlink or changes links, with its netlink socket in ns: this thread
     enters ns (setns) for the duration of one 'with _ipr()' and then returns.
     pyroute2's NetNS is not used: it forks a helper, which both adds its own
     cost to the listing and would inherit this script's signal handlers."""
@@ -178,6 +171,10 @@ def ns_links_class(ns: str):
         if libc.setns(fd, clone_newnet) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"setns: {os.strerror(err)}")
+
+    import netplugin.dataplane.links as links_module
+    if hasattr(links_module, "SYS_CLASS_NET"):
+        links_module.SYS_CLASS_NET = str(sysfs / "class" / "net")
 
     class NsLinks(Links):
         @contextlib.contextmanager
@@ -310,37 +307,19 @@ def make_netns(ns: str, peers_ns: str, eps: list, out: C.Out) -> None:
 
 # -- one scan --------------------------------------------------------------------------------------------
 
-def make_switch(cfg, raised: bool):
-    """netplugin's Switch as the daemon builds it, or with its time limits raised."""
-    import inspect
-
-    from netplugin.dataplane.ovs import Switch
-    if not raised:
-        return Switch(cfg.ovsdb, cfg.ovs_timeout)
-    kwargs = {}
-    if "connect_timeout" in inspect.signature(Switch).parameters:
-        kwargs["connect_timeout"] = RAISED_OVS_CONNECT
-    return Switch(cfg.ovsdb, RAISED_OVS_TIMEOUT, **kwargs)
-
-
 class Scanner:
-    """raised=False: the clients exactly as netplugin-reconcile makes them.
-    raised=True: the etcd client's gRPC receive limit and the OVSDB time limits
-    raised (bench-side options only), to get a figure where the shipped limits fail."""
+    """The clients exactly as netplugin-reconcile makes them, shipped settings."""
 
-    def __init__(self, cfg, ns: str, live: dict, raised: bool):
-        from netplugin.kv import EtcdKV
-        self.cfg, self.ns, self.live, self.raised = cfg, ns, live, raised
-        self.kv_class = big_grpc_kv_class() if raised else EtcdKV
+    def __init__(self, cfg, ns: str, sysfs: Path, live: dict):
+        from netplugin.backends import reconcile_settings
+        self.cfg, self.ns, self.sysfs, self.live = reconcile_settings(cfg), ns, sysfs, live
         self.clients = None
 
     def _clients(self, fresh: bool):
-        from netplugin.store import Store
+        from netplugin.backends import make_store, make_switch
         if fresh or self.clients is None:
             self.close()
-            kv = self.kv_class(self.cfg.etcd_endpoints, timeout=30.0 if self.raised else self.cfg.etcd_timeout)
-            self.clients = (Store(kv, self.cfg.etcd_prefix), make_switch(self.cfg, self.raised),
-                            ns_links_class(self.ns)())
+            self.clients = (make_store(self.cfg), make_switch(self.cfg), ns_links_class(self.ns, self.sysfs)())
         return self.clients
 
     def close(self) -> None:
@@ -394,24 +373,19 @@ class _Proxy:
 def probe_etcd(cfg) -> dict:
     """The reconciler's biggest etcd read, alone: every endpoint record
     (Store.list_endpoints), with the client as shipped; and the reply's size."""
-    from netplugin.kv import EtcdKV
-    from netplugin.store import Store
-    out: dict = {}
-    kv = EtcdKV(cfg.etcd_endpoints, timeout=cfg.etcd_timeout)
+    from netplugin.backends import make_store
+    out: dict = {"reply_bytes": 0}
+    store = make_store(cfg)
     t0 = time.perf_counter()
     try:
-        out["endpoints_read"] = len(Store(kv, cfg.etcd_prefix).list_endpoints())
+        out["endpoints_read"] = len(store.list_endpoints())
         out["shipped_s"] = round(time.perf_counter() - t0, 3)
+        items = store.kv.get_prefix(f"{cfg.etcd_prefix}/endpoints/")
+        out["reply_bytes"] = sum(len(i.key) + len(i.value) for i in items)
     except Exception as exc:  # noqa: BLE001 - a failed read is a result
         out["shipped_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
     finally:
-        kv.close()
-    big = big_grpc_kv_class()(cfg.etcd_endpoints, timeout=30.0)
-    try:
-        items = big.get_prefix(f"{cfg.etcd_prefix}/endpoints/")
-        out["reply_bytes"] = sum(len(i.key) + len(i.value) for i in items)
-    finally:
-        big.close()
+        store.kv.close()
     return out
 
 
@@ -432,8 +406,8 @@ def summarize(scans: list[dict]) -> dict:
     return out
 
 
-def measure(cfg, ns: str, live: dict, raised: bool, runs: int, out: C.Out, label: str) -> dict:
-    scanner = Scanner(cfg, ns, live, raised)
+def measure(cfg, ns: str, sysfs: Path, live: dict, runs: int, out: C.Out, label: str) -> dict:
+    scanner = Scanner(cfg, ns, sysfs, live)
     result = {}
     try:
         for mode, fresh in (("cold", True), ("warm", False)):
@@ -477,6 +451,7 @@ def main(argv=None) -> int:
                                  "batch": args.batch},
                     "results": []}
     finished = False
+    leftovers: list[str] = []
     with C.Cleanup(out) as cleanup:
         for n in sizes:
             rtag = secrets.token_hex(4)
@@ -500,6 +475,9 @@ def main(argv=None) -> int:
                             lambda name=name: C.run("ip", "netns", "del", name) if Path(f"/run/netns/{name}").exists()
                             else None)
             make_netns(ns, ns + "-c", eps, out)
+            sysfs = Path(tempfile.mkdtemp(prefix="nprec-sysfs-"))
+            cleanup.add(f"unmount and remove {sysfs}", lambda f=sysfs: unmount(f))
+            mount_netns_sysfs(ns, sysfs)
 
             dbs = []
             folder = Path(tempfile.mkdtemp(prefix="nprec-ovsdb-"))
@@ -524,21 +502,37 @@ def main(argv=None) -> int:
                 cfg = Config(etcd_endpoints=[C.ETCD], etcd_prefix=prefix, host_id=host, bridge=bridge,
                              datapath_type="netdev", ovsdb=remote).validate()
                 row = {"endpoints": n, "ovsdb": db_name, "setup_ports_s": round(ports_secs, 2),
-                       "shipped": measure(cfg, ns, live, False, args.runs, out, f"{n} eps, {db_name} OVSDB")}
-                if "error" in row["shipped"].get("cold", {}) or "error" in row["shipped"].get("warm", {}):
-                    row["raised"] = measure(cfg, ns, live, True, args.runs, out,
-                                            f"{n} eps, {db_name} OVSDB, limits raised")
+                       "shipped": measure(cfg, ns, sysfs, live, args.runs, out, f"{n} eps, {db_name} OVSDB")}
                 result["results"].append(row)
             if n <= args.system_ovs_max:
                 t0 = time.monotonic()
                 C.run("ovs-vsctl", "--timeout=600", "--if-exists", "del-br", bridge, timeout=700)
                 out.progress(f"deleted {bridge} from the system OVSDB in {time.monotonic() - t0:.1f} s")
             cleanup.run()                               # this size's things, before the next size
+            leftovers += left_behind(prefix, bridge, ns, sysfs)
         finished = True
     result["cleanup_failures"] = cleanup.failures
+    result["leftovers"] = leftovers
     report(result, out)
+    out.say("left behind: " + ("; ".join(leftovers) if leftovers else "nothing (bridge, netns, sysfs mount, "
+                                                                         "etcd prefix checked)"))
     out.result(result)
-    return 0 if finished and not cleanup.failures else 1
+    return 0 if finished and not cleanup.failures and not leftovers else 1
+
+
+def left_behind(prefix: str, bridge: str, ns: str, sysfs: Path) -> list[str]:
+    """What of one size's things is still there after its cleanup."""
+    found = []
+    if C.run("ovs-vsctl", "br-exists", bridge, check=False).returncode == 0:
+        found.append(f"bridge {bridge}")
+    for name in (ns, ns + "-c"):
+        if Path(f"/run/netns/{name}").exists():
+            found.append(f"netns {name}")
+    if sysfs.exists():
+        found.append(f"folder {sysfs}")
+    if C.etcd_keys(prefix + "/"):
+        found.append(f"etcd keys under {prefix}/")
+    return found
 
 
 def _fmt(v) -> str:
@@ -549,12 +543,12 @@ def report(result: dict, out: C.Out) -> None:
     out.say(C.machine_line(result["machine"]))
     rows = []
     for r in result["results"]:
-        for variant in ("shipped", "raised"):
+        for variant in ("shipped",):
             for mode in ("cold", "warm"):
                 s = r.get(variant, {}).get(mode)
                 if s is None:
                     continue
-                label = f"{r['endpoints']:>6} {r['ovsdb']:<7} {mode:<4} {'' if variant == 'shipped' else 'limits raised'}"
+                label = f"{r['endpoints']:>6} {r['ovsdb']:<7} {mode:<4}"
                 if "error" in s:
                     rows.append([label, "FAILED", "", "", "", "", "", "", s["error"][:90]])
                     continue
@@ -567,7 +561,7 @@ def report(result: dict, out: C.Out) -> None:
         out.say(f"{n:>6} endpoints: Store.list_endpoints with the shipped etcd client: "
                 + (f"{probe['shipped_s']:.3f} s" if "shipped_s" in probe else f"FAILED ({probe['shipped_error'][:200]})")
                 + f"; reply ~{probe['reply_bytes'] / 1e6:.2f} MB")
-    out.say(C.table(["size ovsdb mode variant", "wall s", "etcd rd", "etcd wr", "ovs list", "veth list", "other",
+    out.say(C.table(["size ovsdb mode", "wall s", "etcd rd", "etcd wr", "ovs list", "veth list", "other",
                      "wall range", "findings"], rows, aligns="lrrrrrrll"))
 
 

@@ -71,7 +71,10 @@ class DockerView:
                 for cid, c in (info.get("Containers") or {}).items():
                     if cid.startswith("ep-"):      # an endpoint without a container (load balancer)
                         continue
-                    state = api.inspect_container(cid)["State"]
+                    try:
+                        state = api.inspect_container(cid)["State"]
+                    except docker.errors.NotFound:
+                        continue       # listed on the network but gone: not live
                     if state.get("Running") or state.get("Paused") or state.get("Restarting"):
                         out[c["EndpointID"]] = {"container": cid, "name": c.get("Name", ""),
                                                 "network": net_id, "ip": c.get("IPv4Address", "").split("/")[0],

@@ -245,3 +245,28 @@ def test_a_fresh_release_keeps_its_tombstone(np, net, rec, clock):
     report = rec.run(grace=60)
     assert report["released"] == 1 and report["tombstones_pruned"] == 0
     assert np.store.tombstone(c.endpoint)["by"] == "reconciler"
+
+
+# -- Docker's view --------------------------------------------------------------------------------------
+
+def test_dockers_view_skips_a_container_gone_between_two_calls():
+    """A container a network still lists but Docker no longer knows is not
+    live; it must not make the whole view unknown."""
+    import docker.errors
+
+    from netplugin.docker_api import DockerView
+
+    class Api:
+        def inspect_network(self, net_id):
+            return {"Containers": {"c1": {"EndpointID": "e1", "Name": "web", "IPv4Address": "10.0.0.2/24"},
+                                   "c2": {"EndpointID": "e2", "Name": "gone", "IPv4Address": "10.0.0.3/24"}}}
+
+        def inspect_container(self, cid):
+            if cid == "c2":
+                raise docker.errors.NotFound("no such container")
+            return {"State": {"Running": True, "Pid": 7}}
+
+    names = SimpleNamespace(_api=lambda: Api(), _lock=threading.Lock(), _client=None)
+    view = DockerView(names).live_endpoints(["n1"])
+    assert view is not None and set(view) == {"e1"}
+    assert view["e1"]["ip"] == "10.0.0.2" and view["e1"]["sandbox"] == 7
