@@ -37,7 +37,7 @@ from ..errors import InvalidRequest, NetpluginError, NotFound
 from . import config as drconfig
 from .limits import human_bytes, make_limits
 from .model import (BACKUP, CANCELLED, KINDS, QUEUED, RESTORE, STATES, SUCCEEDED, TERMINAL, Job, JobSpec,
-                    check_database, check_db_host, check_name, new_job_id)
+                    check_database, check_db_host, check_name, new_job_id, server_key)
 
 USAGE_ERROR = 2
 _DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)?\s*", re.I)
@@ -331,10 +331,27 @@ def _common_spec(args, ctx, kind: str) -> tuple[dict, str, str]:
     return spec, target, host
 
 
+def resolve_server(network: str, db_host: str, db_port: int, resolve=socket.getaddrinfo) -> str:
+    """The lock name of the server a job talks to (model.server_key): a host name is
+    resolved to its IPv4 address when this host can; else the name itself is used."""
+    address = db_host
+    try:
+        ipaddress.ip_address(db_host)
+    except ValueError:
+        try:
+            found = resolve(db_host, db_port, socket.AF_INET, socket.SOCK_STREAM)
+            if found:
+                address = found[0][4][0]
+        except (OSError, UnicodeError):
+            pass
+    return server_key(network, address, db_port)
+
+
 def _submit(ctx, kind: str, target: str, host: str, spec: dict) -> Job:
     now = time.time()
     JobSpec.from_dict(spec)          # every field known
     job = Job(id=new_job_id(now), kind=kind, target=target, host=host, spec=spec, created=now, updated=now,
+              server=resolve_server(spec["network"], spec["db_host"], spec["db_port"]),
               start_by=now + spec["start_timeout"],
               history=[{"state": QUEUED, "time": now, "message": "submitted"}],
               submitted_by=f"{getpass.getuser()}@{socket.gethostname()}")
@@ -462,7 +479,7 @@ def cmd_show(args, ctx) -> int:
         return 0
     spec = j.job_spec
     lim = spec.limits
-    pairs = [("Job", j.id), ("Kind", j.kind), ("Target", j.target), ("Host", j.host), ("State", j.state),
+    pairs = [("Job", j.id), ("Kind", j.kind), ("Target", j.target), ("Server", j.server or "-"), ("Host", j.host), ("State", j.state),
              ("Message", j.message), ("Submitted", f"{fmt_time(j.created)} by {j.submitted_by}"),
              ("Network", f"{spec.network}" + (f" at {spec.ip}" if spec.ip else "")),
              ("Database", f"{spec.database} on {spec.db_host}:{spec.db_port}"),

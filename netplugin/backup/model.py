@@ -14,6 +14,7 @@ means a deadline passed (not started in time, or the whole run took too long);
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import secrets
@@ -66,6 +67,18 @@ def check_db_host(value: object) -> str:
     if not isinstance(value, str) or not _HOSTNAME_RE.fullmatch(value):
         raise InvalidRequest(f"database host {value!r} is not a host name or address")
     return value
+
+
+def server_key(network: str, address: str, port: int) -> str:
+    """The lock name of a database server: the network the job reaches it on, its
+    address and its port (``prod@10.10.0.5:3306``). Two --target names for one
+    server give one key, so they never run at once. address is an IP (in its
+    canonical form) or, when the name could not be resolved, the lower-cased name."""
+    try:
+        addr = str(ipaddress.ip_address(address))
+    except ValueError:
+        addr = address.lower().rstrip(".")
+    return f"{network}@{addr}:{int(port)}"
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -132,7 +145,7 @@ class JobSpec:
 class Job:
     id: str
     kind: str
-    target: str                               # the lock name: at most one active job per target
+    target: str                               # what is backed up or restored into: the display name
     host: str                                 # whose agent runs it
     spec: dict
     state: str = QUEUED
@@ -156,6 +169,13 @@ class Job:
     cancel_requested: str = ""                # who asked, empty if nobody
     submitted_by: str = ""
     removed: float = 0.0                      # when its container was removed (drctl rm, clean-up)
+    server: str = ""                          # the lock name: server_key(); one active job per server
+
+    @property
+    def lock_key(self) -> str:
+        """At most one active job per key: the resolved server (records made
+        before the server was recorded: their target)."""
+        return self.server or self.target
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

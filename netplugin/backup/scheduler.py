@@ -154,9 +154,10 @@ class Agent:
             if not free:
                 self._say(job, f"waiting for a slot: {len(slots)} of {self.max_jobs} jobs running on {self.host}")
                 continue
-            holder = self.store.lock_holder(job.target)
+            holder = self.store.lock_holder(job.lock_key)
             if holder is not None:
-                self._say(job, f"waiting for target {job.target}: job {holder} is active on it")
+                on = f"target {job.target}" + (f" (server {job.server})" if job.server else "")
+                self._say(job, f"waiting for {on}: job {holder} is active on it")
                 continue
             got = self.store.admit(job, rev, free[0], self.lease, self.clock(), job.job_spec.timeout)
             if got is None:

@@ -3,7 +3,8 @@
     backup/jobs/<job-id>             Job: spec, state, history, results (kept after it ends)
     backup/queue/<host>/<job-id>     present while the job waits for that host's agent
     backup/slots/<host>/<n>          -> job id; n < the host's cap; bound to the agent's lease
-    backup/locks/<target>            -> job id; one active job per target; bound to the lease
+    backup/locks/<server>            -> job id; one active job per database server (Job.lock_key:
+                                     network@address:port); bound to the lease
     backup/agents/<host>             the agent of that host, bound to its lease: alive while present
     backup/catalog/<target>/<name>   Backup: a verified backup (only verified ones are written)
 
@@ -41,8 +42,8 @@ class BackupStore:
     def k_slot(self, host: str, n: int | None = None) -> str:
         return f"{self.root}/slots/{host}/" + ("" if n is None else f"{n:03d}")
 
-    def k_lock(self, target: str) -> str:
-        return f"{self.root}/locks/{target}"
+    def k_lock(self, key: str) -> str:
+        return f"{self.root}/locks/{key}"
 
     def k_agent(self, host: str = "") -> str:
         return f"{self.root}/agents/{host}"
@@ -106,16 +107,17 @@ class BackupStore:
         job.slot = slot
         job.run_by = now + run_timeout
         ok = self.kv.txn(
-            [unchanged(self.k_job(job.id), rev), absent(self.k_slot(job.host, slot)), absent(self.k_lock(job.target))],
+            [unchanged(self.k_job(job.id), rev), absent(self.k_slot(job.host, slot)), absent(self.k_lock(job.lock_key))],
             [Put(self.k_job(job.id), job.to_json()), Delete(self.k_queue(job.host, job.id)),
-             Put(self.k_slot(job.host, slot), job.id, lease=lease), Put(self.k_lock(job.target), job.id, lease=lease)])
+             Put(self.k_slot(job.host, slot), job.id, lease=lease),
+             Put(self.k_lock(job.lock_key), job.id, lease=lease)])
         return job if ok else None
 
     def reclaim(self, job: Job, lease: int) -> bool:
         """An agent adopting an active job takes its slot and lock again (absent,
         or still naming this job)."""
         ops, compares = [], []
-        for key in (self.k_slot(job.host, job.slot or 0), self.k_lock(job.target)):
+        for key in (self.k_slot(job.host, job.slot or 0), self.k_lock(job.lock_key)):
             item = self.kv.get(key)
             if item is not None and item.value.decode() != job.id:
                 return False
@@ -125,14 +127,15 @@ class BackupStore:
 
     def release(self, job: Job) -> None:
         """Free the job's slot and lock, only if they are still this job's."""
-        for key in (self.k_slot(job.host, job.slot if job.slot is not None else -1), self.k_lock(job.target)):
+        for key in (self.k_slot(job.host, job.slot if job.slot is not None else -1), self.k_lock(job.lock_key)):
             self.kv.txn([Compare(key, "value", "==", job.id)], [Delete(key)])
 
     def slots(self, host: str) -> dict[int, str]:
         return {int(i.key.rsplit("/", 1)[1]): i.value.decode() for i in self.kv.get_prefix(self.k_slot(host))}
 
-    def lock_holder(self, target: str) -> str | None:
-        item = self.kv.get(self.k_lock(target))
+    def lock_holder(self, key: str) -> str | None:
+        """The job active on a server (key: Job.lock_key)."""
+        item = self.kv.get(self.k_lock(key))
         return item.value.decode() if item else None
 
     def delete_job(self, job: Job) -> None:
