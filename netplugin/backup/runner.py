@@ -495,6 +495,23 @@ class Runner:
         else:
             result = self._verify_restore(ctx)
         self._move(ctx, SUCCEEDED, result.pop("message"), result=result)
+        if ctx.job.kind == BACKUP and result.get("backup") and not result.get("adopted"):
+            # Retention only once the success is on record: a failure from here on
+            # can no longer end the job failed with older backups already deleted.
+            self._prune_after_success(ctx)
+
+    def _prune_after_success(self, ctx: _Ctx) -> None:
+        try:
+            pruned = self._prune(ctx)
+        except Exception as exc:  # noqa: BLE001 - the job has succeeded; retention must not undo that
+            log.warning("job %s: retention failed: %s: %s", ctx.job.id, type(exc).__name__, exc)
+            pruned = [f"skipped: {type(exc).__name__}: {exc}"]
+        if pruned is None:
+            return
+        try:
+            self._update(ctx, lambda j: j.result.__setitem__("pruned", pruned))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("job %s: pruned %s, but cannot record it: %s", ctx.job.id, pruned, exc)
 
     def _verify_backup(self, ctx: _Ctx) -> dict:
         spec, job = ctx.spec, ctx.job
@@ -574,9 +591,6 @@ class Runner:
         started = job.entered(RUNNING)
         if started:
             result["seconds"] = round(now - started, 3)
-        pruned = self._prune(ctx)
-        if pruned is not None:
-            result["pruned"] = pruned
         note = f" ({len(manifest['not_transactional'])} tables of engines outside the snapshot: " \
             f"{', '.join(manifest['not_transactional'])})" if manifest["not_transactional"] else ""
         result["message"] = f"backup {name}: {lim.human_bytes(size)}, {len(tables)} tables, {manifest['rows']} rows{note}"
@@ -604,6 +618,7 @@ class Runner:
                 "tables": len(manifest.get("tables") or {}), "rows": manifest.get("rows", 0),
                 "uncompressed_size": manifest.get("uncompressed_size", 0),
                 "not_transactional": manifest.get("not_transactional", []),
+                "adopted": True,
                 "message": f"backup {manifest['name']}: {lim.human_bytes(size)} (completed after the agent restarted)"}
 
     def _prune(self, ctx: _Ctx) -> list[str] | None:

@@ -344,6 +344,62 @@ def test_success_prunes_beyond_keep_last_never_the_newest(rig):
     assert not any(f.startswith(names[0]) for f in rig.files())
 
 
+def _spy_prune(monkeypatch, rig, after=None):
+    """Record the job's state in etcd whenever retention runs; after(): then fail."""
+    from netplugin.backup import runner as runner_mod
+    real, seen = runner_mod.retention.prune, []
+
+    def prune(store, target, *args, **kw):
+        seen.append([j.state for j in rig.store.list_jobs() if j.state not in (QUEUED,)][-1])
+        report = real(store, target, *args, **kw)
+        if after:
+            after()
+        return report
+    monkeypatch.setattr(runner_mod.retention, "prune", prune)
+    return seen
+
+
+def test_retention_runs_only_after_the_success_is_recorded(rig, monkeypatch):
+    first = rig.backup(keep_last=1)
+    seen = _spy_prune(monkeypatch, rig)
+    second = rig.backup(keep_last=1)
+    assert seen == [SUCCEEDED]                     # in etcd before a single file was deleted
+    assert second.state == SUCCEEDED and second.result["pruned"] == [first.result["backup"]]
+    assert rig.store.get(second.id)[0].result["pruned"] == [first.result["backup"]]
+
+
+def test_an_etcd_error_after_pruning_leaves_the_job_succeeded(rig, monkeypatch):
+    first = rig.backup(keep_last=1)
+
+    def etcd_down():
+        raise ConnectionError("etcd: connection refused")
+    _spy_prune(monkeypatch, rig, after=etcd_down)
+    second = rig.backup(keep_last=1)
+    stored = rig.store.get(second.id)[0]
+    assert stored.state == SUCCEEDED, stored.message
+    assert "skipped: ConnectionError" in stored.result["pruned"][0]
+    assert [b.name for b in rig.store.backups("prod-db")] == [second.result["backup"]]
+    assert not any(f.startswith(first.result["backup"]) for f in rig.files())
+
+
+def test_no_pruning_when_the_success_cannot_be_recorded(rig, monkeypatch):
+    first = rig.backup(keep_last=1)
+    seen = _spy_prune(monkeypatch, rig)
+    real_update = rig.store.update
+
+    def update(job_id, change, tries=8):
+        def guarded(j):
+            change(j)
+            if j.state == SUCCEEDED:
+                raise ConnectionError("etcd: connection refused")
+        return real_update(job_id, guarded, tries)
+    monkeypatch.setattr(rig.store, "update", update)
+    second = rig.run(rig.job(keep_last=1, max_age=0))
+    assert seen == [] and second.state != SUCCEEDED
+    assert first.result["backup"] in [b.name for b in rig.store.backups("prod-db")]
+    assert any(f.startswith(first.result["backup"]) for f in rig.files())
+
+
 def test_a_failed_backup_never_prunes(rig):
     good = rig.backup(keep_last=1)
     rig.docker.behaviour = wrong_password
