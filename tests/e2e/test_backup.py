@@ -181,17 +181,24 @@ class DR:
         return Path(docker("volume", "inspect", "-f", "{{.Mountpoint}}", name).stdout.strip())
 
     def start_db(self, name: str, network: str, ip: str, sql: str | None = None) -> None:
-        docker("run", "-d", "--label", LABEL, "--name", name, "--network", network, "--ip", ip,
-               "-v", f"{self.init_sql}:/run/secrets/db-init.sql:ro", SERVER_IMAGE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if docker("exec", name, "mariadb", "-uroot", "-e", "SELECT 1", check=False).returncode == 0:
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError(f"MariaDB {name} did not start:\n{docker('logs', name, check=False).stderr[-2000:]}")
-        if sql:
-            self.sql(name, sql)
+        self.start_dbs([(name, ip)], network, sql)
+
+    def start_dbs(self, servers: list[tuple[str, str]], network: str, sql: str | None = None) -> None:
+        """Start (name, ip) servers at once, then wait for each and load sql."""
+        for name, ip in servers:
+            docker("run", "-d", "--label", LABEL, "--name", name, "--network", network, "--ip", ip,
+                   "-v", f"{self.init_sql}:/run/secrets/db-init.sql:ro", SERVER_IMAGE)
+        for name, _ in servers:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if docker("exec", name, "mariadb", "-uroot", "-e", "SELECT 1", check=False).returncode == 0:
+                    break
+                time.sleep(0.3)
+            else:
+                raise AssertionError(f"MariaDB {name} did not start:\n"
+                                     f"{docker('logs', name, check=False).stderr[-2000:]}")
+            if sql:
+                self.sql(name, sql)
 
     def sql(self, container: str, text: str, db: str = "") -> str:
         proc = subprocess.run(["/usr/bin/docker", "exec", "-i", container, "mariadb", "-uroot", "--batch",
@@ -224,6 +231,32 @@ def dr(clean, tmp_path):
     d.close()
 
 
+class PortTags:
+    """Samples the VLAN tag of every netplugin port on the switch, by endpoint id
+    (the port's external_ids), while jobs come and go."""
+
+    def __init__(self):
+        self.tags: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            out = subprocess.run(["ovs-vsctl", "--format=json", "--columns=tag,external_ids", "list", "Port"],
+                                 capture_output=True, text=True).stdout
+            for tag, ext in (json.loads(out)["data"] if out.strip() else []):
+                ids = dict(ext[1])
+                if "np-endpoint" in ids and isinstance(tag, int):
+                    self.tags[ids["np-endpoint"]] = tag
+            time.sleep(0.05)
+
+    def close(self) -> dict[str, int]:
+        self.stop.set()
+        self.thread.join(5)
+        return self.tags
+
+
 def table_facts(d: DR, container: str, db: str, tables) -> dict:
     """Row counts and CHECKSUM TABLE, asked of the server directly (not through drctl)."""
     out = {}
@@ -242,6 +275,7 @@ def test_dr_drill_backup_on_prod_restore_on_dr(dr):
     dr.start_db("dr-source", "prod", "10.117.0.10", SHOP_SQL)
     dr.start_db("dr-target", "dr", "10.127.0.10")
     volume = dr.volume()
+    ports = PortTags()
 
     out = dr.drctl(*dr.backup_args("shop-prod", "prod", "10.117.0.10", "shop", volume, "--ip", "10.117.0.50",
                                    "--cpus", "1", "--memory", "512m", "--pids", "128", "--write-bps", "64m",
@@ -277,6 +311,10 @@ def test_dr_drill_backup_on_prod_restore_on_dr(dr):
     assert restore["result"]["tables_verified"] == len(SHOP_TABLES)
     assert restore["result"]["rows_verified"] == sum(SHOP_TABLES.values())
     assert restore["limits_applied"]["profile"]["rate_kbps"] == 50000
+    # The job containers' switch ports were access ports of their networks' VLANs.
+    tags = ports.close()
+    assert tags.get(backup["endpoint"]) == 100 and tags.get(restore["endpoint"]) == 200, \
+        (backup["endpoint"], restore["endpoint"], tags)
 
     # Equal, asked of both servers directly; routines, triggers, events and views came along.
     assert table_facts(dr, "dr-source", "shop", SHOP_TABLES) == table_facts(dr, "dr-target", "shop", SHOP_TABLES)
@@ -351,8 +389,11 @@ def test_checksums_share_the_dumps_snapshot_while_the_source_is_written(dr):
 
 
 def test_cap_eight_jobs_never_more_than_five(dr):
+    """8 jobs over 5 source servers (one job at a time per server, so 5 can run at
+    once): never more than 5 run, and all finish."""
     new_network("capnet", "10.118.0.0/24", 171)
-    dr.start_db("cap-db", "capnet", "10.118.0.10", SMALL_SQL)
+    servers = [(f"cap-db{n}", f"10.118.0.{10 + n}") for n in range(5)]
+    dr.start_dbs(servers, "capnet", SMALL_SQL)
     volume = dr.volume()
     seen, stop = [], threading.Event()
 
@@ -364,7 +405,7 @@ def test_cap_eight_jobs_never_more_than_five(dr):
             time.sleep(0.1)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    ids = [dr.drctl(*dr.backup_args(f"cap{i}", "capnet", "10.118.0.10", "small", volume, "--write-bps", "512k",
+    ids = [dr.drctl(*dr.backup_args(f"cap{i}", "capnet", servers[i % 5][1], "small", volume, "--write-bps", "128k",
                                     "-q")).stdout.strip() for i in range(8)]
     jobs = [dr.wait_job(i, timeout=240) for i in ids]
     stop.set()
@@ -381,6 +422,12 @@ def test_cap_eight_jobs_never_more_than_five(dr):
         peak = max(peak, active)
     assert peak == 5, f"the cap was {'exceeded' if peak > 5 else 'never reached'}: {peak}"
     assert max(seen) <= 5, f"docker ps saw {max(seen)} job containers running at once"
+    # One server, one job at a time, whatever the target's name.
+    for n, (_, ip) in enumerate(servers):
+        spans = sorted((next(h["time"] for h in j["history"] if h["state"] == "starting"), j["history"][-1]["time"])
+                       for i, j in enumerate(jobs) if i % 5 == n)
+        assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:])), (ip, spans)
+        assert all(j["server"] == f"capnet@{ip}:3306" for i, j in enumerate(jobs) if i % 5 == n)
 
 
 def _cgroup_file(pid: int, controller: str, name: str) -> str:
@@ -399,6 +446,15 @@ def test_limits_in_inspect_in_cgroups_and_direct_io_at_the_write_rate(dr):
     dr.start_db("lim-db", "limnet", "10.119.0.10", RANDOM_SQL)
     volume = dr.volume()
     write_bps = 1 << 20
+    # Hold the dump: a session locks the table it must read, so the job's own writer
+    # is idle and the direct-I/O probe below is the only writer in the cgroup (the
+    # throttle is per cgroup: a dump writing beside it would take part of the rate).
+    holder = subprocess.Popen(["/usr/bin/docker", "exec", "-i", "lim-db", "mariadb", "-uroot", "--unbuffered",
+                               "--batch", "--skip-column-names", "noise"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder.stdin.write("LOCK TABLES payload WRITE;\nSELECT 'held';\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "held", holder.stderr.read()
     job_id = dr.drctl(*dr.backup_args("noise", "limnet", "10.119.0.10", "noise", volume, "--cpus", "1.5",
                                       "--memory", "256m", "--pids", "100", "--write-bps", "1m", "--read-bps", "8m",
                                       "--write-iops", "4000", "--no-checksums", "-q")).stdout.strip()
@@ -436,36 +492,68 @@ def test_limits_in_inspect_in_cgroups_and_direct_io_at_the_write_rate(dr):
     assert f"{majmin} {8 << 20}" in _cgroup_file(pid, "blkio", "blkio.throttle.read_bps_device")
     assert f"{majmin} 4000" in _cgroup_file(pid, "blkio", "blkio.throttle.write_iops_device")
 
-    # A direct-I/O write inside the job container (dd, an eager writer, beside the
-    # job's own dump): the cgroup's byte counter must grow at the configured rate.
-    def written() -> int:
+    # The dump is waiting for the table: nothing of the job writes.
+    deadline = time.monotonic() + 30
+    while "Waiting for table metadata lock" not in dr.sql("lim-db", "SHOW PROCESSLIST"):
+        assert time.monotonic() < deadline, dr.sql("lim-db", "SHOW PROCESSLIST")
+        time.sleep(0.1)
+
+    # A direct-I/O write inside the job container, alone: the probe's own bytes
+    # (/proc/PID/io) must grow at the configured rate, and the cgroup's counter by
+    # the probe's bytes only.
+    def cgroup_written() -> int:
         text = _cgroup_file(pid, "blkio", "blkio.throttle.io_service_bytes")
         return sum(int(line.split()[2]) for line in text.splitlines() if line.startswith(majmin + " Write"))
+
+    def cmdlines() -> dict[int, str]:
+        out = {}
+        for p in _cgroup_file(pid, "pids", "cgroup.procs").split():
+            try:
+                out[int(p)] = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+        return out
+
+    def probe_written(probe_pid: int) -> int | None:
+        try:
+            text = Path(f"/proc/{probe_pid}/io").read_text()
+        except OSError:
+            return None
+        return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("write_bytes:"))
     probe = subprocess.Popen(["/usr/bin/docker", "exec", j["container"], "dd", "if=/dev/zero",
                               "of=/backup/probe.bin", "bs=256k", "count=12", "oflag=direct"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    samples, cmdlines = [], set()
+    samples, seen, probe_pid = [], set(), None
     while probe.poll() is None:
-        samples.append((time.monotonic(), written()))
-        for p in _cgroup_file(pid, "pids", "cgroup.procs").split():
-            try:
-                cmdlines.add(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                pass
+        procs = cmdlines()
+        seen.update(procs.values())
+        if probe_pid is None:
+            probe_pid = next((p for p, c in procs.items() if c.startswith("dd if=/dev/zero of=/backup/probe.bin")),
+                             None)
+        own = probe_written(probe_pid) if probe_pid else None
+        if own is not None:
+            samples.append((time.monotonic(), own, cgroup_written()))
         time.sleep(0.05)
     # What `ps` shows of the job: the dump is there, the password is not.
-    assert any(c.startswith("mariadb-dump --defaults-file=/run/drctl/client.cnf") for c in cmdlines), cmdlines
-    assert not any(PASSWORD in c for c in cmdlines)
+    assert any(c.startswith("mariadb-dump --defaults-file=/run/drctl/client.cnf") for c in seen), seen
+    assert not any(PASSWORD in c for c in seen)
     _, dd_err = probe.communicate()
     assert probe.returncode == 0, f"the probe failed ({probe.returncode}; did the job end first?): {dd_err}"
-    window = [(t, b) for t, b in samples if t >= samples[0][0] + 0.5]
-    (t0, b0), (t1, b1) = window[0], window[-1]
+    assert samples, f"the probe was never seen in the job's cgroup: {seen}"
+    window = [s for s in samples if s[0] >= samples[0][0] + 0.5]
+    (t0, b0, c0), (t1, b1, c1) = window[0], window[-1]
     rate = (b1 - b0) / (t1 - t0)
-    print(f"direct-I/O writes of the job container: {rate / 1048576:.3f} MiB/s over {t1 - t0:.1f} s "
-          f"(configured {write_bps / 1048576:.3f} MiB/s); dd alone: {dd_err.strip().splitlines()[-1]}")
+    print(f"direct-I/O probe alone in the job container: {rate / 1048576:.3f} MiB/s over {t1 - t0:.1f} s "
+          f"(configured {write_bps / 1048576:.3f} MiB/s; the cgroup wrote {(c1 - c0) / 1048576:.3f} MiB, the probe "
+          f"{(b1 - b0) / 1048576:.3f} MiB); dd's own figure: {dd_err.strip().splitlines()[-1]}")
     assert t1 - t0 >= 1.5, f"the probe was too short to measure: {dd_err}"
+    assert c1 - c0 <= (b1 - b0) + (256 << 10), "something beside the probe wrote in the job's cgroup"
     assert 0.8 * write_bps <= rate <= 1.2 * write_bps, \
-        f"direct writes ran at {rate / 1048576:.2f} MiB/s, configured {write_bps / 1048576:.2f} MiB/s"
+        f"the probe wrote at {rate / 1048576:.2f} MiB/s, configured {write_bps / 1048576:.2f} MiB/s"
+    # Let the dump go: the job finishes normally.
+    holder.stdin.write("UNLOCK TABLES;\n")
+    holder.stdin.close()
+    holder.wait(30)
     j = dr.wait_job(job_id)
     assert j["state"] == "succeeded", (j["message"], j["log_tail"])
     assert j["result"]["size"] >= 6 << 20
