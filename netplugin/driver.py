@@ -41,6 +41,8 @@ KNOWN_OPTIONS = {"vlan", "name", "profile"}
 NAMING_PATIENCE = 15.0   # seconds the background namer waits for Docker to store a new network
 DELETE_RETRY_EVERY = 1.0  # seconds between background retries of a DeleteEndpoint that etcd refused
 DELETE_RETRIES = 60
+PORT_PATIENCE = 10.0      # seconds Join waits, outside a request, for ovs-vswitchd to open the port
+UNPLUG_PATIENCE = 20.0    # seconds DeleteEndpoint waits, outside a request, for the port removal Leave began
 
 
 def new_network_id() -> str:
@@ -76,6 +78,8 @@ class Driver:
         self._bridge_lock = threading.Lock()
         self._background: ThreadPoolExecutor | None = None
         self._helpers: ThreadPoolExecutor | None = None
+        self._unplugging: dict[str, Future] = {}       # endpoint id -> its port's removal, begun at Leave
+        self._unplug_lock = threading.Lock()
         self.ipam.namer = self.name_now
 
     # -- the bridge -------------------------------------------------------------
@@ -299,11 +303,13 @@ class Driver:
             self.ensure_bridge()
             self.links.create_veth(port, peer, self.cfg.mtu, mac, self.cfg.datapath_type == "netdev")
             deadline.check("adding the OVS port")
+            # ovs-vswitchd opens the port while Docker prepares the container; Join,
+            # after which the container can send, waits until it has (wait_ofport).
             self.switch.add_access_port(self.cfg.bridge, port, net.vlan, {
-                EXT_ENDPOINT: endpoint_id, EXT_NETWORK: net.id, EXT_HOST: self.cfg.host_id})
+                EXT_ENDPOINT: endpoint_id, EXT_NETWORK: net.id, EXT_HOST: self.cfg.host_id}, wait_vswitchd=False)
             if self.limits is not None:
                 deadline.check("applying the bandwidth limit")
-                self.limits.apply_endpoint(ep)
+                self.limits.apply_endpoint(ep, net)
             deadline.check("finishing the endpoint")
         except Exception:
             self._undo_endpoint(ep)
@@ -348,6 +354,9 @@ class Driver:
         if sandbox_key and ep.sandbox != sandbox_key:
             ep.sandbox = sandbox_key          # lets the reconciler repair a live container
             self.store.update_endpoint(ep, rev)
+        if self._take_unplugging(endpoint_id) is not None:
+            self._replug(ep)                  # joined again after a Leave: the port comes back
+        self.switch.wait_ofport(ep.port, deadline.remaining(PORT_PATIENCE))
         self.announce_later(ep)
         return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
                 "Gateway": net.gateway, "DisableGatewayService": True}
@@ -395,7 +404,47 @@ class Driver:
             log.warning("gratuitous ARP for %s failed: %s", ep.ip, exc.message)
 
     def leave(self, docker_net: str, endpoint_id: str) -> None:
+        """The container is leaving: its switch port starts going now.
+
+        After Leave, Docker moves the container end back out of the container
+        and writes its own store (about 30 ms) before it sends DeleteEndpoint,
+        which waits for this removal instead of starting it."""
+        ep, _ = self._endpoint(docker_net, endpoint_id)
+        with self._unplug_lock:
+            if endpoint_id not in self._unplugging:
+                self._unplugging[endpoint_id] = self._helper().submit(self._unplug, endpoint_id, ep.port)
+
+    def check_endpoint(self, docker_net: str, endpoint_id: str) -> None:
+        """NotFound unless the endpoint exists in docker_net."""
         self._endpoint(docker_net, endpoint_id)
+
+    def _unplug(self, endpoint_id: str, port: str) -> None:
+        """The endpoint's limit and flows, then its switch port."""
+        self.remove_limit(endpoint_id, port)
+        self.switch.delete_port(port)
+
+    def _take_unplugging(self, endpoint_id: str) -> Future | None:
+        with self._unplug_lock:
+            return self._unplugging.pop(endpoint_id, None)
+
+    def _unplugged(self, endpoint_id: str, port: str) -> None:
+        """Wait for the removal Leave began; do it here if none was begun or it failed."""
+        begun = self._take_unplugging(endpoint_id)
+        if begun is not None:
+            try:
+                begun.result(timeout=deadline.remaining(UNPLUG_PATIENCE))
+                return
+            except Exception as exc:  # noqa: BLE001 - the step is tried again, and its error is the answer
+                log.info("removing the port of endpoint %s after Leave failed (%s): trying again",
+                         endpoint_id[:12], getattr(exc, "message", exc))
+        self._unplug(endpoint_id, port)
+
+    def _replug(self, ep: Endpoint) -> None:
+        """Undo the port removal of a Leave that another Join followed."""
+        self.switch.add_access_port(self.cfg.bridge, ep.port, ep.vlan, {
+            EXT_ENDPOINT: ep.id, EXT_NETWORK: ep.network, EXT_HOST: self.cfg.host_id})
+        if self.limits is not None:
+            self.limits.apply_endpoint(ep)
 
     def check_ids(self, docker_net: str, endpoint_id: str) -> None:
         check_docker_id(docker_net, "NetworkID")
@@ -432,24 +481,29 @@ class Driver:
         timer.start()
 
     def _delete_endpoint(self, endpoint_id: str, late: bool = False) -> None:
-        """``late``: Docker has moved on, and its ReleaseAddress, refused while
+        """Port (with its limit and flows), then the record; the veth after the answer.
+
+        ``late``: Docker has moved on, and its ReleaseAddress, refused while
         the record existed, will not come again: the address goes with the
-        record (and a tombstone says why)."""
-        found = self.store.get_endpoint(endpoint_id)
-        port = found[0].port if found else veth_names(endpoint_id)[0]
-        self.remove_limit(endpoint_id, port)
-        # The OVS port (an OVSDB commit) and the veth (the kernel waits out an RCU
-        # grace period) take 15-25 ms each and do not depend on each other: both
-        # at once, and the answer still waits for both.
-        veth_gone = self._helper().submit(self.links.delete, port)
+        record (and a tombstone says why).
+
+        The veth is deleted after DeleteEndpoint answers: off the switch and
+        out of etcd, it carries nothing (Docker has moved the container end
+        back out, down and without its address), and the kernel takes 15-25 ms
+        to delete it. Should the daemon die before it is gone, it is a veth
+        without a record, which the reconciler deletes."""
+        port = veth_names(endpoint_id)[0]
         try:
-            self.switch.delete_port(port)
+            self._unplugged(endpoint_id, port)
+            if late:
+                found = self.store.get_endpoint(endpoint_id)
+                if found is not None:
+                    self.store.release_endpoint(
+                        found[0], by=f"{self.cfg.host_id}: DeleteEndpoint finished once etcd answered")
+            else:
+                self.store.delete_endpoint(endpoint_id)
         finally:
-            veth_gone.result()
-        if found is not None and late:
-            self.store.release_endpoint(found[0], by=f"{self.cfg.host_id}: DeleteEndpoint finished once etcd answered")
-        elif found is not None:
-            self.store.delete_endpoint(endpoint_id)
+            self.later(self.links.delete, port)
 
     def endpoint_info(self, docker_net: str, endpoint_id: str) -> dict:
         ep, _ = self._endpoint(docker_net, endpoint_id)

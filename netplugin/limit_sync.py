@@ -20,7 +20,7 @@ from .dataplane.ratelimit import RateLimiter
 from .errors import DataplaneError, NetpluginError
 from .kv import Event
 from .limits import effective_limit
-from .model import Endpoint
+from .model import Endpoint, Network
 from .store import Store
 from .watch import SyncLoop
 
@@ -48,11 +48,15 @@ class LimitSync:
         self._loop: SyncLoop | None = None
         self._record_lock = threading.Lock()      # applied and _gone, with the count
 
-    def limit_of(self, ep: Endpoint) -> tuple[int, int] | None:
-        net = self.store.get_network(ep.network)
+    def limit_of(self, ep: Endpoint, net: Network | None = None) -> tuple[int, int] | None:
+        """The endpoint's limit; profiles are read only when one is named."""
+        net = net if net is not None else self.store.get_network(ep.network)
+        own = ep.limit or {}
+        if not own.get("rate_kbps") and not own.get("profile") and not (net and net.profile):
+            return None
         return effective_limit(ep, net, self.store.list_profiles())
 
-    def apply_endpoint(self, ep: Endpoint) -> None:
+    def apply_endpoint(self, ep: Endpoint, net: Network | None = None) -> None:
         """Called by CreateEndpoint, after the port was added.
 
         A port with a limit gets its meter and flow now, so the limit holds
@@ -62,7 +66,7 @@ class LimitSync:
         Docker's path; until then the port's ARP is switched normally."""
         with self._record_lock:
             self._gone.pop(ep.id, None)
-        limit = self.limit_of(ep)
+        limit = self.limit_of(ep, net)
         if limit is None:
             return
         if not self.limiter.apply(ep.id, ep.port, ep.vlan, limit, wait_port=PORT_WAIT,

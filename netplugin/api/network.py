@@ -95,7 +95,7 @@ def program_external_connectivity(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ..., "Options": {}}`` -> ``{}``: containers are
     reached directly on their VLAN, so there is no port mapping to program."""
     field(body, "Options", dict, False, {})
-    backend("driver").leave(*_ids(body))   # validates that the endpoint exists
+    backend("driver").check_endpoint(*_ids(body))
     return {}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .. import deadline
 from ..errors import DataplaneError, DataplaneUnavailable
@@ -89,10 +90,20 @@ class Switch:
             f"Open vSwitch unavailable: cannot reach OVSDB at {self.ovsdb} ({detail}); "
             "check that ovsdb-server and ovs-vswitchd are running")
 
-    def _run(self, what: str, commands) -> list:
+    def _run(self, what: str, commands, wait_vswitchd: bool = True) -> list:
+        """Run commands in one transaction.
+
+        ovsdbapp's Open_vSwitch transactions bump ``next_cfg`` and wait until
+        ovs-vswitchd has applied the whole database (as ``ovs-vsctl`` does
+        without ``--no-wait``): 10-30 ms on a busy switch. That wait is what
+        makes an added port forward when the call returns, so it is kept for
+        changes that need it. Reads and deletions pass ``wait_vswitchd=False``:
+        a read is answered from the local replica without a round trip, and
+        a deletion returns once ovsdb-server has committed it."""
         api = self.api()
         try:
-            with api.transaction(check_error=True) as txn:
+            txn = api.transaction(check_error=True) if wait_vswitchd else self._plain_transaction(api)
+            with txn as txn:
                 for cmd in commands(api):
                     txn.add(cmd)
             return [c.result for c in txn.commands]
@@ -105,6 +116,20 @@ class Switch:
                                            f"({describe(exc)}); check ovs-vswitchd") from None
             raise DataplaneError(f"Open vSwitch refused to {what}: {describe(exc)}") from None
 
+    @staticmethod
+    def _plain_transaction(api):
+        """ovsdbapp's Open_vSwitch transaction without the next_cfg handshake."""
+        from ovsdbapp.schema.open_vswitch.impl_idl import OvsVsctlTransaction
+
+        class NoWaitTransaction(OvsVsctlTransaction):
+            def pre_commit(self, txn):
+                txn.expected_ifaces = set()       # what add_port records; nothing bumps next_cfg
+
+            def do_post_commit(self, txn):
+                pass                              # no waiting for ovs-vswitchd
+
+        return NoWaitTransaction(api, api.ovsdb_connection, check_error=True)
+
     def ensure_bridge(self, bridge: str, datapath_type: str, uplink: str | None = None) -> None:
         """Create the bridge if missing, with OpenFlow 1.3 for meters; add the uplink as a trunk."""
         def cmds(api):
@@ -115,29 +140,59 @@ class Switch:
                 yield api.db_set("Port", uplink, ("vlan_mode", "trunk"))
         self._run(f"create bridge {bridge}", cmds)
 
-    def add_access_port(self, bridge: str, port: str, vlan: int, external_ids: dict[str, str]) -> None:
-        """Add port as an access port of vlan, tagged with external_ids, in one transaction."""
+    def add_access_port(self, bridge: str, port: str, vlan: int, external_ids: dict[str, str],
+                        wait_vswitchd: bool = True) -> None:
+        """Add port as an access port of vlan, tagged with external_ids, in one transaction.
+
+        ``wait_vswitchd=False`` returns once ovsdb-server has committed it; the
+        caller then waits for the port with wait_ofport before traffic may use it."""
         def cmds(api):
             yield api.add_port(bridge, port, may_exist=True)
             yield api.db_set("Port", port, ("tag", vlan), ("vlan_mode", "access"), ("external_ids", external_ids))
             yield api.db_set("Interface", port, ("external_ids", external_ids))
-        self._run(f"add port {port} to {bridge}", cmds)
+        self._run(f"add port {port} to {bridge}", cmds, wait_vswitchd=wait_vswitchd)
+
+    def wait_ofport(self, port: str, patience: float) -> int:
+        """The port's OpenFlow number once ovs-vswitchd has opened it (it has then
+        applied the port's VLAN settings too). Read from the local replica, so a
+        port that is ready costs no round trip."""
+        give_up = time.monotonic() + patience
+        while True:
+            rows, = self._run("look up an ofport", lambda api: [api.db_find("Interface", ("name", "=", port),
+                                                                               columns=["ofport", "error"])],
+                              wait_vswitchd=False)
+            if not rows:
+                raise DataplaneError(f"port {port} is not on the switch: remove the container and start it again")
+            value = rows[0]["ofport"]
+            value = value[0] if isinstance(value, list) and value else value
+            if isinstance(value, int) and value > 0:
+                return value
+            if value == -1:
+                error = rows[0].get("error")
+                raise DataplaneError(f"Open vSwitch could not open port {port} ({error or 'no reason given'}): "
+                                     "check ovs-vswitchd's log, then remove the container and start it again")
+            if time.monotonic() > give_up:
+                raise DataplaneUnavailable(f"Open vSwitch did not open port {port} within {patience:.0f} s: "
+                                           "check that ovs-vswitchd is running")
+            time.sleep(0.002)
 
     def delete_port(self, port: str) -> bool:
         """Remove the port; False when it was not there."""
         if not self.port_exists(port):
             return False
-        self._run(f"delete port {port}", lambda api: [api.del_port(port, if_exists=True)])
+        self._run(f"delete port {port}", lambda api: [api.del_port(port, if_exists=True)], wait_vswitchd=False)
         return True
 
     def port_exists(self, port: str) -> bool:
-        (rows,) = self._run("look up ports", lambda api: [api.db_find("Port", ("name", "=", port), columns=["name"])])
+        (rows,) = self._run("look up ports", lambda api: [api.db_find("Port", ("name", "=", port), columns=["name"])],
+                            wait_vswitchd=False)
         return bool(rows)
 
     def ofport(self, port: str) -> int | None:
         """The OpenFlow port number of an interface, None while vswitchd has not given one."""
         rows, = self._run("look up an ofport", lambda api: [api.db_find("Interface", ("name", "=", port),
-                                                                           columns=["ofport"])])
+                                                                           columns=["ofport"])],
+                          wait_vswitchd=False)
         value = rows[0]["ofport"] if rows else None
         value = value[0] if isinstance(value, list) and value else value
         return int(value) if isinstance(value, int) and value > 0 else None
@@ -149,21 +204,23 @@ class Switch:
 
     def port_bridges(self) -> dict[str, str]:
         """Every port on any bridge of this Open vSwitch -> its bridge."""
-        bridges, = self._run("list bridges", lambda api: [api.list_br()])
+        bridges, = self._run("list bridges", lambda api: [api.list_br()], wait_vswitchd=False)
         out: dict[str, str] = {}
         for bridge in bridges:
-            ports, = self._run(f"list the ports of {bridge}", lambda api, b=bridge: [api.list_ports(b)])
+            ports, = self._run(f"list the ports of {bridge}", lambda api, b=bridge: [api.list_ports(b)],
+                               wait_vswitchd=False)
             out.update({port: bridge for port in ports})
         return out
 
     def bridge_exists(self, bridge: str) -> bool:
-        (found,) = self._run("look up bridges", lambda api: [api.br_exists(bridge)])
+        (found,) = self._run("look up bridges", lambda api: [api.br_exists(bridge)], wait_vswitchd=False)
         return bool(found)
 
     def list_ports(self, bridge: str) -> list[dict]:
         """Ports of the bridge that netplugin made: name, tag and external_ids."""
-        ports, = self._run("list ports", lambda api: [api.db_list("Port", columns=["name", "tag", "external_ids"])])
-        names = set(self._run("list bridge ports", lambda api: [api.list_ports(bridge)])[0]) \
+        ports, = self._run("list ports", lambda api: [api.db_list("Port", columns=["name", "tag", "external_ids"])],
+                           wait_vswitchd=False)
+        names = set(self._run("list bridge ports", lambda api: [api.list_ports(bridge)], wait_vswitchd=False)[0]) \
             if self.bridge_exists(bridge) else set()
         out = []
         for row in ports:

@@ -91,8 +91,12 @@ def test_network_rm_leaves_nothing(clean):
     docker("rm", "-f", "x0", "x1", "x2")
     docker("network", "rm", "e2e-rm")
     assert clean.ovs_ports() == []
-    left = [v for v in clean.veths() if v[2:] in {e[:11] for e in endpoint_ids}]
-    assert left == [], f"veths left behind: {left}"
+    # The veths go right after DeleteEndpoint answers (off the switch they carry nothing).
+    ours = {e[:11] for e in endpoint_ids}
+    give_up = time.monotonic() + 2
+    while (left := [v for v in clean.veths() if v[2:] in ours]) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert left == [], f"veths left behind 2 s after the containers went: {left}"
     # Other tests leave their own records (hosts, profiles, backup jobs): look at what a network owns.
     left = [k for sub in ("networks/", "index/", "ipam/", "endpoints/", "bindings/") for k in clean.etcd_keys(sub)]
     assert left == [], f"etcd records left behind: {left}"

@@ -348,7 +348,8 @@ class FakeSwitch(_Failing):
         if uplink:
             self.ports[uplink] = {"bridge": bridge, "tag": None, "vlan_mode": "trunk", "external_ids": {}}
 
-    def add_access_port(self, bridge: str, port: str, vlan: int, external_ids: dict[str, str]) -> None:
+    def add_access_port(self, bridge: str, port: str, vlan: int, external_ids: dict[str, str],
+                        wait_vswitchd: bool = True) -> None:
         self._enter("add_access_port", bridge, port, vlan, external_ids)
         if bridge not in self.bridges:
             raise DataplaneError(f"Open vSwitch refused to add port {port} to {bridge}: no bridge named {bridge}")
@@ -382,6 +383,13 @@ class FakeSwitch(_Failing):
         self._enter("ofport", port)
         names = list(self.ports)
         return names.index(port) + 1 if port in self.ports else None
+
+    def wait_ofport(self, port: str, patience: float) -> int:
+        """The fake's vswitchd opens a port at once."""
+        self._enter("wait_ofport", port)
+        if port not in self.ports:
+            raise DataplaneError(f"port {port} is not on the switch: remove the container and start it again")
+        return self.ofport(port)
 
     def set_policing(self, port: str, rate_kbps: int, burst_kb: int) -> None:
         self._enter("set_policing", port, rate_kbps, burst_kb)

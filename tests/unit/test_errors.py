@@ -653,7 +653,6 @@ DOWN_CALLS = [
                                                      "Interface": {"Address": "10.10.0.99/24"}}),
     ("NetworkDriver.Join", lambda net, c: {"NetworkID": net.id, "EndpointID": c.endpoint, "SandboxKey": ""}),
     ("NetworkDriver.Leave", lambda net, c: {"NetworkID": net.id, "EndpointID": c.endpoint}),
-    ("NetworkDriver.DeleteEndpoint", lambda net, c: {"NetworkID": net.id, "EndpointID": c.endpoint}),
     ("NetworkDriver.EndpointOperInfo", lambda net, c: {"NetworkID": net.id, "EndpointID": c.endpoint}),
 ]
 
@@ -668,6 +667,23 @@ def test_store_down(np, method, body):
     assert "store unavailable" in msg and "etcd" in msg
     np.kv.down = False
     assert np.store.get_endpoint(c.endpoint) is not None
+
+
+def test_store_down_at_delete_endpoint_keeps_the_record_and_its_address(np):
+    """The port goes (Docker has forgotten the endpoint whatever the answer, and
+    the switch needs no etcd), but the record and its address are not lost:
+    a 503 says why, and the deletion is finished once etcd is back."""
+    net = np.create_network()
+    c = np.run_container(net)
+    ids = {"NetworkID": net.id, "EndpointID": c.endpoint}
+    np.ok("NetworkDriver.Leave", ids)
+    np.kv.down = True
+    msg = np.fail("NetworkDriver.DeleteEndpoint", ids, status=503)
+    assert "store unavailable" in msg and "etcd" in msg
+    np.kv.down = False
+    assert np.store.get_endpoint(c.endpoint) is not None
+    assert np.allocation(net.subnet, c.ip).endpoint == c.endpoint
+    assert np.switch.ports == {}
 
 
 def test_store_down_then_back(np):
@@ -720,8 +736,8 @@ def test_deadline_passing_after_port_was_added_rolls_back(np, monkeypatch):
     address = np.ok("IpamDriver.RequestAddress", {"PoolID": net.pool_id, "Address": ""})["Address"]
     real_add = np.switch.add_access_port
 
-    def slow_add(*args):
-        real_add(*args)
+    def slow_add(*args, **kwargs):
+        real_add(*args, **kwargs)
         time.sleep(0.15)
     monkeypatch.setattr(np.switch, "add_access_port", slow_add)
     np.cfg.handler_deadline = 0.1
@@ -761,8 +777,9 @@ def test_ovs_failure_during_delete_endpoint_keeps_the_record(np):
     net = np.create_network()
     c = np.run_container(net)
     ids = {"NetworkID": net.id, "EndpointID": c.endpoint}
+    np.switch.fail_next("delete_port", ovs_down())     # the removal Leave begins ...
+    np.switch.fail_next("delete_port", ovs_down())     # ... and DeleteEndpoint's own try
     np.ok("NetworkDriver.Leave", ids)
-    np.switch.fail_next("delete_port", ovs_down())
     np.fail("NetworkDriver.DeleteEndpoint", ids, status=503)
     assert np.store.get_endpoint(c.endpoint) is not None
     np.ok("IpamDriver.ReleaseAddress", {"PoolID": net.pool_id, "Address": c.ip})

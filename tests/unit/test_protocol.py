@@ -329,7 +329,7 @@ def test_compare_ports_with_store_reports_differences(np):
     assert b  # b's port and record agree, so it is in neither list
 
 
-@pytest.mark.parametrize("method", ["NetworkDriver.Leave", "NetworkDriver.ProgramExternalConnectivity",
+@pytest.mark.parametrize("method", ["NetworkDriver.ProgramExternalConnectivity",
                                     "NetworkDriver.EndpointOperInfo", "NetworkDriver.Join"])
 def test_endpoint_calls_only_read(np, method):
     net = np.create_network()
@@ -339,6 +339,38 @@ def test_endpoint_calls_only_read(np, method):
     np.ok(method, {"NetworkID": net.id, "EndpointID": c.endpoint,
                    "SandboxKey": f"/var/run/docker/netns/{c.endpoint[:12]}", "Options": {}})
     assert (np.kv.dump(), dict(np.switch.ports), dict(np.links.links)) == before
+
+
+def test_leave_begins_removing_the_port_and_delete_endpoint_finishes(np):
+    net = np.create_network()
+    c = np.run_container(net)
+    port = f"np{c.endpoint[:11]}"
+    ids = {"NetworkID": net.id, "EndpointID": c.endpoint}
+    np.ok("NetworkDriver.Leave", ids)
+    assert np.store.get_endpoint(c.endpoint) is not None        # the record waits for DeleteEndpoint
+    deadline = time.monotonic() + 5
+    while port in np.switch.ports and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert port not in np.switch.ports                           # the port went without DeleteEndpoint
+    np.ok("NetworkDriver.DeleteEndpoint", ids)
+    assert np.store.get_endpoint(c.endpoint) is None
+    np.driver.later(lambda: None).result(timeout=5)              # the veth goes right after the answer
+    assert np.links.links == {}
+
+
+def test_join_after_leave_puts_the_port_back(np):
+    net = np.create_network()
+    c = np.run_container(net)
+    port = f"np{c.endpoint[:11]}"
+    ids = {"NetworkID": net.id, "EndpointID": c.endpoint}
+    np.ok("NetworkDriver.Leave", ids)
+    np.ok("NetworkDriver.Join", {**ids, "SandboxKey": f"/var/run/docker/netns/{c.endpoint[:12]}", "Options": {}})
+    assert np.switch.ports[port]["tag"] == net_vlan(np, net)
+    assert np.switch.ports[port]["external_ids"]["np-endpoint"] == c.endpoint
+
+
+def net_vlan(np, net) -> int:
+    return np.store.get_endpoint(next(iter(np.store.list_endpoints())).id)[0].vlan
 
 
 def test_join_records_a_new_sandbox_key(np):
@@ -408,3 +440,17 @@ def test_a_bridge_deleted_behind_the_daemon_is_made_again(np):
     c = np.run_container(net)
     assert np.cfg.bridge in np.switch.bridges
     assert np.switch.ports[np.store.get_endpoint(c.endpoint)[0].port]["bridge"] == np.cfg.bridge
+
+
+def test_join_waits_for_the_switch_to_open_the_port_and_says_when_it_could_not(np):
+    """CreateEndpoint answers once OVSDB has the port; Join, after which the
+    container can send, answers once ovs-vswitchd has opened it."""
+    from netplugin.errors import DataplaneError
+    net = np.create_network()
+    c = np.run_container(net)
+    assert ("wait_ofport", f"np{c.endpoint[:11]}") in np.switch.calls
+    np.switch.fail_next("wait_ofport", DataplaneError("Open vSwitch could not open port npx (could not open "
+                                                      "network device npx (No such device))"))
+    r = np.client.post("/NetworkDriver.Join", json={"NetworkID": net.id, "EndpointID": c.endpoint,
+                                                    "SandboxKey": "", "Options": {}})
+    assert r.status_code == 500 and "could not open port" in r.get_json()["Err"]
