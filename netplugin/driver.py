@@ -80,6 +80,7 @@ class Driver:
         self._helpers: ThreadPoolExecutor | None = None
         self._unplugging: dict[str, Future] = {}       # endpoint id -> its port's removal, begun at Leave
         self._unplug_lock = threading.Lock()
+        self._gateways: dict[str, str] = {}              # network id -> its gateway
         self.ipam.namer = self.name_now
 
     # -- the bridge -------------------------------------------------------------
@@ -281,9 +282,6 @@ class Driver:
         if str(ip) in net.aux.values():
             raise Conflict(f"address {ip} is an auxiliary address of network {net.label}: choose another --ip")
         mac = check_mac(interface["MacAddress"]) if interface.get("MacAddress") else mac_for(str(ip))
-        existing = self.store.get_endpoint(endpoint_id)
-        if existing is not None:
-            raise Conflict(f"endpoint {endpoint_id[:12]} exists already on host {existing[0].host}")
         offset = int(ip) - subnet.first
         held = self.store.get_allocation(net.subnet, offset)
         if held is None:
@@ -297,6 +295,9 @@ class Driver:
                       network_name=net.label)
         alloc.endpoint, alloc.network = endpoint_id, net.id
         if not self.store.create_endpoint(ep, net.subnet, offset, alloc_rev, alloc):
+            existing = self.store.get_endpoint(endpoint_id)     # the transaction requires its absence
+            if existing is not None:
+                raise Conflict(f"endpoint {endpoint_id[:12]} exists already on host {existing[0].host}")
             raise Conflict(f"endpoint {endpoint_id[:12]} or its address {ip} changed at the same moment: retry")
         try:
             deadline.check("creating the veth pair")
@@ -348,9 +349,7 @@ class Driver:
         if not self.links.exists(ep.peer):
             raise DataplaneError(f"the container end {ep.peer} of endpoint {endpoint_id[:12]} is missing: "
                                  "remove the container and start it again")
-        net = self.store.get_network(ep.network)
-        if net is None:
-            raise NotFound(f"network of endpoint {endpoint_id[:12]} was deleted")
+        gateway = self._gateway_of(ep.network, endpoint_id)
         if sandbox_key and ep.sandbox != sandbox_key:
             ep.sandbox = sandbox_key          # lets the reconciler repair a live container
             self.store.update_endpoint(ep, rev)
@@ -359,7 +358,17 @@ class Driver:
         self.switch.wait_ofport(ep.port, deadline.remaining(PORT_PATIENCE))
         self.announce_later(ep)
         return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
-                "Gateway": net.gateway, "DisableGatewayService": True}
+                "Gateway": gateway, "DisableGatewayService": True}
+
+    def _gateway_of(self, net_id: str, endpoint_id: str) -> str:
+        """A network's gateway never changes under its id: read once per process."""
+        gateway = self._gateways.get(net_id)
+        if gateway is None:
+            net = self.store.get_network(net_id)
+            if net is None:
+                raise NotFound(f"network of endpoint {endpoint_id[:12]} was deleted")
+            gateway = self._gateways[net_id] = net.gateway
+        return gateway
 
     def announce_later(self, ep: Endpoint) -> Future | None:
         """Send the endpoint's gratuitous ARP from a background thread.
