@@ -246,7 +246,7 @@ class State:
         out = {}
         for item in self.kv.get_prefix(self.d.prefix + "/", keys_only=True):
             rel = item.key[len(self.d.prefix):]
-            # hostinfo/<host> is rewritten once a minute (last_seen): its key counts, not its revision.
+            # hostinfo/<host> is rewritten at every heartbeat (last_seen): its key counts, not its revision.
             out[rel] = 0 if rel.startswith(("/hostinfo/", "/hosts/")) else item.mod_revision
         return out
 
