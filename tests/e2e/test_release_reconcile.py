@@ -23,6 +23,11 @@ def endpoint_of(container: str, network: str) -> str:
                   container).stdout.strip()
 
 
+def etcd_json(plugin: Plugin, sub: str) -> dict | None:
+    out = run("etcdctl", f"--endpoints={ETCD}", "get", "--print-value-only", f"{plugin.prefix}/{sub}").stdout
+    return json.loads(out) if out.strip() else None
+
+
 def pool_keys(plugin: Plugin, subnet: str) -> list[str]:
     return plugin.etcd_keys(f"ipam/{subnet.replace('/', '-')}/")
 
@@ -95,12 +100,19 @@ def test_release_on_another_host_is_pending_then_done(clean, second_host):
 
 
 def test_every_kind_of_leak_is_repaired(clean):
-    # dockerd killed with kill -9 while a container runs, and the container removed while it is down.
+    # dockerd killed with kill -9 while containers run, and several containers removed while it is down.
     # (Without live-restore the restarted dockerd stops what ran before, so this goes first.)
     new_network("e2e-leak", "10.83.0.0/24", 183)
-    start("lv-gone", "e2e-leak")
-    gone_eid = endpoint_of("lv-gone", "e2e-leak")
-    remove_container_behind_dockers_back("lv-gone")
+    gone = ["lv-gone1", "lv-gone2", "lv-gone3"]
+    for name in gone:
+        start(name, "e2e-leak")
+    gone_eids = {endpoint_of(name, "e2e-leak") for name in gone}
+    assert len(gone_eids) == len(gone) and all(gone_eids)
+    # The restarted dockerd asks the plugin to delete the endpoints of the containers it lost; that
+    # cleanup must fail for anything to leak, as it does when the plugin's etcd cannot be reached.
+    with RefusingPlugin(clean) as refusing:
+        remove_containers_behind_dockers_back(gone)
+    assert refusing.refused, "dockerd should have tried to clean up after its lost containers"
 
     for name in ("probe", "lv-veth", "lv-record", "lv-port"):
         start(name, "e2e-leak")
@@ -124,65 +136,253 @@ def test_every_kind_of_leak_is_repaired(clean):
     assert kinds.get("ip_without_endpoint") == 1, report
     assert kinds.get("endpoint_without_veth") == 1 and kinds.get("port_without_record") == 1, report
     assert kinds.get("endpoint_without_port") == 1, report
+    assert kinds.get("endpoint_without_container") == len(gone), report
+    without_container = [f for f in report["findings"] if f["kind"] == "endpoint_without_container"]
+    assert {f["id"] for f in without_container} == gone_eids, report
+    assert all(f["action"] == "release" and f["done"] for f in without_container), report
     assert report["errors"] == 0, report
     assert orphan.split("/")[0] in {f["id"] for f in report["findings"]}
     for name, ip in ips.items():
         assert pings("probe", ip), f"{name} must answer again after the repair"
-    assert not clean.etcd_keys(f"endpoints/{gone_eid}"), "the removed container's endpoint must be released"
-    assert "np" + gone_eid[:11] not in clean.ovs_ports() + clean.veths()
+    for gone_eid in gone_eids:
+        assert not clean.etcd_keys(f"endpoints/{gone_eid}"), "a removed container's endpoint must be released"
+        assert "np" + gone_eid[:11] not in clean.ovs_ports() + clean.veths()
     assert clean.etcd_keys(f"endpoints/{eids['lv-record']}"), "a live container's record is rebuilt"
     second = clean.reconcile("--grace", "0")
     assert second["findings"] == [], second
 
 
-def remove_container_behind_dockers_back(name: str) -> None:
-    """kill -9 dockerd, kill the container's processes, delete Docker's record of it, restart dockerd."""
-    cid = docker("inspect", "-f", "{{.Id}}", name).stdout.strip()
-    pid = int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
-    dockerd = int(run("pidof", "dockerd").stdout.split()[0])
+class RefusingPlugin:
+    """Stands in for the daemon on its socket: answers the handshake as the
+    daemon does and refuses every other call, as a daemon whose etcd is
+    unreachable would. The daemon is killed on entry and started on exit."""
+
+    # What dockerd asks when it registers the drivers: refusing any of these would make it
+    # mark the driver invalid until it restarts.
+    HANDSHAKE = ("Plugin.Activate", "NetworkDriver.GetCapabilities", "IpamDriver.GetCapabilities",
+                 "IpamDriver.GetDefaultAddressSpaces")
+
+    def __init__(self, plugin: Plugin):
+        self.plugin = plugin
+        self.answers = {f"/{m}": plugin.call(m)[1] for m in self.HANDSHAKE}
+        self.refused: list[str] = []
+        self.server = None
+
+    def __enter__(self) -> "RefusingPlugin":
+        import http.server
+        import socketserver
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                known = outer.answers.get(self.path)
+                if known is None:
+                    outer.refused.append(self.path)
+                body = json.dumps(known if known is not None else {"Err": "store unavailable"}).encode()
+                self.send_response(200 if known is not None else 500)
+                self.send_header("Content-Type", "application/vnd.docker.plugins.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+            def get_request(self):
+                conn, _ = super().get_request()
+                return conn, ("plugin-socket", 0)
+
+        self.plugin.kill9()
+        if os.path.exists(self.plugin.socket):
+            os.unlink(self.plugin.socket)
+        self.server = Server(self.plugin.socket, Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        os.unlink(self.plugin.socket)
+        self.plugin.start()
+
+
+def main_dockerd() -> int:
+    """The pid of the dockerd behind /var/run/docker.sock (other dockerds, such
+    as the two-host rig's, may run on the machine)."""
+    pid = int(open("/var/run/docker.pid").read().strip())
+    cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    assert os.path.basename(cmdline[0]) == b"dockerd", cmdline
+    return pid
+
+
+def remove_containers_behind_dockers_back(names: list[str]) -> None:
+    """kill -9 dockerd, then while it is down kill each container's processes and
+    delete Docker's record of it; restart dockerd."""
+    ids = {name: (docker("inspect", "-f", "{{.Id}}", name).stdout.strip(),
+                  int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())) for name in names}
+    dockerd = main_dockerd()
     os.kill(dockerd, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and os.path.exists(f"/proc/{dockerd}"):
         time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    run("ctr", "-n", "moby", "tasks", "delete", "-f", cid, check=False)
-    run("ctr", "-n", "moby", "containers", "delete", cid, check=False)
-    run("rm", "-rf", f"/var/lib/docker/containers/{cid}")
+    for cid, pid in ids.values():
+        os.kill(pid, signal.SIGKILL)
+        run("ctr", "-n", "moby", "tasks", "delete", "-f", cid, check=False)
+        run("ctr", "-n", "moby", "containers", "delete", cid, check=False)
+        run("rm", "-rf", f"/var/lib/docker/containers/{cid}")
     run("bash", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "services.sh"), "start",
         timeout=120)
 
 
+CHURN_BATCHES = 5
+CHURN_BATCH = 10
+MIN_PASSES_IN_CHURN = 8          # reconciler passes overlapping the churn; at least one per batch besides
+
+
+def ping_round(source: str, targets: dict[str, str]) -> dict[str, bool]:
+    """One ping to each target address from the source container, in one docker exec."""
+    names = sorted(targets)
+    script = 'for a in "$@"; do if ping -c 1 -W 2 "$a" >/dev/null 2>&1; then echo ok; else echo fail; fi; done'
+    out = docker("exec", source, "sh", "-c", script, "sh", *(targets[n] for n in names), check=False,
+                 timeout=60 + 3 * len(names)).stdout.split()
+    return {name: i < len(out) and out[i] == "ok" for i, name in enumerate(names)}
+
+
+class Churn:
+    """The containers of the churn test: which are running (and not being
+    removed), their endpoints and container ids, and what the pinger saw."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running: dict[str, str] = {}         # name -> address, while up and not being removed
+        self.eids: dict[str, str] = {}
+        self.cids: dict[str, str] = {}
+        self.answered: dict[str, int] = {}
+        self.failures: list[str] = []
+        self.rounds = 0
+
+    def started(self, name: str, cid: str) -> None:
+        ip = ip_of(name, "e2e-churn")
+        with self.lock:
+            self.cids[name], self.eids[name] = cid, endpoint_of(name, "e2e-churn")
+            self.running[name] = ip
+
+    def removing(self, names: list[str]) -> None:
+        with self.lock:
+            for name in names:
+                self.running.pop(name, None)
+
+    def still_running(self, name: str) -> bool:
+        with self.lock:
+            return name in self.running
+
+    def ping_all(self) -> None:
+        """One round over every running container; a miss counts only if the
+        container was still running after three more pings also failed."""
+        with self.lock:
+            targets = dict(self.running)
+        if not targets:
+            time.sleep(0.2)
+            return
+        for name, ok in ping_round("anchor", targets).items():
+            if ok:
+                self.answered[name] = self.answered.get(name, 0) + 1
+            elif self.still_running(name) and not pings("anchor", targets[name], count=3) \
+                    and self.still_running(name):
+                self.failures.append(f"{name} ({targets[name]}) stopped answering while running")
+        self.rounds += 1
+
+
+def died_at(since: float) -> dict[str, float]:
+    """Container id -> when Docker saw it die, for the test containers since then."""
+    out = docker("events", "--since", str(int(since) - 1), "--until", str(int(time.time()) + 1),
+                 "--filter", "event=die", "--filter", f"label={LABEL}",
+                 "--format", "{{.Actor.ID}} {{.TimeNano}}").stdout
+    return {cid: int(nanos) / 1e9 for cid, nanos in (line.split() for line in out.splitlines() if line.strip())}
+
+
 def test_nothing_alive_is_released_under_churn(clean):
+    """The reconciler in a loop with --grace 0 while 50 containers start and
+    stop: every running container answers ping all along, no endpoint is
+    released while its container runs (removed ones included: the release's
+    tombstone must come after Docker saw the container die), and enough
+    passes overlap the churn."""
     new_network("e2e-churn", "10.84.0.0/24", 184)
-    start("anchor", "e2e-churn")
+    churn = Churn()
+    churn.started("anchor", start("anchor", "e2e-churn"))
+    churn.removing(["anchor"])                          # the pinger's source, not a target
     stop = threading.Event()
     reports: list[dict] = []
+    errors: list[str] = []
 
-    def reconcile_loop():
-        while not stop.is_set():
-            reports.append(clean.reconcile("--grace", "0"))
+    def keep_going(step):
+        def loop():
+            while not stop.is_set():
+                try:
+                    step()
+                except Exception as exc:  # noqa: BLE001 - reported by the test below
+                    errors.append(f"{step.__name__}: {exc!r}")
+                    time.sleep(0.5)
+        return threading.Thread(target=loop, daemon=True)
 
-    loop = threading.Thread(target=reconcile_loop)
-    loop.start()
+    def reconcile_pass():
+        reports.append(clean.reconcile("--grace", "0"))
+
+    threads = [keep_going(reconcile_pass), keep_going(churn.ping_all)]
+    began = time.time()
+    for t in threads:
+        t.start()
     try:
-        names = [f"churn{i}" for i in range(50)]
-        for batch in range(0, 50, 10):
-            procs = [subprocess.Popen(["/usr/bin/docker", "run", "-d", "--label", LABEL, "--name", n, "--network",
-                                       "e2e-churn", IMAGE, "sleep", "600"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE) for n in names[batch:batch + 10]]
-            assert all(p.wait(120) == 0 for p in procs)
-            # stop half of the batch again while the reconciler runs
-            docker("rm", "-f", *names[batch:batch + 5])
-        survivors = [n for i, n in enumerate(names) if i % 10 >= 5]
-        time.sleep(1)
+        names = [f"churn{i}" for i in range(CHURN_BATCHES * CHURN_BATCH)]
+        for batch in range(0, len(names), CHURN_BATCH):
+            batch_began, passes, rounds = time.monotonic(), len(reports), churn.rounds
+            group = names[batch:batch + CHURN_BATCH]
+            procs = {n: subprocess.Popen(["/usr/bin/docker", "run", "-d", "--label", LABEL, "--name", n,
+                                          "--network", "e2e-churn", IMAGE, "sleep", "600"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in group}
+            for n, p in procs.items():
+                out, err = p.communicate(timeout=120)
+                assert p.returncode == 0, err
+                churn.started(n, out.strip())
+            # Past the in-flight floor (10 s) while running, with passes and ping rounds over them.
+            deadline = time.monotonic() + 120
+            while (time.monotonic() - batch_began < 12 or len(reports) < passes + 2
+                   or churn.rounds < rounds + 2):
+                assert time.monotonic() < deadline, "the reconciler or the pinger is stuck"
+                time.sleep(0.2)
+            # remove half of the batch while the reconciler and the pinger go on
+            churn.removing(group[:CHURN_BATCH // 2])
+            docker("rm", "-f", *group[:CHURN_BATCH // 2])
+        ended = time.time()
     finally:
         stop.set()
-        loop.join(180)
-    assert len(reports) >= 2
+        for t in threads:
+            t.join(180)
+    assert not errors, errors
+    assert not churn.failures, churn.failures
+    survivors = [n for i, n in enumerate(names) if i % CHURN_BATCH >= CHURN_BATCH // 2]
+    assert all(churn.answered.get(n, 0) >= 1 for n in names), \
+        f"never pinged while running: {[n for n in names if not churn.answered.get(n)]}"
+
+    overlapping = [r for r in reports if r["started"] < ended and r["started"] + r["duration_ms"] / 1000 > began]
+    assert len(overlapping) >= MIN_PASSES_IN_CHURN, f"{len(overlapping)} passes overlapped the churn"
+    assert all(r["status"] == "done" and r["docker"] == "ok" for r in reports), reports
+
+    live_eids = {churn.eids[n] for n in survivors + ["anchor"]}
+    released = [f for r in reports for f in r["findings"] if f["action"] == "release" and f["done"]]
+    assert not [f for f in released if f["id"] in live_eids], "a live endpoint was released"
+    died = died_at(began)
+    for name, eid in churn.eids.items():
+        stone = etcd_json(clean, f"released/{eid}")
+        if stone and stone.get("by") == "reconciler":
+            death = died.get(churn.cids[name])
+            assert death is not None and stone["time"] >= death, \
+                f"{name}'s endpoint was released by the reconciler while it ran ({stone}, died at {death})"
     for name in survivors:
         assert pings("anchor", ip_of(name, "e2e-churn"), count=1), f"{name} must still answer"
-    released = [f for r in reports for f in r["findings"] if f["action"] == "release" and f["done"]]
-    live_eids = {endpoint_of(n, "e2e-churn") for n in survivors + ["anchor"]}
-    assert not [f for f in released if f["id"] in live_eids], "a live endpoint was released"
-    assert docker("ps", "-q", "--filter", "label=netplugin.test=1", "--filter",
-                  "status=running").stdout.split().__len__() == len(survivors) + 1
+    assert len(docker("ps", "-q", "--filter", f"label={LABEL}", "--filter", "status=running").stdout.split()) \
+        == len(survivors) + 1
