@@ -81,6 +81,7 @@ class Driver:
         self._unplugging: dict[str, Future] = {}       # endpoint id -> its port's removal, begun at Leave
         self._unplug_lock = threading.Lock()
         self._gateways: dict[str, str] = {}              # network id -> its gateway
+        self._made: dict[str, Endpoint] = {}             # endpoints this process made, until deleted
         self.ipam.namer = self.name_now
 
     # -- the bridge -------------------------------------------------------------
@@ -315,6 +316,7 @@ class Driver:
         except Exception:
             self._undo_endpoint(ep)
             raise
+        self._made[endpoint_id] = ep
         return {} if interface.get("MacAddress") else {"MacAddress": mac}
 
     def remove_limit(self, endpoint_id: str, port: str) -> None:
@@ -324,6 +326,7 @@ class Driver:
             self.limits.limiter.remove(endpoint_id, port, defer=self.later)
 
     def _undo_endpoint(self, ep: Endpoint) -> None:
+        self._made.pop(ep.id, None)
         for step, fn in (("limit", lambda: self.remove_limit(ep.id, ep.port)),
                          ("OVS port", lambda: self.switch.delete_port(ep.port)),
                          ("veth", lambda: self.links.delete(ep.port)),
@@ -332,6 +335,17 @@ class Driver:
                 fn()
             except Exception as exc:  # noqa: BLE001 - keep undoing; the reconciler finishes the rest
                 log.error("rollback of endpoint %s: could not remove its %s: %s", ep.id[:12], step, exc)
+
+    def _known_endpoint(self, docker_net: str, endpoint_id: str) -> Endpoint:
+        """For calls that only read what never changes under an endpoint's id
+        (Leave, ProgramExternalConnectivity, EndpointOperInfo): an endpoint this
+        process made is answered from memory, anything else from etcd."""
+        check_docker_id(docker_net, "NetworkID")
+        check_docker_id(endpoint_id, "EndpointID")
+        ep = self._made.get(endpoint_id)
+        if ep is not None and ep.docker_network == docker_net:
+            return ep
+        return self._endpoint(docker_net, endpoint_id)[0]
 
     def _endpoint(self, docker_net: str, endpoint_id: str) -> tuple[Endpoint, int]:
         """The endpoint record and its revision; NotFound unless it is in docker_net."""
@@ -418,14 +432,14 @@ class Driver:
         After Leave, Docker moves the container end back out of the container
         and writes its own store (about 30 ms) before it sends DeleteEndpoint,
         which waits for this removal instead of starting it."""
-        ep, _ = self._endpoint(docker_net, endpoint_id)
+        ep = self._known_endpoint(docker_net, endpoint_id)
         with self._unplug_lock:
             if endpoint_id not in self._unplugging:
                 self._unplugging[endpoint_id] = self._helper().submit(self._unplug, endpoint_id, ep.port)
 
     def check_endpoint(self, docker_net: str, endpoint_id: str) -> None:
         """NotFound unless the endpoint exists in docker_net."""
-        self._endpoint(docker_net, endpoint_id)
+        self._known_endpoint(docker_net, endpoint_id)
 
     def _unplug(self, endpoint_id: str, port: str) -> None:
         """The endpoint's limit and flows, then its switch port."""
@@ -502,6 +516,7 @@ class Driver:
         to delete it. Should the daemon die before it is gone, it is a veth
         without a record, which the reconciler deletes."""
         port = veth_names(endpoint_id)[0]
+        self._made.pop(endpoint_id, None)
         try:
             self._unplugged(endpoint_id, port)
             if late:
@@ -515,7 +530,7 @@ class Driver:
             self.later(self.links.delete, port)
 
     def endpoint_info(self, docker_net: str, endpoint_id: str) -> dict:
-        ep, _ = self._endpoint(docker_net, endpoint_id)
+        ep = self._known_endpoint(docker_net, endpoint_id)
         return {"network": ep.network_name or ep.network, "network_id": ep.network, "vlan": ep.vlan,
                 "ip": ep.ip, "mac": ep.mac, "port": ep.port, "host": ep.host, "bridge": self.cfg.bridge}
 

@@ -658,9 +658,10 @@ DOWN_CALLS = [
 
 
 @pytest.mark.parametrize("method,body", DOWN_CALLS, ids=[m for m, _ in DOWN_CALLS])
-def test_store_down(np, method, body):
+def test_store_down(np, method, body, monkeypatch):
     net = np.create_network()
     c = np.run_container(net)
+    monkeypatch.setattr(np.driver, "_made", {})      # as after a restart: nothing answered from memory
     np.kv.down = True
     with nothing_changes(np):
         msg = np.fail(method, body(net, c), status=503)
@@ -684,6 +685,19 @@ def test_store_down_at_delete_endpoint_keeps_the_record_and_its_address(np):
     assert np.store.get_endpoint(c.endpoint) is not None
     assert np.allocation(net.subnet, c.ip).endpoint == c.endpoint
     assert np.switch.ports == {}
+
+
+@pytest.mark.parametrize("method", ["NetworkDriver.Leave", "NetworkDriver.EndpointOperInfo",
+                                    "NetworkDriver.ProgramExternalConnectivity"])
+def test_calls_about_an_endpoint_this_daemon_made_need_no_store(np, method):
+    """They read only what never changes under the endpoint's id."""
+    net = np.create_network()
+    c = np.run_container(net)
+    np.kv.down = True
+    np.ok(method, {"NetworkID": net.id, "EndpointID": c.endpoint, "Options": {}})
+    np.kv.down = False
+    with nothing_changes(np):     # and still refused for an endpoint of another Docker network
+        np.fail(method, {"NetworkID": did("other-net"), "EndpointID": c.endpoint, "Options": {}}, status=404)
 
 
 def test_store_down_then_back(np):
