@@ -78,6 +78,8 @@ class StoreCollector:
                                     labels=["kind"])
         released = CounterMetricFamily("netplugin_reconcile_released", "Leaks released by this host's reconciler")
         repaired = CounterMetricFamily("netplugin_reconcile_repaired", "Live endpoints repaired by the reconciler")
+        errors = CounterMetricFamily("netplugin_reconcile_errors",
+                                     "Reconciler actions that failed or were not done on this host")
         runs = CounterMetricFamily("netplugin_reconcile_runs", "Reconciler runs on this host")
         last = GaugeMetricFamily("netplugin_reconcile_last_run_timestamp_seconds", "When the reconciler last ran")
         try:
@@ -97,13 +99,14 @@ class StoreCollector:
                 found.add_metric([kind], n)
             released.add_metric([], totals.get("released", 0))
             repaired.add_metric([], totals.get("repaired", 0))
+            errors.add_metric([], totals.get("errors", 0))
             runs.add_metric([], totals.get("runs", 0))
             if totals.get("last_run"):
                 last.add_metric([], totals["last_run"])
         except NetpluginError as exc:
             self.metrics.backend_errors.labels("etcd").inc()
             log.warning("metrics: cannot read etcd: %s", exc.message)
-        yield from (endpoints, size, used, found, released, repaired, runs, last)
+        yield from (endpoints, size, used, found, released, repaired, errors, runs, last)
 
 
 class BackupCollector:

@@ -44,6 +44,7 @@ FAMILIES = {
     "netplugin_endpoints": "gauge", "netplugin_pool_size": "gauge", "netplugin_pool_used": "gauge",
     "netplugin_reconcile_findings": "counter", "netplugin_reconcile_released": "counter",
     "netplugin_reconcile_repaired": "counter", "netplugin_reconcile_runs": "counter",
+    "netplugin_reconcile_errors": "counter",
     "netplugin_reconcile_last_run_timestamp_seconds": "gauge",
     "netplugin_backup_jobs": "gauge", "netplugin_backup_bytes": "counter",
     "netplugin_backup_jobs_orphaned": "gauge", "netplugin_backup_agents": "gauge",
@@ -158,7 +159,7 @@ def test_reconciler_totals_of_this_host_only(metered):
     store = metered.store
     store.put_json(store.k_reconcile("h1", "counters"), {
         "runs": 7, "found": {"ip_without_endpoint": 3, "port_without_endpoint": 1}, "released": 3,
-        "repaired": 1, "errors": 0, "last_run": 1_700_000_000.5})
+        "repaired": 1, "errors": 2, "last_run": 1_700_000_000.5})
     store.put_json(store.k_reconcile("h2", "counters"), {"runs": 99, "found": {"x": 5}, "released": 9,
                                                           "repaired": 9, "errors": 9, "last_run": 1.0})
     assert sample(metered, "netplugin_reconcile_runs_total") == 7
@@ -167,6 +168,7 @@ def test_reconciler_totals_of_this_host_only(metered):
     assert sample(metered, "netplugin_reconcile_findings_total", kind="x") is None
     assert sample(metered, "netplugin_reconcile_released_total") == 3
     assert sample(metered, "netplugin_reconcile_repaired_total") == 1
+    assert sample(metered, "netplugin_reconcile_errors_total") == 2
     assert sample(metered, "netplugin_reconcile_last_run_timestamp_seconds") == 1_700_000_000.5
 
 
