@@ -355,12 +355,14 @@ class Ipam:
         elif alloc.host != self.host_id:
             log.warning("not releasing %s: it is held by host %s", ip, alloc.host)
             return False
-        elif alloc.endpoint and self.store.get_endpoint(alloc.endpoint) is not None:
-            log.warning("not releasing %s: endpoint %s still exists", ip, alloc.endpoint[:12])
-            return False
         with self._lock:
             self._full.pop((pool.cidr, offset >> CHUNK_BITS), None)
-        return self.store.release_address(pool.cidr, offset, rev)
+        # An endpoint's address goes only once its record has: one transaction checks both.
+        if self.store.release_address(pool.cidr, offset, rev, endpoint_gone=alloc.endpoint):
+            return True
+        if alloc.endpoint and self.store.get_endpoint(alloc.endpoint) is not None:
+            log.warning("not releasing %s: endpoint %s still exists", ip, alloc.endpoint[:12])
+        return False
 
 
     def usage(self, net: Network) -> dict:

@@ -244,10 +244,14 @@ class Store:
         return [(int(i.key.rsplit("/", 1)[1], 16), Allocation.from_json(i.value))
                 for i in self.kv.get_prefix(self.k_pool(subnet))]
 
-    def release_address(self, subnet: str, offset: int, mod_revision: int) -> bool:
-        """Delete the allocation if nobody changed it since it was read."""
+    def release_address(self, subnet: str, offset: int, mod_revision: int, endpoint_gone: str = "") -> bool:
+        """Delete the allocation if nobody changed it since it was read (and,
+        with ``endpoint_gone``, only while that endpoint has no record)."""
         key = self.k_alloc(subnet, offset)
-        return self.kv.txn([unchanged(key, mod_revision)], [Delete(key)])
+        compares = [unchanged(key, mod_revision)]
+        if endpoint_gone:
+            compares.append(absent(self.k_endpoint(endpoint_gone)))
+        return self.kv.txn(compares, [Delete(key)])
 
     # -- endpoints ------------------------------------------------------------
     def create_endpoint(self, ep: Endpoint, subnet: str, offset: int, alloc_rev: int,

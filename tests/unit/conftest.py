@@ -73,10 +73,22 @@ class Harness:
         self._n = 0
 
     # -- raw protocol -----------------------------------------------------------
+    # Calls that leave work to the driver's background thread right after they answer
+    # (the sandbox record after Join, the veth after DeleteEndpoint): the harness waits
+    # for it, so that tests look at the state those calls lead to.
+    SETTLES = ("NetworkDriver.Join", "NetworkDriver.DeleteEndpoint")
+
     def post(self, method: str, body=None, *, data: bytes | str | None = None, content_type="application/json"):
         payload = data if data is not None else json.dumps({} if body is None else body)
-        return self.client.post("/" + method, data=payload, content_type=content_type,
+        resp = self.client.post("/" + method, data=payload, content_type=content_type,
                                 headers={"Accept": "application/vnd.docker.plugins.v1.2+json"})
+        if method in self.SETTLES:
+            self.settle()
+        return resp
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until the driver's background thread has done what was queued so far."""
+        self.driver.later(lambda: None).result(timeout=timeout)
 
     def ok(self, method: str, body=None) -> dict:
         resp = self.post(method, body)
