@@ -82,6 +82,7 @@ class Driver:
         self._unplug_lock = threading.Lock()
         self._gateways: dict[str, str] = {}              # network id -> its gateway
         self._made: dict[str, Endpoint] = {}             # endpoints this process made, until deleted
+        self._bound: dict[str, str] = {}                 # Docker network id -> global network id
         self.ipam.namer = self.name_now
 
     # -- the bridge -------------------------------------------------------------
@@ -238,6 +239,7 @@ class Driver:
 
     def delete_network(self, docker_net: str) -> None:
         check_docker_id(docker_net, "NetworkID")
+        self._bound.pop(docker_net, None)
         binding = self.store.get_binding(self.cfg.host_id, docker_net)
         if binding is None:
             return
@@ -254,8 +256,19 @@ class Driver:
         log.info("deleted network %s: its last Docker network was removed", net.label)
 
     def network_for(self, docker_net: str) -> Network:
-        binding = self.store.get_binding(self.cfg.host_id, docker_net)
-        net = self.store.get_network(binding.network) if binding else None
+        """The global network a Docker network of this host stands for, read fresh.
+
+        Which one it stands for never changes while the binding exists, so it is
+        read once per process; a network deleted meanwhile is not found."""
+        net_id = self._bound.get(docker_net)
+        if net_id is None:
+            binding = self.store.get_binding(self.cfg.host_id, docker_net)
+            net_id = binding.network if binding else None
+        net = self.store.get_network(net_id) if net_id else None
+        if net is None:
+            self._bound.pop(docker_net, None)
+        else:
+            self._bound[docker_net] = net_id
         if net is None:
             raise NotFound(f"docker network {docker_net[:12]} is not known to netplugin on host {self.cfg.host_id}: "
                            "remove it and create it again with -d netplugin --ipam-driver netplugin")
