@@ -41,6 +41,7 @@ KNOWN_OPTIONS = {"vlan", "name", "profile"}
 NAMING_PATIENCE = 15.0   # seconds the background namer waits for Docker to store a new network
 DELETE_RETRY_EVERY = 1.0  # seconds between background retries of a DeleteEndpoint that etcd refused
 DELETE_RETRIES = 60
+VETH_BACKLOG = 64          # veth deletions left to the background at most; past it DeleteEndpoint waits
 PORT_PATIENCE = 10.0      # seconds Join waits, outside a request, for ovs-vswitchd to open the port
 UNPLUG_PATIENCE = 20.0    # seconds DeleteEndpoint waits, outside a request, for the port removal Leave began
 
@@ -83,6 +84,8 @@ class Driver:
         self._gateways: dict[str, str] = {}              # network id -> its gateway
         self._made: dict[str, Endpoint] = {}             # endpoints this process made, until deleted
         self._bound: dict[str, str] = {}                 # Docker network id -> global network id
+        self._reaper: ThreadPoolExecutor | None = None   # deletes veths after DeleteEndpoint answered
+        self._veths_pending = 0
         self.ipam.namer = self.name_now
 
     # -- the bridge -------------------------------------------------------------
@@ -553,7 +556,41 @@ class Driver:
             else:
                 self.store.delete_endpoint(endpoint_id)
         finally:
-            self.later(self.links.delete, port)
+            self._delete_veth_soon(port)
+
+    def _delete_veth_soon(self, port: str) -> None:
+        """Delete a veth on its own thread, after the answer.
+
+        The kernel deletes veths one at a time (15-25 ms each, under the RTNL
+        lock), so a burst of deletions queues here rather than behind the
+        background thread's ARP and flow work. Past VETH_BACKLOG waiting, the
+        caller deletes its own, which holds the backlog (and what a crash
+        would leave to the reconciler) to a bound."""
+        with self._unplug_lock:
+            inline = self._veths_pending >= VETH_BACKLOG
+            if not inline:
+                self._veths_pending += 1
+                if self._reaper is None:
+                    self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="np-veth")
+        if inline:
+            self.links.delete(port)
+            return
+        self._reaper.submit(self._logged, self._delete_veth, port)
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until the work queued after earlier answers is done."""
+        self.later(lambda: None).result(timeout=timeout)
+        with self._unplug_lock:
+            reaper = self._reaper
+        if reaper is not None:
+            reaper.submit(lambda: None).result(timeout=timeout)
+
+    def _delete_veth(self, port: str) -> None:
+        try:
+            self.links.delete(port)
+        finally:
+            with self._unplug_lock:
+                self._veths_pending -= 1
 
     def endpoint_info(self, docker_net: str, endpoint_id: str) -> dict:
         ep = self._known_endpoint(docker_net, endpoint_id)

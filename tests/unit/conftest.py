@@ -88,7 +88,7 @@ class Harness:
 
     def settle(self, timeout: float = 5.0) -> None:
         """Wait until the driver's background thread has done what was queued so far."""
-        self.driver.later(lambda: None).result(timeout=timeout)
+        self.driver.drain(timeout)
 
     def ok(self, method: str, body=None) -> dict:
         resp = self.post(method, body)

@@ -354,7 +354,7 @@ def test_leave_begins_removing_the_port_and_delete_endpoint_finishes(np):
     assert port not in np.switch.ports                           # the port went without DeleteEndpoint
     np.ok("NetworkDriver.DeleteEndpoint", ids)
     assert np.store.get_endpoint(c.endpoint) is None
-    np.driver.later(lambda: None).result(timeout=5)              # the veth goes right after the answer
+    np.settle()                                                  # the veth goes right after the answer
     assert np.links.links == {}
 
 
@@ -455,3 +455,30 @@ def test_join_waits_for_the_switch_to_open_the_port_and_says_when_it_could_not(n
     r = np.client.post("/NetworkDriver.Join", json={"NetworkID": net.id, "EndpointID": c.endpoint,
                                                     "SandboxKey": "", "Options": {}})
     assert r.status_code == 500 and "could not open port" in r.get_json()["Err"]
+
+
+def test_a_backlog_of_veth_deletions_makes_delete_endpoint_wait(np, monkeypatch):
+    """Veths go after DeleteEndpoint answers, but never more than VETH_BACKLOG
+    of them: past that, DeleteEndpoint deletes its own before answering."""
+    import threading
+    from netplugin import driver as driver_mod
+    monkeypatch.setattr(driver_mod, "VETH_BACKLOG", 1)
+    net = np.create_network()
+    a, b = np.run_container(net), np.run_container(net)
+    held, real_delete = threading.Event(), np.links.delete
+
+    def slow_delete(name):
+        if name == f"np{a.endpoint[:11]}":
+            assert held.wait(10)
+        return real_delete(name)
+    monkeypatch.setattr(np.links, "delete", slow_delete)
+    np.SETTLES = ()
+    np.ok("NetworkDriver.Leave", {"NetworkID": net.id, "EndpointID": a.endpoint})
+    np.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": net.id, "EndpointID": a.endpoint})
+    assert f"nc{a.endpoint[:11]}" in np.links.links                 # a's veth waits in the background
+    np.ok("NetworkDriver.Leave", {"NetworkID": net.id, "EndpointID": b.endpoint})
+    np.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": net.id, "EndpointID": b.endpoint})
+    assert f"nc{b.endpoint[:11]}" not in np.links.links             # b's was deleted before the answer
+    held.set()
+    np.settle()
+    assert np.links.links == {}
