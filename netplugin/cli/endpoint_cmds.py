@@ -149,13 +149,25 @@ def _release(ctx, body: dict) -> dict:
         if status != 200:
             raise NetpluginError(reply.get("Err") or f"the daemon answered {status}")
         return reply
-    ep_id = body.get("EndpointID")
+    ep_id = body.get("EndpointID") or _endpoint_at(ctx, body.get("Network"), body.get("Address"))
     found = ctx.store.get_endpoint(ep_id) if ep_id else None
     if found is None:
-        raise NetpluginError(f"netplugin is not running here (no socket at {sock}); run this on a host with "
-                             "a running netplugin daemon")
+        raise NetpluginError(f"netplugin is not running here (no socket at {sock}) and no endpoint record matches: "
+                             "run this on a host with a running netplugin daemon, which also releases an "
+                             "address that has no endpoint")
     ctx.store.request_release(found[0].host, ep_id, body["Force"], by="netctl")
     return {"Status": "pending", "EndpointID": ep_id, "Host": found[0].host}
+
+
+def _endpoint_at(ctx, network: str | None, address: str | None) -> str | None:
+    """The id of the endpoint holding address in network, from the records."""
+    if not network or not address:
+        return None
+    net_id = ctx.store.find_network(network).id
+    for ep in ctx.store.list_endpoints():
+        if ep.ip == address and ep.network == net_id:
+            return ep.id
+    return None
 
 
 def _host_rows(ctx) -> list[dict]:

@@ -452,8 +452,13 @@ def test_endpoint_release_without_a_socket_queues_for_the_owner(netctl, np, cont
     reply = ok(netctl("endpoint", "release", a.endpoint[:12], "--json")).json
     assert reply == {"Status": "pending", "EndpointID": a.endpoint, "Host": "h1"}
     assert np.store.release_request("h1", a.endpoint)["force"] is False
-    error(netctl("endpoint", "release", "--ip", "10.10.0.10"),
-          f"netplugin is not running here (no socket at {sock})")
+    np.store.answer_release_request("h2", c.endpoint, None)
+    reply = ok(netctl("endpoint", "release", "--ip", c.ip, "--json")).json       # by address, too
+    assert reply == {"Status": "pending", "EndpointID": c.endpoint, "Host": "h2"}
+    held = {ep.ip for ep in np.store.list_endpoints()}
+    free = next(f"10.10.0.{i}" for i in range(200, 250) if f"10.10.0.{i}" not in held)
+    error(netctl("endpoint", "release", "--ip", free),
+          f"netplugin is not running here (no socket at {sock}) and no endpoint record matches")
 
 
 # -- host ----------------------------------------------------------------------------------------------
