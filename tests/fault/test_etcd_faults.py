@@ -165,9 +165,15 @@ def test_member_killed_and_restarted_under_load(rig):
           f"{len(failed)} failed (at {', '.join(f'{r[0] - killed_at:+.1f}' for r in failed) or '-'} s from the "
           f"kill); slowest {took[-1]:.2f} s, median {took[len(took) // 2]:.2f} s")
     # What the runs left, failed ones included (a refused call must not have claimed anything).
+    # A DeleteEndpoint that etcd refused during the election is finished once etcd answers,
+    # and the tombstone it writes says so: that is a record of the fault, not a leak.
     extra_keys = sorted(set(etcd_keys(rig.eps, d.prefix)) ^ set(rig.baseline_keys))
+    late = [k for k in extra_keys if "/released/" in k and "DeleteEndpoint finished once etcd answered"
+            in json.loads(etcdctl(rig.eps, "get", "--print-value-only", k).stdout or "{}").get("by", "")]
+    extra_keys = [k for k in extra_keys if k not in late]
     left = leftovers(d, network)
-    print(f"left behind: {extra_keys or 'no etcd key'}, {left if left != NOTHING else 'nothing on the host'}")
+    print(f"left behind: {extra_keys or 'no etcd key'}, {left if left != NOTHING else 'nothing on the host'}; "
+          f"{len(late)} DeleteEndpoint(s) finished after the election, with their tombstones")
     assert len([r for r in results if r[0] < killed_at]) >= 3, "too little load before the kill"
     assert len([r for r in results if r[0] > killed_at]) >= 3, "too little load after the kill"
     assert not failed, (f"{len(failed)} of {len(results)} docker runs failed around the member's loss: "
