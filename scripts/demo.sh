@@ -2,7 +2,7 @@
 # The demo on a fresh Debian 12 machine: sets everything up, starts netplugin,
 # creates two VLAN networks, shows two containers pinging each other on one and
 # a container on the other VLAN failing to reach them.
-# Usage: sudo bash scripts/demo.sh
+# Usage (as root): bash scripts/demo.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root
 cd "$REPO"
@@ -53,5 +53,5 @@ cat <<MSG
 netplugin keeps running (log: $DEMO_LOG). Try:
   $NETCTL network inspect prod
   $DOCKER run --rm --network prod $IMAGE ip addr show eth0
-Clean up with: sudo bash scripts/reset-state.sh
+Clean up with (as root): bash scripts/reset-state.sh
 MSG
