@@ -373,7 +373,7 @@ class Driver:
         return found
 
     def join(self, docker_net: str, endpoint_id: str, sandbox_key: str) -> dict:
-        ep, rev = self._endpoint(docker_net, endpoint_id)
+        ep = self._known_endpoint(docker_net, endpoint_id)
         if not isinstance(sandbox_key, str):
             raise InvalidRequest("SandboxKey must be a string")
         if not self.links.exists(ep.peer):
@@ -381,18 +381,27 @@ class Driver:
                                  "remove the container and start it again")
         gateway = self._gateway_of(ep.network, endpoint_id)
         if sandbox_key and ep.sandbox != sandbox_key:
-            # Before the answer: the reconciler plugs a new veth into this namespace if
-            # the container's is lost, so a kill -9 right after Join must not lose it.
             ep.sandbox = sandbox_key
-            self.store.update_endpoint(ep, rev)
-            if endpoint_id in self._made:
-                self._made[endpoint_id] = ep
+            self.later(self._record_sandbox, endpoint_id, sandbox_key)
         if self._take_unplugging(endpoint_id) is not None:
             self._replug(ep)                  # joined again after a Leave: the port comes back
         self.switch.wait_ofport(ep.port, deadline.remaining(PORT_PATIENCE))
         self.announce_later(ep)
         return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
                 "Gateway": gateway, "DisableGatewayService": True}
+
+    def _record_sandbox(self, endpoint_id: str, sandbox_key: str) -> None:
+        """Note the container's network namespace in the record, right after Join
+        answers: it lets the reconciler rebuild a live container's lost record."""
+        for _ in range(3):                    # a concurrent 'netctl endpoint set' may win once
+            found = self.store.get_endpoint(endpoint_id)
+            if found is None or found[0].sandbox == sandbox_key:
+                return
+            ep, rev = found
+            ep.sandbox = sandbox_key
+            if self.store.update_endpoint(ep, rev):
+                return
+        log.warning("endpoint %s: its sandbox could not be recorded (the record kept changing)", endpoint_id[:12])
 
     def _gateway_of(self, net_id: str, endpoint_id: str) -> str:
         """A network's gateway never changes under its id: read once per process."""

@@ -51,6 +51,14 @@ LOCK_SAFETY_MARGIN = LOCK_TTL / 4      # stop acting this long before an unconfi
 DEFAULT_TOMBSTONE_MAX_AGE = 7 * 86400.0
 
 
+def container_netns(attached: dict | None) -> str:
+    """A live container's network namespace, from Docker's view (its main
+    process): for a record that does not name it (Join records it right after
+    answering, so a daemon killed at that moment leaves the record without it)."""
+    pid = int((attached or {}).get("sandbox") or 0)
+    return f"/proc/{pid}/ns/net" if pid > 0 else ""
+
+
 @dataclass
 class Finding:
     kind: str
@@ -271,11 +279,12 @@ class Reconciler:
                 continue
             has_port, has_veth = ep.id in ports, ep.port in veths
             if not has_veth:
-                can = attached is not None and bool(ep.sandbox)
+                netns = ep.sandbox or container_netns(attached)
+                can = attached is not None and bool(netns)
                 self._add(report, Finding("endpoint_without_veth", ep.id,
                                           f"{ep.port} is gone; container {attached['name'] if attached else '?'}",
                                           "repair" if can else "report"),
-                          lambda ep=ep: self._replug(ep, networks.get(ep.network)))
+                          lambda ep=ep, netns=netns: self._replug(ep, networks.get(ep.network), netns))
             elif not has_port:
                 self._add(report, Finding("endpoint_without_port", ep.id, f"OVS port {ep.port} is gone", "repair"),
                           lambda ep=ep: self._add_port(ep))
@@ -365,11 +374,11 @@ class Reconciler:
         self.switch.add_access_port(self.cfg.bridge, ep.port, ep.vlan,
                                     {EXT_ENDPOINT: ep.id, EXT_NETWORK: ep.network, EXT_HOST: ep.host})
 
-    def _replug(self, ep: Endpoint, net) -> None:
+    def _replug(self, ep: Endpoint, net, netns: str) -> None:
         """A live container lost its veth: make a new pair and plug it in."""
         self.switch.delete_port(ep.port)
         self.links.create_veth(ep.port, ep.peer, self.cfg.mtu, ep.mac, self.cfg.datapath_type == "netdev")
-        self.links.plug_into_netns(ep.peer, ep.sandbox, ep.ip, ep.prefixlen, net.gateway if net else None)
+        self.links.plug_into_netns(ep.peer, netns, ep.ip, ep.prefixlen, net.gateway if net else None)
         self._add_port(ep)
 
     def _rebuild_record(self, eid: str, port: dict, attached: dict) -> None:

@@ -234,9 +234,28 @@ def test_endpoint_without_veth_gets_a_new_pair_plugged_into_the_container(np, ne
     assert rec.run(grace=60)["findings"] == []
 
 
+def test_endpoint_without_veth_and_no_sandbox_is_repaired_through_dockers_pid(np, net, rec, view, clock):
+    """A record without the sandbox (the daemon died right after Join answered):
+    the container's namespace comes from Docker's view, its main process."""
+    c = np.run_container(net)
+    live(np, view, net, c)
+    ep = record(np, c.endpoint)
+    ep_rev = np.store.get_endpoint(c.endpoint)[1]
+    ep.sandbox = ""
+    np.store.update_endpoint(ep, ep_rev)
+    np.links.delete(ep.port)
+    clock.advance(120)
+    report = rec.run(grace=60)
+    assert found(report) == [("endpoint_without_veth", c.endpoint, "repair", True)]
+    pid = view.live[c.endpoint]["sandbox"]
+    assert np.links.netns[f"/proc/{pid}/ns/net"]["eth0"]["ip"] == c.ip
+    assert np.switch.ports[ep.port]["tag"] == 100
+
+
 def test_endpoint_without_veth_and_no_sandbox_is_only_reported(np, net, rec, view, clock):
     c = np.run_container(net)
     live(np, view, net, c)
+    view.live[c.endpoint]["sandbox"] = 0                 # Docker gives no process either
     ep = record(np, c.endpoint)
     ep_rev = np.store.get_endpoint(c.endpoint)[1]
     ep.sandbox = ""
