@@ -234,15 +234,20 @@ def test_endpoint_without_veth_gets_a_new_pair_plugged_into_the_container(np, ne
     assert rec.run(grace=60)["findings"] == []
 
 
+def record_without_sandbox(h: Harness, endpoint_id: str):
+    """The endpoint's record as a daemon killed right after Join answered leaves it."""
+    ep, rev = h.store.get_endpoint(endpoint_id)
+    ep.sandbox = ""
+    assert h.store.update_endpoint(ep, rev)
+    return ep
+
+
 def test_endpoint_without_veth_and_no_sandbox_is_repaired_through_dockers_pid(np, net, rec, view, clock):
     """A record without the sandbox (the daemon died right after Join answered):
     the container's namespace comes from Docker's view, its main process."""
     c = np.run_container(net)
     live(np, view, net, c)
-    ep = record(np, c.endpoint)
-    ep_rev = np.store.get_endpoint(c.endpoint)[1]
-    ep.sandbox = ""
-    np.store.update_endpoint(ep, ep_rev)
+    ep = record_without_sandbox(np, c.endpoint)
     np.links.delete(ep.port)
     clock.advance(120)
     report = rec.run(grace=60)
@@ -256,10 +261,7 @@ def test_endpoint_without_veth_and_no_sandbox_is_only_reported(np, net, rec, vie
     c = np.run_container(net)
     live(np, view, net, c)
     view.live[c.endpoint]["sandbox"] = 0                 # Docker gives no process either
-    ep = record(np, c.endpoint)
-    ep_rev = np.store.get_endpoint(c.endpoint)[1]
-    ep.sandbox = ""
-    np.store.update_endpoint(ep, ep_rev)
+    ep = record_without_sandbox(np, c.endpoint)
     np.links.delete(ep.port)
     clock.advance(120)
     snap = state(np)

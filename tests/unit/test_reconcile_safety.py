@@ -13,36 +13,12 @@ import pytest
 import netplugin.reconcile as reconcile_mod
 from netplugin.dataplane.links import veth_names
 from netplugin.model import Host
-from netplugin.reconcile import LOCK_TTL, Reconciler
-from netplugin.release import Releaser
+from netplugin.reconcile import LOCK_TTL
 
-from .fakes import FakeDockerView
-from .test_reconcile import HOUR, SUBNET, Clock, claim, found, live, record
+# The fixtures (clock, view, rec, net) are test_reconcile's own, shared here.
+from .test_reconcile import HOUR, SUBNET, claim, clock, found, live, net, rec, record, view  # noqa: F401
 
 DAY = 86400.0
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(reconcile_mod, "time", SimpleNamespace(time=c.time))
-    return c
-
-
-@pytest.fixture
-def view() -> FakeDockerView:
-    return FakeDockerView()
-
-
-@pytest.fixture
-def rec(np, view) -> Reconciler:
-    return Reconciler(np.cfg, np.store, np.links, np.switch, view,
-                      Releaser(np.cfg, np.store, np.links, np.switch, view))
-
-
-@pytest.fixture
-def net(np):
-    return np.create_network(SUBNET, vlan=100, name="prod")
 
 
 class Refreshes:
