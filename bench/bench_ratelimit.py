@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import signal
 import statistics
@@ -75,13 +74,9 @@ def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
 
 
 def meters(bridge: str) -> dict[int, tuple[int, int]]:
-    out = sh("ovs-ofctl", "-O", "OpenFlow13", "dump-meters", bridge).stdout
-    found = {}
-    for block in out.split("meter=")[1:]:
-        rate = re.search(r"rate=(\d+)", block)
-        burst = re.search(r"burst_size=(\d+)", block)
-        found[int(block.split()[0])] = (int(rate.group(1)) if rate else 0, int(burst.group(1)) if burst else 0)
-    return found
+    """The bridge's meters as the daemon itself reads them: {id: (rate kbps, burst kb)}."""
+    from netplugin.dataplane.flows import Flows
+    return {ident: (m["rate_kbps"] or 0, m["burst_kb"] or 0) for ident, m in Flows(bridge).meters().items()}
 
 
 def metered(bridge: str, ofport: int) -> bool:

@@ -375,8 +375,11 @@ class Reconciler:
                                     {EXT_ENDPOINT: ep.id, EXT_NETWORK: ep.network, EXT_HOST: ep.host})
 
     def _replug(self, ep: Endpoint, net, netns: str) -> None:
-        """A live container lost its veth: make a new pair and plug it in."""
-        self.switch.delete_port(ep.port)
+        """A live container lost its veth: make a new pair and plug it in.
+
+        The stale port goes first, and vswitchd must have let go of it before
+        the new pair of the same name exists (see Switch.delete_port)."""
+        self.switch.delete_port(ep.port, wait_vswitchd=True)
         self.links.create_veth(ep.port, ep.peer, self.cfg.mtu, ep.mac, self.cfg.datapath_type == "netdev")
         self.links.plug_into_netns(ep.peer, netns, ep.ip, ep.prefixlen, net.gateway if net else None)
         self._add_port(ep)

@@ -176,11 +176,17 @@ class Switch:
                                            "check that ovs-vswitchd is running")
             time.sleep(0.002)
 
-    def delete_port(self, port: str) -> bool:
-        """Remove the port; False when it was not there."""
+    def delete_port(self, port: str, wait_vswitchd: bool = False) -> bool:
+        """Remove the port; False when it was not there.
+
+        ``wait_vswitchd=True`` returns only once ovs-vswitchd has let go of the
+        device: a caller about to make a new link of the same name needs that,
+        because vswitchd restores the flags of the device it held *by name* when
+        it lets go, and would take the new link down."""
         if not self.port_exists(port):
             return False
-        self._run(f"delete port {port}", lambda api: [api.del_port(port, if_exists=True)], wait_vswitchd=False)
+        self._run(f"delete port {port}", lambda api: [api.del_port(port, if_exists=True)],
+                  wait_vswitchd=wait_vswitchd)
         return True
 
     def port_exists(self, port: str) -> bool:

@@ -142,8 +142,11 @@ def test_every_kind_of_leak_is_repaired(clean):
     assert all(f["action"] == "release" and f["done"] for f in without_container), report
     assert report["errors"] == 0, report
     assert orphan.split("/")[0] in {f["id"] for f in report["findings"]}
+    repairs = [f for f in report["findings"] if f["kind"] in ("endpoint_without_veth", "endpoint_without_port")]
+    assert all(f["action"] == "repair" and f["done"] for f in repairs), report
     for name, ip in ips.items():
-        assert pings("probe", ip), f"{name} must answer again after the repair"
+        assert pings("probe", ip), (f"{name} must answer again after the repair",
+                                    docker("exec", name, "ip", "link", check=False).stdout)
     for gone_eid in gone_eids:
         assert not clean.etcd_keys(f"endpoints/{gone_eid}"), "a removed container's endpoint must be released"
         assert "np" + gone_eid[:11] not in clean.ovs_ports() + clean.veths()

@@ -84,6 +84,7 @@ def test_socket_is_root_only(tmp_path):
         assert socket_inode_access(d.socket, "nobody", "nogroup") == "PermissionError"
     finally:
         d.stop()
+        d.remove_bridge()
     group = grp.getgrnam("backup")      # a system group with no other use here
     g = FaultDaemon(tmp_path, "npfa3", env={"NETPLUGIN_SOCKET_GROUP": group.gr_name})
     g.start()
@@ -96,6 +97,7 @@ def test_socket_is_root_only(tmp_path):
         assert socket_inode_access(g.socket, "nobody", group.gr_name) == "ok"
     finally:
         g.stop()
+        g.remove_bridge()
 
 
 # -- listeners -------------------------------------------------------------------------------
@@ -151,6 +153,7 @@ def test_only_loopback_metrics_listens(tmp_path):
         assert len(mine) == 1 and f"127.0.0.1:{port}" in mine[0], mine
     finally:
         d.stop()
+        d.remove_bridge()
     off = FaultDaemon(tmp_path, "npfa3")            # metrics off: no port at all
     off.start()
     try:
@@ -158,6 +161,7 @@ def test_only_loopback_metrics_listens(tmp_path):
         assert listening(off.pids()) == []
     finally:
         off.stop()
+        off.remove_bridge()
     wide = FaultDaemon(tmp_path, "npfa3", metrics=f"0.0.0.0:{port}")
     wide.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=wide.env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -356,8 +356,8 @@ class FakeSwitch(_Failing):
         self.ports[port] = {"bridge": bridge, "tag": vlan, "vlan_mode": "access",
                             "external_ids": dict(external_ids)}
 
-    def delete_port(self, port: str) -> bool:
-        self._enter("delete_port", port)
+    def delete_port(self, port: str, wait_vswitchd: bool = False) -> bool:
+        self._enter("delete_port", port, wait_vswitchd)
         return self.ports.pop(port, None) is not None
 
     def port_exists(self, port: str) -> bool:
