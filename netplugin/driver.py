@@ -361,12 +361,15 @@ class Driver:
         ep = self._made.get(endpoint_id)
         if ep is not None and ep.docker_network == docker_net:
             return ep
-        return self._endpoint(docker_net, endpoint_id)[0]
+        return self._read_endpoint(docker_net, endpoint_id)[0]
 
     def _endpoint(self, docker_net: str, endpoint_id: str) -> tuple[Endpoint, int]:
         """The endpoint record and its revision; NotFound unless it is in docker_net."""
         check_docker_id(docker_net, "NetworkID")
         check_docker_id(endpoint_id, "EndpointID")
+        return self._read_endpoint(docker_net, endpoint_id)
+
+    def _read_endpoint(self, docker_net: str, endpoint_id: str) -> tuple[Endpoint, int]:
         found = self.store.get_endpoint(endpoint_id)
         if found is None or found[0].docker_network != docker_net:
             raise NotFound(f"endpoint {endpoint_id[:12]} does not exist in docker network {docker_net[:12]}")
