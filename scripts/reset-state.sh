@@ -218,7 +218,9 @@ clean_ovs() {
     local br port n=0
     while read -r br; do
         [[ -n $br ]] || continue
-        if [[ $br == nptest* || $br == nprig-* || $br == npe2e* || $br == netplugin0 ]]; then
+        # The demo's bridge and those the test rings and benchmarks make (a prefix and random hex).
+        if [[ $br == netplugin0 || $br =~ ^(nptest|nprig-|npe2e|npfa|nprec|nprlbench) \
+              || $br =~ ^np[mi][0-9a-f]{6}$ ]]; then
             if ovs-vsctl --timeout=10 --if-exists del-br "$br"; then
                 n=$((n + 1))
             else
