@@ -93,6 +93,11 @@ def world():
     return cfg, store, switch, flows, sync
 
 
+def put_record(store, ep: Endpoint) -> None:
+    """Write ep's record as it stands (the watch and the sync pass read it)."""
+    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+
+
 def endpoint(n: int, limit: dict | None = None) -> Endpoint:
     eid = f"{n:02x}" * 32
     return Endpoint(id=eid, network="n-000000000001", docker_network="d" * 64, host="h1", ip=f"10.9.0.{n}",
@@ -130,7 +135,7 @@ def test_create_with_a_limit_fails_clearly_when_the_port_is_never_numbered(world
 def test_a_port_not_numbered_yet_is_retried_not_forgotten(world):
     cfg, store, switch, flows, sync = world
     ep = endpoint(4)
-    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    put_record(store, ep)
     assert sync.resync() == 0 and ep.id not in sync.applied     # no number yet: nothing recorded
     switch.numbers[ep.port] = 9
     assert sync.resync() == 1
@@ -164,7 +169,7 @@ def test_a_meter_no_local_limited_port_uses_is_deleted_after_two_full_passes(wor
     _, store, switch, flows, sync = world
     kept = endpoint(8, {"rate_kbps": 10_000, "burst_kb": 2_500})
     switch.numbers[kept.port] = 21
-    store.kv.txn([], [Put(store.k_endpoint(kept.id), kept.to_json())])
+    put_record(store, kept)
     sync.resync(verify=True)               # meters kept's port; 99 is a leftover
     flows.meter_ports.add(99)
     sync.resync(verify=True)               # first sighting: kept
@@ -199,7 +204,7 @@ def test_create_endpoint_racing_a_pass_counts_the_limit_once(world, create_first
     sync.metrics = CountingMetrics()
     ep = endpoint(30, {"rate_kbps": 10_000, "burst_kb": 2_500})
     switch.numbers[ep.port] = 31
-    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    put_record(store, ep)
     lock = sync.limiter._apply_lock
     lock.acquire()
     first = threading.Thread(target=sync.apply_endpoint if create_first else sync.resync,
@@ -219,7 +224,7 @@ def test_create_endpoint_racing_a_pass_counts_the_limit_once(world, create_first
     # A later change is counted; a pass with nothing changed is not; a repair is.
     assert sync.resync() == 0 and sync.metrics.limits_applied.value == 1
     ep.limit = {"rate_kbps": 20_000, "burst_kb": 5_000}
-    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    put_record(store, ep)
     assert sync.resync() == 1 and sync.metrics.limits_applied.value == 2
     flows.meter_ports.discard(31)          # lost from the bridge: a full pass puts it back
     assert sync.resync(verify=True) == 1 and sync.metrics.limits_applied.value == 3
@@ -230,7 +235,7 @@ def test_a_pass_for_an_endpoint_deleted_meanwhile_records_and_counts_nothing(wor
     sync.metrics = CountingMetrics()
     ep = endpoint(32, {"rate_kbps": 10_000, "burst_kb": 2_500})
     switch.numbers[ep.port] = 33
-    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    put_record(store, ep)
     lock = sync.limiter._apply_lock
     lock.acquire()
     t = threading.Thread(target=sync.resync)

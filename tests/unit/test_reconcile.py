@@ -88,8 +88,10 @@ def claim(h: Harness, net) -> str:
 
 
 def live(h: Harness, view: FakeDockerView, net, c, name: str = "web"):
+    """Docker shows container c running on net; returns c's endpoint record."""
     ep = record(h, c.endpoint)
-    return view.attach(c.endpoint, net.id, c.ip, mac=ep.mac, name=name)
+    view.attach(c.endpoint, net.id, c.ip, mac=ep.mac, name=name)
+    return ep
 
 
 def drop_address(h: Harness, ip: str) -> None:
@@ -202,8 +204,7 @@ def test_veth_without_endpoint_is_deleted(np, rec, clock):
 
 def test_endpoint_without_port_gets_its_port_again(np, net, rec, view, clock):
     c = np.run_container(net)
-    live(np, view, net, c)
-    ep = record(np, c.endpoint)
+    ep = live(np, view, net, c)
     before = dict(np.switch.ports[ep.port])
     np.switch.delete_port(ep.port)
     clock.advance(120)
@@ -219,8 +220,7 @@ def test_endpoint_without_port_gets_its_port_again(np, net, rec, view, clock):
 
 def test_endpoint_without_veth_gets_a_new_pair_plugged_into_the_container(np, net, rec, view, clock):
     c = np.run_container(net)
-    live(np, view, net, c)
-    ep = record(np, c.endpoint)
+    ep = live(np, view, net, c)
     assert ep.sandbox                                    # Join told the driver the sandbox
     np.links.delete(ep.port)
     clock.advance(120)
@@ -275,8 +275,7 @@ def test_endpoint_without_veth_and_no_sandbox_is_only_reported(np, net, rec, vie
 
 def test_port_without_record_rebuilds_the_record(np, net, rec, view, clock):
     c = np.run_container(net)
-    live(np, view, net, c)
-    old = record(np, c.endpoint)
+    old = live(np, view, net, c)
     np.store.delete_endpoint(c.endpoint)
     clock.advance(120)
     report = rec.run(grace=60)
@@ -394,8 +393,7 @@ def test_in_flight_floor_holds_with_grace_zero(np, net, rec, clock):
 
 def test_a_live_endpoint_is_never_released(np, net, rec, view, clock):
     c = np.run_container(net)
-    live(np, view, net, c)
-    ep = record(np, c.endpoint)
+    ep = live(np, view, net, c)
     clock.advance(10 * HOUR)
     snap = state(np)
     for grace in (0, 60):
@@ -440,14 +438,12 @@ def _leak_veth(np, net, view):
 
 def _lost_port(np, net, view):
     c = np.run_container(net)
-    live(np, view, net, c)
-    np.switch.delete_port(record(np, c.endpoint).port)
+    np.switch.delete_port(live(np, view, net, c).port)
 
 
 def _lost_veth(np, net, view):
     c = np.run_container(net)
-    live(np, view, net, c)
-    np.links.delete(record(np, c.endpoint).port)
+    np.links.delete(live(np, view, net, c).port)
 
 
 def _lost_record(np, net, view):
@@ -539,8 +535,7 @@ def test_two_reconcilers_at_once_one_is_skipped(np, net, view, clock, monkeypatc
 def test_report_is_stored_and_counters_accumulate(np, net, rec, view, clock):
     ip = claim(np, net)
     c = np.run_container(net)
-    live(np, view, net, c)
-    np.switch.delete_port(record(np, c.endpoint).port)
+    np.switch.delete_port(live(np, view, net, c).port)
     clock.advance(HOUR)
     first = rec.run(grace=60)
     assert np.store.get_json(np.store.k_reconcile("h1", "last")) == first

@@ -125,8 +125,7 @@ def test_a_dry_run_and_a_normal_run_hold_no_lease_afterwards(np, net, rec, clock
 
 def test_a_live_containers_veth_is_kept_when_its_record_and_port_are_lost(np, net, rec, view, clock):
     c = np.run_container(net)
-    live(np, view, net, c)
-    ep = record(np, c.endpoint)
+    ep = live(np, view, net, c)
     np.store.delete_endpoint(c.endpoint)
     np.switch.delete_port(ep.port)
     clock.advance(HOUR)
@@ -147,8 +146,7 @@ def test_a_live_containers_veth_is_kept_when_its_record_and_port_are_lost(np, ne
 
 def test_without_docker_a_lone_veth_is_only_reported(np, net, rec, view, clock):
     c = np.run_container(net)
-    live(np, view, net, c)
-    ep = record(np, c.endpoint)
+    ep = live(np, view, net, c)
     np.store.delete_endpoint(c.endpoint)
     np.switch.delete_port(ep.port)
     view.reachable = False
@@ -161,8 +159,7 @@ def test_without_docker_a_lone_veth_is_only_reported(np, net, rec, view, clock):
 def test_a_port_named_after_a_live_endpoint_is_not_deleted(np, net, rec, view, clock):
     """A port whose ids were overwritten but whose name is a live endpoint's."""
     c = np.run_container(net)
-    live(np, view, net, c)
-    ep = record(np, c.endpoint)
+    ep = live(np, view, net, c)
     np.store.delete_endpoint(c.endpoint)
     np.switch.ports[ep.port]["external_ids"]["np-endpoint"] = "e" * 64
     clock.advance(HOUR)
