@@ -311,12 +311,12 @@ class Scanner:
     """The clients exactly as netplugin-reconcile makes them, shipped settings."""
 
     def __init__(self, cfg, ns: str, sysfs: Path, live: dict):
-        from netplugin.backends import reconcile_settings
+        from netplugin.wiring import reconcile_settings
         self.cfg, self.ns, self.sysfs, self.live = reconcile_settings(cfg), ns, sysfs, live
         self.clients = None
 
     def _clients(self, fresh: bool):
-        from netplugin.backends import make_store, make_switch
+        from netplugin.wiring import make_store, make_switch
         if fresh or self.clients is None:
             self.close()
             self.clients = (make_store(self.cfg), make_switch(self.cfg), ns_links_class(self.ns, self.sysfs)())
@@ -373,7 +373,7 @@ class _Proxy:
 def probe_etcd(cfg) -> dict:
     """The reconciler's biggest etcd read, alone: every endpoint record
     (Store.list_endpoints), with the client as shipped; and the reply's size."""
-    from netplugin.backends import make_store
+    from netplugin.wiring import make_store
     out: dict = {"reply_bytes": 0}
     store = make_store(cfg)
     t0 = time.perf_counter()

@@ -105,7 +105,7 @@ def background_start(driver, releaser) -> None:
     if driver.flows is not None:
         # Flows and meters back within a second or two of an OVS restart,
         # not at the sync loops' next full pass.
-        from .restore import DataplaneRestorer
+        from .ovs_restart import DataplaneRestorer
         DataplaneRestorer(driver.cfg, driver.flows, driver.limits, driver.arp).start()
 
     def run():
@@ -124,7 +124,7 @@ def serve(cfg: Config) -> None:
     from gunicorn.app.base import BaseApplication
 
     from .api import create_app
-    from .backends import make_driver, make_releaser
+    from .wiring import make_driver, make_releaser
 
     os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
 

@@ -19,7 +19,7 @@ from .dataplane.flows import TABLE_CLASSIFY, cookie_for
 from .dataplane.ratelimit import RateLimiter
 from .errors import DataplaneError, NetpluginError
 from .kv import Event
-from .limits import effective_limit
+from .bandwidth import effective_limit
 from .model import Endpoint, Network
 from .store import Store
 from .watch import SyncLoop

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args, cfg_overrides: dict, as_json: bool) -> int:
-    from .backends import make_driver, make_releaser, reconcile_settings
+    from .wiring import make_driver, make_releaser, reconcile_settings
     from .config import load
     from .docker_api import DockerView
     from .reconcile import Reconciler, as_json_line, format_human

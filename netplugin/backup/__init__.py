@@ -6,7 +6,7 @@ Modules, each with one job:
     config.py     drctl settings (file, DRCTL_* variables, flags)
     model.py      jobs, their states and legal transitions; backups (catalog records)
     store.py      the etcd layout under <etcd_prefix>/backup/ (the only module that knows keys)
-    limits.py     what operators type (1.5, 512m, 20mb/s), the disk behind a volume,
+    resources.py  what operators type (1.5, 512m, 20mb/s), the disk behind a volume,
                   the Docker host config, and checking what the kernel really applied
     jobscript.py  the bash run inside job containers, and its checksum SQL
     runner.py     one job: create, attach, start, gate, wait, verify, record

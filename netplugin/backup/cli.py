@@ -35,7 +35,7 @@ from dataclasses import asdict
 from ..cli.output import print_fields, print_json, print_table
 from ..errors import InvalidRequest, NetpluginError, NotFound
 from . import config as drconfig
-from .limits import human_bytes, make_limits
+from .resources import human_bytes, make_limits
 from .model import (BACKUP, CANCELLED, KINDS, QUEUED, RESTORE, STATES, SUCCEEDED, TERMINAL, Job, JobSpec,
                     check_database, check_db_host, check_name, new_job_id, server_key)
 

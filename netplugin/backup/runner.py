@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 
 from ..errors import Conflict, InvalidRequest, NetpluginError
-from . import jobscript, limits as lim, retention
+from . import jobscript, resources as lim, retention
 from .config import BackupConfig
 from .model import (BACKUP, CANCELLED, COMPRESSIONS, EXPIRED, FAILED, RESTORE, RUNNING, STARTING, SUCCEEDED,
                     TERMINAL, VERIFYING, Backup, Job, JobSpec, Limits, backup_name)

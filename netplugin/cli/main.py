@@ -101,7 +101,7 @@ class Context:
     @property
     def store(self):
         if self._store is None:
-            from ..backends import make_store
+            from ..wiring import make_store
             self._store = make_store(self.cfg)
         return self._store
 

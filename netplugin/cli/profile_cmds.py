@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from ..errors import InvalidRequest
-from ..limits import human_rate, make_profile, parse_burst, parse_rate, require_profile
+from ..bandwidth import human_rate, make_profile, parse_burst, parse_rate, require_profile
 from .endpoint_cmds import find_endpoint
 from .output import print_fields, print_json, print_table
 

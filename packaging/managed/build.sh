@@ -174,7 +174,7 @@ cp "$HERE/config.json" "$OUT/config.json"
 
 # --- smoke test: the rootfs runs the daemon's imports on its own
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH="$SITE" chroot "$ROOT" /usr/bin/python3 -c '
-import netplugin.daemon, netplugin.backends, netplugin.api, grpc, pyetcd, ovsdbapp.backend.ovs_idl
+import netplugin.daemon, netplugin.wiring, netplugin.api, grpc, pyetcd, ovsdbapp.backend.ovs_idl
 import pyroute2, gunicorn.app.base, flask, prometheus_client, scapy.layers.l2, docker, netaddr
 print("rootfs ok: netplugin", netplugin.__version__)' >&2 \
     || die "the rootfs cannot import netplugin and its dependencies (see above)"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from netplugin.config import load
-from netplugin.backends import make_store
+from netplugin.wiring import make_store
 from netplugin.dataplane.links import HOST_END_RE
 from netplugin.store import Store
 

@@ -24,7 +24,7 @@ from .faultkit import IMAGE, LABEL, REPO, Daemon, docker, host_veths, ofctl_line
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 SUBNET = "10.251.20.0/24"           # VLAN 3620
-RESTORE_WITHIN = 6.0                # seconds after OVS answers again (netplugin/restore.py)
+RESTORE_WITHIN = 6.0                # seconds after OVS answers again (netplugin/ovs_restart.py)
 
 
 def ovs_up() -> bool:

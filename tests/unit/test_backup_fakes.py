@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from netplugin.backup.limits import BlockDevice
+from netplugin.backup.resources import BlockDevice
 
 DEVICE = BlockDevice(254, 0, "/dev/vda", "vda", "fake")
 

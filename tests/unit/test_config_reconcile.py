@@ -1,4 +1,4 @@
-"""The reconciler's settings (netplugin/config.py, backends.py,
+"""The reconciler's settings (netplugin/config.py, wiring.py,
 reconcile_cli.py): the OVSDB connect patience of the daemon and of the
 reconciler, the dead-host release time and the tombstone age, from a file,
 the environment and flags."""
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from netplugin import backends, reconcile_cli
+from netplugin import reconcile_cli, wiring as backends
 from netplugin.config import Config, load
 from netplugin.dataplane.ovs import CONNECT_PATIENCE
 from netplugin.errors import InvalidRequest

@@ -3,7 +3,7 @@ output for people (tables with headers), for programs (--json) and for
 scripts (-q), and the exit codes: 0 ok, 1 error with 'netctl: ' on stderr,
 2 usage error.
 
-``netplugin.backends.make_store`` is replaced so netctl's Store runs over the
+``netplugin.wiring.make_store`` is replaced so netctl's Store runs over the
 same MemoryKV as the Harness hosts (h1, h2), which make endpoints the way
 Docker does. ``endpoint release`` goes through a fake of the plugin socket
 (``netplugin.unixhttp.call``) that hands the request to the real Flask app
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-import netplugin.backends as backends
+import netplugin.wiring as backends
 import netplugin.cli.main as cli_main
 import netplugin.docker_api as docker_api
 import netplugin.unixhttp as unixhttp

@@ -613,7 +613,7 @@ def test_human_and_json_output(np, net, rec, view, clock):
 
 def test_netplugin_reconcile_command(np, net, view, clock, monkeypatch, capsys):
     """netplugin-reconcile --json: exactly one JSON line; --grace < 0 is a usage error."""
-    import netplugin.backends as backends
+    import netplugin.wiring as backends
     import netplugin.docker_api as docker_api
     ip = claim(np, net)
     clock.advance(HOUR)

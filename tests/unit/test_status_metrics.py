@@ -4,7 +4,7 @@ Metrics: the real Flask app is built with a Metrics object (as the daemon
 does), so every protocol call the Harness makes in Docker's order is counted
 by the real code; the store collector reads the fake etcd at scrape time.
 
-Status: netctl's main() runs with ``netplugin.backends.make_store`` replaced
+Status: netctl's main() runs with ``netplugin.wiring.make_store`` replaced
 so its Store reads the same MemoryKV as the Harness hosts h1 and h2.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import netplugin.backends as backends
+import netplugin.wiring as backends
 from netplugin.api import create_app
 from netplugin.cli.main import main
 from netplugin.metrics import Metrics

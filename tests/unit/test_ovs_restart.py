@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from netplugin.errors import DataplaneUnavailable
-from netplugin.restore import DataplaneRestorer, vswitchd_pidfile
+from netplugin.ovs_restart import DataplaneRestorer, vswitchd_pidfile
 
 
 class Calls:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from netplugin.errors import InvalidRequest
-from netplugin.limits import parse_burst, parse_rate
+from netplugin.bandwidth import parse_burst, parse_rate
 
 from .test_netctl import error, netctl, ok, sock, usage  # noqa: F401 - fixtures and helpers
 

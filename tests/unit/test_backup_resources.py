@@ -1,4 +1,4 @@
-"""Limits (netplugin/backup/limits.py): parsing, the disk behind a folder,
+"""Limits (netplugin/backup/resources.py): parsing, the disk behind a folder,
 Docker's host config, and reading back what Docker and the cgroup files say."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from netplugin.backup.limits import (BlockDevice, backing_device, cgroup_dirs, check_applied, check_inspect,
+from netplugin.backup.resources import (BlockDevice, backing_device, cgroup_dirs, check_applied, check_inspect,
                                      host_config_kwargs, limit_warnings, make_limits, parse_size, read_applied)
 from netplugin.backup.model import Limits
 from netplugin.errors import InvalidRequest
