@@ -8,7 +8,9 @@ import time
 
 from ..errors import InvalidRequest, NetpluginError, NotFound
 from ..reconcile_cli import add_arguments as add_reconcile_arguments
-from .output import print_fields, print_json, print_table
+from .lookup import find_endpoint
+from .output import ago, print_fields, print_json, print_table
+from .profile_cmds import add_endpoint_set
 
 
 def register(sub, common) -> None:
@@ -30,7 +32,6 @@ def register(sub, common) -> None:
     rel.add_argument("--force", action="store_true", help="even if Docker shows it attached to a running container")
     rel.add_argument("--wait", type=float, default=5.0, help="seconds to wait for another host (default 5)")
     rel.set_defaults(run=endpoint_release)
-    from .profile_cmds import add_endpoint_set
     add_endpoint_set(esub, common)
 
     host = sub.add_parser("host", help="hosts of the cluster", parents=[common])
@@ -70,23 +71,6 @@ def endpoint_ls(args, ctx) -> int:
         print_table(["ENDPOINT", "NETWORK", "HOST", "IP", "MAC", "VLAN", "PORT"],
                     [[e.id[:12], e.network_name or e.network, e.host, e.ip, e.mac, e.vlan, e.port] for e in eps])
     return 0
-
-
-def find_endpoint(ctx, ref: str):
-    eps = ctx.store.list_endpoints()
-    matches = [e for e in eps if e.id.startswith(ref.lower())] if len(ref) >= 4 else []
-    matches = matches or [e for e in eps if e.ip == ref]
-    if not matches:
-        from ..docker_api import DockerNames
-        ids = DockerNames(ctx.cfg.docker_url, ctx.cfg.docker_timeout).container_endpoints(ref)
-        matches = [e for e in eps if e.id in ids]
-    if not matches:
-        raise NotFound(f"no endpoint matches {ref!r} (by id prefix, IP or container on this host): "
-                       "see 'netctl endpoint ls'")
-    if len(matches) > 1:
-        raise InvalidRequest(f"{ref!r} matches {len(matches)} endpoints: give more of the id, "
-                             "or --network with --ip")
-    return matches[0]
 
 
 def endpoint_inspect(args, ctx) -> int:
@@ -192,7 +176,7 @@ def host_ls(args, ctx) -> int:
     else:
         print_table(["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST SEEN"],
                     [[r["host"], "alive" if r["alive"] else "dead", r["bridge"], r["datapath_type"], r["uplink"],
-                      r["endpoints"], _ago(r["last_seen"])] for r in rows])
+                      r["endpoints"], ago(r["last_seen"])] for r in rows])
     return 0
 
 
@@ -207,19 +191,11 @@ def host_inspect(args, ctx) -> int:
     else:
         last = row.pop("last_reconcile")
         for key in ("started", "last_seen"):
-            row[key] = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[key]))} ({_ago(row[key])})"
+            row[key] = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[key]))} ({ago(row[key])})"
         print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()] +
-                     [("Last reconcile", f"{_ago(last['started'])}, {len(last['findings'])} finding(s)"
+                     [("Last reconcile", f"{ago(last['started'])}, {len(last['findings'])} finding(s)"
                        if last else None)])
     return 0
-
-
-def _ago(ts: float) -> str:
-    seconds = max(0, int(time.time() - ts))      # a host's clock a little ahead is "0s ago", not negative
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
 
 
 def reconcile(args, ctx) -> int:

@@ -105,6 +105,12 @@ class Context:
             self._store = make_store(self.cfg)
         return self._store
 
+    def backup_jobs(self) -> dict:
+        """drctl's jobs and catalog for ``netctl status``, read once
+        (netplugin/backup/summary.py)."""
+        from ..backup.summary import read_once
+        return read_once(self.store.kv, self.store.prefix)
+
     @property
     def ipam(self):
         from ..ipam import Ipam

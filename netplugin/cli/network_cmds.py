@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import argparse
+import time
 
 from .. import networks
 from ..errors import InvalidRequest

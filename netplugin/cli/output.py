@@ -1,10 +1,11 @@
-"""Printing for netctl: aligned tables for people, JSON for programs."""
+"""Printing for netctl: aligned tables for people, JSON for programs, and ages."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Iterable, Sequence
+import time
+from collections.abc import Iterable, Sequence
 
 
 def print_json(obj) -> None:
@@ -13,9 +14,9 @@ def print_json(obj) -> None:
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    rows = [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    for row in [list(headers)] + rows:
+    cells = [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for row in [list(headers)] + cells:
         sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
 
 
@@ -23,3 +24,12 @@ def print_fields(pairs: Sequence[tuple[str, object]]) -> None:
     width = max(len(k) for k, _ in pairs)
     for key, value in pairs:
         sys.stdout.write(f"{key.ljust(width)}  {'-' if value in (None, '', [], {}) else value}\n")
+
+
+def ago(ts: float) -> str:
+    """'5m ago' for a time stamp; a clock a little ahead is "0s ago", not negative."""
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"

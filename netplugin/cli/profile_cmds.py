@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import re
 
+from ..bandwidth import (
+    human_rate,
+    make_profile,
+    parse_burst,
+    parse_rate,
+    require_profile,
+)
 from ..errors import InvalidRequest
-from ..bandwidth import human_rate, make_profile, parse_burst, parse_rate, require_profile
-from .endpoint_cmds import find_endpoint
+from .lookup import find_endpoint
 from .output import print_fields, print_json, print_table
-
 
 # "-5mbit" after --rate: argparse takes anything starting with '-' for an option
 # (and says "expected one argument") unless it looks like a negative number. An

@@ -4,10 +4,10 @@ Hosts alive and dead, endpoints, the last reconcile and the hosts whose
 reconciler has not run lately, backup jobs, and every network with its pool
 fill. ``--json`` gives the same and more (every host's last reconcile).
 
-Backup jobs are drctl's (``<prefix>/backup/``, netplugin/backup/): counts by
-state in the order of a job's life, the jobs queued for or active on a host
-whose agent is not alive, and the targets whose last backup job did not
-succeed. ``--json`` adds bytes backed up and per target the newest verified
+Backup jobs are drctl's, read through ``ctx.backup_jobs`` (cli/main.py
+builds it, so this module knows nothing of drctl): counts by state in the
+order of a job's life, the jobs queued for or active on a host whose agent is
+not alive, and the targets whose last backup job did not succeed. ``--json`` adds bytes backed up and per target the newest verified
 backup, what the catalog holds and the last backup job.
 """
 
@@ -17,8 +17,7 @@ import time
 
 import netaddr
 
-from .endpoint_cmds import _ago
-from .output import print_fields, print_json, print_table
+from .output import ago, print_fields, print_json, print_table
 
 # The reconcile timer runs every 5 minutes (systemd/netplugin-reconcile.timer):
 # a host whose last run is older than three rounds is worth a look.
@@ -47,12 +46,6 @@ def _reconcile_summary(report: dict) -> dict:
             "findings": len(report.get("findings") or []), "released": report.get("released", 0),
             "repaired": report.get("repaired", 0), "errors": report.get("errors", 0),
             "dry_run": bool(report.get("dry_run"))}
-
-
-def _backup_jobs(ctx) -> dict:
-    """drctl's jobs and catalog, read once (netplugin/backup/summary.py)."""
-    from ..backup.summary import read_once
-    return read_once(ctx.store.kv, ctx.store.prefix)
 
 
 def collect(ctx, now: float | None = None) -> dict:
@@ -99,7 +92,7 @@ def collect(ctx, now: float | None = None) -> dict:
                       and now - (r["last_reconcile"]["started"] or 0) > RECONCILE_STALE],
             "with_errors": [r["host"] for r in host_rows if r["last_reconcile"] and r["last_reconcile"]["errors"]],
         },
-        "backup_jobs": _backup_jobs(ctx),
+        "backup_jobs": ctx.backup_jobs(),
     }
 
 
@@ -110,7 +103,7 @@ def _hosts_line(info: dict) -> str:
     line = f"{hosts['alive']} alive, {hosts['dead']} dead"
     dead = [r for r in hosts["list"] if not r["alive"]]
     if dead:
-        line += ": " + _names([f"{r['host']} (last seen {_ago(r['last_seen'])})" for r in dead])
+        line += ": " + _names([f"{r['host']} (last seen {ago(r['last_seen'])})" for r in dead])
     return line
 
 
@@ -119,7 +112,7 @@ def _reconcile_lines(info: dict) -> list[str]:
     last = rec["last"]
     if not last:
         return ["never run on any host"]
-    lines = [f"last run {_ago(last['started'])} on {last['host']}: {last['status']}"
+    lines = [f"last run {ago(last['started'])} on {last['host']}: {last['status']}"
              + (" (dry run)" if last["dry_run"] else "")
              + f", {_plural(last['findings'], 'finding')}, {last['released']} released, "
                f"{last['repaired']} repaired, {_plural(last['errors'], 'error')}"]
