@@ -3,20 +3,27 @@
 Counted as they happen: protocol calls by method and outcome and their
 latency, errors of each backend, rate limits applied. Read from etcd when
 scraped: endpoints per network, pool size and use per network, this host's
-reconciler totals, and drctl's backup jobs and catalog (only the records that
-changed since the last scrape are read again: backup/summary.py). Served with
-``/health`` on a loopback-only HTTP port (metrics_server.py).
+reconciler totals, and whatever collectors the wiring point adds (drctl's
+jobs and catalog: backup/exporter.py; this module knows nothing of them).
+Served with ``/health`` on a loopback-only HTTP port (metrics_server.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-from .errors import DataplaneError, DataplaneUnavailable, NetpluginError, StoreUnavailable
+from .errors import (
+    DataplaneError,
+    DataplaneUnavailable,
+    NetpluginError,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +59,16 @@ class Metrics:
         elif isinstance(error, (DataplaneUnavailable, DataplaneError)):
             self.backend_errors.labels("ovsdb").inc()
 
-    def watch_store(self, store, host_id: str) -> None:
-        self.registry.register(StoreCollector(store, host_id, self))
-        self.backup = BackupCollector(store, self)
-        self.registry.register(self.backup)
+    def watch_store(self, store, host_id: str, *more: Callable[[Metrics], Collector]) -> None:
+        """Register the collectors read at scrape time: the network's, then each
+        one that more makes (the wiring point adds drctl's: wiring.make_metrics)."""
+        self.collectors: list[Collector] = [StoreCollector(store, host_id, self)]
+        self.collectors += [make(self) for make in more]
+        for collector in self.collectors:
+            self.registry.register(collector)
 
 
-class StoreCollector:
+class StoreCollector(Collector):
     """Gauges read from etcd at scrape time, so they are right whoever changed etcd."""
 
     def __init__(self, store, host_id: str, metrics: Metrics):
@@ -94,7 +104,7 @@ class StoreCollector:
             for net in networks:
                 size.add_metric([net.label], netaddr.IPNetwork(net.subnet).size - 2)
                 used.add_metric([net.label], self.store.count_allocations(net.subnet))
-            totals = self.store.get_json(self.store.k_reconcile(self.host_id, "counters")) or {}
+            totals = self.store.reconcile_counters(self.host_id) or {}
             for kind, n in sorted((totals.get("found") or {}).items()):
                 found.add_metric([kind], n)
             released.add_metric([], totals.get("released", 0))
@@ -107,61 +117,3 @@ class StoreCollector:
             self.metrics.backend_errors.labels("etcd").inc()
             log.warning("metrics: cannot read etcd: %s", exc.message)
         yield from (endpoints, size, used, found, released, repaired, errors, runs, last)
-
-
-class BackupCollector:
-    """drctl's jobs and catalog, from etcd at scrape time (``<prefix>/backup/``).
-
-    Cluster-wide like the pool gauges: every daemon reports the same figures.
-    The reader is made at the first scrape and keeps what it read, so later
-    scrapes fetch only the job and catalog records that changed."""
-
-    def __init__(self, store, metrics: Metrics):
-        self.store = store
-        self.metrics = metrics
-        self._reader = None
-
-    def describe(self):
-        return []
-
-    def _read(self) -> dict:
-        if self._reader is None:
-            from .backup.summary import BackupReader
-            self._reader = BackupReader(self.store.kv, self.store.prefix)
-        return self._reader.read()
-
-    def collect(self):
-        jobs = GaugeMetricFamily("netplugin_backup_jobs", "drctl jobs (backups and restores) recorded in etcd, "
-                                 "by state", labels=["state"])
-        written = CounterMetricFamily("netplugin_backup_bytes", "Bytes of the backup files written by "
-                                      "succeeded backup jobs recorded in etcd")
-        orphaned = GaugeMetricFamily("netplugin_backup_jobs_orphaned", "Jobs queued for or active on a host "
-                                     "whose drctl agent is not alive")
-        agents = GaugeMetricFamily("netplugin_backup_agents", "drctl agents alive")
-        last_ok = GaugeMetricFamily("netplugin_backup_last_success_timestamp_seconds", "When the newest "
-                                    "verified backup of each target was taken", labels=["target"])
-        last_job = GaugeMetricFamily("netplugin_backup_last_job_succeeded", "1 if the last ended backup job "
-                                     "of the target succeeded, 0 if it failed, expired or was cancelled",
-                                     labels=["target"])
-        kept = GaugeMetricFamily("netplugin_backup_catalog_backups", "Verified backups in the catalog, "
-                                 "per target", labels=["target"])
-        kept_bytes = GaugeMetricFamily("netplugin_backup_catalog_bytes", "Bytes of the verified backups in "
-                                       "the catalog, per target", labels=["target"])
-        try:
-            info = self._read()
-            for state, n in info["states"].items():
-                jobs.add_metric([state], n)
-            written.add_metric([], info["backup_bytes_total"])
-            orphaned.add_metric([], len(info["orphaned"]))
-            agents.add_metric([], len(info["agents"]))
-            for t in info["targets"]:
-                if t["last_success"] is not None:
-                    last_ok.add_metric([t["target"]], t["last_success"])
-                if t["last_job"] is not None:
-                    last_job.add_metric([t["target"]], 1 if t["last_job"]["succeeded"] else 0)
-                kept.add_metric([t["target"]], t["backups"])
-                kept_bytes.add_metric([t["target"]], t["bytes"])
-        except NetpluginError as exc:
-            self.metrics.backend_errors.labels("etcd").inc()
-            log.warning("metrics: cannot read backup jobs from etcd: %s", exc.message)
-        yield from (jobs, written, orphaned, agents, last_ok, last_job, kept, kept_bytes)

@@ -53,3 +53,14 @@ def make_driver(cfg: Config) -> Driver:
 def make_releaser(cfg: Config, driver: Driver) -> Releaser:
     return Releaser(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker),
                     remove_limit=driver.remove_limit)
+
+
+def make_metrics(cfg: Config, store: Store):
+    """The daemon's Prometheus metrics: its own, the gauges read from etcd at
+    scrape time, and drctl's jobs and catalog (registered here, so that the
+    daemon's modules never import backup)."""
+    from .backup.exporter import BackupCollector
+    from .metrics import Metrics
+    metrics = Metrics()
+    metrics.watch_store(store, cfg.host_id, lambda m: BackupCollector(store.kv, cfg.etcd_prefix, m))
+    return metrics

@@ -13,11 +13,14 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from netplugin.backup.exporter import BackupCollector
 from netplugin.backup.store import BackupStore
+from netplugin.config import Config
 from netplugin.kv import EtcdKV
 from netplugin.metrics import Metrics
 from netplugin.metrics_server import serve
 from netplugin.store import Store
+from netplugin.wiring import make_metrics
 from tests.unit.backup_records import put_backup, put_job
 
 pytestmark = pytest.mark.integration
@@ -48,14 +51,17 @@ class Port:
         self.server.server_close()
 
 
+def backup_collector(m: Metrics) -> BackupCollector:
+    return next(c for c in m.collectors if isinstance(c, BackupCollector))
+
+
 def get(samples: dict, name: str, **labels) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
 def test_scraped_backup_metrics_follow_the_job_records_in_etcd(kv, prefix):
     bstore = BackupStore(kv, prefix)
-    metrics = Metrics()
-    metrics.watch_store(Store(kv, prefix), "h1")
+    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), Store(kv, prefix))
     port = Port(metrics)
     try:
         now = time.time()
@@ -83,22 +89,21 @@ def test_scraped_backup_metrics_follow_the_job_records_in_etcd(kv, prefix):
         assert get(s, "netplugin_backup_catalog_bytes", target="shop-db") == 777_777
 
         # the running job finishes; the next scrape fetches that one record only
-        reads = metrics.backup._reader.reads
+        reads = backup_collector(metrics)._reader.reads
         bstore.update(running.id, lambda j: (j.move("verifying", "checking"), setattr(j, "result", {"size": 1000}),
                                              j.move("succeeded", "done")))
         s = port.scrape()
         assert get(s, "netplugin_backup_jobs", state="running") == 0
         assert get(s, "netplugin_backup_jobs", state="succeeded") == 4
         assert get(s, "netplugin_backup_bytes_total") == 123_456 + 654_321 + 1000
-        assert metrics.backup._reader.reads == reads + 1
+        assert backup_collector(metrics)._reader.reads == reads + 1
     finally:
         port.close()
 
 
 def test_a_scrape_answers_when_etcd_does_not(prefix):
     dead = EtcdKV([f"http://127.0.0.1:{free_port()}"], timeout=1)       # nothing listens there
-    metrics = Metrics()
-    metrics.watch_store(Store(dead, prefix), "h1")
+    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), Store(dead, prefix))
     port = Port(metrics)
     try:
         started = time.monotonic()

@@ -1,5 +1,5 @@
-"""The backup figures of the daemon's /metrics (netplugin/metrics.py
-BackupCollector over netplugin/backup/summary.py): drctl's job and catalog
+"""The backup figures of the daemon's /metrics (backup/exporter.py
+BackupCollector over backup/summary.py, registered by wiring.make_metrics): drctl's job and catalog
 records are written through the real BackupStore into the fake etcd, then the
 registry is scraped as Prometheus would."""
 
@@ -10,12 +10,15 @@ import re
 import pytest
 from prometheus_client import generate_latest
 
+from netplugin.backup.exporter import BackupCollector
 from netplugin.backup.model import STATES
 from netplugin.backup.store import BackupStore
 from netplugin.backup.summary import BackupReader
+from netplugin.config import Config
 from netplugin.kv import Put
 from netplugin.metrics import Metrics
 from netplugin.store import Store
+from netplugin.wiring import make_metrics
 
 from .backup_records import put_backup, put_job
 from .fakes import MemoryKV
@@ -35,9 +38,11 @@ def bstore(kv) -> BackupStore:
 
 @pytest.fixture
 def metrics(kv) -> Metrics:
-    m = Metrics()
-    m.watch_store(Store(kv, PREFIX), "h1")
-    return m
+    return make_metrics(Config(host_id="h1", etcd_prefix=PREFIX), Store(kv, PREFIX))
+
+
+def backup_collector(m: Metrics) -> BackupCollector:
+    return next(c for c in m.collectors if isinstance(c, BackupCollector))
 
 
 def value(m: Metrics, name: str, **labels) -> float | None:
@@ -150,7 +155,7 @@ def test_scrape_with_etcd_down_answers_and_counts_the_error(metrics, bstore, kv)
     text = generate_latest(metrics.registry).decode()
     assert "# TYPE netplugin_backup_jobs gauge" in text            # the families are there, empty
     assert "netplugin_backup_jobs{" not in text                    # no stale figures
-    assert not re.search(r"^netplugin_backup_bytes_total ", text, re.M)
+    assert not re.search(r"^netplugin_backup_bytes_total ", text, re.MULTILINE)
     assert value(metrics, "netplugin_backup_bytes_total") is None
     assert value(metrics, "netplugin_backend_errors_total", backend="etcd") >= 1
     kv.set_down(False)
@@ -163,7 +168,7 @@ def test_later_scrapes_read_only_the_records_that_changed(metrics, bstore):
     running = put_job(bstore, "running", target="b")
     put_backup(bstore, "a", created=1.0, size=1)
     generate_latest(metrics.registry)
-    reader = metrics.backup._reader
+    reader = backup_collector(metrics)._reader
     assert reader.reads == 7
     generate_latest(metrics.registry)
     assert reader.reads == 7                                     # nothing changed: nothing fetched

@@ -22,12 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import netplugin.wiring as backends
 from netplugin.api import create_app
+from netplugin.backup.store import BackupStore
 from netplugin.cli.main import main
-from netplugin.metrics import Metrics
 from netplugin.model import Host
 from netplugin.store import Store
-
-from netplugin.backup.store import BackupStore
 
 from .backup_records import put_job
 from .fakes import ovs_down
@@ -59,8 +57,7 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "netplugin.json
 @pytest.fixture
 def metered(np):
     """Host h1 whose app counts calls, with the etcd collector of host h1."""
-    metrics = Metrics()
-    metrics.watch_store(np.store, np.cfg.host_id)
+    metrics = backends.make_metrics(np.cfg, np.store)
     np.app = create_app(np.cfg, np.driver, np.ipam, None, metrics)
     np.client = np.app.test_client()
     np.metrics = metrics
@@ -415,7 +412,7 @@ def test_status_with_etcd_down_is_exit_1(netctl, kv):
 def test_status_is_listed_in_help(netctl):
     r = netctl("--help")
     assert r.code == 0
-    assert re.search(r"^\s+status\s+the cluster on one screen", r.out, re.M), r.out
+    assert re.search(r"^\s+status\s+the cluster on one screen", r.out, re.MULTILINE), r.out
 
 
 def test_status_counts_backup_jobs_in_the_order_of_their_life(netctl, kv):
