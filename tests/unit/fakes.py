@@ -14,23 +14,13 @@ real code under test.
 
 from __future__ import annotations
 
+import bisect
 import threading
-from typing import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 from netplugin.errors import DataplaneError, DataplaneUnavailable, StoreUnavailable
-from netplugin.kv import Compare, Delete, Item, Put
-
-try:                                   # the watch part of the KV protocol
-    from netplugin.kv import Event
-except ImportError:                    # pragma: no cover - older kv.py
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Event:
-        kind: str
-        key: str
-        value: bytes
-        mod_revision: int
+from netplugin.kv import Compare, Delete, Event, Item, Put
 
 FAKE_ENDPOINTS = "http://127.0.0.1:2379"
 
@@ -41,15 +31,19 @@ def _bytes(value: bytes | str) -> bytes:
 
 class MemoryKV:
     """In-memory etcd v3. Thread-safe; ``down = True`` makes every call fail
-    (and breaks open watches)."""
+    (and breaks open watches). A lease runs out ``ttl`` seconds of ``clock``
+    after it was granted or last refreshed, and its keys go in one revision,
+    as in etcd. tests/contract/kv_suite.py holds it to etcd's answers."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._events: list[Event] = []         # every change, in revision order (never compacted)
         self._data: dict[str, Item] = {}
         self._key_lease: dict[str, int] = {}
         self._leases: dict[int, int] = {}      # lease id -> ttl
+        self._expires: dict[int, float] = {}   # lease id -> clock time it runs out
         self._next_lease = 0x694D0000
         self._sorted: list[str] | None = []
         self.revision = 1                      # an empty etcd cluster is at revision 1
@@ -63,12 +57,34 @@ class MemoryKV:
         self.calls.append(what)
         if self.down:
             raise self._unavailable()
+        self._expire()
 
     @staticmethod
-    def _unavailable() -> StoreUnavailable:
+    def _unavailable(detail: str = "fake etcd is down") -> StoreUnavailable:
         return StoreUnavailable(
-            f"store unavailable: etcd did not answer at {FAKE_ENDPOINTS} (fake etcd is down); "
+            f"store unavailable: etcd did not answer at {FAKE_ENDPOINTS} ({detail}); "
             "check that etcd is running and reachable, then retry")
+
+    def _lease_not_found(self) -> StoreUnavailable:
+        """What EtcdKV raises when etcd answers NOT_FOUND for a lease."""
+        return self._unavailable("etcdserver: requested lease not found")
+
+    def _expire(self) -> None:
+        """Revoke the leases whose time ran out (the caller holds the lock)."""
+        now = self._clock()
+        for lease_id in [i for i, at in self._expires.items() if at <= now]:
+            self._drop_lease(lease_id)
+
+    def _drop_lease(self, lease_id: int) -> None:
+        """Forget the lease and delete its keys in one revision."""
+        self._leases.pop(lease_id, None)
+        self._expires.pop(lease_id, None)
+        keys = [k for k, lease in self._key_lease.items() if lease == lease_id]
+        if keys:
+            self.revision += 1
+            for key in keys:
+                self._delete(key, self.revision)
+            self._cond.notify_all()
 
     def _keys(self) -> list[str]:
         if self._sorted is None:
@@ -76,7 +92,6 @@ class MemoryKV:
         return self._sorted
 
     def _range(self, prefix: str) -> list[str]:
-        import bisect
         keys = self._keys()
         start = bisect.bisect_left(keys, prefix)
         out = []
@@ -153,8 +168,7 @@ class MemoryKV:
                 return False
             for op in success:
                 if isinstance(op, Put) and op.lease and op.lease not in self._leases:
-                    raise StoreUnavailable(f"store unavailable: etcd refused the put of {op.key}: "
-                                           f"lease {op.lease:x} not found")
+                    raise self._lease_not_found()
             rev = self.revision + 1
             changed = False
             for op in success:
@@ -187,6 +201,7 @@ class MemoryKV:
             with self._cond:
                 if self.down:
                     raise self._unavailable()
+                self._expire()
                 batch = self._events[seen:]
                 seen = len(self._events)
                 if not batch:
@@ -209,25 +224,23 @@ class MemoryKV:
             self._check_up("grant_lease")
             self._next_lease += 1
             self._leases[self._next_lease] = ttl
+            self._expires[self._next_lease] = self._clock() + ttl
             return self._next_lease
 
     def refresh_lease(self, lease_id: int) -> None:
+        """As etcd: a lease that ran out or was revoked is not an error here
+        (etcd answers a keep-alive of an unknown lease with TTL 0)."""
         with self._lock:
             self._check_up("refresh_lease")
-            if lease_id not in self._leases:
-                raise StoreUnavailable(f"store unavailable: lease {lease_id:x} not found")
+            if lease_id in self._leases:
+                self._expires[lease_id] = self._clock() + self._leases[lease_id]
 
     def revoke_lease(self, lease_id: int) -> None:
         with self._lock:
             self._check_up("revoke_lease")
-            if self._leases.pop(lease_id, None) is None:
-                raise StoreUnavailable(f"store unavailable: lease {lease_id:x} not found")
-            keys = [k for k, lease in self._key_lease.items() if lease == lease_id]
-            if keys:
-                self.revision += 1
-                for key in keys:
-                    self._delete(key, self.revision)
-                self._cond.notify_all()
+            if lease_id not in self._leases:
+                raise self._lease_not_found()
+            self._drop_lease(lease_id)
 
     def close(self) -> None:
         pass
@@ -236,10 +249,12 @@ class MemoryKV:
     def dump(self) -> dict[str, tuple[bytes, int]]:
         """Every key with its value and mod revision: equal snapshots mean no write."""
         with self._lock:
+            self._expire()
             return {k: (i.value, i.mod_revision) for k, i in self._data.items()}
 
     def keys(self, prefix: str = "") -> list[str]:
         with self._lock:
+            self._expire()
             return list(self._range(prefix))
 
     def load(self, pairs: Iterable[tuple[str, bytes | str]]) -> None:
@@ -252,7 +267,9 @@ class MemoryKV:
             self._cond.notify_all()
 
     def leases(self) -> dict[int, int]:
+        """Live lease id -> the ttl it was granted with."""
         with self._lock:
+            self._expire()
             return dict(self._leases)
 
 
