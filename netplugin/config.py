@@ -1,5 +1,6 @@
 """All settings in one dataclass, read from defaults, a TOML file, the
-environment (``NETPLUGIN_<FIELD>``) and command-line flags, later winning.
+environment (``NETPLUGIN_<FIELD>``) and command-line flags, later winning
+(the loader is settings.py, shared with drctl).
 
 Example file (``/etc/netplugin/netplugin.toml``)::
 
@@ -12,15 +13,14 @@ Example file (``/etc/netplugin/netplugin.toml``)::
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
 import socket
-import tomllib
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import InvalidRequest
+from .settings import load_settings
 
 DEFAULT_CONFIG_FILE = "/etc/netplugin/netplugin.toml"
 ENV_PREFIX = "NETPLUGIN_"
@@ -68,7 +68,7 @@ class Config:
     reconcile_dead_host_after: float | None = None     # seconds; unset = never release dead hosts' endpoints
     reconcile_tombstone_max_age: float = 7 * 86400.0   # release tombstones older than this are pruned
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raise InvalidRequest naming the first setting that cannot work."""
         if not self.etcd_endpoints:
             raise InvalidRequest("etcd_endpoints is empty: give at least one URL such as http://127.0.0.1:2379")
@@ -115,59 +115,9 @@ class Config:
         return self
 
 
-def _coerce(name: str, kind: Any, raw: Any) -> Any:
-    """Turn a string from the environment or a flag into the field's type."""
-    if raw is None:
-        return None
-    text = str(kind)
-    if "list" in text:
-        if isinstance(raw, list):
-            return [str(x) for x in raw]
-        return [part.strip() for part in str(raw).split(",") if part.strip()]
-    if text.startswith("int") or kind is int:
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"setting {name} must be a whole number, not {raw!r}") from None
-    if text.startswith("float") or kind is float:
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"setting {name} must be a number, not {raw!r}") from None
-    return str(raw)
-
-
 def load(path: str | None = None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build a Config: defaults < file < environment < overrides (flags).
-
-    A missing default file is fine; a missing file that was asked for is not.
-    """
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    known = {f.name: f.type for f in fields(Config)}
-    path = path or env.get(ENV_PREFIX + "CONFIG")
-    file_path = path or DEFAULT_CONFIG_FILE
-    if os.path.exists(file_path):
-        try:
-            with open(file_path, "rb") as fh:
-                data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidRequest(f"cannot read config file {file_path}: {exc}") from None
-        for key, raw in data.items():
-            key = key.replace("-", "_")
-            if key not in known:
-                raise InvalidRequest(f"config file {file_path}: unknown setting {key!r}")
-            values[key] = _coerce(key, known[key], raw)
-    elif path:
-        raise InvalidRequest(f"config file {path} does not exist")
-    for key, kind in known.items():
-        raw = env.get(ENV_PREFIX + key.upper())
-        if raw is not None and raw != "":
-            values[key] = _coerce(key, kind, raw)
-    for key, raw in (overrides or {}).items():
-        if key not in known:
-            raise InvalidRequest(f"unknown setting {key!r}")
-        if raw is not None:
-            values[key] = _coerce(key, known[key], raw)
-    return dataclasses.replace(Config(), **values).validate()
+    """Build a Config: defaults < file < environment < overrides (flags), by
+    the loader both tools share (settings.py). A missing default file is
+    fine; a missing file that was asked for is not."""
+    return load_settings(Config, ENV_PREFIX, DEFAULT_CONFIG_FILE, path, env, overrides)

@@ -1,4 +1,6 @@
-"""drctl settings: defaults < ``/etc/netplugin/drctl.toml`` < ``DRCTL_*`` < flags.
+"""drctl settings: defaults < ``/etc/netplugin/drctl.toml`` (or the file that
+``--drctl-config`` or ``DRCTL_CONFIG`` names, which must exist) < ``DRCTL_*`` <
+flags, by the loader netplugin's settings use too (netplugin/settings.py).
 
 etcd, the host id and Docker's address are netplugin's own settings
 (``/etc/netplugin/netplugin.toml``, ``NETPLUGIN_*``): drctl reads them with
@@ -16,13 +18,13 @@ Example ``/etc/netplugin/drctl.toml``::
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidRequest
+from ..settings import load_settings
 
 DEFAULT_FILE = "/etc/netplugin/drctl.toml"
 ENV_PREFIX = "DRCTL_"
@@ -55,7 +57,7 @@ class BackupConfig:
     profile_wait: float = 15.0                 # seconds to wait for netplugin to enforce a profile
     lock_timeout: float = 20.0                 # seconds the backup may hold the source's global read lock
 
-    def validate(self) -> "BackupConfig":
+    def validate(self) -> BackupConfig:
         if not 1 <= int(self.max_jobs) <= 256:
             raise InvalidRequest(f"max_jobs {self.max_jobs} must be between 1 and 256")
         if not os.path.isabs(self.work_dir):
@@ -70,53 +72,7 @@ class BackupConfig:
         return self
 
 
-def _coerce(name: str, kind: Any, raw: Any) -> Any:
-    text = str(kind)
-    if text.startswith("bool") or kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        value = str(raw).strip().lower()
-        if value in ("1", "true", "yes", "on"):
-            return True
-        if value in ("0", "false", "no", "off"):
-            return False
-        raise InvalidRequest(f"setting {name} must be true or false, not {raw!r}")
-    try:
-        if text.startswith("int") or kind is int:
-            return int(raw)
-        if text.startswith("float") or kind is float:
-            return float(raw)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"setting {name} must be a number, not {raw!r}") from None
-    return str(raw)
-
-
 def load(path: str | None = None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> BackupConfig:
-    env = os.environ if env is None else env
-    known = {f.name: f.type for f in fields(BackupConfig)}
-    values: dict[str, Any] = {}
-    file_path = path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_FILE
-    if os.path.exists(file_path):
-        try:
-            with open(file_path, "rb") as fh:
-                data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidRequest(f"cannot read {file_path}: {exc}") from None
-        for key, raw in data.items():
-            key = key.replace("-", "_")
-            if key not in known:
-                raise InvalidRequest(f"{file_path}: unknown setting {key!r}")
-            values[key] = _coerce(key, known[key], raw)
-    elif path:
-        raise InvalidRequest(f"config file {path} does not exist")
-    for key, kind in known.items():
-        raw = env.get(ENV_PREFIX + key.upper())
-        if raw not in (None, ""):
-            values[key] = _coerce(key, kind, raw)
-    for key, raw in (overrides or {}).items():
-        if key not in known:
-            raise InvalidRequest(f"unknown setting {key!r}")
-        if raw is not None:
-            values[key] = _coerce(key, known[key], raw)
-    return dataclasses.replace(BackupConfig(), **values).validate()
+    """Build a BackupConfig by the loader both tools share (settings.py)."""
+    return load_settings(BackupConfig, ENV_PREFIX, DEFAULT_FILE, path, env, overrides)

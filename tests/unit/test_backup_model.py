@@ -162,11 +162,14 @@ def test_settings_file_env_and_flags(tmp_path):
     f.write_text('max_jobs = 3\nwrite_bps = "20m"\nstrict = false\n')
     c = config.load(str(f), env={"DRCTL_MAX_JOBS": "4"}, overrides={"cpus": "0.5"})
     assert (c.max_jobs, c.write_bps, c.strict, c.cpus) == (4, "20m", False, 0.5)
+    f.with_name("valid.toml").write_text("cpus = 2\n")
     f.write_text("maxjobs = 3\n")
     with pytest.raises(InvalidRequest, match="unknown setting"):
         config.load(str(f), env={})
     with pytest.raises(InvalidRequest, match="max_jobs"):
-        config.load(None, env={"DRCTL_MAX_JOBS": "0", "DRCTL_CONFIG": str(tmp_path / "absent")})
+        config.load(None, env={"DRCTL_MAX_JOBS": "0", "DRCTL_CONFIG": str(f.with_name("valid.toml"))})
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        config.load(None, env={"DRCTL_CONFIG": str(tmp_path / "absent")})
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("6h", 21600), ("7d", 604800),
