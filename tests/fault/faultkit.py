@@ -11,37 +11,41 @@ own, bridges ``npfb-<hex>``, subnets in 10.251.0.0/16 and VLANs 3600-3699.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import subprocess
-import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 from netplugin.config import load
-from netplugin.wiring import make_store
 from netplugin.dataplane.links import HOST_END_RE
 from netplugin.store import Store
-
+from netplugin.wiring import make_store
 from tests.e2e.conftest import DOCKER, ETCD, IMAGE, Plugin, docker, run
+from tests.harness import REPO, etcd
+from tests.harness.daemon import settings_env
+from tests.harness.proc import wait_until
 
-__all__ = ["DOCKER", "ETCD", "IMAGE", "LABEL", "Daemon", "docker", "run", "wait_until", "host_veths",
-           "delete_prefix", "ofctl_lines", "rm_networks"]
+__all__ = [
+    "DOCKER",
+    "ETCD",
+    "IMAGE",
+    "LABEL",
+    "REPO",
+    "Daemon",
+    "delete_prefix",
+    "docker",
+    "host_veths",
+    "ofctl_lines",
+    "rm_networks",
+    "run",
+    "serving",
+    "wait_until",
+]
 
 LABEL = "netplugin.fault-b=1"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(check: Callable[[], object], timeout: float, every: float = 0.2):
-    """check's first truthy result, or its last result when timeout passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(every)
 
 
 def ofctl_lines(*args: str) -> list[str]:
@@ -62,7 +66,7 @@ def bridge_of_port(name: str) -> str | None:
 
 
 def delete_prefix(prefix: str) -> None:
-    run("etcdctl", f"--endpoints={ETCD}", "del", "--prefix", prefix + "/", check=False)
+    etcd.delete_prefix(ETCD, prefix + "/")
 
 
 class Daemon(Plugin):
@@ -77,11 +81,10 @@ class Daemon(Plugin):
         self.host_id = f"fb-{driver}-{tag}"
         self.bridge = f"npfb-{tag}"
         self.log = tmp / f"netplugin-{self.host_id}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
-        env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_ENDPOINTS=ETCD, NETPLUGIN_ETCD_PREFIX=self.prefix,
-                   NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=self.bridge, NETPLUGIN_DATAPATH_TYPE="netdev",
-                   NETPLUGIN_SOCKET=self.socket, NETPLUGIN_METRICS_ADDRESS="off", ETCDCTL_API="3")
-        self.env = env
+        self.env = settings_env(etcd_endpoints=ETCD, etcd_prefix=self.prefix, host_id=self.host_id,
+                                bridge=self.bridge, datapath_type="netdev", socket=self.socket,
+                                metrics_address="off")
+        self.env["ETCDCTL_API"] = "3"
         self._store: Store | None = None
         self.restarts = 0
 
@@ -96,16 +99,12 @@ class Daemon(Plugin):
         self.restarts += 1
         return time.monotonic() - t0
 
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
     def cleanup(self) -> None:
         """Stop the daemon; remove its bridge and its etcd prefix."""
         self.stop()
         run("ovs-vsctl", "--timeout=20", "--if-exists", "del-br", self.bridge, check=False)
         delete_prefix(self.prefix)
-        if os.path.exists(self.socket):
-            os.unlink(self.socket)
+        Path(self.socket).unlink(missing_ok=True)
 
     # -- Docker ----------------------------------------------------------------------------
     def network(self, name: str, subnet: str, *opts: str) -> str:
@@ -172,13 +171,26 @@ class Daemon(Plugin):
                          or bridge_of_port(name) not in (None, self.bridge)))
         return [f for f in report["findings"] if not foreign(f)]
 
-    def reconcile(self, *args: str) -> dict:
-        proc = subprocess.run([sys.executable, "-m", "netplugin.reconcile_cli", "--json", *args], env=self.env,
-                              capture_output=True, text=True, timeout=180)
-        assert proc.returncode == 0, proc.stderr
-        lines = proc.stdout.strip().splitlines()
-        assert len(lines) == 1, f"the report must be one line: {proc.stdout!r}"
-        return json.loads(lines[0])
+    def reconcile(self, *args: str, timeout: float = 180) -> dict:
+        return super().reconcile(*args, timeout=timeout)
+
+
+@contextmanager
+def serving(tmp: Path, driver: str, repair: Callable[[], object] = lambda: None) -> Iterator[Daemon]:
+    """A started Daemon for a test module. On the way out: ``repair`` (what the
+    test broke on purpose), then its containers and networks (the daemon started
+    again if it is down: Docker needs it to remove them), bridge and etcd prefix."""
+    d = Daemon(tmp, driver)
+    d.start()
+    try:
+        yield d
+    finally:
+        repair()
+        remove_containers()
+        if not d.alive():
+            d.start()
+        remove_networks(driver)
+        d.cleanup()
 
 
 def remove_containers(label: str = LABEL) -> int:

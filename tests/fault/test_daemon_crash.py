@@ -21,7 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .faultkit import IMAGE, LABEL, Daemon, docker, host_veths, remove_containers, remove_networks, wait_until
+from .faultkit import (
+    IMAGE,
+    LABEL,
+    docker,
+    host_veths,
+    remove_containers,
+    serving,
+    wait_until,
+)
 
 LIFECYCLES = 200
 WORKERS = 8
@@ -32,16 +40,8 @@ IN_FLIGHT_FLOOR = 10.0              # reconcile.IN_FLIGHT_FLOOR: nothing younger
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("crash"), "npfb3")
-    d.start()
-    try:
+    with serving(tmp_path_factory.mktemp("crash"), "npfb3") as d:
         yield d
-    finally:
-        remove_containers()
-        if d.proc is None or d.proc.poll() is not None:
-            d.start()               # Docker needs the plugin to remove its networks
-        remove_networks("npfb3")
-        d.cleanup()
 
 
 def test_kill9_during_200_lifecycles_then_one_reconcile_leaves_nothing(daemon):

@@ -28,8 +28,17 @@ from pathlib import Path
 
 import pytest
 
-from .faultkit import IMAGE, LABEL, REPO, Daemon, docker, host_veths, remove_containers, remove_networks, \
-    wait_until
+from .faultkit import (
+    IMAGE,
+    LABEL,
+    REPO,
+    Daemon,
+    docker,
+    host_veths,
+    remove_containers,
+    serving,
+    wait_until,
+)
 
 SUBNET = "10.251.30.0/24"           # VLAN 3630
 DAEMON_JSON = Path("/etc/docker/daemon.json")
@@ -120,16 +129,8 @@ def dockerd_restored():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("docker"), "npfb5")
-    d.start()
-    try:
+    with serving(tmp_path_factory.mktemp("docker"), "npfb5", repair=lambda: docker_up() or start_dockerd()) as d:
         yield d
-    finally:
-        if not docker_up():
-            start_dockerd()
-        remove_containers()
-        remove_networks("npfb5")
-        d.cleanup()
 
 
 def ip_of(name: str) -> str:

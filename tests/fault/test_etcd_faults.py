@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from tests.integration.test_etcd_cluster import Cluster, etcdctl
+from tests.harness.etcd import Cluster, etcdctl
 
 from .conftest import IMAGE, FaultDaemon, docker, links
 

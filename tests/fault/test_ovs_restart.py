@@ -19,8 +19,18 @@ import time
 
 import pytest
 
-from .faultkit import IMAGE, LABEL, REPO, Daemon, docker, host_veths, ofctl_lines, remove_containers, \
-    remove_networks, run, wait_until
+from .faultkit import (
+    IMAGE,
+    LABEL,
+    REPO,
+    docker,
+    host_veths,
+    ofctl_lines,
+    remove_containers,
+    run,
+    serving,
+    wait_until,
+)
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 SUBNET = "10.251.20.0/24"           # VLAN 3620
@@ -40,16 +50,8 @@ def start_services() -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("ovs"), "npfb4")
-    d.start()
-    try:
+    with serving(tmp_path_factory.mktemp("ovs"), "npfb4", repair=lambda: ovs_up() or start_services()) as d:
         yield d
-    finally:
-        if not ovs_up():
-            start_services()
-        remove_containers()
-        remove_networks("npfb4")
-        d.cleanup()
 
 
 def ip_of(name: str) -> str:

@@ -27,8 +27,10 @@ from netplugin.dataplane.ovs import Switch
 from netplugin.errors import NetpluginError
 from netplugin.kv import Delete, EtcdKV
 from netplugin.store import Store
+from tests.harness import netns as nskit
+from tests.harness import proc
+from tests.harness.etcd import ETCD
 
-ETCD = os.environ.get("NETPLUGIN_TEST_ETCD", "http://127.0.0.1:2379")
 OVSDB = os.environ.get("NETPLUGIN_TEST_OVSDB", "unix:/var/run/openvswitch/db.sock")
 
 
@@ -36,10 +38,7 @@ OVSDB = os.environ.get("NETPLUGIN_TEST_OVSDB", "unix:/var/run/openvswitch/db.soc
 
 def run(args: list[str], check: bool = True, timeout: float = 20, **kw) -> subprocess.CompletedProcess:
     """Run an argument list (never a shell string); on failure show its output."""
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return proc
+    return proc.run(args, check=check, timeout=timeout, **kw)
 
 
 def vsctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -132,15 +131,15 @@ def ovs_ready() -> str:
                     "iproute2, iputils-ping, ethtool)", pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("the integration ring needs root (veths, namespaces, OVS)", pytrace=False)
-    proc = run(["ovs-vsctl", f"--db={OVSDB}", "--timeout=5", "show"], check=False)
-    if proc.returncode != 0:
+    done = run(["ovs-vsctl", f"--db={OVSDB}", "--timeout=5", "show"], check=False)
+    if done.returncode != 0:
         pytest.fail(f"Open vSwitch is not reachable at {OVSDB} (set NETPLUGIN_TEST_OVSDB to override): "
-                    f"{proc.stderr.strip()}. Start it with /usr/share/openvswitch/scripts/ovs-ctl start.",
+                    f"{done.stderr.strip()}. Start it with /usr/share/openvswitch/scripts/ovs-ctl start.",
                     pytrace=False)
     # ovs-vswitchd itself must answer too, or bridges are made in the database only.
-    proc = run(["ovs-appctl", "--timeout=5", "version"], check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"ovs-vswitchd is not running: {proc.stderr.strip()}", pytrace=False)
+    done = run(["ovs-appctl", "--timeout=5", "version"], check=False)
+    if done.returncode != 0:
+        pytest.fail(f"ovs-vswitchd is not running: {done.stderr.strip()}", pytrace=False)
     return OVSDB
 
 
@@ -204,25 +203,9 @@ def veths(ovs_ready):
     f.cleanup()
 
 
-class NetnsFactory:
-    def __init__(self):
-        self.made: list[str] = []
-
-    def new(self) -> str:
-        name = "nptest-" + secrets.token_hex(4)
-        run(["ip", "netns", "add", name])
-        self.made.append(name)
-        run(["ip", "-n", name, "link", "set", "lo", "up"])
-        return name
-
-    def cleanup(self) -> None:
-        for name in self.made:
-            run(["ip", "netns", "del", name], check=False)
-
-
 @pytest.fixture
 def netns(ovs_ready):
-    f = NetnsFactory()
+    f = nskit.Namespaces("nptest-")
     yield f
     f.cleanup()
 
@@ -231,28 +214,19 @@ def netns(ovs_ready):
 
 def move_into(ns: str, ifname: str, address: str, new_name: str | None = None) -> str:
     """Move a link into ns (optionally renaming it), give it address (a.b.c.d/len), bring it up."""
-    args = ["ip", "link", "set", "dev", ifname, "netns", ns]
-    if new_name:
-        args += ["name", new_name]
-    run(args)
-    name = new_name or ifname
-    run(["ip", "-n", ns, "addr", "add", address, "dev", name])
-    run(["ip", "-n", ns, "link", "set", "dev", name, "up"])
-    return name
+    return nskit.adopt(ns, ifname, address, new_name=new_name)
 
 
-def ping(ns: str, address: str, count: int = 2, wait: int = 2, interval: float = 0.2) -> subprocess.CompletedProcess:
-    return run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", str(interval), "-W", str(wait), address],
-               check=False)
+ping = nskit.ping
 
 
 def ping_until(ns: str, address: str, within: float = 10.0) -> subprocess.CompletedProcess:
     """Ping until a reply comes (the first packets can go to ARP and flow setup)."""
     stop = time.monotonic() + within
     while True:
-        proc = ping(ns, address)
-        if proc.returncode == 0 or time.monotonic() > stop:
-            return proc
+        done = ping(ns, address)
+        if done.returncode == 0 or time.monotonic() > stop:
+            return done
 
 
 TCP_SERVER = r"""

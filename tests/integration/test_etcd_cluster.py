@@ -15,11 +15,7 @@ with TLS and user/password authentication.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,119 +25,11 @@ from pathlib import Path
 import pytest
 
 from netplugin.unixhttp import call
+from tests.harness import daemon as harness
+from tests.harness.etcd import Cluster, etcdctl, secure_member
+from tests.harness.proc import run
 
 pytestmark = pytest.mark.integration
-
-ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (bound at once, so distinct)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def etcdctl(endpoints: str, *args: str, timeout: float = 15, extra: list[str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["etcdctl", f"--endpoints={endpoints}", "--dial-timeout=2s", "--command-timeout=5s",
-                           *(extra or []), *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, ETCDCTL_API="3"))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"etcdctl {' '.join(args)}: {proc.stderr}")
-    return proc
-
-
-class Member:
-    def __init__(self, name: str, client_port: int, peer_port: int, data: Path, log: Path):
-        self.name = name
-        self.client = f"http://127.0.0.1:{client_port}"
-        self.peer = f"http://127.0.0.1:{peer_port}"
-        self.data = data
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, cluster: str, token: str, extra: list[str] | None = None) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.data.chmod(0o700)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [ETCD_BIN, "--name", self.name, "--data-dir", str(self.data),
-                 "--listen-client-urls", self.client, "--advertise-client-urls", self.client,
-                 "--listen-peer-urls", self.peer, "--initial-advertise-peer-urls", self.peer,
-                 "--initial-cluster", cluster, "--initial-cluster-token", token,
-                 "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
-                 # As docs/etcd.md asks of production members: without pre-vote (off by
-                 # default before etcd 3.5) a member that comes back calls an election
-                 # of its own and stalls the cluster a second time.
-                 "--pre-vote",
-                 *(extra or [])],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
-class Cluster:
-    def __init__(self, tmp: Path, size: int = 3):
-        ports = free_ports(2 * size)
-        self.members = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], tmp / f"m{i}", tmp / f"m{i}.log")
-                        for i in range(size)]
-        self.token = "nptest-" + secrets.token_hex(4)
-
-    @property
-    def endpoints(self) -> str:
-        return ",".join(m.client for m in self.members)
-
-    def start(self) -> None:
-        spec = ",".join(f"{m.name}={m.peer}" for m in self.members)
-        for m in self.members:
-            m.start(spec, self.token)
-        deadline = time.monotonic() + 30
-        while etcdctl(self.endpoints, "endpoint", "health", check=False).returncode != 0:
-            for m in self.members:
-                if m.proc.poll() is not None:
-                    raise AssertionError(f"etcd {m.name} exited:\n{m.log.read_text()[-3000:]}")
-            assert time.monotonic() < deadline, "the 3-member cluster did not become healthy in 30 s"
-            time.sleep(0.3)
-
-    def status(self) -> list[dict]:
-        out = etcdctl(self.endpoints, "endpoint", "status", "-w", "json", check=False).stdout
-        return json.loads(out) if out.strip() else []
-
-    def make_leader(self, member: Member) -> None:
-        """Move the leadership to member (etcdctl move-leader, asked of the current leader)."""
-        for _ in range(20):
-            status = self.status()
-            by_endpoint = {s["Endpoint"]: s for s in status}
-            if member.client not in by_endpoint:
-                time.sleep(0.3)
-                continue
-            target = by_endpoint[member.client]["Status"]["header"]["member_id"]
-            leader = by_endpoint[member.client]["Status"]["leader"]
-            if leader == target:
-                return
-            leader_ep = next(s["Endpoint"] for s in status if s["Status"]["header"]["member_id"] == leader)
-            etcdctl(leader_ep, "move-leader", format(target, "x"), check=False)
-            time.sleep(0.5)
-        raise AssertionError(f"could not make {member.name} the leader: {self.status()}")
-
-    def stop(self) -> None:
-        for m in self.members:
-            m.kill()
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {m.log}\n{m.log.read_text(errors='replace')[-1500:]}" for m in self.members
-                         if m.log.exists())
 
 
 @pytest.fixture
@@ -154,53 +42,29 @@ def cluster(tmp_path, ovs_ready):
         c.stop()
 
 
-class Daemon:
+class Daemon(harness.Daemon):
     """A netplugin daemon on a socket of its own (no Docker involved), with the cluster's endpoints."""
 
     def __init__(self, tmp: Path, endpoints: str, prefix: str, tag: str):
         self.host_id = f"nptest-{tag}-" + secrets.token_hex(2)
         self.bridge = "nptest" + secrets.token_hex(3)
-        self.socket = str(tmp / f"{tag}.sock")
-        self.log = tmp / f"{tag}.log"
+        socket = str(tmp / f"{tag}.sock")
+        super().__init__(socket, tmp / f"{tag}.log", harness.settings_env(
+            etcd_endpoints=endpoints, etcd_prefix=prefix, host_id=self.host_id, bridge=self.bridge,
+            datapath_type="netdev", socket=socket))
         (tmp / f"xdg-{tag}").mkdir(exist_ok=True)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
-        self.env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_ENDPOINTS=endpoints, NETPLUGIN_ETCD_PREFIX=prefix,
-                        NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=self.bridge,
-                        NETPLUGIN_DATAPATH_TYPE="netdev", NETPLUGIN_SOCKET=self.socket,
-                        XDG_RUNTIME_DIR=str(tmp / f"xdg-{tag}"))
-        self.proc: subprocess.Popen | None = None
+        self.env["XDG_RUNTIME_DIR"] = str(tmp / f"xdg-{tag}")
 
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited:\n{self.log.read_text()[-3000:]}"
-            try:
-                if call(self.socket, "Plugin.Activate", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"daemon did not listen in 15 s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.bridge], capture_output=True)
+    def stop(self, grace: float = 10) -> None:
+        super().stop(grace)
+        run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.bridge], check=False)
 
 
-def netctl(endpoints: str, prefix: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
-    env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_PREFIX=prefix)
-    return subprocess.run([sys.executable, "-m", "netplugin.cli.main", "--etcd-endpoints", endpoints, *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+def netctl(endpoints: str, prefix: str, *args: str, timeout: float = 60,
+           **settings: str) -> subprocess.CompletedProcess:
+    """netctl with only these settings: the endpoints as a flag, the rest from NETPLUGIN_*."""
+    return run([sys.executable, "-m", "netplugin.cli.main", "--etcd-endpoints", endpoints, *args], check=False,
+               timeout=timeout, env=harness.settings_env(etcd_prefix=prefix, **settings))
 
 
 class Allocator:
@@ -321,63 +185,24 @@ def test_member_killed_mid_run(cluster, tmp_path):
     except AssertionError:
         print(cluster.logs())
         for d in daemons:
-            print(f"--- {d.log}\n{d.log.read_text(errors='replace')[-3000:]}" if d.log.exists() else "")
+            print(f"--- {d.log}\n{d.tail()}")
         raise
     finally:
         for d in daemons:
             d.stop()
-        live = ",".join(m.client for m in cluster.members if m.proc and m.proc.poll() is None)
+        live = cluster.live_endpoints()
         if live:
             etcdctl(live, "del", "--prefix", prefix + "/", check=False)
 
 
 # -- TLS and authentication ------------------------------------------------------------
 
-def make_certs(d: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
-    d.mkdir(parents=True, exist_ok=True)
-
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-         "-subj", "/CN=netplugin test CA")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
-                      ("client", "extendedKeyUsage=clientAuth")):
-        (d / f"{name}.ext").write_text(ext + "\n")
-        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/CN=netplugin-{name}")
-        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return {"ca": d / "ca.pem", "cert": d / "client.pem", "key": d / "client.key",
-            "server_cert": d / "server.pem", "server_key": d / "server.key"}
-
-
 @pytest.fixture
 def secure_etcd(tmp_path):
     """One etcd member on https that demands a client certificate, with
     authentication on: user 'np' (password 'np-secret') may read and write /netplugin/."""
-    certs = make_certs(tmp_path / "pki")
-    client_port, peer_port = free_ports(2)
-    url = f"https://127.0.0.1:{client_port}"
-    m = Member("s0", client_port, peer_port, tmp_path / "s0", tmp_path / "s0.log")
-    m.client = url
-    m.start(f"s0={m.peer}", "nptest-tls-" + secrets.token_hex(3), extra=[
-        "--cert-file", str(certs["server_cert"]), "--key-file", str(certs["server_key"]),
-        "--trusted-ca-file", str(certs["ca"]), "--client-cert-auth"])
-    tls = [f"--cacert={certs['ca']}", f"--cert={certs['cert']}", f"--key={certs['key']}"]
-    try:
-        deadline = time.monotonic() + 30
-        while etcdctl(url, "endpoint", "health", extra=tls, check=False).returncode != 0:
-            assert m.proc.poll() is None, m.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"the TLS member did not become healthy:\n{m.log.read_text()[-3000:]}"
-            time.sleep(0.3)
-        for args in (["user", "add", "root:root-secret"], ["user", "add", "np:np-secret"], ["role", "add", "np"],
-                     ["role", "grant-permission", "np", "--prefix=true", "readwrite", "/netplugin/"],
-                     ["user", "grant-role", "np", "np"], ["auth", "enable"]):
-            etcdctl(url, *args, extra=tls)
-        yield {"url": url, **certs}
-    finally:
-        m.kill()
+    with secure_member(tmp_path) as s:
+        yield s
 
 
 def test_netctl_and_daemon_with_tls_and_password(secure_etcd, tmp_path, ovs_ready):
@@ -390,11 +215,7 @@ def test_netctl_and_daemon_with_tls_and_password(secure_etcd, tmp_path, ovs_read
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["vlan"] == 501
     # The password from the environment, as the help advises.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
-    env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_PREFIX=prefix, NETPLUGIN_ETCD_PASSWORD="np-secret")
-    listed = subprocess.run([sys.executable, "-m", "netplugin.cli.main", "--etcd-endpoints", s["url"], *tls,
-                             "--user", "np", "network", "ls", "--json"], env=env, capture_output=True, text=True,
-                            timeout=60)
+    listed = netctl(s["url"], prefix, *tls, "--user", "np", "network", "ls", "--json", etcd_password="np-secret")
     assert listed.returncode == 0, listed.stderr
     assert [n["name"] for n in json.loads(listed.stdout)] == ["sec"]
 
@@ -435,7 +256,7 @@ def test_netctl_and_daemon_with_tls_and_password(secure_etcd, tmp_path, ovs_read
         usage = json.loads(netctl(s["url"], prefix, *tls, *auth, "ipam", "show", "sec", "--json").stdout)
         assert usage["used"] == 2
     except AssertionError:
-        print(d.log.read_text(errors="replace")[-3000:] if d.log.exists() else "(no daemon log)")
+        print(d.tail())
         raise
     finally:
         d.stop()

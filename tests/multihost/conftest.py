@@ -13,7 +13,6 @@ at). Nothing here skips: a missing dockerd, OVS or etcd fails the ring.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -25,39 +24,28 @@ from pathlib import Path
 import pytest
 
 from netplugin.unixhttp import call
+from tests.harness import rig as rigkit
+from tests.harness.daemon import settings_env
+from tests.harness.etcd import ETCD, keys
+from tests.harness.proc import run
 
-REPO = Path(__file__).resolve().parents[2]
-RIG = REPO / "scripts" / "rig.sh"
+__all__ = ["DOCKER", "ETCD", "LABEL", "RIG", "netctl_env", "run"]
+
+RIG = rigkit.RIG
 DOCKER = "/usr/bin/docker"          # the 20.10 client that matches the daemons
-ETCD = os.environ.get("NETPLUGIN_TEST_ETCD", "http://127.0.0.1:2379")
-LOCK = "/run/lock/netplugin-rig.lock"
 LABEL = "netplugin.rig-test=1"
-
-
-def run(args: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    """Run an argument list (never a shell string); on failure show its output."""
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout[-2000:]}\n"
-                             f"stderr: {proc.stderr[-2000:]}")
-    return proc
 
 
 def netctl_env(etcd: str, prefix: str, docker_host: str | None = None, socket: str | None = None) -> dict:
     """The environment netctl runs with: only our settings, never the caller's NETPLUGIN_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
-    env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_ENDPOINTS=etcd, NETPLUGIN_ETCD_PREFIX=prefix)
-    if docker_host:
-        env["NETPLUGIN_DOCKER_URL"] = docker_host
-    if socket:
-        env["NETPLUGIN_SOCKET"] = socket
-    return env
+    more = {"docker_url": docker_host, "socket": socket}
+    return settings_env(etcd_endpoints=etcd, etcd_prefix=prefix, **{k: v for k, v in more.items() if v})
 
 
 class Host:
     """One rig host: its dockerd, its plugin daemon, its bridge and trunk end."""
 
-    def __init__(self, rig: "Rig", letter: str, env: dict[str, str]):
+    def __init__(self, rig: Rig, letter: str, env: dict[str, str]):
         up = letter.upper()
         self.rig = rig
         self.letter = letter
@@ -154,9 +142,7 @@ class Rig:
         return self.a.netctl(*args, **kw)
 
     def etcd_keys(self, sub: str) -> list[str]:
-        out = run(["etcdctl", f"--endpoints={self.etcd}", "get", "--prefix", "--keys-only",
-                   f"{self.prefix}/{sub}"]).stdout
-        return [line for line in out.splitlines() if line.strip()]
+        return keys(self.etcd, f"{self.prefix}/{sub}")
 
     def clean(self) -> None:
         """Both hosts without containers or netplugin networks; no global network left."""
@@ -170,26 +156,15 @@ class Rig:
                          for h in self.hosts if h.log.exists())
 
 
-def _lock(timeout: float = 600):
-    """One test session at a time owns the rig (it is one per machine)."""
-    fh = open(LOCK, "w")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fh
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"another session holds the rig ({LOCK}) for more than {timeout:.0f} s", pytrace=False)
-            time.sleep(1)
-
-
 @pytest.fixture(scope="session")
 def rig():
     os.environ["ETCDCTL_API"] = "3"
     if os.geteuid() != 0:
         pytest.fail("the multi-host ring needs root (dockerd, OVS, veths)", pytrace=False)
-    lock = _lock()
+    try:
+        lock = rigkit.lock(600)
+    except TimeoutError as exc:
+        pytest.fail(str(exc), pytrace=False)
     prefix = "/netplugin/rig-" + secrets.token_hex(4)
     started = time.monotonic()
     proc = run(["bash", str(RIG), "start", "--python", sys.executable, "--etcd-endpoints", ETCD,
@@ -198,7 +173,7 @@ def rig():
         lock.close()
         pytest.fail(f"scripts/rig.sh start failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{proc.stdout}",
                     pytrace=False)
-    env = dict(line.split("=", 1) for line in run(["bash", str(RIG), "env"]).stdout.splitlines() if "=" in line)
+    env = rigkit.rig_env()
     r = Rig(env, ETCD, prefix)
     r.start_seconds = time.monotonic() - started
     try:

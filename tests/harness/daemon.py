@@ -1,0 +1,133 @@
+"""One netplugin daemon process under test.
+
+It runs as `python -m netplugin.daemon` in a session of its own (so its
+process group, gunicorn's arbiter and worker, is stopped together), with its
+settings only from NETPLUGIN_* variables, its output appended to a log file.
+`start` returns once the socket answers Plugin.Activate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from netplugin.unixhttp import call
+
+from .proc import Failed, stop_group, tail
+
+
+def settings_env(isolated: bool = True, base: dict[str, str] | None = None, **settings) -> dict[str, str]:
+    """The environment for a daemon or a command-line tool: base (default the
+    caller's environment) plus NETPLUGIN_<NAME> for each setting. isolated: the
+    caller's NETPLUGIN_* are dropped and NETPLUGIN_CONFIG is /dev/null, so
+    neither they nor /etc/netplugin/netplugin.toml can leak in."""
+    env = dict(os.environ if base is None else base)
+    if isolated:
+        env = {k: v for k, v in env.items() if not k.startswith("NETPLUGIN_")}
+        env["NETPLUGIN_CONFIG"] = "/dev/null"
+    env.update({f"NETPLUGIN_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def answers(socket_path: str) -> bool:
+    """Whether a network driver answers Plugin.Activate on the socket."""
+    if not os.path.exists(socket_path):
+        return False
+    try:
+        status, reply = call(socket_path, "Plugin.Activate", timeout=2)
+    except OSError:
+        return False
+    return status == 200 and "NetworkDriver" in reply.get("Implements", [])
+
+
+class Daemon:
+    """A netplugin daemon on `socket`, configured by `env`, logging to `log`.
+
+    cwd: the folder to start it in (`python -m` imports from there first)."""
+
+    def __init__(self, socket: str, log: Path, env: dict[str, str], cwd: str | None = None):
+        self.socket = socket
+        self.log = log
+        self.env = env
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+
+    # -- the process ---------------------------------------------------------------------
+    def start(self, within: float = 15) -> float:
+        """Start it; the seconds until it answered on its socket."""
+        started = time.monotonic()
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, cwd=self.cwd)
+        while time.monotonic() - started < within:
+            if self.proc.poll() is not None:
+                raise Failed(f"netplugin exited at start:\n{self.tail()}")
+            if self.answers():
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise Failed(f"netplugin did not listen on {self.socket} within {within:g} s:\n{self.tail()}")
+
+    def claim_socket(self, hint: str = "") -> None:
+        """Refuse when another process serves the socket; remove it when stale."""
+        if self.answers():
+            raise Failed(f"another process already serves {self.socket}{hint}")
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+
+    def answers(self) -> bool:
+        return answers(self.socket)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM to its process group; SIGKILL after grace seconds."""
+        stop_group(self.proc, signal.SIGTERM, grace)
+
+    def kill9(self) -> None:
+        stop_group(self.proc, signal.SIGKILL)
+
+    def pids(self) -> list[int]:
+        """Its processes (gunicorn's arbiter and its worker): its process group."""
+        assert self.proc is not None
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getpgid(int(entry)) == self.proc.pid:
+                        out.append(int(entry))
+                except ProcessLookupError:
+                    pass
+        return out
+
+    def tail(self, chars: int = 3000) -> str:
+        return tail(self.log, chars)
+
+    # -- talking to it ---------------------------------------------------------------------
+    def call(self, method: str, body: dict | bytes | None = None, timeout: float = 30) -> tuple[int, dict]:
+        return call(self.socket, method, body, timeout=timeout)
+
+    def tool(self, module: str, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess:
+        """`python -m module args` with the daemon's settings (plus env)."""
+        return subprocess.run([sys.executable, "-m", module, *args], check=False, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def netctl(self, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+        """netctl with the daemon's settings; the caller reads the exit status."""
+        return self.tool("netplugin.cli.main", *args, env=env, timeout=timeout)
+
+    def reconcile(self, *args: str, timeout: float = 120) -> dict:
+        """One reconcile pass of this host; the parsed one-line JSON report."""
+        proc = self.tool("netplugin.reconcile_cli", "--json", *args, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 1, f"the report must be one line: {proc.stdout!r}"
+        return json.loads(lines[0])
