@@ -144,8 +144,8 @@ class ArpProxy:
 
     def start(self) -> "ArpProxy":
         self._loop = SyncLoop("arp-proxy", self._pass, FULL_PASS_EVERY)
-        self._loop.follow(self.store.kv, f"{self.store.prefix}/endpoints/")
-        self._loop.follow(self.store.kv, self.store.k_setting("arp-mode"))
+        self.store.follow_endpoints(self._loop)
+        self.store.follow_setting(self._loop, "arp-mode")
         self._loop.start()
         return self
 

@@ -10,7 +10,7 @@ from .errors import NetpluginError
 def check(store, switch, bridge: str) -> dict:
     """``{"healthy": true, "etcd": {"ok": true, "ms": 1.2}, "ovsdb": {"ok": true, "ms": 0.8}}``"""
     result: dict = {}
-    for name, probe in (("etcd", lambda: store.kv.get(store.k_meta_networks())),
+    for name, probe in (("etcd", store.ping),
                         ("ovsdb", lambda: switch.bridge_exists(bridge))):
         started = time.monotonic()
         try:

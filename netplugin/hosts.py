@@ -15,8 +15,6 @@ import time
 
 from . import __version__
 from .config import Config
-from .errors import NetpluginError
-from .kv import Compare, Put
 from .model import Host
 from .store import Store
 
@@ -31,44 +29,34 @@ class HostHeartbeat:
     def __init__(self, cfg: Config, store: Store):
         self.cfg = cfg
         self.store = store
-        self.stop = threading.Event()
-        self.lease: int | None = None
+        self.keeper = store.lease_keeper(LEASE_TTL, HEARTBEAT, "heartbeat", on_grant=self._register,
+                                         proof=self._stamp, logger=log)
+        self.stop: threading.Event = self.keeper.stopped
         self.started = time.time()
+
+    @property
+    def lease(self) -> int | None:
+        return self.keeper.lease
 
     def record(self) -> Host:
         return Host(host=self.cfg.host_id, bridge=self.cfg.bridge, datapath_type=self.cfg.datapath_type,
                     uplink=self.cfg.uplink, version=__version__, started=self.started, last_seen=time.time())
 
+    def _register(self, lease: int) -> None:
+        self.store.register_host(self.record(), lease)
+        log.info("host %s registered", self.cfg.host_id)
+
+    def _stamp(self) -> bool:
+        return self.store.stamp_host(self.record())
+
     def beat(self) -> None:
         """One heartbeat: register under a new lease if needed; else refresh it
         and stamp this beat's time into the durable record, only while the
-        leased record still exists (one transaction)."""
-        if self.lease is None:
-            self.lease = self.store.kv.grant_lease(LEASE_TTL)
-            self.store.register_host(self.record(), self.lease)
-            log.info("host %s registered", self.cfg.host_id)
-            return
-        self.store.kv.refresh_lease(self.lease)
-        host_key = self.store.k_host(self.cfg.host_id)
-        stamped = self.store.kv.txn([Compare(host_key, "create", "!=", 0)],
-                                    [Put(self.store.k_hostinfo(self.cfg.host_id), self.record().to_json())],
-                                    idempotent=True)
-        if not stamped:                 # the lease ran out while etcd was away: the leased record is gone
-            self.lease = None
-            self.beat()
+        leased record still exists (one transaction); register again under a
+        new lease when it does not (the lease ran out while etcd was away)."""
+        self.keeper.beat()
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.beat()
-            except NetpluginError as exc:
-                log.warning("heartbeat: %s", exc.message)
-                self.lease = None
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat failed")
-                self.lease = None
-            self.stop.wait(HEARTBEAT)
-
-    def start(self) -> "HostHeartbeat":
-        threading.Thread(target=self.run, name="heartbeat", daemon=True).start()
+    def start(self) -> HostHeartbeat:
+        self.keeper.every = HEARTBEAT
+        self.keeper.start(at_once=True)
         return self

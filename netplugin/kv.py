@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from .errors import StoreUnavailable
@@ -163,7 +164,7 @@ class EtcdKV:
             if self._client is None:
                 try:
                     self._client = self._connect()
-                except Exception as exc:  # auth needs a round trip at connect time
+                except Exception as exc:  # noqa: BLE001 - any failure to connect (auth needs a round trip) is an unavailable store
                     raise self._unavailable(exc) from None
             return self._client
 

@@ -200,11 +200,10 @@ class LimitSync:
             pass
 
     def start(self) -> "LimitSync":
-        p = self.store.prefix
         self._loop = SyncLoop("limit-sync", lambda full: self.resync(verify=full), FULL_PASS_EVERY)
-        self._loop.follow(self.store.kv, f"{p}/profiles/")
-        self._loop.follow(self.store.kv, f"{p}/networks/")
-        self._loop.follow(self.store.kv, f"{p}/endpoints/", self._on_endpoint)
+        self.store.follow_profiles(self._loop)
+        self.store.follow_networks(self._loop)
+        self.store.follow_endpoints(self._loop, self._on_endpoint)
         self._loop.start()
         return self
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from time import monotonic
@@ -36,8 +35,8 @@ from .dataplane.links import HOST_END_RE, Links, veth_names
 from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
 from .docker_api import DockerView
 from .errors import NetpluginError
-from .kv import Delete
 from .hosts import LAST_SEEN_EVERY, LEASE_TTL
+from .lease import LeaseKeeper
 from .model import ALLOC_ENDPOINT, Allocation, Endpoint
 from .release import Releaser
 from .store import Store
@@ -100,26 +99,19 @@ class LockKeeper:
     names this run and the last such proof is younger than the lease minus a
     margin. Once another owner (or no owner) is seen, it stays lost."""
 
-    def __init__(self, store: Store, name: str, owner: str, lease: int, every: float | None = None):
+    def __init__(self, store: Store, name: str, owner: str, lease: LeaseKeeper, every: float | None = None):
         self.store, self.name, self.owner, self.lease = store, name, owner, lease
         self.every = every or LOCK_REFRESH_EVERY
         self.confirmed = monotonic()
         self.lost = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lock-{name}", daemon=True)
 
     def start(self) -> "LockKeeper":
-        self._thread.start()
+        self.lease.every = self.every
+        self.lease.start(beat=self.refresh)      # its thread ends once the lock is lost
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(self.every + 5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every) and not self.lost:
-            self.refresh()
+        self.lease.stop(wait=self.every + 5)
 
     def refresh(self) -> bool:
         """Renew the lease and read the lock back; False once it is lost."""
@@ -127,7 +119,7 @@ class LockKeeper:
             return False
         renewed = True
         try:
-            self.store.kv.refresh_lease(self.lease)
+            self.lease.renew()
         except NetpluginError as exc:
             renewed = False
             log.warning("reconcile lock %s: cannot renew its lease: %s", self.name, exc.message)
@@ -164,10 +156,10 @@ class Reconciler:
             tombstone_max_age: float | None = DEFAULT_TOMBSTONE_MAX_AGE) -> dict:
         report = Report(self.cfg.host_id, time.time(), dry_run, grace)
         lock = f"reconcile-{self.cfg.host_id}"
-        lease = self.store.kv.grant_lease(LOCK_TTL)
+        lease = self.store.lease_keeper(LOCK_TTL, LOCK_REFRESH_EVERY, f"lock-{lock}", logger=log)
         owner = f"{socket.gethostname()}:{id(self)}"
-        if not self.store.try_lock(lock, owner, lease):
-            self.store.kv.revoke_lease(lease)
+        if not self.store.try_lock(lock, owner, lease.grant()):
+            lease.revoke()
             report.status = f"skipped: another reconciler holds the lock ({self.store.lock_owner(lock)})"
             return self._finish(report, save=False)
         keeper = LockKeeper(self.store, lock, owner, lease).start()
@@ -184,7 +176,7 @@ class Reconciler:
         finally:
             keeper.stop()
             try:
-                self.store.kv.revoke_lease(lease)
+                lease.revoke()
             except NetpluginError as exc:      # expired already: nothing left to give back
                 log.info("reconcile lock lease: %s", exc.message)
         return self._finish(report, save=True)
@@ -209,18 +201,17 @@ class Reconciler:
         hosts not alive (whose own reconciler cannot); the number deleted."""
         now = time.time()
         alive = {h.host for h, up in self.store.list_hosts() if up and h.host != self.cfg.host_id}
-        old = [key for key, stone in self.store.list_tombstones()
+        old = [endpoint_id for endpoint_id, stone in self.store.list_tombstones()
                if now - float(stone.get("time") or 0) > max_age and stone.get("host") not in alive]
-        for key in old:
-            self.store.kv.txn([], [Delete(key)])
+        for endpoint_id in old:
+            self.store.delete_tombstone(endpoint_id)
         return len(old)
 
     def _finish(self, report: Report, save: bool) -> dict:
         report.duration_ms = round((time.time() - report.started) * 1000, 1)
         out = report.as_dict()
         if save:
-            self.store.put_json(self.store.k_reconcile(self.cfg.host_id, "last"), out)
-            counters = self.store.get_json(self.store.k_reconcile(self.cfg.host_id, "counters")) or {
+            counters = self.store.reconcile_counters(self.cfg.host_id) or {
                 "runs": 0, "found": {}, "released": 0, "repaired": 0, "errors": 0}
             counters["runs"] += 1
             for kind, n in out["counts"].items():
@@ -228,7 +219,7 @@ class Reconciler:
             for key in ("released", "repaired", "errors"):
                 counters[key] += out[key]
             counters["last_run"] = report.started
-            self.store.put_json(self.store.k_reconcile(self.cfg.host_id, "counters"), counters)
+            self.store.save_reconcile(self.cfg.host_id, out, counters)
         return out
 
     def _add(self, report: Report, finding: Finding, act=None) -> None:

@@ -11,7 +11,6 @@ not released unless forced.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -133,20 +132,17 @@ class Releaser:
         """Carry out this host's queue when it changes, and every RETRY_EVERY
         seconds, so a request that failed for a moment (OVS or etcd away) is
         tried again without anyone writing it again."""
-        prefix = self.store.k_release(self.cfg.host_id)
-        loop = SyncLoop("release-requests", lambda full: self._drain(prefix), RETRY_EVERY)
-        return loop.follow(self.store.kv, prefix).start()
+        loop = SyncLoop("release-requests", lambda full: self._drain(), RETRY_EVERY)
+        return self.store.follow_release_requests(loop, self.cfg.host_id).start()
 
-    def _drain(self, prefix: str) -> None:
-        waiting = [item.key for item in self.store.kv.get_prefix(prefix)
-                   if not self._carry_out(item.key, item.value)]
+    def _drain(self) -> None:
+        waiting = [endpoint_id for endpoint_id, request in self.store.pending_release_requests(self.cfg.host_id)
+                   if not self._carry_out(endpoint_id, request)]
         if waiting:   # the loop tries again in a second
             raise DataplaneUnavailable(f"{len(waiting)} release request(s) must wait for OVS or etcd")
 
-    def _carry_out(self, key: str, raw: bytes) -> bool:
+    def _carry_out(self, endpoint_id: str, request: dict) -> bool:
         """Carry out one request; False when it must be tried again later."""
-        endpoint_id = key.rsplit("/", 1)[1]
-        request = json.loads(raw)
         if request.get("state") != "pending":
             return True
         try:

@@ -26,24 +26,68 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
 One key per address keeps every allocation a single-key create-if-absent
 transaction: two daemons can never both win the same address, releasing is a
 plain delete, and the holder of any address can be named.
+
+No other module builds a key or calls the KV: following a kind of record
+(``follow_endpoints`` ...), leases (``lease_keeper``) and locks are store
+calls too. A record changed in place is read, changed and written back
+guarded by the revision read, by one helper (``compare_and_swap``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import netaddr
 
-from .errors import Conflict, NotFound, StoreUnavailable
-from .kv import KV, Compare, Delete, Put, absent, unchanged
+from .errors import Conflict, NetpluginError, NotFound, StoreUnavailable
+from .kv import KV, Compare, Delete, Event, Item, Put, absent, unchanged
+from .lease import LeaseKeeper
 from .model import Allocation, Binding, Endpoint, Host, Network, Profile
+from .watch import SyncLoop
 
 CHUNK_BITS = 8   # the pool is scanned 256 addresses at a time
+
+T = TypeVar("T")
 
 
 def subnet_key(subnet: str) -> str:
     return subnet.replace("/", "-")
+
+
+class Reading:
+    """What one compare-and-swap attempt read: every key read with ``get``
+    (and every item passed to ``guard``) must be unchanged for the write to apply."""
+
+    def __init__(self, kv: KV):
+        self.kv = kv
+        self.guards: list[Compare] = []
+
+    def get(self, key: str) -> Item | None:
+        item = self.kv.get(key)
+        self.guards.append(unchanged(key, item.mod_revision if item else 0))
+        return item
+
+    def guard(self, item: Item) -> None:
+        self.guards.append(unchanged(item.key, item.mod_revision))
+
+
+def compare_and_swap(kv: KV, attempt: Callable[[Reading], tuple[list[Put | Delete], T]],
+                     gave_up: NetpluginError, tries: int = 5) -> T:
+    """Read, change, write back guarded by the revisions read; again on a lost race.
+
+    ``attempt(reading)`` reads through ``reading`` and returns the writes and
+    the result (it may raise, e.g. NotFound, which ends the swap). After
+    ``tries`` lost races, ``gave_up`` is raised."""
+    for _ in range(tries):
+        reading = Reading(kv)
+        ops, result = attempt(reading)
+        if kv.txn(reading.guards, ops):
+            return result
+    raise gave_up
 
 
 class Store:
@@ -78,7 +122,7 @@ class Store:
 
     # -- networks -------------------------------------------------------------
     def list_networks(self) -> list[Network]:
-        return [Network.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/networks/")]
+        return [Network.from_json(i.value) for i in self.kv.get_prefix(self.k_network(""))]
 
     def get_network(self, net_id: str) -> Network | None:
         item = self.kv.get(self.k_network(net_id))
@@ -272,7 +316,7 @@ class Store:
                            [Put(self.k_endpoint(ep.id), ep.to_json())])
 
     def list_endpoints(self) -> list[Endpoint]:
-        return [Endpoint.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/endpoints/")]
+        return [Endpoint.from_json(i.value) for i in self.kv.get_prefix(self.k_endpoint(""))]
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.kv.txn([], [Delete(self.k_endpoint(endpoint_id))], idempotent=True)
@@ -305,35 +349,36 @@ class Store:
         Returns (record deleted, address released). The address goes only if
         it is still this endpoint's (or an unstamped claim of the same host).
         """
-        import netaddr
         subnet = netaddr.IPNetwork(f"{ep.ip}/{ep.prefixlen}").cidr
-        offset = int(netaddr.IPAddress(ep.ip)) - subnet.first
-        for _ in range(3):
-            rec = self.kv.get(self.k_endpoint(ep.id))
-            held = self.get_allocation(str(subnet), offset)
-            compares, ops = [], [Put(self.k_tombstone(ep.id), json.dumps(
+        alloc_key = self.k_alloc(str(subnet), int(netaddr.IPAddress(ep.ip)) - subnet.first)
+
+        def attempt(read: Reading) -> tuple[list[Put | Delete], tuple[bool, str | None]]:
+            rec = read.get(self.k_endpoint(ep.id))
+            item = read.get(alloc_key)
+            held = Allocation.from_json(item.value) if item else None
+            ops: list[Put | Delete] = [Put(self.k_tombstone(ep.id), json.dumps(
                 {"endpoint": ep.id, "host": ep.host, "ip": ep.ip, "network": ep.network, "by": by,
                  "time": time.time()}))]
             if rec is not None:
-                compares.append(unchanged(self.k_endpoint(ep.id), rec.mod_revision))
                 ops.append(Delete(self.k_endpoint(ep.id)))
-            mine = held is not None and (held[0].endpoint == ep.id or (
-                not held[0].endpoint and held[0].host == ep.host and held[0].kind == "endpoint"))
+            mine = held is not None and (held.endpoint == ep.id or (
+                not held.endpoint and held.host == ep.host and held.kind == "endpoint"))
             if mine:
-                compares.append(unchanged(self.k_alloc(str(subnet), offset), held[1]))
-                ops.append(Delete(self.k_alloc(str(subnet), offset)))
-            else:
-                compares.append(unchanged(self.k_alloc(str(subnet), offset), held[1] if held else 0))
-            if self.kv.txn(compares, ops):
-                return rec is not None, ep.ip if mine else None
-        raise Conflict(f"endpoint {ep.id[:12]} kept changing while being released: retry")
+                ops.append(Delete(alloc_key))
+            return ops, (rec is not None, ep.ip if mine else None)
+        return compare_and_swap(self.kv, attempt, Conflict(
+            f"endpoint {ep.id[:12]} kept changing while being released: retry"), tries=3)
 
     def tombstone(self, endpoint_id: str) -> dict | None:
         item = self.kv.get(self.k_tombstone(endpoint_id))
         return json.loads(item.value) if item else None
 
     def list_tombstones(self) -> list[tuple[str, dict]]:
-        return [(i.key, json.loads(i.value)) for i in self.kv.get_prefix(f"{self.prefix}/released/")]
+        """(endpoint id, tombstone) of every released endpoint."""
+        return [(i.key.rsplit("/", 1)[1], json.loads(i.value)) for i in self.kv.get_prefix(self.k_tombstone(""))]
+
+    def delete_tombstone(self, endpoint_id: str) -> None:
+        self.kv.txn([], [Delete(self.k_tombstone(endpoint_id))])
 
     def delete_key(self, key: str) -> None:
         self.kv.txn([], [Delete(key)])
@@ -345,6 +390,10 @@ class Store:
     def release_request(self, host: str, endpoint_id: str) -> dict | None:
         item = self.kv.get(self.k_release(host, endpoint_id))
         return json.loads(item.value) if item else None
+
+    def pending_release_requests(self, host: str) -> list[tuple[str, dict]]:
+        """(endpoint id, request) of every request queued for a host, answered or not."""
+        return [(i.key.rsplit("/", 1)[1], json.loads(i.value)) for i in self.kv.get_prefix(self.k_release(host))]
 
     def answer_release_request(self, host: str, endpoint_id: str, answer: dict | None) -> None:
         """Remove a request once carried out, or keep it with the reason it was refused."""
@@ -369,51 +418,66 @@ class Store:
     def delete_profile(self, name: str) -> list[str]:
         """Delete a profile and detach it from networks and endpoints, at once.
         Returns what it was attached to."""
-        for _ in range(5):
-            prof = self.kv.get(self.k_profile(name))
-            if prof is None:
+        def attempt(read: Reading) -> tuple[list[Put | Delete], list[str]]:
+            if read.get(self.k_profile(name)) is None:
                 raise NotFound(f"profile {name!r} does not exist: see 'netctl profile ls'")
-            compares, ops, users = [unchanged(self.k_profile(name), prof.mod_revision)], [Delete(self.k_profile(name))], []
-            for item in self.kv.get_prefix(f"{self.prefix}/networks/"):
+            ops: list[Put | Delete] = [Delete(self.k_profile(name))]
+            users = []
+            for item in self.kv.get_prefix(self.k_network("")):
                 net = Network.from_json(item.value)
                 if net.profile == name:
                     net.profile = ""
-                    compares.append(unchanged(item.key, item.mod_revision))
+                    read.guard(item)
                     ops.append(Put(item.key, net.to_json()))
                     users.append(f"network {net.label}")
-            for item in self.kv.get_prefix(f"{self.prefix}/endpoints/"):
+            for item in self.kv.get_prefix(self.k_endpoint("")):
                 ep = Endpoint.from_json(item.value)
                 if ep.limit.get("profile") == name:
                     ep.limit = {}
-                    compares.append(unchanged(item.key, item.mod_revision))
+                    read.guard(item)
                     ops.append(Put(item.key, ep.to_json()))
                     users.append(f"endpoint {ep.id[:12]}")
-            if self.kv.txn(compares, ops):
-                return users
-        raise Conflict(f"profile {name} kept changing while being removed: retry")
+            return ops, users
+        return compare_and_swap(self.kv, attempt, Conflict(f"profile {name} kept changing while being removed: retry"))
 
-    def update_network(self, net_id: str, change) -> Network:
+    def update_network(self, net_id: str, change: Callable[[Network], None]) -> Network:
         """Apply change(network) and write it back, retrying on a concurrent write."""
-        for _ in range(5):
-            item = self.kv.get(self.k_network(net_id))
+        def attempt(read: Reading) -> tuple[list[Put | Delete], Network]:
+            item = read.get(self.k_network(net_id))
             if item is None:
                 raise NotFound(f"network {net_id} does not exist")
             net = Network.from_json(item.value)
             change(net)
-            if self.kv.txn([unchanged(item.key, item.mod_revision)], [Put(item.key, net.to_json())]):
-                return net
-        raise Conflict(f"network {net_id} kept changing: retry")
+            return [Put(item.key, net.to_json())], net
+        return compare_and_swap(self.kv, attempt, Conflict(f"network {net_id} kept changing: retry"))
 
-    def change_endpoint(self, endpoint_id: str, change) -> Endpoint:
-        for _ in range(5):
-            found = self.get_endpoint(endpoint_id)
-            if found is None:
+    def change_endpoint(self, endpoint_id: str, change: Callable[[Endpoint], None], tries: int = 5) -> Endpoint:
+        """Apply change(endpoint) and write it back, retrying on a concurrent write."""
+        def attempt(read: Reading) -> tuple[list[Put | Delete], Endpoint]:
+            item = read.get(self.k_endpoint(endpoint_id))
+            if item is None:
                 raise NotFound(f"endpoint {endpoint_id[:12]} does not exist")
-            ep, rev = found
+            ep = Endpoint.from_json(item.value)
             change(ep)
-            if self.update_endpoint(ep, rev):
-                return ep
-        raise Conflict(f"endpoint {endpoint_id[:12]} kept changing: retry")
+            return [Put(item.key, ep.to_json())], ep
+        return compare_and_swap(self.kv, attempt, Conflict(f"endpoint {endpoint_id[:12]} kept changing: retry"),
+                                tries=tries)
+
+    def record_sandbox(self, endpoint_id: str, sandbox_key: str) -> bool:
+        """Note a container's network namespace in its endpoint's record (a
+        concurrent 'netctl endpoint set' may win twice); False when the record
+        kept changing. Nothing is written for a record that is gone or says so already."""
+        def attempt(read: Reading) -> tuple[list[Put | Delete], bool]:
+            item = read.get(self.k_endpoint(endpoint_id))
+            ep = Endpoint.from_json(item.value) if item else None
+            if ep is None or ep.sandbox == sandbox_key:
+                return [], True
+            ep.sandbox = sandbox_key
+            return [Put(self.k_endpoint(endpoint_id), ep.to_json())], True
+        try:
+            return compare_and_swap(self.kv, attempt, Conflict("the record kept changing"), tries=3)
+        except Conflict:
+            return False
 
     # -- cluster-wide settings ------------------------------------------------------------
     def k_setting(self, name: str) -> str:
@@ -425,6 +489,35 @@ class Store:
 
     def set_arp_mode(self, mode: str) -> None:
         self.kv.txn([], [Put(self.k_setting("arp-mode"), mode)])
+
+    # -- following a kind of record --------------------------------------------------------
+    # Each call adds a follower to a SyncLoop: on_event (default: wake the loop)
+    # sees every change, and the loop is woken after every fresh read.
+    def follow_endpoints(self, loop: SyncLoop, on_event: Callable[[Event], None] | None = None) -> SyncLoop:
+        return loop.follow(self.kv, self.k_endpoint(""), on_event)
+
+    def follow_networks(self, loop: SyncLoop, on_event: Callable[[Event], None] | None = None) -> SyncLoop:
+        return loop.follow(self.kv, self.k_network(""), on_event)
+
+    def follow_profiles(self, loop: SyncLoop, on_event: Callable[[Event], None] | None = None) -> SyncLoop:
+        return loop.follow(self.kv, self.k_profile(), on_event)
+
+    def follow_setting(self, loop: SyncLoop, name: str) -> SyncLoop:
+        return loop.follow(self.kv, self.k_setting(name))
+
+    def follow_release_requests(self, loop: SyncLoop, host: str) -> SyncLoop:
+        return loop.follow(self.kv, self.k_release(host))
+
+    # -- health ------------------------------------------------------------------------
+    def ping(self) -> None:
+        """One small read; raises StoreUnavailable when etcd does not answer."""
+        self.kv.get(self.k_meta_networks())
+
+    # -- leases ------------------------------------------------------------------------
+    def lease_keeper(self, ttl: int, every: float, name: str, on_grant: Callable[[int], None] | None = None,
+                     proof: Callable[[], bool] | None = None, logger: logging.Logger | None = None) -> LeaseKeeper:
+        """A lease (not granted yet) to hold keys on; see lease.py."""
+        return LeaseKeeper(self.kv, ttl, every, name, on_grant, proof, logger)
 
     # -- hosts ----------------------------------------------------------------------
     def k_host(self, host: str) -> str:
@@ -446,6 +539,12 @@ class Store:
     def host_alive(self, host: str) -> bool:
         return self.kv.get(self.k_host(host)) is not None
 
+    def stamp_host(self, host: Host) -> bool:
+        """Write a live host's durable record (its last_seen), only while its
+        leased record exists: False when the lease ran out."""
+        return self.kv.txn([Compare(self.k_host(host.host), "create", "!=", 0)],
+                           [Put(self.k_hostinfo(host.host), host.to_json())], idempotent=True)
+
     # -- locks and reports -------------------------------------------------------------
     def k_lock(self, name: str) -> str:
         return f"{self.prefix}/locks/{name}"
@@ -457,15 +556,27 @@ class Store:
         item = self.kv.get(self.k_lock(name))
         return item.value.decode() if item else None
 
+    def k_reconcile(self, host: str, what: str) -> str:
+        return f"{self.prefix}/reconcile/{host}/{what}"
+
+    def last_reconcile(self, host: str) -> dict | None:
+        """The report of a host's last reconcile run."""
+        return self.get_json(self.k_reconcile(host, "last"))
+
+    def reconcile_counters(self, host: str) -> dict | None:
+        """A host's running reconcile totals."""
+        return self.get_json(self.k_reconcile(host, "counters"))
+
+    def save_reconcile(self, host: str, last: dict, counters: dict) -> None:
+        self.put_json(self.k_reconcile(host, "last"), last)
+        self.put_json(self.k_reconcile(host, "counters"), counters)
+
     def put_json(self, key: str, obj: dict) -> None:
         self.kv.txn([], [Put(key, json.dumps(obj, sort_keys=True))])
 
     def get_json(self, key: str) -> dict | None:
         item = self.kv.get(key)
         return json.loads(item.value) if item else None
-
-    def k_reconcile(self, host: str, what: str) -> str:
-        return f"{self.prefix}/reconcile/{host}/{what}"
 
 
 def adoptable(holder: Allocation, reservation: Allocation) -> bool:

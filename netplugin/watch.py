@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import NetpluginError
 from .kv import KV, Event, Item
@@ -28,7 +28,7 @@ class PrefixFollower:
         self.stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "PrefixFollower":
+    def start(self) -> PrefixFollower:
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -45,7 +45,7 @@ class PrefixFollower:
                     self.on_event(event)
             except NetpluginError as exc:
                 log.warning("%s: %s; reading again in %.0f s", self.name, exc.message, self.retry)
-            except Exception:  # noqa: BLE001 - a bug in a handler must not stop following
+            except Exception:         # a bug in a handler must not stop following
                 log.exception("%s failed; reading again", self.name)
             self.stop.wait(self.retry)
 
@@ -67,12 +67,12 @@ class SyncLoop:
     def wake(self, *_) -> None:
         self._wake.set()
 
-    def follow(self, kv: KV, prefix: str, on_event: Callable[[Event], None] | None = None) -> "SyncLoop":
+    def follow(self, kv: KV, prefix: str, on_event: Callable[[Event], None] | None = None) -> SyncLoop:
         self._followers.append(PrefixFollower(kv, prefix, self.wake, on_event or self.wake,
                                               f"{self.name}:{prefix.rstrip('/').rsplit('/', 1)[-1]}"))
         return self
 
-    def start(self) -> "SyncLoop":
+    def start(self) -> SyncLoop:
         for follower in self._followers:
             follower.start()
         threading.Thread(target=self._run, name=self.name, daemon=True).start()
@@ -96,7 +96,7 @@ class SyncLoop:
                 full = True
                 self._stop.wait(1)
                 self._wake.set()          # try again in a second, not at the next period
-            except Exception:  # noqa: BLE001 - a bug in one pass must not stop the loop
+            except Exception:         # a bug in one pass must not stop the loop
                 log.exception("%s failed", self.name)
                 full = True
                 self._stop.wait(1)

@@ -37,13 +37,18 @@ class Agent:
         self.runner_factory = runner_factory
         self.clock = clock
         self.docker = docker            # for the clean-up of old containers; optional
-        self.lease: int | None = None
+        self.keeper = store.lease_keeper(cfg.lease_ttl, max(1.0, cfg.lease_ttl / 3), "agent", logger=log)
         self.threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._last_gc = 0.0
         self._said: dict[str, str] = {}
+
+    @property
+    def lease(self) -> int | None:
+        """The lease the agent's key, slots and locks are bound to."""
+        return self.keeper.lease
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self, wait_previous: float | None = None) -> None:
@@ -53,10 +58,10 @@ class Agent:
                 "started": self.clock()}
         wait = self.cfg.lease_ttl + 2 if wait_previous is None else wait_previous
         deadline = time.monotonic() + wait
-        self.lease = self.store.kv.grant_lease(self.cfg.lease_ttl)
-        while not self.store.register_agent(self.host, info, self.lease, exclusive=True):
+        lease = self.keeper.grant()
+        while not self.store.register_agent(self.host, info, lease, exclusive=True):
             if time.monotonic() > deadline:
-                self.store.kv.revoke_lease(self.lease)
+                self.keeper.revoke()
                 raise Conflict(f"another drctl agent is running for host {self.host} "
                                f"({self.store.agents().get(self.host)}): stop it first")
             time.sleep(0.5)
@@ -68,38 +73,52 @@ class Agent:
         (revoking it would free their targets at once)."""
         self.stopping.set()
         self.wake.set()
+        self.keeper.stop(wait=10)        # a renewal under way ends before the lease is given back
         with self._lock:
             busy = [t for t in self.threads.values() if t.is_alive()]
         if not busy and self.lease is not None:
             try:
-                self.store.kv.revoke_lease(self.lease)
+                self.keeper.revoke()
             except NetpluginError:
                 pass
 
     def serve(self) -> None:
-        """Tick until close(); the lease is refreshed on the way."""
-        refresh_every = max(1.0, self.cfg.lease_ttl / 3)
-        last_refresh = time.monotonic()
-        while not self.stopping.is_set():
-            try:
-                if time.monotonic() - last_refresh >= refresh_every:
-                    self._keepalive()
-                    last_refresh = time.monotonic()
-                self.tick()
-            except NetpluginError as exc:
-                log.warning("agent: %s", exc.message)
-            except Exception:  # noqa: BLE001 - the agent must keep going
-                log.exception("agent tick failed")
-            self.wake.wait(self.cfg.poll)
-            self.wake.clear()
-
-    def _keepalive(self) -> None:
+        """Tick until close(); the lease is refreshed every third of its TTL
+        (at least every second) from the keeper's thread."""
+        self.keeper.start(beat=self._keepalive)
         try:
-            self.store.kv.refresh_lease(self.lease)
+            while not self.stopping.is_set():
+                self._guarded(self.tick)
+                self.wake.wait(self.cfg.poll)
+                self.wake.clear()
+        finally:
+            self.keeper.stop()
+
+    @staticmethod
+    def _guarded(work: Callable[[], object]) -> None:
+        try:
+            work()
+        except NetpluginError as exc:
+            log.warning("agent: %s", exc.message)
+        except Exception:  # noqa: BLE001 - the agent must keep going
+            log.exception("agent tick failed")
+
+    def _keepalive(self) -> bool:
+        """One beat of the keeper: renew the lease; when etcd does not take the
+        renewal, take a new lease, announce the agent on it and bind the active
+        jobs' slots and locks to it again. The lease is never dropped: a failed
+        attempt is made again at the next beat."""
+        if not self.stopping.is_set():
+            self._guarded(self._renew)
+        return not self.stopping.is_set()
+
+    def _renew(self) -> None:
+        try:
+            self.keeper.renew()
             return
         except NetpluginError as exc:
             log.warning("agent: lease refresh failed (%s): taking a new lease", exc.message)
-        self.lease = self.store.kv.grant_lease(self.cfg.lease_ttl)
+        self.keeper.grant()
         self.store.register_agent(self.host, {"host": self.host, "pid": os.getpid(), "max_jobs": self.max_jobs,
                                               "started": self.clock()}, self.lease)
         with self._lock:

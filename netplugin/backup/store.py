@@ -19,11 +19,14 @@ TTL, and the agent that starts next adopts its host's active jobs.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import Conflict, NotFound
 from ..kv import KV, Compare, Delete, Put, absent, unchanged
+from ..lease import LeaseKeeper
+from ..store import Reading, compare_and_swap
 from .model import QUEUED, STARTING, Backup, Job
 
 
@@ -86,19 +89,18 @@ class BackupStore:
         """Read, change(job), write back guarded by the revision read; retried on a
         concurrent write. change may raise (e.g. Conflict on an illegal move).
         The queue entry follows the state: it goes when the job leaves queued."""
-        for _ in range(tries):
-            found = self.get(job_id)
-            if found is None:
+        def attempt(read: Reading) -> tuple[list[Put | Delete], Job]:
+            item = read.get(self.k_job(job_id))
+            if item is None:
                 raise NotFound(f"job {job_id} does not exist")
-            job, rev = found
+            job = Job.from_json(item.value)
             was = job.state
             change(job)
             ops: list[Put | Delete] = [Put(self.k_job(job.id), job.to_json())]
             if was == QUEUED and job.state != QUEUED:
                 ops.append(Delete(self.k_queue(job.host, job.id)))
-            if self.kv.txn([unchanged(self.k_job(job.id), rev)], ops):
-                return job
-        raise Conflict(f"job {job_id} kept changing: retry")
+            return ops, job
+        return compare_and_swap(self.kv, attempt, Conflict(f"job {job_id} kept changing: retry"), tries=tries)
 
     def admit(self, job: Job, rev: int, slot: int, lease: int, now: float, run_timeout: float) -> Job | None:
         """queued -> starting with a slot and the target lock, at once; None when
@@ -152,6 +154,10 @@ class BackupStore:
 
     def agent_alive(self, host: str) -> bool:
         return self.kv.get(self.k_agent(host)) is not None
+
+    def lease_keeper(self, ttl: int, every: float, name: str, logger: logging.Logger | None = None) -> LeaseKeeper:
+        """A lease (not granted yet) for the agent's key, slots and locks; see lease.py."""
+        return LeaseKeeper(self.kv, ttl, every, name, logger=logger)
 
     # -- catalog --------------------------------------------------------------------------
     def add_backup(self, backup: Backup) -> None:

@@ -5,6 +5,7 @@ app over the fakes (MemoryKV, FakeLinks, FakeSwitch, FakeDockerView)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -26,7 +27,7 @@ SUBNET = "10.10.0.0/24"
 # -- helpers ------------------------------------------------------------------------
 
 def releaser(h: Harness, view) -> Releaser:
-    return Releaser(h.cfg, h.store, h.links, h.switch, view)
+    return Releaser(h.cfg, h.store, h.links, h.switch, view, h.limits)
 
 
 def state(h: Harness) -> tuple:
@@ -308,7 +309,7 @@ def test_the_owner_carries_out_a_queued_request(np, np2, rel, remote):
     rel.release(endpoint_id=c.endpoint)
     key = np.store.k_release("h2", c.endpoint)
 
-    rel2._carry_out(key, np.kv.get(key).value)
+    rel2._carry_out(c.endpoint, np.store.release_request("h2", c.endpoint))
 
     assert np.kv.get(key) is None
     assert record(np, c.endpoint) is None and np.allocation(SUBNET, c.ip) is None
@@ -323,7 +324,7 @@ def test_a_request_for_an_endpoint_gone_meanwhile_is_just_removed(np, np2, rel, 
     rel.release(endpoint_id=c.endpoint)
     np2.stop_container(net2, c)
     key = np.store.k_release("h2", c.endpoint)
-    rel2._carry_out(key, np.kv.get(key).value)
+    rel2._carry_out(c.endpoint, np.store.release_request("h2", c.endpoint))
     assert np.kv.get(key) is None
 
 
@@ -333,17 +334,17 @@ def test_the_owner_refuses_a_live_container_and_keeps_the_reason(np, np2, rel, r
     rel.release(endpoint_id=c.endpoint)
     key = np.store.k_release("h2", c.endpoint)
 
-    rel2._carry_out(key, np.kv.get(key).value)
+    rel2._carry_out(c.endpoint, np.store.release_request("h2", c.endpoint))
 
     answer = np.store.release_request("h2", c.endpoint)
     assert answer["state"] == "refused" and answer["message"] == "endpoint belongs to running container db-7"
     assert record(np, c.endpoint) is not None
     # a refused request is not carried out again when seen again
-    rel2._carry_out(key, np.kv.get(key).value)
+    rel2._carry_out(c.endpoint, np.store.release_request("h2", c.endpoint))
     assert record(np, c.endpoint) is not None
     # a forced request is
     rel.release(endpoint_id=c.endpoint, force=True)
-    rel2._carry_out(key, np.kv.get(key).value)
+    rel2._carry_out(c.endpoint, np.store.release_request("h2", c.endpoint))
     assert record(np, c.endpoint) is None and np.kv.get(key) is None
 
 
@@ -352,7 +353,7 @@ def test_the_owner_refuses_when_its_docker_cannot_be_asked(np, np2, rel, remote)
     view2.reachable = False
     rel.release(endpoint_id=c.endpoint)
     key = np.store.k_release("h2", c.endpoint)
-    rel2._carry_out(key, np.kv.get(key).value)
+    rel2._carry_out(c.endpoint, np.store.release_request("h2", c.endpoint))
     answer = np.store.release_request("h2", c.endpoint)
     assert answer["state"] == "refused" and "cannot ask Docker" in answer["message"]
     assert record(np, c.endpoint) is not None
@@ -444,7 +445,7 @@ def test_one_failing_request_does_not_block_the_rest_of_the_queue(np, np2, rel, 
 
 @pytest.fixture
 def api(np, rel):
-    client = create_app(np.cfg, np.driver, np.ipam, rel).test_client()
+    client = create_app(dataclasses.replace(np.parts, releaser=rel)).test_client()
 
     def post(body, status):
         resp = client.post("/NetPlugin.ReleaseEndpoint", data=json.dumps(body), content_type="application/json")
