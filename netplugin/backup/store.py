@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import Conflict, NotFound
-from ..kv import KV, Compare, Delete, Put, absent, unchanged
+from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
 from ..store import Reading, compare_and_swap
 from .model import QUEUED, STARTING, Backup, Job
@@ -158,6 +158,26 @@ class BackupStore:
     def lease_keeper(self, ttl: int, every: float, name: str, logger: logging.Logger | None = None) -> LeaseKeeper:
         """A lease (not granted yet) for the agent's key, slots and locks; see lease.py."""
         return LeaseKeeper(self.kv, ttl, every, name, logger=logger)
+
+    def agent_hosts(self) -> list[str]:
+        """The hosts whose agent is alive."""
+        return [i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(self.k_agent(), keys_only=True)]
+
+    # -- reading records again only when they changed (backup/summary.py) ----------------
+    def _family(self, family: str) -> str:
+        return {"jobs": self.k_job(), "catalog": self.k_catalog()}[family]
+
+    def revisions(self, family: str) -> dict[str, int]:
+        """Key -> mod revision of every record of a family ("jobs" or "catalog"),
+        keys only: a reader that keeps what it read fetches only what moved."""
+        return {i.key: i.mod_revision for i in self.kv.get_prefix(self._family(family), keys_only=True)}
+
+    def fetch(self, family: str, keys: list[str] | None = None) -> list[Item]:
+        """The records of a family: every one (one request), or those keys (of
+        ``revisions``) that still exist."""
+        if keys is None:
+            return self.kv.get_prefix(self._family(family))
+        return [i for i in (self.kv.get(k) for k in keys if k.startswith(self._family(family))) if i is not None]
 
     # -- catalog --------------------------------------------------------------------------
     def add_backup(self, backup: Backup) -> None:
