@@ -3,15 +3,21 @@ netplugin networks.
 
 Modules, each with one job:
 
-    config.py     drctl settings (file, DRCTL_* variables, flags)
+    config.py     drctl settings (file, DRCTL_* variables, flags; the loader is netplugin/settings.py)
     model.py      jobs, their states and legal transitions; backups (catalog records)
     store.py      the etcd layout under <etcd_prefix>/backup/ (the only module that knows keys)
     resources.py  what operators type (1.5, 512m, 20mb/s), the disk behind a volume,
                   the Docker host config, and checking what the kernel really applied
     jobscript.py  the bash run inside job containers, and its checksum SQL
-    runner.py     one job: create, attach, start, gate, wait, verify, record
+    containers.py the Docker Engine calls (volumes, images, networks, job containers)
+    hostenv.py    what the runner reads from the host: disk, cgroup files, swap, the switch's meter
+    verify.py     checking a job's recorded outputs (pure)
+    manifest.py   a backup's manifest: built from a verified job, read and written as one file
+    runner.py     one job's state machine: create, attach, start, gate, wait, verify, record
     retention.py  which backups to prune (never the last good one)
     scheduler.py  the per-host agent: cap, per-target lock, queue, deadlines, adoption
+    summary.py    read-only figures of jobs and catalog (netctl status, metrics)
+    exporter.py   those figures as a Prometheus collector (registered by wiring.make_metrics)
     cli.py        the ``drctl`` command
 
 Nothing connects at import time.

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from ..errors import NetpluginError
 from ..kv import KV
+from .summary import BackupReader
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,13 @@ class BackupCollector(Collector):
         self.kv = kv
         self.prefix = prefix
         self.metrics = metrics
-        self._reader = None
+        self._reader: BackupReader | None = None
 
     def describe(self):
         return []
 
     def _read(self) -> dict:
         if self._reader is None:
-            from .summary import BackupReader
             self._reader = BackupReader(self.kv, self.prefix)
         return self._reader.read()
 

@@ -38,6 +38,17 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     SUCCEEDED: frozenset(), FAILED: frozenset(), EXPIRED: frozenset(), CANCELLED: frozenset(),
 }
 
+
+
+class JobEnded(Exception):
+    """Ends the job in state with message (failed, expired or cancelled)."""
+
+    def __init__(self, state: str, message: str):
+        super().__init__(message)
+        self.state = state
+        self.message = message
+
+
 BACKUP, RESTORE = "backup", "restore"
 KINDS = (BACKUP, RESTORE)
 COMPRESSIONS = {"zstd": ".sql.zst", "gzip": ".sql.gz"}
@@ -105,7 +116,7 @@ class Limits:
         return any((self.read_bps, self.write_bps, self.read_iops, self.write_iops))
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Limits":
+    def from_dict(cls, data: dict | None) -> Limits:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (data or {}).items() if k in names})
 
@@ -136,7 +147,7 @@ class JobSpec:
     strict: bool = True
 
     @classmethod
-    def from_dict(cls, data: dict) -> "JobSpec":
+    def from_dict(cls, data: dict) -> JobSpec:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -181,7 +192,7 @@ class Job:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "Job":
+    def from_json(cls, raw: bytes | str) -> Job:
         data = json.loads(raw)
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -242,7 +253,7 @@ class Backup:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "Backup":
+    def from_json(cls, raw: bytes | str) -> Backup:
         data = json.loads(raw)
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -9,27 +9,49 @@ File handling happens on the host, in the volume's folder (Docker's
 as ``<name><ext>.partial`` and renamed by the runner only after every check
 passed, the manifest first; a job that ends any other way has its partial
 files removed here, even when its container was killed mid-write.
+
+The checks themselves are verify.py's, the manifest is manifest.py's, Docker
+is reached through containers.Containers and the host through hostenv.HostEnv:
+this module is the job's state machine.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
-import re
 import shutil
 import stat
-import subprocess
 import threading
 import time
 from dataclasses import asdict
 
 from ..errors import Conflict, InvalidRequest, NetpluginError
-from . import jobscript, resources as lim, retention
+from . import jobscript, retention, verify
+from . import manifest as manifests
+from . import resources as lim
 from .config import BackupConfig
-from .model import (BACKUP, CANCELLED, COMPRESSIONS, EXPIRED, FAILED, RESTORE, RUNNING, STARTING, SUCCEEDED,
-                    TERMINAL, VERIFYING, Backup, Job, JobSpec, Limits, backup_name)
+from .containers import Containers, docker_message, is_docker_error, is_not_found
+from .hostenv import HostEnv
+from .model import (
+    BACKUP,
+    CANCELLED,
+    COMPRESSIONS,
+    EXPIRED,
+    FAILED,
+    RESTORE,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    TERMINAL,
+    VERIFYING,
+    Backup,
+    Job,
+    JobEnded,
+    JobSpec,
+    Limits,
+    backup_name,
+)
 from .store import BackupStore
 
 log = logging.getLogger(__name__)
@@ -38,52 +60,20 @@ LABEL_JOB = "netplugin.backup.job"
 LABEL_KIND = "netplugin.backup.kind"
 LABEL_TARGET = "netplugin.backup.target"
 MOUNT_BACKUP, MOUNT_JOB, MOUNT_CNF = "/backup", "/job", "/run/drctl/client.cnf"
-MANIFEST_FORMAT = 2          # 2: checksums taken in the dump's own snapshot
-# Engines whose reads honour a consistent snapshot: their checksums describe
-# exactly the rows in the dump. Others are read as they are at that moment.
-TRANSACTIONAL_ENGINES = frozenset({"innodb", "rocksdb"})
 
 
-class JobEnded(Exception):
-    """Ends the job in state with message (failed, expired or cancelled)."""
+class _Outputs:
+    """The files the job script wrote in the job's ``out`` folder, read when asked."""
 
-    def __init__(self, state: str, message: str):
-        super().__init__(message)
-        self.state = state
-        self.message = message
+    def __init__(self, job_dir: str):
+        self.folder = os.path.join(job_dir, "out")
 
-
-class HostEnv:
-    """What the runner reads from the host itself; replaced by a fake in unit tests."""
-
-    def device(self, path: str) -> lim.BlockDevice:
-        return lim.backing_device(path)
-
-    def applied(self, pid: int, device: lim.BlockDevice | None) -> dict:
-        return lim.read_applied(lim.cgroup_dirs(pid), device)
-
-    def swap(self) -> int:
-        return lim.host_swap_bytes()
-
-    def meter(self, bridge: str, port: str) -> tuple[int, int] | None:
-        """(rate kbit/s, burst kbit) enforced on a port: its OpenFlow meter, else
-        its ingress policing; None when there is none."""
-        def run(*args: str) -> str:
-            proc = subprocess.run(list(args), capture_output=True, text=True, timeout=10)
-            return proc.stdout if proc.returncode == 0 else ""
-        ofport = run("ovs-vsctl", "--timeout=5", "get", "Interface", port, "ofport").strip()
-        if ofport.isdigit():
-            for block in run("ovs-ofctl", "-O", "OpenFlow13", "dump-meters", bridge).split("meter=")[1:]:
-                if block.split()[0] == ofport:
-                    rate = re.search(r"rate=(\d+)", block)
-                    burst = re.search(r"burst_size=(\d+)", block)
-                    if rate:
-                        return int(rate.group(1)), int(burst.group(1)) if burst else 0
-        rate = run("ovs-vsctl", "--timeout=5", "get", "Interface", port, "ingress_policing_rate").strip()
-        burst = run("ovs-vsctl", "--timeout=5", "get", "Interface", port, "ingress_policing_burst").strip()
-        if rate.isdigit() and int(rate) > 0:
-            return int(rate), int(burst) if burst.isdigit() else 0
-        return None
+    def get(self, name: str, /) -> str | None:
+        try:
+            with open(os.path.join(self.folder, name)) as fh:
+                return fh.read()
+        except OSError:
+            return None
 
 
 class _Ctx:
@@ -134,7 +124,7 @@ class Runner:
     def __init__(self, store: BackupStore, docker, cfg: BackupConfig, env: HostEnv | None = None,
                  np_store=None, clock=time.time, sleep=time.sleep):
         self.store = store
-        self.docker = docker          # docker.APIClient (or a fake with the same methods)
+        self.docker = Containers(docker)   # docker: docker.APIClient (or a fake with the same methods)
         self.cfg = cfg
         self.env = env or HostEnv()
         self.np_store = np_store      # netplugin's Store: endpoints and profiles
@@ -178,9 +168,9 @@ class Runner:
             self._end(ctx, end.state, end.message)
         except NetpluginError as exc:
             self._end(ctx, FAILED, exc.message)
-        except Exception as exc:  # noqa: BLE001 - every failure ends the job with a message
-            if type(exc).__module__.startswith(("docker", "requests", "urllib3")):
-                self._end(ctx, FAILED, f"Docker refused: {_docker_message(exc)}")
+        except Exception as exc:
+            if is_docker_error(exc):
+                self._end(ctx, FAILED, f"Docker refused: {docker_message(exc)}")
             else:
                 log.exception("job %s: unexpected error", job.id)
                 self._end(ctx, FAILED, f"internal error in the runner: {type(exc).__name__}: {exc}")
@@ -195,9 +185,9 @@ class Runner:
                 raise JobEnded(FAILED, "the agent stopped while the job was starting (its limits were not all "
                                        "checked): submit it again")
             try:
-                info = self.docker.inspect_container(ctx.container)
-            except Exception as exc:  # noqa: BLE001
-                if _is_not_found(exc):
+                info = self.docker.inspect(ctx.container)
+            except Exception as exc:
+                if is_not_found(exc):
                     raise JobEnded(FAILED, f"its container {ctx.container[:12]} is gone") from None
                 raise
             ctx.gate_open = True
@@ -209,7 +199,7 @@ class Runner:
             self._end(ctx, end.state, end.message)
         except NetpluginError as exc:
             self._end(ctx, FAILED, exc.message)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("job %s: adopting failed", job.id)
             self._end(ctx, FAILED, f"adopting the job failed: {type(exc).__name__}: {exc}")
         return ctx.job
@@ -218,14 +208,11 @@ class Runner:
     def _locate(self, ctx: _Ctx) -> None:
         spec = ctx.spec
         ctx.job_dir = os.path.join(self.cfg.work_dir, ctx.job.id)
-        try:
-            vol = self.docker.inspect_volume(spec.volume)
-        except Exception as exc:  # noqa: BLE001
-            if not _is_not_found(exc):
-                raise
+        vol = self.docker.volume(spec.volume)
+        if vol is None:
             if ctx.job.kind == RESTORE:
-                raise JobEnded(FAILED, f"volume {spec.volume} does not exist on host {ctx.job.host}") from None
-            vol = self.docker.create_volume(spec.volume, driver="local", labels={"netplugin.backup.volume": "1"})
+                raise JobEnded(FAILED, f"volume {spec.volume} does not exist on host {ctx.job.host}")
+            vol = self.docker.create_volume(spec.volume)
         if vol.get("Driver") != "local":
             raise JobEnded(FAILED, f"volume {spec.volume} uses driver {vol.get('Driver')}: drctl needs a 'local' "
                                    "volume, whose folder it can check and rename in")
@@ -235,20 +222,12 @@ class Runner:
         spec, job = ctx.spec, ctx.job
         self._locate(ctx)
         image = spec.image or self.cfg.image
-        try:
-            self.docker.inspect_image(image)
-        except Exception as exc:  # noqa: BLE001
-            if _is_not_found(exc):
-                raise JobEnded(FAILED, f"image {image} is not on host {job.host}: build it with "
-                                       "scripts/make-db-images.sh") from None
-            raise
-        try:
-            self.docker.inspect_network(spec.network)
-        except Exception as exc:  # noqa: BLE001
-            if _is_not_found(exc):
-                raise JobEnded(FAILED, f"network {spec.network} does not exist on host {job.host}: create it "
-                                       "with 'docker network create -d netplugin ...'") from None
-            raise
+        if not self.docker.has_image(image):
+            raise JobEnded(FAILED, f"image {image} is not on host {job.host}: build it with "
+                                   "scripts/make-db-images.sh")
+        if not self.docker.has_network(spec.network):
+            raise JobEnded(FAILED, f"network {spec.network} does not exist on host {job.host}: create it "
+                                   "with 'docker network create -d netplugin ...'")
         if ctx.limits.profile:
             if self.np_store is None:
                 raise JobEnded(FAILED, "a bandwidth profile was asked but netplugin's store is not available")
@@ -296,10 +275,8 @@ class Runner:
         spec = ctx.spec
         backup = self.store.find_backup(spec.backup)
         ctx.backup = backup
-        path = ctx.host(backup.manifest_path)
         try:
-            with open(path) as fh:
-                manifest = json.load(fh)
+            manifest = manifests.read(ctx.host(backup.manifest_path))
         except (OSError, ValueError) as exc:
             raise JobEnded(FAILED, f"manifest {backup.manifest_path} of backup {backup.name} cannot be read "
                                    f"in volume {spec.volume}: {exc}") from None
@@ -318,27 +295,17 @@ class Runner:
             {"Type": "bind", "Source": ctx.job_dir, "Target": MOUNT_JOB, "ReadOnly": False},
             {"Type": "bind", "Source": spec.option_file, "Target": MOUNT_CNF, "ReadOnly": True},
         ]
-        host_config = d.create_host_config(
-            mounts=mounts, network_mode=spec.network, auto_remove=False, restart_policy={"Name": "no"},
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
-            log_config={"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
-            **lim.host_config_kwargs(limits, ctx.device))
-        networking = None
-        if spec.ip:
-            networking = d.create_networking_config({spec.network: d.create_endpoint_config(ipv4_address=spec.ip)})
         labels = {**{str(k): str(v) for k, v in spec.labels.items()},
                   LABEL_JOB: job.id, LABEL_KIND: job.kind, LABEL_TARGET: job.target}
         name = f"drctl-{job.id}"
-        resp = d.create_container(spec.image or self.cfg.image, command=["/bin/bash", f"{MOUNT_JOB}/bin/job.sh", job.kind],
-                                  name=name, labels=labels, host_config=host_config, networking_config=networking,
-                                  user="0:0", working_dir=MOUNT_JOB, environment={"DRCTL_JOB": job.id},
-                                  use_config_proxy=False)
-        ctx.container = resp["Id"]
-        warnings = [w for w in (resp.get("Warnings") or []) if w]
+        ctx.container, warnings = d.create(
+            spec.image or self.cfg.image, name=name, command=["/bin/bash", f"{MOUNT_JOB}/bin/job.sh", job.kind],
+            labels=labels, mounts=mounts, network=spec.network, ip=spec.ip,
+            limits=lim.host_config_kwargs(limits, ctx.device), working_dir=MOUNT_JOB,
+            environment={"DRCTL_JOB": job.id})
         self._update(ctx, lambda j: (setattr(j, "container", ctx.container), setattr(j, "container_name", name)))
         dropped = lim.limit_warnings(warnings)
-        info = d.inspect_container(ctx.container)
+        info = d.inspect(ctx.container)
         problems = lim.check_inspect(info.get("HostConfig") or {}, limits, ctx.device)
         report: dict = {"requested": asdict(limits), "device": asdict(ctx.device) if ctx.device else None,
                         "docker_warnings": warnings}
@@ -348,7 +315,7 @@ class Runner:
         report["problems"] = dropped + problems
         self._attach(ctx)
         d.start(ctx.container)
-        info = d.inspect_container(ctx.container)
+        info = d.inspect(ctx.container)
         net = (info.get("NetworkSettings", {}).get("Networks") or {}).get(spec.network) or {}
         endpoint, ip, pid = net.get("EndpointID", ""), net.get("IPAddress", ""), info["State"].get("Pid") or 0
         self._update(ctx, lambda j: (setattr(j, "endpoint", endpoint), setattr(j, "ip", ip)))
@@ -399,7 +366,7 @@ class Runner:
 
     def _attach(self, ctx: _Ctx) -> None:
         try:
-            stream = self.docker.attach(ctx.container, stdout=True, stderr=True, stream=True, logs=True)
+            stream = self.docker.attach(ctx.container)
         except Exception as exc:  # noqa: BLE001 - logs are also read afterwards
             log.warning("job %s: cannot attach to the logs: %s", ctx.job.id, exc)
             return
@@ -429,13 +396,9 @@ class Runner:
             remaining = ctx.job.run_by - self.clock() if ctx.job.run_by else 2.0
             if remaining <= 0:
                 self._check_stop(ctx, "running")
-            try:
-                result = self.docker.wait(ctx.container, timeout=max(0.2, min(2.0, remaining)))
-                ctx.exit_code = int(result.get("StatusCode", -1))
+            ctx.exit_code = self.docker.wait(ctx.container, timeout=max(0.2, min(2.0, remaining)))
+            if ctx.exit_code is not None:
                 break
-            except Exception as exc:  # noqa: BLE001
-                if not _is_timeout(exc):
-                    raise
             self._check_stop(ctx, "running")
             if self.clock() - last_progress >= 5 and ctx.job.kind == BACKUP:
                 last_progress = self.clock()
@@ -449,7 +412,7 @@ class Runner:
     def _collect(self, ctx: _Ctx) -> None:
         """Exit code, OOM flag and log tail of the stopped container."""
         try:
-            info = self.docker.inspect_container(ctx.container)
+            info = self.docker.inspect(ctx.container)
             state = info.get("State", {})
             ctx.exit_code = state.get("ExitCode", ctx.exit_code)
             ctx.oom = bool(state.get("OOMKilled"))
@@ -459,23 +422,12 @@ class Runner:
             ctx.attach_thread.join(timeout=5)
         tail = list(ctx.log_lines)[-self.cfg.log_tail_lines:]
         if not tail:
-            try:
-                raw = self.docker.logs(ctx.container, stdout=True, stderr=True, tail=self.cfg.log_tail_lines)
-                tail = raw.decode(errors="replace").splitlines()
-            except Exception:  # noqa: BLE001
-                tail = []
+            tail = self.docker.log_tail(ctx.container, self.cfg.log_tail_lines)
         text = "\n".join(tail)[-8192:]
         self._update(ctx, lambda j: (setattr(j, "exit_code", ctx.exit_code), setattr(j, "oom_killed", ctx.oom),
                                      setattr(j, "log_tail", text)))
 
     # -- verifying --------------------------------------------------------------------------------
-    def _out(self, ctx: _Ctx, name: str) -> str | None:
-        try:
-            with open(os.path.join(ctx.job_dir, "out", name)) as fh:
-                return fh.read()
-        except OSError:
-            return None
-
     def _finish(self, ctx: _Ctx) -> None:
         if ctx.exit_code is None:
             self._collect(ctx)
@@ -483,7 +435,7 @@ class Runner:
             mem = lim.human_bytes(ctx.limits.memory) if ctx.limits.memory else "?"
             raise JobEnded(FAILED, f"the job was OOM-killed: it needed more than its memory limit ({mem})")
         if ctx.exit_code != 0:
-            error = (self._out(ctx, "error") or "").strip()
+            error = (_Outputs(ctx.job_dir).get("error") or "").strip()
             last = ctx.job.log_tail.strip().splitlines()[-1:] if ctx.job.log_tail else []
             why = error or (last[0] if last else "no message")
             raise JobEnded(FAILED, f"the job exited with code {ctx.exit_code}: {why}")
@@ -515,15 +467,10 @@ class Runner:
 
     def _verify_backup(self, ctx: _Ctx) -> dict:
         spec, job = ctx.spec, ctx.job
+        out = _Outputs(ctx.job_dir)
         partial = ctx.host(ctx.rel(ctx.ext + ".partial"))
-        status = jobscript.parse_status(self._out(ctx, "status") or "")
-        bad = {k: v for k, v in status.items() if v != 0}
-        if not status or bad:
-            raise JobEnded(FAILED, f"verification: stages of the dump failed: {bad or 'no status recorded'}")
-        if (self._out(ctx, "done") or "").strip() != "ok":
-            raise JobEnded(FAILED, "verification: the job did not record that it finished")
-        if "-- Dump completed" not in (self._out(ctx, "dump_tail") or ""):
-            raise JobEnded(FAILED, "verification: the dump has no completion marker")
+        stages = verify.stages(out, "dump")
+        verify.dump_marker(out)
         try:
             size = os.path.getsize(partial)
         except OSError:
@@ -531,95 +478,49 @@ class Runner:
             if done is not None:
                 return done
             raise JobEnded(FAILED, f"verification: {ctx.rel(ctx.ext + '.partial')} is missing") from None
-        streamed = int((self._out(ctx, "bytes") or "-1").strip() or -1)
-        if size != streamed:
-            raise JobEnded(FAILED, f"verification: the file has {size} bytes but {streamed} were written")
-        if size < self.cfg.min_size:
-            raise JobEnded(FAILED, f"verification: the dump is only {size} bytes (minimum {self.cfg.min_size})")
-        sha = (self._out(ctx, "sha256") or "").split()[:1]
-        if not sha or not re.fullmatch(r"[0-9a-f]{64}", sha[0]):
-            raise JobEnded(FAILED, "verification: no sha256 was recorded")
-        tables: dict = {}
-        lock: dict = {}
-        if spec.checksums:
-            text = self._out(ctx, "checksums")
-            if text is None:
-                raise JobEnded(FAILED, "verification: no checksums were recorded in the dump's snapshot")
-            for name, row in jobscript.parse_checksums(text).items():
-                tables[name] = dict(row, transactional=row["engine"].lower() in TRANSACTIONAL_ENGINES)
-            lock = jobscript.parse_lock(self._out(ctx, "lock") or "")
+        sha = verify.dump_file(out, size, self.cfg.min_size)
+        tables, lock = verify.snapshot_tables(out, spec.checksums)
         now = self.clock()
-        name = backup_name(job.target, job.id)
-        manifest = {
-            "format": MANIFEST_FORMAT, "name": name, "target": job.target, "database": spec.database,
-            "job": job.id, "host": job.host, "created": job.entered(RUNNING) or job.created, "finished": now,
-            "source": {"host": spec.db_host, "port": spec.db_port, "network": spec.network},
-            "server_version": (self._out(ctx, "server_version") or "").strip(),
-            "tool": (self._out(ctx, "dump_command") or "").strip() or "mariadb-dump",
-            "tool_version": (self._out(ctx, "dump_version") or "").strip(),
-            "image": spec.image or self.cfg.image,
-            "compression": spec.compression, "file": ctx.rel(ctx.ext), "size": size, "sha256": sha[0],
-            "uncompressed_size": int((self._out(ctx, "raw_bytes") or "0").strip() or 0),
-            "tables": tables, "rows": sum(t["rows"] for t in tables.values()),
-            # The checksums and row counts come from a snapshot opened with the dump's
-            # own, under a global read lock held for lock["held"] seconds: every
-            # transactional table's checksum describes exactly the rows in the dump.
-            "checksum_snapshot": "dump" if tables else None, "read_lock": lock,
-            "not_transactional": sorted(n for n, t in tables.items() if not t["transactional"]),
-            "stages": status, "limits": job.limits_applied,
-        }
+        manifest = manifests.build(job, spec, out, name=backup_name(job.target, job.id), file=ctx.rel(ctx.ext),
+                                   size=size, sha256=sha, tables=tables, lock=lock, stages=stages,
+                                   created=job.entered(RUNNING) or job.created, finished=now,
+                                   image=spec.image or self.cfg.image)
         mpath = ctx.host(ctx.rel(".manifest.json"))
-        with open(os.open(mpath + ".partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(mpath + ".partial", mpath)
+        manifests.write(mpath, manifest)
         os.replace(partial, ctx.host(ctx.rel(ctx.ext)))
         dfd = os.open(os.path.dirname(mpath), os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        backup = Backup(name=name, target=job.target, database=spec.database, volume=spec.volume,
-                        path=ctx.rel(ctx.ext), manifest_path=ctx.rel(".manifest.json"), size=size, sha256=sha[0],
-                        created=manifest["created"], host=job.host, job=job.id, compression=spec.compression,
-                        server_version=manifest["server_version"], tables=len(tables), rows=manifest["rows"])
-        self.store.add_backup(backup)
-        result = {"backup": name, "file": backup.path, "size": size, "sha256": sha[0], "tables": len(tables),
-                  "rows": manifest["rows"], "uncompressed_size": manifest["uncompressed_size"],
-                  "not_transactional": manifest["not_transactional"], "read_lock": lock}
+        self.store.add_backup(manifests.catalog_record(manifest, job.target, spec.volume,
+                                                       ctx.rel(".manifest.json"), job.host))
+        result = dict(manifests.summary(manifest), read_lock=lock)
         started = job.entered(RUNNING)
         if started:
             result["seconds"] = round(now - started, 3)
-        note = f" ({len(manifest['not_transactional'])} tables of engines outside the snapshot: " \
-            f"{', '.join(manifest['not_transactional'])})" if manifest["not_transactional"] else ""
-        result["message"] = f"backup {name}: {lim.human_bytes(size)}, {len(tables)} tables, {manifest['rows']} rows{note}"
+        skipped = manifest["not_transactional"]
+        note = f" ({len(skipped)} tables of engines outside the snapshot: {', '.join(skipped)})" if skipped else ""
+        result["message"] = (f"backup {manifest['name']}: {lim.human_bytes(size)}, {len(tables)} tables, "
+                             f"{manifest['rows']} rows{note}")
         return result
 
     def _already_renamed(self, ctx: _Ctx) -> dict | None:
         """An agent that stopped between the rename and the end: the backup and its
         manifest are in place, written by this job; finish the bookkeeping."""
         try:
-            with open(ctx.host(ctx.rel(".manifest.json"))) as fh:
-                manifest = json.load(fh)
+            manifest = manifests.read(ctx.host(ctx.rel(".manifest.json")))
             size = os.path.getsize(ctx.host(ctx.rel(ctx.ext)))
         except (OSError, ValueError):
             return None
         if manifest.get("job") != ctx.job.id or manifest.get("size") != size:
             return None
         job = ctx.job
-        self.store.add_backup(Backup(
-            name=manifest["name"], target=job.target, database=manifest["database"], volume=ctx.spec.volume,
-            path=manifest["file"], manifest_path=ctx.rel(".manifest.json"), size=size, sha256=manifest["sha256"],
-            created=manifest["created"], host=job.host, job=job.id, compression=manifest["compression"],
-            server_version=manifest.get("server_version", ""), tables=len(manifest.get("tables") or {}),
-            rows=manifest.get("rows", 0)))
-        return {"backup": manifest["name"], "file": manifest["file"], "size": size, "sha256": manifest["sha256"],
-                "tables": len(manifest.get("tables") or {}), "rows": manifest.get("rows", 0),
-                "uncompressed_size": manifest.get("uncompressed_size", 0),
-                "not_transactional": manifest.get("not_transactional", []),
-                "adopted": True,
-                "message": f"backup {manifest['name']}: {lim.human_bytes(size)} (completed after the agent restarted)"}
+        self.store.add_backup(manifests.catalog_record(manifest, job.target, ctx.spec.volume,
+                                                       ctx.rel(".manifest.json"), job.host))
+        return dict(manifests.summary(manifest), adopted=True,
+                    message=f"backup {manifest['name']}: {lim.human_bytes(size)} (completed after the agent "
+                            "restarted)")
 
     def _prune(self, ctx: _Ctx) -> list[str] | None:
         """Retention after this verified success; never fails the job."""
@@ -628,68 +529,27 @@ class Runner:
             return None
         try:
             report = retention.prune(self.store, ctx.job.target, spec.keep_last, spec.max_age, self.clock(),
-                                     volume_path=lambda volume: self._volume_path(volume))
+                                     volume_path=self.docker.volume_path)
             return report.deleted
         except NetpluginError as exc:
             log.warning("job %s: retention skipped: %s", ctx.job.id, exc.message)
             return [f"skipped: {exc.message}"]
 
-    def _volume_path(self, volume: str) -> str | None:
-        try:
-            vol = self.docker.inspect_volume(volume)
-        except Exception:  # noqa: BLE001
-            return None
-        return vol.get("Mountpoint") if vol.get("Driver") == "local" else None
-
     def _verify_restore(self, ctx: _Ctx) -> dict:
-        status = jobscript.parse_status(self._out(ctx, "status") or "")
-        bad = {k: v for k, v in status.items() if v != 0}
-        if not status or bad:
-            raise JobEnded(FAILED, f"verification: stages of the load failed: {bad or 'no status recorded'}")
-        if (self._out(ctx, "done") or "").strip() != "ok":
-            raise JobEnded(FAILED, "verification: the job did not record that it finished")
+        out = _Outputs(ctx.job_dir)
+        verify.stages(out, "load")
         manifest = ctx.manifest or self._load_manifest(ctx)
         expected: dict = manifest.get("tables") or {}
-        checked, unverifiable, problems = 0, [], []
-        if ctx.spec.checksums and expected:
-            got = jobscript.parse_checksums(self._out(ctx, "checksums.restored") or "")
-            for name, want in sorted(expected.items()):
-                if want.get("consistent") is False:
-                    # A format-1 manifest: that table's checksums were taken around the
-                    # dump, not in its snapshot, and differed: nothing to compare with.
-                    unverifiable.append(name)
-                    continue
-                have = got.get(name)
-                hint = "" if want.get("transactional", True) else \
-                    f" (engine {want.get('engine')} is outside the snapshot: was it written during the backup?)"
-                if have is None:
-                    problems.append(f"table {name} is missing")
-                elif have["rows"] != want["rows"]:
-                    problems.append(f"table {name} has {have['rows']} rows, the backup {want['rows']}{hint}")
-                elif have["checksum"] != want["checksum"]:
-                    problems.append(f"table {name} has checksum {have['checksum']}, the backup {want['checksum']}{hint}")
-                else:
-                    checked += 1
-            extra = sorted(set(got) - set(expected))
-            if extra:
-                problems.append(f"tables not in the backup: {', '.join(extra)}")
-        if problems:
-            raise JobEnded(FAILED, "verification failed: " + "; ".join(problems))
-        rows = sum(t["rows"] for n, t in expected.items() if n not in unverifiable) if checked else 0
+        checked, unverifiable, rows = verify.restored_tables(out, manifest, ctx.spec.checksums)
         result = {"backup": manifest["name"], "database": ctx.spec.database, "tables_verified": checked,
                   "rows_verified": rows, "unverifiable": unverifiable, "size": manifest["size"]}
         started = ctx.job.entered(RUNNING)
         if started:
             result["seconds"] = round(self.clock() - started, 3)
-        if unverifiable:
-            result["warning"] = (f"{len(unverifiable)} of {len(expected)} tables NOT verified: {', '.join(unverifiable)} "
-                                 "changed during that backup, whose manifest (format 1) has no checksum of the "
-                                 "dumped rows")
-        elif ctx.spec.checksums and not expected:
-            result["warning"] = "NOT verified: the backup's manifest has no checksums (made with --no-checksums)"
-        elif not ctx.spec.checksums:
-            result["warning"] = "NOT verified: --no-checksums"
-        note = f"; WARNING: {result['warning']}" if result.get("warning") else ""
+        warning = verify.restore_warning(manifest, unverifiable, ctx.spec.checksums)
+        if warning:
+            result["warning"] = warning
+        note = f"; WARNING: {warning}" if warning else ""
         result["message"] = (f"restored {manifest['name']} into {ctx.spec.database}: {checked} of {len(expected)} "
                              f"tables, {rows} rows match the manifest{note}")
         return result
@@ -703,13 +563,7 @@ class Runner:
                 pass
         if ctx.container:
             try:
-                info = self.docker.inspect_container(ctx.container)
-                if info.get("State", {}).get("Running"):
-                    self.docker.kill(ctx.container)
-                    try:
-                        self.docker.wait(ctx.container, timeout=15)
-                    except Exception:  # noqa: BLE001
-                        pass
+                self.docker.stop(ctx.container)
                 if ctx.exit_code is None:
                     self._collect(ctx)
             except Exception as exc:  # noqa: BLE001

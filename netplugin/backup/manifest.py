@@ -1,0 +1,71 @@
+"""A backup's manifest (``<name>.manifest.json`` next to the dump): what it
+holds, built from a verified job's outputs, and read and written as that
+one file (through a ``.partial`` and a rename). No Docker, no etcd.
+
+Format 2: the checksums and row counts come from a snapshot opened with the
+dump's own, under a global read lock held for ``read_lock["held"]`` seconds,
+so every transactional table's checksum describes exactly the rows in the
+dump. Format 1 (older) took them around the dump (``consistent: false``
+marks a table that changed meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .model import Backup, Job, JobSpec
+from .verify import Outputs
+
+FORMAT = 2
+
+
+def build(job: Job, spec: JobSpec, out: Outputs, *, name: str, file: str, size: int, sha256: str, tables: dict,
+          lock: dict, stages: dict, created: float, finished: float, image: str) -> dict:
+    return {
+        "format": FORMAT, "name": name, "target": job.target, "database": spec.database,
+        "job": job.id, "host": job.host, "created": created, "finished": finished,
+        "source": {"host": spec.db_host, "port": spec.db_port, "network": spec.network},
+        "server_version": (out.get("server_version") or "").strip(),
+        "tool": (out.get("dump_command") or "").strip() or "mariadb-dump",
+        "tool_version": (out.get("dump_version") or "").strip(),
+        "image": image,
+        "compression": spec.compression, "file": file, "size": size, "sha256": sha256,
+        "uncompressed_size": int((out.get("raw_bytes") or "0").strip() or 0),
+        "tables": tables, "rows": sum(t["rows"] for t in tables.values()),
+        "checksum_snapshot": "dump" if tables else None, "read_lock": lock,
+        "not_transactional": sorted(n for n, t in tables.items() if not t["transactional"]),
+        "stages": stages, "limits": job.limits_applied,
+    }
+
+
+def catalog_record(manifest: dict, target: str, volume: str, manifest_path: str, host: str) -> Backup:
+    """The catalog's record of the backup a manifest describes."""
+    return Backup(name=manifest["name"], target=target, database=manifest["database"], volume=volume,
+                  path=manifest["file"], manifest_path=manifest_path, size=manifest["size"],
+                  sha256=manifest["sha256"], created=manifest["created"], host=host, job=manifest["job"],
+                  compression=manifest["compression"], server_version=manifest.get("server_version", ""),
+                  tables=len(manifest.get("tables") or {}), rows=manifest.get("rows", 0))
+
+
+def summary(manifest: dict) -> dict:
+    """What a backup job's result says of its backup."""
+    return {"backup": manifest["name"], "file": manifest["file"], "size": manifest["size"],
+            "sha256": manifest["sha256"], "tables": len(manifest.get("tables") or {}),
+            "rows": manifest.get("rows", 0), "uncompressed_size": manifest.get("uncompressed_size", 0),
+            "not_transactional": manifest.get("not_transactional", [])}
+
+
+def write(path: str, manifest: dict) -> None:
+    """Write it as path.partial (mode 600), fsync, then rename to path."""
+    with open(os.open(path + ".partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(path + ".partial", path)
+
+
+def read(path: str) -> dict:
+    """Raises OSError or ValueError when it cannot be read."""
+    with open(path) as fh:
+        return json.load(fh)
