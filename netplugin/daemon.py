@@ -14,10 +14,14 @@ import os
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, load
 from .errors import NetpluginError
+
+if TYPE_CHECKING:
+    from .wiring import Components
 
 log = logging.getLogger("netplugin")
 
@@ -74,45 +78,35 @@ def secure_socket(path: str, group: str | None) -> None:
     os.chmod(path, 0o660)
 
 
-def start_metrics(cfg: Config, driver):
+def start_metrics(parts: Components) -> None:
     """The loopback metrics and health port, unless turned off."""
-    from . import health
-    from .metrics import Metrics
     from .metrics_server import serve
-    metrics = Metrics()
-    metrics.watch_store(driver.store, cfg.host_id)
-    if driver.limits is not None:
-        driver.limits.metrics = metrics
+    cfg = parts.cfg
     if cfg.metrics_address:
         try:
-            serve(cfg.metrics_address, metrics.registry,
-                  lambda: health.check(driver.store, driver.switch, cfg.bridge))
+            serve(cfg.metrics_address, parts.metrics.registry, parts.health)
         except OSError as exc:
             log.error("metrics port %s unavailable (%s): running without it", cfg.metrics_address, exc)
-    return metrics
 
 
-def background_start(driver, releaser) -> None:
-    """Register the host, follow release requests, prepare the bridge and
-    compare OVS with etcd, retrying until each answers."""
+def background_start(parts: Components) -> None:
+    """Register the host, follow release requests and the limit and ARP
+    watches, prepare the bridge and compare OVS with etcd, retrying until
+    each answers."""
     from .hosts import HostHeartbeat
-    HostHeartbeat(driver.cfg, driver.store).start()
-    releaser.follow_requests()
-    if driver.limits is not None:
-        driver.limits.start()
-    if driver.arp is not None:
-        driver.arp.start()
-    if driver.flows is not None:
-        # Flows and meters back within a second or two of an OVS restart,
-        # not at the sync loops' next full pass.
-        from .ovs_restart import DataplaneRestorer
-        DataplaneRestorer(driver.cfg, driver.flows, driver.limits, driver.arp).start()
+    HostHeartbeat(parts.cfg, parts.store).start()
+    parts.releaser.follow_requests()
+    parts.limits.start()
+    parts.arp.start()
+    # Flows and meters back within a second or two of an OVS restart,
+    # not at the sync loops' next full pass.
+    parts.restorer.start()
 
     def run():
         while True:
             try:
-                driver.ensure_bridge()
-                driver.compare_ports_with_store()
+                parts.bridge.ensure()
+                parts.bridge.compare_with_store()
                 return
             except NetpluginError as exc:
                 log.warning("start-up check waits: %s", exc.message)
@@ -124,7 +118,7 @@ def serve(cfg: Config) -> None:
     from gunicorn.app.base import BaseApplication
 
     from .api import create_app
-    from .wiring import make_driver, make_releaser
+    from .wiring import make_components
 
     os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
 
@@ -143,11 +137,10 @@ def serve(cfg: Config) -> None:
                 self.cfg.set(key, value)
 
         def load(self):
-            driver = make_driver(cfg)
-            releaser = make_releaser(cfg, driver)
-            metrics = start_metrics(cfg, driver)
-            background_start(driver, releaser)
-            return create_app(cfg, driver, driver.ipam, releaser, metrics)
+            parts = make_components(cfg)
+            start_metrics(parts)
+            background_start(parts)
+            return create_app(parts)
 
     log.info("netplugin %s on host %s: socket %s, bridge %s (%s), etcd %s", __version__, cfg.host_id,
              cfg.socket, cfg.bridge, cfg.datapath_type, ",".join(cfg.etcd_endpoints))

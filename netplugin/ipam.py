@@ -29,7 +29,7 @@ import math
 import random
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import netaddr
 
@@ -37,6 +37,9 @@ from .errors import Conflict, InvalidRequest, NetpluginError, NotFound, PoolExha
 from .model import (ALLOC_AUX, ALLOC_ENDPOINT, ALLOC_GATEWAY, Allocation, Network, check_address,
                     check_range, check_subnet)
 from .store import CHUNK_BITS, Store, describe_holder
+
+if TYPE_CHECKING:
+    from .naming import NetworkNamer
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +77,19 @@ def pool_id_for(subnet: netaddr.IPNetwork, rng: netaddr.IPNetwork | None) -> str
 
 
 class Ipam:
-    def __init__(self, store: Store, host_id: str, rng: random.Random | None = None):
+    def __init__(self, store: Store, host_id: str, rng: random.Random | None = None,
+                 namer: "NetworkNamer | None" = None):
+        """``namer`` names a Docker-made network that is still unnamed, so that an
+        error about it says "prod", not "n-48a7..." (None: errors use the id)."""
         self.store = store
         self.host_id = host_id
+        self.namer = namer
         self.random = rng or random.Random()
         self._full: dict[tuple[str, int], float] = {}
         self._sub_pools: dict[str, str] = {}
         self._networks: dict[str, tuple[Network, int]] = {}          # subnet -> (network, revision)
         self._free: dict[tuple[str, tuple], list[int]] = {}           # (subnet, spans) -> free offsets
         self._lock = threading.Lock()
-        # Names a Docker-made network that is still unnamed (set by the driver, which
-        # can ask Docker), so that an error about it says "prod", not "n-48a7...".
-        self.namer: Callable[[Network], Network] | None = None
 
     # -- pools ----------------------------------------------------------------
     def request_pool(self, pool: str, sub_pool: str, v6: bool) -> tuple[str, str, dict]:
@@ -111,7 +115,7 @@ class Ipam:
     def _named(self, net: Network) -> Network:
         if net.name is None and self.namer is not None:
             try:
-                return self.namer(net)
+                return self.namer.name_now(net)
             except NetpluginError:
                 pass                      # the id will do; the error being raised matters more
         return net
@@ -363,7 +367,6 @@ class Ipam:
         if alloc.endpoint and self.store.get_endpoint(alloc.endpoint) is not None:
             log.warning("not releasing %s: endpoint %s still exists", ip, alloc.endpoint[:12])
         return False
-
 
     def usage(self, net: Network) -> dict:
         """Size, used and free counts of a network's pool, for netctl."""

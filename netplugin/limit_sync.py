@@ -35,12 +35,15 @@ _UNKNOWN = object()      # no limit recorded for the endpoint yet
 
 
 class LimitSync:
-    def __init__(self, cfg: Config, store: Store, limiter: RateLimiter):
+    def __init__(self, cfg: Config, store: Store, limiter: RateLimiter, metrics=None, defer=None):
+        """``metrics``: counts limits applied (None: not counted). ``defer(fn, *args)``:
+        runs a port's flow deletion after the caller's answer (None: at once)."""
         self.cfg = cfg
         self.store = store
         self.limiter = limiter
+        self.metrics = metrics
+        self.defer = defer
         self.applied: dict[str, tuple[int, int] | None] = {}
-        self.metrics = None     # set by the daemon: counts limits applied
         self._gone: dict[str, float] = {}
         self._pending: dict[str, float] = {}      # endpoint id -> when its port was first not ready
         self._stray_meters: set[int] = set()      # meters no local limited port used at the last full pass
@@ -101,6 +104,11 @@ class LimitSync:
             self._gone[endpoint_id] = now
             for old in [e for e, t in self._gone.items() if now - t > GONE_MEMORY]:
                 del self._gone[old]
+
+    def remove(self, endpoint_id: str, port: str) -> None:
+        """A port is going: its meter, flows and policing go before the port itself."""
+        self.forget(endpoint_id)            # first: no pass may re-add them
+        self.limiter.remove(endpoint_id, port, defer=self.defer)
 
     def resync(self, verify: bool = False) -> int:
         """Apply every local endpoint's limit that changed; returns how many were applied."""

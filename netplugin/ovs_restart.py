@@ -32,8 +32,11 @@ import subprocess
 import threading
 import time
 
-from .dataplane.flows import OFCTL, TABLE_ARP
+from .arp_proxy import ArpProxy
+from .config import Config
+from .dataplane.flows import OFCTL, TABLE_ARP, Flows
 from .errors import NetpluginError
+from .limit_sync import LimitSync
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def vswitchd_pidfile(ovsdb: str) -> str | None:
 
 
 class DataplaneRestorer:
-    def __init__(self, cfg, flows, limits=None, arp=None, period: float = POLL_EVERY):
+    def __init__(self, cfg: Config, flows: Flows, limits: LimitSync, arp: ArpProxy, period: float = POLL_EVERY):
         self.cfg = cfg
         self.flows = flows
         self.limits = limits
@@ -91,10 +94,8 @@ class DataplaneRestorer:
         """Table-miss flows, local ports' flows and meters, ARP answers; raises
         NetpluginError when OVS or etcd does not answer yet."""
         self.flows.ensure_pipeline()
-        if self.limits is not None:
-            self.limits.resync(verify=True)
-        if self.arp is not None:
-            self.arp.resync(full=True)        # read the table: the proxy's own memory of it is stale
+        self.limits.resync(verify=True)
+        self.arp.resync(full=True)        # read the table: the proxy's own memory of it is stale
 
     def check_once(self) -> bool:
         """One look; restores when needed. True when it restored."""

@@ -37,6 +37,7 @@ from .docker_api import DockerView
 from .errors import NetpluginError
 from .hosts import LAST_SEEN_EVERY, LEASE_TTL
 from .lease import LeaseKeeper
+from .limit_sync import LimitSync
 from .model import ALLOC_ENDPOINT, Allocation, Endpoint
 from .release import Releaser
 from .store import Store
@@ -143,13 +144,14 @@ class LockKeeper:
 
 class Reconciler:
     def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView,
-                 releaser: Releaser):
+                 releaser: Releaser, limits: LimitSync):
         self.cfg = cfg
         self.store = store
         self.links = links
         self.switch = switch
         self.docker = docker
         self.releaser = releaser
+        self.limits = limits
 
     # -- the run ------------------------------------------------------------------
     def run(self, dry_run: bool = False, grace: float = 60.0, dead_host_after: float | None = None,
@@ -356,8 +358,7 @@ class Reconciler:
             self.store.release_address(subnet, offset, held[1])
 
     def _drop_port(self, port: str, endpoint_id: str) -> None:
-        if self.releaser.remove_limit is not None:
-            self.releaser.remove_limit(endpoint_id, port)
+        self.limits.remove(endpoint_id, port)
         self.switch.delete_port(port)
         self.links.delete(port)
 

@@ -23,10 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args, cfg_overrides: dict, as_json: bool) -> int:
-    from .wiring import make_driver, make_releaser, reconcile_settings
     from .config import load
-    from .docker_api import DockerView
-    from .reconcile import Reconciler, as_json_line, format_human
+    from .reconcile import as_json_line, format_human
+    from .wiring import make_reconciler, reconcile_settings
 
     if args.grace < 0:
         print("netplugin-reconcile: --grace must be 0 or more seconds", file=sys.stderr)
@@ -37,11 +36,8 @@ def run(args, cfg_overrides: dict, as_json: bool) -> int:
             overrides[key] = getattr(args, key)
     try:
         cfg = reconcile_settings(load(overrides.pop("config", None), overrides=overrides))
-        driver = make_driver(cfg)
-        releaser = make_releaser(cfg, driver)
         dead_host_after = args.dead_host_after if args.dead_host_after is not None else cfg.reconcile_dead_host_after
-        report = Reconciler(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker),
-                            releaser).run(dry_run=args.dry_run, grace=args.grace, dead_host_after=dead_host_after,
+        report = make_reconciler(cfg).run(dry_run=args.dry_run, grace=args.grace, dead_host_after=dead_host_after,
                                           tombstone_max_age=cfg.reconcile_tombstone_max_age)
     except NetpluginError as exc:
         print(f"netplugin-reconcile: {exc.message}", file=sys.stderr)

@@ -21,6 +21,7 @@ from .dataplane.links import Links
 from .dataplane.ovs import Switch
 from .docker_api import DockerView
 from .errors import Conflict, DataplaneUnavailable, InvalidRequest, NetpluginError, NotFound
+from .limit_sync import LimitSync
 from .model import ALLOC_ENDPOINT, Endpoint
 from .store import Store
 from .watch import SyncLoop
@@ -32,20 +33,19 @@ RETRY_EVERY = 10.0
 
 class Releaser:
     def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView | None,
-                 remove_limit=None):
+                 limits: LimitSync):
         self.cfg = cfg
         self.store = store
         self.links = links
         self.switch = switch
         self.docker = docker
-        self.remove_limit = remove_limit      # driver.remove_limit: meter and flows of a port
+        self.limits = limits                  # removes a port's meter and flows before the port
 
     # -- the local, whole release ---------------------------------------------------
     def release_local(self, ep: Endpoint, by: str = "api") -> dict:
         """Remove everything of an endpoint of this host. Idempotent."""
         removed = {"ovs_port": None, "veth": None, "record": False, "address": None}
-        if self.remove_limit is not None:
-            self.remove_limit(ep.id, ep.port)
+        self.limits.remove(ep.id, ep.port)
         if self.switch.delete_port(ep.port):
             removed["ovs_port"] = ep.port
         if self.links.delete(ep.port):

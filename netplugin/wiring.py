@@ -1,23 +1,78 @@
-"""Wiring: builds the backends from a Config. Called by the daemon and
-netctl at start, never at import time."""
+"""Wiring: the one place that builds netplugin's components from a Config.
+
+The daemon, netctl, the reconciler and drctl build what they need here, at
+start, never at import time; nothing here connects to anything (every client
+connects on first use). Every component gets its collaborators through its
+constructor and is never changed afterwards.
+
+Who builds what:
+
+* ``make_components`` (the daemon): the outside clients (etcd store, OVSDB
+  switch, kernel links, OpenFlow flows, Docker) and metrics, then
+  ``assemble``;
+* ``assemble``: everything built over those clients; the unit tests call it
+  with fakes, so they run the shape the daemon runs;
+* ``make_reconciler`` (``netplugin-reconcile``, ``netctl reconcile``): only
+  the store, links, switch, flows and limits a reconcile pass needs;
+* ``make_store`` (netctl, drctl), ``make_switch`` and ``make_metrics``
+  (the daemon's metrics, drctl's collector included).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from . import health
 from .arp_proxy import ArpProxy
+from .background import Background
+from .bridge import Bridge
 from .config import Config
 from .dataplane.flows import Flows
 from .dataplane.links import Links
-from .dataplane.ratelimit import RateLimiter
 from .dataplane.ovs import Switch
+from .dataplane.ratelimit import RateLimiter
 from .docker_api import DockerNames, DockerView
-from .driver import Backends, Driver
+from .endpoints import Endpoints
 from .ipam import Ipam
 from .kv import EtcdKV
 from .limit_sync import LimitSync
+from .naming import NetworkNamer
+from .networks import Networks
+from .ovs_restart import DataplaneRestorer
+from .reconcile import Reconciler
 from .release import Releaser
 from .store import Store
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    """Everything one daemon runs, built once by ``assemble``."""
+
+    cfg: Config
+    store: Store
+    switch: Switch
+    links: Links
+    flows: Flows
+    docker: DockerNames
+    background: Background
+    limits: LimitSync
+    arp: ArpProxy
+    restorer: DataplaneRestorer
+    namer: NetworkNamer
+    ipam: Ipam
+    bridge: Bridge
+    networks: Networks
+    endpoints: Endpoints
+    releaser: Releaser
+    health: Callable[[], dict]
+    metrics: Metrics | None = None
 
 
 def make_store(cfg: Config) -> Store:
@@ -32,6 +87,21 @@ def make_switch(cfg: Config) -> Switch:
     return Switch(cfg.ovsdb, cfg.ovs_timeout, connect_timeout=cfg.ovs_connect_timeout)
 
 
+def make_flows(cfg: Config) -> Flows:
+    return Flows(cfg.bridge, cfg.ovs_timeout)
+
+
+def make_docker(cfg: Config) -> DockerNames:
+    return DockerNames(cfg.docker_url, cfg.docker_timeout)
+
+
+def make_limits(cfg: Config, store: Store, switch: Switch, flows: Flows, background: Background,
+                metrics: Metrics | None = None) -> LimitSync:
+    """Port limits; a port's flows go on the background thread when it has no meter."""
+    return LimitSync(cfg, store, RateLimiter(switch, flows, cfg.rate_limit), metrics=metrics,
+                     defer=background.later)
+
+
 def reconcile_settings(cfg: Config) -> Config:
     """The settings a reconciler runs with: a new process's first OVSDB dump
     of a big database takes longer than a request of the daemon may wait."""
@@ -39,20 +109,41 @@ def reconcile_settings(cfg: Config) -> Config:
                                                             cfg.reconcile_ovs_connect_timeout))
 
 
-def make_driver(cfg: Config) -> Driver:
-    store = make_store(cfg)
-    switch = make_switch(cfg)
-    flows = Flows(cfg.bridge, cfg.ovs_timeout)
-    limits = LimitSync(cfg, store, RateLimiter(switch, flows, cfg.rate_limit))
+def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flows, docker: DockerNames,
+             docker_view: DockerView | None, metrics: Metrics | None = None,
+             rng: random.Random | None = None) -> Components:
+    """Build every component over the given outside clients."""
+    background = Background()
+    limits = make_limits(cfg, store, switch, flows, background, metrics)
     arp = ArpProxy(cfg, store, switch, flows)
-    return Driver(cfg, Backends(store=store, ipam=Ipam(store, cfg.host_id), links=Links(), switch=switch,
-                                docker=DockerNames(cfg.docker_url, cfg.docker_timeout), limits=limits, flows=flows,
-                                arp=arp))
+    namer = NetworkNamer(cfg.host_id, store, docker)
+    ipam = Ipam(store, cfg.host_id, rng=rng, namer=namer)
+    bridge = Bridge(cfg, store, switch, flows)
+    networks = Networks(cfg, store, ipam, namer)
+    return Components(
+        cfg=cfg, store=store, switch=switch, links=links, flows=flows, docker=docker, background=background,
+        limits=limits, arp=arp, restorer=DataplaneRestorer(cfg, flows, limits, arp), namer=namer, ipam=ipam,
+        bridge=bridge, networks=networks,
+        endpoints=Endpoints(cfg, store, links, switch, bridge, networks, limits, arp, background),
+        releaser=Releaser(cfg, store, links, switch, docker_view, limits),
+        health=functools.partial(health.check, store, switch, cfg.bridge), metrics=metrics)
 
 
-def make_releaser(cfg: Config, driver: Driver) -> Releaser:
-    return Releaser(cfg, driver.store, driver.links, driver.switch, DockerView(driver.docker),
-                    remove_limit=driver.remove_limit)
+def make_components(cfg: Config) -> Components:
+    """The daemon's components, over the real etcd, Open vSwitch, kernel and Docker."""
+    store = make_store(cfg)
+    docker = make_docker(cfg)
+    return assemble(cfg, store, make_switch(cfg), Links(), make_flows(cfg), docker, DockerView(docker),
+                    metrics=make_metrics(cfg, store))
+
+
+def make_reconciler(cfg: Config) -> Reconciler:
+    """What one reconcile pass needs, and no more."""
+    store, switch, links, flows = make_store(cfg), make_switch(cfg), Links(), make_flows(cfg)
+    limits = make_limits(cfg, store, switch, flows, Background())
+    docker_view = DockerView(make_docker(cfg))
+    releaser = Releaser(cfg, store, links, switch, docker_view, limits)
+    return Reconciler(cfg, store, links, switch, docker_view, releaser, limits)
 
 
 def make_metrics(cfg: Config, store: Store):

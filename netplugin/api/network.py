@@ -28,7 +28,7 @@ def create_network(body: dict) -> dict:
     """``{"NetworkID": "<64 hex>", "Options": {"com.docker.network.generic": {"vlan": "100"}},
     "IPv4Data": [{"AddressSpace": "netplugin", "Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24",
     "AuxAddresses": {}}], "IPv6Data": []}`` -> ``{}``"""
-    backend("driver").create_network(field(body, "NetworkID"), field(body, "Options", dict, False, {}),
+    backend("networks").create_network(field(body, "NetworkID"), field(body, "Options", dict, False, {}),
                                      field(body, "IPv4Data", list, False, []),
                                      field(body, "IPv6Data", list, False, []))
     return {}
@@ -38,7 +38,7 @@ def create_network(body: dict) -> dict:
 @protocol
 def delete_network(body: dict) -> dict:
     """``{"NetworkID": "<64 hex>"}`` -> ``{}``"""
-    backend("driver").delete_network(field(body, "NetworkID"))
+    backend("networks").delete_network(field(body, "NetworkID"))
     return {}
 
 
@@ -51,7 +51,7 @@ def create_endpoint(body: dict) -> dict:
     Only the fields Docker left empty come back; with nothing to add, ``{}``."""
     net, ep = _ids(body)
     field(body, "Options", dict, False, {})
-    iface = backend("driver").create_endpoint(net, ep, field(body, "Interface", dict, False, {}))
+    iface = backend("endpoints").create_endpoint(net, ep, field(body, "Interface", dict, False, {}))
     return {"Interface": iface} if iface else {}
 
 
@@ -59,14 +59,14 @@ def create_endpoint(body: dict) -> dict:
 @protocol
 def endpoint_oper_info(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ...}`` -> ``{"Value": {"ip": ..., "vlan": 100, ...}}``"""
-    return {"Value": backend("driver").endpoint_info(*_ids(body))}
+    return {"Value": backend("endpoints").endpoint_info(*_ids(body))}
 
 
 @bp.post("/NetworkDriver.DeleteEndpoint")
 @protocol
 def delete_endpoint(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ...}`` -> ``{}`` (an unknown endpoint succeeds)"""
-    backend("driver").delete_endpoint(*_ids(body))
+    backend("endpoints").delete_endpoint(*_ids(body))
     return {}
 
 
@@ -78,14 +78,14 @@ def join(body: dict) -> dict:
     "DisableGatewayService": true}``"""
     net, ep = _ids(body)
     field(body, "Options", dict, False, {})
-    return backend("driver").join(net, ep, check_sandbox_key(field(body, "SandboxKey", str, False, "")))
+    return backend("endpoints").join(net, ep, check_sandbox_key(field(body, "SandboxKey", str, False, "")))
 
 
 @bp.post("/NetworkDriver.Leave")
 @protocol
 def leave(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ...}`` -> ``{}``"""
-    backend("driver").leave(*_ids(body))
+    backend("endpoints").leave(*_ids(body))
     return {}
 
 
@@ -95,7 +95,7 @@ def program_external_connectivity(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ..., "Options": {}}`` -> ``{}``: containers are
     reached directly on their VLAN, so there is no port mapping to program."""
     field(body, "Options", dict, False, {})
-    backend("driver").check_endpoint(*_ids(body))
+    backend("endpoints").check_endpoint(*_ids(body))
     return {}
 
 
@@ -103,7 +103,7 @@ def program_external_connectivity(body: dict) -> dict:
 @protocol
 def revoke_external_connectivity(body: dict) -> dict:
     """``{"NetworkID": ..., "EndpointID": ...}`` -> ``{}``"""
-    backend("driver").check_ids(*_ids(body))
+    backend("endpoints").check_ids(*_ids(body))
     return {}
 
 

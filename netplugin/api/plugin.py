@@ -2,7 +2,6 @@
 
 from flask import Blueprint
 
-from .. import health
 from .wire import backend, protocol, reply
 
 bp = Blueprint("plugin", __name__)
@@ -19,6 +18,5 @@ def activate(body: dict) -> dict:
 def health_check():
     """GET -> ``{"healthy": true, "etcd": {"ok": true, "ms": 1.1}, "ovsdb": {"ok": true, "ms": 0.4}}``,
     status 200, or 503 when either is unreachable."""
-    driver = backend("driver")
-    report = health.check(driver.store, driver.switch, driver.cfg.bridge)
+    report = backend("health")()
     return reply(report, 200 if report["healthy"] else 503)

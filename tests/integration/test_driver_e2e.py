@@ -11,11 +11,13 @@ import netaddr
 import pytest
 
 from netplugin.config import Config
+from netplugin.dataplane.flows import Flows
 from netplugin.dataplane.links import Links, veth_names
 from netplugin.dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK
-from netplugin.driver import GENERIC, Backends, Driver
 from netplugin.errors import NotFound
-from netplugin.ipam import ADDRESS_SPACE, Ipam
+from netplugin.ipam import ADDRESS_SPACE
+from netplugin.networks import GENERIC
+from netplugin.wiring import assemble
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +39,9 @@ def driver(etcd_endpoint, prefix, store, switch, bridge, veths):
     host_id = "nptest-host-" + secrets.token_hex(3)
     cfg = Config(etcd_endpoints=[etcd_endpoint], etcd_prefix=prefix, host_id=host_id, bridge=bridge,
                  datapath_type="netdev", mtu=1500, ovsdb=switch.ovsdb).validate()
-    ipam = Ipam(store, host_id)
-    drv = Driver(cfg, Backends(store=store, ipam=ipam, links=Links(), switch=switch, docker=FakeDockerNames({})))
-    yield drv
+    parts = assemble(cfg, store, switch, Links(), Flows(bridge, cfg.ovs_timeout), FakeDockerNames({}), None)
+    yield parts
+    parts.background.drain()
     # Whatever the test left (it failed half-way): veths by name go with `veths`,
     # the bridge with `bridge`, the keys with `prefix`.
 
@@ -63,7 +65,7 @@ def test_driver_network_endpoints_join_ping_and_full_teardown(h, driver, store, 
     assert (pool_id, pool, data) == (subnet, subnet, {})
     gateway = ipam.request_address(pool_id, "", True)
     assert gateway == f"10.250.{third}.1/24"
-    driver.create_network(docker_net, {GENERIC: {"vlan": str(vlan), "name": name}},
+    driver.networks.create_network(docker_net, {GENERIC: {"vlan": str(vlan), "name": name}},
                           [{"AddressSpace": ADDRESS_SPACE, "Pool": pool, "Gateway": gateway}], [])
     net = store.network_by_name(name)
     assert net is not None and net.subnet == subnet and net.vlan == vlan and net.origin == "docker"
@@ -76,9 +78,9 @@ def test_driver_network_endpoints_join_ping_and_full_teardown(h, driver, store, 
         veths.made.extend(veth_names(endpoint_id))     # removed by name even if the test fails
         address = ipam.request_address(pool_id, "", False)
         ip = address.split("/")[0]
-        reply = driver.create_endpoint(docker_net, endpoint_id, {"Address": address, "MacAddress": ""})
+        reply = driver.endpoints.create_endpoint(docker_net, endpoint_id, {"Address": address, "MacAddress": ""})
         mac = reply["MacAddress"]
-        joined = driver.join(docker_net, endpoint_id, f"/var/run/docker/netns/{endpoint_id[:12]}")
+        joined = driver.endpoints.join(docker_net, endpoint_id, f"/var/run/docker/netns/{endpoint_id[:12]}")
         assert joined["Gateway"] == f"10.250.{third}.1"
         src = joined["InterfaceName"]["SrcName"]
         assert joined["InterfaceName"]["DstPrefix"] == "eth"
@@ -109,23 +111,23 @@ def test_driver_network_endpoints_join_ping_and_full_teardown(h, driver, store, 
     got, seconds = h.tcp_transfer(ns1, ip1, ns2, 8 << 20)
     assert got == 8 << 20, "TCP between two endpoints failed: tx checksum offload not handled on netdev?"
     print(f"\n[driver] two endpoints on VLAN {vlan}: ping ok, TCP 8 MiB in {seconds:.2f} s")
-    assert driver.compare_ports_with_store() == {"ports_without_record": [], "records_without_port": []}
-    info = driver.endpoint_info(docker_net, id1)
+    assert driver.bridge.compare_with_store() == {"ports_without_record": [], "records_without_port": []}
+    info = driver.endpoints.endpoint_info(docker_net, id1)
     assert info["ip"] == ip1 and info["port"] == ep1.port and info["bridge"] == driver.cfg.bridge
 
     # -- teardown in Docker's order: Leave, DeleteEndpoint, ReleaseAddress; DeleteNetwork, ReleaseAddress(gw)
     for endpoint_id, ip, address, ns, ep in endpoints:
-        driver.leave(docker_net, endpoint_id)
+        driver.endpoints.leave(docker_net, endpoint_id)
         assert ipam.release_address(pool_id, ip) is False, "an address must not be freed while its endpoint exists"
-        driver.delete_endpoint(docker_net, endpoint_id)
+        driver.endpoints.delete_endpoint(docker_net, endpoint_id)
         assert ipam.release_address(pool_id, ip) is True
         assert ipam.release_address(pool_id, ip) is False          # a repeated release is harmless
-        driver.delete_endpoint(docker_net, endpoint_id)             # so is a repeated delete
+        driver.endpoints.delete_endpoint(docker_net, endpoint_id)             # so is a repeated delete
         with pytest.raises(NotFound):
-            driver.leave(docker_net, endpoint_id)
-    driver.delete_network(docker_net)
+            driver.endpoints.leave(docker_net, endpoint_id)
+    driver.networks.delete_network(docker_net)
     assert ipam.release_address(pool_id, f"10.250.{third}.1") is False
-    driver.delete_network(docker_net)                                # twice is fine
+    driver.networks.delete_network(docker_net)                                # twice is fine
 
     # -- nothing is left: no port, no veth (either end), no keys
     for endpoint_id, ip, address, ns, ep in endpoints:

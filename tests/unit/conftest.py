@@ -1,6 +1,7 @@
-"""The unit ring's fixture: the real Flask app, Driver, Ipam and Store over the
-fakes in fakes.py, and helpers that speak Docker's protocol in the order
-Docker calls it."""
+"""The unit ring's fixture: the real Flask app and every component, built by
+``wiring.assemble`` as the daemon builds them, over the fakes in fakes.py
+(etcd, the switch, links, flows, Docker); and helpers that speak Docker's
+protocol in the order Docker calls it."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import netplugin.driver as driver_mod
+import netplugin.naming as naming_mod
 from netplugin.api import create_app
 from netplugin.api.wire import CONTENT_TYPE
 from netplugin.config import Config
-from netplugin.driver import Backends, Driver
-from netplugin.ipam import Ipam
 from netplugin.store import Store
+from netplugin.wiring import assemble
 
-from .fakes import FakeDockerNames, FakeLinks, FakeSwitch, MemoryKV
+from .fakes import (
+    FakeDockerNames,
+    FakeDockerView,
+    FakeFlows,
+    FakeLinks,
+    FakeSwitch,
+    MemoryKV,
+)
 
 GATEWAY_TYPE = "com.docker.network.gateway"
 GENERIC = "com.docker.network.generic"
@@ -61,19 +68,22 @@ class Harness:
     def __init__(self, kv: MemoryKV, host_id: str = "h1", seed: int = 1234):
         self.cfg = Config(host_id=host_id, bridge="nptest0", datapath_type="netdev")
         self.kv = kv
-        self.store = Store(kv, self.cfg.etcd_prefix)
-        self.ipam = Ipam(self.store, host_id, rng=random.Random(seed))
         self.links = FakeLinks()
         self.switch = FakeSwitch()
+        self.flows = FakeFlows(self.cfg.bridge)
         self.docker = FakeDockerNames()
-        self.driver = Driver(self.cfg, Backends(store=self.store, ipam=self.ipam, links=self.links,
-                                                switch=self.switch, docker=self.docker))
-        self.app = create_app(self.cfg, self.driver, self.ipam)
+        self.view = FakeDockerView()
+        self.parts = assemble(self.cfg, Store(kv, self.cfg.etcd_prefix), self.switch, self.links, self.flows,
+                              self.docker, self.view, rng=random.Random(seed))
+        self.store, self.ipam, self.namer = self.parts.store, self.parts.ipam, self.parts.namer
+        self.networks, self.endpoints, self.bridge = self.parts.networks, self.parts.endpoints, self.parts.bridge
+        self.limits, self.arp, self.background = self.parts.limits, self.parts.arp, self.parts.background
+        self.app = create_app(self.parts)
         self.client = self.app.test_client()
         self._n = 0
 
     # -- raw protocol -----------------------------------------------------------
-    # Calls that leave work to the driver's background thread right after they answer
+    # Calls that leave work to the background thread right after they answer
     # (the sandbox record after Join, the veth after DeleteEndpoint): the harness waits
     # for it, so that tests look at the state those calls lead to.
     SETTLES = ("NetworkDriver.Join", "NetworkDriver.DeleteEndpoint")
@@ -87,8 +97,8 @@ class Harness:
         return resp
 
     def settle(self, timeout: float = 5.0) -> None:
-        """Wait until the driver's background thread has done what was queued so far."""
-        self.driver.drain(timeout)
+        """Wait until the background thread has done what was queued so far."""
+        self.background.drain(timeout)
 
     def ok(self, method: str, body=None) -> dict:
         resp = self.post(method, body)
@@ -203,7 +213,7 @@ def np(monkeypatch, kv) -> Harness:
     """Host h1 over a fresh fake etcd. The background namer of Docker-made
     networks is made to give up at once so it never races a test; tests of
     the namer turn it back on."""
-    monkeypatch.setattr(driver_mod, "NAMING_PATIENCE", 0.0)
+    monkeypatch.setattr(naming_mod, "NAMING_PATIENCE", 0.0)
     return Harness(kv, "h1")
 
 

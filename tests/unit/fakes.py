@@ -462,3 +462,126 @@ class FakeDockerView:
             return None
         nets = set(docker_networks)
         return {eid: dict(info) for eid, info in self.live.items() if info["network"] in nets}
+
+
+# -- OpenFlow --------------------------------------------------------------------------------------
+# FakeFlows's own imports sit with it, at the end of the module it was appended to.
+import re  # noqa: E402 - kept with FakeFlows, below the fakes it does not concern
+
+from netplugin.dataplane.flows import (ENDPOINT_MASK, PRIO_PORT, TABLE_ARP, TABLE_CLASSIFY,  # noqa: E402 - as above
+                                       Flows, cookie_for)
+from netplugin.errors import InvalidRequest  # noqa: E402 - as above
+
+
+class FakeFlows:
+    """OpenFlow on one bridge (dataplane.flows.Flows): flows by table and cookie,
+    meters by id (a port's meter id is its OpenFlow number), and the packets sent.
+    The calls that change a port's flows or meters (set_port, clear_port,
+    delete_endpoint_flows, del_meter) are recorded in ``calls``. Same public
+    methods as Flows."""
+
+    def __init__(self, bridge: str = "nptest0", meters_supported: bool = True):
+        self.bridge = bridge
+        self.calls: list[tuple] = []
+        self.meter_ports: set[int] = set()                  # meter ids on the bridge
+        self.bands: dict[int, tuple[int, int]] = {}          # meter id -> (rate kbit/s, burst kbit)
+        self.tables: dict[int, dict[int, str]] = {}          # table -> cookie -> flow text
+        self.pipeline = False
+        self.packets: list[tuple[int, str]] = []
+        self._supported = meters_supported
+        self._lock = threading.Lock()
+
+    def ensure_pipeline(self) -> None:
+        self.pipeline = True
+
+    # -- ports and meters
+    def set_port(self, endpoint_id: str, ofport: int, vlan: int, limit: tuple[int, int] | None) -> None:
+        self.calls.append(("set_port", endpoint_id, ofport, limit))
+        port = int(ofport)
+        if port <= 0 or not 1 <= int(vlan) <= 4094:
+            raise InvalidRequest(f"port {port} or VLAN {vlan} is out of range")
+        meter = ""
+        with self._lock:
+            if limit:
+                rate, burst = (int(x) for x in limit)
+                if rate <= 0 or burst <= 0:
+                    raise InvalidRequest("a meter needs a positive rate and burst")
+                self.meter_ports.add(port)
+                self.bands[port] = (rate, burst)
+                meter = f"meter:{port},"
+            else:
+                self.meter_ports.discard(port)
+            cookie = cookie_for(endpoint_id)
+            self.tables.setdefault(TABLE_CLASSIFY, {})[cookie] = (
+                f"table={TABLE_CLASSIFY},priority={PRIO_PORT},cookie={cookie:#x},in_port={port},"
+                f"actions={meter}write_metadata:{int(vlan):#x}/0xfff,goto_table:{TABLE_ARP}")
+
+    def clear_port(self, endpoint_id: str, ofport: int | None) -> None:
+        self.calls.append(("clear_port", endpoint_id, ofport))
+        self._delete_endpoint(endpoint_id)
+        if ofport:
+            with self._lock:
+                self.meter_ports.discard(int(ofport))
+
+    def delete_endpoint_flows(self, endpoint_id: str) -> None:
+        self.calls.append(("delete_endpoint_flows", endpoint_id))
+        self._delete_endpoint(endpoint_id)
+
+    def _delete_endpoint(self, endpoint_id: str) -> None:
+        want = cookie_for(endpoint_id) & ENDPOINT_MASK
+        with self._lock:
+            for flows in self.tables.values():
+                for cookie in [c for c in flows if c & ENDPOINT_MASK == want]:
+                    del flows[cookie]
+
+    def has_meter(self, ofport: int | None) -> bool:
+        return bool(ofport) and int(ofport) in self.meter_ports
+
+    def del_meter(self, meter: int) -> None:
+        """The meter and, as OpenFlow does, every flow that uses it."""
+        self.calls.append(("del_meter", meter))
+        with self._lock:
+            self.meter_ports.discard(int(meter))
+            for flows in self.tables.values():
+                for cookie in [c for c, text in flows.items() if f"meter:{int(meter)}," in text]:
+                    del flows[cookie]
+
+    def meters_supported(self) -> bool:
+        return self._supported
+
+    def meter_ids(self) -> set[int]:
+        return set(self.meter_ports)
+
+    def meters(self) -> dict[int, dict]:
+        with self._lock:
+            return {m: {"rate_kbps": self.bands.get(m, (None, None))[0],
+                        "burst_kb": self.bands.get(m, (None, None))[1]} for m in self.meter_ports}
+
+    # -- the ARP proxy
+    arp_answer = Flows.arp_answer      # the flow text only: no bridge is asked
+
+    def add_flows(self, flows: list[str]) -> None:
+        with self._lock:
+            for text in flows:
+                table = int(re.search(r"table=(\d+)", text).group(1))
+                cookie = int(re.search(r"cookie=(0x[0-9a-f]+)", text).group(1), 16)
+                self.tables.setdefault(table, {})[cookie] = text
+
+    def delete_cookies(self, cookies: list[int]) -> None:
+        with self._lock:
+            for flows in self.tables.values():
+                for cookie in cookies:
+                    flows.pop(cookie, None)
+
+    def cookies(self, table: int) -> set[int]:
+        with self._lock:
+            return {c for c in self.tables.get(int(table), {}) if c >> 63}
+
+    def dump_flows(self) -> str:
+        with self._lock:
+            return "".join(f" {text}\n" for flows in self.tables.values() for text in flows.values())
+
+    def packet_out(self, in_port: int, packet_hex: str) -> None:
+        if not re.fullmatch(r"[0-9a-f]+", packet_hex):
+            raise InvalidRequest("packet must be hex")
+        self.packets.append((int(in_port), packet_hex))

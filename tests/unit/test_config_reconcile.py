@@ -56,9 +56,6 @@ class Recorder:
     def __init__(self):
         self.kwargs = None
 
-    def __call__(self, *args, **kwargs):
-        return self
-
     def run(self, **kwargs):
         self.kwargs = kwargs
         return {"host": "h1", "dry_run": True, "status": "done", "findings": [], "released": 0, "repaired": 0,
@@ -67,22 +64,14 @@ class Recorder:
 
 @pytest.fixture
 def cli(monkeypatch, tmp_path):
-    """netplugin-reconcile with its driver and reconciler replaced."""
-    import netplugin.docker_api as docker_api
-    import netplugin.reconcile as reconcile_mod
+    """netplugin-reconcile with its reconciler replaced."""
     seen = {}
     recorder = Recorder()
 
-    class FakeDriver:
-        store = links = switch = docker = None
-
-    def make_driver(cfg):
+    def make_reconciler(cfg):
         seen["cfg"] = cfg
-        return FakeDriver()
-    monkeypatch.setattr(backends, "make_driver", make_driver)
-    monkeypatch.setattr(backends, "make_releaser", lambda cfg, driver: None)
-    monkeypatch.setattr(docker_api, "DockerView", lambda names: None)
-    monkeypatch.setattr(reconcile_mod, "Reconciler", recorder)
+        return recorder
+    monkeypatch.setattr(backends, "make_reconciler", make_reconciler)
     for key in ("RECONCILE_DEAD_HOST_AFTER", "RECONCILE_OVS_CONNECT_TIMEOUT", "OVS_CONNECT_TIMEOUT"):
         monkeypatch.delenv("NETPLUGIN_" + key, raising=False)
     path = tmp_path / "netplugin.toml"

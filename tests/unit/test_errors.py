@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-import netplugin.driver as driver_mod
+import netplugin.naming as naming_mod
+import netplugin.networks as networks_mod
 from netplugin.errors import DataplaneError
 from netplugin.model import Allocation, Network
 
@@ -661,7 +662,7 @@ DOWN_CALLS = [
 def test_store_down(np, method, body, monkeypatch):
     net = np.create_network()
     c = np.run_container(net)
-    monkeypatch.setattr(np.driver, "_made", {})      # as after a restart: nothing answered from memory
+    monkeypatch.setattr(np.endpoints, "_made", {})      # as after a restart: nothing answered from memory
     np.kv.down = True
     with nothing_changes(np):
         msg = np.fail(method, body(net, c), status=503)
@@ -756,14 +757,14 @@ def test_deadline_passing_after_port_was_added_rolls_back(np, monkeypatch):
     monkeypatch.setattr(np.switch, "add_access_port", slow_add)
     np.cfg.handler_deadline = 0.1
     msg = np.fail("NetworkDriver.CreateEndpoint", np.endpoint_body(net, ep, address), status=504)
-    assert "deadline" in msg and "finishing the endpoint" in msg
+    assert "deadline" in msg and "applying the bandwidth limit" in msg
     assert np.store.get_endpoint(ep) is None and np.switch.ports == {} and np.links.links == {}
 
 
 def test_deadline_passing_during_create_network_removes_the_new_network(np, monkeypatch):
     pool, gw = new_network_request(np)
     np.cfg.handler_deadline = 0.0
-    monkeypatch.setattr(driver_mod.deadline, "check", _always_late)
+    monkeypatch.setattr(networks_mod.deadline, "check", _always_late)
     msg = np.fail("NetworkDriver.CreateNetwork", np.create_network_body(did("n"), "10.10.0.0/24", gw), status=504)
     assert "binding the Docker network" in msg
     assert np.store.list_networks() == [] and np.store.list_bindings() == []
@@ -842,8 +843,8 @@ def test_delete_endpoint_refused_by_etcd_is_finished_in_the_background(np, monke
     """Docker forgets the endpoint whatever DeleteEndpoint answers: when etcd
     is away the daemon finishes the deletion itself once it is back."""
     import time
-    from netplugin import driver as driver_mod
-    monkeypatch.setattr(driver_mod, "DELETE_RETRY_EVERY", 0.6)   # the first retry comes after the ReleaseAddress
+    from netplugin import endpoints as endpoints_mod
+    monkeypatch.setattr(endpoints_mod, "DELETE_RETRY_EVERY", 0.6)   # the first retry comes after the ReleaseAddress
     net = np.create_network()
     c = np.run_container(net)
     np.ok("NetworkDriver.Leave", {"NetworkID": net.id, "EndpointID": c.endpoint})
@@ -866,7 +867,7 @@ def test_delete_endpoint_refused_by_etcd_is_finished_in_the_background(np, monke
 def test_overlap_error_names_a_docker_made_network_docker_has_just_stored(np, monkeypatch):
     """`docker network create` of an overlapping subnet right after the first one:
     the error names the first network as Docker does, not by its netplugin id."""
-    monkeypatch.setattr(driver_mod, "NAMING_PATIENCE", 0.0)    # no background naming: the error must do it
+    monkeypatch.setattr(naming_mod, "NAMING_PATIENCE", 0.0)    # no background naming: the error must do it
     net = np.create_network(subnet="10.10.0.0/24", name=None)
     assert np.store.network_by_subnet("10.10.0.0/24").name is None
     np.docker.names[net.id] = "e2e-ok"                     # Docker has stored it by now

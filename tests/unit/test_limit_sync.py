@@ -19,7 +19,7 @@ from netplugin.limit_sync import LimitSync
 from netplugin.model import Endpoint
 from netplugin.store import Store
 
-from .fakes import MemoryKV
+from .fakes import FakeFlows, MemoryKV
 
 
 class NumberingSwitch:
@@ -39,57 +39,30 @@ class NumberingSwitch:
         self.policing[port] = (rate, burst)
 
 
-class RecordingFlows:
-    bridge = "nptest0"
+class CountingMetrics:
+    class _Counter:
+        def __init__(self):
+            self.value = 0
+
+        def inc(self):
+            self.value += 1
+
+    class _Gauge:
+        def set(self, value):
+            self.value = value
 
     def __init__(self):
-        self.calls: list[tuple] = []
-        self.meter_ports: set[int] = set()
-
-    def set_port(self, endpoint_id, ofport, vlan, limit):
-        self.calls.append(("set_port", endpoint_id, ofport, limit))
-        if limit:
-            self.meter_ports.add(ofport)
-        else:
-            self.meter_ports.discard(ofport)
-
-    def clear_port(self, endpoint_id, ofport):
-        self.calls.append(("clear_port", endpoint_id, ofport))
-        self.meter_ports.discard(ofport)
-
-    def delete_endpoint_flows(self, endpoint_id):
-        self.calls.append(("delete_endpoint_flows", endpoint_id))
-
-    def has_meter(self, ofport):
-        return ofport in self.meter_ports
-
-    def meters_supported(self):
-        return True
-
-    # what a full pass reads and repairs
-    def ensure_pipeline(self):
-        pass
-
-    def meters(self):
-        return {m: {"rate_kbps": 1, "burst_kb": 1} for m in self.meter_ports}
-
-    def cookies(self, table):
-        return set()
-
-    def delete_cookies(self, cookies):
-        pass
-
-    def del_meter(self, meter):
-        self.calls.append(("del_meter", meter))
-        self.meter_ports.discard(meter)
+        self.limits_applied = self._Counter()
+        self.limited_ports = self._Gauge()
 
 
 @pytest.fixture
 def world():
     cfg = Config(host_id="h1", bridge="nptest0", datapath_type="netdev")
     store = Store(MemoryKV(), cfg.etcd_prefix)
-    switch, flows = NumberingSwitch(), RecordingFlows()
-    sync = LimitSync(cfg, store, RateLimiter(switch, flows, "meter"))
+    switch, flows = NumberingSwitch(), FakeFlows()
+    metrics = CountingMetrics()
+    sync = LimitSync(cfg, store, RateLimiter(switch, flows, "meter"), metrics=metrics)
     return cfg, store, switch, flows, sync
 
 
@@ -178,30 +151,12 @@ def test_a_meter_no_local_limited_port_uses_is_deleted_after_two_full_passes(wor
     assert flows.meter_ports == {21} and ("del_meter", 99) in flows.calls
 
 
-class CountingMetrics:
-    class _Counter:
-        def __init__(self):
-            self.value = 0
-
-        def inc(self):
-            self.value += 1
-
-    class _Gauge:
-        def set(self, value):
-            self.value = value
-
-    def __init__(self):
-        self.limits_applied = self._Counter()
-        self.limited_ports = self._Gauge()
-
-
 @pytest.mark.parametrize("create_first", [True, False])
 def test_create_endpoint_racing_a_pass_counts_the_limit_once(world, create_first):
     """The pass woken by the endpoint's new record read it before CreateEndpoint
     recorded its limit; both set the same meter, one after the other under the
     apply lock, in either order. One limit was set: it is counted once."""
     _, store, switch, flows, sync = world
-    sync.metrics = CountingMetrics()
     ep = endpoint(30, {"rate_kbps": 10_000, "burst_kb": 2_500})
     switch.numbers[ep.port] = 31
     put_record(store, ep)
@@ -232,7 +187,6 @@ def test_create_endpoint_racing_a_pass_counts_the_limit_once(world, create_first
 
 def test_a_pass_for_an_endpoint_deleted_meanwhile_records_and_counts_nothing(world):
     _, store, switch, flows, sync = world
-    sync.metrics = CountingMetrics()
     ep = endpoint(32, {"rate_kbps": 10_000, "burst_kb": 2_500})
     switch.numbers[ep.port] = 33
     put_record(store, ep)

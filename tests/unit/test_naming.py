@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import netplugin.driver as driver_mod
+import netplugin.naming as naming_mod
 from netplugin.errors import Conflict, NotFound
 
 from .conftest import did
@@ -41,22 +41,22 @@ def test_create_endpoint_names_the_network_from_docker(np):
 
 def test_resolve_name_directly(np):
     net, record = unnamed_network(np)
-    assert np.driver.resolve_name(net.id, record.id) is None        # Docker does not know it yet
+    assert np.namer.resolve(net.id, record.id) is None        # Docker does not know it yet
     assert np.store.get_network(record.id).name is None
     np.docker.names[net.id] = "web"
-    assert np.driver.resolve_name(net.id, record.id).name == "web"
+    assert np.namer.resolve(net.id, record.id).name == "web"
     calls = len(np.docker.calls)
-    assert np.driver.resolve_name(net.id, record.id).name == "web"  # named: Docker is not asked again
+    assert np.namer.resolve(net.id, record.id).name == "web"  # named: Docker is not asked again
     assert len(np.docker.calls) == calls
 
 
 def test_network_for(np):
     net, record = unnamed_network(np)
-    assert np.driver.network_for(net.id).id == record.id            # works while unnamed
+    assert np.networks.network_for(net.id).id == record.id            # works while unnamed
     np.docker.names[net.id] = "web"
-    assert np.driver.network_for(net.id).name == "web"
+    assert np.networks.network_for(net.id).name == "web"
     with pytest.raises(NotFound) as exc:
-        np.driver.network_for(did("not-bound-here"))
+        np.networks.network_for(did("not-bound-here"))
     assert "not known to netplugin on host h1" in exc.value.message
 
 
@@ -86,7 +86,7 @@ def test_name_clash_blocks_containers_with_what_to_do(np):
     msg2 = np.fail("NetworkDriver.CreateEndpoint", np.endpoint_body(net, did("blocked-2"), address), status=409)
     assert msg2 == msg and len(np.docker.calls) == calls
     with pytest.raises(Conflict):
-        np.driver.network_for(net.id)
+        np.networks.network_for(net.id)
     # Docker releases the address; the user follows the advice and removes the network
     np.ok("IpamDriver.ReleaseAddress", {"PoolID": net.pool_id, "Address": address.split("/")[0]})
     np.remove_network(net)
@@ -98,14 +98,14 @@ def test_name_clash_also_refuses_binding_another_docker_network(np):
     np.create_network(subnet="10.10.0.0/24", vlan=100, name="prod")
     net, record = unnamed_network(np, subnet="10.20.0.0/24", vlan=200)
     np.docker.names[net.id] = "prod"
-    np.driver.resolve_name(net.id, record.id)
+    np.namer.resolve(net.id, record.id)
     body = np.create_network_body(did("another"), "10.20.0.0/24", "10.20.0.1/24", vlan=None, name=None)
     msg = np.fail("NetworkDriver.CreateNetwork", body, status=409)
     assert "docker network rm prod" in msg
 
 
 def test_background_namer_names_the_network(np, monkeypatch):
-    monkeypatch.setattr(driver_mod, "NAMING_PATIENCE", 5.0)
+    monkeypatch.setattr(naming_mod, "NAMING_PATIENCE", 5.0)
     docker_net = did("named-later")
     np.docker.names[docker_net] = "batch"
     np.create_network(subnet="10.30.0.0/24", vlan=300, name=None, docker_net=docker_net)
@@ -117,7 +117,7 @@ def test_background_namer_names_the_network(np, monkeypatch):
 
 
 def test_background_namer_waits_for_docker(np, monkeypatch):
-    monkeypatch.setattr(driver_mod, "NAMING_PATIENCE", 5.0)
+    monkeypatch.setattr(naming_mod, "NAMING_PATIENCE", 5.0)
     docker_net = did("slow-docker")
     np.create_network(subnet="10.30.0.0/24", vlan=300, name=None, docker_net=docker_net)
     record = np.store.network_by_subnet("10.30.0.0/24")

@@ -11,6 +11,7 @@ with a Releaser, or through the etcd queue when no socket exists."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from netplugin import __version__
 from netplugin.api import create_app
 from netplugin.cli.main import main
 from netplugin.model import Host
+from netplugin.reconcile import Reconciler
 from netplugin.release import Releaser
 from netplugin.store import Store
 
@@ -377,7 +379,8 @@ def test_endpoint_inspect_by_container_name(netctl, containers, monkeypatch):
 def daemon(np, sock, monkeypatch):
     """h1's daemon on the (fake) socket: unixhttp.call hands requests to the real app."""
     view = FakeDockerView()
-    app = create_app(np.cfg, np.driver, np.ipam, Releaser(np.cfg, np.store, np.links, np.switch, view))
+    app = create_app(dataclasses.replace(np.parts, releaser=Releaser(np.cfg, np.store, np.links, np.switch, view,
+                                                                     np.limits)))
     client = app.test_client()
     calls = []
 
@@ -541,8 +544,9 @@ def test_host_inspect(netctl, np, hosts):
 
 def test_netctl_reconcile_prints_one_json_line(netctl, np, monkeypatch):
     view = FakeDockerView()
-    monkeypatch.setattr(backends, "make_driver", lambda cfg: np.driver)
-    monkeypatch.setattr(docker_api, "DockerView", lambda names: view)
+    monkeypatch.setattr(backends, "make_reconciler", lambda cfg: Reconciler(
+        cfg, np.store, np.links, np.switch, view, Releaser(cfg, np.store, np.links, np.switch, view, np.limits),
+        np.limits))
     r = ok(netctl("reconcile", "--dry-run", "--json", "--host-id", "h1", "--bridge", "nptest0"))
     assert r.out.count("\n") == 1
     report = r.json

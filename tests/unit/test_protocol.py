@@ -320,11 +320,11 @@ def test_reply_content_type_is_plugin_json(np):
 def test_compare_ports_with_store_reports_differences(np):
     net = np.create_network()
     a, b = np.run_container(net), np.run_container(net)
-    assert np.driver.compare_ports_with_store() == {"ports_without_record": [], "records_without_port": []}
+    assert np.bridge.compare_with_store() == {"ports_without_record": [], "records_without_port": []}
     np.switch.ports.pop(f"np{a.endpoint[:11]}")
     np.switch.ports["npdeadbeef000"] = {"bridge": "nptest0", "tag": 100, "vlan_mode": "access",
                                         "external_ids": {"np-endpoint": did("ghost"), "np-host": "h1"}}
-    assert np.driver.compare_ports_with_store() == {"ports_without_record": ["npdeadbeef000"],
+    assert np.bridge.compare_with_store() == {"ports_without_record": ["npdeadbeef000"],
                                                     "records_without_port": [a.endpoint[:12]]}
     assert b  # b's port and record agree, so it is in neither list
 
@@ -407,7 +407,7 @@ def test_two_hosts_create_the_same_network_at_the_same_moment(np, np2):
     assert np.store.get_binding("h1", d1).network == np.store.get_binding("h2", d2).network == net.id
 
 
-def test_join_does_not_wait_for_the_gratuitous_arp(np):
+def test_join_does_not_wait_for_the_gratuitous_arp(np, monkeypatch):
     """The announcement is sent after Join has answered, and still sent."""
     import threading
 
@@ -419,7 +419,8 @@ def test_join_does_not_wait_for_the_gratuitous_arp(np):
             assert self.release.wait(10)
             self.sent.append(ep.ip)
 
-    np.driver.arp = arp = SlowArp()
+    arp = SlowArp()
+    monkeypatch.setattr(np.arp, "announce", arp.announce)
     np.SETTLES = ()                    # the harness must not wait for the background thread here
     net = np.create_network()
     c = np.run_container(net)          # Join answered while the announcement is held
@@ -461,8 +462,8 @@ def test_a_backlog_of_veth_deletions_makes_delete_endpoint_wait(np, monkeypatch)
     """Veths go after DeleteEndpoint answers, but never more than VETH_BACKLOG
     of them: past that, DeleteEndpoint deletes its own before answering."""
     import threading
-    from netplugin import driver as driver_mod
-    monkeypatch.setattr(driver_mod, "VETH_BACKLOG", 1)
+    from netplugin import background as background_mod
+    monkeypatch.setattr(background_mod, "BACKLOG", 1)
     net = np.create_network()
     a, b = np.run_container(net), np.run_container(net)
     held, real_delete = threading.Event(), np.links.delete

@@ -59,7 +59,8 @@ def view() -> FakeDockerView:
 
 
 def make_reconciler(h: Harness, view) -> Reconciler:
-    return Reconciler(h.cfg, h.store, h.links, h.switch, view, Releaser(h.cfg, h.store, h.links, h.switch, view))
+    return Reconciler(h.cfg, h.store, h.links, h.switch, view,
+                      Releaser(h.cfg, h.store, h.links, h.switch, view, h.limits), h.limits)
 
 
 @pytest.fixture
@@ -614,11 +615,9 @@ def test_human_and_json_output(np, net, rec, view, clock):
 def test_netplugin_reconcile_command(np, net, view, clock, monkeypatch, capsys):
     """netplugin-reconcile --json: exactly one JSON line; --grace < 0 is a usage error."""
     import netplugin.wiring as backends
-    import netplugin.docker_api as docker_api
     ip = claim(np, net)
     clock.advance(HOUR)
-    monkeypatch.setattr(backends, "make_driver", lambda cfg: np.driver)
-    monkeypatch.setattr(docker_api, "DockerView", lambda names: view)
+    monkeypatch.setattr(backends, "make_reconciler", lambda cfg: make_reconciler(np, view))
     monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
     assert reconcile_cli.main(["--json", "--dry-run", "--host-id", "h1", "--bridge", "nptest0"]) == 0
     out = capsys.readouterr().out

@@ -5,6 +5,7 @@ app over the fakes (MemoryKV, FakeLinks, FakeSwitch, FakeDockerView)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -26,7 +27,7 @@ SUBNET = "10.10.0.0/24"
 # -- helpers ------------------------------------------------------------------------
 
 def releaser(h: Harness, view) -> Releaser:
-    return Releaser(h.cfg, h.store, h.links, h.switch, view)
+    return Releaser(h.cfg, h.store, h.links, h.switch, view, h.limits)
 
 
 def state(h: Harness) -> tuple:
@@ -444,7 +445,7 @@ def test_one_failing_request_does_not_block_the_rest_of_the_queue(np, np2, rel, 
 
 @pytest.fixture
 def api(np, rel):
-    client = create_app(np.cfg, np.driver, np.ipam, rel).test_client()
+    client = create_app(dataclasses.replace(np.parts, releaser=rel)).test_client()
 
     def post(body, status):
         resp = client.post("/NetPlugin.ReleaseEndpoint", data=json.dumps(body), content_type="application/json")

@@ -10,6 +10,7 @@ so its Store reads the same MemoryKV as the Harness hosts h1 and h2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -58,7 +59,7 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "netplugin.json
 def metered(np):
     """Host h1 whose app counts calls, with the etcd collector of host h1."""
     metrics = backends.make_metrics(np.cfg, np.store)
-    np.app = create_app(np.cfg, np.driver, np.ipam, None, metrics)
+    np.app = create_app(dataclasses.replace(np.parts, metrics=metrics))
     np.client = np.app.test_client()
     np.metrics = metrics
     return np
