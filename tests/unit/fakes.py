@@ -15,10 +15,12 @@ real code under test.
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from netplugin.dataplane.links import _checked as checked_name
 from netplugin.errors import DataplaneError, DataplaneUnavailable, StoreUnavailable
 from netplugin.kv import Compare, Delete, Event, Item, Put
 
@@ -298,7 +300,8 @@ class _Failing:
 
 
 class FakeLinks(_Failing):
-    """Kernel links: veth pairs as dicts. Same public methods as Links."""
+    """Kernel links: veth pairs as dicts. Same public methods as Links, and
+    the same refusal of names the kernel must never see."""
 
     def __init__(self):
         super().__init__()
@@ -307,7 +310,7 @@ class FakeLinks(_Failing):
 
     def exists(self, name: str) -> bool:
         self._enter("exists", name)
-        return name in self.links
+        return checked_name(name) in self.links
 
     def list_names(self, prefix: str = "np") -> list[str]:
         self._enter("list_names", prefix)
@@ -315,6 +318,7 @@ class FakeLinks(_Failing):
 
     def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool) -> None:
         self._enter("create_veth", host, peer, mtu, peer_mac, tx_checksum_off)
+        checked_name(host), checked_name(peer)
         if host in self.links and self.links[host]["peer"] != peer:
             raise DataplaneError(f"veth {host} exists without its peer {peer}: delete {host} and retry")
         self.links[host] = {"kind": "veth", "peer": peer, "mtu": mtu, "up": True, "mac": None,
@@ -324,14 +328,14 @@ class FakeLinks(_Failing):
 
     def disable_tx_checksum(self, name: str) -> None:
         self._enter("disable_tx_checksum", name)
-        if name not in self.links:
+        if checked_name(name) not in self.links:
             raise DataplaneError(f"cannot turn off tx checksum offload on {name}: no such device")
         self.links[name]["tx_checksum"] = False
 
     def plug_into_netns(self, peer: str, netns_path: str, ip: str, prefixlen: int,
                         gateway: str | None) -> str:
         self._enter("plug_into_netns", peer, netns_path, ip, prefixlen, gateway)
-        if peer not in self.links:
+        if checked_name(peer) not in self.links:
             raise DataplaneError(f"cannot move {peer} into {netns_path}: no such device")
         ns = self.netns.setdefault(netns_path, {})
         name = next(f"eth{i}" for i in range(64) if f"eth{i}" not in ns)
@@ -340,7 +344,7 @@ class FakeLinks(_Failing):
 
     def delete(self, name: str) -> bool:
         self._enter("delete", name)
-        link = self.links.pop(name, None)
+        link = self.links.pop(checked_name(name), None)
         if link is None:
             return False
         self.links.pop(link.get("peer"), None)
@@ -351,12 +355,19 @@ class FakeLinks(_Failing):
 
 
 class FakeSwitch(_Failing):
-    """Open vSwitch: bridges and ports as dicts. Same public methods as Switch."""
+    """Open vSwitch: bridges and ports as dicts. Same public methods as Switch.
+    Its vswitchd opens every port at once, device or not."""
 
     def __init__(self):
         super().__init__()
         self.bridges: dict[str, dict] = {}
         self.ports: dict[str, dict] = {}
+        self._ofports: dict[str, int] = {}          # a port keeps its number until it is deleted
+        self._next_ofport = itertools.count(1)
+
+    def _numbered(self, port: str) -> None:
+        if port not in self._ofports:
+            self._ofports[port] = next(self._next_ofport)
 
     def ensure_bridge(self, bridge: str, datapath_type: str, uplink: str | None = None) -> None:
         self._enter("ensure_bridge", bridge, datapath_type, uplink)
@@ -364,6 +375,7 @@ class FakeSwitch(_Failing):
                                          "protocols": ["OpenFlow10", "OpenFlow13"]})
         if uplink:
             self.ports[uplink] = {"bridge": bridge, "tag": None, "vlan_mode": "trunk", "external_ids": {}}
+            self._numbered(uplink)
 
     def add_access_port(self, bridge: str, port: str, vlan: int, external_ids: dict[str, str],
                         wait_vswitchd: bool = True) -> None:
@@ -372,9 +384,11 @@ class FakeSwitch(_Failing):
             raise DataplaneError(f"Open vSwitch refused to add port {port} to {bridge}: no bridge named {bridge}")
         self.ports[port] = {"bridge": bridge, "tag": vlan, "vlan_mode": "access",
                             "external_ids": dict(external_ids)}
+        self._numbered(port)
 
     def delete_port(self, port: str, wait_vswitchd: bool = False) -> bool:
         self._enter("delete_port", port, wait_vswitchd)
+        self._ofports.pop(port, None)
         return self.ports.pop(port, None) is not None
 
     def port_exists(self, port: str) -> bool:
@@ -398,8 +412,7 @@ class FakeSwitch(_Failing):
     def ofport(self, port: str) -> int | None:
         """OpenFlow port numbers in the order ports were added, as vswitchd gives them."""
         self._enter("ofport", port)
-        names = list(self.ports)
-        return names.index(port) + 1 if port in self.ports else None
+        return self._ofports.get(port)
 
     def wait_ofport(self, port: str, patience: float) -> int:
         """The fake's vswitchd opens a port at once."""
@@ -409,10 +422,10 @@ class FakeSwitch(_Failing):
         return self.ofport(port)
 
     def set_policing(self, port: str, rate_kbps: int, burst_kb: int) -> None:
+        """As OVSDB: policing a port that is not there changes nothing and is no error."""
         self._enter("set_policing", port, rate_kbps, burst_kb)
-        if port not in self.ports:
-            raise DataplaneError(f"Open vSwitch refused to set policing on {port}: no such interface")
-        self.ports[port]["policing"] = (int(rate_kbps), int(burst_kb))
+        if port in self.ports:
+            self.ports[port]["policing"] = (int(rate_kbps), int(burst_kb))
 
     def close(self) -> None:
         pass
