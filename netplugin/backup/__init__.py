@@ -18,7 +18,8 @@ Modules, each with one job:
     scheduler.py  the per-host agent: cap, per-target lock, queue, deadlines, adoption
     summary.py    read-only figures of jobs and catalog (netctl status, metrics)
     exporter.py   those figures as a Prometheus collector (registered by wiring.make_metrics)
-    cli.py        the ``drctl`` command
+    jobs.py       submitting jobs: checked specs, the server lock name, cancel, restore picks, check
+    cli.py        the ``drctl`` command: parsing and printing only
 
 Nothing connects at import time.
 """

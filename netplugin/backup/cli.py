@@ -13,6 +13,8 @@ A separate command rather than ``netctl backup``: netctl operates the network
 operates database jobs (DBAs, on-call), runs a long-lived agent, and talks to
 Docker. It reads the same settings as netplugin for etcd and the host id.
 
+This module parses and prints; what a command means for jobs is jobs.py's.
+
 Exit codes: 0 ok (``run --wait``: the job succeeded), 1 error or job not
 succeeded, 2 usage error.
 """
@@ -20,82 +22,34 @@ succeeded, 2 usage error.
 from __future__ import annotations
 
 import argparse
-import getpass
-import ipaddress
 import json
 import logging
 import os
-import re
 import signal
-import socket
 import sys
 import time
 from dataclasses import asdict
 
 from ..cli.output import print_fields, print_json, print_table
-from ..errors import InvalidRequest, NetpluginError, NotFound
+from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser
+from ..errors import InvalidRequest, NetpluginError
 from . import config as drconfig
-from .resources import human_bytes, make_limits
-from .model import (BACKUP, CANCELLED, KINDS, QUEUED, RESTORE, STATES, SUCCEEDED, TERMINAL, Job, JobSpec,
-                    check_database, check_db_host, check_name, new_job_id, server_key)
-
-USAGE_ERROR = 2
-_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)?\s*", re.I)
-_VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def parse_duration(text: str, what: str = "duration") -> float:
-    """'90' / '90s' / '10m' / '6h' / '7d' / '2w' -> seconds."""
-    m = _DURATION_RE.fullmatch(str(text))
-    if m is None:
-        raise InvalidRequest(f"{what} {text!r} is not a duration such as 90s, 10m, 6h or 7d")
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m.group(2) or "s").lower()]
-
-
-def parse_time(text: str) -> float:
-    """An ISO time (2026-11-26T04:00, UTC unless an offset is given) or epoch seconds."""
-    from datetime import datetime, timezone
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"time {text!r} is not ISO 8601 (2026-11-26T04:00) or epoch seconds") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
-
-
-def fmt_time(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
-
-
-def fmt_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
+from . import jobs
+from .containers import Containers, is_docker_error
+from .jobs import fmt_age, fmt_time, parse_duration, parse_time
+from .model import BACKUP, KINDS, QUEUED, RESTORE, STATES, SUCCEEDED, TERMINAL, Job
+from .resources import human_bytes
 
 # -- parser -------------------------------------------------------------------------------
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
-
-def common_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def common_options() -> Parser:
+    p = options_parser()
     g = p.add_argument_group("settings")
     g.add_argument("--config", default=argparse.SUPPRESS, help="netplugin's TOML file (etcd, host id, docker)")
     g.add_argument("--drctl-config", default=argparse.SUPPRESS, help="drctl's TOML file (default /etc/netplugin/drctl.toml)")
     g.add_argument("--etcd-endpoints", default=argparse.SUPPRESS, help="comma-separated etcd URLs")
-    o = p.add_argument_group("output")
-    o.add_argument("--json", "-j", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    o.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only ids or names")
+    add_output_options(p, "print only ids or names")
     return p
 
 
@@ -209,11 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- context ------------------------------------------------------------------------------
 
-class Context:
+class Context(OutputFlags):
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self._np_cfg = None
-        self._cfg = None
+        self._cfg: drconfig.BackupConfig | None = None
         self._kv = None
         self._store = None
         self._np_store = None
@@ -268,133 +222,40 @@ class Context:
             self._docker = docker.APIClient(base_url=self.np_cfg.docker_url, timeout=120, version="auto")
         return self._docker
 
-    @property
-    def json(self) -> bool:
-        return bool(getattr(self.args, "json", False))
-
-    @property
-    def quiet(self) -> bool:
-        return bool(getattr(self.args, "quiet", False))
-
 
 # -- submitting ---------------------------------------------------------------------------
 
-def _labels(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidRequest(f"label {item!r} must be KEY=VALUE")
-        out[key] = value
-    return out
-
-
-def _common_spec(args, ctx, kind: str) -> tuple[dict, str, str]:
-    cfg = ctx.cfg
-    check_db_host(args.db_host)
-    if not 1 <= args.db_port <= 65535:
-        raise InvalidRequest(f"db-port {args.db_port} is not a port")
-    if args.ip:
-        try:
-            ipaddress.IPv4Address(args.ip)
-        except ValueError:
-            raise InvalidRequest(f"ip {args.ip!r} is not an IPv4 address") from None
-    if not os.path.isabs(args.option_file):
-        raise InvalidRequest(f"option file {args.option_file!r} must be an absolute path (it is mounted)")
-    host = args.host or ctx.np_cfg.host_id
-    if host == ctx.np_cfg.host_id:
-        if not os.path.isfile(args.option_file):
-            raise InvalidRequest(f"option file {args.option_file} does not exist")
-        if os.stat(args.option_file).st_mode & 0o077:
-            raise InvalidRequest(f"option file {args.option_file} is readable by others: it holds a password; "
-                                 f"chmod 600 {args.option_file}")
-    limits = make_limits(
-        cpus=args.cpus if args.cpus is not None else cfg.cpus,
-        memory=args.memory if args.memory is not None else cfg.memory,
-        pids=args.pids if args.pids is not None else cfg.pids,
-        read_bps=args.read_bps if args.read_bps is not None else cfg.read_bps,
-        write_bps=args.write_bps if args.write_bps is not None else cfg.write_bps,
-        read_iops=args.read_iops if args.read_iops is not None else cfg.read_iops,
-        write_iops=args.write_iops if args.write_iops is not None else cfg.write_iops,
-        profile=args.profile if args.profile is not None else cfg.profile)
-    if limits.profile and limits.profile not in ctx.np_store.list_profiles():
-        raise NotFound(f"profile {limits.profile!r} does not exist: see 'netctl profile ls'")
-    spec = {
-        "network": args.network, "ip": args.ip or "", "db_host": args.db_host, "db_port": args.db_port,
-        "option_file": args.option_file, "image": args.image or "", "limits": asdict(limits),
-        "start_timeout": parse_duration(args.start_timeout, "start-timeout") if args.start_timeout else cfg.start_timeout,
-        "timeout": parse_duration(args.timeout, "timeout") if args.timeout else cfg.timeout,
-        "labels": _labels(args.label), "checksums": not args.no_checksums, "strict": cfg.strict and not args.no_strict,
-    }
-    target = args.target or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{args.db_host}-{args.db_port}")
-    check_name(target, "target")
-    return spec, target, host
-
-
-def resolve_server(network: str, db_host: str, db_port: int, resolve=socket.getaddrinfo) -> str:
-    """The lock name of the server a job talks to (model.server_key): a host name is
-    resolved to its IPv4 address when this host can; else the name itself is used."""
-    address = db_host
-    try:
-        ipaddress.ip_address(db_host)
-    except ValueError:
-        try:
-            found = resolve(db_host, db_port, socket.AF_INET, socket.SOCK_STREAM)
-            if found:
-                address = found[0][4][0]
-        except (OSError, UnicodeError):
-            pass
-    return server_key(network, address, db_port)
-
-
-def _submit(ctx, kind: str, target: str, host: str, spec: dict) -> Job:
-    now = time.time()
-    JobSpec.from_dict(spec)          # every field known
-    job = Job(id=new_job_id(now), kind=kind, target=target, host=host, spec=spec, created=now, updated=now,
-              server=resolve_server(spec["network"], spec["db_host"], spec["db_port"]),
-              start_by=now + spec["start_timeout"],
-              history=[{"state": QUEUED, "time": now, "message": "submitted"}],
-              submitted_by=f"{getpass.getuser()}@{socket.gethostname()}")
-    ctx.store.submit(job)
+def _submit(args, ctx, kind: str, kind_fields) -> int:
+    """Queue the job that args ask for, then print or follow it. kind_fields(args,
+    ctx): the spec fields of that kind, checked after the common ones."""
+    spec, target, host = jobs.common_spec(jobs.Request.of(args), ctx.cfg, ctx.np_cfg.host_id,
+                                          lambda: ctx.np_store.list_profiles())
+    spec.update(kind_fields(args, ctx))
+    job = jobs.submit(ctx.store, kind, target, host, spec)
     if not ctx.store.agent_alive(host):
         print(f"drctl: warning: no drctl agent is running for host {host}: the job waits in the queue until one "
               f"starts ('drctl agent'), or expires after {fmt_age(spec['start_timeout'])}", file=sys.stderr)
-    return job
+    return _after_submit(args, ctx, job)
+
+
+def _backup_fields(args, ctx) -> dict:
+    return jobs.backup_fields(args.database, args.volume, args.compression or ctx.cfg.compression,
+                              args.keep_last, args.max_age)
+
+
+def _restore_fields(args, ctx) -> dict:
+    if args.at and not args.latest:
+        raise InvalidRequest("--at goes with --latest TARGET")
+    backup = jobs.pick_backup(ctx.store, args.backup, args.latest, parse_time(args.at) if args.at else None)
+    return jobs.restore_fields(backup, args.database, args.volume, args.replace)
 
 
 def cmd_run(args, ctx) -> int:
-    spec, target, host = _common_spec(args, ctx, BACKUP)
-    check_database(args.database)
-    if not _VOLUME_RE.fullmatch(args.volume):
-        raise InvalidRequest(f"volume {args.volume!r} is not a Docker volume name")
-    if args.keep_last is not None and args.keep_last < 1:
-        raise InvalidRequest("keep-last must be at least 1: the last good backup is always kept")
-    spec.update(database=args.database, volume=args.volume, compression=args.compression or ctx.cfg.compression,
-                keep_last=args.keep_last, max_age=parse_duration(args.max_age, "max-age") if args.max_age else None)
-    job = _submit(ctx, BACKUP, target, host, spec)
-    return _after_submit(args, ctx, job)
-
-
-def pick_backup(store, name: str | None, latest: str | None, at: float | None):
-    if name:
-        return store.find_backup(name)
-    found = [b for b in store.backups(latest) if at is None or b.created <= at]
-    if not found:
-        when = f" made at or before {fmt_time(at)}" if at is not None else ""
-        raise NotFound(f"no good backup of {latest}{when}: see 'drctl backups {latest}'")
-    return found[0]
+    return _submit(args, ctx, BACKUP, _backup_fields)
 
 
 def cmd_restore(args, ctx) -> int:
-    spec, target, host = _common_spec(args, ctx, RESTORE)
-    if args.at and not args.latest:
-        raise InvalidRequest("--at goes with --latest TARGET")
-    backup = pick_backup(ctx.store, args.backup, args.latest, parse_time(args.at) if args.at else None)
-    database = check_database(args.database or backup.database)
-    spec.update(backup=backup.name, source_target=backup.target, volume=args.volume or backup.volume,
-                database=database, compression=backup.compression, replace=bool(args.replace))
-    job = _submit(ctx, RESTORE, target, host, spec)
-    return _after_submit(args, ctx, job)
+    return _submit(args, ctx, RESTORE, _restore_fields)
 
 
 def _after_submit(args, ctx, job: Job) -> int:
@@ -411,17 +272,12 @@ def _after_submit(args, ctx, job: Job) -> int:
     return 0 if final.state == SUCCEEDED else 1
 
 
-def follow(store, job_id: str, out, poll: float = 0.5) -> Job:
-    seen = 0
-    while True:
-        job = store.get(job_id)[0]
-        for h in job.history[seen:]:
-            if out is not None:
-                print(f"{fmt_time(h['time'])}  {h['state']:<10} {h.get('message', '')}", file=out, flush=True)
-        seen = len(job.history)
-        if job.terminal:
-            return job
-        time.sleep(poll)
+def follow(store, job_id: str, out) -> Job:
+    """Wait for the job's end, printing its history to out as it grows (None: quietly)."""
+    def seen(h: dict) -> None:
+        if out is not None:
+            print(f"{fmt_time(h['time'])}  {h['state']:<10} {h.get('message', '')}", file=out, flush=True)
+    return jobs.follow(store, job_id, seen)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -519,7 +375,7 @@ def cmd_logs(args, ctx) -> int:
             else:
                 sys.stdout.write(ctx.docker.logs(j.container).decode(errors="replace"))
             return 0
-        except Exception as exc:  # noqa: BLE001 - fall back to the tail in etcd
+        except Exception as exc:  # fall back to the tail in etcd
             if "No such container" not in str(exc):
                 raise
     if j.log_tail:
@@ -534,21 +390,14 @@ def cmd_logs(args, ctx) -> int:
 
 
 def cmd_cancel(args, ctx) -> int:
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    who = jobs.who()
     ids = []
     for ref in args.jobs:
         j = ctx.store.find(ref)
         if j.terminal:
             print(f"drctl: job {j.id} already {j.state}", file=sys.stderr)
             continue
-
-        def change(job: Job):
-            if job.terminal:
-                return
-            job.cancel_requested = who
-            if job.state == QUEUED:
-                job.move(CANCELLED, f"cancelled by {who} while queued")
-        ctx.store.update(j.id, change)
+        jobs.request_cancel(ctx.store, j.id, who)
         ids.append(j.id)
         if not ctx.quiet:
             print(j.id)
@@ -578,16 +427,9 @@ def cmd_prune(args, ctx) -> int:
     from . import retention
     if args.keep_last is None and not args.max_age:
         raise InvalidRequest("give --keep-last and/or --max-age")
-
-    def volume_path(volume):
-        try:
-            vol = ctx.docker.inspect_volume(volume)
-        except Exception:  # noqa: BLE001
-            return None
-        return vol.get("Mountpoint") if vol.get("Driver") == "local" else None
     report = retention.prune(ctx.store, args.target, args.keep_last,
                              parse_duration(args.max_age, "max-age") if args.max_age else None, time.time(),
-                             volume_path=volume_path, dry_run=args.dry_run)
+                             volume_path=Containers(ctx.docker).volume_path, dry_run=args.dry_run)
     if ctx.json:
         print_json(asdict(report))
     else:
@@ -616,7 +458,7 @@ def cmd_rm(args, ctx) -> int:
         if j.container and not j.removed:
             try:
                 ctx.docker.remove_container(j.container, v=False)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if "No such container" not in str(exc):
                     raise
             ctx.store.update(j.id, lambda job: setattr(job, "removed", time.time()))
@@ -627,24 +469,8 @@ def cmd_rm(args, ctx) -> int:
 
 def cmd_check(args, ctx) -> int:
     """For monitoring (cron, Nagios, a Prometheus textfile): silence is not success."""
-    max_age = parse_duration(args.max_age, "max-age")
-    now = time.time()
-    jobs = ctx.store.list_jobs()
-    targets = args.target or sorted(set(ctx.store.targets()) | {j.target for j in jobs if j.kind == BACKUP})
-    rows, bad = [], 0
-    for t in targets:
-        newest = ctx.store.backups(t)[:1]
-        last_job = next((j for j in reversed(jobs) if j.target == t and j.kind == BACKUP and j.terminal), None)
-        problems = []
-        if not newest:
-            problems.append("no good backup")
-        elif now - newest[0].created > max_age:
-            problems.append(f"newest good backup is {fmt_age(now - newest[0].created)} old")
-        if last_job and last_job.state != SUCCEEDED:
-            problems.append(f"last backup job {last_job.id} {last_job.state}")
-        bad += bool(problems)
-        rows.append({"target": t, "ok": not problems, "newest": newest[0].name if newest else None,
-                     "age": now - newest[0].created if newest else None, "problems": problems})
+    rows = jobs.check_targets(ctx.store, args.target, parse_duration(args.max_age, "max-age"), time.time())
+    bad = sum(not r["ok"] for r in rows)
     if ctx.json:
         print_json(rows)
     elif not ctx.quiet:
@@ -695,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("drctl: interrupted", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - Docker's errors, said plainly
-        if type(exc).__module__.startswith(("docker", "requests", "urllib3")):
+    except Exception as exc:  # Docker's errors, said plainly
+        if is_docker_error(exc):
             text = getattr(exc, "explanation", None) or str(exc)
             print(f"drctl: Docker: {text}", file=sys.stderr)
             return 1

@@ -15,8 +15,13 @@ from ..config import load
 from ..daemon import password_file_arg
 from ..errors import NetpluginError
 from . import endpoint_cmds, global_cmds, network_cmds, profile_cmds, status_cmds
+from .parsing import (
+    OutputFlags,
+    Parser,
+    add_output_options,
+    options_parser,
+)
 
-USAGE_ERROR = 2
 # The form the settings accept (config.Config.validate): checked here too, so a
 # bad --etcd-endpoints is a usage error (exit 2) and etcd is never dialled.
 ENDPOINT_RE = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+:\d+/?")
@@ -34,9 +39,9 @@ def endpoints_arg(text: str) -> str:
     return ",".join(urls)
 
 
-def common_options() -> argparse.ArgumentParser:
+def common_options() -> Parser:
     """Connection and output options, accepted before or after the subcommand."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = options_parser()
     g = p.add_argument_group("connection (same settings, file and NETPLUGIN_* variables as the daemon)")
     g.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
     g.add_argument("--etcd-endpoints", default=argparse.SUPPRESS, type=endpoints_arg,
@@ -49,16 +54,9 @@ def common_options() -> argparse.ArgumentParser:
                    help="etcd password (better: --password-file or NETPLUGIN_ETCD_PASSWORD; ps shows command lines)")
     g.add_argument("--password-file", dest="etcd_password", default=argparse.SUPPRESS, metavar="FILE",
                    type=password_file_arg, help="file whose first line is the etcd password")
-    o = p.add_argument_group("output")
-    o.add_argument("--json", "-j", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    o.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only ids")
+    add_output_options(p, "print only ids")
     return p
 
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):   # exit 2 with a message, as argparse does, but say where to look
-        self.print_usage(sys.stderr)
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +83,7 @@ def version(args, ctx) -> int:
     return 0
 
 
-class Context:
+class Context(OutputFlags):
     """Builds the store and IPAM on first use from the parsed settings."""
 
     def __init__(self, args: argparse.Namespace):
@@ -115,14 +113,6 @@ class Context:
     def ipam(self):
         from ..ipam import Ipam
         return Ipam(self.store, "netctl")
-
-    @property
-    def json(self) -> bool:
-        return bool(getattr(self.args, "json", False))
-
-    @property
-    def quiet(self) -> bool:
-        return bool(getattr(self.args, "quiet", False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """One active job per database server: the lock is keyed on the resolved
 server (network, address, port), not on the free-text --target name, which
 stays the display name (netplugin/backup/model.py server_key, store.py,
-scheduler.py, cli.py resolve_server)."""
+scheduler.py, jobs.py resolve_server)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ import time
 
 import pytest
 
-from netplugin.backup.cli import resolve_server
-from netplugin.backup.model import QUEUED, STARTING, SUCCEEDED, Job, JobSpec, new_job_id, server_key
+from netplugin.backup.jobs import resolve_server
+from netplugin.backup.model import (
+    QUEUED,
+    STARTING,
+    SUCCEEDED,
+    Job,
+    JobSpec,
+    new_job_id,
+    server_key,
+)
 from netplugin.backup.store import BackupStore
 
 from .fakes import MemoryKV

@@ -1,5 +1,5 @@
 """Jobs and their states, the etcd layout, the job script's helpers, drctl's
-settings and command line (model.py, store.py, jobscript.py, config.py, cli.py)."""
+settings and command line (model.py, store.py, jobscript.py, config.py, jobs.py, cli.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,25 @@ import time
 
 import pytest
 
-from netplugin.backup import cli, config, jobscript
-from netplugin.backup.model import (CANCELLED, FAILED, QUEUED, RUNNING, STARTING, STATES, SUCCEEDED, TERMINAL,
-                                    TRANSITIONS, VERIFYING, Backup, Job, JobSpec, check_database, check_name,
-                                    new_job_id)
+from netplugin.backup import cli, config, jobs, jobscript
+from netplugin.backup.model import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STARTING,
+    STATES,
+    SUCCEEDED,
+    TERMINAL,
+    TRANSITIONS,
+    VERIFYING,
+    Backup,
+    Job,
+    JobSpec,
+    check_database,
+    check_name,
+    new_job_id,
+)
 from netplugin.backup.store import BackupStore
 from netplugin.errors import Conflict, InvalidRequest, NotFound
 
@@ -175,12 +190,12 @@ def test_settings_file_env_and_flags(tmp_path):
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("6h", 21600), ("7d", 604800),
                                           ("1.5h", 5400)])
 def test_durations(text, seconds):
-    assert cli.parse_duration(text) == seconds
+    assert jobs.parse_duration(text) == seconds
 
 
 def test_bad_duration():
     with pytest.raises(InvalidRequest):
-        cli.parse_duration("soon")
+        jobs.parse_duration("soon")
 
 
 def test_usage_errors_exit_2(capsys):
@@ -250,10 +265,10 @@ def test_restore_picks_the_latest_backup_at_a_time(monkeypatch):
     for i, t in enumerate((100.0, 200.0, 300.0)):
         s.add_backup(Backup(name=f"b{i}", target="t", database="d", volume="v", path="p", manifest_path="m",
                             size=1, sha256="x", created=t, host="h", job="j"))
-    assert cli.pick_backup(s, None, "t", None).name == "b2"
-    assert cli.pick_backup(s, None, "t", 250.0).name == "b1"
+    assert jobs.pick_backup(s, None, "t", None).name == "b2"
+    assert jobs.pick_backup(s, None, "t", 250.0).name == "b1"
     with pytest.raises(NotFound):
-        cli.pick_backup(s, None, "t", 50.0)
+        jobs.pick_backup(s, None, "t", 50.0)
 
 
 def test_check_exits_1_when_backups_silently_stopped(monkeypatch, capsys):

@@ -1,0 +1,41 @@
+"""The command-line set-up netctl and drctl share: a parser whose usage
+errors exit 2 and say where to look, the output options, and the context's
+view of them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+USAGE_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):   # exit 2 with a message, as argparse does, but say where to look
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def options_parser() -> Parser:
+    """A parent parser for options accepted before or after the subcommand."""
+    return Parser(add_help=False)
+
+
+def add_output_options(p: argparse.ArgumentParser, quiet_help: str) -> None:
+    o = p.add_argument_group("output")
+    o.add_argument("--json", "-j", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    o.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
+
+
+class OutputFlags:
+    """--json and --quiet of the parsed args (self.args), as a context reads them."""
+
+    args: argparse.Namespace
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def quiet(self) -> bool:
+        return bool(getattr(self.args, "quiet", False))
