@@ -13,24 +13,44 @@ test bridges. They use
     subnets     inside 10.200.0.0/16 .. 10.210.0.0/16
     VLANs       3900-3999
     containers  named npbench-...
+
+The daemon process, etcd, commands and the plugin-socket clients come from
+the test harness (tests/harness), which every test ring uses too; the repo
+root is put on sys.path here, once, for `python bench/bench_x.py`.
 """
 
 from __future__ import annotations
 
-import http.client
+import argparse
 import json
 import os
 import platform
 import random
+import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from netplugin.unixhttp import call
+from tests.harness import daemon as harness
+from tests.harness import etcd as etcdkit
+from tests.harness import proc
+from tests.harness.client import Client
+
+__all__ = ["ADDRESS_SPACE", "BRIDGE", "DOCKER", "DRIVER", "ETCD", "IMAGE", "SOCKET", "SUBNET_OCTETS", "VLANS",
+           "Cleanup", "Client", "Daemon", "Out", "bridge_ports", "call", "docker", "drop_log", "endpoint_flows",
+           "etcd_delete_prefix", "etcd_keys", "exit_with", "hex64", "log_size", "machine", "machine_line", "median",
+           "parse", "parse_calls", "parser", "pct", "pick_octets", "pick_vlan", "read_from", "remove_bridge", "rnd", "run",
+           "say_cleanup_failures", "table", "tag"]
 
 DOCKER = "/usr/bin/docker"      # the 20.10 client that matches the daemon (not /usr/local/bin/docker)
 IMAGE = os.environ.get("NPBENCH_IMAGE", "netplugin/busybox:latest")
@@ -102,6 +122,37 @@ def _cell(value) -> str:
     return str(value)
 
 
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: the first paragraph of its docstring describes it."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0])
+
+
+def parse(p: argparse.ArgumentParser, argv=None, daemon_src: bool = False,
+          keep_log: str | None = None) -> argparse.Namespace:
+    """Add the options the benchmarks share (--daemon-src, --keep-log with its help, --json), parse."""
+    if daemon_src:
+        p.add_argument("--daemon-src", metavar="DIR",
+                       help="run the daemon from another netplugin source tree, e.g. made with "
+                            "'git archive COMMIT netplugin | tar -x -C DIR' (default: the installed package)")
+    if keep_log:
+        p.add_argument("--keep-log", action="store_true", help=keep_log)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
+    return p.parse_args(argv)
+
+
+def say_cleanup_failures(out: Out, result: dict) -> None:
+    if result.get("cleanup_failures"):
+        out.say("cleanup failures: " + "; ".join(result["cleanup_failures"]))
+
+
+def exit_with(main: Callable[[], int]) -> None:
+    """Exit with main()'s status; 130 on Ctrl-C."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 # -- statistics ----------------------------------------------------------------
 
 def pct(values: list[float], p: float) -> float | None:
@@ -129,7 +180,7 @@ def rnd(value, digits: int = 3):
 
 def _out(*cmd: str) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "?"
 
@@ -147,7 +198,7 @@ def machine() -> dict:
         import urllib.request
         with urllib.request.urlopen(ETCD + "/version", timeout=3) as resp:
             etcd_version = json.loads(resp.read()).get("etcdserver", "?")
-    except Exception:  # noqa: BLE001 - descriptive only
+    except Exception:
         pass
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -158,10 +209,8 @@ def machine() -> dict:
         "ovs": (_out("ovs-vsctl", "--version").splitlines() or ["?"])[0].split()[-1],
         "etcd": etcd_version,
         "python": platform.python_version(),
-        "netplugin_commit": _out("git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short",
-                                 "HEAD"),
-        "netplugin_dirty": bool(_out("git", "-C", str(Path(__file__).resolve().parent.parent), "status",
-                                     "--porcelain", "--", "netplugin")),
+        "netplugin_commit": _out("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+        "netplugin_dirty": bool(_out("git", "-C", str(REPO), "status", "--porcelain", "--", "netplugin")),
         "ovs_ports_on_host": _ovs_port_count(),
         "loadavg_start": _loadavg(),
     }
@@ -171,7 +220,7 @@ def _ovs_port_count() -> int | None:
     """Ports on all OVS bridges of the host: other suites' load on ovs-vswitchd."""
     try:
         out = subprocess.run(["ovs-vsctl", "--timeout=5", "--format=csv", "--no-headings", "--columns=name",
-                              "list", "Port"], capture_output=True, text=True, timeout=10).stdout
+                              "list", "Port"], check=False, capture_output=True, text=True, timeout=10).stdout
         return len(out.split())
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -217,7 +266,7 @@ class Cleanup:
     def add(self, what: str, fn: Callable[[], None]) -> None:
         self.steps.append((what, fn))
 
-    def __enter__(self) -> "Cleanup":
+    def __enter__(self) -> Cleanup:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         signal.signal(signal.SIGHUP, _raise_interrupt)
         return self
@@ -229,7 +278,7 @@ class Cleanup:
                 what, fn = self.steps.pop()
                 try:
                     fn()
-                except Exception as exc:  # noqa: BLE001 - keep cleaning
+                except Exception as exc:
                     msg = f"cleanup: could not {what}: {exc}"
                     self.failures.append(msg)
                     self.out.progress("WARNING " + msg)
@@ -247,10 +296,7 @@ class Cleanup:
 # -- commands -----------------------------------------------------------------------
 
 def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-    return proc
+    return proc.run(list(args), check=check, timeout=timeout)
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -258,14 +304,12 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 
 
 def etcd_keys(prefix: str) -> list[str]:
-    out = run("etcdctl", f"--endpoints={ETCD}", "get", "--prefix", "--keys-only", prefix,
-              check=True, timeout=60).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    return etcdkit.keys(ETCD, prefix)
 
 
 def etcd_delete_prefix(prefix: str) -> None:
     assert prefix.startswith("/netplugin/bench-") and prefix.endswith("/"), prefix
-    run("etcdctl", f"--endpoints={ETCD}", "del", "--prefix", prefix, timeout=120)
+    etcdkit.delete_prefix(ETCD, prefix, check=True)
 
 
 os.environ.setdefault("ETCDCTL_API", "3")
@@ -293,7 +337,6 @@ def endpoint_flows(bridge: str = BRIDGE) -> dict:
     (top bit set; the pipeline's table-miss flows have cookie 0) and meters."""
     flows = run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge, check=False, timeout=30)
     meters = run("ovs-ofctl", "-O", "OpenFlow13", "dump-meters", bridge, check=False, timeout=30)
-    import re
     cookies = [int(c, 16) for c in re.findall(r"cookie=0x([0-9a-f]+)", flows.stdout)]
     names = {0: "port", 1: "arp_local", 2: "arp_uplink", 3: "other"}
     kinds: dict[str, int] = {}
@@ -309,7 +352,7 @@ def endpoint_flows(bridge: str = BRIDGE) -> dict:
 
 def remove_bridge(bridge: str = BRIDGE) -> None:
     """Delete the bridge, and the host ends of the veths that were its ports."""
-    assert bridge == BRIDGE
+    assert bridge.startswith(("npbench", "npdrbench")), bridge
     for name, _ in bridge_ports(bridge):
         run("ip", "link", "del", name, check=False)
     run("ovs-vsctl", "--if-exists", "del-br", bridge)
@@ -317,175 +360,73 @@ def remove_bridge(bridge: str = BRIDGE) -> None:
 
 # -- the daemon ----------------------------------------------------------------------
 
-class Daemon:
-    """One netplugin daemon on the benchmark socket, in its own session,
-    started the way tests/e2e/conftest.py does it."""
+class Daemon(harness.Daemon):
+    """One netplugin daemon on the benchmark socket (or socket), in its own session,
+    as every test ring starts one, with NETPLUGIN_CONFIG=/dev/null and a private
+    XDG_RUNTIME_DIR."""
 
     def __init__(self, log_path: Path, threads: int | None = None, extra_env: dict | None = None,
-                 src: str | None = None):
+                 src: str | None = None, socket: str = SOCKET, bridge: str = BRIDGE):
         """src: a folder holding another netplugin package (e.g. from
         `git archive COMMIT netplugin | tar -x -C DIR`) to run instead of the
         installed one, to compare commits on the same machine."""
         self.host_id = "bench-" + tag()
         self.prefix = "/netplugin/bench-" + tag()
+        self.bridge = bridge
         self.log_path = log_path
-        self.env = dict(os.environ, NETPLUGIN_ETCD_ENDPOINTS=ETCD, NETPLUGIN_ETCD_PREFIX=self.prefix,
-                        NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=BRIDGE,
-                        NETPLUGIN_DATAPATH_TYPE="netdev", NETPLUGIN_SOCKET=SOCKET,
-                        NETPLUGIN_CONFIG="/dev/null",
-                        # gunicorn >= 25 opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl,
-                        # else ~/.gunicorn/gunicorn.ctl, shared by every daemon on the host and
-                        # removed by whichever stops first: keep ours private.
-                        XDG_RUNTIME_DIR=str(log_path.parent))
-        if threads:
-            self.env["NETPLUGIN_THREADS"] = str(threads)
-        if src:
-            if not (Path(src) / "netplugin" / "daemon.py").exists():
-                raise RuntimeError(f"--daemon-src {src}: no netplugin/daemon.py there")
-            self.env["PYTHONPATH"] = str(Path(src).resolve())
+        if src and not (Path(src) / "netplugin" / "daemon.py").exists():
+            raise RuntimeError(f"--daemon-src {src}: no netplugin/daemon.py there")
         self.src = str(Path(src).resolve()) if src else None
-        self.env.update(extra_env or {})
-        self.proc: subprocess.Popen | None = None
+        env = harness.settings_env(
+            isolated=False, etcd_endpoints=ETCD, etcd_prefix=self.prefix, host_id=self.host_id, bridge=bridge,
+            datapath_type="netdev", socket=socket, config="/dev/null",
+            # gunicorn >= 25 opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl,
+            # else ~/.gunicorn/gunicorn.ctl, shared by every daemon on the host and
+            # removed by whichever stops first: keep ours private.
+            base=dict(os.environ, XDG_RUNTIME_DIR=str(log_path.parent)))
+        if threads:
+            env["NETPLUGIN_THREADS"] = str(threads)
+        if self.src:
+            env["PYTHONPATH"] = self.src
+        env.update(extra_env or {})
+        # `python -m` puts the working directory first on sys.path: with --daemon-src, run
+        # from that tree, or a checkout in the caller's cwd would be imported instead.
+        super().__init__(socket, log_path, env, cwd=self.src)
         self.package = ""
 
-    def start(self) -> None:
-        if os.path.exists(SOCKET):
-            if self._answers():
-                raise RuntimeError(f"another process already serves {SOCKET}: is another benchmark running?")
-            os.unlink(SOCKET)
+    def start(self, within: float = 15) -> float:
+        self.claim_socket(": is another benchmark running?")
         # which netplugin the daemon will import, as it will import it
         self.package = subprocess.run([sys.executable, "-c", "import netplugin; print(netplugin.__file__)"],
-                                      env=self.env, cwd=self.src or None, capture_output=True, text=True,
-                                      timeout=30).stdout.strip()
+                                      env=self.env, cwd=self.src, capture_output=True, text=True,
+                                      timeout=30, check=False).stdout.strip()
         if self.src and not self.package.startswith(self.src):
             raise RuntimeError(f"the daemon would import {self.package}, not the tree in {self.src}")
-        with open(self.log_path, "ab") as out:
-            # `python -m` puts the working directory first on sys.path: with --daemon-src, run
-            # from that tree, or a checkout in the caller's cwd would be imported instead.
-            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, cwd=self.src or None)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"netplugin exited at start:\n{self.log_tail()}")
-            if os.path.exists(SOCKET) and self._answers():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"netplugin did not listen on {SOCKET} within 15 s:\n{self.log_tail()}")
-
-    def _answers(self) -> bool:
-        try:
-            status, reply = call(SOCKET, "Plugin.Activate", {}, timeout=2)
-        except OSError:
-            return False
-        return status == 200 and "NetworkDriver" in reply.get("Implements", [])
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return super().start(within)
 
     def wait_bridge(self, timeout: float = 60) -> None:
         """The daemon creates the bridge in the background at start; wait until
         ovs-vswitchd has made it (OpenFlow answers), not just the OVSDB row."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if run("ovs-ofctl", "-O", "OpenFlow13", "show", BRIDGE, check=False, timeout=10).returncode == 0:
+            if run("ovs-ofctl", "-O", "OpenFlow13", "show", self.bridge, check=False, timeout=10).returncode == 0:
                 return
             if not self.alive():
                 raise RuntimeError(f"netplugin exited:\n{self.log_tail()}")
             time.sleep(0.2)
-        raise RuntimeError(f"bridge {BRIDGE} was not ready within {timeout} s (is ovs-vswitchd overloaded?):\n"
+        raise RuntimeError(f"bridge {self.bridge} was not ready within {timeout} s (is ovs-vswitchd overloaded?):\n"
                            f"{self.log_tail()}")
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+    def stop(self, grace: float = 10) -> None:
+        super().stop(grace)
+        if os.path.exists(self.socket) and not self.answers():
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if os.path.exists(SOCKET) and not self._answers():
-            try:
-                os.unlink(SOCKET)
+                os.unlink(self.socket)
             except OSError:
                 pass
 
     def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return "(no log)"
-
-
-# -- the plugin protocol over the unix socket ---------------------------------------------
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-HEADERS = {"Content-Type": "application/json", "Accept": "application/vnd.docker.plugins.v1.2+json"}
-
-
-def call(sock_path: str, method: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
-    """One POST on a fresh connection (like tests/unixhttp.py)."""
-    conn = _UnixConnection(sock_path, timeout)
-    try:
-        conn.request("POST", f"/{method}", body=json.dumps(body or {}).encode(), headers=HEADERS)
-        resp = conn.getresponse()
-        raw = resp.read()
-        return resp.status, (json.loads(raw) if raw else {})
-    finally:
-        conn.close()
-
-
-class Client:
-    """A keep-alive connection, as dockerd's plugin client keeps one (Go's
-    http.Transport). One per thread. Reconnects once if the server closed it."""
-
-    def __init__(self, sock_path: str = SOCKET, timeout: float = 60):
-        self.sock_path = sock_path
-        self.timeout = timeout
-        self.conn: _UnixConnection | None = None
-
-    def call(self, method: str, body: dict | None = None) -> tuple[int, dict]:
-        data = json.dumps(body or {}).encode()
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = _UnixConnection(self.sock_path, self.timeout)
-            try:
-                self.conn.request("POST", f"/{method}", body=data, headers=HEADERS)
-                resp = self.conn.getresponse()
-                raw = resp.read()
-                if resp.getheader("Connection", "").lower() == "close":
-                    self.close()
-                return resp.status, (json.loads(raw) if raw else {})
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-                    http.client.CannotSendRequest, http.client.BadStatusLine):
-                self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    def ok(self, method: str, body: dict | None = None) -> dict:
-        status, reply = self.call(method, body)
-        if status != 200:
-            raise RuntimeError(f"{method} answered {status}: {reply.get('Err') or reply}")
-        return reply
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        return self.tail(n)
 
 
 # -- the daemon log ---------------------------------------------------------------------------
@@ -493,7 +434,6 @@ class Client:
 def parse_calls(text: str) -> list[dict]:
     """Protocol calls from the daemon log: one line per call,
     '<Interface>.<Method> [ids] status=N ms=F'."""
-    import re
     pat = re.compile(r"netplugin\.api: (?P<method>[A-Za-z]+\.[A-Za-z]+)(?P<ids>.*?) status=(?P<status>\d+) "
                      r"ms=(?P<ms>[0-9.]+)")
     calls = []

@@ -36,7 +36,6 @@ it deletes the network through the protocol and removes everything it made.
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 TIMED = ("NetworkDriver.CreateEndpoint", "NetworkDriver.Join", "NetworkDriver.Leave",
          "NetworkDriver.DeleteEndpoint")
@@ -54,7 +53,7 @@ ALL = ("IpamDriver.RequestAddress",) + TIMED + ("IpamDriver.ReleaseAddress",)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--count", type=int, default=200,
                    help="lifecycles per concurrency level, split across the callers (default 200)")
     p.add_argument("--concurrency", default="1,20", help="comma-separated caller counts (default 1,20)")
@@ -66,12 +65,7 @@ def parse_args(argv=None):
                         "before the run is declared broken (default 10)")
     p.add_argument("--settle", type=float, default=45,
                    help="seconds to wait for endpoint flows/meters to go after the last endpoint (default 45)")
-    p.add_argument("--daemon-src", metavar="DIR",
-                   help="run the daemon from another netplugin source tree, e.g. made with "
-                        "'git archive COMMIT netplugin | tar -x -C DIR' (default: the installed package)")
-    p.add_argument("--keep-log", action="store_true", help="keep the daemon log and print its path")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    return p.parse_args(argv)
+    return C.parse(p, argv, daemon_src=True, keep_log="keep the daemon log and print its path")
 
 
 class Net:
@@ -155,7 +149,7 @@ def lifecycle(client: C.Client, net: Net, times: dict[str, list[float]], made: l
             if body is not None:
                 try:
                     client.call(method, body)
-                except Exception:  # noqa: BLE001 - best effort; the final checks will tell
+                except Exception:
                     client.close()
         raise
 
@@ -177,7 +171,7 @@ def run_level(net: Net, callers: int, count: int, max_failures: int = 0) -> dict
     barrier = threading.Barrier(callers + 1)
 
     def worker(i):
-        client = C.Client()
+        client = C.Client(C.SOCKET)
         try:
             client.ok("Plugin.Activate")          # open the connection before the clock starts
             barrier.wait()
@@ -190,7 +184,7 @@ def run_level(net: Net, callers: int, count: int, max_failures: int = 0) -> dict
                     failed.append(str(exc))
                     if len(failed) > max_failures:
                         raise RuntimeError(f"more than {max_failures} lifecycles failed; last: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - reported, and the run is marked broken
+        except Exception as exc:
             errors.append(f"caller {i}: {exc}")
             try:
                 barrier.abort()
@@ -233,7 +227,7 @@ def transport_baseline(callers: int, count: int) -> list[float]:
     barrier = threading.Barrier(callers)
 
     def worker(i):
-        client = C.Client()
+        client = C.Client(C.SOCKET)
         try:
             client.ok("Plugin.Activate")
             barrier.wait()
@@ -309,14 +303,14 @@ def dataplane_baseline(callers: int, count: int, vlan: int,
                     fn()
                     steps[step].append(time.perf_counter() - t1)
                 lat[i].append(time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001 - counted; the port/veth are removed below
+            except Exception as exc:
                 errors.append(str(exc)[:300])
                 try:
                     if flows is not None:
                         flows.clear_port(ep_id, ofport[0])
                     if switch.port_exists(host):
                         switch.delete_port(host)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
                 links.delete(host)
                 if len(errors) > max_failures:   # reported; the level is marked broken
@@ -394,7 +388,7 @@ def main(argv=None) -> int:
         daemon.start()
         result["settings"]["daemon_package"] = daemon.package
         daemon.wait_bridge()
-        admin = C.Client()
+        admin = C.Client(C.SOCKET)
         net = Net(admin, subnet, vlan, "npbench-api-" + C.tag())
         net.create()
 
@@ -538,12 +532,8 @@ def report(out: C.Out, r: dict) -> None:
     if r["leftovers"]["flows_with_endpoint_cookie"]:
         out.say(f"endpoint flows left at the end, by endpoint id: {', '.join(r['leftovers']['flow_endpoints'])} "
                 "(f100d... = the dataplane baseline's own)")
-    if r.get("cleanup_failures"):
-        out.say("cleanup failures: " + "; ".join(r["cleanup_failures"]))
+    C.say_cleanup_failures(out, r)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    C.exit_with(main)

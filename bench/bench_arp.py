@@ -53,11 +53,9 @@ reply was wrong, the flow count differs from the design, or cleanup failed.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -67,7 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 UPLINK, UPLINK_PEER = "npbup0", "npbup1"
 # Its own socket and bridge, not the shared npbench ones: this benchmark kills its daemon
@@ -85,6 +83,7 @@ LOST_AFTER = 0.05             # s without a reply: a request of the closed loop 
 def probe_main(argv: list[str]) -> None:
     """--probe latency|rate IFACE SMAC SIP TIP TMAC N WINDOW: prints one JSON object."""
     import socket
+
     from scapy.layers.l2 import ARP, Ether
     kind, iface, smac, sip, tip, tmac, n, window = argv
     n, window = float(n), int(window)
@@ -443,7 +442,7 @@ def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--probe":
         probe_main(sys.argv[2:])
         return 0
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--rounds", type=int, default=3, help="rounds of the three ways, order rotating (default 3)")
     p.add_argument("--latency-count", type=int, default=300, help="requests one at a time per measurement")
     p.add_argument("--seconds", type=float, default=3.0, help="closed-loop throughput duration (default 3)")
@@ -451,9 +450,7 @@ def main(argv=None) -> int:
     p.add_argument("--scales", default="100,1000", help="cluster sizes for the flow count (default 100,1000)")
     p.add_argument("--hosts", type=int, default=10, help="hosts in the modelled cluster (default 10)")
     p.add_argument("--callers", type=int, default=4, help="concurrent protocol callers for local endpoints")
-    p.add_argument("--keep-log", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    args = C.parse(p, argv, keep_log="keep the daemon log and print its path")
     scales = [int(x) for x in args.scales.split(",") if x.strip()]
     out = C.Out(args.json)
     logdir = Path(tempfile.mkdtemp(prefix="npbench-arp-"))
@@ -579,8 +576,7 @@ def report(out: C.Out, r: dict) -> None:
                           x["latency_kernel"]["p50_us"], x["latency_kernel"]["p99_us"],
                           x["latency_proxy_again"]["p50_us"], x["latency_proxy_again"]["p99_us"], x["loadavg"]]
                          for x in r["scale"]]))
-    if r.get("cleanup_failures"):
-        out.say("cleanup failures: " + "; ".join(r["cleanup_failures"]))
+    C.say_cleanup_failures(out, r)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,10 @@ with container start and the limit checks).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +42,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
+
+from tests.harness.daemon import Agent
+from tests.harness.mariadb import shop_sql
 
 SERVER_IMAGE = "netplugin/mariadb:10.11"
 TOOLS_IMAGE = "netplugin/mariadb-tools:10.11"
@@ -55,100 +56,13 @@ DRIVER = "npdrbench"
 BRIDGE = "npdrbench0"
 
 
-class Daemon(C.Daemon):
-    """_common.Daemon on this benchmark's own socket and bridge."""
-
-    def __init__(self, log_path: Path):
-        super().__init__(log_path)
-        self.env.update(NETPLUGIN_SOCKET=SOCKET, NETPLUGIN_BRIDGE=BRIDGE,
-                        NETPLUGIN_METRICS_ADDRESS=f"127.0.0.1:{random.randint(19200, 19799)}")
-
-    def start(self) -> None:
-        if os.path.exists(SOCKET):
-            if self._answers():
-                raise RuntimeError(f"another process already serves {SOCKET}: is another bench_backup running?")
-            os.unlink(SOCKET)
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"netplugin exited at start:\n{self.log_tail()}")
-            if os.path.exists(SOCKET) and self._answers():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"netplugin did not listen on {SOCKET} within 15 s:\n{self.log_tail()}")
-
-    def _answers(self) -> bool:
-        try:
-            status, reply = C.call(SOCKET, "Plugin.Activate", {}, timeout=2)
-        except OSError:
-            return False
-        return status == 200 and "NetworkDriver" in reply.get("Implements", [])
-
-    def wait_bridge(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if C.run("ovs-ofctl", "-O", "OpenFlow13", "show", BRIDGE, check=False, timeout=10).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"bridge {BRIDGE} was not ready within {timeout} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if os.path.exists(SOCKET) and not self._answers():
-            os.unlink(SOCKET)
-
-
-def remove_bridge() -> None:
-    if C.run("ovs-vsctl", "br-exists", BRIDGE, check=False).returncode != 0:
-        return
-    for name in C.run("ovs-vsctl", "list-ports", BRIDGE).stdout.split():
-        C.run("ip", "link", "del", name, check=False)
-    C.run("ovs-vsctl", "--if-exists", "del-br", BRIDGE)
-
-
-def data_sql(scale: int) -> str:
-    """The e2e drill's schema, scale times the rows (scale 1: 120k rows, ~7 MB of SQL)."""
-    n = max(1, scale)
-    return f"""
-CREATE DATABASE IF NOT EXISTS shop;
-USE shop;
-CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(128), created DATETIME,
-  balance DECIMAL(12,2), note TEXT NULL) ENGINE=InnoDB;
-INSERT INTO customers SELECT seq, CONCAT('customer-', seq), CONCAT('c', seq, '@example.com'),
-  '2020-01-01' + INTERVAL (seq % 1500) DAY, (seq * 37 % 100000) / 100, IF(seq % 7 = 0, NULL, MD5(seq))
-  FROM seq_1_to_{20000 * n};
-CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL, total DECIMAL(12,2),
-  status ENUM('new','paid','shipped','void'), placed TIMESTAMP NULL, KEY (customer_id)) ENGINE=InnoDB;
-INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq * 7919 % 1000000) / 100, ELT(1 + seq % 4, 'new','paid','shipped','void'),
-  '2021-01-01' + INTERVAL (seq * 13 % 86400000) SECOND FROM seq_1_to_{50000 * n};
-CREATE TABLE order_lines (order_id INT NOT NULL, line TINYINT NOT NULL, sku CHAR(12), qty SMALLINT, price DOUBLE,
-  PRIMARY KEY (order_id, line)) ENGINE=InnoDB;
-INSERT INTO order_lines SELECT 1 + seq DIV 2, seq % 2, UPPER(LEFT(SHA1(seq), 12)), 1 + seq % 9, (seq % 1000) * 1.25
-  FROM seq_0_to_{40000 * n - 1};
-CREATE TABLE blobs (id INT AUTO_INCREMENT PRIMARY KEY, data VARBINARY(255), flag BIT(1)) ENGINE=InnoDB;
-INSERT INTO blobs (data, flag) SELECT UNHEX(CONCAT(MD5(seq), SHA1(seq))), seq % 2 FROM seq_1_to_{10000 * n};
-"""
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--scale", type=int, default=5, help="data size: scale x 120k rows (default 5: 600k rows)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every case once (default 3)")
     p.add_argument("--rate", default="50mbit", help="the profile's rate (default 50mbit)")
     p.add_argument("--cases", default="netplugin,loopback,profile-job,profile-src")
-    p.add_argument("--keep-log", action="store_true", help="keep the daemon and agent logs")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    return p.parse_args(argv)
+    return C.parse(p, argv, keep_log="keep the daemon and agent logs")
 
 
 class Bench:
@@ -156,10 +70,13 @@ class Bench:
         self.args, self.out, self.logdir = args, out, logdir
         self.rtag = C.tag()
         self.label = f"npbench={self.rtag}"
-        self.daemon = Daemon(logdir / "netplugin.log")
+        # this benchmark's own socket and bridge, and a metrics port
+        self.daemon = C.Daemon(logdir / "netplugin.log", socket=SOCKET, bridge=BRIDGE, extra_env={
+            "NETPLUGIN_METRICS_ADDRESS": f"127.0.0.1:{random.randint(19200, 19799)}"})
         self.env = dict(self.daemon.env, DRCTL_WORK_DIR=str(logdir / "work"), DRCTL_CONFIG="/dev/null",
                         DRCTL_POLL="0.2")
-        self.agent: subprocess.Popen | None = None
+        self.agent = Agent(logdir / "agent.log", self.env, C.ETCD,
+                           f"{self.daemon.prefix}/backup/agents/{self.daemon.host_id}")
         self.volume = f"npbench-{self.rtag}"
         self.password = secrets.token_hex(12)
         self.secret_dir = Path(tempfile.mkdtemp(prefix="npbench-secrets-"))
@@ -193,28 +110,6 @@ class Bench:
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise RuntimeError(f"netctl {' '.join(args)} failed: {proc.stderr.strip()}")
-
-    def start_agent(self) -> None:
-        with open(self.logdir / "agent.log", "ab") as fh:
-            self.agent = subprocess.Popen([sys.executable, "-m", "netplugin.backup.cli", "agent"], env=self.env,
-                                          stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 20
-        key = f"{self.daemon.prefix}/backup/agents/{self.daemon.host_id}"
-        while time.monotonic() < deadline:
-            if C.run("etcdctl", f"--endpoints={C.ETCD}", "get", key, "--keys-only", check=False).stdout.strip():
-                return
-            if self.agent.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"drctl agent did not start: {(self.logdir / 'agent.log').read_text()[-1500:]}")
-
-    def stop_agent(self) -> None:
-        if self.agent and self.agent.poll() is None:
-            os.killpg(self.agent.pid, signal.SIGTERM)
-            try:
-                self.agent.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.agent.pid, signal.SIGKILL)
 
     def start_db(self, name: str, network: str, *extra: str, ip: str | None = None, port: int | None = None):
         args = ["run", "-d", "--name", name, "--label", self.label, "--network", network,
@@ -289,7 +184,7 @@ def main(argv=None) -> int:
         cleanup.add("remove the logs", lambda: C.drop_log(logdir, args.keep_log, state["finished"], out))
         cleanup.add("remove the secrets", lambda: __import__("shutil").rmtree(b.secret_dir, ignore_errors=True))
         cleanup.add("delete the etcd prefix", lambda: C.etcd_delete_prefix(b.daemon.prefix + "/"))
-        cleanup.add(f"remove bridge {BRIDGE}", remove_bridge)
+        cleanup.add(f"remove bridge {BRIDGE}", lambda: C.remove_bridge(BRIDGE))
         cleanup.add("stop the daemon", b.daemon.stop)
         for image in (SERVER_IMAGE, TOOLS_IMAGE):
             C.docker("image", "inspect", image)
@@ -307,15 +202,15 @@ def main(argv=None) -> int:
         for side in ("src", "dst"):
             C.docker("network", "create", "-d", DRIVER, "--ipam-driver", DRIVER, "--subnet",
                      f"{b.subnets[side]}.0/24", "-o", f"vlan={b.vlans[side]}", b.nets[side])
-        cleanup.add("stop the agent", b.stop_agent)
-        b.start_agent()
+        cleanup.add("stop the agent", lambda: b.agent.stop(20))
+        b.agent.start()
         out.progress("starting 4 MariaDB servers (2 on netplugin networks, 2 on the host network)")
         b.start_db(f"npbench-{b.rtag}-src", b.nets["src"], ip=f"{b.subnets['src']}.10")
         b.start_db(f"npbench-{b.rtag}-dst", b.nets["dst"], ip=f"{b.subnets['dst']}.10")
         b.start_db(f"npbench-{b.rtag}-hsrc", "host", f"--port={b.ports['src']}", "--bind-address=127.0.0.1")
         b.start_db(f"npbench-{b.rtag}-hdst", "host", f"--port={b.ports['dst']}", "--bind-address=127.0.0.1")
         t0 = time.monotonic()
-        sql = data_sql(args.scale)
+        sql = shop_sql(args.scale)      # the e2e drill's schema, scale times the rows
         for name in (f"npbench-{b.rtag}-src", f"npbench-{b.rtag}-hsrc"):
             b.sql(name, sql)
         out.progress(f"generated {120_000 * args.scale} rows on both sources in {time.monotonic() - t0:.1f} s")

@@ -28,7 +28,6 @@ out the unix-socket HTTP round trip and Docker's own work.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 START_CALLS = ("IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint", "NetworkDriver.Join",
                "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.EndpointOperInfo")
@@ -45,7 +44,7 @@ STOP_CALLS = ("NetworkDriver.RevokeExternalConnectivity", "NetworkDriver.Leave",
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--runs", type=int, default=20, help="timed containers per network (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="untimed containers per network first (default 2, at least 1)")
     p.add_argument("--image", default=C.IMAGE, help=f"image (default {C.IMAGE})")
@@ -53,12 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--max-failures", type=int, default=3,
                    help="failed docker runs (e.g. OVS timeouts on a loaded machine) counted, their rounds left out, "
                         "before the run is declared broken (default 3)")
-    p.add_argument("--daemon-src", metavar="DIR",
-                   help="run the daemon from another netplugin source tree, e.g. made with "
-                        "'git archive COMMIT netplugin | tar -x -C DIR' (default: the installed package)")
-    p.add_argument("--keep-log", action="store_true", help="keep the daemon log and print its path")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    return p.parse_args(argv)
+    return C.parse(p, argv, daemon_src=True, keep_log="keep the daemon log and print its path")
 
 
 def docker_run(name: str, network: str, image: str, label: str) -> float:
@@ -248,12 +242,8 @@ def report(out: C.Out, r: dict) -> None:
     out.say(f"left after the runs: {left['ovs_ports_with_np_endpoint']} OVS ports with np-endpoint, "
             f"{left['endpoint_keys']} endpoint keys, {left['flows_with_endpoint_cookie']} endpoint flows, "
             f"{left['meters']} meters")
-    if r.get("cleanup_failures"):
-        out.say("cleanup failures: " + "; ".join(r["cleanup_failures"]))
+    C.say_cleanup_failures(out, r)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    C.exit_with(main)

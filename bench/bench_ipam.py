@@ -41,7 +41,6 @@ at its fill and free of duplicates. Everything is deleted at the end.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import random
 import signal
@@ -52,13 +51,13 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 MAX_TXN_OPS = 128      # etcd's default --max-txn-ops
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--count", type=int, default=400, help="operations per allocator per phase (default 400)")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds (raw + ipam on each pool) per concurrency level (default 3)")
@@ -71,8 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--max-seconds", type=float, default=30,
                    help="an allocator stops a phase early after this long (default 30; the rate counts what it did)")
     p.add_argument("--warmup", type=int, default=5, help="untimed operations per allocator per phase (default 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    return p.parse_args(argv)
+    return C.parse(p, argv)
 
 
 # -- a KV that counts what it is asked ------------------------------------------------
@@ -199,7 +197,7 @@ def worker_main(idx: int, conf: dict, jobs, results) -> None:
                     raise RuntimeError(f"release of {a} deleted nothing")
                 rel_lat.append(time.monotonic() - t0)
             results.put(("released", idx, rel_lat))
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
+        except Exception as exc:
             results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
     kv.close()
 
@@ -258,7 +256,7 @@ class Allocators:
         for q in self.jobs:
             try:
                 q.put(None)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         for p in self.procs:
             p.join(5)
@@ -288,7 +286,7 @@ def prefill(kv, store, subnet, offsets: list[int], host: str, threads: int = 4) 
                                   endpoint=C.hex64(), network="n-prefill").to_json()) for o in batch]
             try:
                 kv.txn([], ops)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 with lock:
                     errors.append(str(exc))
                 return
@@ -497,12 +495,8 @@ def report(out: C.Out, r: dict) -> None:
             "means the CPUs are the limit")
     if r["checks_failed"]:
         out.say("CHECKS FAILED: " + "; ".join(r["checks_failed"]))
-    if r["cleanup_failures"]:
-        out.say("cleanup failures: " + "; ".join(r["cleanup_failures"]))
+    C.say_cleanup_failures(out, r)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    C.exit_with(main)

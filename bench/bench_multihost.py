@@ -41,11 +41,8 @@ and stops it at the end (--keep-rig leaves it up).
 
 from __future__ import annotations
 
-import argparse
 import json
-import fcntl
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -54,26 +51,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
-REPO = Path(__file__).resolve().parents[1]
-RIG = REPO / "scripts" / "rig.sh"
-LOCK = "/run/lock/netplugin-rig.lock"
+from tests.harness import rig
+from tests.harness.daemon import settings_env
+
+RIG = rig.RIG
 SUBNET = "10.211.0.0/22"        # 1,021 usable: a pair phase of 2 x 150 fills 29%
 VLAN = 3950
 NAME = "npbench-mh"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--count", type=int, default=150, help="endpoints per daemon per phase (default 150)")
     p.add_argument("--callers", type=int, default=8, help="concurrent callers per daemon (default 8)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of (single, pair), order alternating (default 3)")
     p.add_argument("--arp-modes", default="proxy",
                    help="comma-separated cluster ARP modes to measure in turn: proxy, flood (default proxy)")
     p.add_argument("--keep-rig", action="store_true", help="leave the rig running at the end")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    args = p.parse_args(argv)
+    args = C.parse(p, argv)
     args.arp_modes = [m.strip() for m in args.arp_modes.split(",") if m.strip()]
     if not set(args.arp_modes) <= {"proxy", "flood"} or not args.arp_modes:
         p.error("--arp-modes takes proxy and/or flood")
@@ -86,16 +83,9 @@ def parse_args(argv=None):
 
 # -- the rig ----------------------------------------------------------------------------------
 
-def rig_env() -> dict[str, str]:
-    out = C.run("bash", str(RIG), "env").stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
 def netctl(prefix: str, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETPLUGIN_")}
-    env.update(NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_ETCD_ENDPOINTS=C.ETCD, NETPLUGIN_ETCD_PREFIX=prefix)
-    proc = subprocess.run([sys.executable, "-m", "netplugin.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "netplugin.cli.main", *args], check=False, capture_output=True,
+                          env=settings_env(etcd_endpoints=C.ETCD, etcd_prefix=prefix), text=True, timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"netctl {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -237,20 +227,11 @@ def run_phase(kind: str, nets: list[HostNet], count: int, callers: int, out: C.O
 
 
 def lock_rig(out: C.Out, timeout: float = 900):
-    fh = open(LOCK, "w")
-    deadline = time.monotonic() + timeout
-    said = False
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fh
-        except BlockingIOError:
-            if not said:
-                out.progress(f"waiting for the rig ({LOCK} is held: multi-host tests running?)")
-                said = True
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the rig stayed busy for {timeout:.0f} s") from None
-            time.sleep(1)
+    try:
+        return rig.lock(timeout, lambda: out.progress(
+            f"waiting for the rig ({rig.LOCK} is held: multi-host tests running?)"))
+    except TimeoutError:
+        raise RuntimeError(f"the rig stayed busy for {timeout:.0f} s") from None
 
 
 def main(argv=None) -> int:
@@ -276,7 +257,7 @@ def main(argv=None) -> int:
                   "--etcd-prefix", prefix, timeout=300)
             if not args.keep_rig:
                 cleanup.add("stop the rig", lambda: C.run("bash", str(RIG), "stop", timeout=300))
-            env = rig_env()
+            env = rig.rig_env()
             nets = [HostNet("a", env["RIG_A_SOCKET"], env["RIG_A_LOG"]),
                     HostNet("b", env["RIG_B_SOCKET"], env["RIG_B_LOG"])]
             for n in nets:
@@ -316,7 +297,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             STOP.set()
             raise
-        except Exception as exc:  # noqa: BLE001 - reported, then cleaned up
+        except Exception as exc:
             STOP.set()
             out.progress(f"FAILED: {exc}")
     report(out, results)

@@ -48,24 +48,23 @@ by hand: the daemon (`ss -xlp src /run/netplugin-rlbench-HEX.sock` names it),
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
+
+from tests.harness.daemon import Daemon, settings_env
+from tests.harness.iperf import iperf
+from tests.harness.netns import Namespaces, adopt, reach
 
 GENERIC = "com.docker.network.generic"
-PORT = 5201
 TOLERANCE = 0.15
 
 
@@ -84,61 +83,6 @@ def metered(bridge: str, ofport: int) -> bool:
     return f"meter:{ofport}," in out
 
 
-# -- iperf3 ----------------------------------------------------------------------------------
-
-def iperf(server_ns: str, server_ip: str, client_ns: str, seconds: float, omit: float,
-          udp_mbit: float | None = None, interval: float | None = None, during=None) -> dict:
-    """One bounded run, read at the receiver: {"mbit", "sent_mbit", "intervals": [(start, end, mbit)]}."""
-    every = ["-i", f"{interval:g}"] if interval else []
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-J", "-B", server_ip,
-                               "-p", str(PORT), *every], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    thread = None
-    try:
-        stop = time.monotonic() + 5
-        while not sh("ip", "netns", "exec", server_ns, "ss", "-Hltn", f"sport = :{PORT}").stdout.strip():
-            if time.monotonic() > stop or server.poll() is not None:
-                raise RuntimeError(f"iperf3 server in {server_ns} did not listen")
-            time.sleep(0.05)
-        args = ["ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-p", str(PORT), "-J",
-                "-t", f"{seconds:g}", "-O", f"{omit:g}", "--connect-timeout", "3000", *every]
-        if udp_mbit:
-            args += ["-u", "-b", f"{udp_mbit:g}M"]
-        launched = time.monotonic()
-        client = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if during is not None:
-            thread = threading.Thread(target=during, args=(launched,), daemon=True)
-            thread.start()
-        try:
-            out, err = client.communicate(timeout=seconds + omit + 20)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            client.communicate()
-            raise RuntimeError("iperf3 client did not finish in time") from None
-        try:
-            sout, _ = server.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            sout, _ = server.communicate()
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        if thread is not None:
-            thread.join(30)
-    try:
-        cdoc, sdoc = json.loads(out), json.loads(sout)
-    except ValueError:
-        raise RuntimeError(f"iperf3 gave no JSON: {out[-300:]} {err[-300:]}") from None
-    if "error" in cdoc or "error" in sdoc:
-        raise RuntimeError(f"iperf3 failed: {cdoc.get('error')} / {sdoc.get('error')}")
-    ivals = [(i["sum"]["start"], i["sum"]["end"], i["sum"]["bits_per_second"] / 1e6)
-             for i in sdoc["intervals"] if not i["sum"].get("omitted")]
-    span = sum(e - s for s, e, _ in ivals)
-    got = sum((e - s) * r for s, e, r in ivals) / span if span else 0.0
-    sent = cdoc["end"].get("sum_sent", cdoc["end"].get("sum", {})).get("bits_per_second", 0) / 1e6
-    return {"mbit": got, "sent_mbit": sent, "intervals": ivals}
-
-
 # -- the rig ----------------------------------------------------------------------------------
 
 class Rig:
@@ -152,13 +96,12 @@ class Rig:
         self.bare = "nprlbare" + self.hex[:4]
         self.host_id = f"bench-rl-{self.hex}"
         self.log_path = workdir / "netplugin.log"
-        self.env = dict(os.environ, NETPLUGIN_ETCD_ENDPOINTS=C.ETCD, NETPLUGIN_ETCD_PREFIX=self.prefix,
-                        NETPLUGIN_HOST_ID=self.host_id, NETPLUGIN_BRIDGE=self.bridge,
-                        NETPLUGIN_DATAPATH_TYPE="netdev", NETPLUGIN_SOCKET=self.socket,
-                        NETPLUGIN_CONFIG="/dev/null", NETPLUGIN_OVS_TIMEOUT="15",
-                        XDG_RUNTIME_DIR=str(workdir))
-        self.proc: subprocess.Popen | None = None
-        self.namespaces: list[str] = []
+        self.env = settings_env(isolated=False, etcd_endpoints=C.ETCD, etcd_prefix=self.prefix,
+                                host_id=self.host_id, bridge=self.bridge, datapath_type="netdev",
+                                socket=self.socket, config="/dev/null", ovs_timeout=15,
+                                base=dict(os.environ, XDG_RUNTIME_DIR=str(workdir)))
+        self.daemon = Daemon(self.socket, self.log_path, self.env)
+        self.namespaces = Namespaces("nprlbench-", hex_chars=6)
         self.links: list[str] = []
         self.bridges: list[str] = []          # only those this run made
         self.octet = 1 + secrets.randbelow(250)
@@ -167,51 +110,23 @@ class Rig:
         if sh("ovs-vsctl", "--timeout=10", "br-exists", self.bridge, check=False).returncode != 2:
             raise RuntimeError(f"bridge {self.bridge} exists already: another run? (not touching it)")
         self.bridges.append(self.bridge)      # the daemon makes it
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        stop = time.monotonic() + 20
-        while time.monotonic() < stop:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"netplugin exited at start: {self.log_path}")
-            try:
-                if os.path.exists(self.socket) and C.call(self.socket, "Plugin.Activate", {}, 2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"netplugin did not listen within 20 s: {self.log_path}")
+        self.daemon.start(within=20)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if os.path.exists(self.socket):
-            os.unlink(self.socket)
+        self.daemon.stop()
+        Path(self.socket).unlink(missing_ok=True)
 
     def call(self, method: str, body: dict) -> dict:
-        status, reply = C.call(self.socket, method, body, timeout=30)
+        status, reply = self.daemon.call(method, body, timeout=30)
         if status != 200:
             raise RuntimeError(f"{method} answered {status}: {reply}")
         return reply
 
     def netctl(self, *args: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "netplugin.cli.main", *args], env=self.env,
-                              capture_output=True, text=True, timeout=30)
+        proc = self.daemon.netctl(*args, timeout=30)
         if proc.returncode != 0:
             raise RuntimeError(f"netctl {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
-
-    def new_ns(self) -> str:
-        name = "nprlbench-" + secrets.token_hex(3)
-        sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        return name
 
     def network(self) -> tuple[str, str]:
         subnet = f"10.209.{self.octet}.0/24"      # inside the benchmarks' 10.200-10.210
@@ -233,13 +148,10 @@ class Rig:
         mac = self.call("NetworkDriver.CreateEndpoint", {
             "NetworkID": net, "EndpointID": ep, "Options": {},
             "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": ""}})["Interface"]["MacAddress"]
-        ns = self.new_ns()
+        ns = self.namespaces.new()
         src = self.call("NetworkDriver.Join", {"NetworkID": net, "EndpointID": ep, "SandboxKey": f"/var/run/netns/{ns}",
                                                "Options": {}})["InterfaceName"]["SrcName"]
-        sh("ip", "link", "set", "dev", src, "netns", ns, "name", "eth0")
-        sh("ip", "-n", ns, "link", "set", "dev", "eth0", "address", mac)
-        sh("ip", "-n", ns, "addr", "add", address, "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "dev", "eth0", "up")
+        adopt(ns, src, address, mac)
         port = "np" + ep[:11]
         ofport = int(sh("ovs-vsctl", "--timeout=10", "get", "Interface", port, "ofport").stdout)
         return {"endpoint": ep, "ip": address.split("/")[0], "ns": ns, "port": port, "ofport": ofport}
@@ -258,11 +170,9 @@ class Rig:
                 sh("ethtool", "-K", name, "tx", "off")
             sh("ip", "link", "set", host, "up")
             sh("ovs-vsctl", "--timeout=20", "add-port", self.bare, host)
-            ns = self.new_ns()
+            ns = self.namespaces.new()
             ip = f"10.210.{self.octet}.{i}"
-            sh("ip", "link", "set", "dev", peer, "netns", ns, "name", "eth0")
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "dev", "eth0", "up")
+            adopt(ns, peer, f"{ip}/24")
             out += [ns, ip]
         return tuple(out)
 
@@ -281,15 +191,12 @@ class Rig:
             sh("ovs-vsctl", "--timeout=20", "--if-exists", "del-br", b) for b in self.bridges])
         cleanup.add("remove veths", lambda: [sh("ip", "link", "del", n, check=False) for n in self.links
                                              if sh("ip", "link", "show", n, check=False).returncode == 0])
-        cleanup.add("remove namespaces", lambda: [sh("ip", "netns", "del", n, check=False) for n in self.namespaces])
+        cleanup.add("remove namespaces", self.namespaces.cleanup)
         cleanup.add("stop the daemon", self.stop)
 
 
 def ping_until(ns: str, ip: str, within: float = 15) -> None:
-    stop = time.monotonic() + within
-    while sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", ip, check=False).returncode != 0:
-        if time.monotonic() > stop:
-            raise RuntimeError(f"{ns} cannot reach {ip}")
+    reach(ns, ip, within)
 
 
 # -- the three measurements ---------------------------------------------------------------------
@@ -300,7 +207,7 @@ def accuracy(rig: Rig, sender: dict, receiver: dict, rates: list[int], runs: int
         # What the same path carries without a limit, just before: a shortfall below the
         # limit when this is not well above it is the machine, not the meter.
         rig.out.progress(f"accuracy: {rate} Mbit/s, the unlimited path first")
-        capacity = iperf(receiver["ns"], receiver["ip"], sender["ns"], 3, 1)["mbit"]
+        capacity = iperf(receiver["ns"], receiver["ip"], sender["ns"], seconds=3, omit=1).mbit
         name = f"acc{rate}"
         rig.netctl("profile", "create", name, "--rate", f"{rate}mbit")
         rig.netctl("endpoint", "set", sender["endpoint"][:12], "--profile", name)
@@ -309,10 +216,10 @@ def accuracy(rig: Rig, sender: dict, receiver: dict, rates: list[int], runs: int
             got, offered = [], []
             for i in range(runs):
                 rig.out.progress(f"accuracy: {rate} Mbit/s {proto} run {i + 1}/{runs}")
-                res = iperf(receiver["ns"], receiver["ip"], sender["ns"], 5, 2,
+                res = iperf(receiver["ns"], receiver["ip"], sender["ns"], seconds=5, omit=2,
                             udp_mbit=2 * rate if proto == "udp" else None)
-                got.append(res["mbit"])
-                offered.append(res["sent_mbit"])
+                got.append(res.mbit)
+                offered.append(res.sent_mbit)
             med = statistics.median(got)
             rows.append({"rate_mbit": rate, "burst_kbit": max(12, rate * 250), "proto": proto, "runs": len(got),
                          "median_mbit": C.rnd(med, 2), "min_mbit": C.rnd(min(got), 2), "max_mbit": C.rnd(max(got), 2),
@@ -354,10 +261,11 @@ def live_change(rig: Rig, sender: dict, receiver: dict, changes: int, step: floa
                 time.sleep(0.01)
 
         rig.out.progress(f"live change {i + 1}/{changes}")
-        res = iperf(receiver["ns"], receiver["ip"], sender["ns"], 8, 0, udp_mbit=100, interval=step, during=change)
+        res = iperf(receiver["ns"], receiver["ip"], sender["ns"], seconds=8, omit=0, udp_mbit=100, interval=step,
+                    during=change)
         if "error" in marks:
             raise RuntimeError(marks["error"])
-        whole = [iv for iv in res["intervals"] if iv[1] - iv[0] >= 0.8 * step]
+        whole = [iv for iv in res.intervals if iv[1] - iv[0] >= 0.8 * step]
         # The first receiver interval after netctl started that is at the new rate (+15 %): its
         # start is when the new limit held, to one interval (an interval the change fell inside
         # is far above 11.5 Mbit/s, so the one found starts at or after the change).
@@ -385,8 +293,8 @@ def overhead(rig: Rig, free: dict, receiver: dict, pairs: int) -> dict:
     ours, bare = [], []
     for i in range(pairs):
         rig.out.progress(f"overhead pair {i + 1}/{pairs}")
-        runs = [lambda: ours.append(iperf(receiver["ns"], receiver["ip"], free["ns"], 3, 1)["mbit"]),
-                lambda: bare.append(iperf(b2, ip2, b1, 3, 1)["mbit"])]
+        runs = [lambda: ours.append(iperf(receiver["ns"], receiver["ip"], free["ns"], seconds=3, omit=1).mbit),
+                lambda: bare.append(iperf(b2, ip2, b1, seconds=3, omit=1).mbit)]
         for run in (runs if i % 2 == 0 else runs[::-1]):     # who goes first alternates too
             run()
     return {"pairs": pairs, "netplugin_mbit": [C.rnd(x, 1) for x in ours], "bare_mbit": [C.rnd(x, 1) for x in bare],
@@ -397,15 +305,14 @@ def overhead(rig: Rig, free: dict, receiver: dict, pairs: int) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--rates", default="10,50,200", help="Mbit/s, comma-separated (default 10,50,200)")
     p.add_argument("--runs", type=int, default=3, help="iperf3 runs per rate and protocol (default 3)")
     p.add_argument("--changes", type=int, default=5, help="live changes 50 -> 10 Mbit/s (default 5)")
     p.add_argument("--pairs", type=int, default=7, help="alternated overhead run pairs (default 7)")
     p.add_argument("--only", default="accuracy,live,overhead",
                    help="which parts, comma-separated (default accuracy,live,overhead)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout (the tables go to stderr)")
-    return p.parse_args(argv)
+    return C.parse(p, argv)
 
 
 def main(argv=None) -> int:
@@ -496,7 +403,4 @@ def report_overhead(out: C.Out, r: dict) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    C.exit_with(main)

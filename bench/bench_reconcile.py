@@ -76,11 +76,9 @@ each is checked to be gone.
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -89,23 +87,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
+
+from tests.harness.ovsdb import PrivateOvsdb
 
 EPS_PER_TXN = 64                    # 2 puts each: etcd's default --max-txn-ops is 128
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 SYSTEM_DB = "unix:/var/run/openvswitch/db.sock"
 PARTS = ("etcd_read", "etcd_write", "ovs_list", "veth_list", "docker", "other")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--sizes", default="1000,10000", help="comma-separated endpoint counts (default 1000,10000)")
     p.add_argument("--runs", type=int, default=3, help="cold and warm scans per size and OVSDB (default 3 each)")
     p.add_argument("--system-ovs-max", type=int, default=1000,
                    help="also use the machine's own OVSDB (ovs-vswitchd attached) for sizes up to this (default 1000)")
     p.add_argument("--batch", type=int, default=1000, help="ports per ovs-vsctl call (default 1000)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    return p.parse_args(argv)
+    return C.parse(p, argv)
 
 
 # -- timing wrappers ------------------------------------------------------------------------------
@@ -226,43 +224,6 @@ def write_records(store, net, host: str, docker_net: str, n: int, out: C.Out) ->
     return [ep for ep, _, _ in eps]
 
 
-class PrivateOvsdb:
-    """An ovsdb-server of our own on a fresh Open_vSwitch database, no ovs-vswitchd."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.sock = folder / "db.sock"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def remote(self) -> str:
-        return f"unix:{self.sock}"
-
-    def start(self) -> None:
-        db = self.folder / "conf.db"
-        C.run("ovsdb-tool", "create", str(db), SCHEMA)
-        self.proc = subprocess.Popen(["ovsdb-server", str(db), f"--remote=punix:{self.sock}",
-                                      f"--unixctl={self.folder / 'ovsdb-server.ctl'}", "--no-chdir",
-                                      "-vconsole:off", f"--log-file={self.folder / 'ovsdb-server.log'}"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while not self.sock.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"private ovsdb-server did not start (see {self.folder}/ovsdb-server.log)")
-            time.sleep(0.02)
-        C.run("ovs-vsctl", f"--db={self.remote}", "--no-wait", "init")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-
 def vsctl(db: str, *args: str, timeout: float = 600) -> None:
     wait = ["--no-wait"] if db != SYSTEM_DB else ["--timeout=600"]
     C.run("ovs-vsctl", f"--db={db}", *wait, *args, timeout=timeout)
@@ -351,7 +312,7 @@ class Scanner:
         try:
             report = Reconciler(self.cfg, tstore, links_proxy, switch_proxy, view, releaser).run(
                 dry_run=True, grace=0)
-        except Exception as exc:  # noqa: BLE001 - a failed scan is a result
+        except Exception as exc:
             self.close()
             return {"error": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}",
                     "wall": time.perf_counter() - t0}
@@ -382,7 +343,7 @@ def probe_etcd(cfg) -> dict:
         out["shipped_s"] = round(time.perf_counter() - t0, 3)
         items = store.kv.get_prefix(f"{cfg.etcd_prefix}/endpoints/")
         out["reply_bytes"] = sum(len(i.key) + len(i.value) for i in items)
-    except Exception as exc:  # noqa: BLE001 - a failed read is a result
+    except Exception as exc:
         out["shipped_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
     finally:
         store.kv.close()
@@ -566,7 +527,4 @@ def report(result: dict, out: C.Out) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    C.exit_with(main)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.harness.daemon import Agent
+from tests.harness.mariadb import shop_sql
 
 from .conftest import ETCD, LABEL, docker, new_network, run
 
@@ -37,29 +39,7 @@ SERVER_IMAGE = "netplugin/mariadb:10.11"
 TOOLS_IMAGE = "netplugin/mariadb-tools:10.11"
 PASSWORD = "Dr-" + secrets.token_hex(8)
 
-SHOP_SQL = """
-CREATE DATABASE IF NOT EXISTS shop;
-USE shop;
-CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(128), created DATETIME,
-  balance DECIMAL(12,2), note TEXT NULL) ENGINE=InnoDB;
-INSERT INTO customers SELECT seq, CONCAT('customer-', seq), CONCAT('c', seq, '@example.com'),
-  '2020-01-01' + INTERVAL (seq % 1500) DAY, (seq * 37 % 100000) / 100, IF(seq % 7 = 0, NULL, MD5(seq))
-  FROM seq_1_to_20000;
-CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL, total DECIMAL(12,2),
-  status ENUM('new','paid','shipped','void'), placed TIMESTAMP NULL, KEY (customer_id)) ENGINE=InnoDB;
-INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq * 7919 % 1000000) / 100, ELT(1 + seq % 4, 'new','paid','shipped','void'),
-  '2021-01-01' + INTERVAL (seq * 13 % 86400000) SECOND FROM seq_1_to_50000;
-CREATE TABLE order_lines (order_id INT NOT NULL, line TINYINT NOT NULL, sku CHAR(12), qty SMALLINT, price DOUBLE,
-  PRIMARY KEY (order_id, line)) ENGINE=InnoDB;
-INSERT INTO order_lines SELECT 1 + seq DIV 2, seq % 2, UPPER(LEFT(SHA1(seq), 12)), 1 + seq % 9, (seq % 1000) * 1.25
-  FROM seq_0_to_39999;
-CREATE TABLE blobs (id INT AUTO_INCREMENT PRIMARY KEY, data VARBINARY(255), flag BIT(1)) ENGINE=InnoDB;
-INSERT INTO blobs (data, flag) SELECT UNHEX(CONCAT(MD5(seq), SHA1(seq))), seq % 2 FROM seq_1_to_10000;
-CREATE VIEW big_orders AS SELECT id, total FROM orders WHERE total > 9000;
-CREATE TRIGGER orders_ins BEFORE INSERT ON orders FOR EACH ROW SET NEW.total = IFNULL(NEW.total, 0);
-CREATE PROCEDURE customer_count(OUT n INT) SELECT COUNT(*) INTO n FROM customers;
-CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY DO DELETE FROM orders WHERE status = 'void' AND placed < '2000-01-01';
-"""
+SHOP_SQL = shop_sql(1, objects=True)
 SHOP_TABLES = {"customers": 20000, "orders": 50000, "order_lines": 40000, "blobs": 10000}
 
 SMALL_SQL = """
@@ -121,7 +101,7 @@ class DR:
         self.env = dict(plugin.env, DRCTL_WORK_DIR=str(tmp / "work"), DRCTL_CONFIG=str(tmp / "none.toml"),
                         DRCTL_POLL="0.2", DRCTL_LEASE_TTL="10")
         self.agent_log = tmp / "agent.log"
-        self.agent: subprocess.Popen | None = None
+        self.agent = Agent(self.agent_log, self.env, ETCD, f"{plugin.prefix}/backup/agents/{plugin.host_id}")
 
     def _secret(self, name: str, text: str) -> str:
         path = self.tmp / name
@@ -131,33 +111,17 @@ class DR:
 
     def start_agent(self) -> None:
         (self.tmp / "none.toml").write_text("")
-        with open(self.agent_log, "ab") as out:
-            self.agent = subprocess.Popen([sys.executable, "-m", "netplugin.backup.cli", "agent"], env=self.env,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        key = f"{self.plugin.prefix}/backup/agents/{self.plugin.host_id}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.agent.poll() is None, f"drctl agent exited:\n{self.agent_log.read_text()[-3000:]}"
-            if run("etcdctl", f"--endpoints={ETCD}", "get", key, "--keys-only", check=False).stdout.strip():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"drctl agent did not register:\n{self.agent_log.read_text()[-3000:]}")
+        self.agent.start()
 
     def stop_agent(self) -> None:
-        if self.agent and self.agent.poll() is None:
-            os.killpg(self.agent.pid, signal.SIGTERM)
-            try:
-                self.agent.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.agent.pid, signal.SIGKILL)
-                self.agent.wait(5)
+        self.agent.stop()
 
     def drctl(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "netplugin.backup.cli", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"drctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}"
-                                 f"\nagent log:\n{self.agent_log.read_text()[-3000:]}")
+                                 f"\nagent log:\n{self.agent.tail()}")
         return proc
 
     def job(self, job_id: str) -> dict:

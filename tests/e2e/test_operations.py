@@ -13,7 +13,6 @@ Containers carry the label netplugin.ops-test=1, not the shared test label.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness.client import get as socket_get
+from tests.harness.proc import free_port
 
 from .conftest import DOCKER, ETCD, IMAGE, Plugin, docker, run
 
@@ -46,12 +48,6 @@ MANAGED = "npmanaged"
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_for(what: str, check, timeout: float, every: float = 0.2):
     deadline = time.monotonic() + timeout
@@ -73,27 +69,6 @@ def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-def socket_get(path: str, url: str, timeout: float = 10) -> tuple[int, dict]:
-    conn = _Unix(path, timeout)
-    try:
-        conn.request("GET", url)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
-    finally:
-        conn.close()
 
 
 class Scrape:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from netplugin.unixhttp import call
 
+from .etcd import etcdctl
 from .proc import Failed, stop_group, tail
 
 
@@ -45,26 +46,52 @@ def answers(socket_path: str) -> bool:
     return status == 200 and "NetworkDriver" in reply.get("Implements", [])
 
 
-class Daemon:
-    """A netplugin daemon on `socket`, configured by `env`, logging to `log`.
+class Process:
+    """`python -m module args` in a session of its own, with env, its output
+    appended to log; stopped with its whole process group."""
 
-    cwd: the folder to start it in (`python -m` imports from there first)."""
-
-    def __init__(self, socket: str, log: Path, env: dict[str, str], cwd: str | None = None):
-        self.socket = socket
+    def __init__(self, module: list[str], log: Path, env: dict[str, str], cwd: str | None = None):
+        self.module = module
         self.log = log
         self.env = env
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
 
+    def launch(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", *self.module], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, cwd=self.cwd)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM to its process group; SIGKILL after grace seconds."""
+        stop_group(self.proc, signal.SIGTERM, grace)
+
+    def kill9(self) -> None:
+        stop_group(self.proc, signal.SIGKILL)
+
+    def tail(self, chars: int = 3000) -> str:
+        return tail(self.log, chars)
+
+
+class Daemon(Process):
+    """A netplugin daemon on `socket`, configured by `env`, logging to `log`.
+
+    cwd: the folder to start it in (`python -m` imports from there first)."""
+
+    def __init__(self, socket: str, log: Path, env: dict[str, str], cwd: str | None = None):
+        super().__init__(["netplugin.daemon"], log, env, cwd)
+        self.socket = socket
+
     # -- the process ---------------------------------------------------------------------
     def start(self, within: float = 15) -> float:
         """Start it; the seconds until it answered on its socket."""
         started = time.monotonic()
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, cwd=self.cwd)
+        self.launch()
+        assert self.proc is not None
         while time.monotonic() - started < within:
             if self.proc.poll() is not None:
                 raise Failed(f"netplugin exited at start:\n{self.tail()}")
@@ -83,16 +110,6 @@ class Daemon:
     def answers(self) -> bool:
         return answers(self.socket)
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace: float = 10) -> None:
-        """SIGTERM to its process group; SIGKILL after grace seconds."""
-        stop_group(self.proc, signal.SIGTERM, grace)
-
-    def kill9(self) -> None:
-        stop_group(self.proc, signal.SIGKILL)
-
     def pids(self) -> list[int]:
         """Its processes (gunicorn's arbiter and its worker): its process group."""
         assert self.proc is not None
@@ -105,9 +122,6 @@ class Daemon:
                 except ProcessLookupError:
                     pass
         return out
-
-    def tail(self, chars: int = 3000) -> str:
-        return tail(self.log, chars)
 
     # -- talking to it ---------------------------------------------------------------------
     def call(self, method: str, body: dict | bytes | None = None, timeout: float = 30) -> tuple[int, dict]:
@@ -131,3 +145,28 @@ class Daemon:
         lines = proc.stdout.strip().splitlines()
         assert len(lines) == 1, f"the report must be one line: {proc.stdout!r}"
         return json.loads(lines[0])
+
+
+class Agent(Process):
+    """A drctl agent (`python -m netplugin.backup.cli agent`) with env; started
+    once its registration key appears in etcd."""
+
+    def __init__(self, log: Path, env: dict[str, str], etcd: str, registration_key: str):
+        super().__init__(["netplugin.backup.cli", "agent"], log, env)
+        self.etcd = etcd
+        self.key = registration_key
+
+    def start(self, within: float = 20) -> None:
+        self.launch()
+        assert self.proc is not None
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Failed(f"drctl agent exited:\n{self.tail()}")
+            if etcdctl(self.etcd, "get", self.key, "--keys-only", check=False).stdout.strip():
+                return
+            time.sleep(0.1)
+        raise Failed(f"drctl agent did not register:\n{self.tail()}")
+
+    def stop(self, grace: float = 15) -> None:
+        super().stop(grace)
