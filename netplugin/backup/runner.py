@@ -24,6 +24,7 @@ import shutil
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 from ..errors import Conflict, InvalidRequest, NetpluginError
@@ -158,35 +159,29 @@ class Runner:
     # -- the whole job --------------------------------------------------------------------
     def run(self, job: Job) -> Job:
         """job was admitted (starting). Returns the job in its final state."""
-        ctx = _Ctx(job)
-        try:
+        def steps(ctx: _Ctx) -> None:
             self._prepare(ctx)
             self._create_and_start(ctx)
             self._wait(ctx)
             self._finish(ctx)
-        except JobEnded as end:
-            self._end(ctx, end.state, end.message)
-        except NetpluginError as exc:
-            self._end(ctx, FAILED, exc.message)
-        except Exception as exc:
+
+        def unexpected(exc: Exception) -> str:
             if is_docker_error(exc):
-                self._end(ctx, FAILED, f"Docker refused: {docker_message(exc)}")
-            else:
-                log.exception("job %s: unexpected error", job.id)
-                self._end(ctx, FAILED, f"internal error in the runner: {type(exc).__name__}: {exc}")
-        return ctx.job
+                return f"Docker refused: {docker_message(exc)}"
+            log.exception("job %s: unexpected error", job.id)
+            return f"internal error in the runner: {type(exc).__name__}: {exc}"
+        return self._to_the_end(_Ctx(job), steps, unexpected)
 
     def adopt(self, job: Job) -> Job:
         """Carry on with an active job whose agent died (this host's new agent)."""
-        ctx = _Ctx(job)
-        try:
+        def steps(ctx: _Ctx) -> None:
             self._locate(ctx)
             if job.state == STARTING:
                 raise JobEnded(FAILED, "the agent stopped while the job was starting (its limits were not all "
                                        "checked): submit it again")
             try:
                 info = self.docker.inspect(ctx.container)
-            except Exception as exc:
+            except Exception as exc:  # Docker's own error types; only NotFound is an answer
                 if is_not_found(exc):
                     raise JobEnded(FAILED, f"its container {ctx.container[:12]} is gone") from None
                 raise
@@ -195,13 +190,22 @@ class Runner:
                 log.info("job %s: adopted, container still running", job.id)
                 self._wait(ctx)
             self._finish(ctx)
+
+        def unexpected(exc: Exception) -> str:
+            log.exception("job %s: adopting failed", job.id)
+            return f"adopting the job failed: {type(exc).__name__}: {exc}"
+        return self._to_the_end(_Ctx(job), steps, unexpected)
+
+    def _to_the_end(self, ctx: _Ctx, steps: Callable[[_Ctx], None], unexpected: Callable[[Exception], str]) -> Job:
+        """Run steps; however they stop, end the job with a state and a message."""
+        try:
+            steps(ctx)
         except JobEnded as end:
             self._end(ctx, end.state, end.message)
         except NetpluginError as exc:
             self._end(ctx, FAILED, exc.message)
-        except Exception as exc:
-            log.exception("job %s: adopting failed", job.id)
-            self._end(ctx, FAILED, f"adopting the job failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - every failure ends the job with a message
+            self._end(ctx, FAILED, unexpected(exc))
         return ctx.job
 
     # -- preparing --------------------------------------------------------------------------
@@ -406,7 +410,7 @@ class Runner:
                     size = os.path.getsize(ctx.host(ctx.rel(ctx.ext + ".partial")))
                 except OSError:
                     size = 0
-                self._update(ctx, lambda j: setattr(j, "progress", {"bytes": size, "time": self.clock()}))
+                self._update(ctx, lambda j, size=size: setattr(j, "progress", {"bytes": size, "time": self.clock()}))
         self._collect(ctx)
 
     def _collect(self, ctx: _Ctx) -> None:
