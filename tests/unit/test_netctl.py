@@ -20,52 +20,20 @@ import time
 import pytest
 
 import netplugin.wiring as backends
-import netplugin.cli.main as cli_main
-import netplugin.docker_api as docker_api
-import netplugin.unixhttp as unixhttp
-from netplugin import __version__
+from netplugin import __version__, docker_api, unixhttp
 from netplugin.api import create_app
-from netplugin.cli.main import main
 from netplugin.model import Host
 from netplugin.reconcile import Reconciler
 from netplugin.release import Releaser
-from netplugin.store import Store
 
 from .fakes import FakeDockerView
+from .netctl_runner import Result, netctl_runner
 
 SUBNET = "10.10.0.0/24"
 REAL_MAKE_STORE = backends.make_store
-_PARSER: list = []
-
-
-def cached_parser():
-    """netctl's parser, built once: building it costs ~15 ms, and it holds no state
-    between parse_args calls."""
-    if not _PARSER:
-        _PARSER.append(REAL_BUILD_PARSER())
-    return _PARSER[0]
-
-
-REAL_BUILD_PARSER = cli_main.build_parser
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-class Result:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def json(self):
-        return json.loads(self.out)
-
-    @property
-    def lines(self) -> list[str]:
-        return self.out.splitlines()
-
-    def __repr__(self):
-        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
-
 
 @pytest.fixture
 def sock(tmp_path) -> str:
@@ -74,25 +42,8 @@ def sock(tmp_path) -> str:
 
 @pytest.fixture
 def netctl(monkeypatch, capsys, kv, sock):
-    """Run netctl's main(argv); returns a Result. Usage errors (SystemExit) are caught."""
-    for name in list(os.environ):
-        if name.startswith("NETPLUGIN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
-    monkeypatch.setenv("NETPLUGIN_SOCKET", sock)
-    monkeypatch.setattr(backends, "make_store", lambda cfg: Store(kv, cfg.etcd_prefix))
-    monkeypatch.setattr(docker_api.DockerNames, "container_endpoints", lambda self, ref: set())
-    monkeypatch.setattr(cli_main, "build_parser", cached_parser)
-    capsys.readouterr()
-
-    def run(*argv: str) -> Result:
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    return run
+    """Run netctl's main(argv); returns a Result."""
+    return netctl_runner(monkeypatch, capsys, kv, sock)
 
 
 def fields(lines: list[str]) -> dict[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -24,12 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 import netplugin.wiring as backends
 from netplugin.api import create_app
 from netplugin.backup.store import BackupStore
-from netplugin.cli.main import main
 from netplugin.model import Host
 from netplugin.store import Store
 
 from .backup_records import put_job
 from .fakes import ovs_down
+from .netctl_runner import Result, netctl_runner
 
 SUBNET = "10.10.0.0/24"
 ND, IPAM = "NetworkDriver.", "IpamDriver."
@@ -238,35 +237,9 @@ def test_rate_limit_metrics_start_at_zero(metered):
 
 # -- netctl status ---------------------------------------------------------------------------------
 
-class Result:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def lines(self) -> list[str]:
-        return self.out.splitlines()
-
-    def __repr__(self):
-        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
-
-
 @pytest.fixture
-def netctl(monkeypatch, capsys, kv):
-    for name in list(os.environ):
-        if name.startswith("NETPLUGIN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
-    monkeypatch.setattr(backends, "make_store", lambda cfg: Store(kv, cfg.etcd_prefix))
-    capsys.readouterr()
-
-    def run(*argv: str) -> Result:
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    return run
+def netctl(monkeypatch, capsys, kv, tmp_path):
+    return netctl_runner(monkeypatch, capsys, kv, str(tmp_path / "netplugin.sock"))
 
 
 def ok(result: Result) -> Result:
