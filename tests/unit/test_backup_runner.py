@@ -168,25 +168,17 @@ def test_a_failed_stage_is_never_masked_by_the_last_one(rig, status, why):
     assert rig.files() == [] and rig.store.backups() == []
 
 
-def test_missing_completion_marker_fails(rig):
-    def cut(c, job_dir, volume, docker):
-        write_dump(job_dir, volume, marker=False)
+@pytest.mark.parametrize("dump,why", [({"marker": False}, "completion marker"),
+                                       ({"payload": b"\x28\xb5\x2f\xfd"}, "only 4 bytes")],
+                         ids=["missing-completion-marker", "tiny-dump"])
+def test_a_dump_that_exited_0_but_is_not_whole_fails(rig, dump, why):
+    def bad(c, job_dir, volume, docker):
+        write_dump(job_dir, volume, **dump)
         open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
         return 0
-    rig.docker.behaviour = cut
+    rig.docker.behaviour = bad
     job = rig.backup()
-    assert job.state == FAILED and "completion marker" in job.message
-    assert rig.files() == []
-
-
-def test_tiny_dump_is_not_a_success(rig):
-    def tiny(c, job_dir, volume, docker):
-        write_dump(job_dir, volume, payload=b"\x28\xb5\x2f\xfd")
-        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
-        return 0
-    rig.docker.behaviour = tiny
-    job = rig.backup()
-    assert job.state == FAILED and "only 4 bytes" in job.message
+    assert job.state == FAILED and why in job.message
     assert rig.files() == []
 
 

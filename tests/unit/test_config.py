@@ -84,26 +84,19 @@ def test_daemon_flags_override(no_default_file, monkeypatch):
     assert cfg.etcd_endpoints == ["http://10.1.1.1:2379"]
 
 
-def test_missing_config_file_that_was_asked_for(no_default_file):
-    with pytest.raises(InvalidRequest) as exc:
-        load(str(no_default_file / "nope.toml"), env={})
-    assert "nope.toml does not exist" in exc.value.message
-
-
-def test_bad_toml(no_default_file):
-    path = no_default_file / "bad.toml"
-    path.write_text("bridge = [unclosed\n")
-    with pytest.raises(InvalidRequest) as exc:
-        load(str(path), env={})
-    assert "cannot read config file" in exc.value.message
-
-
-def test_unknown_setting_in_file(no_default_file):
-    path = no_default_file / "np.toml"
-    path.write_text('brige = "typo"\n')
+@pytest.mark.parametrize("name,text,message", [
+    ("nope.toml", None, "nope.toml does not exist"),
+    ("bad.toml", "bridge = [unclosed\n", "cannot read config file"),
+    ("np.toml", 'brige = "typo"\n', "unknown setting 'brige'"),
+    ("np.toml", 'mtu = "jumbo"\n', "setting mtu must be a whole number"),
+], ids=["missing-file-that-was-asked-for", "bad-toml", "unknown-setting", "bad-value-names-setting"])
+def test_file_problems_are_named(no_default_file, name, text, message):
+    path = no_default_file / name
+    if text is not None:
+        path.write_text(text)
     with pytest.raises(InvalidRequest) as exc:
         load(str(path), env={})
-    assert "unknown setting 'brige'" in exc.value.message
+    assert message in exc.value.message
 
 
 @pytest.mark.parametrize("env,setting", [
@@ -157,14 +150,6 @@ def test_trailing_newline_is_refused(no_default_file, setting, value):
     with pytest.raises(InvalidRequest) as exc:
         load(env={}, overrides={setting: value})
     assert setting in exc.value.message
-
-
-def test_bad_value_in_file_names_setting(no_default_file):
-    path = no_default_file / "np.toml"
-    path.write_text('mtu = "jumbo"\n')
-    with pytest.raises(InvalidRequest) as exc:
-        load(str(path), env={})
-    assert "setting mtu must be a whole number" in exc.value.message
 
 
 def test_daemon_main_reports_bad_settings(no_default_file, monkeypatch, capsys):
