@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict
 
 from ..cli.output import print_fields, print_json, print_table
-from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser
+from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser, subcommands
 from ..errors import InvalidRequest, NetpluginError
 from . import config as drconfig
 from . import jobs
@@ -47,7 +47,8 @@ def common_options() -> Parser:
     p = options_parser()
     g = p.add_argument_group("settings")
     g.add_argument("--config", default=argparse.SUPPRESS, help="netplugin's TOML file (etcd, host id, docker)")
-    g.add_argument("--drctl-config", default=argparse.SUPPRESS, help="drctl's TOML file (default /etc/netplugin/drctl.toml)")
+    g.add_argument("--drctl-config", default=argparse.SUPPRESS,
+                   help="drctl's TOML file (default /etc/netplugin/drctl.toml)")
     g.add_argument("--etcd-endpoints", default=argparse.SUPPRESS, help="comma-separated etcd URLs")
     add_output_options(p, "print only ids or names")
     return p
@@ -85,8 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_options()
     parser = Parser(prog="drctl", description="MySQL/MariaDB backup and restore jobs on netplugin networks.",
                     parents=[common])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
+    sub = subcommands(parser, "command", "COMMAND")
 
     run = sub.add_parser("run", help="submit a backup job", parents=[common])
     run.add_argument("--target", "-t", help="what is backed up, the lock name (default: DB-HOST-PORT)")
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(run=cmd_restore)
 
     ls = sub.add_parser("ls", help="list jobs", parents=[common])
-    ls.add_argument("--state", "-s", action="append", choices=STATES + ("active", "ended"))
+    ls.add_argument("--state", "-s", action="append", choices=(*STATES, "active", "ended"))
     ls.add_argument("--target", "-t")
     ls.add_argument("--kind", choices=KINDS)
     ls.add_argument("--host")
@@ -335,7 +335,8 @@ def cmd_show(args, ctx) -> int:
         return 0
     spec = j.job_spec
     lim = spec.limits
-    pairs = [("Job", j.id), ("Kind", j.kind), ("Target", j.target), ("Server", j.server or "-"), ("Host", j.host), ("State", j.state),
+    pairs = [("Job", j.id), ("Kind", j.kind), ("Target", j.target), ("Server", j.server or "-"), ("Host", j.host),
+             ("State", j.state),
              ("Message", j.message), ("Submitted", f"{fmt_time(j.created)} by {j.submitted_by}"),
              ("Network", f"{spec.network}" + (f" at {spec.ip}" if spec.ip else "")),
              ("Database", f"{spec.database} on {spec.db_host}:{spec.db_port}"),

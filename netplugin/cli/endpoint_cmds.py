@@ -10,13 +10,12 @@ from ..errors import InvalidRequest, NetpluginError, NotFound
 from ..reconcile_cli import add_arguments as add_reconcile_arguments
 from .lookup import find_endpoint
 from .output import ago, print_fields, print_json, print_table
+from .parsing import command_group
 from .profile_cmds import add_endpoint_set
 
 
 def register(sub, common) -> None:
-    ep = sub.add_parser("endpoint", help="container endpoints", parents=[common])
-    esub = ep.add_subparsers(dest="action", metavar="ACTION", parser_class=type(ep))
-    esub.required = True
+    esub = command_group(sub, "endpoint", "container endpoints", common)
     ls = esub.add_parser("ls", help="list endpoints", parents=[common])
     ls.add_argument("--network", "-n", help="only this network")
     ls.add_argument("--host", help="only this host")
@@ -34,9 +33,7 @@ def register(sub, common) -> None:
     rel.set_defaults(run=endpoint_release)
     add_endpoint_set(esub, common)
 
-    host = sub.add_parser("host", help="hosts of the cluster", parents=[common])
-    hsub = host.add_subparsers(dest="action", metavar="ACTION", parser_class=type(host))
-    hsub.required = True
+    hsub = command_group(sub, "host", "hosts of the cluster", common)
     hls = hsub.add_parser("ls", help="list hosts, alive or dead", parents=[common])
     hls.set_defaults(run=host_ls)
     hin = hsub.add_parser("inspect", help="one host", parents=[common])

@@ -5,12 +5,11 @@ from __future__ import annotations
 from ..arp_proxy import MODES
 from ..errors import InvalidRequest
 from .output import print_fields, print_json
+from .parsing import command_group
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("global", help="cluster-wide settings", parents=[common])
-    gsub = g.add_subparsers(dest="action", metavar="ACTION", parser_class=type(g))
-    gsub.required = True
+    gsub = command_group(sub, "global", "cluster-wide settings", common)
     show = gsub.add_parser("show", help="show the settings", parents=[common])
     show.set_defaults(run=global_show)
     st = gsub.add_parser("set", help="change a setting (applied live on every host)", parents=[common])

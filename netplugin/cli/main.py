@@ -20,6 +20,7 @@ from .parsing import (
     Parser,
     add_output_options,
     options_parser,
+    subcommands,
 )
 
 # The form the settings accept (config.Config.validate): checked here too, so a
@@ -62,8 +63,7 @@ def common_options() -> Parser:
 def build_parser() -> argparse.ArgumentParser:
     common = common_options()
     parser = Parser(prog="netctl", description="Operate netplugin's global networks.", parents=[common])
-    sub = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
+    sub = subcommands(parser, "group", "COMMAND")
     network_cmds.register(sub, common)
     endpoint_cmds.register(sub, common)
     profile_cmds.register(sub, common)

@@ -9,6 +9,7 @@ from .. import networks
 from ..errors import InvalidRequest
 from ..model import check_subnet, check_vlan
 from .output import print_fields, print_json, print_table
+from .parsing import command_group
 
 
 def vlan_arg(text: str) -> int:
@@ -36,9 +37,7 @@ def aux_arg(text: str) -> tuple[str, str]:
 
 
 def register(sub, common) -> None:
-    net = sub.add_parser("network", help="global networks", parents=[common])
-    nsub = net.add_subparsers(dest="action", metavar="ACTION", parser_class=type(net))
-    nsub.required = True
+    nsub = command_group(sub, "network", "global networks", common)
 
     c = nsub.add_parser("create", help="create a global network", parents=[common])
     c.add_argument("name")
@@ -65,9 +64,7 @@ def register(sub, common) -> None:
     from .profile_cmds import add_network_set
     add_network_set(nsub, common)
 
-    ipam = sub.add_parser("ipam", help="address pools", parents=[common])
-    isub = ipam.add_subparsers(dest="action", metavar="ACTION", parser_class=type(ipam))
-    isub.required = True
+    isub = command_group(sub, "ipam", "address pools", common)
     show = isub.add_parser("show", help="pool size, use and reservations of a network", parents=[common])
     show.add_argument("name")
     show.set_defaults(run=ipam_show)

@@ -16,8 +16,8 @@ def print_json(obj) -> None:
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     cells = [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    for row in [list(headers)] + cells:
-        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+    for row in [list(headers), *cells]:
+        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() + "\n")
 
 
 def print_fields(pairs: Sequence[tuple[str, object]]) -> None:

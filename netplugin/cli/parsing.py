@@ -39,3 +39,15 @@ class OutputFlags:
     @property
     def quiet(self) -> bool:
         return bool(getattr(self.args, "quiet", False))
+
+
+def subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str):
+    """The required subcommands of parser, parsed by parsers of its own class."""
+    sub = parser.add_subparsers(dest=dest, metavar=metavar, parser_class=type(parser))
+    sub.required = True
+    return sub
+
+
+def command_group(sub, name: str, help: str, common: argparse.ArgumentParser):
+    """A command whose action is required (``netctl network ls``); returns its actions."""
+    return subcommands(sub.add_parser(name, help=help, parents=[common]), "action", "ACTION")

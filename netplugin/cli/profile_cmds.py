@@ -15,6 +15,7 @@ from ..bandwidth import (
 from ..errors import InvalidRequest
 from .lookup import find_endpoint
 from .output import print_fields, print_json, print_table
+from .parsing import command_group
 
 # "-5mbit" after --rate: argparse takes anything starting with '-' for an option
 # (and says "expected one argument") unless it looks like a negative number. An
@@ -28,9 +29,7 @@ def _take_negative_amounts(parser) -> None:
 
 
 def register(sub, common) -> None:
-    prof = sub.add_parser("profile", help="bandwidth profiles", parents=[common])
-    psub = prof.add_subparsers(dest="action", metavar="ACTION", parser_class=type(prof))
-    psub.required = True
+    psub = command_group(sub, "profile", "bandwidth profiles", common)
     c = psub.add_parser("create", help="create a profile", parents=[common])
     c.add_argument("name")
     c.add_argument("--rate", "-b", required=True, help="e.g. 500kbit, 100mbit, 1gbit")

@@ -7,8 +7,9 @@ fill. ``--json`` gives the same and more (every host's last reconcile).
 Backup jobs are drctl's, read through ``ctx.backup_jobs`` (cli/main.py
 builds it, so this module knows nothing of drctl): counts by state in the
 order of a job's life, the jobs queued for or active on a host whose agent is
-not alive, and the targets whose last backup job did not succeed. ``--json`` adds bytes backed up and per target the newest verified
-backup, what the catalog holds and the last backup job.
+not alive, and the targets whose last backup job did not succeed. ``--json``
+adds bytes backed up and per target the newest verified backup, what the
+catalog holds and the last backup job.
 """
 
 from __future__ import annotations
