@@ -42,10 +42,21 @@ __all__ = [
     "rm_networks",
     "run",
     "serving",
+    "start_services",
     "wait_until",
 ]
 
 LABEL = "netplugin.fault-b=1"
+
+
+def start_services() -> float:
+    """scripts/services.sh start, as CI runs it: starts whatever of OVS, etcd,
+    containerd and dockerd is down (with their flags); the seconds it took."""
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "start"], check=False,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"services.sh start failed: {proc.stderr[-3000:]}"
+    return time.monotonic() - t0
 
 
 def ofctl_lines(*args: str) -> list[str]:

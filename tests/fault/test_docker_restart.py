@@ -31,12 +31,12 @@ import pytest
 from .faultkit import (
     IMAGE,
     LABEL,
-    REPO,
     Daemon,
     docker,
     host_veths,
     remove_containers,
     serving,
+    start_services,
     wait_until,
 )
 
@@ -87,12 +87,9 @@ def stop_dockerd(patience: float = 45) -> float:
 
 def start_dockerd() -> float:
     """services.sh start: dockerd with its flags (the rest is up and reused); seconds taken."""
-    t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "start"], capture_output=True, text=True,
-                          timeout=240)
-    assert proc.returncode == 0, f"services.sh start failed: {proc.stderr[-3000:]}"
+    took = start_services()
     assert docker_up()
-    return time.monotonic() - t0
+    return took
 
 
 def live_restore_enabled() -> bool:

@@ -22,13 +22,13 @@ import pytest
 from .faultkit import (
     IMAGE,
     LABEL,
-    REPO,
     docker,
     host_veths,
     ofctl_lines,
     remove_containers,
     run,
     serving,
+    start_services,
     wait_until,
 )
 
@@ -39,13 +39,6 @@ RESTORE_WITHIN = 6.0                # seconds after OVS answers again (netplugin
 
 def ovs_up() -> bool:
     return run("ovs-vsctl", "--timeout=5", "show", check=False).returncode == 0
-
-
-def start_services() -> None:
-    """What CI runs: starts whatever of OVS, etcd, containerd, dockerd is down."""
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "start"], capture_output=True, text=True,
-                          timeout=240)
-    assert proc.returncode == 0, f"services.sh start failed: {proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")

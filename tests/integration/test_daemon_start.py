@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import stat
-import subprocess
-import sys
 import time
 
 import pytest
 
 from netplugin.unixhttp import call
+from tests.harness.daemon import Daemon, settings_env
+from tests.harness.proc import Failed, run
 
 pytestmark = pytest.mark.integration
 
@@ -22,28 +21,17 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def daemon_without_etcd(tmp_path):
     sock = f"/run/netplugin-test-{secrets.token_hex(3)}.sock"
-    env = dict(os.environ, NETPLUGIN_ETCD_ENDPOINTS="http://127.0.0.1:1", NETPLUGIN_ETCD_TIMEOUT="1",
-               NETPLUGIN_SOCKET=sock, NETPLUGIN_HOST_ID="start-test", NETPLUGIN_BRIDGE="nptest" + secrets.token_hex(3),
-               NETPLUGIN_DATAPATH_TYPE="netdev")
-    log = open(tmp_path / "daemon.log", "wb")
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "netplugin.daemon"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    listening_after = None
-    while time.monotonic() - started < 10 and proc.poll() is None:
-        if os.path.exists(sock):
-            try:
-                if call(sock, "Plugin.Activate", timeout=1)[0] == 200:
-                    listening_after = time.monotonic() - started
-                    break
-            except OSError:
-                pass
-        time.sleep(0.02)
-    yield sock, listening_after, proc
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(10)
-    subprocess.run(["ovs-vsctl", "--if-exists", "del-br", env["NETPLUGIN_BRIDGE"]], check=False)
-    log.close()
+    bridge = "nptest" + secrets.token_hex(3)
+    d = Daemon(sock, tmp_path / "daemon.log", settings_env(
+        isolated=False, etcd_endpoints="http://127.0.0.1:1", etcd_timeout=1, socket=sock, host_id="start-test",
+        bridge=bridge, datapath_type="netdev"))
+    try:
+        listening_after = d.start(within=10)
+    except Failed:
+        listening_after = None
+    yield sock, listening_after, d.proc
+    d.stop()
+    run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
 
 
 def test_listens_within_two_seconds_while_etcd_is_down(daemon_without_etcd):
