@@ -78,7 +78,8 @@ class Config:
         if not _HOST_ID_RE.fullmatch(self.host_id or ""):
             raise InvalidRequest(f"host_id {self.host_id!r} must be 1-63 letters, digits, '.', '_' or '-'")
         if not _IFACE_RE.fullmatch(self.bridge or ""):
-            raise InvalidRequest(f"bridge {self.bridge!r} is not a valid interface name (1-15 letters, digits, '.', '_', '-')")
+            raise InvalidRequest(f"bridge {self.bridge!r} is not a valid interface name "
+                                 "(1-15 letters, digits, '.', '_', '-')")
         if self.uplink is not None and not _IFACE_RE.fullmatch(self.uplink):
             raise InvalidRequest(f"uplink {self.uplink!r} is not a valid interface name")
         if self.datapath_type not in ("system", "netdev"):

@@ -135,9 +135,8 @@ def _mount_source(path: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[s
                 if len(parts) < 5 or len(rparts) < 2:
                     continue
                 mnt = parts[4].replace("\\040", " ")
-                if real == mnt or real.startswith(mnt.rstrip("/") + "/"):
-                    if best is None or len(mnt) >= best[0]:
-                        best = (len(mnt), rparts[1], rparts[0])
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) >= best[0]):
+                    best = (len(mnt), rparts[1], rparts[0])
     except OSError:
         return None
     return (best[1], best[2]) if best else None
@@ -188,7 +187,7 @@ def host_config_kwargs(limits: Limits, device: BlockDevice | None) -> dict:
     """Keyword arguments of docker's create_host_config for these limits."""
     kw: dict = {}
     if limits.cpus:
-        kw["nano_cpus"] = int(round(limits.cpus * 1e9))
+        kw["nano_cpus"] = round(limits.cpus * 1e9)
     if limits.memory:
         kw["mem_limit"] = limits.memory
         kw["memswap_limit"] = limits.memory         # memory + swap == memory: no swap at all
@@ -220,7 +219,7 @@ def check_inspect(host_config: dict, limits: Limits, device: BlockDevice | None)
     def expect(field_name: str, want, got, label: str):
         if want and (got or 0) != want:
             problems.append(f"{label}: asked {want}, Docker has {got or 'none'} (HostConfig.{field_name})")
-    expect("NanoCpus", int(round(limits.cpus * 1e9)) if limits.cpus else None, host_config.get("NanoCpus"), "cpus")
+    expect("NanoCpus", round(limits.cpus * 1e9) if limits.cpus else None, host_config.get("NanoCpus"), "cpus")
     expect("Memory", limits.memory, host_config.get("Memory"), "memory")
     expect("MemorySwap", limits.memory, host_config.get("MemorySwap"), "memory+swap")
     expect("PidsLimit", limits.pids, host_config.get("PidsLimit"), "pids")

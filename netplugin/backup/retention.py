@@ -12,10 +12,11 @@ Rules, per target, over the catalog (which holds verified backups only):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import Conflict, InvalidRequest
 from .model import Backup
@@ -90,10 +91,8 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
             report.deleted.append(b.name)
             continue
         for rel in (b.path, b.manifest_path):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(vbase, rel))
-            except FileNotFoundError:
-                pass
         store.remove_backup(b)
         report.deleted.append(b.name)
         log.info("retention: deleted backup %s of %s (%s)", b.name, target, p.reasons.get(b.name))

@@ -18,6 +18,7 @@ this module is the job's state machine.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import shutil
@@ -342,7 +343,8 @@ class Runner:
 
     def _apply_profile(self, ctx: _Ctx, endpoint: str, profile: str) -> dict:
         if not endpoint:
-            raise JobEnded(FAILED, f"the container has no endpoint on {ctx.spec.network}: cannot apply profile {profile}")
+            raise JobEnded(FAILED, f"the container has no endpoint on {ctx.spec.network}: "
+                                   f"cannot apply profile {profile}")
         found = self.np_store.get_endpoint(endpoint)
         if found is None:
             raise JobEnded(FAILED, f"network {ctx.spec.network} is not a netplugin network (no endpoint record for "
@@ -446,10 +448,7 @@ class Runner:
         self._check_stop(ctx, "verifying")
         if ctx.job.state != VERIFYING:
             self._move(ctx, VERIFYING, "checking the result")
-        if ctx.job.kind == BACKUP:
-            result = self._verify_backup(ctx)
-        else:
-            result = self._verify_restore(ctx)
+        result = self._verify_backup(ctx) if ctx.job.kind == BACKUP else self._verify_restore(ctx)
         self._move(ctx, SUCCEEDED, result.pop("message"), result=result)
         if ctx.job.kind == BACKUP and result.get("backup") and not result.get("adopted"):
             # Retention only once the success is on record: a failure from here on
@@ -561,9 +560,7 @@ class Runner:
     # -- ending -----------------------------------------------------------------------------------
     def _end(self, ctx: _Ctx, state: str, message: str) -> None:
         if ctx.job_dir and not ctx.gate_open:
-            try:
-                open(os.path.join(ctx.job_dir, "abort"), "w").close()
-            except OSError:
+            with contextlib.suppress(OSError), open(os.path.join(ctx.job_dir, "abort"), "w"):
                 pass
         if ctx.container:
             try:

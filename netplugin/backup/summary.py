@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from ..kv import KV, Item
 from .model import ACTIVE, BACKUP, QUEUED, STATES, SUCCEEDED, Backup, Job
@@ -37,7 +37,7 @@ class JobView:
     size: int                      # bytes of the backup file, for a succeeded backup; else 0
 
     @classmethod
-    def of(cls, job: Job) -> "JobView":
+    def of(cls, job: Job) -> JobView:
         size = 0
         if job.kind == BACKUP and job.state == SUCCEEDED:
             try:
