@@ -59,7 +59,7 @@ def parse_cpus(text: object) -> float:
 
 def parse_count(text: object, what: str) -> int:
     try:
-        value = int(text)  # type: ignore[arg-type]
+        value = int(text)  # type: ignore[call-overload]  # any object: what int() refuses is said below
     except (TypeError, ValueError):
         raise InvalidRequest(f"{what} {text!r} is not a whole number") from None
     if value <= 0:
@@ -295,8 +295,8 @@ def read_applied(dirs: dict[str, str], device: BlockDevice | None) -> dict:
     out: dict = {"cgroup": "v2" if "unified" in dirs and len(dirs) == 1 else "v1"}
     if out["cgroup"] == "v2":
         base = dirs["unified"]
-        cpu = (_read(f"{base}/cpu.max") or "max 100000").split()
-        out["cpus"] = round(int(cpu[0]) / int(cpu[1]), 4) if cpu[0] != "max" else None
+        quota_period = (_read(f"{base}/cpu.max") or "max 100000").split()
+        out["cpus"] = round(int(quota_period[0]) / int(quota_period[1]), 4) if quota_period[0] != "max" else None
         out["memory"] = _int(_read(f"{base}/memory.max"))
         swap = _read(f"{base}/memory.swap.max")
         out["swap"] = None if swap is None else (_int(swap) if swap != "max" else "unlimited")

@@ -138,6 +138,13 @@ class Runner:
         ctx.job = self.store.update(ctx.job.id, change)
         return ctx.job
 
+    def _record(self, ctx: _Ctx, **fields) -> Job:
+        """Write fields of the job, its state unchanged."""
+        def change(j: Job):
+            for k, v in fields.items():
+                setattr(j, k, v)
+        return self._update(ctx, change)
+
     def _move(self, ctx: _Ctx, state: str, message: str = "", **fields) -> Job:
         def change(j: Job):
             for k, v in fields.items():
@@ -308,7 +315,7 @@ class Runner:
             labels=labels, mounts=mounts, network=spec.network, ip=spec.ip,
             limits=lim.host_config_kwargs(limits, ctx.device), working_dir=MOUNT_JOB,
             environment={"DRCTL_JOB": job.id})
-        self._update(ctx, lambda j: (setattr(j, "container", ctx.container), setattr(j, "container_name", name)))
+        self._record(ctx, container=ctx.container, container_name=name)
         dropped = lim.limit_warnings(warnings)
         info = d.inspect(ctx.container)
         problems = lim.check_inspect(info.get("HostConfig") or {}, limits, ctx.device)
@@ -323,7 +330,7 @@ class Runner:
         info = d.inspect(ctx.container)
         net = (info.get("NetworkSettings", {}).get("Networks") or {}).get(spec.network) or {}
         endpoint, ip, pid = net.get("EndpointID", ""), net.get("IPAddress", ""), info["State"].get("Pid") or 0
-        self._update(ctx, lambda j: (setattr(j, "endpoint", endpoint), setattr(j, "ip", ip)))
+        self._record(ctx, endpoint=endpoint, ip=ip)
         if limits.profile:
             report["profile"] = self._apply_profile(ctx, endpoint, limits.profile)
         if not info["State"].get("Running") or not pid:
@@ -412,7 +419,7 @@ class Runner:
                     size = os.path.getsize(ctx.host(ctx.rel(ctx.ext + ".partial")))
                 except OSError:
                     size = 0
-                self._update(ctx, lambda j, size=size: setattr(j, "progress", {"bytes": size, "time": self.clock()}))
+                self._record(ctx, progress={"bytes": size, "time": self.clock()})
         self._collect(ctx)
 
     def _collect(self, ctx: _Ctx) -> None:
@@ -430,8 +437,7 @@ class Runner:
         if not tail:
             tail = self.docker.log_tail(ctx.container, self.cfg.log_tail_lines)
         text = "\n".join(tail)[-8192:]
-        self._update(ctx, lambda j: (setattr(j, "exit_code", ctx.exit_code), setattr(j, "oom_killed", ctx.oom),
-                                     setattr(j, "log_tail", text)))
+        self._record(ctx, exit_code=ctx.exit_code, oom_killed=ctx.oom, log_tail=text)
 
     # -- verifying --------------------------------------------------------------------------------
     def _finish(self, ctx: _Ctx) -> None:
