@@ -426,3 +426,14 @@ def test_status_backup_jobs_with_many_orphans_fits_one_line(netctl, kv):
     orphans = [v for k, v in fields(ok(netctl("status")).lines) if v.startswith("no live agent")]
     assert len(orphans) == 1 and orphans[0].startswith("no live agent for 7 jobs: ")
     assert orphans[0].endswith(" and 2 more")
+
+
+def test_the_network_daemon_and_netctl_status_do_not_import_drctl():
+    """drctl's figures reach the exporter and 'netctl status' through the wiring
+    point (wiring.make_metrics, cli/main.py's context), not through imports."""
+    import subprocess
+    import sys
+    code = ("import sys, netplugin.daemon, netplugin.metrics, netplugin.wiring, netplugin.cli.status_cmds; "
+            "print(sorted(m for m in sys.modules if m.startswith('netplugin.backup')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
