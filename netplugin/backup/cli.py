@@ -22,6 +22,7 @@ succeeded, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -32,13 +33,16 @@ from dataclasses import asdict
 
 from ..cli.output import print_fields, print_json, print_table
 from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser, subcommands
+from ..config import Config
 from ..errors import InvalidRequest, NetpluginError
+from ..store import Store
 from . import config as drconfig
 from . import jobs
-from .containers import Containers, is_docker_error
+from .containers import Containers, docker_client, is_docker_error
 from .jobs import fmt_age, fmt_time, parse_duration, parse_time
 from .model import BACKUP, KINDS, QUEUED, RESTORE, STATES, SUCCEEDED, TERMINAL, Job
 from .resources import human_bytes
+from .store import BackupStore
 
 # -- parser -------------------------------------------------------------------------------
 
@@ -164,63 +168,39 @@ def build_parser() -> argparse.ArgumentParser:
 # -- context ------------------------------------------------------------------------------
 
 class Context(OutputFlags):
+    """drctl's and netplugin's settings and the clients over them, each built on
+    first use (etcd through the wiring point, as netctl's)."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self._np_cfg = None
-        self._cfg: drconfig.BackupConfig | None = None
-        self._kv = None
-        self._store = None
-        self._np_store = None
-        self._docker = None
 
-    @property
-    def np_cfg(self):
-        if self._np_cfg is None:
-            from ..config import load
-            flags = {"etcd_endpoints": self.args.etcd_endpoints} if hasattr(self.args, "etcd_endpoints") else {}
-            if getattr(self.args, "host_id", None):
-                flags["host_id"] = self.args.host_id
-            self._np_cfg = load(getattr(self.args, "config", None), overrides=flags)
-        return self._np_cfg
+    @functools.cached_property
+    def np_cfg(self) -> Config:
+        from ..config import load
+        flags = {"etcd_endpoints": self.args.etcd_endpoints} if hasattr(self.args, "etcd_endpoints") else {}
+        if getattr(self.args, "host_id", None):
+            flags["host_id"] = self.args.host_id
+        return load(getattr(self.args, "config", None), overrides=flags)
 
-    @property
+    @functools.cached_property
     def cfg(self) -> drconfig.BackupConfig:
-        if self._cfg is None:
-            over = {}
-            if getattr(self.args, "max_jobs", None):
-                over["max_jobs"] = self.args.max_jobs
-            self._cfg = drconfig.load(getattr(self.args, "drctl_config", None), overrides=over)
-        return self._cfg
+        over = {}
+        if getattr(self.args, "max_jobs", None):
+            over["max_jobs"] = self.args.max_jobs
+        return drconfig.load(getattr(self.args, "drctl_config", None), overrides=over)
 
-    @property
-    def kv(self):
-        if self._kv is None:
-            from ..kv import EtcdKV
-            c = self.np_cfg
-            self._kv = EtcdKV(c.etcd_endpoints, timeout=c.etcd_timeout, cacert=c.etcd_cacert, cert=c.etcd_cert,
-                              key=c.etcd_key, user=c.etcd_user, password=c.etcd_password)
-        return self._kv
+    @functools.cached_property
+    def np_store(self) -> Store:
+        from ..wiring import make_store
+        return make_store(self.np_cfg)
 
-    @property
-    def store(self):
-        if self._store is None:
-            from .store import BackupStore
-            self._store = BackupStore(self.kv, self.np_cfg.etcd_prefix)
-        return self._store
+    @functools.cached_property
+    def store(self) -> BackupStore:
+        return BackupStore(self.np_store.kv, self.np_cfg.etcd_prefix)
 
-    @property
-    def np_store(self):
-        if self._np_store is None:
-            from ..store import Store
-            self._np_store = Store(self.kv, self.np_cfg.etcd_prefix)
-        return self._np_store
-
-    @property
+    @functools.cached_property
     def docker(self):
-        if self._docker is None:
-            import docker
-            self._docker = docker.APIClient(base_url=self.np_cfg.docker_url, timeout=120, version="auto")
-        return self._docker
+        return docker_client(self.np_cfg.docker_url)
 
 
 # -- submitting ---------------------------------------------------------------------------
@@ -493,9 +473,7 @@ def cmd_agent(args, ctx) -> int:
     ctx.docker.version()            # fail early and clearly when Docker is not there
 
     def runner():
-        import docker
-        client = docker.APIClient(base_url=ctx.np_cfg.docker_url, timeout=120, version="auto")
-        return Runner(ctx.store, client, cfg, np_store=ctx.np_store)
+        return Runner(ctx.store, docker_client(ctx.np_cfg.docker_url), cfg, np_store=ctx.np_store)
     agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker)
 
     def stop(signum, frame):

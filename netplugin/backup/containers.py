@@ -10,6 +10,12 @@ import logging
 log = logging.getLogger(__name__)
 
 
+def docker_client(url: str):
+    """docker-py's client of the Engine at url, for drctl's long calls."""
+    import docker
+    return docker.APIClient(base_url=url, timeout=120, version="auto")
+
+
 def is_docker_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("docker", "requests", "urllib3"))
 
