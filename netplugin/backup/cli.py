@@ -32,9 +32,9 @@ import time
 from dataclasses import asdict
 
 from ..cli.output import print_fields, print_json, print_table
-from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser, subcommands
+from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser, run_command, subcommands
 from ..config import Config
-from ..errors import InvalidRequest, NetpluginError
+from ..errors import InvalidRequest
 from ..store import Store
 from . import config as drconfig
 from . import jobs
@@ -493,13 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args, Context(args)) or 0)
-    except NetpluginError as exc:
-        print(f"drctl: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("drctl: interrupted", file=sys.stderr)
-        return 1
+        return run_command("drctl", args, Context(args))
     except Exception as exc:  # Docker's errors, said plainly
         if is_docker_error(exc):
             text = getattr(exc, "explanation", None) or str(exc)

@@ -13,13 +13,13 @@ import time
 from .. import __version__
 from ..config import load
 from ..daemon import password_file_arg
-from ..errors import NetpluginError
 from . import endpoint_cmds, global_cmds, network_cmds, profile_cmds, status_cmds
 from .parsing import (
     OutputFlags,
     Parser,
     add_output_options,
     options_parser,
+    run_command,
     subcommands,
 )
 
@@ -130,14 +130,8 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()
-    try:
-        return int(args.run(args, Context(args)) or 0)
-    except NetpluginError as exc:
-        print(f"netctl: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"netctl: interrupted after {time.monotonic() - started:.1f} s", file=sys.stderr)
-        return 1
+    return run_command("netctl", args, Context(args),
+                       lambda: f"interrupted after {time.monotonic() - started:.1f} s")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+
+from ..errors import NetpluginError
 
 USAGE_ERROR = 2
 
@@ -51,3 +54,17 @@ def subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str):
 def command_group(sub, name: str, help: str, common: argparse.ArgumentParser):
     """A command whose action is required (``netctl network ls``); returns its actions."""
     return subcommands(sub.add_parser(name, help=help, parents=[common]), "action", "ACTION")
+
+
+def run_command(prog: str, args: argparse.Namespace, ctx,
+                interrupted: Callable[[], str] = lambda: "interrupted") -> int:
+    """Run the parsed command (args.run); a NetpluginError or ^C is said on
+    stderr as 'prog: ...' with exit code 1."""
+    try:
+        return int(args.run(args, ctx) or 0)
+    except NetpluginError as exc:
+        print(f"{prog}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted()}", file=sys.stderr)
+        return 1
