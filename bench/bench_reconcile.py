@@ -291,8 +291,10 @@ class Scanner:
             self.clients = None
 
     def scan(self, fresh: bool) -> dict:
+        from netplugin.background import Background
         from netplugin.reconcile import Reconciler
         from netplugin.release import Releaser
+        from netplugin.wiring import make_flows, make_limits
         store, switch, links = self._clients(fresh)
         parts = Parts()
         # wrap per scan on thin proxies so the wrappers do not pile up on reused clients
@@ -307,10 +309,12 @@ class Scanner:
         parts.wrap(view, "live_endpoints", "docker")
         from netplugin.store import Store
         tstore = Store(kv_proxy, store.prefix)
-        releaser = Releaser(self.cfg, tstore, links_proxy, switch_proxy, view)
+        # as wiring.make_reconciler builds them, over the timed proxies (a dry run changes no limit)
+        limits = make_limits(self.cfg, tstore, switch_proxy, make_flows(self.cfg), Background())
+        releaser = Releaser(self.cfg, tstore, links_proxy, switch_proxy, view, limits)
         t0 = time.perf_counter()
         try:
-            report = Reconciler(self.cfg, tstore, links_proxy, switch_proxy, view, releaser).run(
+            report = Reconciler(self.cfg, tstore, links_proxy, switch_proxy, view, releaser, limits).run(
                 dry_run=True, grace=0)
         except Exception as exc:
             self.close()
