@@ -20,6 +20,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, fields
+from typing import Self
 
 from ..errors import Conflict, InvalidRequest
 
@@ -152,8 +153,22 @@ class JobSpec:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class _Record:
+    """A dataclass kept in etcd as compact JSON; fields it no longer has are
+    ignored when an older record is read."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))  # type: ignore[call-overload]  # every _Record is a dataclass
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        data = json.loads(raw)
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # every _Record is a dataclass
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 @dataclass
-class Job:
+class Job(_Record):
     id: str
     kind: str
     target: str                               # what is backed up or restored into: the display name
@@ -188,15 +203,6 @@ class Job:
         before the server was recorded: their target)."""
         return self.server or self.target
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Job:
-        data = json.loads(raw)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
     @property
     def job_spec(self) -> JobSpec:
         return JobSpec.from_dict(self.spec)
@@ -229,7 +235,7 @@ class Job:
 
 
 @dataclass
-class Backup:
+class Backup(_Record):
     """A verified backup in the catalog. Only the runner writes these, and only
     after every check passed: what is in the catalog is good."""
 
@@ -248,15 +254,6 @@ class Backup:
     server_version: str = ""
     tables: int = 0
     rows: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Backup:
-        data = json.loads(raw)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def backup_name(target: str, job_id: str) -> str:
