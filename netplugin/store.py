@@ -91,6 +91,10 @@ def compare_and_swap(kv: KV, attempt: Callable[[Reading], tuple[list[Put | Delet
 
 
 class Store:
+    """Records in, records out. ``kv``, ``prefix`` and the ``k_*`` key builders
+    are public for the tests and benchmarks that look at raw keys; the product's
+    other modules use the record calls only."""
+
     def __init__(self, kv: KV, prefix: str = "/netplugin/v1"):
         self.kv = kv
         self.prefix = prefix
@@ -175,10 +179,12 @@ class Store:
             if net.name and other.name == net.name:
                 raise Conflict(f"network {net.name} exists already with subnet {other.subnet} and VLAN {other.vlan}")
             if other.vlan == net.vlan:
-                raise Conflict(f"VLAN {net.vlan} is used by network {other.label} ({other.subnet}): choose another VLAN")
+                raise Conflict(f"VLAN {net.vlan} is used by network {other.label} ({other.subnet}): "
+                               "choose another VLAN")
             o = netaddr.IPNetwork(other.subnet)
             if o.first <= subnet.last and subnet.first <= o.last:
-                raise Conflict(f"subnet {net.subnet} overlaps network {other.label} ({other.subnet}): choose another subnet")
+                raise Conflict(f"subnet {net.subnet} overlaps network {other.label} ({other.subnet}): "
+                               "choose another subnet")
         compares = [unchanged(self.k_meta_networks(), meta_rev),
                     absent(self.k_network(net.id)),
                     absent(self.k_index("subnet", subnet_key(net.subnet))),

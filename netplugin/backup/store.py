@@ -26,7 +26,7 @@ from collections.abc import Callable
 from ..errors import Conflict, NotFound
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
-from ..store import Reading, compare_and_swap
+from ..store import Reading, Store, compare_and_swap
 from .model import QUEUED, STARTING, Backup, Job
 
 
@@ -34,6 +34,11 @@ class BackupStore:
     def __init__(self, kv: KV, prefix: str = "/netplugin/v1"):
         self.kv = kv
         self.root = f"{prefix}/backup"
+
+    @classmethod
+    def beside(cls, store: Store) -> BackupStore:
+        """drctl's records in the same etcd, under the same prefix, as netplugin's."""
+        return cls(store.kv, store.prefix)
 
     # -- keys -----------------------------------------------------------------------------
     def k_job(self, job_id: str = "") -> str:
@@ -109,7 +114,8 @@ class BackupStore:
         job.slot = slot
         job.run_by = now + run_timeout
         ok = self.kv.txn(
-            [unchanged(self.k_job(job.id), rev), absent(self.k_slot(job.host, slot)), absent(self.k_lock(job.lock_key))],
+            [unchanged(self.k_job(job.id), rev), absent(self.k_slot(job.host, slot)),
+             absent(self.k_lock(job.lock_key))],
             [Put(self.k_job(job.id), job.to_json()), Delete(self.k_queue(job.host, job.id)),
              Put(self.k_slot(job.host, slot), job.id, lease=lease),
              Put(self.k_lock(job.lock_key), job.id, lease=lease)])

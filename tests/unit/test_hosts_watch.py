@@ -208,7 +208,8 @@ class Recorder:
 
 
 def follow(kv, rec: Recorder, prefix: str = "/p/", **kw) -> PrefixFollower:
-    return PrefixFollower(kv, prefix, rec.snapshot, rec.event, name="test-follower", retry=kw.get("retry", 0.01)).start()
+    return PrefixFollower(kv, prefix, rec.snapshot, rec.event, name="test-follower",
+                          retry=kw.get("retry", 0.01)).start()
 
 
 def test_follower_delivers_the_snapshot_then_the_events(kv):

@@ -96,7 +96,7 @@ def test_a_swap_gives_up_with_the_callers_error_after_its_tries(kv, monkeypatch)
     def attempt(read: Reading):
         tries.append(read.get("/a"))
         return [Put("/a", "mine")], None
-    with pytest.raises(Conflict, match="^it kept changing$"):
+    with pytest.raises(Conflict, match=r"^it kept changing$"):
         compare_and_swap(kv, attempt, Conflict("it kept changing"), tries=4)
     assert len(tries) == 4 and kv.get("/a").value == b"x"
 
