@@ -366,10 +366,12 @@ class Daemon(harness.Daemon):
     XDG_RUNTIME_DIR."""
 
     def __init__(self, log_path: Path, threads: int | None = None, extra_env: dict | None = None,
-                 src: str | None = None, socket: str = SOCKET, bridge: str = BRIDGE):
+                 src: str | None = None, socket: str | None = None, bridge: str | None = None):
         """src: a folder holding another netplugin package (e.g. from
         `git archive COMMIT netplugin | tar -x -C DIR`) to run instead of the
-        installed one, to compare commits on the same machine."""
+        installed one, to compare commits on the same machine. socket, bridge:
+        default SOCKET and BRIDGE as they are when called (a benchmark may set them)."""
+        socket, bridge = socket or SOCKET, bridge or BRIDGE
         self.host_id = "bench-" + tag()
         self.prefix = "/netplugin/bench-" + tag()
         self.bridge = bridge
