@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from ..cli.output import print_fields, print_json, print_table
+from ..cli.output import print_fields, print_json, print_listing, print_table
 from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser, run_command, subcommands
 from ..config import Config
 from ..errors import InvalidRequest
@@ -392,15 +392,10 @@ def cmd_cancel(args, ctx) -> int:
 
 def cmd_backups(args, ctx) -> int:
     backups = ctx.store.backups(args.target)
-    if ctx.quiet:
-        for b in backups:
-            print(b.name)
-    elif ctx.json:
-        print_json([asdict(b) for b in backups])
-    else:
-        print_table(["BACKUP", "TARGET", "DATABASE", "CREATED", "SIZE", "TABLES", "ROWS", "VOLUME", "HOST"],
-                    [[b.name, b.target, b.database, fmt_time(b.created), human_bytes(b.size), b.tables, b.rows,
-                      b.volume, b.host] for b in backups])
+    print_listing(ctx, backups, lambda b: b.name, asdict,
+                  ["BACKUP", "TARGET", "DATABASE", "CREATED", "SIZE", "TABLES", "ROWS", "VOLUME", "HOST"],
+                  lambda b: [b.name, b.target, b.database, fmt_time(b.created), human_bytes(b.size), b.tables, b.rows,
+                             b.volume, b.host])
     return 0
 
 

@@ -9,7 +9,7 @@ import time
 from ..errors import InvalidRequest, NetpluginError, NotFound
 from ..reconcile_cli import add_arguments as add_reconcile_arguments
 from .lookup import find_endpoint
-from .output import ago, print_fields, print_json, print_table
+from .output import ago, print_fields, print_json, print_listing
 from .parsing import command_group
 from .profile_cmds import add_endpoint_set
 
@@ -59,14 +59,8 @@ def endpoint_ls(args, ctx) -> int:
     if args.host:
         eps = [e for e in eps if e.host == args.host]
     eps.sort(key=lambda e: (e.network_name, e.host, e.ip))
-    if ctx.quiet:
-        for e in eps:
-            print(e.id)
-    elif ctx.json:
-        print_json([_endpoint_row(e) for e in eps])
-    else:
-        print_table(["ENDPOINT", "NETWORK", "HOST", "IP", "MAC", "VLAN", "PORT"],
-                    [[e.id[:12], e.network_name or e.network, e.host, e.ip, e.mac, e.vlan, e.port] for e in eps])
+    print_listing(ctx, eps, lambda e: e.id, _endpoint_row, ["ENDPOINT", "NETWORK", "HOST", "IP", "MAC", "VLAN", "PORT"],
+                  lambda e: [e.id[:12], e.network_name or e.network, e.host, e.ip, e.mac, e.vlan, e.port])
     return 0
 
 
@@ -165,15 +159,10 @@ def _host_rows(ctx) -> list[dict]:
 
 def host_ls(args, ctx) -> int:
     rows = _host_rows(ctx)
-    if ctx.quiet:
-        for r in rows:
-            print(r["host"])
-    elif ctx.json:
-        print_json(rows)
-    else:
-        print_table(["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST SEEN"],
-                    [[r["host"], "alive" if r["alive"] else "dead", r["bridge"], r["datapath_type"], r["uplink"],
-                      r["endpoints"], ago(r["last_seen"])] for r in rows])
+    print_listing(ctx, rows, lambda r: r["host"], lambda r: r,
+                  ["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST SEEN"],
+                  lambda r: [r["host"], "alive" if r["alive"] else "dead", r["bridge"], r["datapath_type"],
+                             r["uplink"], r["endpoints"], ago(r["last_seen"])])
     return 0
 
 

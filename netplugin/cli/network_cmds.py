@@ -8,7 +8,7 @@ import time
 from .. import networks
 from ..errors import InvalidRequest
 from ..model import check_subnet, check_vlan
-from .output import print_fields, print_json, print_table
+from .output import print_fields, print_json, print_listing, print_table
 from .parsing import command_group
 
 
@@ -92,16 +92,11 @@ def create(args, ctx) -> int:
 
 def list_networks(args, ctx) -> int:
     nets = sorted(ctx.store.list_networks(), key=lambda n: n.label)
-    if ctx.quiet:                   # ids, which inspect, rm and ipam show accept too
-        for net in nets:
-            print(net.id)
-    elif ctx.json:
-        print_json([{"id": n.id, "name": n.name, "subnet": n.subnet, "gateway": n.gateway, "vlan": n.vlan,
-                     "ranges": n.ranges, "origin": n.origin} for n in nets])
-    else:
-        usage = {n.id: ctx.store.count_allocations(n.subnet) for n in nets}
-        print_table(["NAME", "SUBNET", "GATEWAY", "VLAN", "USED", "ORIGIN"],
-                    [[n.label, n.subnet, n.gateway, n.vlan, usage[n.id], n.origin] for n in nets])
+    print_listing(ctx, nets, lambda n: n.id,           # -q: ids, which inspect, rm and ipam show accept too
+                  lambda n: {"id": n.id, "name": n.name, "subnet": n.subnet, "gateway": n.gateway, "vlan": n.vlan,
+                             "ranges": n.ranges, "origin": n.origin},
+                  ["NAME", "SUBNET", "GATEWAY", "VLAN", "USED", "ORIGIN"],
+                  lambda n: [n.label, n.subnet, n.gateway, n.vlan, ctx.store.count_allocations(n.subnet), n.origin])
     return 0
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 
 def print_json(obj) -> None:
@@ -18,6 +19,19 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> Non
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     for row in [list(headers), *cells]:
         sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() + "\n")
+
+
+def print_listing(ctx, items: Sequence, ident: Callable[[Any], object], as_json: Callable[[Any], object],
+                  headers: Sequence[str], as_row: Callable[[Any], Sequence[object]]) -> None:
+    """A listing as ctx asks: -q one ident(item) a line, --json the list of
+    as_json(item), else a table of as_row(item) under headers."""
+    if ctx.quiet:
+        for item in items:
+            print(ident(item))
+    elif ctx.json:
+        print_json([as_json(item) for item in items])
+    else:
+        print_table(headers, [as_row(item) for item in items])
 
 
 def print_fields(pairs: Sequence[tuple[str, object]]) -> None:

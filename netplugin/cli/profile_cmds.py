@@ -14,7 +14,7 @@ from ..bandwidth import (
 )
 from ..errors import InvalidRequest
 from .lookup import find_endpoint
-from .output import print_fields, print_json, print_table
+from .output import print_fields, print_json, print_listing
 from .parsing import command_group
 
 # "-5mbit" after --rate: argparse takes anything starting with '-' for an option
@@ -106,15 +106,9 @@ def profile_set(args, ctx) -> int:
 
 def profile_ls(args, ctx) -> int:
     profiles = sorted(ctx.store.list_profiles().values(), key=lambda p: p.name)
-    if ctx.quiet:
-        for p in profiles:
-            print(p.name)
-    elif ctx.json:
-        print_json([_row(p, _users(ctx, p.name)) for p in profiles])
-    else:
-        print_table(["NAME", "RATE", "BURST", "USED BY"],
-                    [[p.name, human_rate(p.rate_kbps), f"{p.burst_kb}kbit", len(_users(ctx, p.name))]
-                     for p in profiles])
+    print_listing(ctx, profiles, lambda p: p.name, lambda p: _row(p, _users(ctx, p.name)),
+                  ["NAME", "RATE", "BURST", "USED BY"],
+                  lambda p: [p.name, human_rate(p.rate_kbps), f"{p.burst_kb}kbit", len(_users(ctx, p.name))])
     return 0
 
 
