@@ -22,6 +22,7 @@ root is put on sys.path here, once, for `python bench/bench_x.py`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,9 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repo root, for tests.harness
 
 from netplugin.unixhttp import call
 from tests.harness import daemon as harness
@@ -46,11 +45,13 @@ from tests.harness import etcd as etcdkit
 from tests.harness import proc
 from tests.harness.client import Client
 
+REPO = Path(__file__).resolve().parents[1]
+
 __all__ = ["ADDRESS_SPACE", "BRIDGE", "DOCKER", "DRIVER", "ETCD", "IMAGE", "SOCKET", "SUBNET_OCTETS", "VLANS",
-           "Cleanup", "Client", "Daemon", "Out", "bridge_ports", "call", "docker", "drop_log", "endpoint_flows",
-           "etcd_delete_prefix", "etcd_keys", "exit_with", "hex64", "log_size", "machine", "machine_line", "median",
-           "parse", "parse_calls", "parser", "pct", "pick_octets", "pick_vlan", "read_from", "remove_bridge", "rnd", "run",
-           "say_cleanup_failures", "table", "tag"]
+           "Cleanup", "Client", "Daemon", "Out", "bridge_ports", "call", "docker", "drop_log",
+           "endpoint_flows", "etcd_delete_prefix", "etcd_keys", "exit_with", "hex64", "log_size", "machine",
+           "machine_line", "median", "parse", "parse_calls", "parser", "pct", "pick_octets", "pick_vlan",
+           "read_from", "remove_bridge", "rnd", "run", "say_cleanup_failures", "table", "tag"]
 
 DOCKER = "/usr/bin/docker"      # the 20.10 client that matches the daemon (not /usr/local/bin/docker)
 IMAGE = os.environ.get("NPBENCH_IMAGE", "netplugin/busybox:latest")
@@ -101,13 +102,13 @@ class Out:
 
 
 def table(headers: list[str], rows: Iterable[Iterable], aligns: str | None = None) -> str:
-    rows = [[_cell(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    cells = [[_cell(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     aligns = aligns or ("l" + "r" * (len(headers) - 1))
 
-    def line(cells):
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns))
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    def line(row):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, aligns, strict=False))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
 def _cell(value) -> str:
@@ -198,7 +199,7 @@ def machine() -> dict:
         import urllib.request
         with urllib.request.urlopen(ETCD + "/version", timeout=3) as resp:
             etcd_version = json.loads(resp.read()).get("etcdserver", "?")
-    except Exception:
+    except Exception:  # noqa: BLE001 - descriptive only
         pass
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -278,7 +279,7 @@ class Cleanup:
                 what, fn = self.steps.pop()
                 try:
                     fn()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - keep cleaning
                     msg = f"cleanup: could not {what}: {exc}"
                     self.failures.append(msg)
                     self.out.progress("WARNING " + msg)
@@ -286,11 +287,10 @@ class Cleanup:
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.out.progress(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")
         self.run()
-        return False
 
 
 # -- commands -----------------------------------------------------------------------
@@ -422,10 +422,8 @@ class Daemon(harness.Daemon):
     def stop(self, grace: float = 10) -> None:
         super().stop(grace)
         if os.path.exists(self.socket) and not self.answers():
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.socket)
-            except OSError:
-                pass
 
     def log_tail(self, n: int = 3000) -> str:
         return self.tail(n)

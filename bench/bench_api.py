@@ -45,7 +45,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+import _common as C  # noqa: E402
 
 TIMED = ("NetworkDriver.CreateEndpoint", "NetworkDriver.Join", "NetworkDriver.Leave",
          "NetworkDriver.DeleteEndpoint")
@@ -149,7 +149,7 @@ def lifecycle(client: C.Client, net: Net, times: dict[str, list[float]], made: l
             if body is not None:
                 try:
                     client.call(method, body)
-                except Exception:
+                except Exception:  # noqa: BLE001 - best effort; the final checks will tell
                     client.close()
         raise
 
@@ -184,7 +184,7 @@ def run_level(net: Net, callers: int, count: int, max_failures: int = 0) -> dict
                     failed.append(str(exc))
                     if len(failed) > max_failures:
                         raise RuntimeError(f"more than {max_failures} lifecycles failed; last: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported, and the run is marked broken
             errors.append(f"caller {i}: {exc}")
             try:
                 barrier.abort()
@@ -303,14 +303,14 @@ def dataplane_baseline(callers: int, count: int, vlan: int,
                     fn()
                     steps[step].append(time.perf_counter() - t1)
                 lat[i].append(time.perf_counter() - t0)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - counted; the port/veth are removed below
                 errors.append(str(exc)[:300])
                 try:
                     if flows is not None:
                         flows.clear_port(ep_id, ofport[0])
                     if switch.port_exists(host):
                         switch.delete_port(host)
-                except Exception:
+                except Exception:  # noqa: BLE001
                     pass
                 links.delete(host)
                 if len(errors) > max_failures:   # reported; the level is marked broken

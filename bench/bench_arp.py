@@ -65,7 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+import _common as C  # noqa: E402
 
 UPLINK, UPLINK_PEER = "npbup0", "npbup1"
 # Its own socket and bridge, not the shared npbench ones: this benchmark kills its daemon

@@ -51,7 +51,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+import _common as C  # noqa: E402
 
 MAX_TXN_OPS = 128      # etcd's default --max-txn-ops
 
@@ -197,7 +197,7 @@ def worker_main(idx: int, conf: dict, jobs, results) -> None:
                     raise RuntimeError(f"release of {a} deleted nothing")
                 rel_lat.append(time.monotonic() - t0)
             results.put(("released", idx, rel_lat))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
             results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
     kv.close()
 
@@ -256,7 +256,7 @@ class Allocators:
         for q in self.jobs:
             try:
                 q.put(None)
-            except Exception:
+            except Exception:  # noqa: BLE001
                 pass
         for p in self.procs:
             p.join(5)
@@ -286,7 +286,7 @@ def prefill(kv, store, subnet, offsets: list[int], host: str, threads: int = 4) 
                                   endpoint=C.hex64(), network="n-prefill").to_json()) for o in batch]
             try:
                 kv.txn([], ops)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 with lock:
                     errors.append(str(exc))
                 return

@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+import _common as C  # noqa: E402
 
 from tests.harness import rig
 from tests.harness.daemon import settings_env
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             STOP.set()
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported, then cleaned up
             STOP.set()
             out.progress(f"FAILED: {exc}")
     report(out, results)

@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+import _common as C  # noqa: E402
 
 from tests.harness.daemon import Daemon, settings_env
 from tests.harness.iperf import iperf

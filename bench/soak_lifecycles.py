@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fault.faultkit import Daemon, host_veths, remove_networks, wait_until
+from tests.fault.faultkit import Daemon, host_veths, remove_networks, wait_until  # noqa: E402
 
 CAPPED, PLAIN = "10.251.40.0/24", "10.251.41.0/24"
 METHODS = ("IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint", "NetworkDriver.Join",

@@ -24,7 +24,8 @@ INSERT INTO customers SELECT seq, CONCAT('customer-', seq), CONCAT('c', seq, '@e
   FROM seq_1_to_{20000 * n};
 CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL, total DECIMAL(12,2),
   status ENUM('new','paid','shipped','void'), placed TIMESTAMP NULL, KEY (customer_id)) ENGINE=InnoDB;
-INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq * 7919 % 1000000) / 100, ELT(1 + seq % 4, 'new','paid','shipped','void'),
+INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq * 7919 % 1000000) / 100,
+  ELT(1 + seq % 4, 'new','paid','shipped','void'),
   '2021-01-01' + INTERVAL (seq * 13 % 86400000) SECOND FROM seq_1_to_{50000 * n};
 CREATE TABLE order_lines (order_id INT NOT NULL, line TINYINT NOT NULL, sku CHAR(12), qty SMALLINT, price DOUBLE,
   PRIMARY KEY (order_id, line)) ENGINE=InnoDB;

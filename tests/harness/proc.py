@@ -3,6 +3,7 @@ process group, find free ports, poll until something holds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,10 +33,8 @@ def stop_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: 
     wait; SIGKILL the group when it outlives grace seconds."""
     if proc is None or proc.poll() is not None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
