@@ -461,9 +461,12 @@ class FakeDockerView:
 
     def attach(self, endpoint_id: str, docker_network: str, ip: str, mac: str = "", name: str = "web",
                container: str | None = None, sandbox: int = 4242) -> dict:
+        """A running container on the network; without a mac, the one Docker
+        derives from the address (02:42 and the address's four bytes)."""
+        ip = ip.split("/")[0]
+        mac = mac or "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
         self.live[endpoint_id] = {"container": container or ("c" * 52 + endpoint_id[:12]), "name": name,
-                                  "network": docker_network, "ip": ip.split("/")[0], "mac": mac,
-                                  "sandbox": sandbox}
+                                  "network": docker_network, "ip": ip, "mac": mac, "sandbox": sandbox}
         return self.live[endpoint_id]
 
     def detach(self, endpoint_id: str) -> None:

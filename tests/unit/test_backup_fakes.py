@@ -1,350 +1,15 @@
-"""Fakes at drctl's boundaries, and tests that they behave like what they stand for.
-
-- FakeDocker: the docker.APIClient methods the runner and the agent call. A
-  container "runs" a behaviour in a thread: it waits for the runner's gate
-  (``/job/go``) like the real job script, then writes what the script writes
-  (status, sha256, the partial dump, checksums...) and exits with a code.
-- FakeHostEnv: the host reads of runner.HostEnv (disk, cgroup files, swap,
-  the switch's meter), derived from the fake containers' HostConfig.
-
-Everything above (Runner, Agent, BackupStore over MemoryKV, retention) is the
-real code under test.
-"""
+"""The drctl fakes' own behaviour (backup_fakes.py): the gate of a fake job
+container, a kill, and the cgroup files of FakeHostEnv."""
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-import os
-import threading
 import time
 
 import pytest
 
-from netplugin.backup.resources import BlockDevice
+from .backup_fakes import DEVICE, UNLIMITED_BYTES, FakeDocker, FakeHostEnv, ReadTimeout, cgroup_files, hang_mid_dump
 
-DEVICE = BlockDevice(254, 0, "/dev/vda", "vda", "fake")
-
-
-class NotFound(Exception):
-    """Named like docker.errors.NotFound, which is how the runner recognises it."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.explanation = message
-        self.response = type("R", (), {"status_code": 404})()
-
-
-class ReadTimeout(Exception):
-    """Named like requests' ReadTimeout: what docker's wait(timeout=...) raises."""
-
-
-class FakeContainer:
-    def __init__(self, cid, name, image, command, labels, host_config, networking, environment, user):
-        self.id, self.name, self.image, self.command = cid, name, image, command
-        self.labels, self.host_config, self.networking = labels, host_config, networking
-        self.environment, self.user = environment, user
-        self.running = False
-        self.exit_code: int | None = None
-        self.oom = False
-        self.pid = 0
-        self.logs: list[str] = []
-        self.done = threading.Event()
-        self.killed = threading.Event()
-        self.endpoint = ""
-        self.ip = ""
-
-
-class FakeDocker:
-    """docker.APIClient, as far as drctl uses it."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.containers: dict[str, FakeContainer] = {}
-        self.volumes: dict[str, dict] = {}
-        self.images = {"netplugin/mariadb-tools:10.11"}
-        self.networks = {"prod", "dr"}
-        self.warnings: list[str] = []
-        self.drop: set[str] = set()                   # HostConfig fields Docker "drops"
-        self.behaviour = backup_ok
-        self.behaviours: dict[str, object] = {}        # by job kind, overrides behaviour
-        self.start_error: Exception | None = None
-        self._ids = itertools.count(1)
-        self.lock = threading.Lock()
-        self.max_running = 0
-        self.removed: list[str] = []
-        self.on_endpoint = None                        # callback(container) after start: netplugin's endpoint
-
-    # -- images, networks, volumes ----------------------------------------------------------
-    def inspect_image(self, image):
-        if image not in self.images:
-            raise NotFound(f"No such image: {image}")
-        return {"Id": "sha256:" + hashlib.sha256(image.encode()).hexdigest()}
-
-    def inspect_network(self, name):
-        if name not in self.networks:
-            raise NotFound(f"network {name} not found")
-        return {"Name": name, "Driver": "netplugin"}
-
-    def inspect_volume(self, name):
-        if name not in self.volumes:
-            raise NotFound(f"get {name}: no such volume")
-        return self.volumes[name]
-
-    def create_volume(self, name, driver="local", labels=None):
-        path = os.path.join(self.root, "volumes", name, "_data")
-        os.makedirs(path, exist_ok=True)
-        self.volumes[name] = {"Name": name, "Driver": driver, "Mountpoint": path, "Labels": labels or {}}
-        return self.volumes[name]
-
-    # -- containers -------------------------------------------------------------------------
-    def create_host_config(self, **kw):
-        hc = {"NetworkMode": kw.get("network_mode"), "Mounts": kw.get("mounts"), "AutoRemove": kw.get("auto_remove"),
-              "ReadonlyRootfs": kw.get("read_only"), "CapDrop": kw.get("cap_drop"), "SecurityOpt": kw.get("security_opt")}
-        if "nano_cpus" in kw:
-            hc["NanoCpus"] = kw["nano_cpus"]
-        if "mem_limit" in kw:
-            hc["Memory"] = kw["mem_limit"]
-            hc["MemorySwap"] = kw["memswap_limit"]
-        if "pids_limit" in kw:
-            hc["PidsLimit"] = kw["pids_limit"]
-        for key, fld in (("device_read_bps", "BlkioDeviceReadBps"), ("device_write_bps", "BlkioDeviceWriteBps"),
-                         ("device_read_iops", "BlkioDeviceReadIOps"), ("device_write_iops", "BlkioDeviceWriteIOps")):
-            if key in kw:
-                hc[fld] = kw[key]
-        return hc
-
-    def create_endpoint_config(self, ipv4_address=None):
-        return {"IPAMConfig": {"IPv4Address": ipv4_address}}
-
-    def create_networking_config(self, endpoints):
-        return {"EndpointsConfig": endpoints}
-
-    def create_container(self, image, command=None, name=None, labels=None, host_config=None, networking_config=None,
-                         user=None, working_dir=None, environment=None, use_config_proxy=True):
-        cid = f"{next(self._ids):064x}"
-        hc = {k: v for k, v in (host_config or {}).items() if k not in self.drop}
-        self.containers[cid] = FakeContainer(cid, name, image, command, labels or {}, hc, networking_config,
-                                             environment or {}, user)
-        return {"Id": cid, "Warnings": list(self.warnings)}
-
-    def _get(self, cid) -> FakeContainer:
-        if cid not in self.containers:
-            raise NotFound(f"No such container: {cid}")
-        return self.containers[cid]
-
-    def inspect_container(self, cid):
-        c = self._get(cid)
-        net = c.host_config.get("NetworkMode")
-        return {"Id": c.id, "Name": "/" + (c.name or ""), "HostConfig": dict(c.host_config),
-                "Config": {"Env": [f"{k}={v}" for k, v in c.environment.items()], "Cmd": c.command,
-                           "Labels": c.labels},
-                "State": {"Running": c.running, "ExitCode": c.exit_code if c.exit_code is not None else 0,
-                          "OOMKilled": c.oom, "Pid": c.pid},
-                "NetworkSettings": {"Networks": {net: {"EndpointID": c.endpoint, "IPAddress": c.ip}}}}
-
-    def start(self, cid):
-        c = self._get(cid)
-        if self.start_error is not None:
-            raise self.start_error
-        c.running, c.pid = True, 40000 + int(cid, 16)
-        c.endpoint = hashlib.sha256(cid.encode()).hexdigest()
-        c.ip = f"10.0.0.{int(cid, 16) % 250 + 2}"
-        if self.on_endpoint:
-            self.on_endpoint(c)
-        with self.lock:
-            self.max_running = max(self.max_running, sum(1 for x in self.containers.values() if x.running))
-        kind = c.command[-1] if c.command else "backup"
-        behaviour = self.behaviours.get(kind, self.behaviour)
-        threading.Thread(target=self._run, args=(c, behaviour), daemon=True).start()
-
-    def _run(self, c: FakeContainer, behaviour):
-        job_dir = self._mount(c, "/job")
-        volume = self._mount(c, "/backup")
-        while not os.path.exists(os.path.join(job_dir, "go")):
-            if os.path.exists(os.path.join(job_dir, "abort")) or c.killed.is_set():
-                self._exit(c, 3 if not c.killed.is_set() else 137)
-                return
-            time.sleep(0.01)
-        code = behaviour(c, job_dir, volume, self)
-        if not c.killed.is_set():
-            self._exit(c, code)
-
-    def _exit(self, c: FakeContainer, code: int):
-        with self.lock:
-            if c.done.is_set():
-                return
-            c.exit_code, c.running = code, False
-            c.done.set()
-
-    def _mount(self, c: FakeContainer, target: str) -> str:
-        for m in c.host_config.get("Mounts") or []:
-            if m["Target"] == target:
-                if m["Type"] == "volume":
-                    return self.volumes[m["Source"]]["Mountpoint"]
-                return m["Source"]
-        raise AssertionError(f"no mount at {target}")
-
-    def attach(self, cid, stdout=True, stderr=True, stream=False, logs=False):
-        c = self._get(cid)
-
-        def gen():
-            c.done.wait(30)
-            for line in c.logs:
-                yield (line + "\n").encode()
-        return gen()
-
-    def wait(self, cid, timeout=None):
-        c = self._get(cid)
-        if not c.done.wait(timeout):
-            raise ReadTimeout("Read timed out.")
-        return {"StatusCode": c.exit_code}
-
-    def kill(self, cid):
-        c = self._get(cid)
-        c.killed.set()
-        self._exit(c, 137)
-
-    def logs(self, cid, stdout=True, stderr=True, tail="all", stream=False, follow=False):
-        c = self._get(cid)
-        lines = c.logs if tail == "all" else c.logs[-int(tail):]
-        return "".join(line + "\n" for line in lines).encode()
-
-    def remove_container(self, cid, v=False, force=False):
-        self._get(cid)
-        del self.containers[cid]
-        self.removed.append(cid)
-
-    def version(self):
-        return {"ApiVersion": "1.41"}
-
-
-class FakeHostEnv:
-    """The kernel as the fake containers' HostConfig says, unless told otherwise."""
-
-    def __init__(self, docker: FakeDocker):
-        self.docker = docker
-        self.override: dict = {}
-        self.swap_bytes = 0
-        self.meters: dict[str, tuple[int, int]] = {}   # port -> (rate, burst)
-        self.device_error: Exception | None = None
-
-    def device(self, path):
-        if self.device_error is not None:
-            raise self.device_error
-        return DEVICE
-
-    def applied(self, pid, device):
-        c = next(x for x in self.docker.containers.values() if x.pid == pid)
-        hc = c.host_config
-        out = {"cgroup": "v1", "cpus": hc["NanoCpus"] / 1e9 if hc.get("NanoCpus") else None,
-               "memory": hc.get("Memory"), "swap": (hc["MemorySwap"] - hc["Memory"]) if hc.get("Memory") else "unlimited",
-               "pids": hc.get("PidsLimit")}
-        for key, fld in (("read_bps", "BlkioDeviceReadBps"), ("write_bps", "BlkioDeviceWriteBps"),
-                         ("read_iops", "BlkioDeviceReadIOps"), ("write_iops", "BlkioDeviceWriteIOps")):
-            out[key] = hc[fld][0]["Rate"] if hc.get(fld) else None
-        out.update(self.override)
-        return out
-
-    def swap(self):
-        return self.swap_bytes
-
-    def meter(self, bridge, port):
-        return self.meters.get(port)
-
-
-# -- behaviours: what the job script does in the container ---------------------------------
-
-CHECKSUMS = "a\tInnoDB\t3\t123456789\nb\tInnoDB\t2\t987654321\n"
-
-
-def _params(job_dir: str) -> dict:
-    out = {}
-    with open(os.path.join(job_dir, "params")) as fh:
-        for line in fh:
-            key, _, value = line.strip().partition("=")
-            out[key] = value.strip("'")
-    return out
-
-
-def _write(job_dir: str, name: str, text: str) -> None:
-    with open(os.path.join(job_dir, "out", name), "w") as fh:
-        fh.write(text)
-
-
-def write_dump(job_dir: str, volume: str, payload: bytes = b"x" * 4096, marker: bool = True,
-               status: str | None = None, checksums: str | None = None) -> str:
-    """What a good backup run leaves: the partial dump and every status file."""
-    p = _params(job_dir)
-    partial = os.path.join(volume, p["PARTIAL"][len("/backup/"):])
-    os.makedirs(os.path.dirname(partial), exist_ok=True)
-    with open(partial, "wb") as fh:
-        fh.write(payload)
-    _write(job_dir, "server_version", "10.11.19-MariaDB\n")
-    _write(job_dir, "checksums", CHECKSUMS if checksums is None else checksums)
-    _write(job_dir, "lock", "wait=0.012 held=0.085\n")
-    _write(job_dir, "dump_command", "mariadb-dump --defaults-file=/run/drctl/client.cnf --single-transaction shop\n")
-    _write(job_dir, "dump_version", "mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB\n")
-    _write(job_dir, "dump_tail", "...\n-- Dump completed on 2026-11-26\n" if marker else "INSERT INTO a VALUES")
-    _write(job_dir, "raw_bytes", "20000\n")
-    _write(job_dir, "bytes", f"{len(payload)}\n")
-    _write(job_dir, "sha256", hashlib.sha256(payload).hexdigest() + "  -\n")
-    _write(job_dir, "status", status or "dump=0 tee_raw=0 compress=0 tee_out=0 write=0 tail=0 raw_count=0 "
-                                        "sha256=0 count=0\n")
-    return partial
-
-
-def backup_ok(c, job_dir, volume, docker):
-    c.logs.append("drctl backup: dumping")
-    write_dump(job_dir, volume)
-    _write(job_dir, "done", "ok\n")
-    c.logs.append("drctl backup: dump done")
-    return 0
-
-
-def backup_slow(seconds: float):
-    def run(c, job_dir, volume, docker):
-        if c.killed.wait(seconds):
-            return 137
-        return backup_ok(c, job_dir, volume, docker)
-    return run
-
-
-def wrong_password(c, job_dir, volume, docker):
-    _write(job_dir, "error", "cannot log in to db:3306: ERROR 1045 (28000): Access denied for user 'root'\n")
-    c.logs.append("drctl backup: FAILED: cannot log in")
-    return 2
-
-
-def hang_mid_dump(c, job_dir, volume, docker):
-    """Writes part of the dump, then never ends (until killed)."""
-    p = _params(job_dir)
-    partial = os.path.join(volume, p["PARTIAL"][len("/backup/"):])
-    os.makedirs(os.path.dirname(partial), exist_ok=True)
-    with open(partial, "wb") as fh:
-        fh.write(b"partial" * 100)
-    c.killed.wait(60)
-    return 137
-
-
-def restore_ok(c, job_dir, volume, docker):
-    _write(job_dir, "server_version", "10.11.19-MariaDB\n")
-    _write(job_dir, "status", "read=0 decompress=0 load=0\n")
-    _write(job_dir, "checksums.restored", CHECKSUMS)
-    _write(job_dir, "done", "ok\n")
-    return 0
-
-
-def restore_with(checksums: str):
-    def run(c, job_dir, volume, docker):
-        restore_ok(c, job_dir, volume, docker)
-        _write(job_dir, "checksums.restored", checksums)
-        return 0
-    return run
-
-
-# -- the fakes' own tests ------------------------------------------------------------------
 
 def test_fake_container_waits_for_the_gate_and_exits(tmp_path):
     d = FakeDocker(str(tmp_path))
@@ -380,3 +45,30 @@ def test_fake_kill_ends_a_hanging_container(tmp_path):
     time.sleep(0.1)
     d.kill(cid)
     assert d.wait(cid, timeout=5) == {"StatusCode": 137}
+
+
+def _started(tmp_path, **limits):
+    d = FakeDocker(str(tmp_path))
+    hc = d.create_host_config(network_mode="prod", **limits)
+    cid = d.create_container("img", command=["backup"], host_config=hc)["Id"]
+    d.containers[cid].pid = 4242
+    return d
+
+
+def test_the_fake_kernel_is_read_through_the_real_reader(tmp_path):
+    d = _started(tmp_path, nano_cpus=1_500_000_000, mem_limit=256 << 20, memswap_limit=256 << 20, pids_limit=64,
+                 device_write_bps=[{"Path": DEVICE.node, "Rate": 1 << 20}])
+    env = FakeHostEnv(d)
+    assert env.applied(4242, DEVICE) == {"cgroup": "v1", "cpus": 1.5, "memory": 256 << 20, "swap": 0, "pids": 64,
+                                         "read_bps": None, "write_bps": 1 << 20, "read_iops": None,
+                                         "write_iops": None}
+    env.override = {"write_bps": None, "pids": None, "swap": None}
+    applied = env.applied(4242, DEVICE)
+    assert (applied["write_bps"], applied["pids"], applied["swap"]) == (None, None, None)
+
+
+def test_the_fake_kernel_of_an_unlimited_container(tmp_path):
+    files = cgroup_files(_started(tmp_path).containers[f"{1:064x}"].host_config, DEVICE)
+    assert files["cpu/cpu.cfs_quota_us"] == "-1" and files["pids/pids.max"] == "max"
+    assert files["memory/memory.limit_in_bytes"] == files["memory/memory.memsw.limit_in_bytes"] == str(UNLIMITED_BYTES)
+    assert files["blkio/blkio.throttle.write_bps_device"] == ""

@@ -20,9 +20,9 @@ from netplugin.backup.store import BackupStore
 from netplugin.model import Endpoint, Host, Profile
 from netplugin.store import Store
 
+from .backup_fakes import (CHECKSUMS, FakeDocker, FakeHostEnv, backup_slow, hang_mid_dump, restore_ok, restore_with,
+                           write_dump, wrong_password)
 from .fakes import MemoryKV
-from .test_backup_fakes import (CHECKSUMS, FakeDocker, FakeHostEnv, backup_slow, hang_mid_dump, restore_ok,
-                                restore_with, write_dump, wrong_password)
 
 PREFIX = "/netplugin/t"
 PASSWORD = "S3cret-in-the-file-only"
