@@ -57,15 +57,16 @@ class Background:
     def soon(self, fn: Callable, *args) -> None:
         """Run fn(*args) on the ``soon`` thread, or here when BACKLOG jobs wait already."""
         with self._lock:
-            inline = self._soon_pending >= BACKLOG
-            if not inline:
+            queue = None
+            if self._soon_pending < BACKLOG:
                 self._soon_pending += 1
                 if self._soon is None:
                     self._soon = ThreadPoolExecutor(max_workers=1, thread_name_prefix="np-veth")
-        if inline:
+                queue = self._soon
+        if queue is None:
             fn(*args)
             return
-        self._soon.submit(self._counted, fn, *args)
+        queue.submit(self._counted, fn, *args)
 
     def _counted(self, fn: Callable, *args) -> None:
         try:

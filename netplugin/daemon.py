@@ -82,7 +82,7 @@ def start_metrics(parts: Components) -> None:
     """The loopback metrics and health port, unless turned off."""
     from .metrics_server import serve
     cfg = parts.cfg
-    if cfg.metrics_address:
+    if cfg.metrics_address and parts.metrics is not None:
         try:
             serve(cfg.metrics_address, parts.metrics.registry, parts.health)
         except OSError as exc:

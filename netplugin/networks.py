@@ -265,7 +265,7 @@ class Networks:
 
         Which one it stands for never changes while the binding exists, so it is
         read once per process; a network deleted meanwhile is not found."""
-        net_id = self._bound.get(docker_net)
+        net_id: str | None = self._bound.get(docker_net)
         if net_id is None:
             binding = self.store.get_binding(self.cfg.host_id, docker_net)
             net_id = binding.network if binding else None
@@ -273,7 +273,7 @@ class Networks:
         if net is None:
             self._bound.pop(docker_net, None)
         else:
-            self._bound[docker_net] = net_id
+            self._bound[docker_net] = net.id
         if net is None:
             raise NotFound(f"docker network {docker_net[:12]} is not known to netplugin on host {self.cfg.host_id}: "
                            "remove it and create it again with -d netplugin --ipam-driver netplugin")

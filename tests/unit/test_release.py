@@ -1,7 +1,7 @@
 """Releasing an endpoint whole (netplugin/release.py): by id and by network and
 address, locally and through another host's queue, and through
-``POST /NetPlugin.ReleaseEndpoint``. The real Releaser, Store, Driver and Flask
-app over the fakes (MemoryKV, FakeLinks, FakeSwitch, FakeDockerView)."""
+``POST /NetPlugin.ReleaseEndpoint``. The real Releaser, Store, limits and Flask
+app over the fakes (MemoryKV, FakeLinks, FakeSwitch, FakeFlows, FakeDockerView)."""
 
 from __future__ import annotations
 
