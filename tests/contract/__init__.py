@@ -13,6 +13,8 @@ it in a thin ``test_contract_*.py`` file that defines that fixture.
 | kv_suite | MemoryKV | EtcdKV on etcd (integration) |
 | dataplane_suite | FakeSwitch, FakeLinks | Switch on Open vSwitch, Links on the kernel (integration) |
 | flows_suite | FakeFlows | Flows through ovs-ofctl on a bridge (integration) |
-| docker_suite | FakeDocker, FakeDockerNames, FakeDockerView | docker-py on dockerd (e2e) |
-| cgroup_suite | FakeHostEnv's cgroup files | a container's cgroup files (e2e) |
+| docker_suite | FakeDocker (backup_fakes.py), FakeDockerNames, FakeDockerView | docker-py on dockerd (e2e) |
+
+FakeHostEnv's kernel (backup_fakes.cgroup_files) is compared directly with a
+real container's cgroup files in tests/e2e/test_contract_cgroups.py.
 """

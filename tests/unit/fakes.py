@@ -2,14 +2,18 @@
 
 - MemoryKV: the KV protocol of netplugin/kv.py with etcd v3 semantics
   (one global revision, create/mod revisions per key, compare-and-swap
-  transactions, prefix deletes, leases).
+  transactions, prefix deletes, leases that run out).
 - FakeLinks / FakeSwitch: the public methods of dataplane Links and Switch,
   recording state in dicts; ``fail_next(method, exc)`` makes the next call of
   that method raise, so rollback paths can be driven.
-- FakeDockerNames: Docker network names from a dict.
+- FakeDockerNames / FakeDockerView: Docker network names and live endpoints.
+- FakeFlows: OpenFlow on one bridge (dataplane Flows).
 
-Everything above these boundaries (Store, Ipam, Driver, the Flask app) is the
-real code under test.
+Each answers as the real thing does: the suites in tests/contract run against
+the fake here (tests/unit/test_contract_*.py) and against the real thing in
+the integration and e2e rings. Everything above these boundaries (Store,
+Ipam, the endpoint and network use cases, the Flask app) is the real code
+under test.
 """
 
 from __future__ import annotations
@@ -128,10 +132,12 @@ class MemoryKV:
     def _compare_ok(cmp: Compare, item: Item | None) -> bool:
         if cmp.op not in ("==", "!="):
             raise ValueError(f"unsupported compare op {cmp.op!r}")
+        actual: bytes | int
+        wanted: bytes | int
         if cmp.target == "value":
             if item is None:
                 return False           # etcd: a value compare on a missing key always fails
-            actual, wanted = item.value, _bytes(cmp.value)
+            actual, wanted = item.value, _bytes(str(cmp.value) if isinstance(cmp.value, int) else cmp.value)
         elif cmp.target == "create":
             actual, wanted = (item.create_revision if item else 0), int(cmp.value)
         elif cmp.target == "mod":
@@ -347,9 +353,9 @@ class FakeLinks(_Failing):
         link = self.links.pop(checked_name(name), None)
         if link is None:
             return False
-        self.links.pop(link.get("peer"), None)
+        self.links.pop(link["peer"], None)
         for ns in self.netns.values():          # the peer goes with it, wherever it was moved
-            for inner in [n for n, l in ns.items() if l.get("peer") == name]:
+            for inner in [n for n, link in ns.items() if link.get("peer") == name]:
                 del ns[inner]
         return True
 
@@ -419,7 +425,7 @@ class FakeSwitch(_Failing):
         self._enter("wait_ofport", port)
         if port not in self.ports:
             raise DataplaneError(f"port {port} is not on the switch: remove the container and start it again")
-        return self.ofport(port)
+        return self._ofports[port]
 
     def set_policing(self, port: str, rate_kbps: int, burst_kb: int) -> None:
         """As OVSDB: policing a port that is not there changes nothing and is no error."""
