@@ -77,11 +77,8 @@ class FakeDocker:
         self.drop: set[str] = set()                   # HostConfig fields Docker "drops"
         self.behaviour = backup_ok
         self.behaviours: dict[str, object] = {}        # by job kind, overrides behaviour
-        self.start_error: Exception | None = None
         self._ids = itertools.count(1)
         self.lock = threading.Lock()
-        self.max_running = 0
-        self.removed: list[str] = []
         self.on_endpoint = None                        # callback(container) after start: netplugin's endpoint
 
     # -- images, networks, volumes ----------------------------------------------------------
@@ -141,15 +138,11 @@ class FakeDocker:
 
     def start(self, cid):
         c = self._get(cid)
-        if self.start_error is not None:
-            raise self.start_error
         c.running, c.pid = True, 40000 + int(cid, 16)
         c.endpoint = hashlib.sha256(cid.encode()).hexdigest()
         c.ip = f"10.0.0.{int(cid, 16) % 250 + 2}"
         if self.on_endpoint:
             self.on_endpoint(c)
-        with self.lock:
-            self.max_running = max(self.max_running, sum(1 for x in self.containers.values() if x.running))
         kind = c.command[-1] if c.command else "backup"
         behaviour = self.behaviours.get(kind, self.behaviour)
         threading.Thread(target=self._run, args=(c, behaviour), daemon=True).start()
@@ -209,7 +202,6 @@ class FakeDocker:
     def remove_container(self, cid, v=False, force=False):
         self._get(cid)
         del self.containers[cid]
-        self.removed.append(cid)
 
     def version(self):
         return {"ApiVersion": API_VERSION}
