@@ -9,11 +9,12 @@ import threading
 
 import pytest
 
+from netplugin.dataplane.flows import Flows
 from netplugin.dataplane.links import Links
 from netplugin.dataplane.ovs import Switch
 from netplugin.errors import DataplaneError, StoreUnavailable
 
-from .fakes import FakeDockerNames, FakeLinks, FakeSwitch, MemoryKV
+from .fakes import FakeDockerNames, FakeFlows, FakeLinks, FakeSwitch, MemoryKV
 
 
 def test_watch_breaks_when_down():
@@ -34,7 +35,7 @@ def test_watch_breaks_when_down():
     assert not t.is_alive() and errors
 
 
-@pytest.mark.parametrize("fake,real", [(FakeLinks, Links), (FakeSwitch, Switch)])
+@pytest.mark.parametrize("fake,real", [(FakeLinks, Links), (FakeSwitch, Switch), (FakeFlows, Flows)])
 def test_fakes_have_the_public_methods_of_the_real_classes(fake, real):
     public = {n for n, f in inspect.getmembers(real, inspect.isfunction) if not n.startswith("_")}
     public -= {"api"}          # Switch's OVSDB handle: internal to the real class
