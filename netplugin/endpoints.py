@@ -179,15 +179,8 @@ class Endpoints:
     def _record_sandbox(self, endpoint_id: str, sandbox_key: str) -> None:
         """Note the container's network namespace in the record, right after Join
         answers: it lets the reconciler rebuild a live container's lost record."""
-        for _ in range(3):                    # a concurrent 'netctl endpoint set' may win once
-            found = self.store.get_endpoint(endpoint_id)
-            if found is None or found[0].sandbox == sandbox_key:
-                return
-            ep, rev = found
-            ep.sandbox = sandbox_key
-            if self.store.update_endpoint(ep, rev):
-                return
-        log.warning("endpoint %s: its sandbox could not be recorded (the record kept changing)", endpoint_id[:12])
+        if not self.store.record_sandbox(endpoint_id, sandbox_key):   # a concurrent 'netctl endpoint set' may win
+            log.warning("endpoint %s: its sandbox could not be recorded (the record kept changing)", endpoint_id[:12])
 
     def _gateway_of(self, net_id: str, endpoint_id: str) -> str:
         """A network's gateway never changes under its id: read once per process."""

@@ -196,7 +196,7 @@ class Context(OutputFlags):
 
     @functools.cached_property
     def store(self) -> BackupStore:
-        return BackupStore(self.np_store.kv, self.np_cfg.etcd_prefix)
+        return BackupStore.beside(self.np_store)
 
     @functools.cached_property
     def docker(self):

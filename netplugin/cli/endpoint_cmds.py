@@ -171,7 +171,7 @@ def host_inspect(args, ctx) -> int:
     if not rows:
         raise NotFound(f"host {args.host!r} never registered: see 'netctl host ls'")
     row = rows[0]
-    row["last_reconcile"] = ctx.store.get_json(ctx.store.k_reconcile(args.host, "last"))
+    row["last_reconcile"] = ctx.store.last_reconcile(args.host)
     if ctx.json:
         print_json(row)
     else:

@@ -63,7 +63,7 @@ def collect(ctx, now: float | None = None) -> dict:
 
     host_rows = []
     for h, alive in hosts:
-        last = store.get_json(store.k_reconcile(h.host, "last"))
+        last = store.last_reconcile(h.host)
         host_rows.append({"host": h.host, "alive": alive, "last_seen": h.last_seen,
                           "endpoints": per_host.get(h.host, 0), "version": h.version,
                           "last_reconcile": _reconcile_summary(last) if last else None})
