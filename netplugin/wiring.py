@@ -151,7 +151,8 @@ def make_metrics(cfg: Config, store: Store):
     scrape time, and drctl's jobs and catalog (registered here, so that the
     daemon's modules never import backup)."""
     from .backup.exporter import BackupCollector
+    from .backup.store import BackupStore
     from .metrics import Metrics
     metrics = Metrics()
-    metrics.watch_store(store, cfg.host_id, lambda m: BackupCollector(store.kv, cfg.etcd_prefix, m))
+    metrics.watch_store(store, cfg.host_id, lambda m: BackupCollector(BackupStore.beside(store), m))
     return metrics

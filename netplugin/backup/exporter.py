@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..errors import NetpluginError
-from ..kv import KV
+from .store import BackupStore
 from .summary import BackupReader
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,8 @@ class BackupCollector(Collector):
     """metrics: the daemon's Metrics, whose ``backend_errors`` counts an etcd
     that does not answer."""
 
-    def __init__(self, kv: KV, prefix: str, metrics):
-        self.kv = kv
-        self.prefix = prefix
+    def __init__(self, store: BackupStore, metrics):
+        self.store = store
         self.metrics = metrics
         self._reader: BackupReader | None = None
 
@@ -37,7 +36,7 @@ class BackupCollector(Collector):
 
     def _read(self) -> dict:
         if self._reader is None:
-            self._reader = BackupReader(self.kv, self.prefix)
+            self._reader = BackupReader(self.store)
         return self._reader.read()
 
     def collect(self):

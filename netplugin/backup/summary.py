@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..kv import KV, Item
+from ..kv import Item
 from .model import ACTIVE, BACKUP, QUEUED, STATES, SUCCEEDED, Backup, Job
 from .store import BackupStore
 
@@ -89,9 +89,8 @@ def _parse_backup(item: Item) -> Backup:
     return Backup.from_json(item.value)
 
 
-def read_once(kv: KV, prefix: str) -> dict:
+def read_once(store: BackupStore) -> dict:
     """One full read (for netctl status): jobs, catalog, live agents."""
-    store = BackupStore(kv, prefix)
     jobs = [JobView.of(j) for j in store.list_jobs()]
     return summarize(jobs, store.backups(), store.agents())
 
@@ -105,9 +104,8 @@ class BackupReader:
     records that the agent's clean-up removes (``keep_history``) are kept, so
     Prometheus never sees a counter reset that did not happen."""
 
-    def __init__(self, kv: KV, prefix: str, full_read: int = 64):
-        self.kv = kv
-        self.store = BackupStore(kv, prefix)
+    def __init__(self, store: BackupStore, full_read: int = 64):
+        self.store = store
         self.full_read = full_read
         self._jobs: dict[str, tuple[int, JobView | None]] = {}
         self._catalog: dict[str, tuple[int, Backup | None]] = {}
@@ -115,16 +113,13 @@ class BackupReader:
         self._lock = threading.Lock()
         self.reads = 0                     # records fetched with their values, for tests and debugging
 
-    def _sync(self, prefix: str, cache: dict, parse: Callable[[Item], object]) -> list:
-        """Bring cache (key -> (revision, parsed)) up to the prefix; return the
-        values of keys that disappeared."""
-        current = {i.key: i.mod_revision for i in self.kv.get_prefix(prefix, keys_only=True)}
+    def _sync(self, family: str, cache: dict, parse: Callable[[Item], object]) -> list:
+        """Bring cache (key -> (revision, parsed)) up to the family's records;
+        return the values of keys that disappeared."""
+        current = self.store.revisions(family)
         gone = [cache.pop(k)[1] for k in [k for k in cache if k not in current]]
         stale = [k for k, rev in current.items() if k not in cache or cache[k][0] != rev]
-        if len(stale) > self.full_read:
-            fetched = self.kv.get_prefix(prefix)
-        else:
-            fetched = [i for i in (self.kv.get(k) for k in stale) if i is not None]
+        fetched = self.store.fetch(family, None if len(stale) > self.full_read else stale)
         self.reads += len(fetched)
         for item in fetched:
             if item.key in cache and cache[item.key][0] == item.mod_revision:
@@ -140,10 +135,10 @@ class BackupReader:
         """Raises StoreUnavailable (a NetpluginError) when etcd does not answer;
         what was read before is kept for the next call."""
         with self._lock:
-            for gone in self._sync(self.store.k_job(), self._jobs, _parse_job):
+            for gone in self._sync("jobs", self._jobs, _parse_job):
                 self._gone_bytes += gone.size
-            self._sync(self.store.k_catalog(), self._catalog, _parse_backup)
-            agents = [i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(self.store.k_agent(), keys_only=True)]
+            self._sync("catalog", self._catalog, _parse_backup)
+            agents = self.store.agent_hosts()
             info = summarize([v for _, v in self._jobs.values() if v is not None],
                              [v for _, v in self._catalog.values() if v is not None], agents)
             info["backup_bytes_total"] = self._gone_bytes + info["backup_bytes"]

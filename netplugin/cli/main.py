@@ -106,8 +106,9 @@ class Context(OutputFlags):
     def backup_jobs(self) -> dict:
         """drctl's jobs and catalog for ``netctl status``, read once
         (netplugin/backup/summary.py)."""
+        from ..backup.store import BackupStore
         from ..backup.summary import read_once
-        return read_once(self.store.kv, self.store.prefix)
+        return read_once(BackupStore.beside(self.store))
 
     @property
     def ipam(self):

@@ -181,7 +181,7 @@ def test_later_scrapes_read_only_the_records_that_changed(metrics, bstore):
 def test_a_full_read_when_many_records_changed(kv, bstore):
     for _ in range(5):
         put_job(bstore, "succeeded", target="a", size=10)
-    reader = BackupReader(kv, PREFIX, full_read=2)
+    reader = BackupReader(BackupStore(kv, PREFIX), full_read=2)
     gets = []
     real_get = kv.get
     kv.get = lambda key: gets.append(key) or real_get(key)
