@@ -5,6 +5,7 @@ tests/unit/test_contract_dataplane.py."""
 from __future__ import annotations
 
 import json
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -21,7 +22,7 @@ def switch_world(switch, bridge, veths):
 
 
 @pytest.fixture
-def links_world(links, veths, netns, h):
+def links_world(links, veths, netns):
     def names() -> tuple[str, str]:
         _, host, peer = veths.names()
         return host, peer
@@ -29,7 +30,9 @@ def links_world(links, veths, netns, h):
     def inside(path: str) -> dict[str, str]:
         name = path.rsplit("/", 1)[-1]
         out = {}
-        for link in json.loads(h.run(["ip", "-n", name, "-j", "addr", "show"]).stdout):
+        shown = subprocess.run(["ip", "-n", name, "-j", "addr", "show"], capture_output=True, text=True,
+                               timeout=10, check=True)
+        for link in json.loads(shown.stdout):
             if link["ifname"] == "lo":
                 continue
             inet = [a for a in link.get("addr_info", []) if a.get("family") == "inet"]
