@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from ..contract.docker_suite import DockerAPIContract, DockerViewContract
-from .fakes import FakeDockerNames, FakeDockerView
 from .backup_fakes import FakeDocker
+from .fakes import FakeDockerNames, FakeDockerView
 
 IMAGE = "netplugin/mariadb-tools:10.11"
 
