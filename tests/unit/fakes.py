@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from netplugin.dataplane.flows import ENDPOINT_MASK, PRIO_PORT, TABLE_ARP, TABLE_CLASSIFY, Flows, cookie_for
 from netplugin.dataplane.links import _checked as checked_name
-from netplugin.errors import DataplaneError, DataplaneUnavailable, StoreUnavailable
+from netplugin.errors import DataplaneError, DataplaneUnavailable, InvalidRequest, StoreUnavailable
 from netplugin.kv import Compare, Delete, Event, Item, Put
 
 FAKE_ENDPOINTS = "http://127.0.0.1:2379"
@@ -487,12 +489,6 @@ class FakeDockerView:
 
 
 # -- OpenFlow --------------------------------------------------------------------------------------
-# FakeFlows's own imports sit with it, at the end of the module it was appended to.
-import re  # noqa: E402 - kept with FakeFlows, below the fakes it does not concern
-
-from netplugin.dataplane.flows import (ENDPOINT_MASK, PRIO_PORT, TABLE_ARP, TABLE_CLASSIFY,  # noqa: E402 - as above
-                                       Flows, cookie_for)
-from netplugin.errors import InvalidRequest  # noqa: E402 - as above
 
 
 class FakeFlows:
