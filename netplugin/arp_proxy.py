@@ -142,7 +142,7 @@ class ArpProxy:
             log.info("gratuitous ARP sent for %d local endpoints", self.announce_all_local())
             self._announced = True
 
-    def start(self) -> "ArpProxy":
+    def start(self) -> ArpProxy:
         self._loop = SyncLoop("arp-proxy", self._pass, FULL_PASS_EVERY)
         self.store.follow_endpoints(self._loop)
         self.store.follow_setting(self._loop, "arp-mode")

@@ -44,7 +44,7 @@ def parse_rate(text: object) -> int:
         raise InvalidRequest(f"rate {text!r} is too low: the smallest limit is {MIN_RATE_KBPS}kbit")
     if kbps > MAX_RATE_KBPS:
         raise InvalidRequest(f"rate {text!r} is above 100gbit: leave the limit off instead")
-    return int(round(kbps))
+    return round(kbps)
 
 
 def parse_burst(text: object, rate_kbps: int) -> int:
@@ -56,7 +56,7 @@ def parse_burst(text: object, rate_kbps: int) -> int:
     m = _AMOUNT_RE.fullmatch(str(text).lower())
     if m is None or m.group(2) not in _SIZE_UNITS:
         raise InvalidRequest(f"burst {text!r} is not a size such as 256kb, 2mb or 512kbit")
-    kb = int(round(float(m.group(1)) * _SIZE_UNITS[m.group(2)]))
+    kb = round(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
     if kb < MIN_BURST_KB:
         raise InvalidRequest(f"burst {text!r} is smaller than one 1500-byte frame")
     if kb > min(MAX_BURST_KB, rate_kbps * MAX_BURST_SECONDS):

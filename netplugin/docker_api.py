@@ -43,7 +43,7 @@ class DockerNames:
             info = self._api().inspect_container(container)
         except docker.errors.NotFound:
             return set()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any Docker failure means "not known": the caller keeps going
             log.info("cannot ask Docker about container %s: %s", container, exc)
             return set()
         return {n.get("EndpointID") for n in (info.get("NetworkSettings", {}).get("Networks") or {}).values()

@@ -34,8 +34,16 @@ from typing import TYPE_CHECKING
 import netaddr
 
 from .errors import Conflict, InvalidRequest, NetpluginError, NotFound, PoolExhausted
-from .model import (ALLOC_AUX, ALLOC_ENDPOINT, ALLOC_GATEWAY, Allocation, Network, check_address,
-                    check_range, check_subnet)
+from .model import (
+    ALLOC_AUX,
+    ALLOC_ENDPOINT,
+    ALLOC_GATEWAY,
+    Allocation,
+    Network,
+    check_address,
+    check_range,
+    check_subnet,
+)
 from .store import CHUNK_BITS, Store, describe_holder
 
 if TYPE_CHECKING:
@@ -78,13 +86,13 @@ def pool_id_for(subnet: netaddr.IPNetwork, rng: netaddr.IPNetwork | None) -> str
 
 class Ipam:
     def __init__(self, store: Store, host_id: str, rng: random.Random | None = None,
-                 namer: "NetworkNamer | None" = None):
+                 namer: NetworkNamer | None = None):
         """``namer`` names a Docker-made network that is still unnamed, so that an
         error about it says "prod", not "n-48a7..." (None: errors use the id)."""
         self.store = store
         self.host_id = host_id
         self.namer = namer
-        self.random = rng or random.Random()
+        self.random = rng or random.Random()  # noqa: S311 - spreads picks over a pool; no secret
         self._full: dict[tuple[str, int], float] = {}
         self._sub_pools: dict[str, str] = {}
         self._networks: dict[str, tuple[Network, int]] = {}          # subnet -> (network, revision)
@@ -132,7 +140,7 @@ class Ipam:
         for fresh in (gateway, True):      # a gateway request is rare: always read it afresh
             found = self._network(pool.cidr, fresh)
             net = found[0] if found else None
-            guard = (net.id, found[1]) if found else None
+            guard = (found[0].id, found[1]) if found else None
             try:
                 if gateway:
                     ip = self._gateway(pool, net, address, guard)

@@ -14,12 +14,12 @@ import logging
 import threading
 import time
 
+from .bandwidth import effective_limit
 from .config import Config
 from .dataplane.flows import TABLE_CLASSIFY, cookie_for
 from .dataplane.ratelimit import RateLimiter
 from .errors import DataplaneError, NetpluginError
 from .kv import Event
-from .bandwidth import effective_limit
 from .model import Endpoint, Network
 from .store import Store
 from .watch import SyncLoop
@@ -202,13 +202,15 @@ class LimitSync:
         if ev.kind == "delete":
             return
         try:
-            if json.loads(ev.value).get("host") == self.cfg.host_id:
+            if json.loads(ev.value).get("host") == self.cfg.host_id and self._loop is not None:
                 self._loop.wake()
         except ValueError:
             pass
 
-    def start(self) -> "LimitSync":
-        self._loop = SyncLoop("limit-sync", lambda full: self.resync(verify=full), FULL_PASS_EVERY)
+    def start(self) -> LimitSync:
+        def one_pass(full: bool) -> None:
+            self.resync(verify=full)
+        self._loop = SyncLoop("limit-sync", one_pass, FULL_PASS_EVERY)
         self.store.follow_profiles(self._loop)
         self.store.follow_networks(self._loop)
         self.store.follow_endpoints(self._loop, self._on_endpoint)

@@ -49,12 +49,13 @@ class Record:
     newer daemon's records still load in an older netctl."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(asdict(self), sort_keys=True,  # type: ignore[call-overload]  # mixed into dataclasses only
+                          separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: bytes | str):
         data = json.loads(raw)
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # mixed into dataclasses only
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from time import monotonic
 
@@ -106,7 +107,7 @@ class LockKeeper:
         self.confirmed = monotonic()
         self.lost = ""
 
-    def start(self) -> "LockKeeper":
+    def start(self) -> LockKeeper:
         self.lease.every = self.every
         self.lease.start(beat=self.refresh)      # its thread ends once the lock is lost
         return self
@@ -194,7 +195,7 @@ class Reconciler:
                 finding.done = True
             except NetpluginError as exc:
                 finding.error = exc.message
-            except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
+            except Exception as exc:
                 log.exception("reconcile action failed")
                 finding.error = f"{type(exc).__name__}: {exc}"
 
@@ -233,7 +234,7 @@ class Reconciler:
 
     # -- what is there ------------------------------------------------------------------
     def _scan(self, report: Report, grace: float) -> None:
-        self._actions = []
+        self._actions: list[tuple[Finding, Callable[[], object]]] = []
         self._docker_unknown = False
         me = self.cfg.host_id
         now = time.time()
@@ -288,7 +289,7 @@ class Reconciler:
             attached = live.get(eid) if live is not None else None
             if attached is None and port["name"] in live_ports:
                 eid = live_ports[port["name"]]           # ids that disagree with the name: the name's owner is live
-                attached = live[eid]
+                attached = (live or {})[eid]
                 if eid in records:
                     continue
             if attached is not None:
@@ -304,7 +305,7 @@ class Reconciler:
         for name in sorted(veths - known_ports):
             eid = live_ports.get(name)
             if eid is not None:
-                self._add_live_veth(report, name, eid, live[eid], bound)
+                self._add_live_veth(report, name, eid, (live or {})[eid], bound)
                 continue
             self._add(report, Finding("veth_without_endpoint", name, f"veth {name} has no endpoint", "release"),
                       lambda name=name: self.links.delete(name))
@@ -390,6 +391,8 @@ class Reconciler:
             if not self.store.claim_address(net.subnet, offset, alloc):
                 raise NetpluginError(f"address {ip} was taken meanwhile; endpoint {eid[:12]} needs attention")
             held = self.store.get_allocation(net.subnet, offset)
+            if held is None:
+                raise NetpluginError(f"address {ip} was released meanwhile; endpoint {eid[:12]} needs attention")
         elif held[0].endpoint not in ("", eid) or held[0].host != self.cfg.host_id:
             raise NetpluginError(f"address {ip} of live endpoint {eid[:12]} is held by someone else")
         _, peer = veth_names(eid)
@@ -404,7 +407,7 @@ def format_human(report: dict) -> str:
     lines = [f"reconcile on {report['host']}: {report['status']}, {len(report['findings'])} finding(s), "
              f"{report['released']} released, {report['repaired']} repaired, {report['errors']} error(s) "
              f"in {report['duration_ms']:.0f} ms{' (dry run)' if report['dry_run'] else ''}"]
-    if not report["docker"] == "ok":
+    if report["docker"] != "ok":
         lines.append(f"docker: {report['docker']}")
     for f in report["findings"]:
         state = "done" if f["done"] else ("FAILED: " + f["error"] if f["error"] else "not done")

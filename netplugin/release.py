@@ -44,7 +44,7 @@ class Releaser:
     # -- the local, whole release ---------------------------------------------------
     def release_local(self, ep: Endpoint, by: str = "api") -> dict:
         """Remove everything of an endpoint of this host. Idempotent."""
-        removed = {"ovs_port": None, "veth": None, "record": False, "address": None}
+        removed: dict[str, object] = {"ovs_port": None, "veth": None, "record": False, "address": None}
         self.limits.remove(ep.id, ep.port)
         if self.switch.delete_port(ep.port):
             removed["ovs_port"] = ep.port

@@ -14,6 +14,10 @@ bash scripts/make-images.sh
 bash scripts/make-db-images.sh
 bash scripts/reset-state.sh
 
+log "lint (ruff) and types (mypy) of netplugin/"
+"$REPO/.venv/bin/ruff" check netplugin
+"$REPO/.venv/bin/mypy" netplugin
+
 log "running unit, integration, end-to-end, multi-host and fault tests"
 # The multi-host ring (scripts/rig.sh) runs after e2e; the fault suite last of
 # all, since it restarts Open vSwitch, etcd members and dockerd on purpose.

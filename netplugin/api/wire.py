@@ -7,7 +7,8 @@ import functools
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -46,9 +47,9 @@ def _read_limited() -> bytes:
     silently: look one byte beyond it in the server's own stream."""
     raw = request.get_data(cache=False)
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if limit is not None and request.content_length is None and len(raw) >= limit:
-        if request.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge()
+    if (limit is not None and request.content_length is None and len(raw) >= limit
+            and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge()
     return raw
 
 
@@ -83,7 +84,8 @@ def log_call(status: int, error: str = "", exc: BaseException | None = None) -> 
     seconds = time.monotonic() - getattr(g, "started", time.monotonic())
     method = request.path.lstrip("/")
     fields = {"NetworkID": "network", "EndpointID": "endpoint", "PoolID": "pool", "Address": "address"}
-    call = {name: str(body[k])[:64] for k, name in fields.items() if isinstance(body.get(k), str) and body.get(k)}
+    call: dict[str, object] = {name: str(body[k])[:64] for k, name in fields.items()
+                               if isinstance(body.get(k), str) and body.get(k)}
     call.update(method=method, status=status, ms=round(seconds * 1000, 1), error=error)
     ids = " ".join(f"{k}={str(body[k])[:12] if k in ('NetworkID', 'EndpointID') else body[k]}"
                    for k in fields if k in body and isinstance(body[k], str) and body[k])

@@ -49,7 +49,7 @@ def parse_size(text: object, what: str = "size") -> int:
 
 def parse_cpus(text: object) -> float:
     try:
-        value = float(text)  # type: ignore[arg-type]
+        value = float(text)  # type: ignore[arg-type]  # any object: float() itself says what is not a number
     except (TypeError, ValueError):
         raise InvalidRequest(f"cpus {text!r} is not a number such as 0.5 or 2") from None
     if not 0.01 <= value <= 1024:

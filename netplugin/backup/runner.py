@@ -395,7 +395,7 @@ class Runner:
                         pending += chunk
                         *lines, pending = pending.split(b"\n")
                         ctx.log_lines.extend(x.decode(errors="replace") for x in lines)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the log stream ends in many ways; the job outcome comes from wait
                 log.debug("job %s: log stream ended: %s", ctx.job.id, exc)
             if pending:
                 ctx.log_lines.append(pending.decode(errors="replace"))
@@ -429,7 +429,7 @@ class Runner:
             state = info.get("State", {})
             ctx.exit_code = state.get("ExitCode", ctx.exit_code)
             ctx.oom = bool(state.get("OOMKilled"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - best effort: the exit code from wait stands
             log.warning("job %s: cannot inspect the stopped container: %s", ctx.job.id, exc)
         if ctx.attach_thread is not None:
             ctx.attach_thread.join(timeout=5)
@@ -471,7 +471,7 @@ class Runner:
             return
         try:
             self._update(ctx, lambda j: j.result.__setitem__("pruned", pruned))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the prune happened; only its record is lost
             log.warning("job %s: pruned %s, but cannot record it: %s", ctx.job.id, pruned, exc)
 
     def _verify_backup(self, ctx: _Ctx) -> dict:
@@ -573,7 +573,7 @@ class Runner:
                 self.docker.stop(ctx.container)
                 if ctx.exit_code is None:
                     self._collect(ctx)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - clean-up goes on whatever Docker says
                 log.warning("job %s: cannot stop container %s: %s", ctx.job.id, ctx.container[:12], exc)
         if ctx.job.kind == BACKUP and ctx.volume_path:
             for suffix in (ctx.ext + ".partial", ".manifest.json.partial"):

@@ -10,12 +10,13 @@ does not block the jobs behind it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import Conflict, NetpluginError
 from .config import BackupConfig
@@ -50,6 +51,14 @@ class Agent:
         """The lease the agent's key, slots and locks are bound to."""
         return self.keeper.lease
 
+    @property
+    def held_lease(self) -> int:
+        """The agent's lease, for a write bound to it; the agent registers before it writes any."""
+        lease = self.keeper.lease
+        if lease is None:
+            raise NetpluginError("the drctl agent holds no etcd lease yet: it registers before it admits jobs")
+        return lease
+
     # -- life cycle -------------------------------------------------------------------------
     def start(self, wait_previous: float | None = None) -> None:
         """Take the host's agent key (waiting for a dead predecessor's lease to
@@ -77,10 +86,8 @@ class Agent:
         with self._lock:
             busy = [t for t in self.threads.values() if t.is_alive()]
         if not busy and self.lease is not None:
-            try:
+            with contextlib.suppress(NetpluginError):
                 self.keeper.revoke()
-            except NetpluginError:
-                pass
 
     def serve(self) -> None:
         """Tick until close(); the lease is refreshed every third of its TTL
@@ -100,7 +107,7 @@ class Agent:
             work()
         except NetpluginError as exc:
             log.warning("agent: %s", exc.message)
-        except Exception:  # noqa: BLE001 - the agent must keep going
+        except Exception:
             log.exception("agent tick failed")
 
     def _keepalive(self) -> bool:
@@ -120,12 +127,12 @@ class Agent:
             log.warning("agent: lease refresh failed (%s): taking a new lease", exc.message)
         self.keeper.grant()
         self.store.register_agent(self.host, {"host": self.host, "pid": os.getpid(), "max_jobs": self.max_jobs,
-                                              "started": self.clock()}, self.lease)
+                                              "started": self.clock()}, self.held_lease)
         with self._lock:
             ids = [i for i, t in self.threads.items() if t.is_alive()]
         for job_id in ids:
             found = self.store.get(job_id)
-            if found and found[0].active and not self.store.reclaim(found[0], self.lease):
+            if found and found[0].active and not self.store.reclaim(found[0], self.held_lease):
                 log.warning("agent: job %s lost its slot or target lock while etcd was away", job_id)
 
     def adopt(self) -> list[str]:
@@ -136,7 +143,7 @@ class Agent:
             with self._lock:
                 if job.id in self.threads:
                     continue
-            if not self.store.reclaim(job, self.lease):
+            if not self.store.reclaim(job, self.held_lease):
                 log.warning("agent: job %s: its slot or target lock is held by another job; carrying on", job.id)
             log.info("agent: adopting job %s (%s)", job.id, job.state)
             self._spawn(job, adopt=True)
@@ -178,7 +185,7 @@ class Agent:
                 on = f"target {job.target}" + (f" (server {job.server})" if job.server else "")
                 self._say(job, f"waiting for {on}: job {holder} is active on it")
                 continue
-            got = self.store.admit(job, rev, free[0], self.lease, self.clock(), job.job_spec.timeout)
+            got = self.store.admit(job, rev, free[0], self.held_lease, self.clock(), job.job_spec.timeout)
             if got is None:
                 continue                        # changed meanwhile; next tick sees it
             slots[free.pop(0)] = got.id
@@ -200,10 +207,8 @@ class Agent:
         def change(j: Job):
             if j.state == QUEUED:
                 j.message = message
-        try:
+        with contextlib.suppress(NetpluginError):
             self.store.update(job.id, change)
-        except NetpluginError:
-            pass
 
     def _end_queued(self, job: Job, state: str, message: str) -> None:
         def change(j: Job):
@@ -222,7 +227,7 @@ class Agent:
             try:
                 runner = self.runner_factory()
                 final = runner.adopt(job) if adopt else runner.run(job)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("agent: job %s: runner crashed", job.id)
             finally:
                 try:
@@ -264,13 +269,11 @@ class Agent:
             if job.container and not job.removed and age > self.cfg.keep_containers and self.docker is not None:
                 try:
                     self.docker.remove_container(job.container, v=False, force=False)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - clean-up: any failure is logged and retried next pass
                     if "No such container" not in str(exc) and "404" not in str(exc):
                         log.warning("agent: cannot remove container of job %s: %s", job.id, exc)
                         continue
-                try:
+                with contextlib.suppress(NetpluginError):
                     self.store.update(job.id, lambda j: setattr(j, "removed", now))
-                except NetpluginError:
-                    pass
             if age > self.cfg.keep_history and (job.removed or not job.container):
                 self.store.delete_job(job)

@@ -70,7 +70,8 @@ class Flows:
     def _ofctl(self, *args: str, stdin: str | None = None) -> str:
         cmd = [OFCTL, "-O", "OpenFlow13", f"--timeout={int(self.timeout)}", *args]
         try:
-            proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=self.timeout + 2)
+            proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=self.timeout + 2,
+                                  check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DataplaneUnavailable(f"ovs-ofctl did not answer ({exc}); check ovs-vswitchd") from None
         if proc.returncode != 0:
@@ -129,7 +130,7 @@ class Flows:
 
     def has_meter(self, ofport: int | None) -> bool:
         """Whether the port has a meter, as far as this bridge's meters are known."""
-        return bool(ofport) and int(ofport) in self._known_meters()
+        return ofport is not None and ofport > 0 and ofport in self._known_meters()
 
     def del_meter(self, meter: int) -> None:
         """Delete one meter (and, as OpenFlow does, any flow that uses it)."""
@@ -180,7 +181,8 @@ class Flows:
         if uplink_ofport is None:
             cookie, match = cookie_for(endpoint_id, KIND_ARP_LOCAL), f"metadata={int(vlan):#x}/0xfff"
         else:
-            cookie, match = cookie_for(endpoint_id, KIND_ARP_UPLINK), f"in_port={int(uplink_ofport)},dl_vlan={int(vlan)}"
+            cookie = cookie_for(endpoint_id, KIND_ARP_UPLINK)
+            match = f"in_port={int(uplink_ofport)},dl_vlan={int(vlan)}"
         return (f"table={TABLE_ARP},priority={PRIO_PORT},cookie={cookie:#x},arp,arp_op=1,{match},arp_tpa={ip},"
                 f"actions=move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],mod_dl_src:{mac},load:0x2->NXM_OF_ARP_OP[],"
                 f"move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"

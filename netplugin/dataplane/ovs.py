@@ -8,6 +8,7 @@ and ``np-host``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ def describe(exc: BaseException) -> str:
     """str(exc), safe for ovsdbapp exceptions whose __str__ itself can fail."""
     try:
         return str(exc) or type(exc).__name__
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a failing __str__ can raise anything
         return type(exc).__name__
 
 
@@ -240,9 +241,8 @@ class Switch:
     def close(self) -> None:
         with self._lock:
             if self._api is not None:
-                try:
+                # Closing: a connection that fails to stop is dropped all the same.
+                with contextlib.suppress(Exception):
                     self._api.ovsdb_connection.stop()
-                except Exception:  # noqa: BLE001
-                    pass
                 self._api = None
 
