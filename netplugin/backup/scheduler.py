@@ -128,12 +128,6 @@ class Agent:
         self.keeper.grant()
         self.store.register_agent(self.host, {"host": self.host, "pid": os.getpid(), "max_jobs": self.max_jobs,
                                               "started": self.clock()}, self.held_lease)
-        with self._lock:
-            ids = [i for i, t in self.threads.items() if t.is_alive()]
-        for job_id in ids:
-            found = self.store.get(job_id)
-            if found and found[0].active and not self.store.reclaim(found[0], self.held_lease):
-                log.warning("agent: job %s lost its slot or target lock while etcd was away", job_id)
 
     def adopt(self) -> list[str]:
         adopted = []
@@ -143,7 +137,7 @@ class Agent:
             with self._lock:
                 if job.id in self.threads:
                     continue
-            if not self.store.reclaim(job, self.held_lease):
+            if not self.store.reclaim(job, max(0.0, job.run_by - self.clock())):
                 log.warning("agent: job %s: its slot or target lock is held by another job; carrying on", job.id)
             log.info("agent: adopting job %s (%s)", job.id, job.state)
             self._spawn(job, adopt=True)
@@ -185,7 +179,7 @@ class Agent:
                 on = f"target {job.target}" + (f" (server {job.server})" if job.server else "")
                 self._say(job, f"waiting for {on}: job {holder} is active on it")
                 continue
-            got = self.store.admit(job, rev, free[0], self.held_lease, self.clock(), job.job_spec.timeout)
+            got = self.store.admit(job, rev, free[0], self.clock(), job.job_spec.timeout)
             if got is None:
                 continue                        # changed meanwhile; next tick sees it
             slots[free.pop(0)] = got.id

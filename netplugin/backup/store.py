@@ -2,18 +2,30 @@
 
     backup/jobs/<job-id>             Job: spec, state, history, results (kept after it ends)
     backup/queue/<host>/<job-id>     present while the job waits for that host's agent
-    backup/slots/<host>/<n>          -> job id; n < the host's cap; bound to the agent's lease
+    backup/slots/<host>/<n>          -> job id; n < the host's cap; bound to the JOB's lease
     backup/locks/<server>            -> job id; one active job per database server (Job.lock_key:
-                                     network@address:port); bound to the lease
+                                     network@address:port); bound to the job's lease
+    backup/leases/<job-id>           -> the job's lease id, on that lease (to give it back)
     backup/agents/<host>             the agent of that host, bound to its lease: alive while present
     backup/catalog/<target>/<name>   Backup: a verified backup (only verified ones are written)
 
 Admission is one transaction: the job is still queued and unchanged, a slot
 of the host is free, the target is free; it writes the job as starting, the
 slot, the lock and removes the queue entry. So two agents (or two threads)
-can never run more than the cap, nor two jobs on one target. Slots and locks
-live on the agent's lease: an agent that dies frees them within the lease's
-TTL, and the agent that starts next adopts its host's active jobs.
+can never run more than the cap, nor two jobs on one target.
+
+Slots and locks live as long as the JOB, not as long as the agent: each
+admitted job gets its own lease, whose TTL is the job's whole deadline
+(``timeout``) plus ``LOCK_GRACE``, and nobody renews it. Why not the agent's
+lease: an agent killed or restarting mid-job lost its lease after ``lease_ttl``
+seconds while the container kept working, and another host could then take the
+server. Why not a renewed job lease: it lapses the same way while no agent
+renews it. A lease that lives to the job's deadline needs no renewal, measures
+time by etcd's clock (no host's clock is compared), survives any agent outage,
+and still frees a server whose host died for good (within the deadline plus
+the grace). The job's end gives the lease back (``release``), freeing the slot
+and the lock at once; an agent that restarts adopts its active jobs, whose
+locks are still there, before it admits anything.
 """
 
 from __future__ import annotations
@@ -23,11 +35,16 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, NetpluginError, NotFound
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
 from ..store import Reading, Store, compare_and_swap
 from .model import QUEUED, STARTING, Backup, Job
+
+# Seconds a job's slot and server lock outlive its deadline when no agent ends
+# the job (its host died): the runner expires a job at its deadline, so a live
+# agent always ends it, and gives the lock back, before this.
+LOCK_GRACE = 300
 
 
 class BackupStore:
@@ -52,6 +69,9 @@ class BackupStore:
 
     def k_lock(self, key: str) -> str:
         return f"{self.root}/locks/{key}"
+
+    def k_job_lease(self, job_id: str) -> str:
+        return f"{self.root}/leases/{job_id}"
 
     def k_agent(self, host: str = "") -> str:
         return f"{self.root}/agents/{host}"
@@ -107,34 +127,68 @@ class BackupStore:
             return ops, job
         return compare_and_swap(self.kv, attempt, Conflict(f"job {job_id} kept changing: retry"), tries=tries)
 
-    def admit(self, job: Job, rev: int, slot: int, lease: int, now: float, run_timeout: float) -> Job | None:
-        """queued -> starting with a slot and the target lock, at once; None when
-        the job changed, the slot or the target was taken meanwhile."""
+    def admit(self, job: Job, rev: int, slot: int, now: float, run_timeout: float) -> Job | None:
+        """queued -> starting with a slot and the target lock, at once, both on a
+        new lease of the job's own that lasts until its deadline (see above);
+        None when the job changed, the slot or the target was taken meanwhile."""
         job.move(STARTING, f"admitted to slot {slot}", now=now)
         job.slot = slot
         job.run_by = now + run_timeout
+        lease = self.kv.grant_lease(self.lease_ttl(run_timeout))
         ok = self.kv.txn(
             [unchanged(self.k_job(job.id), rev), absent(self.k_slot(job.host, slot)),
              absent(self.k_lock(job.lock_key))],
             [Put(self.k_job(job.id), job.to_json()), Delete(self.k_queue(job.host, job.id)),
-             Put(self.k_slot(job.host, slot), job.id, lease=lease),
-             Put(self.k_lock(job.lock_key), job.id, lease=lease)])
+             *self._held(job, lease)])
+        if not ok:
+            self._give_back(lease)
         return job if ok else None
 
-    def reclaim(self, job: Job, lease: int) -> bool:
-        """An agent adopting an active job takes its slot and lock again (absent,
-        or still naming this job)."""
-        ops, compares = [], []
+    @staticmethod
+    def lease_ttl(remaining: float) -> int:
+        """The TTL of a job's lease for ``remaining`` seconds of its deadline."""
+        return max(60, int(remaining) + 1) + LOCK_GRACE
+
+    def _held(self, job: Job, lease: int) -> list[Put | Delete]:
+        """The keys a job holds while active, on its lease."""
+        return [Put(self.k_slot(job.host, job.slot or 0), job.id, lease=lease),
+                Put(self.k_lock(job.lock_key), job.id, lease=lease),
+                Put(self.k_job_lease(job.id), str(lease), lease=lease)]
+
+    def _give_back(self, lease: int) -> None:
+        try:
+            self.kv.revoke_lease(lease)
+        except NetpluginError:
+            pass                    # it lapses by itself; its keys hold nothing of a running job
+
+    def reclaim(self, job: Job, remaining: float) -> bool:
+        """An agent adopting an active job keeps its slot and lock. They are on
+        the job's own lease and normally still there; any that went (a record
+        from before job leases, or a job past its deadline and grace) is taken
+        again on a new job lease, in one transaction, only while absent or still
+        naming this job. False when another job holds either."""
+        compares = []
+        missing = False
         for key in (self.k_slot(job.host, job.slot or 0), self.k_lock(job.lock_key)):
             item = self.kv.get(key)
             if item is not None and item.value.decode() != job.id:
                 return False
             compares.append(unchanged(key, item.mod_revision if item else 0))
-            ops.append(Put(key, job.id, lease=lease))
-        return self.kv.txn(compares, ops)
+            missing = missing or item is None
+        if not missing and self.kv.get(self.k_job_lease(job.id)) is not None:
+            return True
+        lease = self.kv.grant_lease(self.lease_ttl(remaining))
+        if self.kv.txn(compares, self._held(job, lease)):
+            return True
+        self._give_back(lease)
+        return False
 
     def release(self, job: Job) -> None:
-        """Free the job's slot and lock, only if they are still this job's."""
+        """Free the job's slot and lock: give its lease back (they go at once),
+        then delete any still naming this job (a record from before job leases)."""
+        item = self.kv.get(self.k_job_lease(job.id))
+        if item is not None and item.value.isdigit():
+            self._give_back(int(item.value))
         for key in (self.k_slot(job.host, job.slot if job.slot is not None else -1), self.k_lock(job.lock_key)):
             self.kv.txn([Compare(key, "value", "==", job.id)], [Delete(key)])
 
@@ -162,7 +216,7 @@ class BackupStore:
         return self.kv.get(self.k_agent(host)) is not None
 
     def lease_keeper(self, ttl: int, every: float, name: str, logger: logging.Logger | None = None) -> LeaseKeeper:
-        """A lease (not granted yet) for the agent's key, slots and locks; see lease.py."""
+        """A lease (not granted yet) for the agent's key (jobs hold their own); see lease.py."""
         return LeaseKeeper(self.kv, ttl, every, name, logger=logger)
 
     def agent_hosts(self) -> list[str]:

@@ -19,7 +19,7 @@ PATH = {QUEUED: [], STARTING: [STARTING], RUNNING: [STARTING, RUNNING], VERIFYIN
 
 
 def put_job(store: BackupStore, state: str, target: str = "shop-db", host: str = "h1", kind: str = BACKUP,
-            size: int = 0, created: float = 1_700_000_000.0, lease: int | None = None) -> Job:
+            size: int = 0, created: float = 1_700_000_000.0) -> Job:
     """A job submitted, admitted and moved to state; a succeeded backup records
     its size in result as the runner does. Active jobs hold their target's lock:
     give each a target of its own."""
@@ -36,7 +36,7 @@ def put_job(store: BackupStore, state: str, target: str = "shop-db", host: str =
         if step == STARTING:
             found, rev = store.get(job.id)
             slot = n % 1000
-            admitted = store.admit(found, rev, slot, lease or store.kv.grant_lease(60), t, 3600)
+            admitted = store.admit(found, rev, slot, t, 3600)
             assert admitted is not None
             continue
         last = i == len(steps) - 1

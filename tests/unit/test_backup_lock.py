@@ -50,7 +50,7 @@ def test_resolve_server_resolves_names_and_keeps_addresses():
 
 
 def _job(world_or_store, target: str, server: str, now: float) -> Job:
-    spec = JobSpec(network="prod", db_host="10.10.0.5", option_file="/x.cnf", volume="v", database="d")
+    spec = JobSpec(network="prod", db_host="10.10.0.5", option_file="/etc/drctl/x.cnf", volume="v", database="d")
     return Job(id=new_job_id(now), kind="backup", target=target, host="h1", spec=spec.__dict__, created=now,
                start_by=now + 600, server=server, history=[{"state": QUEUED, "time": now, "message": "submitted"}])
 
@@ -92,13 +92,12 @@ def test_racing_admissions_of_one_server_under_two_names(attempt):
     jobs = [_job(store, f"name{i}", key, now + i) for i in range(6)]
     for j in jobs:
         store.submit(j)
-    lease = kv.grant_lease(10)
     won, barrier = [], threading.Barrier(len(jobs))
 
     def admit(i):
         found, rev = store.get(jobs[i].id)
         barrier.wait()
-        if store.admit(found, rev, i, lease, now, 60) is not None:
+        if store.admit(found, rev, i, now, 60) is not None:
             won.append(i)
     threads = [threading.Thread(target=admit, args=(i,)) for i in range(len(jobs))]
     for t in threads:

@@ -131,9 +131,8 @@ def test_release_only_frees_what_the_job_holds():
     a, b = job(target="t"), job(target="t")
     for x in (a, b):
         s.submit(x)
-    lease = kv.grant_lease(10)
     fa, ra = s.get(a.id)
-    s.admit(fa, ra, 0, lease, time.time(), 60)
+    s.admit(fa, ra, 0, time.time(), 60)
     fb = s.get(b.id)[0]
     fb.slot = 0
     s.release(fb)                                  # b holds nothing: a's slot and lock stay

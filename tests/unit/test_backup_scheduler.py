@@ -78,7 +78,7 @@ class World:
 
     def submit(self, target: str, host: str = "h1", start_timeout: float = 600) -> Job:
         self.now += 0.001
-        spec = JobSpec(network="prod", db_host="db", option_file="/x.cnf", volume="v", database="d",
+        spec = JobSpec(network="prod", db_host="db", option_file="/etc/drctl/x.cnf", volume="v", database="d",
                        start_timeout=start_timeout)
         job = Job(id=new_job_id(self.now), kind="backup", target=target, host=host, spec=spec.__dict__,
                   created=self.now, start_by=self.now + start_timeout,
@@ -215,12 +215,11 @@ def test_the_target_lock_holds_across_hosts(world):
 def test_admission_is_one_transaction_a_stale_read_cannot_overbook(world):
     """Two admissions racing for the last slot: the second transaction fails."""
     world.cfg.max_jobs = 1
-    lease = world.kv.grant_lease(10)
     j1, j2 = world.submit("db1"), world.submit("db2")
     f1, r1 = world.store.get(j1.id)
     f2, r2 = world.store.get(j2.id)
-    assert world.store.admit(f1, r1, 0, lease, world.now, 60) is not None
-    assert world.store.admit(f2, r2, 0, lease, world.now, 60) is None       # slot 0 taken
+    assert world.store.admit(f1, r1, 0, world.now, 60) is not None
+    assert world.store.admit(f2, r2, 0, world.now, 60) is None       # slot 0 taken
     f2, r2 = world.store.get(j2.id)
     assert f2.state == QUEUED
 
@@ -231,32 +230,78 @@ def test_a_second_agent_for_the_same_host_is_refused(world):
         world.agent("h1")
 
 
-def test_a_dead_agents_active_jobs_are_adopted_by_the_next(world):
+def test_a_dead_agents_jobs_keep_their_server_until_the_next_agent_adopts_them():
+    """The lock lives as long as the job: an agent killed mid-job loses its own
+    lease, but the job's slot and server lock stay on the job's lease; an agent
+    of another host cannot take the server meanwhile; the next agent of the
+    host adopts the job, and when it ends the other host's job runs."""
+    clock = [1000.0]
+    world = World()
+    world.kv = MemoryKV(clock=lambda: clock[0])
+    world.store = BackupStore(world.kv, PREFIX)
     agent = world.agent()
     job = world.submit("db1")
-    agent.tick()
+    assert agent.tick() == [job.id]
     world.wait_for(lambda: world.state(job.id) == RUNNING)
-    # The agent dies: its lease lapses, its slot and lock go; the job stays running.
-    agent.stopping.set()
-    world.kv.revoke_lease(agent.lease)
-    assert world.store.slots("h1") == {} and world.store.lock_holder("db1") is None
-    assert world.state(job.id) in ACTIVE
-    world.release[job.id].set()                  # (its first runner thread ends too)
+    agent.stopping.set()                          # killed: nobody renews its lease
+    clock[0] += world.cfg.lease_ttl + 1           # ... which lapses
+    assert not world.store.agent_alive("h1")
+    assert world.store.slots("h1") == {0: job.id} and world.store.lock_holder("db1") == job.id
+    other = world.agent("h2")
+    second = world.submit("db1", host="h2")       # the same server, from another host
+    assert other.tick() == []
+    clock[0] += 200                               # long past any agent lease
+    assert other.tick() == []
+    assert world.state(second.id) == QUEUED
+    assert "job " + job.id in world.store.get(second.id)[0].message
+    world.release[job.id].set()                   # the killed agent's thread ends without releasing
+    agent.threads.clear()
+    new = world.agent()                           # the host's next agent adopts before it admits
+    assert job.id in world.adopted and new.tick() == []
     world.wait_for(lambda: world.state(job.id) == SUCCEEDED)
-    # A job left running by a dead agent: write one and start a new agent.
-    job2 = world.submit("db2")
-    found, rev = world.store.get(job2.id)
-    lease = world.kv.grant_lease(5)
-    world.store.admit(found, rev, 0, lease, world.now, 60)
-    world.store.update(job2.id, lambda j: j.move(RUNNING, "working"))
-    world.kv.revoke_lease(lease)
+    world.wait_for(lambda: world.store.lock_holder("db1") is None)
+    assert world.store.slots("h1") == {}
+    assert other.tick() == [second.id]
+    world.release[second.id].set()
+    other.join(5)
+    assert world.state(second.id) == SUCCEEDED
+
+
+def test_a_job_lock_lapses_only_after_the_jobs_deadline():
+    """A host that never comes back: its job's server frees after the job's
+    deadline and the grace, by etcd's clock, not before."""
+    from netplugin.backup.store import LOCK_GRACE
+    clock = [1000.0]
+    kv = MemoryKV(clock=lambda: clock[0])
+    store = BackupStore(kv, PREFIX)
+    world = World()
+    world.kv, world.store = kv, store
+    job = world.submit("db1")
+    found, rev = store.get(job.id)
+    assert store.admit(found, rev, 0, world.now, 600) is not None
+    clock[0] += 600 + LOCK_GRACE - 5
+    assert store.lock_holder("db1") == job.id
+    clock[0] += 10
+    assert store.lock_holder("db1") is None and store.slots("h1") == {}
+
+
+def test_an_adopted_job_without_its_lock_takes_it_again():
+    """A job record from before job leases (its lock gone with the dead agent's
+    lease) is adopted with its slot and lock taken again, on a job lease."""
+    world = World()
+    job = world.submit("db2")
+    found, rev = world.store.get(job.id)
+    world.store.admit(found, rev, 0, world.now, 60)
+    world.store.update(job.id, lambda j: j.move(RUNNING, "working"))
+    world.kv.revoke_lease(int(world.kv.get(world.store.k_job_lease(job.id)).value))
+    assert world.store.lock_holder("db2") is None
     new = world.agent()
-    world.wait_for(lambda: job2.id in world.adopted)
-    assert world.store.slots("h1") == {0: job2.id}              # slot and lock taken again
-    assert world.store.lock_holder("db2") == job2.id
-    world.release[job2.id].set()
+    world.wait_for(lambda: job.id in world.adopted)
+    assert world.store.slots("h1") == {0: job.id}
+    assert world.store.lock_holder("db2") == job.id
+    world.release[job.id].set()
     new.join(5)
-    assert world.state(job2.id) == SUCCEEDED
+    assert world.state(job.id) == SUCCEEDED
     assert world.store.slots("h1") == {} and world.store.lock_holder("db2") is None
 
 
