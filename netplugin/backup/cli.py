@@ -211,7 +211,7 @@ def _submit(args, ctx, kind: str, kind_fields) -> int:
     spec, target, host = jobs.common_spec(jobs.Request.of(args), ctx.cfg, ctx.np_cfg.host_id,
                                           lambda: ctx.np_store.list_profiles())
     spec.update(kind_fields(args, ctx))
-    job = jobs.submit(ctx.store, kind, target, host, spec)
+    job = jobs.submit(ctx.store, kind, target, host, spec, ctx.cfg)
     if not ctx.store.agent_alive(host):
         print(f"drctl: warning: no drctl agent is running for host {host}: the job waits in the queue until one "
               f"starts ('drctl agent'), or expires after {fmt_age(spec['start_timeout'])}", file=sys.stderr)
@@ -405,7 +405,8 @@ def cmd_prune(args, ctx) -> int:
         raise InvalidRequest("give --keep-last and/or --max-age")
     report = retention.prune(ctx.store, args.target, args.keep_last,
                              parse_duration(args.max_age, "max-age") if args.max_age else None, time.time(),
-                             volume_path=Containers(ctx.docker).volume_path, dry_run=args.dry_run)
+                             volume_path=Containers(ctx.docker).volume_path, host=ctx.np_cfg.host_id,
+                             dry_run=args.dry_run)
     if ctx.json:
         print_json(asdict(report))
     else:

@@ -14,13 +14,15 @@ Example ``/etc/netplugin/drctl.toml``::
     memory = "1g"
     pids = 256
     write_bps = "50mb"
+    option_dir = "/etc/drctl"                  # where job option files must lie
+    images = ["netplugin/mariadb-tools:10.11"] # the tools images jobs may name
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidRequest
@@ -35,6 +37,8 @@ class BackupConfig:
     max_jobs: int = 5                          # per host: more jobs wait in the queue
     work_dir: str = "/var/lib/drctl"           # per-job folders (script, status files, log)
     image: str = "netplugin/mariadb-tools:10.11"
+    images: list[str] = field(default_factory=list)  # the images a job may name; empty: only ``image``
+    option_dir: str = "/etc/drctl"             # option files are mounted only from here (resolved)
     strict: bool = True                        # a limit Docker or the kernel dropped fails the job
     lease_ttl: int = 15                        # seconds an agent's slots outlive the agent
     poll: float = 0.5                          # scheduler tick
@@ -62,6 +66,10 @@ class BackupConfig:
             raise InvalidRequest(f"max_jobs {self.max_jobs} must be between 1 and 256")
         if not os.path.isabs(self.work_dir):
             raise InvalidRequest(f"work_dir {self.work_dir!r} must be an absolute path")
+        if not os.path.isabs(self.option_dir):
+            raise InvalidRequest(f"option_dir {self.option_dir!r} must be an absolute path")
+        if self.images and self.image not in self.images:
+            raise InvalidRequest(f"image {self.image!r} must be one of images ({', '.join(self.images)})")
         if self.compression not in ("zstd", "gzip"):
             raise InvalidRequest(f"compression {self.compression!r} must be zstd or gzip")
         if self.lease_ttl < 5:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
 from ..errors import InvalidRequest, NotFound
+from . import trust
 from .config import BackupConfig
 from .model import (
     BACKUP,
@@ -25,7 +26,6 @@ from .model import (
     SUCCEEDED,
     Backup,
     Job,
-    JobSpec,
     check_database,
     check_db_host,
     check_name,
@@ -203,15 +203,15 @@ def resolve_server(network: str, db_host: str, db_port: int, resolve=socket.geta
     return server_key(network, address, db_port)
 
 
-def submit(store: BackupStore, kind: str, target: str, host: str, spec: dict) -> Job:
-    """Queue a job for host's agent."""
+def submit(store: BackupStore, kind: str, target: str, host: str, spec: dict, cfg: BackupConfig) -> Job:
+    """Queue a job for host's agent, checked as that agent will check it (trust.check_job)."""
     now = time.time()
-    JobSpec.from_dict(spec)          # every field known
     job = Job(id=new_job_id(now), kind=kind, target=target, host=host, spec=spec, created=now, updated=now,
               server=resolve_server(spec["network"], spec["db_host"], spec["db_port"]),
               start_by=now + spec["start_timeout"],
               history=[{"state": QUEUED, "time": now, "message": "submitted"}],
               submitted_by=who())
+    trust.check_job(job, cfg)
     store.submit(job)
     return job
 

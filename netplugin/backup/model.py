@@ -153,6 +153,11 @@ class JobSpec:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class BadRecord(InvalidRequest, ValueError):
+    """A record read from etcd that is not one (not JSON, not an object, fields
+    missing): an InvalidRequest, and a ValueError for readers that catch those."""
+
+
 class _Record:
     """A dataclass kept in etcd as compact JSON; fields it no longer has are
     ignored when an older record is read."""
@@ -162,9 +167,18 @@ class _Record:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
-        data = json.loads(raw)
+        """Raises BadRecord when raw is not a JSON object with every required field."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRecord(f"not a {cls.__name__.lower()} record: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadRecord(f"not a {cls.__name__.lower()} record: not a JSON object")
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # every _Record is a dataclass
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise BadRecord(f"not a {cls.__name__.lower()} record: {exc}") from None
 
 
 @dataclass
@@ -221,6 +235,16 @@ class Job(_Record):
             if h["state"] == state:
                 return h["time"]
         return None
+
+    def refuse(self, reason: str, now: float) -> None:
+        """End a job whose record cannot be trusted: failed, whatever state it
+        claims (a crafted one may claim any), unless it already ended."""
+        if isinstance(self.state, str) and self.state in TERMINAL:
+            return
+        if not isinstance(self.history, list):
+            self.history = []
+        self.state, self.updated, self.message = FAILED, now, f"refused: {reason}"
+        self.history.append({"state": FAILED, "time": now, "message": self.message})
 
     def move(self, state: str, message: str = "", now: float | None = None) -> None:
         """Change state, or raise Conflict naming the illegal transition."""

@@ -5,8 +5,13 @@ Rules, per target, over the catalog (which holds verified backups only):
 * a backup goes when it is beyond the newest ``keep_last``, or older than ``max_age``;
 * the newest backup is never deleted, whatever its age: the last good backup
   survives even when backups stopped for longer than ``max_age``;
-* nothing is deleted unless the newest backup's files are present and the
-  right size: retention must never leave a damaged backup as the only one;
+* nothing is deleted unless the newest backup's files are present and its
+  dump re-hashes to the catalog's sha256 (not only the right size): retention
+  must never leave a damaged backup as the only one;
+* an agent prunes only the backups its own host wrote (``Backup.host``): another
+  host's records are never dropped, nor its files in a same-named volume;
+* every catalog record is checked (trust.check_backup) and every file removed
+  is resolved inside its volume's folder; a bad record is skipped and logged;
 * the runner prunes only after a verified success (a failed job never prunes).
 """
 
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import Conflict, InvalidRequest
+from . import ondisk, trust
 from .model import Backup
 
 log = logging.getLogger(__name__)
@@ -61,9 +67,9 @@ def plan(backups: list[Backup], keep_last: int | None, max_age: float | None, no
 
 
 def prune(store, target: str, keep_last: int | None, max_age: float | None, now: float,
-          volume_path: Callable[[str], str | None], dry_run: bool = False) -> Report:
-    """Apply the plan to one target's backups whose volume is on this host."""
-    backups = store.backups(target)
+          volume_path: Callable[[str], str | None], host: str, dry_run: bool = False) -> Report:
+    """Apply the plan to one target's backups written by host (this host)."""
+    backups = [b for b in trust.valid_backups(store.backups(target), log) if b.host == host]
     report = Report()
     if not backups:
         return report
@@ -72,14 +78,15 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
     if base is None:
         raise Conflict(f"the newest backup of {target} ({newest.name}) is in volume {newest.volume}, which is not "
                        "a local volume of this host: prune on the host that holds it")
-    path = os.path.join(base, newest.path)
     try:
-        size = os.path.getsize(path)
-    except OSError:
-        size = -1
-    if size != newest.size or not os.path.exists(os.path.join(base, newest.manifest_path)):
+        damage = ondisk.intact(trust.inside(base, newest.path), newest.size, newest.sha256)
+        if damage is None and not os.path.exists(trust.inside(base, newest.manifest_path)):
+            damage = "its manifest is missing"
+    except InvalidRequest as exc:
+        damage = exc.message
+    if damage is not None:
         raise Conflict(f"the newest backup of {target} ({newest.name}) is missing or damaged in volume "
-                       f"{newest.volume} (size {size}, catalog {newest.size}): refusing to delete older backups")
+                       f"{newest.volume} ({damage}): refusing to delete older backups")
     p = plan(backups, keep_last, max_age, now)
     report.kept = [b.name for b in p.keep]
     for b in p.delete:
@@ -90,9 +97,14 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
         if dry_run:
             report.deleted.append(b.name)
             continue
-        for rel in (b.path, b.manifest_path):
+        try:
+            paths = [trust.inside(vbase, rel) for rel in (b.path, b.manifest_path)]
+        except InvalidRequest as exc:
+            report.skipped.append(f"{b.name} ({exc.message})")
+            continue
+        for path in paths:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(vbase, rel))
+                os.unlink(path)
         store.remove_backup(b)
         report.deleted.append(b.name)
         log.info("retention: deleted backup %s of %s (%s)", b.name, target, p.reasons.get(b.name))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from ..errors import Conflict, InvalidRequest, NetpluginError
-from . import jobscript, retention, verify
+from . import jobscript, ondisk, retention, trust, verify
 from . import manifest as manifests
 from . import resources as lim
 from .config import BackupConfig
@@ -86,6 +87,7 @@ class _Ctx:
         self.volume_path = ""
         self.device: lim.BlockDevice | None = None
         self.job_dir = ""
+        self.option_file = ""
         self.container = job.container
         self.manifest: dict | None = None
         self.backup: Backup | None = None
@@ -104,7 +106,8 @@ class _Ctx:
         return f"{self.job.target}/{backup_name(self.job.target, self.job.id)}{suffix}"
 
     def host(self, rel: str) -> str:
-        return os.path.join(self.volume_path, rel)
+        """rel inside the volume's folder, resolved; raises InvalidRequest when it leads out."""
+        return trust.inside(self.volume_path, rel, what="file in the volume")
 
 
 def _docker_message(exc: Exception) -> str:
@@ -165,8 +168,27 @@ class Runner:
             raise JobEnded(EXPIRED, f"not finished within its deadline ({ctx.spec.timeout:.0f} s) while {phase}")
 
     # -- the whole job --------------------------------------------------------------------
+    def _refuse(self, job: Job) -> Job | None:
+        """job re-checked as the CLI checks it (trust.check_job); a record that
+        fails is marked failed with the reason and nothing of it is touched."""
+        try:
+            trust.check_job(job, self.cfg)
+            return None
+        except InvalidRequest as exc:
+            why = exc.message
+        log.warning("job %r: record refused: %s", str(job.id)[:80], why)
+        try:
+            return self.store.update(job.id, lambda j: j.refuse(why, self.clock()))
+        except NetpluginError as exc:
+            log.warning("job %r: cannot mark the refused record failed: %s", str(job.id)[:80], exc.message)
+            return job
+
     def run(self, job: Job) -> Job:
         """job was admitted (starting). Returns the job in its final state."""
+        refused = self._refuse(job)
+        if refused is not None:
+            return refused
+
         def steps(ctx: _Ctx) -> None:
             self._prepare(ctx)
             self._create_and_start(ctx)
@@ -182,6 +204,10 @@ class Runner:
 
     def adopt(self, job: Job) -> Job:
         """Carry on with an active job whose agent died (this host's new agent)."""
+        refused = self._refuse(job)
+        if refused is not None:
+            return refused
+
         def steps(ctx: _Ctx) -> None:
             self._locate(ctx)
             if job.state == STARTING:
@@ -219,7 +245,7 @@ class Runner:
     # -- preparing --------------------------------------------------------------------------
     def _locate(self, ctx: _Ctx) -> None:
         spec = ctx.spec
-        ctx.job_dir = os.path.join(self.cfg.work_dir, ctx.job.id)
+        ctx.job_dir = trust.child(self.cfg.work_dir, ctx.job.id)
         vol = self.docker.volume(spec.volume)
         if vol is None:
             if ctx.job.kind == RESTORE:
@@ -228,7 +254,12 @@ class Runner:
         if vol.get("Driver") != "local":
             raise JobEnded(FAILED, f"volume {spec.volume} uses driver {vol.get('Driver')}: drctl needs a 'local' "
                                    "volume, whose folder it can check and rename in")
-        ctx.volume_path = vol["Mountpoint"]
+        ctx.volume_path = trust.volume_folder(vol.get("Mountpoint"))
+        target = os.path.join(ctx.volume_path, ctx.job.target)
+        if os.path.islink(target):
+            raise JobEnded(FAILED, f"folder {ctx.job.target} of volume {spec.volume} is a symlink "
+                                   f"(to {os.readlink(target)[:200]}): refused, nothing was written")
+        ctx.host(ctx.job.target)
 
     def _prepare(self, ctx: _Ctx) -> None:
         spec, job = ctx.spec, ctx.job
@@ -246,8 +277,9 @@ class Runner:
             if ctx.limits.profile not in self.np_store.list_profiles():
                 raise JobEnded(FAILED, f"bandwidth profile {ctx.limits.profile!r} does not exist: create it with "
                                        "'netctl profile create'")
+        ctx.option_file = trust.option_file(spec.option_file, self.cfg)
         try:
-            st = os.stat(spec.option_file)
+            st = os.stat(ctx.option_file)
         except OSError as exc:
             raise JobEnded(FAILED, f"option file {spec.option_file} cannot be read on host {job.host}: "
                                    f"{exc.strerror}") from None
@@ -285,14 +317,15 @@ class Runner:
     def _load_manifest(self, ctx: _Ctx) -> dict:
         """The manifest of the backup to restore, from the volume, checked against the catalog."""
         spec = ctx.spec
-        backup = self.store.find_backup(spec.backup)
+        backup = trust.check_backup(self.store.find_backup(spec.backup))
         ctx.backup = backup
         try:
             manifest = manifests.read(ctx.host(backup.manifest_path))
         except (OSError, ValueError) as exc:
             raise JobEnded(FAILED, f"manifest {backup.manifest_path} of backup {backup.name} cannot be read "
                                    f"in volume {spec.volume}: {exc}") from None
-        if manifest.get("sha256") != backup.sha256 or manifest.get("size") != backup.size:
+        if manifest.get("sha256") != backup.sha256 or manifest.get("size") != backup.size \
+                or manifest.get("file") != backup.path:
             raise JobEnded(FAILED, f"manifest of backup {backup.name} does not match the catalog (sha256 or size): "
                                    "the volume holds another or a damaged backup")
         return manifest
@@ -305,7 +338,7 @@ class Runner:
         mounts = [
             {"Type": "volume", "Source": spec.volume, "Target": MOUNT_BACKUP, "ReadOnly": job.kind == RESTORE},
             {"Type": "bind", "Source": ctx.job_dir, "Target": MOUNT_JOB, "ReadOnly": False},
-            {"Type": "bind", "Source": spec.option_file, "Target": MOUNT_CNF, "ReadOnly": True},
+            {"Type": "bind", "Source": ctx.option_file, "Target": MOUNT_CNF, "ReadOnly": True},
         ]
         labels = {**{str(k): str(v) for k, v in spec.labels.items()},
                   LABEL_JOB: job.id, LABEL_KIND: job.kind, LABEL_TARGET: job.target}
@@ -417,7 +450,7 @@ class Runner:
                 last_progress = self.clock()
                 try:
                     size = os.path.getsize(ctx.host(ctx.rel(ctx.ext + ".partial")))
-                except OSError:
+                except (OSError, InvalidRequest):
                     size = 0
                 self._record(ctx, progress={"bytes": size, "time": self.clock()})
         self._collect(ctx)
@@ -450,6 +483,10 @@ class Runner:
             error = (_Outputs(ctx.job_dir).get("error") or "").strip()
             last = ctx.job.log_tail.strip().splitlines()[-1:] if ctx.job.log_tail else []
             why = error or (last[0] if last else "no message")
+            if ctx.job.kind == BACKUP and ctx.volume_path and (
+                    "No space left" in f"{why}\n{ctx.job.log_tail}" or ondisk.volume_full(ctx.volume_path)):
+                raise JobEnded(FAILED, f"the backup volume {ctx.spec.volume} is full: {ondisk.ENOSPC} during the "
+                                       f"dump; nothing was catalogued (exit code {ctx.exit_code}: {why})")
             raise JobEnded(FAILED, f"the job exited with code {ctx.exit_code}: {why}")
         self._check_stop(ctx, "verifying")
         if ctx.job.state != VERIFYING:
@@ -488,6 +525,7 @@ class Runner:
                 return done
             raise JobEnded(FAILED, f"verification: {ctx.rel(ctx.ext + '.partial')} is missing") from None
         sha = verify.dump_file(out, size, self.cfg.min_size)
+        ondisk.check_written(partial, ctx.rel(ctx.ext + ".partial"), spec.compression, sha)
         tables, lock = verify.snapshot_tables(out, spec.checksums)
         now = self.clock()
         manifest = manifests.build(job, spec, out, name=backup_name(job.target, job.id), file=ctx.rel(ctx.ext),
@@ -495,7 +533,11 @@ class Runner:
                                    created=job.entered(RUNNING) or job.created, finished=now,
                                    image=spec.image or self.cfg.image)
         mpath = ctx.host(ctx.rel(".manifest.json"))
-        manifests.write(mpath, manifest)
+        try:
+            manifests.write(mpath, manifest)
+        except OSError as exc:
+            full = f"the backup volume {spec.volume} is full: {ondisk.ENOSPC}; " if exc.errno == errno.ENOSPC else ""
+            raise JobEnded(FAILED, f"{full}the manifest cannot be written: {exc.strerror}") from None
         os.replace(partial, ctx.host(ctx.rel(ctx.ext)))
         dfd = os.open(os.path.dirname(mpath), os.O_RDONLY)
         try:
@@ -520,7 +562,7 @@ class Runner:
         try:
             manifest = manifests.read(ctx.host(ctx.rel(".manifest.json")))
             size = os.path.getsize(ctx.host(ctx.rel(ctx.ext)))
-        except (OSError, ValueError):
+        except (OSError, ValueError, InvalidRequest):
             return None
         if manifest.get("job") != ctx.job.id or manifest.get("size") != size:
             return None
@@ -538,7 +580,7 @@ class Runner:
             return None
         try:
             report = retention.prune(self.store, ctx.job.target, spec.keep_last, spec.max_age, self.clock(),
-                                     volume_path=self.docker.volume_path)
+                                     volume_path=self.docker.volume_path, host=ctx.job.host)
             return report.deleted
         except NetpluginError as exc:
             log.warning("job %s: retention skipped: %s", ctx.job.id, exc.message)
@@ -582,7 +624,7 @@ class Runner:
                     log.info("job %s: removed %s", ctx.job.id, ctx.rel(suffix))
                 except FileNotFoundError:
                     pass
-                except OSError as exc:
+                except (OSError, InvalidRequest) as exc:
                     log.warning("job %s: cannot remove %s: %s", ctx.job.id, ctx.rel(suffix), exc)
         try:
             self._move(ctx, state, message)

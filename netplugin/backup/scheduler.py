@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import Conflict, NetpluginError
+from ..errors import Conflict, InvalidRequest, NetpluginError
+from . import trust
 from .config import BackupConfig
 from .model import CANCELLED, EXPIRED, QUEUED, Job
 from .store import BackupStore
@@ -137,6 +138,10 @@ class Agent:
             with self._lock:
                 if job.id in self.threads:
                     continue
+            if self._trusted(job.id) is None:
+                with contextlib.suppress(NetpluginError):
+                    self.store.release(job)     # refused and marked failed: never acted on
+                continue
             if not self.store.reclaim(job, max(0.0, job.run_by - self.clock())):
                 log.warning("agent: job %s: its slot or target lock is held by another job; carrying on", job.id)
             log.info("agent: adopting job %s (%s)", job.id, job.state)
@@ -152,10 +157,9 @@ class Agent:
         now = self.clock()
         queued = []
         for job_id in self.store.queued(self.host):
-            found = self.store.get(job_id)
-            if found is None:
-                continue
-            queued.append(found)
+            found = self._trusted(job_id)
+            if found is not None:
+                queued.append(found)
         queued.sort(key=lambda jr: (jr[0].created, jr[0].id))
         slots = self.store.slots(self.host)
         free = [i for i in range(self.max_jobs) if i not in slots]
@@ -191,6 +195,39 @@ class Agent:
             self._last_gc = now
             self.gc(now)
         return admitted
+
+    def _trusted(self, job_id: str) -> tuple[Job, int] | None:
+        """The job, read and checked as the CLI checks it (trust.check_job); one
+        that fails is marked failed with the reason (a guarded update) and never run."""
+        try:
+            found = self.store.get(job_id)
+        except InvalidRequest as exc:
+            self._refused(job_id, exc.message)
+            return None
+        if found is None:
+            return None
+        job = found[0]
+        try:
+            if job.id != job_id or job.host != self.host:
+                raise InvalidRequest(f"queued for host {self.host} as {job_id[:80]!r}, the record names job "
+                                     f"{str(job.id)[:80]!r} of host {str(job.host)[:80]!r}")
+            trust.check_job(job, self.cfg)
+        except InvalidRequest as exc:
+            why = exc.message
+            self._refused(job_id, why)
+
+            def change(j: Job):
+                j.refuse(why, self.clock())
+            with contextlib.suppress(NetpluginError):
+                self.store.update(job_id, change)
+            return None
+        return found
+
+    def _refused(self, job_id: str, why: str) -> None:
+        """Log a refused record once."""
+        if self._said.get(job_id) != "refused":
+            self._said[job_id] = "refused"
+            log.warning("agent: job record %r refused: %s", job_id[:80], why)
 
     def _say(self, job: Job, message: str) -> None:
         """Record why a queued job waits (written only when it changes)."""

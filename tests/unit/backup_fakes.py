@@ -319,7 +319,18 @@ def _write(job_dir: str, name: str, text: str) -> None:
         fh.write(text)
 
 
-def write_dump(job_dir: str, volume: str, payload: bytes = b"x" * 4096, marker: bool = True,
+def zstd_frame(data: bytes) -> bytes:
+    """A valid zstd frame holding data as one raw block (what ``zstd -t`` accepts),
+    10 bytes longer than data; data of 256 to 65791 bytes."""
+    assert 256 <= len(data) <= 65791
+    header = ((len(data) << 3) | 1).to_bytes(3, "little")          # last block, raw, its size
+    return b"\x28\xb5\x2f\xfd" + b"\x60" + (len(data) - 256).to_bytes(2, "little") + header + data
+
+
+DUMP = zstd_frame(b"x" * 4086)          # 4096 bytes that decompress
+
+
+def write_dump(job_dir: str, volume: str, payload: bytes = DUMP, marker: bool = True,
                status: str | None = None, checksums: str | None = None) -> str:
     """What a good backup run leaves: the partial dump and every status file."""
     p = _params(job_dir)

@@ -3,8 +3,10 @@ settings and command line (model.py, store.py, jobscript.py, config.py, jobs.py,
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import tempfile
 import time
 
 import pytest
@@ -212,7 +214,7 @@ class FakeCtx:
         from netplugin.store import Store
         self.args = args
         self.np_cfg = Config(host_id="h1")
-        self.cfg = BackupConfig()
+        self.cfg = BackupConfig(option_dir=getattr(args, "option_dir_for_test", tempfile.gettempdir()))
         self.store = BackupStore(kv, "/p")
         self.np_store = Store(kv, "/p")
         self.json = bool(getattr(args, "json", False))
@@ -248,6 +250,20 @@ def test_run_refuses_an_option_file_others_can_read(tmp_path, monkeypatch, capsy
     rc = _cli(MemoryKV(), ["run", "--network", "prod", "--db-host", "db", "--database", "shop",
                            "--option-file", str(opt), "--volume", "bk"], monkeypatch)
     assert rc == 1 and "chmod 600" in capsys.readouterr().err
+
+
+def test_run_refuses_an_option_file_outside_the_allowed_folder(tmp_path, monkeypatch, capsys):
+    """The CLI refuses what the agent would refuse (trust.check_job), before anything is queued."""
+    kv = MemoryKV()
+    opt = tmp_path / "c.cnf"
+    opt.write_text("[client]\n")
+    os.chmod(opt, 0o600)
+    monkeypatch.setattr(cli, "Context", lambda args: FakeCtx(argparse.Namespace(**vars(args),
+                                                             option_dir_for_test="/etc/drctl"), kv))
+    rc = cli.main(["run", "--network", "prod", "--db-host", "db", "--database", "shop",
+                   "--option-file", str(opt), "--volume", "bk"])
+    assert rc == 1 and "/etc/drctl" in capsys.readouterr().err
+    assert BackupStore(kv, "/p").list_jobs() == []
 
 
 def test_cancel_of_a_queued_job_ends_it_at_once(monkeypatch, capsys):

@@ -36,7 +36,8 @@ class Rig:
         self.np = Store(self.kv, PREFIX)
         self.docker = FakeDocker(str(tmp_path / "docker"))
         self.env = FakeHostEnv(self.docker)
-        self.cfg = BackupConfig(work_dir=str(tmp_path / "work"), profile_wait=0.3, min_size=100)
+        self.cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(tmp_path), profile_wait=0.3,
+                                min_size=100)
         self.option_file = str(tmp_path / "client.cnf")
         with open(os.open(self.option_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
             fh.write(f"[client]\nuser=root\npassword={PASSWORD}\n")
