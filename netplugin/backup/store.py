@@ -34,12 +34,16 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from ..errors import Conflict, NetpluginError, NotFound
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
 from ..store import Reading, Store, compare_and_swap
-from .model import QUEUED, STARTING, Backup, Job
+from .model import QUEUED, STARTING, Backup, BadRecord, Job
+
+R = TypeVar("R", Job, Backup)
+log = logging.getLogger(__name__)
 
 # Seconds a job's slot and server lock outlive its deadline when no agent ends
 # the job (its host died): the runner expires a job at its deadline, so a live
@@ -51,6 +55,7 @@ class BackupStore:
     def __init__(self, kv: KV, prefix: str = "/netplugin/v1"):
         self.kv = kv
         self.root = f"{prefix}/backup"
+        self._bad: set[str] = set()             # keys of records that did not parse, logged once
 
     @classmethod
     def beside(cls, store: Store) -> BackupStore:
@@ -105,7 +110,8 @@ class BackupStore:
         raise NotFound(f"job {ref!r} is ambiguous ({len(matches)} jobs match): give more of its id")
 
     def list_jobs(self) -> list[Job]:
-        return sorted((Job.from_json(i.value) for i in self.kv.get_prefix(self.k_job())), key=lambda j: j.created)
+        """Every job record that parses; one that does not is skipped (logged once)."""
+        return sorted(self._parsed(Job, self.kv.get_prefix(self.k_job())), key=_when)
 
     def queued(self, host: str) -> list[str]:
         return [i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(self.k_queue(host), keys_only=True)]
@@ -246,8 +252,20 @@ class BackupStore:
     def backups(self, target: str | None = None) -> list[Backup]:
         """Newest first."""
         prefix = self.k_catalog(target, "") if target else self.k_catalog()
-        found = [Backup.from_json(i.value) for i in self.kv.get_prefix(prefix)]
-        return sorted(found, key=lambda b: (b.created, b.name), reverse=True)
+        found = self._parsed(Backup, self.kv.get_prefix(prefix))
+        return sorted(found, key=lambda b: (_when(b), str(b.name)), reverse=True)
+
+    def _parsed(self, cls: type[R], items: list[Item]) -> list[R]:
+        """The records of items that parse; each bad key is logged once."""
+        out = []
+        for i in items:
+            try:
+                out.append(cls.from_json(i.value))
+            except BadRecord as exc:
+                if i.key not in self._bad:
+                    self._bad.add(i.key)
+                    log.warning("drctl record %r skipped: %s", i.key[:200], exc.message)
+        return out
 
     def find_backup(self, name: str) -> Backup:
         for b in self.backups():
@@ -261,6 +279,12 @@ class BackupStore:
     def targets(self) -> list[str]:
         return sorted({i.key[len(self.k_catalog()):].split("/", 1)[0]
                        for i in self.kv.get_prefix(self.k_catalog(), keys_only=True)})
+
+
+def _when(record: Job | Backup) -> float:
+    """A record's creation time for sorting; a crafted non-number sorts first."""
+    c = record.created
+    return float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else 0.0
 
 
 def now() -> float:
