@@ -10,6 +10,21 @@ import logging
 import sys
 import time
 
+MAX_LOGGED = 256
+
+
+def escape(value: object, limit: int = MAX_LOGGED) -> str:
+    """Text from a request or from etcd, made safe to log: control characters
+    (a newline that would forge a log line, escape sequences) shown escaped,
+    and cut at limit characters."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 CALL_FIELDS = ("method", "network", "endpoint", "pool", "address", "status", "ms", "error")
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import netaddr
 
+from . import jsondepth
 from .errors import InvalidRequest
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -36,12 +37,22 @@ DOCKER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 NETWORK_ID_RE = re.compile(r"^n-[0-9a-f]{12}$")
 VLAN_RE = re.compile(r"-?[0-9]{1,9}")
 SANDBOX_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+STRICT_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+ALLOC_KINDS = ("endpoint", "gateway", "aux")
+ORIGINS = ("netctl", "docker")
 MIN_PREFIXLEN = 16   # at most 65,536 addresses: one layer-2 domain, never more
 MAX_PREFIXLEN = 30
 
 ALLOC_ENDPOINT = "endpoint"
 ALLOC_GATEWAY = "gateway"
 ALLOC_AUX = "aux"
+
+
+class BadRecord(ValueError):
+    """A record read from etcd that does not hold what its kind must (written by
+    hand, by an older version, or by someone who means harm)."""
 
 
 class Record:
@@ -57,6 +68,30 @@ class Record:
         data = json.loads(raw)
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # mixed into dataclasses only
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def load(cls, raw: bytes | str):
+        """A record read from etcd, checked whole: BadRecord says what is wrong."""
+        try:
+            data = jsondepth.loads(raw)
+        except ValueError as exc:
+            raise BadRecord(f"not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadRecord(f"a JSON {type(data).__name__}, not an object")
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # mixed into dataclasses only
+        try:
+            rec = cls(**{k: v for k, v in data.items() if k in names})
+            rec.check()
+        except BadRecord:
+            raise
+        except TypeError as exc:
+            raise BadRecord(f"missing or unknown field: {exc}") from None
+        except (InvalidRequest, ValueError) as exc:
+            raise BadRecord(getattr(exc, "message", None) or str(exc)) from None
+        return rec
+
+    def check(self) -> None:
+        """Raise BadRecord (or InvalidRequest) when a field is not what it must be."""
 
 
 @dataclass
@@ -78,6 +113,27 @@ class Network(Record):
         """The name to show people; a Docker-made network is briefly unnamed."""
         return self.name or self.id
 
+    def check(self) -> None:
+        _want(isinstance(self.id, str) and NETWORK_ID_RE.fullmatch(self.id), f"id {self.id!r} is not n-<12 hex>")
+        if self.name is not None:
+            check_name(self.name)
+        subnet = check_subnet(self.subnet)
+        check_address(self.gateway, subnet, "gateway")
+        _want(isinstance(self.vlan, int), f"vlan {self.vlan!r} is not a number")
+        check_vlan(self.vlan)
+        _want(isinstance(self.ranges, list), "ranges is not a list")
+        for rng in self.ranges:
+            check_range(rng, subnet)
+        _want(isinstance(self.aux, dict), "aux is not an object")
+        for key, ip in self.aux.items():
+            check_name(key, "aux address name")
+            check_address(ip, subnet, f"aux address {key}")
+        _want(self.origin in ORIGINS, f"origin {self.origin!r} is neither netctl nor docker")
+        _want(isinstance(self.name_conflict, str), "name_conflict is not a string")
+        if self.profile:
+            check_name(self.profile, "profile name")
+        _check_time(self.created)
+
 
 @dataclass
 class Endpoint(Record):
@@ -96,6 +152,28 @@ class Endpoint(Record):
     limit: dict = field(default_factory=dict)   # {"profile": P} or {"rate_kbps": R, "burst_kb": B}
     created: float = field(default_factory=time.time)
 
+    def check(self) -> None:
+        check_docker_id(self.id, "id")
+        _want(isinstance(self.network, str) and NETWORK_ID_RE.fullmatch(self.network),
+              f"network {self.network!r} is not n-<12 hex>")
+        check_docker_id(self.docker_network, "docker_network")
+        check_host(self.host)
+        _want(isinstance(self.prefixlen, int) and not isinstance(self.prefixlen, bool)
+              and MIN_PREFIXLEN <= self.prefixlen <= MAX_PREFIXLEN, f"prefixlen {self.prefixlen!r} is out of range")
+        _want(isinstance(self.ip, str) and "/" not in self.ip, f"ip {self.ip!r} is not an address")
+        check_address(self.ip, netaddr.IPNetwork(f"{self.ip}/{self.prefixlen}").cidr, "ip")
+        check_strict_mac(self.mac)
+        for what in ("port", "peer"):
+            value = getattr(self, what)
+            _want(isinstance(value, str) and IFNAME_RE.fullmatch(value), f"{what} {value!r} is not an interface name")
+        _want(isinstance(self.vlan, int), f"vlan {self.vlan!r} is not a number")
+        check_vlan(self.vlan)
+        if self.network_name:
+            check_name(self.network_name)
+        check_sandbox_key(self.sandbox)
+        check_limit(self.limit)
+        _check_time(self.created)
+
 
 @dataclass
 class Allocation(Record):
@@ -105,6 +183,20 @@ class Allocation(Record):
     endpoint: str = ""
     network: str = ""
     created: float = field(default_factory=time.time)
+
+    def check(self) -> None:
+        _want(isinstance(self.ip, str), f"ip {self.ip!r} is not an address")
+        try:
+            netaddr.IPAddress(self.ip, version=4, flags=netaddr.INET_PTON)
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            raise BadRecord(f"ip {self.ip!r} is not an IPv4 address") from None
+        _want(self.kind in ALLOC_KINDS, f"kind {self.kind!r} is not one of {', '.join(ALLOC_KINDS)}")
+        check_host(self.host)
+        if self.endpoint:
+            check_docker_id(self.endpoint, "endpoint")
+        _want(self.network == "" or (isinstance(self.network, str) and NETWORK_ID_RE.fullmatch(self.network)),
+              f"network {self.network!r} is not n-<12 hex>")
+        _check_time(self.created)
 
 
 @dataclass
@@ -117,6 +209,15 @@ class Binding(Record):
     pool: str = ""
     created: float = field(default_factory=time.time)
 
+    def check(self) -> None:
+        check_docker_id(self.docker_network, "docker_network")
+        _want(isinstance(self.network, str) and NETWORK_ID_RE.fullmatch(self.network),
+              f"network {self.network!r} is not n-<12 hex>")
+        check_host(self.host)
+        if self.pool:
+            check_subnet(self.pool)
+        _check_time(self.created)
+
 
 @dataclass
 class Profile(Record):
@@ -126,6 +227,14 @@ class Profile(Record):
     rate_kbps: int
     burst_kb: int
     created: float = field(default_factory=time.time)
+
+    def check(self) -> None:
+        check_name(self.name, "profile name")
+        for what in ("rate_kbps", "burst_kb"):
+            value = getattr(self, what)
+            _want(isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 100_000_000,
+                  f"{what} {value!r} is not a positive number of kbit")
+        _check_time(self.created)
 
 
 @dataclass
@@ -140,8 +249,54 @@ class Host(Record):
     started: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
 
+    def check(self) -> None:
+        check_host(self.host)
+        _want(self.bridge == "" or (isinstance(self.bridge, str) and IFNAME_RE.fullmatch(self.bridge)),
+              f"bridge {self.bridge!r} is not a bridge name")
+        _want(isinstance(self.datapath_type, str) and isinstance(self.version, str), "a text field is not text")
+        _want(self.uplink is None or (isinstance(self.uplink, str) and IFNAME_RE.fullmatch(self.uplink)),
+              f"uplink {self.uplink!r} is not an interface name")
+        _check_time(self.started)
+        _check_time(self.last_seen)
+
 
 # -- validation helpers shared by the API, netctl and the driver -------------
+
+def _want(ok: object, message: str) -> None:
+    if not ok:
+        raise BadRecord(message)
+
+
+def _check_time(value: object) -> None:
+    _want(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+          f"time {value!r} is not a number of seconds")
+
+
+def check_host(value: object) -> str:
+    """A host id: a hostname-like word (letters, digits, '.', '_', '-')."""
+    if not isinstance(value, str) or not HOST_RE.fullmatch(value):
+        raise InvalidRequest(f"host {value!r} is not a host id (letters, digits, '.', '_', '-')")
+    return value
+
+
+def check_strict_mac(value: object) -> str:
+    """A unicast MAC exactly as netplugin writes it: six lowercase hex pairs joined by ':'."""
+    if not isinstance(value, str) or not STRICT_MAC_RE.fullmatch(value) or int(value[:2], 16) & 1:
+        raise InvalidRequest(f"MAC address {value!r} is not a unicast aa:bb:cc:dd:ee:ff")
+    return value
+
+
+def check_limit(value: object) -> dict:
+    """An endpoint's limit: {}, {"profile": NAME} or {"rate_kbps": R, "burst_kb": B}."""
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"limit {value!r} is not an object")
+    if not value or (set(value) == {"profile"} and check_name(value["profile"], "profile name")):
+        return value
+    if set(value) == {"rate_kbps", "burst_kb"} and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
+        return value
+    raise InvalidRequest(f"limit {value!r} is neither a profile nor a positive rate_kbps and burst_kb")
+
 
 def check_name(name: object, what: str = "network name") -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -245,3 +400,21 @@ def check_mac(value: object) -> str:
     if int(mac) >> 40 & 1:
         raise InvalidRequest(f"MAC address {value} is a multicast address")
     return str(mac).replace("-", ":").lower()
+
+
+def check_tombstone(data: dict) -> None:
+    """A released endpoint's tombstone: who released which endpoint's address, when."""
+    check_docker_id(data.get("endpoint"), "endpoint")
+    check_host(data.get("host"))
+    _want(isinstance(data.get("ip"), str) and isinstance(data.get("by"), str)
+          and isinstance(data.get("network"), str), "ip, network or by is missing or not text")
+    netaddr.IPAddress(data["ip"], version=4, flags=netaddr.INET_PTON)   # AddrFormatError is a ValueError
+    _check_time(data.get("time"))
+
+
+def check_release_request(data: dict) -> None:
+    """A request to release an endpoint: pending, or refused with a message."""
+    _want(data.get("state") in ("pending", "refused"), f"state {data.get('state')!r} is neither pending nor refused")
+    _want(isinstance(data.get("force"), bool), f"force {data.get('force')!r} is not true or false")
+    _want(isinstance(data.get("by"), str) and isinstance(data.get("message", ""), str), "by or message is not text")
+    _check_time(data.get("time"))

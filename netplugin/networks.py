@@ -11,6 +11,7 @@ endpoint remains.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from . import deadline
 from .config import Config
 from .errors import Conflict, InvalidRequest, NetpluginError, NotFound
 from .ipam import ADDRESS_SPACE, Ipam
+from .logs import escape
 from .model import (
     ALLOC_AUX,
     ALLOC_GATEWAY,
@@ -125,21 +127,12 @@ def describe(store: Store, ipam: Ipam, net: Network) -> dict:
 
 
 def remove(store: Store, ref: str, force: bool = False) -> Network:
-    """Delete a network. Refused while endpoints exist, unless force, which also
+    """Delete a network, in one guarded transaction (Store.delete_network).
+    Refused while endpoints or addresses in use exist, unless force, which also
     drops their records and the hosts' bindings (their ports and veths are left
     to each host's reconciler)."""
     net = store.find_network(ref)
-    endpoints = [ep for ep in store.list_endpoints() if ep.network == net.id]
-    if endpoints and not force:
-        hosts = sorted({ep.host for ep in endpoints})
-        raise Conflict(f"network {net.label} still has {len(endpoints)} endpoint(s) on host(s) {', '.join(hosts)}: "
-                       "stop those containers first, or pass --force")
-    for ep in endpoints:
-        store.delete_endpoint(ep.id)
-    for binding in store.list_bindings():
-        if binding.network == net.id:
-            store.delete_binding(binding.host, binding.docker_network)
-    store.delete_network(net)
+    store.delete_network(net, force=force)
     return net
 
 
@@ -197,10 +190,11 @@ class Networks:
                 self._check_matches(net, subnet, gateway, vlan, aux)
         try:
             deadline.check("binding the Docker network")
-            self.store.put_binding(Binding(docker_net, net.id, self.cfg.host_id, pool=subnet))
+            self.store.put_binding(Binding(docker_net, net.id, self.cfg.host_id, pool=subnet), net.subnet)
         except NetpluginError:
             if created:
-                self.store.delete_network(net)
+                with contextlib.suppress(Conflict, NotFound):   # someone else uses it already: theirs now
+                    self.store.delete_network(net, unbound=True)
             raise
         if net.name is None:
             self.namer.name_later(docker_net, net.id)
@@ -252,12 +246,13 @@ class Networks:
         net = self.store.get_network(binding.network)
         if net is None or net.origin != "docker":
             return
-        # A network Docker made goes with the last Docker network bound to it.
-        if any(b.network == net.id for b in self.store.list_bindings()):
+        # A network Docker made goes with the last Docker network bound to it,
+        # checked and deleted in one guarded transaction.
+        try:
+            self.store.delete_network(net, unbound=True)
+        except (Conflict, NotFound) as exc:
+            log.info("network %s kept: %s", net.label, escape(exc.message))
             return
-        if any(ep.network == net.id for ep in self.store.list_endpoints()):
-            return
-        self.store.delete_network(net)
         log.info("deleted network %s: its last Docker network was removed", net.label)
 
     def network_for(self, docker_net: str) -> Network:

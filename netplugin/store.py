@@ -9,6 +9,10 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
     index/vlan/<vlan>              -> network id  (VLANs are unique)
     meta/networks                  touched by every network create/delete, so
                                    the overlap check and the write are atomic
+    meta/pool/<a.b.c.d-len>        touched by every address claim, endpoint
+                                   create and binding of that subnet's network,
+                                   so a network delete that compares it deletes
+                                   nothing that appeared after its check
     ipam/<a.b.c.d-len>/<offset>    Allocation, one key per address in use;
                                    offset is 8 hex digits from the subnet start
     endpoints/<endpoint-id>        Endpoint record
@@ -22,6 +26,11 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
     locks/<name>                   a lease-bound lock (the reconciler's)
     reconcile/<host>/last          the last reconcile report of that host
     reconcile/<host>/counters      its running totals, for metrics
+
+Every record read is checked (``Record.load``): a bad one is skipped, noted
+in ``bad`` (logged once per key, counted for the metrics) and treated as
+absent, never handed on. ``scan_bad_records`` lists every bad record of
+every key family, for ``netctl status``.
 
 One key per address keeps every allocation a single-key create-if-absent
 transaction: two daemons can never both win the same address, releasing is a
@@ -37,21 +46,41 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import netaddr
 
+from .badrecords import BadRecords
 from .errors import Conflict, NetpluginError, NotFound, StoreUnavailable
+from .jsondepth import loads as json_loads
 from .kv import KV, Compare, Delete, Event, Item, Put, absent, unchanged
 from .lease import LeaseKeeper
-from .model import Allocation, Binding, Endpoint, Host, Network, Profile
+from .model import (
+    ALLOC_AUX,
+    ALLOC_GATEWAY,
+    DOCKER_ID_RE,
+    NETWORK_ID_RE,
+    Allocation,
+    BadRecord,
+    Binding,
+    Endpoint,
+    Host,
+    Network,
+    Profile,
+    Record,
+    check_release_request,
+    check_tombstone,
+)
 from .watch import SyncLoop
 
 CHUNK_BITS = 8   # the pool is scanned 256 addresses at a time
+OFFSET_RE = re.compile(r"[0-9a-f]{8}")
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Record)
 
 
 def subnet_key(subnet: str) -> str:
@@ -95,9 +124,51 @@ class Store:
     are public for the tests and benchmarks that look at raw keys; the product's
     other modules use the record calls only."""
 
-    def __init__(self, kv: KV, prefix: str = "/netplugin/v1"):
+    def __init__(self, kv: KV, prefix: str = "/netplugin/v1", bad: BadRecords | None = None):
         self.kv = kv
         self.prefix = prefix
+        self.bad = bad if bad is not None else BadRecords()
+
+    # -- checked reads ----------------------------------------------------------
+    def _load(self, cls: type[R], item: Item | None) -> R | None:
+        """The record in item, checked; None (and noted) when it is bad."""
+        if item is None:
+            return None
+        try:
+            rec = cls.load(item.value)
+        except BadRecord as exc:
+            self.bad.found(item.key, cls.__name__.lower(), str(exc))
+            return None
+        self.bad.fine(item.key)
+        return rec
+
+    def _items(self, cls: type[R], prefix: str) -> list[tuple[Item, R]]:
+        """Every good record under prefix, with its item; bad ones skipped."""
+        out = []
+        for item in self.kv.get_prefix(prefix):
+            rec = self._load(cls, item)
+            if rec is not None:
+                out.append((item, rec))
+        return out
+
+    def _records(self, cls: type[R], prefix: str) -> list[R]:
+        return [rec for _, rec in self._items(cls, prefix)]
+
+    def _load_dict(self, item: Item | None, kind: str, check: Callable[[dict], None] | None = None) -> dict | None:
+        """A plain JSON object record (tombstone, request, report), checked by check."""
+        if item is None:
+            return None
+        try:
+            data = json_loads(item.value)
+            if not isinstance(data, dict):
+                raise BadRecord(f"a JSON {type(data).__name__}, not an object")
+            if check is not None:
+                check(data)
+        except (ValueError, NetpluginError) as exc:   # BadRecord is a ValueError
+            self.bad.found(item.key, kind, getattr(exc, "message", None) or str(exc))
+            return None
+        self.bad.fine(item.key)
+        return data
 
     # -- key layout -----------------------------------------------------------
     def k_network(self, net_id: str) -> str:
@@ -126,15 +197,20 @@ class Store:
 
     # -- networks -------------------------------------------------------------
     def list_networks(self) -> list[Network]:
-        return [Network.from_json(i.value) for i in self.kv.get_prefix(self.k_network(""))]
+        return self._records(Network, self.k_network(""))
 
     def get_network(self, net_id: str) -> Network | None:
-        item = self.kv.get(self.k_network(net_id))
-        return Network.from_json(item.value) if item else None
+        return self._load(Network, self.kv.get(self.k_network(net_id)))
 
     def _index(self, kind: str, value: str | int) -> str | None:
         item = self.kv.get(self.k_index(kind, value))
-        return item.value.decode() if item else None
+        if item is None:
+            return None
+        net_id = item.value.decode(errors="replace")
+        if not NETWORK_ID_RE.fullmatch(net_id):
+            self.bad.found(item.key, "index", f"{net_id!r} is not a network id")
+            return None
+        return net_id
 
     def network_by_name(self, name: str) -> Network | None:
         net_id = self._index("name", name)
@@ -149,7 +225,8 @@ class Store:
         can cache it and make a later write conditional on it being unchanged."""
         net_id = self._index("subnet", subnet_key(subnet))
         item = self.kv.get(self.k_network(net_id)) if net_id else None
-        return (Network.from_json(item.value), item.mod_revision) if item else None
+        net = self._load(Network, item)
+        return (net, item.mod_revision) if net is not None and item is not None else None
 
     def network_revision(self, net_id: str) -> int:
         """The mod revision of a network record; 0 when it no longer exists."""
@@ -191,6 +268,7 @@ class Store:
                     absent(self.k_index("vlan", net.vlan))]
         ops: list[Put | Delete] = [
             Put(self.k_meta_networks(), str(time.time())),
+            Put(self.k_pool_guard(net.subnet), net.id),
             Put(self.k_network(net.id), net.to_json()),
             Put(self.k_index("subnet", subnet_key(net.subnet)), net.id),
             Put(self.k_index("vlan", net.vlan), net.id),
@@ -202,7 +280,9 @@ class Store:
             key = self.k_alloc(net.subnet, int(netaddr.IPAddress(alloc.ip)) - subnet.first)
             held = self.kv.get(key)
             if held is not None:
-                holder = Allocation.from_json(held.value)
+                holder = self._load(Allocation, held)
+                if holder is None:
+                    raise Conflict(f"address {alloc.ip} is held by a bad record {held.key}: see 'netctl status'")
                 if adoptable(holder, alloc):
                     compares.append(unchanged(key, held.mod_revision))
                 else:
@@ -216,9 +296,9 @@ class Store:
     def set_network_name(self, net: Network, name: str) -> bool:
         """Name a Docker-made network once Docker tells its name. False when taken."""
         item = self.kv.get(self.k_network(net.id))
-        if item is None:
+        current = self._load(Network, item)
+        if item is None or current is None:
             return False
-        current = Network.from_json(item.value)
         current.name = name
         current.name_conflict = ""
         return self.kv.txn([unchanged(self.k_network(net.id), item.mod_revision),
@@ -228,25 +308,67 @@ class Store:
 
     def mark_name_conflict(self, net: Network, message: str) -> None:
         item = self.kv.get(self.k_network(net.id))
-        if item is None:
+        current = self._load(Network, item)
+        if item is None or current is None:
             return
-        current = Network.from_json(item.value)
         current.name_conflict = message
         self.kv.txn([unchanged(self.k_network(net.id), item.mod_revision)],
                     [Put(self.k_network(net.id), current.to_json())])
 
-    def delete_network(self, net: Network) -> None:
-        """Remove the network, its indexes and every address of its pool."""
-        ops: list[Put | Delete] = [
-            Put(self.k_meta_networks(), str(time.time())),
-            Delete(self.k_network(net.id)),
-            Delete(self.k_index("subnet", subnet_key(net.subnet))),
-            Delete(self.k_index("vlan", net.vlan)),
-            Delete(self.k_pool(net.subnet), prefix=True),
-        ]
-        if net.name:
-            ops.append(Delete(self.k_index("name", net.name)))
-        self.kv.txn([], ops)
+    def k_pool_guard(self, subnet: str) -> str:
+        return f"{self.prefix}/meta/pool/{subnet_key(subnet)}"
+
+    def delete_network(self, net: Network, force: bool = False, unbound: bool = False) -> list[Endpoint]:
+        """Remove the network, its indexes, bindings and every address of its
+        pool in ONE transaction, guarded by the revisions it checked: the
+        network record and the pool's guard key (bumped by every claim,
+        endpoint create and binding of the subnet), so nothing that appeared
+        after the check is ever deleted; a lost race checks again.
+
+        Conflict, naming them, while an endpoint record or an address other
+        than the gateway and aux ones exists (``force`` deletes those endpoint
+        records too) or, with ``unbound``, while any host's Docker network is
+        bound to it. Returns the endpoints whose records went."""
+        def attempt(read: Reading) -> tuple[list[Put | Delete], list[Endpoint]]:
+            read.get(self.k_pool_guard(net.subnet))     # first: anything written after bumps it
+            current = self._load(Network, read.get(self.k_network(net.id)))
+            if current is None:
+                raise NotFound(f"network {net.label} does not exist: see 'netctl network ls'")
+            endpoints = [(i, ep) for i, ep in self._items(Endpoint, self.k_endpoint("")) if ep.network == net.id]
+            bindings = [b for b in self._records(Binding, f"{self.prefix}/bindings/") if b.network == net.id]
+            in_use = []
+            for item in self.kv.get_prefix(self.k_pool(current.subnet)):
+                alloc = self._load(Allocation, item)
+                if alloc is None or alloc.endpoint or alloc.kind not in (ALLOC_GATEWAY, ALLOC_AUX):
+                    in_use.append(f"{alloc.ip} ({describe_holder(alloc)})" if alloc else f"bad record {item.key}")
+            if unbound and bindings:
+                raise Conflict(f"network {current.label} is still used by Docker networks on host(s) "
+                               f"{', '.join(sorted({b.host for b in bindings}))}")
+            if endpoints and not force:
+                hosts = sorted({ep.host for _, ep in endpoints})
+                raise Conflict(f"network {current.label} still has {len(endpoints)} endpoint(s) on host(s) "
+                               f"{', '.join(hosts)}: stop those containers first, or pass --force")
+            if in_use and not force:
+                raise Conflict(f"network {current.label} still has {len(in_use)} address(es) in use: "
+                               f"{', '.join(in_use[:5])}{' ...' if len(in_use) > 5 else ''}: "
+                               "stop those containers first, or pass --force")
+            ops: list[Put | Delete] = [
+                Put(self.k_meta_networks(), str(time.time())),
+                Delete(self.k_network(current.id)),
+                Delete(self.k_index("subnet", subnet_key(current.subnet))),
+                Delete(self.k_index("vlan", current.vlan)),
+                Delete(self.k_pool(current.subnet), prefix=True),
+                Delete(self.k_pool_guard(current.subnet)),
+            ]
+            if current.name:
+                ops.append(Delete(self.k_index("name", current.name)))
+            for item, _ in endpoints:
+                read.guard(item)
+                ops.append(Delete(item.key))
+            ops += [Delete(self.k_binding(b.host, b.docker_network)) for b in bindings]
+            return ops, [ep for _, ep in endpoints]
+        return compare_and_swap(self.kv, attempt, Conflict(
+            f"network {net.label} kept changing while being removed: retry"), tries=3)
 
     # -- addresses ------------------------------------------------------------
     def claim_address(self, subnet: str, offset: int, alloc: Allocation,
@@ -255,13 +377,18 @@ class Store:
 
         ``network`` = (network id, mod revision) adds a guard: the claim only
         happens while that network record is unchanged, so an allocator working
-        from a cached network can never stamp an address with a deleted one.
+        from a cached network can never stamp an address with a deleted one;
+        and it bumps the pool guard, so a network delete that checked the pool
+        before this claim fails.
         """
         guards = [absent(self.k_alloc(subnet, offset))]
         if network is not None:
             guards.append(unchanged(self.k_network(network[0]), network[1]))
         key, value = self.k_alloc(subnet, offset), alloc.to_json()
-        return self._txn_read_back(guards, [Put(key, value)], key, value)
+        ops = [Put(key, value)]
+        if network is not None:     # the pool guard lives as long as the network: never made without one
+            ops.append(Put(self.k_pool_guard(subnet), ""))
+        return self._txn_read_back(guards, ops, key, value)
 
     def _txn_read_back(self, compares: list[Compare], ops: list, key: str, value: str) -> bool:
         """A transaction that writes ``value`` at ``key``; when its answer is
@@ -281,18 +408,25 @@ class Store:
 
     def get_allocation(self, subnet: str, offset: int) -> tuple[Allocation, int] | None:
         item = self.kv.get(self.k_alloc(subnet, offset))
-        return (Allocation.from_json(item.value), item.mod_revision) if item else None
+        alloc = self._load(Allocation, item)
+        return (alloc, item.mod_revision) if alloc is not None and item is not None else None
 
     def used_offsets_in_chunk(self, subnet: str, chunk: int) -> set[int]:
         items = self.kv.get_prefix(self.k_chunk(subnet, chunk), keys_only=True)
-        return {int(i.key.rsplit("/", 1)[1], 16) for i in items}
+        return {int(tail, 16) for tail in (i.key.rsplit("/", 1)[1] for i in items) if OFFSET_RE.fullmatch(tail)}
 
     def count_allocations(self, subnet: str) -> int:
         return self.kv.count_prefix(self.k_pool(subnet))
 
     def list_allocations(self, subnet: str) -> list[tuple[int, Allocation]]:
-        return [(int(i.key.rsplit("/", 1)[1], 16), Allocation.from_json(i.value))
-                for i in self.kv.get_prefix(self.k_pool(subnet))]
+        found = []
+        for item, alloc in self._items(Allocation, self.k_pool(subnet)):
+            tail = item.key.rsplit("/", 1)[1]
+            if OFFSET_RE.fullmatch(tail):
+                found.append((int(tail, 16), alloc))
+            else:
+                self.bad.found(item.key, "allocation", "the key's offset is not 8 hex digits")
+        return found
 
     def release_address(self, subnet: str, offset: int, mod_revision: int, endpoint_gone: str = "") -> bool:
         """Delete the allocation if nobody changed it since it was read (and,
@@ -310,34 +444,42 @@ class Store:
         value = ep.to_json()
         return self._txn_read_back(
             [absent(self.k_endpoint(ep.id)), unchanged(self.k_alloc(subnet, offset), alloc_rev)],
-            [Put(self.k_endpoint(ep.id), value), Put(self.k_alloc(subnet, offset), alloc.to_json())],
+            [Put(self.k_endpoint(ep.id), value), Put(self.k_alloc(subnet, offset), alloc.to_json()),
+             Put(self.k_pool_guard(subnet), "")],
             self.k_endpoint(ep.id), value)
 
     def get_endpoint(self, endpoint_id: str) -> tuple[Endpoint, int] | None:
         item = self.kv.get(self.k_endpoint(endpoint_id))
-        return (Endpoint.from_json(item.value), item.mod_revision) if item else None
+        ep = self._load(Endpoint, item)
+        return (ep, item.mod_revision) if ep is not None and item is not None else None
 
     def update_endpoint(self, ep: Endpoint, mod_revision: int) -> bool:
         return self.kv.txn([unchanged(self.k_endpoint(ep.id), mod_revision)],
                            [Put(self.k_endpoint(ep.id), ep.to_json())])
 
     def list_endpoints(self) -> list[Endpoint]:
-        return [Endpoint.from_json(i.value) for i in self.kv.get_prefix(self.k_endpoint(""))]
+        return self._records(Endpoint, self.k_endpoint(""))
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.kv.txn([], [Delete(self.k_endpoint(endpoint_id))], idempotent=True)
 
     # -- bindings -------------------------------------------------------------
-    def put_binding(self, binding: Binding) -> None:
-        self.kv.txn([], [Put(self.k_binding(binding.host, binding.docker_network), binding.to_json())],
-                    idempotent=True)
+    def put_binding(self, binding: Binding, subnet: str = "") -> None:
+        """Bind a host's Docker network to its network (of ``subnet``, default
+        the binding's pool), only while that network exists, bumping the pool
+        guard so a delete that checked for bindings fails: NotFound once the
+        network was deleted."""
+        ops: list[Put | Delete] = [Put(self.k_binding(binding.host, binding.docker_network), binding.to_json())]
+        if subnet or binding.pool:
+            ops.append(Put(self.k_pool_guard(subnet or binding.pool), ""))
+        if not self.kv.txn([Compare(self.k_network(binding.network), "create", "!=", 0)], ops, idempotent=True):
+            raise NotFound(f"network {binding.network} was deleted at the same moment: retry")
 
     def get_binding(self, host: str, docker_network: str) -> Binding | None:
-        item = self.kv.get(self.k_binding(host, docker_network))
-        return Binding.from_json(item.value) if item else None
+        return self._load(Binding, self.kv.get(self.k_binding(host, docker_network)))
 
     def list_bindings(self) -> list[Binding]:
-        return [Binding.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/bindings/")]
+        return self._records(Binding, f"{self.prefix}/bindings/")
 
     def delete_binding(self, host: str, docker_network: str) -> None:
         self.kv.txn([], [Delete(self.k_binding(host, docker_network))], idempotent=True)
@@ -361,7 +503,7 @@ class Store:
         def attempt(read: Reading) -> tuple[list[Put | Delete], tuple[bool, str | None]]:
             rec = read.get(self.k_endpoint(ep.id))
             item = read.get(alloc_key)
-            held = Allocation.from_json(item.value) if item else None
+            held = self._load(Allocation, item)
             ops: list[Put | Delete] = [Put(self.k_tombstone(ep.id), json.dumps(
                 {"endpoint": ep.id, "host": ep.host, "ip": ep.ip, "network": ep.network, "by": by,
                  "time": time.time()}))]
@@ -376,12 +518,24 @@ class Store:
             f"endpoint {ep.id[:12]} kept changing while being released: retry"), tries=3)
 
     def tombstone(self, endpoint_id: str) -> dict | None:
-        item = self.kv.get(self.k_tombstone(endpoint_id))
-        return json.loads(item.value) if item else None
+        return self._load_dict(self.kv.get(self.k_tombstone(endpoint_id)), "tombstone", check_tombstone)
 
     def list_tombstones(self) -> list[tuple[str, dict]]:
         """(endpoint id, tombstone) of every released endpoint."""
-        return [(i.key.rsplit("/", 1)[1], json.loads(i.value)) for i in self.kv.get_prefix(self.k_tombstone(""))]
+        return self._keyed_dicts(self.k_tombstone(""), "tombstone", check_tombstone)
+
+    def _keyed_dicts(self, prefix: str, kind: str, check: Callable[[dict], None]) -> list[tuple[str, dict]]:
+        """(endpoint id, record) under prefix; bad ids and bad records skipped."""
+        found = []
+        for item in self.kv.get_prefix(prefix):
+            endpoint_id = item.key.rsplit("/", 1)[1]
+            if not DOCKER_ID_RE.fullmatch(endpoint_id):
+                self.bad.found(item.key, kind, "the key does not end in an endpoint id (64 hex digits)")
+                continue
+            data = self._load_dict(item, kind, check)
+            if data is not None:
+                found.append((endpoint_id, data))
+        return found
 
     def delete_tombstone(self, endpoint_id: str) -> None:
         self.kv.txn([], [Delete(self.k_tombstone(endpoint_id))])
@@ -394,24 +548,31 @@ class Store:
                              json.dumps({"state": "pending", "force": force, "by": by, "time": time.time()}))])
 
     def release_request(self, host: str, endpoint_id: str) -> dict | None:
-        item = self.kv.get(self.k_release(host, endpoint_id))
-        return json.loads(item.value) if item else None
+        return self._load_dict(self.kv.get(self.k_release(host, endpoint_id)), "release", check_release_request)
 
     def pending_release_requests(self, host: str) -> list[tuple[str, dict]]:
         """(endpoint id, request) of every request queued for a host, answered or not."""
-        return [(i.key.rsplit("/", 1)[1], json.loads(i.value)) for i in self.kv.get_prefix(self.k_release(host))]
+        return self._keyed_dicts(self.k_release(host), "release", check_release_request)
 
-    def answer_release_request(self, host: str, endpoint_id: str, answer: dict | None) -> None:
-        """Remove a request once carried out, or keep it with the reason it was refused."""
+    def answer_release_request(self, host: str, endpoint_id: str, answer: dict | None,
+                               asked: dict | None = None) -> bool:
+        """Remove a request once carried out, or keep it with the reason it was
+        refused; with ``asked``, only while the request is still the one carried
+        out (a newer one written meanwhile is kept). False when it was not."""
         key = self.k_release(host, endpoint_id)
-        self.kv.txn([], [Delete(key)] if answer is None else [Put(key, json.dumps(answer))])
+
+        def attempt(read: Reading) -> tuple[list[Put | Delete], bool]:
+            if asked is not None and self._load_dict(read.get(key), "release", check_release_request) != asked:
+                return [], False
+            return ([Delete(key)] if answer is None else [Put(key, json.dumps(answer))]), True
+        return compare_and_swap(self.kv, attempt, Conflict(f"release request {key} kept changing: retry"))
 
     # -- bandwidth profiles -----------------------------------------------------------
     def k_profile(self, name: str = "") -> str:
         return f"{self.prefix}/profiles/{name}"
 
     def list_profiles(self) -> dict[str, Profile]:
-        return {p.name: p for p in (Profile.from_json(i.value) for i in self.kv.get_prefix(self.k_profile()))}
+        return {p.name: p for p in self._records(Profile, self.k_profile())}
 
     def put_profile(self, profile: Profile, create: bool) -> None:
         """Create (refused if it exists) or change (refused if it does not) a profile."""
@@ -429,15 +590,13 @@ class Store:
                 raise NotFound(f"profile {name!r} does not exist: see 'netctl profile ls'")
             ops: list[Put | Delete] = [Delete(self.k_profile(name))]
             users = []
-            for item in self.kv.get_prefix(self.k_network("")):
-                net = Network.from_json(item.value)
+            for item, net in self._items(Network, self.k_network("")):
                 if net.profile == name:
                     net.profile = ""
                     read.guard(item)
                     ops.append(Put(item.key, net.to_json()))
                     users.append(f"network {net.label}")
-            for item in self.kv.get_prefix(self.k_endpoint("")):
-                ep = Endpoint.from_json(item.value)
+            for item, ep in self._items(Endpoint, self.k_endpoint("")):
                 if ep.limit.get("profile") == name:
                     ep.limit = {}
                     read.guard(item)
@@ -450,9 +609,10 @@ class Store:
         """Apply change(network) and write it back, retrying on a concurrent write."""
         def attempt(read: Reading) -> tuple[list[Put | Delete], Network]:
             item = read.get(self.k_network(net_id))
-            if item is None:
-                raise NotFound(f"network {net_id} does not exist")
-            net = Network.from_json(item.value)
+            net = self._load(Network, item)
+            if item is None or net is None:
+                raise NotFound(f"network {net_id} does not exist" + ("" if item is None else
+                               ": its record is bad, see 'netctl status'"))
             change(net)
             return [Put(item.key, net.to_json())], net
         return compare_and_swap(self.kv, attempt, Conflict(f"network {net_id} kept changing: retry"))
@@ -461,9 +621,10 @@ class Store:
         """Apply change(endpoint) and write it back, retrying on a concurrent write."""
         def attempt(read: Reading) -> tuple[list[Put | Delete], Endpoint]:
             item = read.get(self.k_endpoint(endpoint_id))
-            if item is None:
-                raise NotFound(f"endpoint {endpoint_id[:12]} does not exist")
-            ep = Endpoint.from_json(item.value)
+            ep = self._load(Endpoint, item)
+            if item is None or ep is None:
+                raise NotFound(f"endpoint {endpoint_id[:12]} does not exist" + ("" if item is None else
+                               ": its record is bad, see 'netctl status'"))
             change(ep)
             return [Put(item.key, ep.to_json())], ep
         return compare_and_swap(self.kv, attempt, Conflict(f"endpoint {endpoint_id[:12]} kept changing: retry"),
@@ -474,8 +635,7 @@ class Store:
         concurrent 'netctl endpoint set' may win twice); False when the record
         kept changing. Nothing is written for a record that is gone or says so already."""
         def attempt(read: Reading) -> tuple[list[Put | Delete], bool]:
-            item = read.get(self.k_endpoint(endpoint_id))
-            ep = Endpoint.from_json(item.value) if item else None
+            ep = self._load(Endpoint, read.get(self.k_endpoint(endpoint_id)))
             if ep is None or ep.sandbox == sandbox_key:
                 return [], True
             ep.sandbox = sandbox_key
@@ -491,7 +651,14 @@ class Store:
 
     def arp_mode(self) -> str:
         item = self.kv.get(self.k_setting("arp-mode"))
-        return item.value.decode() if item else "proxy"
+        if item is None:
+            return "proxy"
+        mode = item.value.decode(errors="replace")
+        if mode not in ("proxy", "flood"):
+            self.bad.found(item.key, "setting", f"arp-mode {mode!r} is neither proxy nor flood")
+            return "proxy"
+        self.bad.fine(item.key)
+        return mode
 
     def set_arp_mode(self, mode: str) -> None:
         self.kv.txn([], [Put(self.k_setting("arp-mode"), mode)])
@@ -539,8 +706,7 @@ class Store:
     def list_hosts(self) -> list[tuple[Host, bool]]:
         """Every host ever registered, with whether its lease is alive."""
         alive = {i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(f"{self.prefix}/hosts/", keys_only=True)}
-        return [(h, h.host in alive) for h in
-                (Host.from_json(i.value) for i in self.kv.get_prefix(f"{self.prefix}/hostinfo/"))]
+        return [(h, h.host in alive) for h in self._records(Host, f"{self.prefix}/hostinfo/")]
 
     def host_alive(self, host: str) -> bool:
         return self.kv.get(self.k_host(host)) is not None
@@ -560,7 +726,7 @@ class Store:
 
     def lock_owner(self, name: str) -> str | None:
         item = self.kv.get(self.k_lock(name))
-        return item.value.decode() if item else None
+        return item.value.decode(errors="replace") if item else None
 
     def k_reconcile(self, host: str, what: str) -> str:
         return f"{self.prefix}/reconcile/{host}/{what}"
@@ -581,8 +747,7 @@ class Store:
         self.kv.txn([], [Put(key, json.dumps(obj, sort_keys=True))])
 
     def get_json(self, key: str) -> dict | None:
-        item = self.kv.get(key)
-        return json.loads(item.value) if item else None
+        return self._load_dict(self.kv.get(key), "report")
 
 
 def adoptable(holder: Allocation, reservation: Allocation) -> bool:

@@ -14,6 +14,7 @@ import pytest
 from netplugin.errors import Conflict, InvalidRequest, NotFound, PoolExhausted, StoreUnavailable
 from netplugin.ipam import Ipam, Pool, pool_id_for
 from netplugin.model import Allocation, Endpoint
+from netplugin.networks import remove
 from netplugin.store import Store
 
 from .conftest import did
@@ -162,6 +163,9 @@ def test_delete_network_frees_the_whole_pool(np):
     np.stop_container(net, a)
     np.ipam.request_address(net.pool_id, "10.10.0.9", False)   # claimed, never used
     np.remove_network(net)
+    assert np.store.network_by_name("prod") is not None, "a claimed address keeps the network"
+    np.ok("IpamDriver.ReleaseAddress", {"PoolID": net.pool_id, "Address": "10.10.0.9"})
+    remove(np.store, "prod")
     assert np.kv.keys(f"{P}/ipam/") == []
 
 

@@ -41,12 +41,12 @@ class Racer:
         return self._txn(compares, success, idempotent)
 
 
-def network(net_id: str = "n-1", **kw) -> Network:
+def network(net_id: str = "n-000000000001", **kw) -> Network:
     return Network(id=net_id, name=kw.pop("name", "prod"), subnet="10.10.0.0/24", gateway="10.10.0.1", vlan=100, **kw)
 
 
 def endpoint(eid: str = "e" * 64, **kw) -> Endpoint:
-    return Endpoint(id=eid, network="n-1", docker_network="d1", host="h1", ip="10.10.0.5", prefixlen=24,
+    return Endpoint(id=eid, network="n-000000000001", docker_network="d" * 64, host="h1", ip="10.10.0.5", prefixlen=24,
                     mac="02:4e:0a:0a:00:05", port="np" + eid[:11], peer="nc" + eid[:11], vlan=100, **kw)
 
 
@@ -133,7 +133,7 @@ def test_update_network_retries_then_gives_up_with_its_message(kv, store, monkey
     got = store.update_network(net.id, lambda n: setattr(n, "profile", "gold"))
     assert got.profile == "gold" and store.get_network(net.id).profile == "gold"
     racer.left = 100
-    with pytest.raises(Conflict, match=r"^network n-1 kept changing: retry$"):
+    with pytest.raises(Conflict, match=r"^network n-000000000001 kept changing: retry$"):
         store.update_network(net.id, lambda n: setattr(n, "profile", "silver"))
     with pytest.raises(NotFound, match=r"^network n-2 does not exist$"):
         store.update_network("n-2", lambda n: None)
@@ -144,8 +144,8 @@ def test_change_endpoint_retries_then_gives_up_with_its_message(kv, store, monke
     kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
     key = store.k_endpoint(ep.id)
     racer = Racer(kv, monkeypatch, key, lambda: kv.get(key).value, times=2)
-    assert store.change_endpoint(ep.id, lambda e: setattr(e, "limit", {"rate_kbps": 1000})).limit == \
-        {"rate_kbps": 1000}
+    assert store.change_endpoint(ep.id, lambda e: setattr(e, "limit", {"rate_kbps": 1000, "burst_kb": 100})).limit == \
+        {"rate_kbps": 1000, "burst_kb": 100}
     assert racer.txns == 3
     racer.left = 100
     with pytest.raises(Conflict, match=rf"^endpoint {ep.id[:12]} kept changing: retry$"):
@@ -186,7 +186,7 @@ def test_delete_profile_retries_when_a_user_changes(kv, store, monkeypatch):
 
 def test_release_endpoint_gives_up_after_three_lost_races(kv, store, monkeypatch):
     ep = endpoint()
-    alloc = Allocation(ep.ip, "endpoint", "h1", endpoint=ep.id, network="n-1")
+    alloc = Allocation(ep.ip, "endpoint", "h1", endpoint=ep.id, network="n-000000000001")
     alloc_key = store.k_alloc("10.10.0.0/24", 5)
     kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json()), Put(alloc_key, alloc.to_json())])
     racer = Racer(kv, monkeypatch, alloc_key, lambda: kv.get(alloc_key).value, times=3)
