@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from .config import Config, load
 from .errors import NetpluginError
 
 if TYPE_CHECKING:
+    from .hosts import HostHeartbeat
     from .wiring import Components
 
 log = logging.getLogger("netplugin")
@@ -89,20 +91,73 @@ def start_metrics(parts: Components) -> None:
             log.error("metrics port %s unavailable (%s): running without it", cfg.metrics_address, exc)
 
 
-def background_start(parts: Components) -> None:
-    """Register the host, follow release requests and the limit and ARP
-    watches, prepare the bridge and compare OVS with etcd, retrying until
-    each answers."""
-    from .hosts import HostHeartbeat
-    HostHeartbeat(parts.cfg, parts.store).start()
-    parts.releaser.follow_requests()
-    parts.limits.start()
-    parts.arp.start()
-    # Flows and meters back within a second or two of an OVS restart,
-    # not at the sync loops' next full pass.
-    parts.restorer.start()
+# Calls Docker makes to activate the plugin, which touch nothing in etcd:
+# answered before this daemon holds its host id.
+BEFORE_CLAIM = {"/Plugin.Activate", "/NetworkDriver.GetCapabilities", "/IpamDriver.GetCapabilities",
+                "/IpamDriver.GetDefaultAddressSpaces", "/health"}
+REFUSED_EXIT = 4      # gunicorn's "app failed to load": its arbiter stops with this status
+
+
+class ClaimGate:
+    """The WSGI app in front of the Flask app: until this daemon holds its
+    host id, every call but activation is answered 503 with the reason, so
+    nothing is allocated, released or written for a host id it may not own."""
+
+    def __init__(self, app, heartbeat: HostHeartbeat):
+        from .api.wire import CONTENT_TYPE
+        self.app = app
+        self.heartbeat = heartbeat
+        self.content_type = CONTENT_TYPE
+
+    def __call__(self, environ, start_response):
+        if self.heartbeat.claimed.is_set() or environ.get("PATH_INFO") in BEFORE_CLAIM:
+            return self.app(environ, start_response)
+        hb = self.heartbeat
+        message = hb.reason or (f"{hb.last_error + ' (' if hb.last_error else ''}netplugin has not claimed host "
+                                f"id {hb.cfg.host_id} in etcd yet{')' if hb.last_error else ''}: retry in a few "
+                                "seconds, and see the netplugin log")
+        body = json.dumps({"Err": message, "Error": message}).encode()
+        start_response("503 Service Unavailable", [("Content-Type", self.content_type),
+                                                   ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def stop_as_refused(reason: str) -> None:
+    """This daemon may not act as its host: say so and end the process (the
+    worker's exit status makes gunicorn's arbiter stop with it)."""
+    log.critical("netplugin stops: %s", reason)
+    logging.shutdown()
+    os._exit(REFUSED_EXIT)
+
+
+def background_start(parts: Components, refused=stop_as_refused) -> threading.Thread:
+    """Claim the host id; once held, follow release requests and the limit
+    and ARP watches, prepare the bridge and compare OVS with etcd, retrying
+    until each answers. A refused claim, at start or later, calls
+    ``refused(reason)``: nothing else runs for a host id this daemon does not hold."""
+    heartbeat = parts.heartbeat.start()
+
+    def claimed() -> bool:
+        while not heartbeat.claimed.wait(0.5):
+            if heartbeat.refused.is_set():
+                return False
+        return True
 
     def run():
+        if not claimed():
+            refused(heartbeat.reason)
+            return
+        parts.releaser.follow_requests()
+        parts.limits.start()
+        parts.arp.start()
+        # Flows and meters back within a second or two of an OVS restart,
+        # not at the sync loops' next full pass.
+        parts.restorer.start()
+        threading.Thread(target=check_bridge, name="startup-check", daemon=True).start()
+        heartbeat.refused.wait()            # the id was lost to another instance
+        refused(heartbeat.reason)
+
+    def check_bridge():
         while True:
             try:
                 parts.bridge.ensure()
@@ -111,7 +166,9 @@ def background_start(parts: Components) -> None:
             except NetpluginError as exc:
                 log.warning("start-up check waits: %s", exc.message)
                 time.sleep(2)
-    threading.Thread(target=run, name="startup-check", daemon=True).start()
+    thread = threading.Thread(target=run, name="host-claim", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve(cfg: Config) -> None:
@@ -140,7 +197,7 @@ def serve(cfg: Config) -> None:
             parts = make_components(cfg)
             start_metrics(parts)
             background_start(parts)
-            return create_app(parts)
+            return ClaimGate(create_app(parts), parts.heartbeat)
 
     log.info("netplugin %s on host %s: socket %s, bridge %s (%s), etcd %s", __version__, cfg.host_id,
              cfg.socket, cfg.bridge, cfg.datapath_type, ",".join(cfg.etcd_endpoints))

@@ -58,6 +58,20 @@ class DockerView:
     def __init__(self, names: DockerNames):
         self.names = names
 
+    def running_endpoints(self) -> set[str] | None:
+        """The endpoint ids of every running, paused or restarting container,
+        on any network (one list call): what may never lose its port or veth,
+        whatever else is believed. None when Docker cannot be asked."""
+        try:
+            containers = self.names._api().containers(filters={"status": ["running", "paused", "restarting"]})
+        except Exception as exc:  # noqa: BLE001 - unreachable or confused Docker: say "unknown"
+            log.warning("cannot list Docker's running containers: %s", exc)
+            with self.names._lock:
+                self.names._client = None
+            return None
+        return {str(n.get("EndpointID")) for c in containers
+                for n in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values() if n.get("EndpointID")}
+
     def live_endpoints(self, docker_networks: list[str]) -> dict[str, dict] | None:
         import docker.errors
         try:

@@ -1,11 +1,23 @@
-"""This host in the registry: a record bound to a lease that the daemon keeps
-alive, so other hosts and netctl can tell a live host from a dead one.
+"""This host in the registry: the daemon claims its host id in etcd and
+keeps the claim alive on a lease, so that two daemons never act as one host
+and other hosts and netctl can tell a live host from a dead one.
+
+The claim (``Store.claim_host``) is a create-if-absent transaction on the
+lease, carrying the instance (identity.py: boot id, a random token, pid,
+start time) and the settings a reconciler of this host must share. A claim
+held by an earlier instance of this machine that no longer runs (kill -9 and
+a restart within the lease's TTL) is taken back at once; one held by a
+live instance, here or elsewhere, is not. At start a refused claim is tried
+again for LEASE_TTL + HEARTBEAT seconds (a holder that just died lets its
+lease lapse meanwhile), then ``refused`` is set with the reason. When the
+lease is lost later, the next beat claims again; if another instance holds
+the id by then, ``refused`` is set at once and ``claimed`` cleared: the
+daemon stops (daemon.py).
 
 Every heartbeat stamps its time into the durable record (``hostinfo/<host>``,
-``last_seen``), in the same transaction that checks the leased record is
-still there: ``netctl host ls`` shows when a host last beat, alive or dead,
-to within one heartbeat. Nothing watches ``hostinfo/``, so the write wakes no
-one; it is one small transaction per host every HEARTBEAT seconds."""
+``last_seen``), only while ``hosts/<host>`` still holds this instance's claim
+(one transaction): ``netctl host ls`` shows when a host last beat.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +27,8 @@ import time
 
 from . import __version__
 from .config import Config
-from .model import Host
+from .errors import Conflict, NetpluginError
+from .identity import PUBLISHED, Instance, Registration, may_take, refusal, this_instance
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -23,40 +36,92 @@ log = logging.getLogger(__name__)
 LEASE_TTL = 15          # seconds without a heartbeat before a host counts as dead
 HEARTBEAT = 5
 LAST_SEEN_EVERY = HEARTBEAT     # the durable last_seen is stamped at every beat
+WAIT_PREVIOUS = LEASE_TTL + HEARTBEAT
+
+
+class HostIdTaken(Conflict):
+    """Another live instance holds this host id."""
 
 
 class HostHeartbeat:
-    def __init__(self, cfg: Config, store: Store):
+    def __init__(self, cfg: Config, store: Store, instance: Instance | None = None,
+                 wait_previous: float = WAIT_PREVIOUS):
         self.cfg = cfg
         self.store = store
-        self.keeper = store.lease_keeper(LEASE_TTL, HEARTBEAT, "heartbeat", on_grant=self._register,
+        self.instance = instance or this_instance(f"unix:{cfg.socket}", started=time.time())
+        self.wait_previous = wait_previous
+        self.keeper = store.lease_keeper(LEASE_TTL, HEARTBEAT, "heartbeat", on_grant=self._claim,
                                          proof=self._stamp, logger=log)
         self.stop: threading.Event = self.keeper.stopped
-        self.started = time.time()
+        self.started = self.instance.started
+        self.claimed = threading.Event()      # set while this instance holds the host id
+        self.refused = threading.Event()      # set once it may not act as this host
+        self.reason = ""                      # why it may not
+        self.last_error = ""                  # why the last beat failed (etcd away)
+        self._claimed_json: str | None = None
+        self._first_refusal: float | None = None
+        self._ever_claimed = False
 
     @property
     def lease(self) -> int | None:
         return self.keeper.lease
 
-    def record(self) -> Host:
-        return Host(host=self.cfg.host_id, bridge=self.cfg.bridge, datapath_type=self.cfg.datapath_type,
-                    uplink=self.cfg.uplink, version=__version__, started=self.started, last_seen=time.time())
+    def registration(self) -> Registration:
+        return Registration(host=self.cfg.host_id, instance=self.instance,
+                            settings={name: getattr(self.cfg, name) for name in PUBLISHED},
+                            version=__version__, last_seen=time.time())
 
-    def _register(self, lease: int) -> None:
-        self.store.register_host(self.record(), lease)
-        log.info("host %s registered", self.cfg.host_id)
+    def _claim(self, lease: int) -> None:
+        reg = self.registration()
+        ok, holder = self.store.claim_host(reg, lease, lambda found: may_take(found, self.instance))
+        if not ok:
+            raise HostIdTaken(refusal("a netplugin daemon", self.cfg.host_id, holder,
+                                      "--host-id, NETPLUGIN_HOST_ID or host_id in the settings file"))
+        self._claimed_json = reg.to_json()
+        self._ever_claimed = True
+        self._first_refusal = None
+        self.claimed.set()
+        log.info("host %s claimed (pid %d, boot id %s)", self.cfg.host_id, self.instance.pid, self.instance.boot_id)
 
     def _stamp(self) -> bool:
-        return self.store.stamp_host(self.record())
+        if self._claimed_json is None:
+            return False
+        return self.store.stamp_claim(self.registration(), self._claimed_json)
 
-    def beat(self) -> None:
-        """One heartbeat: register under a new lease if needed; else refresh it
-        and stamp this beat's time into the durable record, only while the
-        leased record still exists (one transaction); register again under a
-        new lease when it does not (the lease ran out while etcd was away)."""
-        self.keeper.beat()
+    def beat(self) -> bool:
+        """One heartbeat: claim under a new lease if needed; else refresh it
+        and stamp this beat's time, only while the claim is still ours; claim
+        again under a new lease when it is not. False once refused."""
+        try:
+            self.keeper.beat()
+            self.last_error = ""
+        except HostIdTaken as exc:
+            self._give_back()
+            now = time.monotonic()
+            if self._first_refusal is None:
+                self._first_refusal = now
+            if not self._ever_claimed and now - self._first_refusal < self.wait_previous:
+                log.warning("host id %s is held: waiting up to %.0f s for its lease to lapse: %s",
+                            self.cfg.host_id, self.wait_previous, exc.message)
+                return True
+            self.reason = exc.message
+            self.claimed.clear()
+            self.refused.set()
+            log.error("%s", exc.message)
+            return False
+        except NetpluginError as exc:      # etcd away: the keeper logs it and tries again
+            self.last_error = exc.message
+            raise
+        return True
+
+    def _give_back(self) -> None:
+        """The lease granted for a refused claim holds nothing: revoke it."""
+        try:
+            self.keeper.revoke()
+        except NetpluginError:
+            self.keeper.drop()
 
     def start(self) -> HostHeartbeat:
         self.keeper.every = HEARTBEAT
-        self.keeper.start(at_once=True)
+        self.keeper.start(beat=self.beat, at_once=True)
         return self

@@ -35,8 +35,7 @@ from .config import Config
 from .dataplane.links import HOST_END_RE, Links, veth_names
 from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
 from .docker_api import DockerView
-from .errors import NetpluginError
-from .hosts import LAST_SEEN_EVERY, LEASE_TTL
+from .errors import InvalidRequest, NetpluginError
 from .lease import LeaseKeeper
 from .limit_sync import LimitSync
 from .model import ALLOC_ENDPOINT, Allocation, Endpoint
@@ -157,6 +156,7 @@ class Reconciler:
     # -- the run ------------------------------------------------------------------
     def run(self, dry_run: bool = False, grace: float = 60.0, dead_host_after: float | None = None,
             tombstone_max_age: float | None = DEFAULT_TOMBSTONE_MAX_AGE) -> dict:
+        self.check_host()
         report = Report(self.cfg.host_id, time.time(), dry_run, grace)
         lock = f"reconcile-{self.cfg.host_id}"
         lease = self.store.lease_keeper(LOCK_TTL, LOCK_REFRESH_EVERY, f"lock-{lock}", logger=log)
@@ -184,12 +184,42 @@ class Reconciler:
                 log.info("reconcile lock lease: %s", exc.message)
         return self._finish(report, save=True)
 
+    def check_host(self) -> None:
+        """Refuse to act on a host this reconciler may misread: its bridge
+        must exist, and a registration of its host id must agree with its
+        bridge and datapath type (wiring.make_reconciler adopts the
+        registration's settings before building the reconciler)."""
+        bridge, host = self.cfg.bridge, self.cfg.host_id
+        reg, _ = self.store.host_registration(host)
+        if reg is not None:
+            for name in ("bridge", "datapath_type"):
+                theirs = reg.settings.get(name)
+                if theirs is not None and theirs != getattr(self.cfg, name):
+                    raise InvalidRequest(
+                        f"refused: the daemon of host {host} runs with {name} {theirs!r}, this reconciler with "
+                        f"{getattr(self.cfg, name)!r}: nothing was changed. Run it with the daemon's settings "
+                        f"(the same settings file, or --{name.replace('_', '-')} {theirs})")
+        if not self.switch.bridge_exists(bridge):
+            raise InvalidRequest(f"refused: bridge {bridge} does not exist on this host, so its ports and veths "
+                                 f"cannot be read: nothing was changed. Check the bridge setting against the "
+                                 f"daemon's ('netctl host inspect {host}')")
+
     def _act(self, keeper: LockKeeper) -> None:
-        """Carry out the findings' actions while the lock is ours."""
+        """Carry out the findings' actions while the lock is ours. Before
+        anything is removed, Docker is asked afresh which endpoints run, on
+        any network: a port, veth or endpoint of one of them is never
+        removed, whatever the scan believed."""
+        running = self.docker.running_endpoints() if self._removals else set()
         for finding, act in self._actions:
             if not keeper.held():
                 finding.error = "not done: this run lost its lock"
                 continue
+            touches = self._removals.get(id(finding))
+            if touches is not None:
+                why = self._still_running(touches, running)
+                if why:
+                    finding.error = f"not done: {why}"
+                    continue
             try:
                 act()
                 finding.done = True
@@ -225,16 +255,30 @@ class Reconciler:
             self.store.save_reconcile(self.cfg.host_id, out, counters)
         return out
 
-    def _add(self, report: Report, finding: Finding, act=None) -> None:
+    @staticmethod
+    def _still_running(touches: tuple[str, ...], running: set[str] | None) -> str:
+        """Why a removal touching these endpoint ids and port names may not go ahead, or ''."""
+        if running is None:
+            return "Docker could not be asked which containers run"
+        names = {veth_names(eid)[0] for eid in running}
+        hit = [t for t in touches if t in running or t in names]
+        return f"Docker reports the container of {hit[0][:15]} running" if hit else ""
+
+    def _add(self, report: Report, finding: Finding, act=None, removes: tuple[str, ...] = ()) -> None:
+        """A finding; ``removes``: the endpoint ids and port or veth names its
+        action deletes, checked against Docker right before it runs."""
         if self._docker_unknown:
             finding.action = "report"     # without Docker's view, nothing is provably dead
         report.findings.append(finding)
         if act is not None and finding.action != "report":
             self._actions.append((finding, act))
+            if removes:
+                self._removals[id(finding)] = removes
 
     # -- what is there ------------------------------------------------------------------
     def _scan(self, report: Report, grace: float) -> None:
         self._actions: list[tuple[Finding, Callable[[], object]]] = []
+        self._removals: dict[int, tuple[str, ...]] = {}
         self._docker_unknown = False
         me = self.cfg.host_id
         now = time.time()
@@ -269,7 +313,8 @@ class Reconciler:
                 if old(ep.created):
                     self._add(report, Finding("endpoint_without_container", ep.id,
                                               f"{ep.ip} on {ep.network_name}: no running container has it",
-                                              "release"), lambda ep=ep: self.releaser.release_local(ep, "reconciler"))
+                                              "release"), lambda ep=ep: self.releaser.release_local(ep, "reconciler"),
+                              removes=(ep.id, ep.port))
                 continue
             has_port, has_veth = ep.id in ports, ep.port in veths
             if not has_veth:
@@ -299,7 +344,7 @@ class Reconciler:
             else:
                 self._add(report, Finding("port_without_endpoint", eid, f"OVS port {port['name']} has no endpoint",
                                           "release" if live is not None else "report"),
-                          lambda port=port, eid=eid: self._drop_port(port["name"], eid))
+                          lambda port=port, eid=eid: self._drop_port(port["name"], eid), removes=(eid, port["name"]))
 
         known_ports = {ep.port for ep in records.values()} | {p["name"] for p in ports.values()}
         for name in sorted(veths - known_ports):
@@ -308,7 +353,7 @@ class Reconciler:
                 self._add_live_veth(report, name, eid, (live or {})[eid], bound)
                 continue
             self._add(report, Finding("veth_without_endpoint", name, f"veth {name} has no endpoint", "release"),
-                      lambda name=name: self.links.delete(name))
+                      lambda name=name: self.links.delete(name), removes=(name,))
 
         for net in networks.values():
             for offset, alloc in self.store.list_allocations(net.subnet):
@@ -323,20 +368,23 @@ class Reconciler:
                 self._add(report, Finding("ip_without_endpoint", alloc.ip,
                                           f"{alloc.ip} in {net.label}: claimed {int(now - alloc.created)} s ago, "
                                           f"no endpoint", "release"),
-                          lambda net=net, offset=offset, alloc=alloc: self._drop_address(net.subnet, offset, alloc))
+                          lambda net=net, offset=offset, alloc=alloc: self._drop_address(net.subnet, offset, alloc),
+                          removes=(alloc.endpoint,) if alloc.endpoint else ())
 
     def _scan_dead_hosts(self, report: Report, dead_after: float) -> None:
-        now = time.time()
-        # last_seen is written every LAST_SEEN_EVERY seconds and the lease lasts
-        # LEASE_TTL more: the host may have lived that long after it. Count from
-        # the latest moment it could have died, so nothing is released early.
-        margin = LAST_SEEN_EVERY + LEASE_TTL
-        dead = {h.host for h, alive in self.store.list_hosts()
-                if not alive and now - (h.last_seen + margin) > dead_after and h.host != self.cfg.host_id}
-        for ep in self.store.list_endpoints():
+        """Endpoints of hosts whose claim has been gone at least ``dead_after``
+        seconds by etcd's lease clock (Store.host_gone_for): no host's clock,
+        this one's included, is compared with another's. Each release is
+        guarded by the host's claim still being absent."""
+        me = self.cfg.host_id
+        endpoints = self.store.list_endpoints()
+        dead = {host for host in {ep.host for ep in endpoints if ep.host != me}
+                if self.store.host_gone_for(host, me, dead_after)}
+        for ep in endpoints:
             if ep.host in dead:
                 self._add(report, Finding("endpoint_of_dead_host", ep.id, f"{ep.ip} on dead host {ep.host}",
-                                          "release"), lambda ep=ep: self.store.release_endpoint(ep, "reconciler"))
+                                          "release"),
+                          lambda ep=ep: self.store.release_endpoint(ep, "reconciler", host_gone=True))
 
     def _add_live_veth(self, report: Report, name: str, eid: str, attached: dict, bound: dict) -> None:
         """A live container's veth whose record and port are both gone: put the
@@ -371,7 +419,11 @@ class Reconciler:
         """A live container lost its veth: make a new pair and plug it in.
 
         The stale port goes first, and vswitchd must have let go of it before
-        the new pair of the same name exists (see Switch.delete_port)."""
+        the new pair of the same name exists (see Switch.delete_port); it is
+        deleted only while its veth is still missing, so a port that carries
+        traffic is never removed to be made again."""
+        if self.links.exists(ep.port):
+            raise NetpluginError(f"veth {ep.port} is back: nothing was replaced; run again")
         self.switch.delete_port(ep.port, wait_vswitchd=True)
         self.links.create_veth(ep.port, ep.peer, self.cfg.mtu, ep.mac, self.cfg.datapath_type == "netdev")
         self.links.plug_into_netns(ep.peer, netns, ep.ip, ep.prefixlen, net.gateway if net else None)

@@ -17,8 +17,12 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
                                    offset is 8 hex digits from the subnet start
     endpoints/<endpoint-id>        Endpoint record
     bindings/<host>/<docker-net>   Binding: a host's Docker network -> global network
-    hosts/<host>                   Host, bound to the daemon's lease: present while alive
-    hostinfo/<host>                Host with last_seen, kept after the host dies
+    hosts/<host>                   the daemon's claim of its host id (identity.Registration: the
+                                   host's record, its published settings, the instance), bound
+                                   to its lease: present while alive, taken create-if-absent
+    hostinfo/<host>                the same with last_seen, kept after the host dies
+    hostgone/<host>/<observer>/*   since + timer: how long a host has been gone, by etcd's
+                                   lease clock (host_gone_for)
     release/<host>/<endpoint-id>   a request for that host to release one of its endpoints
     released/<endpoint-id>         tombstone: when and by whom an endpoint was released
     profiles/<name>                Profile: rate and burst
@@ -54,7 +58,9 @@ from typing import TypeVar
 import netaddr
 
 from .badrecords import BadRecords
-from .errors import Conflict, NetpluginError, NotFound, StoreUnavailable
+from .errors import Conflict, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
+from .identity import BadRecord as IdentityBadRecord
+from .identity import Instance, Registration
 from .jsondepth import loads as json_loads
 from .kv import KV, Compare, Delete, Event, Item, Put, absent, unchanged
 from .lease import LeaseKeeper
@@ -491,16 +497,20 @@ class Store:
     def k_tombstone(self, endpoint_id: str) -> str:
         return f"{self.prefix}/released/{endpoint_id}"
 
-    def release_endpoint(self, ep: Endpoint, by: str) -> tuple[bool, str | None]:
+    def release_endpoint(self, ep: Endpoint, by: str, host_gone: bool = False) -> tuple[bool, str | None]:
         """Delete the endpoint record and its address at once, leaving a tombstone.
 
         Returns (record deleted, address released). The address goes only if
         it is still this endpoint's (or an unstamped claim of the same host).
+        ``host_gone``: only while the endpoint's host has no live claim
+        (Conflict otherwise: it came back).
         """
         subnet = netaddr.IPNetwork(f"{ep.ip}/{ep.prefixlen}").cidr
         alloc_key = self.k_alloc(str(subnet), int(netaddr.IPAddress(ep.ip)) - subnet.first)
 
         def attempt(read: Reading) -> tuple[list[Put | Delete], tuple[bool, str | None]]:
+            if host_gone and read.get(self.k_host(ep.host)) is not None:
+                raise Conflict(f"host {ep.host} is alive again: endpoint {ep.id[:12]} is its own to release")
             rec = read.get(self.k_endpoint(ep.id))
             item = read.get(alloc_key)
             held = self._load(Allocation, item)
@@ -681,6 +691,36 @@ class Store:
     def follow_release_requests(self, loop: SyncLoop, host: str) -> SyncLoop:
         return loop.follow(self.kv, self.k_release(host))
 
+    # -- bad records ---------------------------------------------------------------------
+    def scan_bad_records(self) -> list[tuple[str, str, str]]:
+        """(key, kind, what is wrong) of every bad record under the prefix, each
+        key family checked as its readers check it; for ``netctl status``."""
+        probe = Store(self.kv, self.prefix, BadRecords(quiet=True))
+        records: dict[str, type[Record]] = {"networks": Network, "endpoints": Endpoint, "bindings": Binding,
+                                            "profiles": Profile, "hostinfo": Host}
+        for item in self.kv.get_prefix(f"{self.prefix}/"):
+            family, _, rest = item.key[len(self.prefix) + 1:].partition("/")
+            if family in records:
+                probe._load(records[family], item)
+            elif family == "ipam":
+                if probe._load(Allocation, item) is not None and not OFFSET_RE.fullmatch(rest.rpartition("/")[2]):
+                    probe.bad.found(item.key, "allocation", "the key's offset is not 8 hex digits")
+            elif family == "index":
+                kind, _, value = rest.partition("/")
+                probe._index(kind, value)
+            elif family in ("release", "released"):
+                kind, check = (("release", check_release_request) if family == "release"
+                               else ("tombstone", check_tombstone))
+                if not DOCKER_ID_RE.fullmatch(item.key.rsplit("/", 1)[1]):
+                    probe.bad.found(item.key, kind, "the key does not end in an endpoint id (64 hex digits)")
+                else:
+                    probe._load_dict(item, kind, check)
+            elif family == "settings" and rest == "arp-mode":
+                probe.arp_mode()
+            elif family in ("reconcile", "hosts"):
+                probe._load_dict(item, "report" if family == "reconcile" else "host")
+        return sorted((key, kind, problem) for key, (kind, problem) in probe.bad.current().items())
+
     # -- health ------------------------------------------------------------------------
     def ping(self) -> None:
         """One small read; raises StoreUnavailable when etcd does not answer."""
@@ -700,8 +740,97 @@ class Store:
         return f"{self.prefix}/hostinfo/{host}"
 
     def register_host(self, host: Host, lease: int) -> None:
+        """Write a host record unguarded (tests and tools that stand in for a
+        daemon); a daemon claims its id with ``claim_host``."""
         self.kv.txn([], [Put(self.k_host(host.host), host.to_json(), lease=lease),
                          Put(self.k_hostinfo(host.host), host.to_json())])
+
+    def claim_host(self, reg: Registration, lease: int,
+                   may_take: Callable[[Instance | None], bool]) -> tuple[bool, Instance | None]:
+        """Take ``hosts/<host>`` on ``lease`` with ``reg`` (and ``hostinfo/<host>``)
+        in one transaction guarded by what was read there: created when
+        absent, replaced only when ``may_take`` accepts its holder.
+
+        Returns (True, None) when claimed, else (False, holder); holder is None
+        when the record there is not a valid claim (never taken)."""
+        key = self.k_host(reg.host)
+
+        def attempt(read: Reading) -> tuple[list[Put | Delete], tuple[bool, Instance | None]]:
+            item = read.get(key)
+            if item is not None:
+                try:
+                    found: Instance | None = Registration.from_json(item.value).instance
+                except IdentityBadRecord as exc:
+                    self.bad.found(key, "registration", str(exc))
+                    return [], (False, None)
+                if not may_take(found):
+                    return [], (False, found)
+            value = reg.to_json()
+            return [Put(key, value, lease=lease), Put(self.k_hostinfo(reg.host), value)], (True, None)
+        return compare_and_swap(self.kv, attempt, Conflict(f"host id {reg.host} kept changing while it was "
+                                                           "claimed: retry"))
+
+    def stamp_claim(self, reg: Registration, claimed: str) -> bool:
+        """Write a live host's durable record (its last_seen), only while
+        ``hosts/<host>`` still holds the claim written as ``claimed``: False
+        when the lease ran out or another instance holds the id."""
+        return self.kv.txn([Compare(self.k_host(reg.host), "value", "==", claimed)],
+                           [Put(self.k_hostinfo(reg.host), reg.to_json())], idempotent=True)
+
+    def host_registration(self, host: str) -> tuple[Registration | None, bool]:
+        """A host's registration and whether it is alive: its live claim, else
+        the last one it wrote (``hostinfo/``); (None, False) when it never
+        registered. A record that is not a registration raises InvalidRequest."""
+        for key, alive in ((self.k_host(host), True), (self.k_hostinfo(host), False)):
+            item = self.kv.get(key)
+            if item is None:
+                continue
+            try:
+                return Registration.from_json(item.value), alive
+            except IdentityBadRecord as exc:
+                self.bad.found(key, "registration", str(exc))
+                raise InvalidRequest(f"the registration of host {host} ({key}) is not one written by this "
+                                     f"version of netplugin ({exc}): restart that host's daemon to write it "
+                                     "again") from None
+        return None, False
+
+    # -- how long a host has been gone, by etcd's clock ---------------------------------
+    def k_gone(self, host: str, observer: str, what: str) -> str:
+        return f"{self.prefix}/hostgone/{host}/{observer}/{what}"
+
+    def host_gone_for(self, host: str, observer: str, seconds: float) -> bool:
+        """Whether ``host`` has been without a live claim for at least
+        ``seconds``, measured by etcd alone: the first time ``observer`` finds
+        it gone, a timer key is put on a new lease of that TTL beside a durable
+        ``since`` key; the host is gone long enough once etcd has expired that
+        lease. The count starts again if the host wrote anything since (its
+        ``hostinfo/`` revision moved) or ``seconds`` changed. A host that never
+        registered is never gone. No clock of any host is read."""
+        ttl = max(1, int(-(-seconds // 1)))
+        since_key, timer_key = self.k_gone(host, observer, "since"), self.k_gone(host, observer, "timer")
+        if self.kv.get(self.k_host(host)) is not None:
+            stale = f"{self.prefix}/hostgone/{host}/"
+            if self.kv.count_prefix(stale):
+                self.kv.txn([], [Delete(stale, prefix=True)])
+            return False
+        info = self.kv.get(self.k_hostinfo(host))
+        if info is None:
+            return False
+        since = self.kv.get(since_key)
+        mark = {"ttl": ttl, "hostinfo_revision": info.mod_revision}
+        if since is not None:
+            try:
+                same = json.loads(since.value) == mark
+            except ValueError:
+                same = False
+            if same:
+                return self.kv.get(timer_key) is None
+        lease = self.kv.grant_lease(ttl)
+        if not self.kv.txn([absent(self.k_host(host)), unchanged(info.key, info.mod_revision),
+                            unchanged(since_key, since.mod_revision if since else 0)],
+                           [Put(since_key, json.dumps(mark, sort_keys=True)), Put(timer_key, "", lease=lease)]):
+            self.kv.revoke_lease(lease)
+        return False
 
     def list_hosts(self) -> list[tuple[Host, bool]]:
         """Every host ever registered, with whether its lease is alive."""

@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import health
+from . import health, host_settings
 from .arp_proxy import ArpProxy
 from .background import Background
 from .bridge import Bridge
@@ -37,6 +37,7 @@ from .dataplane.ovs import Switch
 from .dataplane.ratelimit import RateLimiter
 from .docker_api import DockerNames, DockerView
 from .endpoints import Endpoints
+from .hosts import HostHeartbeat
 from .ipam import Ipam
 from .kv import EtcdKV
 from .limit_sync import LimitSync
@@ -71,6 +72,7 @@ class Components:
     networks: Networks
     endpoints: Endpoints
     releaser: Releaser
+    heartbeat: HostHeartbeat
     health: Callable[[], dict]
     metrics: Metrics | None = None
 
@@ -126,6 +128,7 @@ def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flo
         bridge=bridge, networks=networks,
         endpoints=Endpoints(cfg, store, links, switch, bridge, networks, limits, arp, background),
         releaser=Releaser(cfg, store, links, switch, docker_view, limits),
+        heartbeat=HostHeartbeat(cfg, store),
         health=functools.partial(health.check, store, switch, cfg.bridge), metrics=metrics)
 
 
@@ -138,8 +141,11 @@ def make_components(cfg: Config) -> Components:
 
 
 def make_reconciler(cfg: Config) -> Reconciler:
-    """What one reconcile pass needs, and no more."""
-    store, switch, links, flows = make_store(cfg), make_switch(cfg), Links(), make_flows(cfg)
+    """What one reconcile pass needs, and no more, with the settings the
+    host's daemon published (host_settings.adopt: refused when they disagree)."""
+    store = make_store(cfg)
+    cfg = host_settings.adopt(cfg, store)
+    switch, links, flows = make_switch(cfg), Links(), make_flows(cfg)
     limits = make_limits(cfg, store, switch, flows, Background())
     docker_view = DockerView(make_docker(cfg))
     releaser = Releaser(cfg, store, links, switch, docker_view, limits)

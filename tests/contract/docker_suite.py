@@ -173,5 +173,13 @@ class DockerViewContract:
         view_world.stop(cid)
         assert view.live_endpoints([view_world.network_id]) == {}
 
+    def test_running_endpoints_lists_every_running_container_on_any_network(self, view_world):
+        view = view_world.view
+        cid, endpoint = view_world.run()
+        assert endpoint in view.running_endpoints()
+        view_world.stop(cid)
+        assert endpoint not in view.running_endpoints()
+
     def test_a_docker_that_does_not_answer_is_unknown_not_empty(self, view_world):
         assert view_world.unreachable().live_endpoints([view_world.network_id]) is None
+        assert view_world.unreachable().running_endpoints() is None

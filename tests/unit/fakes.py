@@ -480,6 +480,11 @@ class FakeDockerView:
     def detach(self, endpoint_id: str) -> None:
         self.live.pop(endpoint_id, None)
 
+    def running_endpoints(self) -> set[str] | None:
+        """Every live endpoint, on any network (Docker lists all running containers)."""
+        self.calls.append(["*"])
+        return set(self.live) if self.reachable else None
+
     def live_endpoints(self, docker_networks: list[str]) -> dict[str, dict] | None:
         self.calls.append(list(docker_networks))
         if not self.reachable:

@@ -495,6 +495,7 @@ def test_host_inspect(netctl, np, hosts):
 
 def test_netctl_reconcile_prints_one_json_line(netctl, np, monkeypatch):
     view = FakeDockerView()
+    np.switch.ensure_bridge(np.cfg.bridge, np.cfg.datapath_type)
     monkeypatch.setattr(backends, "make_reconciler", lambda cfg: Reconciler(
         cfg, np.store, np.links, np.switch, view, Releaser(cfg, np.store, np.links, np.switch, view, np.limits),
         np.limits))

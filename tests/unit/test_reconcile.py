@@ -14,11 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import netplugin.hosts as hosts_mod
 import netplugin.reconcile as reconcile_mod
 from netplugin import reconcile_cli
 from netplugin.dataplane.links import veth_names
-from netplugin.hosts import HostHeartbeat
+from netplugin.errors import Conflict
 from netplugin.kv import Delete
 from netplugin.model import Host
 from netplugin.reconcile import IN_FLIGHT_FLOOR, Reconciler, as_json_line, format_human
@@ -59,6 +58,8 @@ def view() -> FakeDockerView:
 
 
 def make_reconciler(h: Harness, view) -> Reconciler:
+    """A reconciler of h's host, whose bridge exists (the daemon made it at start)."""
+    h.switch.ensure_bridge(h.cfg.bridge, h.cfg.datapath_type)
     return Reconciler(h.cfg, h.store, h.links, h.switch, view,
                       Releaser(h.cfg, h.store, h.links, h.switch, view, h.limits), h.limits)
 
@@ -307,14 +308,27 @@ def dead_host(h: Harness, host: str, last_seen: float) -> None:
     h.kv.revoke_lease(lease)
 
 
-def test_endpoint_of_dead_host_is_released_only_with_dead_host_after(np, np2, net, rec, clock):
+@pytest.fixture
+def etcd_clock(kv):
+    """The fake etcd's own clock, which alone runs its leases out."""
+    now = {"t": 1000.0}
+    kv._clock = lambda: now["t"]
+    return now
+
+
+def test_endpoint_of_dead_host_is_released_once_etcd_has_timed_its_absence(np, np2, net, rec, clock, etcd_clock):
     net2 = np2.create_network(SUBNET, vlan=100, name="prod")
     c = np2.run_container(net2)
     dead_host(np, "h2", last_seen=time.time())
     clock.advance(HOUR)
 
     assert rec.run(grace=60)["findings"] == []                   # off by default
-    assert rec.run(grace=60, dead_host_after=2 * HOUR)["findings"] == []     # not dead long enough
+    assert rec.run(grace=60, dead_host_after=600)["findings"] == []      # the count starts: nothing yet
+    clock.advance(10 * HOUR)                                     # this host's clock says nothing about h2
+    assert rec.run(grace=60, dead_host_after=600)["findings"] == []
+    etcd_clock["t"] += 599
+    assert rec.run(grace=60, dead_host_after=600)["findings"] == []
+    etcd_clock["t"] += 2                                         # etcd ran the 600 s timer out
 
     report = rec.run(grace=60, dead_host_after=600)
     assert found(report) == [("endpoint_of_dead_host", c.endpoint, "release", True)]
@@ -322,6 +336,33 @@ def test_endpoint_of_dead_host_is_released_only_with_dead_host_after(np, np2, ne
     assert record(np, c.endpoint) is None and np.allocation(SUBNET, c.ip) is None
     assert np.store.tombstone(c.endpoint)["by"] == "reconciler"
     assert rec.run(grace=60, dead_host_after=600)["findings"] == []
+
+
+def test_a_host_that_came_back_is_counted_again_from_its_next_death(np, np2, net, rec, clock, etcd_clock):
+    net2 = np2.create_network(SUBNET, vlan=100, name="prod")
+    c = np2.run_container(net2)
+    dead_host(np, "h2", last_seen=time.time())
+    assert rec.run(grace=60, dead_host_after=600)["findings"] == []      # count started
+    etcd_clock["t"] += 300
+    lease = np.kv.grant_lease(15)
+    np.store.register_host(Host(host="h2"), lease)                       # h2 is back ...
+    assert rec.run(grace=60, dead_host_after=600)["findings"] == []
+    np.kv.revoke_lease(lease)                                            # ... and gone again
+    assert rec.run(grace=60, dead_host_after=600)["findings"] == []      # a new count starts here
+    etcd_clock["t"] += 400                                               # 700 s since the first count
+    assert rec.run(grace=60, dead_host_after=600)["findings"] == []
+    assert record(np, c.endpoint) is not None
+    etcd_clock["t"] += 201
+    assert found(rec.run(grace=60, dead_host_after=600)) == [("endpoint_of_dead_host", c.endpoint, "release", True)]
+
+
+def test_a_dead_hosts_release_is_refused_once_it_is_back(np, np2, net):
+    net2 = np2.create_network(SUBNET, vlan=100, name="prod")
+    c = np2.run_container(net2)
+    np.store.register_host(Host(host="h2"), np.kv.grant_lease(15))
+    with pytest.raises(Conflict, match="alive again"):
+        np.store.release_endpoint(record(np, c.endpoint), "reconciler", host_gone=True)
+    assert record(np, c.endpoint) is not None
 
 
 def test_endpoint_of_a_live_or_unknown_host_is_not_released(np, np2, net, rec, clock):
@@ -334,33 +375,6 @@ def test_endpoint_of_a_live_or_unknown_host_is_not_released(np, np2, net, rec, c
     np.kv.revoke_lease(lease)
     np.kv.txn([], [Delete(np.store.k_hostinfo("h2"))])
     assert rec.run(grace=60, dead_host_after=1)["findings"] == []   # never registered: unknown, kept
-    assert record(np, c.endpoint) is not None
-
-
-def test_dead_host_after_counts_from_when_the_host_died(np, np2, net, rec, clock, monkeypatch):
-    """BUG (reconcile.py, Reconciler._scan_dead_hosts, with hosts.py HostHeartbeat):
-    a host's death is measured from hostinfo.last_seen, which the heartbeat
-    writes only every LAST_SEEN_EVERY (60 s), not at every beat. A host whose
-    lease ran out a few seconds ago (a short etcd partition is enough) looks
-    dead for up to 60 s + its lease TTL longer than it is, and its endpoints'
-    records and addresses are released under it, although
-    docs/leaks.md says: "the host's lease has been gone that long"."""
-    net2 = np2.create_network(SUBNET, vlan=100, name="prod")
-    c = np2.run_container(net2)
-    t0 = time.time()
-    now = {"t": t0}
-    monkeypatch.setattr(hosts_mod, "time", SimpleNamespace(time=lambda: now["t"], monotonic=lambda: now["t"]))
-    hb = HostHeartbeat(np2.cfg, np2.store)
-    hb.beat()                                        # t0: registered, last_seen = t0
-    for _ in range(11):                              # t0+5 .. t0+55: alive, beating every 5 s
-        now["t"] += hosts_mod.HEARTBEAT
-        hb.beat()
-    assert np.store.host_alive("h2")
-    # h2 stops beating at t0+55; its lease runs out LEASE_TTL later, at t0+70
-    np.kv.revoke_lease(hb.lease)
-    clock.offset = 55 + hosts_mod.LEASE_TTL + 5      # the reconciler runs at t0+75: h2 dead for 5 s
-    report = rec.run(grace=60, dead_host_after=60)
-    assert report["findings"] == [], "h2 has been dead for 5 s, not 60 s"
     assert record(np, c.endpoint) is not None
 
 
