@@ -16,7 +16,8 @@ log = logging.getLogger("netplugin.records")
 class BadRecords:
     """What this process has found bad, by key; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet          # a tool listing them (netctl status) prints them itself
         self._lock = threading.Lock()
         self._bad: dict[str, tuple[str, str]] = {}     # key -> (kind, what is wrong)
         self._total: dict[str, int] = {}                # kind -> bad records ever met
@@ -28,7 +29,8 @@ class BadRecords:
                 return
             self._bad[key] = (kind, problem)
             self._total[kind] = self._total.get(kind, 0) + 1
-        log.warning("skipping bad %s record %s: %s", kind, escape(key), escape(problem))
+        if not self.quiet:
+            log.warning("skipping bad %s record %s: %s", kind, escape(key), escape(problem))
 
     def fine(self, key: str) -> None:
         """A key read fine (or deleted): it no longer counts as bad."""

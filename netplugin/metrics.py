@@ -92,6 +92,10 @@ class StoreCollector(Collector):
                                      "Reconciler actions that failed or were not done on this host")
         runs = CounterMetricFamily("netplugin_reconcile_runs", "Reconciler runs on this host")
         last = GaugeMetricFamily("netplugin_reconcile_last_run_timestamp_seconds", "When the reconciler last ran")
+        bad_total = CounterMetricFamily("netplugin_bad_records", "Bad records read from etcd by this process "
+                                        "(each key counted once per problem)", labels=["kind"])
+        bad_now = GaugeMetricFamily("netplugin_bad_records_current", "Records this process last read bad, by kind",
+                                    labels=["kind"])
         try:
             import netaddr
             networks = self.store.list_networks()
@@ -105,15 +109,29 @@ class StoreCollector(Collector):
                 size.add_metric([net.label], netaddr.IPNetwork(net.subnet).size - 2)
                 used.add_metric([net.label], self.store.count_allocations(net.subnet))
             totals = self.store.reconcile_counters(self.host_id) or {}
-            for kind, n in sorted((totals.get("found") or {}).items()):
-                found.add_metric([kind], n)
-            released.add_metric([], totals.get("released", 0))
-            repaired.add_metric([], totals.get("repaired", 0))
-            errors.add_metric([], totals.get("errors", 0))
-            runs.add_metric([], totals.get("runs", 0))
-            if totals.get("last_run"):
+            found_by_kind = totals.get("found")
+            for kind, n in sorted(found_by_kind.items() if isinstance(found_by_kind, dict) else []):
+                if isinstance(kind, str) and _number(n):
+                    found.add_metric([kind], n)
+            for family, name in ((released, "released"), (repaired, "repaired"), (errors, "errors"),
+                                 (runs, "runs")):
+                n = totals.get(name, 0)
+                family.add_metric([], n if _number(n) else 0)
+            if _number(totals.get("last_run")) and totals["last_run"]:
                 last.add_metric([], totals["last_run"])
         except NetpluginError as exc:
             self.metrics.backend_errors.labels("etcd").inc()
             log.warning("metrics: cannot read etcd: %s", exc.message)
-        yield from (endpoints, size, used, found, released, repaired, errors, runs, last)
+        for kind, n in sorted(self.store.bad.totals().items()):
+            bad_total.add_metric([kind], n)
+        current: dict[str, int] = {}
+        for kind, _ in self.store.bad.current().values():
+            current[kind] = current.get(kind, 0) + 1
+        for kind, n in sorted(current.items()):
+            bad_now.add_metric([kind], n)
+        yield from (endpoints, size, used, found, released, repaired, errors, runs, last, bad_total, bad_now)
+
+
+def _number(value: object) -> bool:
+    """A count or time read from etcd that a metric can carry (a bad report's field is left out)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0

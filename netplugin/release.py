@@ -153,13 +153,13 @@ class Releaser:
                 if live:
                     self.store.answer_release_request(self.cfg.host_id, endpoint_id, dict(
                         request, state="refused",
-                        message=f"endpoint belongs to running container {live['name']}"))
+                        message=f"endpoint belongs to running container {live['name']}"), asked=request)
                     return True
                 self.release_local(ep, by=f"request from {request.get('by')}")
-            self.store.answer_release_request(self.cfg.host_id, endpoint_id, None)
+            self.store.answer_release_request(self.cfg.host_id, endpoint_id, None, asked=request)
         except Conflict as exc:
             self.store.answer_release_request(self.cfg.host_id, endpoint_id,
-                                              dict(request, state="refused", message=exc.message))
+                                              dict(request, state="refused", message=exc.message), asked=request)
         except NetpluginError as exc:
             # OVS or etcd failing now: the request stays pending, the rest of the
             # queue goes on, and the loop tries it again shortly.

@@ -136,17 +136,33 @@ class Store:
         self.bad = bad if bad is not None else BadRecords()
 
     # -- checked reads ----------------------------------------------------------
-    def _load(self, cls: type[R], item: Item | None) -> R | None:
-        """The record in item, checked; None (and noted) when it is bad."""
+    def _load(self, cls: type[R], item: Item | None, also: Callable[[R, str], None] | None = None) -> R | None:
+        """The record in item, checked (and by ``also(record, key)``); None (and noted) when it is bad."""
         if item is None:
             return None
         try:
             rec = cls.load(item.value)
+            if also is not None:
+                also(rec, item.key)
         except BadRecord as exc:
             self.bad.found(item.key, cls.__name__.lower(), str(exc))
             return None
         self.bad.fine(item.key)
         return rec
+
+    def _load_alloc(self, item: Item | None) -> Allocation | None:
+        """An allocation, checked, and its address the one its key stands for."""
+        def at_its_key(alloc: Allocation, key: str) -> None:
+            pool, _, offset = key.rpartition("/")
+            try:
+                subnet = netaddr.IPNetwork(pool.rpartition("/")[2].replace("-", "/"))
+                right = bool(OFFSET_RE.fullmatch(offset)) and \
+                    str(netaddr.IPAddress(subnet.first + int(offset, 16))) == alloc.ip
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                right = False
+            if not right:
+                raise BadRecord(f"ip {alloc.ip} is not the address its key stands for")
+        return self._load(Allocation, item, at_its_key)
 
     def _items(self, cls: type[R], prefix: str) -> list[tuple[Item, R]]:
         """Every good record under prefix, with its item; bad ones skipped."""
@@ -286,7 +302,7 @@ class Store:
             key = self.k_alloc(net.subnet, int(netaddr.IPAddress(alloc.ip)) - subnet.first)
             held = self.kv.get(key)
             if held is not None:
-                holder = self._load(Allocation, held)
+                holder = self._load_alloc(held)
                 if holder is None:
                     raise Conflict(f"address {alloc.ip} is held by a bad record {held.key}: see 'netctl status'")
                 if adoptable(holder, alloc):
@@ -344,7 +360,7 @@ class Store:
             bindings = [b for b in self._records(Binding, f"{self.prefix}/bindings/") if b.network == net.id]
             in_use = []
             for item in self.kv.get_prefix(self.k_pool(current.subnet)):
-                alloc = self._load(Allocation, item)
+                alloc = self._load_alloc(item)
                 if alloc is None or alloc.endpoint or alloc.kind not in (ALLOC_GATEWAY, ALLOC_AUX):
                     in_use.append(f"{alloc.ip} ({describe_holder(alloc)})" if alloc else f"bad record {item.key}")
             if unbound and bindings:
@@ -414,7 +430,7 @@ class Store:
 
     def get_allocation(self, subnet: str, offset: int) -> tuple[Allocation, int] | None:
         item = self.kv.get(self.k_alloc(subnet, offset))
-        alloc = self._load(Allocation, item)
+        alloc = self._load_alloc(item)
         return (alloc, item.mod_revision) if alloc is not None and item is not None else None
 
     def used_offsets_in_chunk(self, subnet: str, chunk: int) -> set[int]:
@@ -426,12 +442,12 @@ class Store:
 
     def list_allocations(self, subnet: str) -> list[tuple[int, Allocation]]:
         found = []
-        for item, alloc in self._items(Allocation, self.k_pool(subnet)):
+        for item in self.kv.get_prefix(self.k_pool(subnet)):
             tail = item.key.rsplit("/", 1)[1]
-            if OFFSET_RE.fullmatch(tail):
-                found.append((int(tail, 16), alloc))
-            else:
+            if not OFFSET_RE.fullmatch(tail):
                 self.bad.found(item.key, "allocation", "the key's offset is not 8 hex digits")
+            elif (alloc := self._load_alloc(item)) is not None:
+                found.append((int(tail, 16), alloc))
         return found
 
     def release_address(self, subnet: str, offset: int, mod_revision: int, endpoint_gone: str = "") -> bool:
@@ -513,7 +529,7 @@ class Store:
                 raise Conflict(f"host {ep.host} is alive again: endpoint {ep.id[:12]} is its own to release")
             rec = read.get(self.k_endpoint(ep.id))
             item = read.get(alloc_key)
-            held = self._load(Allocation, item)
+            held = self._load_alloc(item)
             ops: list[Put | Delete] = [Put(self.k_tombstone(ep.id), json.dumps(
                 {"endpoint": ep.id, "host": ep.host, "ip": ep.ip, "network": ep.network, "by": by,
                  "time": time.time()}))]
@@ -703,8 +719,10 @@ class Store:
             if family in records:
                 probe._load(records[family], item)
             elif family == "ipam":
-                if probe._load(Allocation, item) is not None and not OFFSET_RE.fullmatch(rest.rpartition("/")[2]):
+                if not OFFSET_RE.fullmatch(rest.rpartition("/")[2]):
                     probe.bad.found(item.key, "allocation", "the key's offset is not 8 hex digits")
+                else:
+                    probe._load_alloc(item)
             elif family == "index":
                 kind, _, value = rest.partition("/")
                 probe._index(kind, value)

@@ -13,8 +13,9 @@ from typing import Any
 from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import deadline
+from .. import deadline, jsondepth
 from ..errors import InvalidRequest
+from ..logs import escape
 
 log = logging.getLogger("netplugin.api")
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
@@ -58,8 +59,8 @@ def _body() -> dict:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = jsondepth.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:   # nested too deep included: a 400, never a 500
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
@@ -84,14 +85,14 @@ def log_call(status: int, error: str = "", exc: BaseException | None = None) -> 
     seconds = time.monotonic() - getattr(g, "started", time.monotonic())
     method = request.path.lstrip("/")
     fields = {"NetworkID": "network", "EndpointID": "endpoint", "PoolID": "pool", "Address": "address"}
-    call: dict[str, object] = {name: str(body[k])[:64] for k, name in fields.items()
+    call: dict[str, object] = {name: escape(body[k][:64]) for k, name in fields.items()
                                if isinstance(body.get(k), str) and body.get(k)}
-    call.update(method=method, status=status, ms=round(seconds * 1000, 1), error=error)
-    ids = " ".join(f"{k}={str(body[k])[:12] if k in ('NetworkID', 'EndpointID') else body[k]}"
+    call.update(method=escape(method, 64), status=status, ms=round(seconds * 1000, 1), error=escape(error))
+    ids = " ".join(f"{k}={escape(body[k][:12] if k in ('NetworkID', 'EndpointID') else body[k], 64)}"
                    for k in fields if k in body and isinstance(body[k], str) and body[k])
     level = logging.INFO if status < 500 else logging.ERROR
-    log.log(level, "%s %s status=%d ms=%.1f%s", method, ids, status, seconds * 1000,
-            f" error={error!r}" if error else "", extra={"call": call})
+    log.log(level, "%s %s status=%d ms=%.1f%s", escape(method, 64), ids, status, seconds * 1000,
+            f" error={escape(error)!r}" if error else "", extra={"call": call})
     metrics = current_app.extensions["netplugin"].get("metrics")
     if metrics is not None:
         metrics.observe_call(method if request.url_rule is not None else "unknown", status, seconds, exc)

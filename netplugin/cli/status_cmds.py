@@ -1,6 +1,7 @@
 """``netctl status``: the cluster on one screen, from etcd.
 
-Hosts alive and dead, endpoints, the last reconcile and the hosts whose
+Hosts alive and dead, endpoints, records in etcd that fail their checks
+(key, kind and what is wrong: every reader skips them), the last reconcile and the hosts whose
 reconciler has not run lately, backup jobs, and every network with its pool
 fill. ``--json`` gives the same and more (every host's last reconcile).
 
@@ -18,6 +19,7 @@ import time
 
 import netaddr
 
+from ..logs import escape
 from .output import ago, print_fields, print_json, print_table
 
 # The reconcile timer runs every 5 minutes (systemd/netplugin-reconcile.timer):
@@ -94,6 +96,8 @@ def collect(ctx, now: float | None = None) -> dict:
             "with_errors": [r["host"] for r in host_rows if r["last_reconcile"] and r["last_reconcile"]["errors"]],
         },
         "backup_jobs": ctx.backup_jobs(),
+        "bad_records": [{"key": key, "kind": kind, "problem": problem}
+                        for key, kind, problem in store.scan_bad_records()],
     }
 
 
@@ -153,8 +157,15 @@ def status(args, ctx) -> int:
              ("Endpoints", f"{eps['total']} on {_plural(eps['hosts'], 'host')}" if eps["total"] else "0"),
              ("Reconcile", rec[0])] + [("", more) for more in rec[1:]] + \
             [("Backup jobs", bk[0])] + [("", more) for more in bk[1:]]
+    bad = info["bad_records"]
+    pairs.insert(3, ("Bad records", f"{len(bad)}, skipped by every reader: fix or delete them (etcdctl del KEY)"
+                     if bad else "none"))
     print_fields(pairs)
     print()
+    if bad:
+        print_table(["BAD KEY", "KIND", "PROBLEM"],
+                    [[escape(r["key"], 120), r["kind"], escape(r["problem"], 160)] for r in bad])
+        print()
     if not info["networks"]:
         print("No networks: create one with 'netctl network create' or 'docker network create -d netplugin'.")
         return 0

@@ -40,6 +40,21 @@ TABLE_CLASSIFY = 0
 TABLE_ARP = 10
 PRIO_PORT = 100
 _BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+_ENDPOINT_RE = re.compile(r"[0-9a-f]{15,64}")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}")
+
+
+def check_flow_text(endpoint_id: str, ip: str | None = None, mac: str | None = None) -> None:
+    """The second line of defence: nothing but a strictly valid endpoint id,
+    dotted IPv4 address and lowercase MAC ever reaches flow text."""
+    if not isinstance(endpoint_id, str) or not _ENDPOINT_RE.fullmatch(endpoint_id):
+        raise InvalidRequest(f"endpoint id {endpoint_id!r} is not hex: no flow written")
+    if ip is not None and (not isinstance(ip, str) or not _IPV4_RE.fullmatch(ip)):
+        raise InvalidRequest(f"address {ip!r} is not a dotted IPv4 address: no flow written")
+    if mac is not None and (not isinstance(mac, str) or not _MAC_RE.fullmatch(mac)):
+        raise InvalidRequest(f"MAC {mac!r} is not aa:bb:cc:dd:ee:ff in lowercase hex: no flow written")
 
 
 KIND_PORT = 0          # table 0: the port's classification (and meter)
@@ -50,6 +65,7 @@ ENDPOINT_MASK = (1 << 63) | ((1 << 60) - 1)
 
 def cookie_for(endpoint_id: str, kind: int = KIND_PORT) -> int:
     """Top bit: a netplugin flow; bits 60-61: the kind; bits 0-59: the endpoint id."""
+    check_flow_text(endpoint_id)
     return (1 << 63) | (kind << 60) | int(endpoint_id[:15], 16)
 
 
@@ -176,6 +192,7 @@ class Flows:
     def arp_answer(self, endpoint_id: str, ip: str, mac: str, vlan: int, uplink_ofport: int | None) -> str:
         """The flow text that answers ARP requests for ip with mac: from local ports
         of the VLAN (metadata), or from the trunk (dl_vlan) when uplink_ofport is given."""
+        check_flow_text(endpoint_id, ip, mac)
         ip_hex = "0x" + "".join(f"{int(o):02x}" for o in ip.split("."))
         mac_hex = "0x" + mac.replace(":", "")
         if uplink_ofport is None:
