@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import etcd_access
 from .errors import InvalidRequest
 from .settings import load_settings
 
@@ -42,6 +43,9 @@ class Config:
     etcd_key: str | None = None
     etcd_user: str | None = None
     etcd_password: str | None = None
+    # A password over http:// is refused unless this is set and every endpoint
+    # is on loopback (a test cluster on this machine): etcd_access.py.
+    etcd_allow_plaintext_password: bool = False
     host_id: str = field(default_factory=socket.gethostname)
     bridge: str = "netplugin0"
     datapath_type: str = "system"
@@ -109,10 +113,8 @@ class Config:
                                  f"not {self.reconcile_dead_host_after}")
         if not 1 <= int(self.threads) <= 512:
             raise InvalidRequest(f"threads {self.threads} must be between 1 and 512")
-        if bool(self.etcd_user) != bool(self.etcd_password):
-            raise InvalidRequest("etcd_user and etcd_password go together: give both or neither")
-        if bool(self.etcd_cert) != bool(self.etcd_key):
-            raise InvalidRequest("etcd_cert and etcd_key go together: give both or neither")
+        etcd_access.check(self.etcd_endpoints, self.etcd_cacert, self.etcd_cert, self.etcd_key,
+                          self.etcd_user, self.etcd_password, self.etcd_allow_plaintext_password)
         return self
 
 

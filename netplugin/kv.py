@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from . import etcd_access
 from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,9 @@ class EtcdKV:
 
     def __init__(self, endpoints: list[str], timeout: float = 3.0, cacert: str | None = None,
                  cert: str | None = None, key: str | None = None, user: str | None = None,
-                 password: str | None = None, retry_after: float = 2.0):
+                 password: str | None = None, retry_after: float = 2.0, allow_plaintext_password: bool = False):
+        # The same rules as the settings: never a TLS file or a password silently dropped.
+        etcd_access.check(endpoints, cacert, cert, key, user, password, allow_plaintext_password)
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._tls = (cacert, cert, key)
@@ -143,27 +146,41 @@ class EtcdKV:
         import grpc
         import pyetcd
 
-        cacert, cert, key = self._tls
-        creds = None
-        if cacert:
-            creds = pyetcd.MultiEndpointEtcd3Client.get_secure_creds(cacert, key, cert)
+        creds = self._credentials(grpc)
         eps = []
         for url in self.endpoints:
             parts = urlsplit(url)
-            secure = parts.scheme == "https"
-            if secure and creds is None:
-                creds = grpc.ssl_channel_credentials()
+            secure = parts.scheme == "https"     # one scheme for all: etcd_access.check
             eps.append(pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
                                        creds=creds if secure else None, time_retry=self._retry_after,
                                        opts=GRPC_OPTIONS))
         user, password = self._auth
         return _client_class()(endpoints=eps, timeout=self.timeout, user=user, password=password, failover=True)
 
+    def _credentials(self, grpc: Any) -> Any:
+        """TLS credentials for https:// endpoints (None for http://): the CA and
+        client pair given, or the system's CA store when neither is."""
+        if not self.endpoints or not self.endpoints[0].startswith("https://"):
+            return None
+        pem: dict[str, bytes | None] = {}
+        for name, path in zip(("etcd_cacert", "etcd_cert", "etcd_key"), self._tls, strict=True):
+            pem[name] = None
+            try:
+                if path:
+                    with open(path, "rb") as fh:
+                        pem[name] = fh.read()
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot read {name} {path}: {exc.strerror}; fix the path or the "
+                                       "file's permissions") from None
+        return grpc.ssl_channel_credentials(pem["etcd_cacert"], pem["etcd_key"], pem["etcd_cert"])
+
     def _get_client(self):
         with self._lock:
             if self._client is None:
                 try:
                     self._client = self._connect()
+                except StoreUnavailable:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - any failure to connect (auth needs a round trip) is an unavailable store
                     raise self._unavailable(exc) from None
             return self._client

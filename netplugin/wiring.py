@@ -79,7 +79,8 @@ class Components:
 
 def make_store(cfg: Config) -> Store:
     kv = EtcdKV(cfg.etcd_endpoints, timeout=cfg.etcd_timeout, cacert=cfg.etcd_cacert, cert=cfg.etcd_cert,
-                key=cfg.etcd_key, user=cfg.etcd_user, password=cfg.etcd_password)
+                key=cfg.etcd_key, user=cfg.etcd_user, password=cfg.etcd_password,
+                allow_plaintext_password=cfg.etcd_allow_plaintext_password)
     return Store(kv, cfg.etcd_prefix)
 
 

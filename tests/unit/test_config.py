@@ -36,11 +36,11 @@ def test_defaults(no_default_file):
 
 def test_toml_file(no_default_file):
     path = no_default_file / "np.toml"
-    path.write_text('etcd_endpoints = ["http://10.0.0.1:2379", "https://10.0.0.2:2379"]\n'
+    path.write_text('etcd_endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]\n'
                     'host-id = "db-host-17"\nbridge = "br-np"\ndatapath_type = "netdev"\n'
                     'uplink = "bond0"\nmtu = 9000\netcd_timeout = 1.5\n')
     cfg = load(str(path), env={})
-    assert cfg.etcd_endpoints == ["http://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    assert cfg.etcd_endpoints == ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
     assert (cfg.host_id, cfg.bridge, cfg.datapath_type, cfg.uplink, cfg.mtu, cfg.etcd_timeout) == \
         ("db-host-17", "br-np", "netdev", "bond0", 9000, 1.5)
 

@@ -41,7 +41,7 @@ def test_tls_and_user_flags_map_to_the_etcd_settings(clean_env):
 
 def test_flags_win_over_file_and_environment(clean_env, monkeypatch):
     toml = clean_env / "np.toml"
-    toml.write_text('etcd_cacert = "/file/ca.pem"\netcd_user = "file-user"\netcd_password = "file-pw"\n'
+    toml.write_text('etcd_endpoints = ["https://10.0.0.1:2379"]\netcd_cacert = "/file/ca.pem"\netcd_user = "file-user"\netcd_password = "file-pw"\n'
                     'etcd_cert = "/file/c.pem"\netcd_key = "/file/k.pem"\n')
     monkeypatch.setenv("NETPLUGIN_ETCD_USER", "env-user")
     monkeypatch.setenv("NETPLUGIN_ETCD_CERT", "/env/c.pem")
@@ -55,6 +55,7 @@ def test_flags_win_over_file_and_environment(clean_env, monkeypatch):
 
 
 def test_no_flag_leaves_the_settings_alone(clean_env, monkeypatch):
+    monkeypatch.setenv("NETPLUGIN_ETCD_ENDPOINTS", "https://10.0.0.1:2379")     # no password over http
     monkeypatch.setenv("NETPLUGIN_ETCD_PASSWORD", "env-pw")
     monkeypatch.setenv("NETPLUGIN_ETCD_USER", "u")
     cfg = settings([])
