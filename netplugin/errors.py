@@ -43,6 +43,19 @@ class StoreUnavailable(NetpluginError):
     status = 503
 
 
+class StoreFull(StoreUnavailable):
+    """etcd raised its space alarm (NOSPACE): it refuses writes until an operator
+    frees space and disarms the alarm; reads still work."""
+
+
+class HistoryCompacted(StoreUnavailable):
+    """A watch asked for changes etcd has compacted away: read everything again."""
+
+    def __init__(self, message: str, compacted_revision: int = 0):
+        super().__init__(message)
+        self.compacted_revision = compacted_revision
+
+
 class DataplaneUnavailable(NetpluginError):
     """Open vSwitch or the kernel cannot be reached."""
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from . import etcd_access
-from .errors import StoreUnavailable
+from .errors import HistoryCompacted, StoreFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class KV(Protocol):
     def close(self) -> None: ...
 
 
+# etcd's answer to a write while its NOSPACE alarm is raised (RESOURCE_EXHAUSTED).
+SPACE_EXCEEDED = "database space exceeded"
 _TRANSIENT = ("deadline exceeded", "leader changed", "no leader", "request timed out")
 _ATTEMPT = threading.local()     # this thread's deadline for the call in flight, if shorter
 
@@ -191,6 +193,13 @@ class EtcdKV:
             f"store unavailable: etcd did not answer at {', '.join(self.endpoints)} ({detail}); "
             "check that etcd is running and reachable, then retry")
 
+    def _full(self, exc: Exception) -> StoreFull:
+        return StoreFull(
+            f"etcd at {', '.join(self.endpoints)} refused the write: its database is over its space quota "
+            f"(the NOSPACE alarm, '{SPACE_EXCEEDED}'); reads still work. An etcd operator must free space: "
+            "compact the history (etcdctl compact REVISION), defragment every member (etcdctl defrag), then "
+            "etcdctl alarm disarm (docs/etcd.md, 'When etcd is full')")
+
     def _call(self, fn, retry: bool = True):
         """Run fn(client); map client errors to StoreUnavailable.
 
@@ -236,7 +245,11 @@ class EtcdKV:
                     raise self._unavailable(exc) from None
             except etcd_exc.InternalServerError as exc:
                 raise self._unavailable(exc) from None
+            except etcd_exc.RevisionCompactedError:
+                raise                   # watch_prefix says which watch, and its follower reads again
             except Exception as exc:
+                if SPACE_EXCEEDED in str(exc):
+                    raise self._full(exc) from None     # no retry: only an operator can free space
                 if "auth token" in str(exc).lower() or "UNAUTHENTICATED" in str(exc):
                     with self._lock:     # tokens expire; log in again
                         self._client = None
@@ -296,21 +309,42 @@ class EtcdKV:
 
     def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[Event]:
         """Changes under prefix from start_revision on, until stop is set.
-        Raises StoreUnavailable when the watch breaks; callers re-snapshot."""
+        Raises StoreUnavailable when the watch breaks, HistoryCompacted when
+        etcd no longer holds start_revision; callers re-snapshot."""
         import pyetcd.events as etcd_events
-        events, cancel = self._call(lambda c: c.watch_prefix(prefix, start_revision=start_revision))
-        canceller = threading.Thread(target=lambda: (stop.wait(), cancel()), daemon=True, name="watch-cancel")
-        canceller.start()
+        import pyetcd.exceptions as etcd_exc
+        done = threading.Event()
+        try:
+            events, cancel = self._call(lambda c: c.watch_prefix(prefix, start_revision=start_revision))
+        except etcd_exc.RevisionCompactedError as exc:
+            raise self._compacted(prefix, start_revision, exc) from None
+
+        def cancel_on_stop() -> None:        # ends with the watch: no thread left behind per re-read
+            while not done.is_set():
+                if stop.wait(0.2):
+                    cancel()
+                    return
+        threading.Thread(target=cancel_on_stop, daemon=True, name="watch-cancel").start()
         try:
             for ev in events:
                 kind = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
                 yield Event(kind, ev.key.decode(), ev.value or b"", ev.mod_revision)
+        except etcd_exc.RevisionCompactedError as exc:
+            if not stop.is_set():
+                raise self._compacted(prefix, start_revision, exc) from None
         except Exception as exc:  # noqa: BLE001 - a broken watch is an unavailable store
             if not stop.is_set():
                 raise self._unavailable(exc) from None
         finally:
+            done.set()
             if not stop.is_set():
                 cancel()
+
+    @staticmethod
+    def _compacted(prefix: str, start_revision: int, exc) -> HistoryCompacted:
+        upto = getattr(exc, "compacted_revision", 0)
+        return HistoryCompacted(f"the watch on {prefix} from revision {start_revision} came too late: etcd "
+                                f"compacted its history up to revision {upto}; reading everything again", upto)
 
     # -- writes -------------------------------------------------------------
     def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete], idempotent: bool = False) -> bool:

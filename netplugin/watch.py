@@ -1,7 +1,10 @@
 """Following a prefix in etcd: read everything, then apply each change, and
 start over from a fresh read whenever the watch breaks (etcd restarted, a
 member failed over, the connection dropped). Nothing is missed: the watch
-starts at the revision the read was made at."""
+starts at the revision the read was made at. When etcd has compacted that
+revision away before the watch began (a slow first pass, a busy etcd), the
+follower reads again at once. Every re-read is counted by follower and
+reason in RELISTS (the metric netplugin_watch_relists)."""
 
 from __future__ import annotations
 
@@ -10,15 +13,37 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import NetpluginError
+from .errors import HistoryCompacted, NetpluginError
 from .kv import KV, Event, Item
 
 log = logging.getLogger(__name__)
 
 
+class Relists:
+    """How often each follower read its prefix again, and why ('compacted':
+    etcd no longer held the revision to watch from; 'broken': the watch or
+    the read failed; 'error': a handler raised)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, follower: str, reason: str) -> None:
+        with self._lock:
+            self._counts[(follower, reason)] = self._counts.get((follower, reason), 0) + 1
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+RELISTS = Relists()       # this process's followers; read at scrape time (watch_metrics.py)
+
+
 class PrefixFollower:
     def __init__(self, kv: KV, prefix: str, on_snapshot: Callable[[list[Item]], None],
-                 on_event: Callable[[Event], None], name: str, retry: float = 1.0):
+                 on_event: Callable[[Event], None], name: str, retry: float = 1.0, relists: Relists = RELISTS):
+        self.relists = relists
         self.kv = kv
         self.prefix = prefix
         self.on_snapshot = on_snapshot
@@ -38,16 +63,25 @@ class PrefixFollower:
 
     def run(self) -> None:
         while not self.stop.is_set():
+            pause = self.retry
             try:
                 items, revision = self.kv.snapshot(self.prefix)
                 self.on_snapshot(items)
                 for event in self.kv.watch_prefix(self.prefix, revision + 1, self.stop):
                     self.on_event(event)
+                reason = "broken"             # the watch ended without being asked to
+            except HistoryCompacted as exc:
+                log.info("%s: %s", self.name, exc.message)
+                reason, pause = "compacted", 0.0      # etcd is fine: read again at once
             except NetpluginError as exc:
                 log.warning("%s: %s; reading again in %.0f s", self.name, exc.message, self.retry)
+                reason = "broken"
             except Exception:         # a bug in a handler must not stop following
                 log.exception("%s failed; reading again", self.name)
-            self.stop.wait(self.retry)
+                reason = "error"
+            if not self.stop.is_set():
+                self.relists.add(self.name, reason)
+            self.stop.wait(pause)
 
 
 class SyncLoop:

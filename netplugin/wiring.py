@@ -155,11 +155,13 @@ def make_reconciler(cfg: Config) -> Reconciler:
 
 def make_metrics(cfg: Config, store: Store):
     """The daemon's Prometheus metrics: its own, the gauges read from etcd at
-    scrape time, and drctl's jobs and catalog (registered here, so that the
-    daemon's modules never import backup)."""
+    scrape time, its followers' re-reads of etcd, and drctl's jobs and
+    catalog (registered here, so that the daemon's modules never import backup)."""
     from .backup.exporter import BackupCollector
     from .backup.store import BackupStore
     from .metrics import Metrics
+    from .watch_metrics import WatchCollector
     metrics = Metrics()
-    metrics.watch_store(store, cfg.host_id, lambda m: BackupCollector(BackupStore.beside(store), m))
+    metrics.watch_store(store, cfg.host_id, lambda m: BackupCollector(BackupStore.beside(store), m),
+                        lambda m: WatchCollector())
     return metrics

@@ -45,6 +45,7 @@ FAMILIES = {
     "netplugin_reconcile_errors": "counter",
     "netplugin_reconcile_last_run_timestamp_seconds": "gauge",
     "netplugin_bad_records": "counter", "netplugin_bad_records_current": "gauge",
+    "netplugin_watch_relists": "counter",
     "netplugin_backup_jobs": "gauge", "netplugin_backup_bytes": "counter",
     "netplugin_backup_jobs_orphaned": "gauge", "netplugin_backup_agents": "gauge",
     "netplugin_backup_last_success_timestamp_seconds": "gauge", "netplugin_backup_last_job_succeeded": "gauge",
