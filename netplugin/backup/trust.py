@@ -164,8 +164,8 @@ def check_spec(kind: str, data: object, cfg: BackupConfig) -> JobSpec:
     if spec.keep_last is not None and (isinstance(spec.keep_last, bool) or not isinstance(spec.keep_last, int)
                                        or spec.keep_last < 1):
         raise _fail("keep-last", spec.keep_last, "must be a whole number of at least 1")
-    for name in ("replace", "checksums", "strict"):
-        if not isinstance(getattr(spec, name), bool):
+    for name in ("replace", "checksums", "strict", "into_source"):
+        if not isinstance(getattr(spec, name, False), bool):
             raise _fail(name, getattr(spec, name), "must be true or false")
     if kind == RESTORE:
         check_backup_name(spec.backup)

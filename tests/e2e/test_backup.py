@@ -99,7 +99,7 @@ class DR:
         self.client_cnf = self._secret("client.cnf", f"[client]\nuser=root\npassword={PASSWORD}\n")
         self.bad_cnf = self._secret("bad.cnf", "[client]\nuser=root\npassword=not-the-password\n")
         self.env = dict(plugin.env, DRCTL_WORK_DIR=str(tmp / "work"), DRCTL_CONFIG=str(tmp / "none.toml"),
-                        DRCTL_POLL="0.2", DRCTL_LEASE_TTL="10")
+                        DRCTL_POLL="0.2", DRCTL_LEASE_TTL="10", DRCTL_OPTION_DIR=str(tmp))
         self.agent_log = tmp / "agent.log"
         self.agent = Agent(self.agent_log, self.env, ETCD, f"{plugin.prefix}/backup/agents/{plugin.host_id}")
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from netplugin.backup import trust
-from netplugin.backup.ondisk import sha256_of
 from netplugin.backup.config import BackupConfig
-from netplugin.backup.model import FAILED, Backup, QUEUED, RUNNING, SUCCEEDED, Job, JobSpec, new_job_id
+from netplugin.backup.model import FAILED, QUEUED, RUNNING, SUCCEEDED, Backup, Job, JobSpec, new_job_id
+from netplugin.backup.ondisk import sha256_of
 from netplugin.backup.scheduler import Agent
 from netplugin.backup.store import BackupStore
 from netplugin.errors import InvalidRequest
@@ -248,18 +249,18 @@ def test_a_foreign_volume_folder_symlink_is_refused(rig, canary):
 # -- verification reads what was written ------------------------------------------------------------
 
 def _partial(job_dir: str, volume: str) -> str:
-    with open(os.path.join(job_dir, "params")) as fh:
-        rel = next(line.split("=", 1)[1].strip().strip("'") for line in fh if line.startswith("PARTIAL="))
+    lines = Path(job_dir, "params").read_text().splitlines()
+    rel = next(line.split("=", 1)[1].strip().strip("'") for line in lines if line.startswith("PARTIAL="))
     return os.path.join(volume, rel[len("/backup/"):])
 
 
 def test_a_file_changed_on_disk_after_the_stream_is_not_catalogued(rig):
     def flipped(c, job_dir, volume, docker):
         path = write_dump(job_dir, volume)
-        data = bytearray(open(path, "rb").read())
+        data = bytearray(Path(path).read_bytes())
         data[-1] ^= 0xFF                                    # same size, one byte differs
-        open(path, "wb").write(bytes(data))
-        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
+        Path(path).write_bytes(bytes(data))
+        Path(job_dir, "out", "done").write_text("ok\n")
         return 0
     rig.docker.behaviour = flipped
     job = rig.backup()
@@ -270,7 +271,7 @@ def test_a_file_changed_on_disk_after_the_stream_is_not_catalogued(rig):
 def test_a_file_that_does_not_decompress_is_not_catalogued(rig):
     def not_zstd(c, job_dir, volume, docker):
         write_dump(job_dir, volume, payload=b"x" * 4096)    # its sha256 is right; it is no zstd stream
-        open(os.path.join(job_dir, "out", "done"), "w").write("ok\n")
+        Path(job_dir, "out", "done").write_text("ok\n")
         return 0
     rig.docker.behaviour = not_zstd
     job = rig.backup()
@@ -290,8 +291,8 @@ def test_a_full_volume_is_named_and_nothing_is_catalogued(rig):
     def full(c, job_dir, volume, docker):
         path = _partial(job_dir, volume)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        open(path, "wb").write(b"half")
-        open(os.path.join(job_dir, "out", "error"), "w").write("write: No space left on device\n")
+        Path(path).write_bytes(b"half")
+        Path(job_dir, "out", "error").write_text("write: No space left on device\n")
         return 1
     rig.docker.behaviour = full
     job = rig.backup()
@@ -303,7 +304,7 @@ def test_other_jobs_of_the_host_go_on_after_a_full_volume(rig):
     done = threading.Event()
 
     def full(c, job_dir, volume, docker):
-        open(os.path.join(job_dir, "out", "error"), "w").write("No space left on device\n")
+        Path(job_dir, "out", "error").write_text("No space left on device\n")
         done.set()
         return 1
     rig.docker.behaviour = full
