@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--target", "-t", help="the database being restored into, the lock name (default: DB-HOST-PORT)")
     rs.add_argument("--database", "-d", help="schema to load into (default: the backed-up schema's name)")
     rs.add_argument("--volume", "-v", help="volume holding the backup (default: from the catalog)")
-    rs.add_argument("--replace", action="store_true", help="drop the target schema first if it has tables")
+    rs.add_argument("--replace", action="store_true",
+                    help="the target schema has tables: load into a staging schema, check every table against "
+                         "the manifest, then swap them in (one RENAME TABLE); the old tables are dropped after")
+    rs.add_argument("--into-source", action="store_true",
+                    help="allow restoring into the very server the backup was taken from")
     _job_options(rs)
     rs.set_defaults(run=cmd_restore)
 
@@ -211,6 +215,8 @@ def _submit(args, ctx, kind: str, kind_fields) -> int:
     spec, target, host = jobs.common_spec(jobs.Request.of(args), ctx.cfg, ctx.np_cfg.host_id,
                                           lambda: ctx.np_store.list_profiles())
     spec.update(kind_fields(args, ctx))
+    if kind == RESTORE:
+        jobs.check_not_source(ctx.store, spec)
     job = jobs.submit(ctx.store, kind, target, host, spec, ctx.cfg)
     if not ctx.store.agent_alive(host):
         print(f"drctl: warning: no drctl agent is running for host {host}: the job waits in the queue until one "
@@ -227,7 +233,7 @@ def _restore_fields(args, ctx) -> dict:
     if args.at and not args.latest:
         raise InvalidRequest("--at goes with --latest TARGET")
     backup = jobs.pick_backup(ctx.store, args.backup, args.latest, parse_time(args.at) if args.at else None)
-    return jobs.restore_fields(backup, args.database, args.volume, args.replace)
+    return jobs.restore_fields(backup, args.database, args.volume, args.replace, args.into_source)
 
 
 def cmd_run(args, ctx) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest, NetpluginError, NotFound
 from . import trust
 from .config import BackupConfig
 from .model import (
@@ -180,11 +180,29 @@ def pick_backup(store: BackupStore, name: str | None, latest: str | None, at: fl
     return found[0]
 
 
-def restore_fields(backup: Backup, database: str | None, volume: str | None, replace: bool) -> dict:
+def restore_fields(backup: Backup, database: str | None, volume: str | None, replace: bool,
+                   into_source: bool = False) -> dict:
     """The spec fields of a restore of backup, checked."""
     return {"backup": backup.name, "source_target": backup.target, "volume": volume or backup.volume,
             "database": check_database(database or backup.database), "compression": backup.compression,
-            "replace": bool(replace)}
+            "replace": bool(replace), "into_source": bool(into_source)}
+
+
+def check_not_source(store: BackupStore, spec: dict) -> None:
+    """Refuse, before queueing, a restore into the server its backup was read
+    from unless ``into_source``: known here while the backup job's record is
+    kept; the agent checks the backup's manifest in any case."""
+    if spec.get("into_source"):
+        return
+    try:
+        found = store.get(store.find_backup(spec["backup"]).job)
+    except NetpluginError:
+        return
+    server = resolve_server(spec["network"], spec["db_host"], spec["db_port"])
+    if found is not None and found[0].server == server:
+        raise InvalidRequest(f"backup {spec['backup']} was taken from this very server ({server}): restoring "
+                             "into it needs --into-source (with --replace, its tables are swapped only once the "
+                             "backup is loaded and checked beside them)")
 
 
 def resolve_server(network: str, db_host: str, db_port: int, resolve=socket.getaddrinfo) -> str:

@@ -32,7 +32,10 @@ the dump runs.
 
 from __future__ import annotations
 
+import re
 import shlex
+
+from .model import check_database
 
 SCRIPT = r"""#!/bin/bash
 # drctl job: backup or restore. Written by drctl's runner; runs in the job container.
@@ -45,9 +48,14 @@ CNF=/run/drctl/client.cnf
 source /job/params
 
 log() { printf '%s drctl %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$KIND" "$*" >&2; }
+# ON_FAIL: a function whose output (what it undid) ends the failure message.
+ON_FAIL=
 fail() {
-    printf '%s\n' "$1" >"$OUT/error"
-    log "FAILED: $1"
+    local msg=$1 undo=$ON_FAIL
+    ON_FAIL=
+    [[ -n $undo ]] && msg+=$($undo)
+    printf '%s\n' "$msg" >"$OUT/error"
+    log "FAILED: $msg"
     [[ -n ${PARTIAL:-} ]] && rm -f "$PARTIAL"
     exit "${2:-1}"
 }
@@ -263,33 +271,159 @@ st=("${PIPESTATUS[@]}")
 [[ ${st[0]} == 0 && ${st[1]} == 0 ]] || fail "cannot read $REL: $(errtail "$OUT/read.err")"
 sum=$(<"$OUT/file_sha256")
 [[ ${sum%% *} == "$SHA256" ]] || fail "backup file $REL has sha256 ${sum%% *}, the manifest says $SHA256: it is damaged" 2
-tables=$("${SQL[@]}" -e "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='$DATABASE'") \
-    || fail "cannot read the tables of $DATABASE: $(errtail "$OUT/connect.err")"
-if ((tables > 0)); then
-    [[ $REPLACE == 1 ]] || fail "database $DATABASE on $DB_HOST:$DB_PORT has $tables tables or views: refusing to load into it (use --replace to drop it first)" 2
-    log "dropping database $DATABASE ($tables tables or views): --replace"
-    "${SQL[@]}" -e "DROP DATABASE \`$DATABASE\`" 2>"$OUT/connect.err" || fail "cannot drop $DATABASE: $(errtail "$OUT/connect.err")"
+# objects SCHEMA: "tables views triggers routines events" (counts).
+objects() {
+    "${SQL[@]}" -e "SELECT
+        (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='$1' AND TABLE_TYPE='BASE TABLE'),
+        (SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA='$1'),
+        (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='$1'),
+        (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='$1'),
+        (SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA='$1')" 2>"$OUT/connect.err"
+}
+describe() { printf '%s tables, %s views, %s triggers, %s routines, %s events' "$@"; }
+NOT_SWAPPED="--replace swaps base tables only: views, triggers, routines and events cannot move between schemas \
+in one atomic step. Restore into a new schema (--database NEW_NAME) and switch to it, or drop them first"
+# drop_work: drop the staging and old-table schemas (neither holds live data
+# until the swap); prints what it did for the failure message.
+drop_work() {
+    local s left=()
+    for s in "$STAGE" "$OLD"; do
+        "${SQL[@]}" -e "DROP DATABASE IF EXISTS \`$s\`" 2>>"$OUT/cleanup.err" || left+=("$s")
+    done
+    if ((${#left[@]})); then
+        printf '%s\n' "${left[@]}" >"$OUT/left_schemas"
+        printf '; the live schema %s is unchanged; schema(s) %s could NOT be dropped (%s): drop them by hand' \
+            "$DATABASE" "${left[*]}" "$(errtail "$OUT/cleanup.err")"
+    else
+        printf '; the live schema %s is unchanged and the staging schema %s was dropped' "$DATABASE" "$STAGE"
+    fi
+}
+# undo_fresh: a load into a schema that had nothing leaves it as it was: gone,
+# or empty again with its character set and collation.
+undo_fresh() {
+    local how
+    if [[ -z $FRESH_CHARSET ]]; then
+        how="DROP DATABASE IF EXISTS \`$DATABASE\`"
+    else
+        how="DROP DATABASE IF EXISTS \`$DATABASE\`; CREATE DATABASE \`$DATABASE\` CHARACTER SET $FRESH_CHARSET COLLATE $FRESH_COLLATION"
+    fi
+    if "${SQL[@]}" -e "$how" 2>>"$OUT/cleanup.err"; then
+        printf '; schema %s is as it was before the restore (%s)' "$DATABASE" \
+            "$([[ -z $FRESH_CHARSET ]] && echo 'absent' || echo 'empty')"
+    else
+        printf '; schema %s holds a partial load and could NOT be reset (%s): drop it by hand' "$DATABASE" \
+            "$(errtail "$OUT/cleanup.err")"
+    fi
+}
+# verify_loaded FILE: the loaded tables (FILE: name engine rows checksum) are
+# the backup's, each with its rows and checksum (/job/expected_tables and
+# /job/expected_checksums, from the manifest). Plain bash: nothing to be missing
+# from the image, and any doubt fails.
+verify_loaded() {
+    local -A named=() want=() got=()
+    local name engine rows sum missing=() extra=() bad=()
+    while IFS= read -r name; do [[ -n $name ]] && named[$name]=1; done </job/expected_tables \
+        || fail "cannot read the manifest's table list"
+    while IFS=$'\t' read -r name rows sum; do [[ -n $name ]] && want[$name]="$rows $sum"; done \
+        </job/expected_checksums || fail "cannot read the manifest's checksums"
+    while IFS=$'\t' read -r name engine rows sum; do
+        [[ -n $name ]] || continue
+        got[$name]=1
+        if [[ -z ${named[$name]:-} ]]; then
+            extra+=("$name")
+        elif [[ -n ${want[$name]:-} && ${want[$name]} != "$rows $sum" ]]; then
+            bad+=("$name")
+        fi
+    done <"$1" || fail "cannot read the checksums of the load"
+    for name in "${!named[@]}"; do
+        [[ -n ${got[$name]:-} ]] || missing+=("$name")
+    done
+    ((${#missing[@]} + ${#extra[@]} == 0)) \
+        || fail "the loaded tables are not the backup's (missing: ${missing[*]:-none}; not in the backup: ${extra[*]:-none})"
+    ((${#bad[@]} == 0)) || fail "rows or checksums of the loaded tables differ from the manifest: ${bad[*]}"
+}
+
+TMP=/tmp/drctl
+mkdir -p "$TMP"
+live=$(objects "$DATABASE") || fail "cannot read the objects of $DATABASE: $(errtail "$OUT/connect.err")"
+read -r l_tab l_view l_trg l_rtn l_evt <<<"$live"
+if ((l_tab + l_view + l_trg + l_rtn + l_evt > 0)); then
+    [[ $REPLACE == 1 ]] || fail "database $DATABASE on $DB_HOST:$DB_PORT has $(describe $live): refusing to load into it (use --replace to load into a staging schema, check it, then swap its tables in)" 2
+    ((l_view + l_trg + l_rtn + l_evt == 0)) \
+        || fail "database $DATABASE on $DB_HOST:$DB_PORT has $(describe $live): $NOT_SWAPPED; nothing was changed" 2
+    [[ $CHECKSUMS == 1 ]] \
+        || fail "--replace swaps tables in only once their rows and checksums match the backup's manifest, and this backup has none (made with --no-checksums, or --no-checksums was asked): restore into a new schema (--database NEW_NAME); nothing was changed" 2
+    MODE=swap
+    INTO=$STAGE
+    ON_FAIL=drop_work
+    log "loading into the staging schema $STAGE; $DATABASE ($l_tab tables) stays as it is until the swap"
+    "${SQL[@]}" -e "DROP DATABASE IF EXISTS \`$STAGE\`; DROP DATABASE IF EXISTS \`$OLD\`; CREATE DATABASE \`$STAGE\`" \
+        2>"$OUT/connect.err" || fail "cannot create the staging schema $STAGE: $(errtail "$OUT/connect.err")"
+else
+    MODE=fresh
+    INTO=$DATABASE
+    charset=$("${SQL[@]}" -e "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='$DATABASE'" 2>"$OUT/connect.err") \
+        || fail "cannot read schema $DATABASE: $(errtail "$OUT/connect.err")"
+    read -r FRESH_CHARSET FRESH_COLLATION <<<"$charset"
+    [[ -z $FRESH_CHARSET || ($FRESH_CHARSET =~ ^[a-z0-9_]+$ && $FRESH_COLLATION =~ ^[a-z0-9_]+$) ]] \
+        || fail "schema $DATABASE has an unexpected character set or collation"
+    ON_FAIL=undo_fresh
+    "${SQL[@]}" -e "CREATE DATABASE IF NOT EXISTS \`$DATABASE\`" 2>"$OUT/connect.err" \
+        || fail "cannot create database $DATABASE: $(errtail "$OUT/connect.err")"
 fi
-"${SQL[@]}" -e "CREATE DATABASE IF NOT EXISTS \`$DATABASE\`" 2>"$OUT/connect.err" \
-    || fail "cannot create database $DATABASE: $(errtail "$OUT/connect.err")"
 case $COMPRESSION in
     zstd) DECOMPRESS=(zstd -q -d -c) ;;
     gzip) DECOMPRESS=(gzip -d -c) ;;
     *) fail "unknown compression $COMPRESSION" ;;
 esac
-log "loading $REL into $DATABASE on $DB_HOST:$DB_PORT"
+log "loading $REL into $INTO on $DB_HOST:$DB_PORT"
 "${READ[@]}" 2>"$OUT/read.err" | "${DECOMPRESS[@]}" 2>"$OUT/decompress.err" \
     | mariadb "--defaults-file=$CNF" "--host=$DB_HOST" "--port=$DB_PORT" --batch --max-allowed-packet=1G \
-        --default-character-set=utf8mb4 "$DATABASE" 2>"$OUT/load.err"
+        --default-character-set=utf8mb4 "$INTO" 2>"$OUT/load.err"
 st=("${PIPESTATUS[@]}")
 printf 'read=%s decompress=%s load=%s\n' "${st[0]}" "${st[1]}" "${st[2]}" >"$OUT/status"
 for s in "${st[@]}"; do
     [[ $s == 0 ]] || fail "a stage of the load failed ($(<"$OUT/status")): $(errtail "$OUT/load.err")$(errtail "$OUT/decompress.err")"
 done
-if [[ $CHECKSUMS == 1 ]]; then
-    checksums "$DATABASE" "$OUT/checksums.restored" \
-        || fail "checksums after the load failed: $(errtail "$OUT/checksum.err")"
+if [[ $MODE == swap ]]; then
+    staged=$(objects "$STAGE") || fail "cannot read the objects of $STAGE: $(errtail "$OUT/connect.err")"
+    read -r s_tab s_view s_trg s_rtn s_evt <<<"$staged"
+    ((s_view + s_trg + s_rtn + s_evt == 0)) || fail "the backup holds $(describe $staged): $NOT_SWAPPED" 2
 fi
+if [[ $CHECKSUMS == 1 ]]; then
+    checksums "$INTO" "$OUT/checksums.restored" \
+        || fail "checksums after the load failed: $(errtail "$OUT/checksum.err")"
+    verify_loaded "$OUT/checksums.restored"
+    log "every table's rows and checksum match the manifest"
+fi
+if [[ $MODE == swap ]]; then
+    # One RENAME TABLE moves every live table out to $OLD and every staged one in:
+    # atomic in the server, so the live schema is either all old or all new.
+    q="SET SESSION group_concat_max_len = 16777216;
+SELECT CONCAT('RENAME TABLE ', GROUP_CONCAT(r ORDER BY o, t SEPARATOR ', '), ';') FROM (
+  SELECT 1 o, TABLE_NAME t, CONCAT('\`$DATABASE\`.\`', REPLACE(TABLE_NAME, '\`', '\`\`'), '\` TO \`$OLD\`.\`',
+    REPLACE(TABLE_NAME, '\`', '\`\`'), '\`') r
+  FROM information_schema.TABLES WHERE TABLE_SCHEMA = '$DATABASE' AND TABLE_TYPE = 'BASE TABLE'
+  UNION ALL
+  SELECT 2, TABLE_NAME, CONCAT('\`$STAGE\`.\`', REPLACE(TABLE_NAME, '\`', '\`\`'), '\` TO \`$DATABASE\`.\`',
+    REPLACE(TABLE_NAME, '\`', '\`\`'), '\`')
+  FROM information_schema.TABLES WHERE TABLE_SCHEMA = '$STAGE' AND TABLE_TYPE = 'BASE TABLE') s;"
+    rename=$("${SQL[@]}" --raw -e "$q" 2>"$OUT/connect.err") || fail "cannot list the tables to swap: $(errtail "$OUT/connect.err")"
+    "${SQL[@]}" -e "CREATE DATABASE \`$OLD\`" 2>"$OUT/connect.err" \
+        || fail "cannot create schema $OLD for the old tables: $(errtail "$OUT/connect.err")"
+    "${SQL[@]}" -e "SET SESSION foreign_key_checks = 0; $rename" 2>"$OUT/swap.err" \
+        || fail "the swap (one RENAME TABLE) failed, so nothing moved: $(errtail "$OUT/swap.err")"
+    ON_FAIL=
+    log "swapped: $s_tab tables of the backup are in $DATABASE; its $l_tab old tables are in $OLD"
+    left=()
+    for s in "$OLD" "$STAGE"; do
+        "${SQL[@]}" -e "DROP DATABASE IF EXISTS \`$s\`" 2>>"$OUT/cleanup.err" || left+=("$s")
+    done
+    ((${#left[@]} == 0)) || printf '%s\n' "${left[@]}" >"$OUT/left_schemas"
+    printf 'in=%s out=%s\n' "$s_tab" "$l_tab" >"$OUT/swap"
+    log "old tables dropped${left[*]:+; NOT dropped: ${left[*]} ($(errtail "$OUT/cleanup.err"))}"
+fi
+ON_FAIL=
 log "load done"
 echo ok >"$OUT/done"
 """
@@ -308,6 +442,36 @@ WHERE t.TABLE_SCHEMA = '@SCHEMA@' AND t.TABLE_TYPE = 'BASE TABLE'
 GROUP BY t.TABLE_NAME, t.ENGINE
 ORDER BY t.TABLE_NAME;
 """
+
+
+def staging_names(database: str, job_id: str) -> tuple[str, str]:
+    """The schemas a ``--replace`` restore of job_id uses beside ``database``:
+    (staging, old tables), e.g. ``shop__drctl_stage_a1b2c3``; within MariaDB's
+    64 characters (the database's name is shortened to fit) and checked as
+    plain identifiers, since they go into SQL."""
+    short = job_id.rsplit("-", 1)[-1]
+    if not re.fullmatch(r"[0-9a-f]{1,12}", short):
+        raise ValueError(f"job id {job_id!r} does not end in -<hex> (as drctl's job ids do)")
+    names = []
+    for kind in ("stage", "old"):
+        suffix = f"__drctl_{kind}_{short}"
+        names.append(check_database(database[:64 - len(suffix)] + suffix, "staging schema"))
+    return names[0], names[1]
+
+
+def expected_files(manifest: dict) -> tuple[str, str]:
+    """What a restore must find after its load, from the backup's manifest:
+    every table's name (one a line), and ``name<TAB>rows<TAB>checksum`` of each
+    table whose checksum describes the dumped rows (format 1 may lack some)."""
+    tables: dict = manifest.get("tables") or {}
+    names, sums = [], []
+    for name, want in sorted(tables.items()):
+        if "\n" in name or "\t" in name:
+            raise ValueError(f"table name {name!r} in the manifest holds a tab or newline")
+        names.append(name)
+        if want.get("consistent") is not False:
+            sums.append(f"{name}\t{int(want['rows'])}\t{want['checksum']}")
+    return "".join(n + "\n" for n in names), "".join(x + "\n" for x in sums)
 
 
 def params_text(values: dict) -> str:

@@ -143,7 +143,8 @@ class JobSpec:
     max_age: float | None = None              # seconds
     backup: str = ""                          # restore: the backup's name
     source_target: str = ""                   # restore: the target the backup was made of
-    replace: bool = False                     # restore: drop a non-empty target schema first
+    replace: bool = False                     # restore: load into a staging schema, check, swap the tables in
+    into_source: bool = False                 # restore: allowed into the server the backup was taken from
     checksums: bool = True                    # per-table checksums and row counts in the manifest
     strict: bool = True
 

@@ -36,6 +36,7 @@ from . import resources as lim
 from .config import BackupConfig
 from .containers import Containers, docker_message, is_docker_error, is_not_found
 from .hostenv import HostEnv
+from .jobs import resolve_server
 from .model import (
     BACKUP,
     CANCELLED,
@@ -65,12 +66,6 @@ LABEL_TARGET = "netplugin.backup.target"
 MOUNT_BACKUP, MOUNT_JOB, MOUNT_CNF = "/backup", "/job", "/run/drctl/client.cnf"
 
 
-def _open(path: str, flags: int, mode: str):
-    """A file of the job folder, never through a symlink (the container writes
-    in that folder: a link it planted must not lead the agent out of it)."""
-    return open(os.open(path, flags | os.O_NOFOLLOW, 0o600), mode)
-
-
 class _Outputs:
     """The files the job script wrote in the job's ``out`` folder, read when asked."""
 
@@ -79,7 +74,7 @@ class _Outputs:
 
     def get(self, name: str, /) -> str | None:
         try:
-            with _open(os.path.join(self.folder, name), os.O_RDONLY, "r") as fh:
+            with open(os.path.join(self.folder, name)) as fh:
                 return fh.read()
         except OSError:
             return None
@@ -307,18 +302,41 @@ class Runner:
             params["LOCK_TIMEOUT"] = max(1, int(self.cfg.lock_timeout))
         else:
             ctx.manifest = self._load_manifest(ctx)
+            self._check_not_source(ctx, ctx.manifest)
+            stage, old = jobscript.staging_names(spec.database, job.id)
             params.update(REL=ctx.manifest["file"], SIZE=ctx.manifest["size"], SHA256=ctx.manifest["sha256"],
                           REPLACE=spec.replace, COMPRESSION=ctx.manifest["compression"],
                           DIRECT=bool(ctx.limits.read_bps or ctx.limits.read_iops),
-                          CHECKSUMS=spec.checksums and bool(ctx.manifest.get("tables")))
+                          CHECKSUMS=spec.checksums and bool(ctx.manifest.get("tables")), STAGE=stage, OLD=old)
         if os.path.exists(ctx.job_dir):
             shutil.rmtree(ctx.job_dir)
         os.makedirs(os.path.join(ctx.job_dir, "bin"), mode=0o700)
         os.makedirs(os.path.join(ctx.job_dir, "out"), mode=0o700)
-        for name, text in (("bin/job.sh", jobscript.SCRIPT), ("bin/checksum-gen.sql", jobscript.CHECKSUM_GEN_SQL),
-                           ("params", jobscript.params_text(params))):
+        files = [("bin/job.sh", jobscript.SCRIPT), ("bin/checksum-gen.sql", jobscript.CHECKSUM_GEN_SQL),
+                 ("params", jobscript.params_text(params))]
+        if ctx.manifest is not None:
+            tables, sums = jobscript.expected_files(ctx.manifest)
+            files += [("expected_tables", tables), ("expected_checksums", sums)]
+        for name, text in files:
             with open(os.path.join(ctx.job_dir, name), "w") as fh:
                 fh.write(text)
+
+    def _check_not_source(self, ctx: _Ctx, manifest: dict) -> None:
+        """A restore into the very server its backup was read from (the same
+        server key: network, address, port) needs ``--into-source``."""
+        spec = ctx.spec
+        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+        if spec.into_source is True or not source:
+            return
+        try:
+            key = resolve_server(str(source.get("network", "")), str(source.get("host", "")),
+                                 int(source.get("port", 0)))
+        except (TypeError, ValueError):
+            return
+        if key in (ctx.job.server, resolve_server(spec.network, spec.db_host, spec.db_port)):
+            raise JobEnded(FAILED, f"backup {manifest.get('name')} was taken from this very server "
+                                   f"({spec.db_host}:{spec.db_port}): restoring into it needs --into-source "
+                                   "(nothing was changed)")
 
     def _load_manifest(self, ctx: _Ctx) -> dict:
         """The manifest of the backup to restore, from the volume, checked against the catalog."""
@@ -383,7 +401,7 @@ class Runner:
         report["problems"] = report.get("problems", []) + cg_problems
         self._check_stop(ctx, "starting")
         self._move(ctx, RUNNING, "limits checked; working", limits_applied=report)
-        with _open(os.path.join(ctx.job_dir, "go"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w") as fh:
+        with open(os.path.join(ctx.job_dir, "go"), "w") as fh:
             fh.write(str(self.clock()))
         ctx.gate_open = True
 
@@ -427,7 +445,7 @@ class Runner:
         def pump():
             pending = b""
             try:
-                with _open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "ab") as out:
+                with open(path, "ab") as out:
                     for chunk in stream:
                         out.write(chunk)
                         out.flush()
@@ -606,16 +624,24 @@ class Runner:
         warning = verify.restore_warning(manifest, unverifiable, ctx.spec.checksums)
         if warning:
             result["warning"] = warning
-        note = f"; WARNING: {warning}" if warning else ""
-        result["message"] = (f"restored {manifest['name']} into {ctx.spec.database}: {checked} of {len(expected)} "
-                             f"tables, {rows} rows match the manifest{note}")
+        swap = jobscript.parse_status(out.get("swap") or "")
+        left = (out.get("left_schemas") or "").split()
+        if swap:
+            result["swapped"] = {"tables_in": swap.get("in"), "tables_out": swap.get("out")}
+        if left:
+            result["left_schemas"] = left
+            result["warning"] = (f"{warning}; " if warning else "") + \
+                f"schema(s) {', '.join(left)} of the swap could not be dropped: drop them by hand"
+        note = f"; WARNING: {result['warning']}" if result.get("warning") else ""
+        how = f" (swapped in for {swap.get('out')} old tables, now dropped)" if swap and not left else ""
+        result["message"] = (f"restored {manifest['name']} into {ctx.spec.database}{how}: {checked} of "
+                             f"{len(expected)} tables, {rows} rows match the manifest{note}")
         return result
 
     # -- ending -----------------------------------------------------------------------------------
     def _end(self, ctx: _Ctx, state: str, message: str) -> None:
         if ctx.job_dir and not ctx.gate_open:
-            with contextlib.suppress(OSError), _open(os.path.join(ctx.job_dir, "abort"),
-                                                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w"):
+            with contextlib.suppress(OSError), open(os.path.join(ctx.job_dir, "abort"), "w"):
                 pass
         if ctx.container:
             try:

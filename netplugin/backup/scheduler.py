@@ -78,9 +78,10 @@ class Agent:
         self.adopt()
 
     def close(self) -> None:
-        """Stop admitting. Running jobs go on in their containers; when jobs are
-        active the lease is left to lapse so that the next agent adopts them
-        (revoking it would free their targets at once)."""
+        """Stop admitting. Running jobs go on in their containers, holding their
+        slots and server locks on their own leases; when jobs are active the
+        agent's lease is left to lapse, so ``drctl ls`` shows them unadopted
+        until the next agent adopts them."""
         self.stopping.set()
         self.wake.set()
         self.keeper.stop(wait=10)        # a renewal under way ends before the lease is given back
@@ -113,8 +114,8 @@ class Agent:
 
     def _keepalive(self) -> bool:
         """One beat of the keeper: renew the lease; when etcd does not take the
-        renewal, take a new lease, announce the agent on it and bind the active
-        jobs' slots and locks to it again. The lease is never dropped: a failed
+        renewal, take a new lease and announce the agent on it (the jobs' slots
+        and locks are on their own leases). The lease is never dropped: a failed
         attempt is made again at the next beat."""
         if not self.stopping.is_set():
             self._guarded(self._renew)
@@ -129,8 +130,13 @@ class Agent:
         self.keeper.grant()
         self.store.register_agent(self.host, {"host": self.host, "pid": os.getpid(), "max_jobs": self.max_jobs,
                                               "started": self.clock()}, self.held_lease)
+        # The jobs' slots and locks are on their own leases (store.py): the
+        # agent's lease going does not touch them.
 
     def adopt(self) -> list[str]:
+        """Take over this host's active jobs with their slots and server locks;
+        start() calls it before the first tick, so nothing new is admitted
+        until every job a previous agent left holds its server again."""
         adopted = []
         for job in self.store.list_jobs():
             if job.host != self.host or not job.active:
@@ -142,6 +148,7 @@ class Agent:
                 with contextlib.suppress(NetpluginError):
                     self.store.release(job)     # refused and marked failed: never acted on
                 continue
+            # run_by was written by this host's agent: the same clock reads it.
             if not self.store.reclaim(job, max(0.0, job.run_by - self.clock())):
                 log.warning("agent: job %s: its slot or target lock is held by another job; carrying on", job.id)
             log.info("agent: adopting job %s (%s)", job.id, job.state)

@@ -30,6 +30,7 @@ locks are still there, before it admits anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -162,10 +163,9 @@ class BackupStore:
                 Put(self.k_job_lease(job.id), str(lease), lease=lease)]
 
     def _give_back(self, lease: int) -> None:
-        try:
+        # A lease not given back lapses by itself; its keys hold no running job.
+        with contextlib.suppress(NetpluginError):
             self.kv.revoke_lease(lease)
-        except NetpluginError:
-            pass                    # it lapses by itself; its keys hold nothing of a running job
 
     def reclaim(self, job: Job, remaining: float) -> bool:
         """An agent adopting an active job keeps its slot and lock. They are on

@@ -547,3 +547,53 @@ def test_adopting_a_job_caught_between_rename_and_end_finishes_it(rig):
     final = rig.runner().adopt(rig.store.get(job.id)[0])
     assert final.state == SUCCEEDED and "after the agent restarted" in final.message
     assert rig.store.find_backup(name).size == 4096
+
+
+# -- restore: staging, swap, the source server ------------------------------------------------
+
+def test_restore_writes_what_the_load_must_match_and_names_its_staging_schemas(rig):
+    """The job script gets the manifest's tables and checksums to check the
+    staged load against before any swap, and the staging schemas' names."""
+    b = rig.backup()
+    rig.docker.behaviours[RESTORE] = restore_ok
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", database="shop", backup=b.result["backup"],
+                          replace=True))
+    assert job.state == SUCCEEDED, job.message
+    folder = os.path.join(rig.cfg.work_dir, job.id)
+    assert open(os.path.join(folder, "expected_tables")).read() == "a\nb\n"
+    assert open(os.path.join(folder, "expected_checksums")).read() == "a\t3\t123456789\nb\t2\t987654321\n"
+    params = open(os.path.join(folder, "params")).read()
+    short = job.id.rsplit("-", 1)[1]
+    assert f"STAGE=shop__drctl_stage_{short}" in params and f"OLD=shop__drctl_old_{short}" in params
+    assert "REPLACE=1" in params
+
+
+def test_restore_reports_the_swap_and_schemas_it_could_not_drop(rig):
+    b = rig.backup()
+
+    def swapped(c, job_dir, volume, docker):
+        restore_ok(c, job_dir, volume, docker)
+        with open(os.path.join(job_dir, "out", "swap"), "w") as fh:
+            fh.write("in=2 out=3\n")
+        with open(os.path.join(job_dir, "out", "left_schemas"), "w") as fh:
+            fh.write("shop__drctl_old_abc\n")
+        return 0
+    rig.docker.behaviours[RESTORE] = swapped
+    job = rig.run(rig.job(kind=RESTORE, target="dr-db", network="dr", backup=b.result["backup"], replace=True))
+    assert job.state == SUCCEEDED, job.message
+    assert job.result["swapped"] == {"tables_in": 2, "tables_out": 3}
+    assert job.result["left_schemas"] == ["shop__drctl_old_abc"]
+    assert "drop them by hand" in job.result["warning"] and "WARNING" in job.message
+
+
+def test_restore_into_the_source_server_needs_into_source(rig):
+    """The backup was read from prod@10.10.0.5:3306: a restore there is refused
+    before anything runs, unless asked for explicitly."""
+    b = rig.backup()
+    rig.docker.behaviours[RESTORE] = restore_ok
+    job = rig.run(rig.job(kind=RESTORE, target="prod-db2", network="prod", backup=b.result["backup"], replace=True))
+    assert job.state == FAILED and "needs --into-source" in job.message
+    assert job.container == ""                                        # nothing was started
+    job = rig.run(rig.job(kind=RESTORE, target="prod-db3", network="prod", backup=b.result["backup"], replace=True,
+                          into_source=True))
+    assert job.state == SUCCEEDED, job.message

@@ -257,7 +257,8 @@ def test_a_dead_agents_jobs_keep_their_server_until_the_next_agent_adopts_them()
     world.release[job.id].set()                   # the killed agent's thread ends without releasing
     agent.threads.clear()
     new = world.agent()                           # the host's next agent adopts before it admits
-    assert job.id in world.adopted and new.tick() == []
+    world.wait_for(lambda: job.id in world.adopted)
+    assert new.tick() == []
     world.wait_for(lambda: world.state(job.id) == SUCCEEDED)
     world.wait_for(lambda: world.store.lock_holder("db1") is None)
     assert world.store.slots("h1") == {}
