@@ -50,6 +50,10 @@ ALLOC_GATEWAY = "gateway"
 ALLOC_AUX = "aux"
 
 
+# What a check of a record may raise on garbage (netaddr's AddrFormatError is no ValueError).
+CHECK_ERRORS = (InvalidRequest, ValueError, TypeError, AttributeError, KeyError, netaddr.AddrFormatError)
+
+
 class BadRecord(ValueError):
     """A record read from etcd that does not hold what its kind must (written by
     hand, by an older version, or by someone who means harm)."""
@@ -86,7 +90,7 @@ class Record:
             raise
         except TypeError as exc:
             raise BadRecord(f"missing or unknown field: {exc}") from None
-        except (InvalidRequest, ValueError) as exc:
+        except CHECK_ERRORS as exc:
             raise BadRecord(getattr(exc, "message", None) or str(exc)) from None
         return rec
 
@@ -418,3 +422,14 @@ def check_release_request(data: dict) -> None:
     _want(isinstance(data.get("force"), bool), f"force {data.get('force')!r} is not true or false")
     _want(isinstance(data.get("by"), str) and isinstance(data.get("message", ""), str), "by or message is not text")
     _check_time(data.get("time"))
+
+
+def check_reconcile_counters(data: dict) -> None:
+    """A host's running reconcile totals: counts, a count per finding kind, a time."""
+    for name in ("runs", "released", "repaired", "errors", "last_run"):
+        if name in data:
+            _want(isinstance(data[name], (int, float)) and not isinstance(data[name], bool) and data[name] >= 0,
+                  f"{name} {data[name]!r} is not a count")
+    found = data.get("found", {})
+    _want(isinstance(found, dict) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                          for n in found.values()), "found is not a count per kind")

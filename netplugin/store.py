@@ -67,6 +67,7 @@ from .lease import LeaseKeeper
 from .model import (
     ALLOC_AUX,
     ALLOC_GATEWAY,
+    CHECK_ERRORS,
     DOCKER_ID_RE,
     NETWORK_ID_RE,
     Allocation,
@@ -77,6 +78,7 @@ from .model import (
     Network,
     Profile,
     Record,
+    check_reconcile_counters,
     check_release_request,
     check_tombstone,
 )
@@ -186,7 +188,7 @@ class Store:
                 raise BadRecord(f"a JSON {type(data).__name__}, not an object")
             if check is not None:
                 check(data)
-        except (ValueError, NetpluginError) as exc:   # BadRecord is a ValueError
+        except (*CHECK_ERRORS, NetpluginError) as exc:   # BadRecord is a ValueError
             self.bad.found(item.key, kind, getattr(exc, "message", None) or str(exc))
             return None
         self.bad.fine(item.key)
@@ -736,7 +738,8 @@ class Store:
             elif family == "settings" and rest == "arp-mode":
                 probe.arp_mode()
             elif family in ("reconcile", "hosts"):
-                probe._load_dict(item, "report" if family == "reconcile" else "host")
+                probe._load_dict(item, "report" if family == "reconcile" else "host",
+                                 check_reconcile_counters if item.key.endswith("/counters") else None)
         return sorted((key, kind, problem) for key, (kind, problem) in probe.bad.current().items())
 
     # -- health ------------------------------------------------------------------------
@@ -884,7 +887,7 @@ class Store:
 
     def reconcile_counters(self, host: str) -> dict | None:
         """A host's running reconcile totals."""
-        return self.get_json(self.k_reconcile(host, "counters"))
+        return self._load_dict(self.kv.get(self.k_reconcile(host, "counters")), "report", check_reconcile_counters)
 
     def save_reconcile(self, host: str, last: dict, counters: dict) -> None:
         self.put_json(self.k_reconcile(host, "last"), last)

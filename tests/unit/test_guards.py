@@ -153,6 +153,8 @@ def poison(store) -> dict[str, str]:
         f"{P}/endpoints/{eid}": ("endpoint", BAD_MAC),
         f"{P}/endpoints/{'a' * 64}": ("endpoint", NESTED),
         f"{P}/endpoints/{'b' * 64}": ("endpoint", json.dumps({"id": "b" * 64})),
+        f"{P}/endpoints/{'9' * 64}": ("endpoint", BAD_MAC.replace("42\\nactions=drop", "43")
+                                      .replace("10.30.0.66", "10.30.0.67,x").replace("e" * 64, "9" * 64)),
         f"{P}/bindings/h1/{'c' * 64}": ("binding", json.dumps({"docker_network": "c" * 64, "network": 7,
                                                                "host": "h1\nforged"})),
         f"{P}/profiles/evil": ("profile", json.dumps({"name": "evil", "rate_kbps": -1, "burst_kb": "x"})),
@@ -207,8 +209,8 @@ def test_metrics_count_bad_records_and_keep_answering(np):
     metrics.watch_store(np.store, "h1")
     np.store.list_endpoints()
     text = generate_latest(metrics.registry).decode()
-    assert 'netplugin_bad_records_current{kind="endpoint"} 3.0' in text
-    assert 'netplugin_bad_records_total{kind="endpoint"} 3.0' in text
+    assert 'netplugin_bad_records_current{kind="endpoint"} 4.0' in text
+    assert 'netplugin_bad_records_total{kind="endpoint"} 4.0' in text
     assert 'netplugin_pool_size{network="shop"} 254.0' in text
 
 
