@@ -96,6 +96,7 @@ def start_metrics(parts: Components) -> None:
 BEFORE_CLAIM = {"/Plugin.Activate", "/NetworkDriver.GetCapabilities", "/IpamDriver.GetCapabilities",
                 "/IpamDriver.GetDefaultAddressSpaces", "/health"}
 REFUSED_EXIT = 4      # gunicorn's "app failed to load": its arbiter stops with this status
+CLAIM_WAIT = 3.0      # seconds a call made right at start waits for the first claim
 
 
 class ClaimGate:
@@ -110,7 +111,7 @@ class ClaimGate:
         self.content_type = CONTENT_TYPE
 
     def __call__(self, environ, start_response):
-        if self.heartbeat.claimed.is_set() or environ.get("PATH_INFO") in BEFORE_CLAIM:
+        if environ.get("PATH_INFO") in BEFORE_CLAIM or self.settled():
             return self.app(environ, start_response)
         hb = self.heartbeat
         message = hb.reason or (f"{hb.last_error + ' (' if hb.last_error else ''}netplugin has not claimed host "
@@ -120,6 +121,18 @@ class ClaimGate:
         start_response("503 Service Unavailable", [("Content-Type", self.content_type),
                                                    ("Content-Length", str(len(body)))])
         return [body]
+
+
+    def settled(self, wait: float = CLAIM_WAIT) -> bool:
+        """Whether the id is held; a call that comes in the moment the daemon
+        listens waits up to ``wait`` seconds for the first claim, unless
+        that claim has failed already (etcd away, or refused)."""
+        hb, stop = self.heartbeat, time.monotonic() + wait
+        while not hb.claimed.is_set():
+            if hb.refused.is_set() or hb.last_error or time.monotonic() > stop:
+                return False
+            hb.claimed.wait(0.05)
+        return True
 
 
 def stop_as_refused(reason: str) -> None:

@@ -9,6 +9,7 @@ a default one that does not exist."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from .config import Config
 from .errors import InvalidRequest
@@ -31,7 +32,8 @@ def adopt(cfg: Config, store: Store) -> Config:
         raise InvalidRequest(f"refused: the registration of host {host} names etcd prefix {theirs_prefix!r}, "
                              f"not {cfg.etcd_prefix!r}: nothing was changed")
     defaults = Config(host_id=host)
-    changes, clashes = {}, []
+    changes: dict[str, Any] = {}
+    clashes: list[str] = []
     for name in CHECKED:
         theirs, mine = reg.settings.get(name), getattr(cfg, name)
         if (theirs is None and name != "uplink") or theirs == mine:
