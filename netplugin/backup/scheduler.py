@@ -22,6 +22,7 @@ from ..errors import Conflict, InvalidRequest, NetpluginError
 from . import trust
 from .config import BackupConfig
 from .model import CANCELLED, EXPIRED, QUEUED, Job
+from .runner import LABEL_JOB
 from .store import BackupStore
 
 log = logging.getLogger(__name__)
@@ -299,13 +300,23 @@ class Agent:
 
     # -- clean-up ---------------------------------------------------------------------------
     def gc(self, now: float) -> None:
-        """Remove ended jobs' containers after keep_containers, their records after keep_history."""
+        """Remove ended jobs' containers after keep_containers, their records after keep_history.
+        A container is removed only when it carries the job's label: a record
+        naming another container (crafted, or stale) never removes it."""
         for job in self.store.list_jobs():
-            if job.host != self.host or not job.terminal:
-                continue
-            age = now - (job.updated or job.created)
+            try:
+                if job.host != self.host or not job.terminal:
+                    continue
+                age = now - float(job.updated or job.created)
+            except (TypeError, ValueError):
+                continue                        # a crafted record: nothing of it is acted on
             if job.container and not job.removed and age > self.cfg.keep_containers and self.docker is not None:
                 try:
+                    labels = (self.docker.inspect_container(job.container).get("Config") or {}).get("Labels") or {}
+                    if labels.get(LABEL_JOB) != job.id:
+                        log.warning("agent: job %r names container %r, which is not its own: left alone",
+                                    str(job.id)[:80], str(job.container)[:80])
+                        continue
                     self.docker.remove_container(job.container, v=False, force=False)
                 except Exception as exc:  # noqa: BLE001 - clean-up: any failure is logged and retried next pass
                     if "No such container" not in str(exc) and "404" not in str(exc):

@@ -346,6 +346,9 @@ def test_gc_removes_old_containers_and_records(world):
         def remove_container(self, cid, v=False, force=False):
             assert v is False                                      # volumes always stay
             self.removed.append(cid)
+
+        def inspect_container(self, cid):
+            return {"Config": {"Labels": {"netplugin.backup.job": job.id}}}
     agent = world.agent()
     agent.docker = D()
     job = world.submit("db1")

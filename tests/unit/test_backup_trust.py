@@ -318,3 +318,29 @@ def test_catalog_records_carry_their_host(rig):
     rig.backup()
     [b] = rig.store.backups()
     assert b.host == "h1" and json.loads(b.to_json())["host"] == "h1"
+
+
+def test_clean_up_never_removes_a_container_that_is_not_the_jobs():
+    """A terminal record naming another container (crafted or stale) leaves it alone."""
+    kv = MemoryKV()
+    store = BackupStore(kv, PREFIX)
+    removed: list[str] = []
+
+    class Docker:
+        def inspect_container(self, cid):
+            return {"Config": {"Labels": {"netplugin.backup.job": "someone-else" if cid == "prod" else cid[4:]}}}
+
+        def remove_container(self, cid, v=False, force=False):
+            removed.append(cid)
+    cfg = BackupConfig(poll=0.01, lease_ttl=5)
+    agent = Agent(store, "h1", cfg, Calls().factory, clock=lambda: NOW + 1, docker=Docker())
+    foreign, own = _job("20261126-000001-bbbbbb", state=FAILED), _job("20261126-000002-bbbbbb", state=FAILED)
+    foreign.container, own.container = "prod", "own-20261126-000002-bbbbbb"
+    crafted = _job("20261126-000003-bbbbbb", state=FAILED)
+    for job in (foreign, own, crafted):
+        _write(kv, store, job, queue=False)
+    bad = json.loads(crafted.to_json())
+    bad["updated"], bad["container"] = "yesterday", "prod"
+    _write(kv, store, crafted, queue=False, raw=json.dumps(bad))
+    agent.gc(NOW + cfg.keep_containers + 10)
+    assert removed == ["own-20261126-000002-bbbbbb"]
