@@ -136,6 +136,7 @@ def common_spec(req: Request, cfg: BackupConfig, this_host: str,
         raise InvalidRequest(f"option file {req.option_file!r} must be an absolute path (it is mounted)")
     host = req.host or this_host
     if host == this_host:
+        trust.option_file(req.option_file, cfg)          # in option_dir, also once links are followed
         if not os.path.isfile(req.option_file):
             raise InvalidRequest(f"option file {req.option_file} does not exist")
         if os.stat(req.option_file).st_mode & 0o077:
