@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from netplugin.backup import trust
+from netplugin.backup import config, trust
 from netplugin.backup.config import BackupConfig
 from netplugin.backup.model import FAILED, QUEUED, RUNNING, SUCCEEDED, Backup, Job, JobSpec, new_job_id
 from netplugin.backup.ondisk import sha256_of
@@ -344,3 +344,14 @@ def test_clean_up_never_removes_a_container_that_is_not_the_jobs():
     _write(kv, store, crafted, queue=False, raw=json.dumps(bad))
     agent.gc(NOW + cfg.keep_containers + 10)
     assert removed == ["own-20261126-000002-bbbbbb"]
+
+
+def test_the_allowlist_and_option_folder_are_settings():
+    cfg = config.load(env={"DRCTL_CONFIG": "/dev/null", "DRCTL_IMAGES": "site/tools:2, netplugin/mariadb-tools:10.11",
+                           "DRCTL_OPTION_DIR": "/srv/drctl"})
+    assert cfg.images == ["site/tools:2", "netplugin/mariadb-tools:10.11"] and cfg.option_dir == "/srv/drctl"
+    assert trust.allowed_images(BackupConfig()) == ["netplugin/mariadb-tools:10.11"]
+    with pytest.raises(InvalidRequest, match="must be one of images"):
+        config.load(env={"DRCTL_CONFIG": "/dev/null", "DRCTL_IMAGES": "site/tools:2"})
+    with pytest.raises(InvalidRequest, match="option_dir"):
+        config.load(env={"DRCTL_CONFIG": "/dev/null", "DRCTL_OPTION_DIR": "relative/dir"})
