@@ -36,8 +36,8 @@ from .model import (
 )
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")          # job ids: one path component, no dots
-HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,63}){0,8}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\.[A-Za-z0-9_-]{1,63}){0,4}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")     # as netplugin's host_id setting
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")     # one path component: never '.' or '..'
 VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -54,14 +54,15 @@ def check_id(value: object, what: str = "job id") -> str:
 
 
 def check_host(value: object) -> str:
-    if not isinstance(value, str) or not HOST_RE.fullmatch(value) or ".." in value:
-        raise _fail("host", value, "is not a host id (letters, digits, '_', '-', dotted parts)")
+    if not isinstance(value, str) or not HOST_RE.fullmatch(value):
+        raise _fail("host", value, "is not a host id (1-63 letters, digits, '.', '_' or '-')")
     return value
 
 
 def check_backup_name(value: object, what: str = "backup name") -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise _fail(what, value, "must be letters, digits, '_', '-' and dotted parts (it names a file)")
+        raise _fail(what, value, "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                                "(it names a file)")
     return value
 
 
