@@ -133,8 +133,8 @@ def refusal(what: str, host: str, found: Instance | None, setting: str) -> str:
     holder = found.describe() if found else "a record that is not a valid claim (written by hand or by an " \
                                             "older version)"
     return (f"{what} for host id {host!r} is already running: {holder}. Two instances with one host id would "
-            f"hand out and release each other's addresses. Stop that one, or give this one another id "
-            f"({setting}).")
+            f"act on each other's records (addresses, endpoints, jobs). Stop that one, or give this one another "
+            f"id ({setting}).")
 
 
 # -- a daemon's registration ------------------------------------------------------

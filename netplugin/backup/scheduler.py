@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import Conflict, InvalidRequest, NetpluginError
+from ..identity import Instance, may_take, refusal, this_instance
 from . import trust
 from .config import BackupConfig
 from .model import CANCELLED, EXPIRED, QUEUED, Job
@@ -32,7 +33,7 @@ GC_EVERY = 60.0
 
 class Agent:
     def __init__(self, store: BackupStore, host: str, cfg: BackupConfig, runner_factory: Callable[[], object],
-                 clock=time.time, docker=None):
+                 clock=time.time, docker=None, instance: Instance | None = None):
         self.store = store
         self.host = host
         self.cfg = cfg
@@ -40,6 +41,7 @@ class Agent:
         self.runner_factory = runner_factory
         self.clock = clock
         self.docker = docker            # for the clean-up of old containers; optional
+        self.instance = instance or this_instance()
         self.keeper = store.lease_keeper(cfg.lease_ttl, max(1.0, cfg.lease_ttl / 3), "agent", logger=log)
         self.threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -65,18 +67,27 @@ class Agent:
     def start(self, wait_previous: float | None = None) -> None:
         """Take the host's agent key (waiting for a dead predecessor's lease to
         lapse), then adopt what it left."""
-        info = {"host": self.host, "pid": os.getpid(), "node": socket.gethostname(), "max_jobs": self.max_jobs,
-                "started": self.clock()}
         wait = self.cfg.lease_ttl + 2 if wait_previous is None else wait_previous
         deadline = time.monotonic() + wait
         lease = self.keeper.grant()
-        while not self.store.register_agent(self.host, info, lease, exclusive=True):
+        while True:
+            claimed, holder = self._claim(lease)
+            if claimed:
+                break
             if time.monotonic() > deadline:
                 self.keeper.revoke()
-                raise Conflict(f"another drctl agent is running for host {self.host} "
-                               f"({self.store.agents().get(self.host)}): stop it first")
+                raise Conflict("another " + refusal("drctl agent", self.host, holder, "--host-id or host_id"))
             time.sleep(0.5)
         self.adopt()
+
+    def _claim(self, lease: int):
+        """Claim this host's agent key for this instance (identity.py: an
+        earlier agent of this machine whose process is gone is taken over at
+        once; a live one, here or on a clone, never)."""
+        info = {"host": self.host, "pid": os.getpid(), "node": socket.gethostname(), "max_jobs": self.max_jobs,
+                "started": self.clock()}
+        return self.store.claim_agent(self.host, info, self.instance, lease,
+                                      lambda found: may_take(found, self.instance))
 
     def close(self) -> None:
         """Stop admitting. Running jobs go on in their containers, holding their
@@ -125,12 +136,18 @@ class Agent:
     def _renew(self) -> None:
         try:
             self.keeper.renew()
-            return
+            # etcd answers the renewal of a lapsed lease with TTL 0, not an
+            # error: the agent key still naming this instance is the proof.
+            if self.store.agent_token(self.host) == self.instance.token:
+                return
+            log.warning("agent: the agent key of host %s is gone or not this agent's: claiming it again", self.host)
         except NetpluginError as exc:
             log.warning("agent: lease refresh failed (%s): taking a new lease", exc.message)
-        self.keeper.grant()
-        self.store.register_agent(self.host, {"host": self.host, "pid": os.getpid(), "max_jobs": self.max_jobs,
-                                              "started": self.clock()}, self.held_lease)
+        claimed, holder = self._claim(self.keeper.grant())
+        if not claimed:      # another agent took this host meanwhile: this one stops admitting
+            log.error("agent: %s", "another " + refusal("drctl agent", self.host, holder, "--host-id or host_id"))
+            self.stopping.set()
+            self.wake.set()
         # The jobs' slots and locks are on their own leases (store.py): the
         # agent's lease going does not touch them.
 

@@ -6,7 +6,8 @@
     backup/locks/<server>            -> job id; one active job per database server (Job.lock_key:
                                      network@address:port); bound to the job's lease
     backup/leases/<job-id>           -> the job's lease id, on that lease (to give it back)
-    backup/agents/<host>             the agent of that host, bound to its lease: alive while present
+    backup/agents/<host>             the agent of that host and its instance (identity.py), claimed
+                                     create-if-absent on its lease: alive while present
     backup/catalog/<target>/<name>   Backup: a verified backup (only verified ones are written)
 
 Admission is one transaction: the job is still queued and unchanged, a slot
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import Conflict, NetpluginError, NotFound
+from ..identity import Instance
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
 from ..store import Reading, Store, compare_and_swap
@@ -214,6 +216,36 @@ class BackupStore:
         """Announce the agent; exclusive: only if no live agent of that host is announced."""
         compares = [absent(self.k_agent(host))] if exclusive else []
         return self.kv.txn(compares, [Put(self.k_agent(host), json.dumps(info, sort_keys=True), lease=lease)])
+
+    def claim_agent(self, host: str, info: dict, instance: Instance, lease: int,
+                    may_take: Callable[[Instance | None], bool]) -> tuple[bool, Instance | None]:
+        """Take ``agents/<host>`` on ``lease`` for this instance, as a daemon
+        claims its host id (Store.claim_host): created when absent, replaced
+        only when ``may_take`` accepts its holder, in one guarded transaction.
+        Returns (True, None), or (False, holder): holder None when the record
+        there names no valid instance (an older agent's: left to lapse)."""
+        key = self.k_agent(host)
+
+        def attempt(read: Reading) -> tuple[list[Put | Delete], tuple[bool, Instance | None]]:
+            item = read.get(key)
+            if item is not None:
+                try:
+                    found: Instance | None = Instance.from_dict(json.loads(item.value).get("instance"))
+                except (ValueError, AttributeError):
+                    return [], (False, None)
+                if not may_take(found):
+                    return [], (False, found)
+            value = json.dumps({**info, "instance": instance.to_dict()}, sort_keys=True)
+            return [Put(key, value, lease=lease)], (True, None)
+        return compare_and_swap(self.kv, attempt, Conflict(f"the agent key of host {host} kept changing: retry"))
+
+    def agent_token(self, host: str) -> str | None:
+        """The token of the instance holding a host's agent key, if any."""
+        item = self.kv.get(self.k_agent(host))
+        try:
+            return Instance.from_dict(json.loads(item.value).get("instance")).token if item else None
+        except (ValueError, AttributeError):
+            return None
 
     def agents(self) -> dict[str, dict]:
         return {i.key.rsplit("/", 1)[1]: json.loads(i.value) for i in self.kv.get_prefix(self.k_agent())}
