@@ -12,14 +12,16 @@ DeleteEndpoint, ReleaseAddress) while:
    6 s later: no `docker run` may fail, and afterwards nothing is left (no
    endpoint record, no address, no OVS port, no veth);
 2. all three members are killed: `docker run` fails within 5 s with a message
-   saying "store unavailable", and nothing is half-created (no etcd key, OVS
-   port, veth, container or Docker endpoint);
+   saying "store unavailable", and nothing is half-created (no OVS port, veth,
+   container or Docker endpoint; and, with the members started again, no etcd
+   key added, changed or deleted under the daemon's prefix);
 3. the members are started again: `docker run` works again without touching
    the daemon (same process), and the time until it does is measured.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -100,6 +102,25 @@ def leftovers(d: FaultDaemon, network: str) -> dict:
 def etcd_keys(endpoints: str, prefix: str) -> list[str]:
     out = etcdctl(endpoints, "get", "--prefix", "--keys-only", prefix + "/").stdout
     return sorted(k for k in out.splitlines() if k.strip() and "/hostinfo/" not in k and "/hosts/" not in k)
+
+
+def etcd_state(endpoints: str, prefix: str) -> dict[str, int]:
+    """Every key under prefix with its mod revision, the host registry aside (the
+    heartbeat rewrites it): a key added, changed or deleted shows as a difference."""
+    out = json.loads(etcdctl(endpoints, "get", "--prefix", prefix + "/", "-w", "json").stdout)
+    state = {base64.b64decode(kv["key"]).decode(): int(kv["mod_revision"]) for kv in out.get("kvs", [])}
+    return {k: rev for k, rev in state.items() if "/hostinfo/" not in k and "/hosts/" not in k}
+
+
+def start_members(rig: Rig) -> float:
+    """Start every member on its data directory; the seconds until all are healthy."""
+    t0 = time.monotonic()
+    for m in rig.cluster.members:
+        m.start(rig.spec, rig.cluster.token)
+    while etcdctl(rig.eps, "endpoint", "health", check=False).returncode != 0:
+        assert time.monotonic() - t0 < 30, f"the members did not come back in 30 s:\n{rig.cluster.logs()}"
+        time.sleep(0.3)
+    return time.monotonic() - t0
 
 
 class Rig:
@@ -184,7 +205,9 @@ def test_member_killed_and_restarted_under_load(rig):
 
 def test_all_members_down_fails_fast_and_leaves_nothing(rig):
     d, network = rig.d, rig.network
+    before = etcd_state(rig.eps, d.prefix)
     rig.keys_before_outage = etcd_keys(rig.eps, d.prefix)
+    assert sorted(before) == rig.keys_before_outage and before, "no state to compare with"
     for m in rig.cluster.members:
         m.kill()
     outage = []
@@ -197,6 +220,13 @@ def test_all_members_down_fails_fast_and_leaves_nothing(rig):
     print(f"\nall members down: docker run failed in {', '.join(f'{s:.2f}' for s in outage)} s: {err[:300]}")
     assert leftovers(d, network) == NOTHING
     assert d.answers(), "the daemon stopped answering while etcd was down"
+    # Its own etcd state, read back once the members are up again: the refused
+    # runs added, changed and deleted nothing (no claim, record or binding).
+    took = start_members(rig)
+    after = etcd_state(rig.eps, d.prefix)
+    changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    print(f"members back in {took:.1f} s; keys under the prefix: {len(before)} before, {len(after)} after")
+    assert not changed, f"the refused runs changed etcd (key: (revision before, after)): {changed}"
 
 
 def test_service_resumes_when_etcd_returns(rig):
@@ -204,7 +234,7 @@ def test_service_resumes_when_etcd_returns(rig):
     if rig.keys_before_outage is None:
         rig.keys_before_outage = etcd_keys(rig.eps, d.prefix)
     for m in rig.cluster.members:
-        m.kill()                         # (already down after the test before; down for sure now)
+        m.kill()                         # (the test before started them again to read its state)
     back_at = time.monotonic()
     for m in rig.cluster.members:
         m.start(rig.spec, rig.cluster.token)
