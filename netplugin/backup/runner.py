@@ -321,6 +321,19 @@ class Runner:
             with open(os.path.join(ctx.job_dir, name), "w") as fh:
                 fh.write(text)
 
+    @staticmethod
+    def _restore_note(ctx: _Ctx) -> str:
+        """What a --replace restore killed before its script could say may leave."""
+        if ctx.job.kind != RESTORE or not ctx.spec.replace:
+            return ""
+        try:
+            stage, old = jobscript.staging_names(ctx.spec.database, ctx.job.id)
+        except (ValueError, NetpluginError):
+            return ""
+        return (f"; the job was stopped before it could clean up: the live schema {ctx.spec.database} is "
+                f"unchanged unless the log says it was swapped, and schemas {stage} or {old} may be left "
+                "on the server: drop them")
+
     def _check_not_source(self, ctx: _Ctx, manifest: dict) -> None:
         """A restore into the very server its backup was read from (the same
         server key: network, address, port) needs ``--into-source``."""
@@ -502,9 +515,11 @@ class Runner:
             self._collect(ctx)
         if ctx.oom:
             mem = lim.human_bytes(ctx.limits.memory) if ctx.limits.memory else "?"
-            raise JobEnded(FAILED, f"the job was OOM-killed: it needed more than its memory limit ({mem})")
+            said = (_Outputs(ctx.job_dir).get("error") or "").strip()
+            raise JobEnded(FAILED, f"the job was OOM-killed: it needed more than its memory limit ({mem})"
+                           + (f": {said}" if said else self._restore_note(ctx)))
         if ctx.exit_code != 0:
-            error = (_Outputs(ctx.job_dir).get("error") or "").strip()
+            error = (_Outputs(ctx.job_dir).get("error") or "").strip() or self._restore_note(ctx).lstrip("; ")
             last = ctx.job.log_tail.strip().splitlines()[-1:] if ctx.job.log_tail else []
             why = error or (last[0] if last else "no message")
             if ctx.job.kind == BACKUP and ctx.volume_path and (

@@ -99,7 +99,8 @@ def test_replace_restore_proves_the_load_before_it_swaps(drs):
     failed = json.loads(out.stdout)
     assert failed["state"] == "failed", failed["message"]
     assert failed["oom_killed"] is True or "load failed" in failed["message"], failed["message"]
-    assert "staging schema swap__drctl_stage_" in failed["log_tail"], failed["log_tail"]
+    assert "the live schema swap is unchanged and the staging schema swap__drctl_stage_" in failed["message"], \
+        failed["message"]
     assert schema_facts(d, "sw-db", "swap") == live                    # row for row, every table
     assert work_schemas(d, "sw-db") == []                              # staging dropped
 
@@ -112,6 +113,16 @@ def test_replace_restore_proves_the_load_before_it_swaps(drs):
     assert "command not found" not in failed["log_tail"] + good["log_tail"]
     assert "every table's rows and checksum match the manifest" in good["log_tail"]
     assert schema_facts(d, "sw-db", "swap") == at_backup               # "later" went with the old tables
+    assert work_schemas(d, "sw-db") == []
+
+    # 4. A view cannot move between schemas atomically: refused, nothing changed.
+    d.sql("sw-db", "CREATE VIEW small_ids AS SELECT id FROM a_first WHERE id < 10;", "swap")
+    out = d.drctl(*restore, "--into-source", "--memory", "1g", "--wait", "--json", check=False)
+    refused = json.loads(out.stdout)
+    assert refused["state"] == "failed" and "1 views" in refused["message"], refused["message"]
+    assert "--replace swaps base tables only" in refused["message"]
+    after = schema_facts(d, "sw-db", "swap")
+    assert after.pop("small_ids")[0] == 9 and after == at_backup
     assert work_schemas(d, "sw-db") == []
 
 
