@@ -80,6 +80,7 @@ class Bench:
         self.volume = f"npbench-{self.rtag}"
         self.password = secrets.token_hex(12)
         self.secret_dir = Path(tempfile.mkdtemp(prefix="npbench-secrets-"))
+        self.env["DRCTL_OPTION_DIR"] = str(self.secret_dir)     # drctl mounts option files only from there
         self.cnf = self._secret("client.cnf", f"[client]\nuser=root\npassword={self.password}\n")
         self.init = self._secret("db-init.sql", f"CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY "
                                                 f"'{self.password}';\nGRANT ALL ON *.* TO 'root'@'%';\n")
