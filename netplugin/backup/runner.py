@@ -66,6 +66,12 @@ LABEL_TARGET = "netplugin.backup.target"
 MOUNT_BACKUP, MOUNT_JOB, MOUNT_CNF = "/backup", "/job", "/run/drctl/client.cnf"
 
 
+def _open(path: str, flags: int, mode: str):
+    """A file of the job folder, never through a symlink (the container writes
+    in that folder: a link it planted must not lead the agent out of it)."""
+    return open(os.open(path, flags | os.O_NOFOLLOW, 0o600), mode)
+
+
 class _Outputs:
     """The files the job script wrote in the job's ``out`` folder, read when asked."""
 
@@ -74,7 +80,7 @@ class _Outputs:
 
     def get(self, name: str, /) -> str | None:
         try:
-            with open(os.path.join(self.folder, name)) as fh:
+            with _open(os.path.join(self.folder, name), os.O_RDONLY, "r") as fh:
                 return fh.read()
         except OSError:
             return None
@@ -414,7 +420,7 @@ class Runner:
         report["problems"] = report.get("problems", []) + cg_problems
         self._check_stop(ctx, "starting")
         self._move(ctx, RUNNING, "limits checked; working", limits_applied=report)
-        with open(os.path.join(ctx.job_dir, "go"), "w") as fh:
+        with _open(os.path.join(ctx.job_dir, "go"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w") as fh:
             fh.write(str(self.clock()))
         ctx.gate_open = True
 
@@ -458,7 +464,7 @@ class Runner:
         def pump():
             pending = b""
             try:
-                with open(path, "ab") as out:
+                with _open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "ab") as out:
                     for chunk in stream:
                         out.write(chunk)
                         out.flush()
@@ -656,7 +662,8 @@ class Runner:
     # -- ending -----------------------------------------------------------------------------------
     def _end(self, ctx: _Ctx, state: str, message: str) -> None:
         if ctx.job_dir and not ctx.gate_open:
-            with contextlib.suppress(OSError), open(os.path.join(ctx.job_dir, "abort"), "w"):
+            with contextlib.suppress(OSError), _open(os.path.join(ctx.job_dir, "abort"),
+                                                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w"):
                 pass
         if ctx.container:
             try:
