@@ -14,16 +14,16 @@ import secrets
 import subprocess
 from pathlib import Path
 
+from netplugin.config import Config
+from tests.e2e.conftest import DOCKER, IMAGE
 from tests.harness import proc
 from tests.harness.daemon import Daemon, settings_env
 from tests.harness.etcd import ETCD
 from tests.harness.proc import free_port
 
-__all__ = ["DOCKER", "ETCD", "IMAGE", "FaultDaemon", "docker", "free_port", "links", "run"]
+__all__ = ["DOCKER", "ETCD", "IMAGE", "PLUGIN_DIR", "FaultDaemon", "docker", "free_port", "links", "run"]
 
-DOCKER = "/usr/bin/docker"
-IMAGE = os.environ.get("NETPLUGIN_TEST_IMAGE", "netplugin/busybox:latest")
-PLUGIN_DIR = "/run/docker/plugins"
+PLUGIN_DIR = os.path.dirname(Config.socket)      # where Docker looks for plugin sockets
 run = proc.run
 
 

@@ -28,6 +28,8 @@ from tests.harness import REPO, etcd
 from tests.harness.daemon import settings_env
 from tests.harness.proc import wait_until
 
+from .conftest import PLUGIN_DIR
+
 __all__ = [
     "DOCKER",
     "ETCD",
@@ -86,7 +88,7 @@ class Daemon(Plugin):
 
     def __init__(self, tmp: Path, driver: str = "npfb", prefix: str | None = None):
         tag = secrets.token_hex(2)
-        super().__init__(tmp, socket=f"/run/docker/plugins/{driver}.sock",
+        super().__init__(tmp, socket=f"{PLUGIN_DIR}/{driver}.sock",
                          prefix=prefix or "/netplugin/fault-b-" + secrets.token_hex(4))
         self.driver = driver
         self.host_id = f"fb-{driver}-{tag}"
