@@ -254,11 +254,17 @@ def test_a_dead_agents_jobs_keep_their_server_until_the_next_agent_adopts_them()
     assert other.tick() == []
     assert world.state(second.id) == QUEUED
     assert "job " + job.id in world.store.get(second.id)[0].message
-    world.release[job.id].set()                   # the killed agent's thread ends without releasing
+    # The killed agent's thread never acts again: it keeps waiting on the old event
+    # (past this test), and the job's end is the adopter's alone.
+    world.release[job.id] = threading.Event()
+    with world.lock:                              # the job's place on db1 passes to the adopter
+        world.active.discard(job.id)
+        world.per_target[job.target] -= 1
     agent.threads.clear()
     new = world.agent()                           # the host's next agent adopts before it admits
     world.wait_for(lambda: job.id in world.adopted)
     assert new.tick() == []
+    world.release[job.id].set()
     world.wait_for(lambda: world.state(job.id) == SUCCEEDED)
     world.wait_for(lambda: world.store.lock_holder("db1") is None)
     assert world.store.slots("h1") == {}
