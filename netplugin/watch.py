@@ -37,6 +37,7 @@ class Relists:
             return dict(self._counts)
 
 
+RELIST_AT_ONCE = 3        # compacted watches in a row read again without a pause
 RELISTS = Relists()       # this process's followers; read at scrape time (watch_metrics.py)
 
 
@@ -62,23 +63,30 @@ class PrefixFollower:
         self.stop.set()
 
     def run(self) -> None:
+        compacted = 0             # in a row: at once up to RELIST_AT_ONCE times, then the retry pause
         while not self.stop.is_set():
             pause = self.retry
             try:
                 items, revision = self.kv.snapshot(self.prefix)
                 self.on_snapshot(items)
                 for event in self.kv.watch_prefix(self.prefix, revision + 1, self.stop):
+                    compacted = 0         # this watch worked: a later compaction starts a new row
                     self.on_event(event)
                 reason = "broken"             # the watch ended without being asked to
             except HistoryCompacted as exc:
                 log.info("%s: %s", self.name, exc.message)
-                reason, pause = "compacted", 0.0      # etcd is fine: read again at once
+                compacted += 1
+                reason = "compacted"
+                if compacted <= RELIST_AT_ONCE:
+                    pause = 0.0           # etcd is fine: read again at once
             except NetpluginError as exc:
                 log.warning("%s: %s; reading again in %.0f s", self.name, exc.message, self.retry)
                 reason = "broken"
             except Exception:         # a bug in a handler must not stop following
                 log.exception("%s failed; reading again", self.name)
                 reason = "error"
+            if reason != "compacted":
+                compacted = 0
             if not self.stop.is_set():
                 self.relists.add(self.name, reason)
             self.stop.wait(pause)

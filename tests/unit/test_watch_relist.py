@@ -115,3 +115,16 @@ def test_the_counter_on_the_metrics_port():
     text = generate_latest(registry).decode()
     assert 'netplugin_watch_relists_total{follower="arp-proxy:endpoints",reason="compacted"} 2.0' in text
     assert 'netplugin_watch_relists_total{follower="limit-sync:profiles",reason="broken"} 1.0' in text
+
+
+def test_compaction_after_compaction_pauses_after_a_few():
+    """etcd compacting faster than a follower can start its watch does not make it spin."""
+    kv, relists, view = Compacting(fail=100), Relists(), {}
+    f = follow(kv, relists, view, retry=30.0)
+    try:
+        assert wait_for(lambda: kv.watches == 4)
+        time.sleep(0.3)
+        assert kv.watches == 4               # three at once, then the retry pause
+        assert relists.counts() == {("t:p", "compacted"): 4}
+    finally:
+        f.close()
