@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Self
 
+from .. import jsondepth
 from ..errors import Conflict, InvalidRequest
 
 QUEUED, STARTING, RUNNING, VERIFYING = "queued", "starting", "running", "verifying"
@@ -170,7 +171,7 @@ class _Record:
     def from_json(cls, raw: bytes | str) -> Self:
         """Raises BadRecord when raw is not a JSON object with every required field."""
         try:
-            data = json.loads(raw)
+            data = jsondepth.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRecord(f"not a {cls.__name__.lower()} record: {exc}") from None
         if not isinstance(data, dict):

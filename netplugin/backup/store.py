@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from .. import jsondepth
 from ..errors import Conflict, NetpluginError, NotFound
 from ..identity import Instance
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
@@ -230,7 +231,7 @@ class BackupStore:
             item = read.get(key)
             if item is not None:
                 try:
-                    found: Instance | None = Instance.from_dict(json.loads(item.value).get("instance"))
+                    found: Instance | None = Instance.from_dict(jsondepth.loads(item.value).get("instance"))
                 except (ValueError, AttributeError):
                     return [], (False, None)
                 if not may_take(found):
@@ -243,12 +244,21 @@ class BackupStore:
         """The token of the instance holding a host's agent key, if any."""
         item = self.kv.get(self.k_agent(host))
         try:
-            return Instance.from_dict(json.loads(item.value).get("instance")).token if item else None
+            return Instance.from_dict(jsondepth.loads(item.value).get("instance")).token if item else None
         except (ValueError, AttributeError):
             return None
 
     def agents(self) -> dict[str, dict]:
-        return {i.key.rsplit("/", 1)[1]: json.loads(i.value) for i in self.kv.get_prefix(self.k_agent())}
+        """Live agents by host; a record that is not a JSON object is left out."""
+        found = {}
+        for item in self.kv.get_prefix(self.k_agent()):
+            try:
+                info = jsondepth.loads(item.value)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(info, dict):
+                found[item.key.rsplit("/", 1)[1]] = info
+        return found
 
     def agent_alive(self, host: str) -> bool:
         return self.kv.get(self.k_agent(host)) is not None

@@ -355,3 +355,17 @@ def test_the_allowlist_and_option_folder_are_settings():
         config.load(env={"DRCTL_CONFIG": "/dev/null", "DRCTL_IMAGES": "site/tools:2"})
     with pytest.raises(InvalidRequest, match="option_dir"):
         config.load(env={"DRCTL_CONFIG": "/dev/null", "DRCTL_OPTION_DIR": "relative/dir"})
+
+
+def test_records_nested_a_thousand_deep_are_skipped_not_a_crash():
+    """A job, catalog or agent record nested far deeper than any real one is
+    left out of every listing, where json would raise RecursionError."""
+    kv = MemoryKV()
+    store = BackupStore(kv, PREFIX)
+    deep = "[" * 5000 + "]" * 5000
+    kv.txn([], [Put(f"{PREFIX}/backup/jobs/20260101-000000-abcdef", deep),
+                Put(f"{PREFIX}/backup/catalog/db1/deep", deep),
+                Put(f"{PREFIX}/backup/agents/h9", deep)])
+    assert store.list_jobs() == []
+    assert store.agents() == {}
+    assert list(store.backups("db1")) == []
