@@ -488,7 +488,8 @@ def cmd_agent(args, ctx) -> int:
     logging.getLogger(__name__).info("agent for host %s: up to %s jobs at once, etcd prefix %s", host,
                                      agent.max_jobs, ctx.store.root)
     agent.serve()
-    return 0
+    # Another agent took this host: a service manager must see a failure, not a clean stop.
+    return 1 if agent.host_lost.is_set() else 0
 
 
 def main(argv: list[str] | None = None) -> int:

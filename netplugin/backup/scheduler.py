@@ -47,6 +47,7 @@ class Agent:
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.host_lost = threading.Event()   # set when another agent took this host: serve() ends in error
         self._last_gc = 0.0
         self._said: dict[str, str] = {}
 
@@ -146,6 +147,7 @@ class Agent:
         claimed, holder = self._claim(self.keeper.grant())
         if not claimed:      # another agent took this host meanwhile: this one stops admitting
             log.error("agent: %s", "another " + refusal("drctl agent", self.host, holder, "--host-id or host_id"))
+            self.host_lost.set()
             self.stopping.set()
             self.wake.set()
         # The jobs' slots and locks are on their own leases (store.py): the

@@ -67,6 +67,7 @@ def test_an_agent_whose_host_was_taken_while_its_lease_lapsed_stops(bstore):
     bstore.kv.revoke_lease(mine.lease)                   # its lease ran out while etcd was away ...
     thief = agent(bstore, other_machine())
     thief.start(wait_previous=0)                         # ... and another machine's agent took the host
+    assert not mine.host_lost.is_set()
     mine._renew()
-    assert mine.stopping.is_set()
+    assert mine.stopping.is_set() and mine.host_lost.is_set()   # drctl agent then exits 1
     assert holder(bstore)["token"] == thief.instance.token
