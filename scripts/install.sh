@@ -194,6 +194,9 @@ chmod 0644 "$SPEC.new"
 mv -f "$SPEC.new" "$SPEC"
 log "wrote $SPEC: Docker finds plugin '$NAME' at unix://$SOCKET"
 
+# drctl mounts job option files (credentials) only from this folder: root's alone.
+install -d -m 0700 /etc/drctl
+
 # --- 5. documentation (the units point at it)
 install -d -m 0755 "$DOC_DIR"
 install -m 0644 "$REPO/README.md" "$DOC_DIR/README.md"
