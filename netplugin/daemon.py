@@ -96,7 +96,8 @@ def start_metrics(parts: Components) -> None:
 BEFORE_CLAIM = {"/Plugin.Activate", "/NetworkDriver.GetCapabilities", "/IpamDriver.GetCapabilities",
                 "/IpamDriver.GetDefaultAddressSpaces", "/health"}
 REFUSED_EXIT = 4      # gunicorn's "app failed to load": its arbiter stops with this status
-CLAIM_WAIT = 3.0      # seconds a call made right at start waits for the first claim
+CLAIM_WAIT = 10.0     # seconds a call made right at start waits for the first claim (a kill -9 restart
+                      # takes its claim back once the old worker is gone; well inside the 20 s deadline)
 
 
 class ClaimGate:
