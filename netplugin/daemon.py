@@ -115,9 +115,15 @@ class ClaimGate:
         if environ.get("PATH_INFO") in BEFORE_CLAIM or self.settled():
             return self.app(environ, start_response)
         hb = self.heartbeat
-        message = hb.reason or (f"{hb.last_error + ' (' if hb.last_error else ''}netplugin has not claimed host "
-                                f"id {hb.cfg.host_id} in etcd yet{')' if hb.last_error else ''}: retry in a few "
-                                "seconds, and see the netplugin log")
+        if hb.reason:
+            message = hb.reason
+        elif hb.waiting:
+            message = (f"netplugin is waiting for host id {hb.cfg.host_id} to be given up before it claims it "
+                       f"({hb.waiting}): retry in a few seconds, and see the netplugin log")
+        else:
+            message = (f"{hb.last_error + ' (' if hb.last_error else ''}netplugin has not claimed host id "
+                       f"{hb.cfg.host_id} in etcd yet{')' if hb.last_error else ''}: retry in a few seconds, "
+                       "and see the netplugin log")
         body = json.dumps({"Err": message, "Error": message}).encode()
         start_response("503 Service Unavailable", [("Content-Type", self.content_type),
                                                    ("Content-Length", str(len(body)))])

@@ -58,6 +58,7 @@ class HostHeartbeat:
         self.refused = threading.Event()      # set once it may not act as this host
         self.reason = ""                      # why it may not
         self.last_error = ""                  # why the last beat failed (etcd away)
+        self.waiting = ""                     # who holds the id while this one waits for it to lapse
         self._claimed_json: str | None = None
         self._first_refusal: float | None = None
         self._ever_claimed = False
@@ -80,6 +81,7 @@ class HostHeartbeat:
         self._claimed_json = reg.to_json()
         self._ever_claimed = True
         self._first_refusal = None
+        self.waiting = ""
         self.claimed.set()
         log.info("host %s claimed (pid %d, boot id %s)", self.cfg.host_id, self.instance.pid, self.instance.boot_id)
 
@@ -101,6 +103,7 @@ class HostHeartbeat:
             if self._first_refusal is None:
                 self._first_refusal = now
             if not self._ever_claimed and now - self._first_refusal < self.wait_previous:
+                self.waiting = exc.message
                 log.warning("host id %s is held: waiting up to %.0f s for its lease to lapse: %s",
                             self.cfg.host_id, self.wait_previous, exc.message)
                 return True

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from netplugin.daemon import CLAIM_WAIT
 from netplugin.unixhttp import call
 from tests.harness.daemon import Daemon, settings_env
 
@@ -36,7 +37,9 @@ def wait_for(cond, timeout: float, step: float = 0.1):
 
 
 def request_address(d: Daemon, pool: str) -> tuple[int, dict]:
-    return call(d.socket, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}}, timeout=10)
+    # Longer than the gate's wait for a first claim (daemon.CLAIM_WAIT), as Docker's own client is.
+    return call(d.socket, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}},
+                timeout=CLAIM_WAIT + 10)
 
 
 @pytest.fixture
