@@ -119,6 +119,16 @@ def _client_class():
         def timeout(self, value):
             self._default_timeout = value
 
+        def get_watcher(self):
+            """Watches that require a leader: a member cut off from the quorum ends
+            them ("no leader") instead of leaving them silent, so a host on the
+            minority side notices, reads again elsewhere, and backs off."""
+            from pyetcd import watch
+            from pyetcd.etcdrpc import WatchStub
+            return watch.Watcher(WatchStub(self.channel), timeout=self.timeout,
+                                 call_credentials=self.call_credentials,
+                                 metadata=(("hasleader", "true"),) + tuple(self.metadata or ()))
+
     return Client
 
 
@@ -319,9 +329,9 @@ class EtcdKV:
         except etcd_exc.RevisionCompactedError as exc:
             raise self._compacted(prefix, start_revision, exc) from None
 
-        def cancel_on_stop() -> None:        # ends with the watch: no thread left behind per re-read
+        def cancel_on_stop() -> None:        # ends within 5 s of the watch: none left behind per re-read
             while not done.is_set():
-                if stop.wait(0.2):
+                if stop.wait(5.0):
                     cancel()
                     return
         threading.Thread(target=cancel_on_stop, daemon=True, name="watch-cancel").start()
