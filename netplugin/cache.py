@@ -29,7 +29,7 @@ from typing import Generic, TypeVar
 
 from .errors import HistoryCompacted, NetpluginError
 from .kv import KV, Item
-from .watch import RELISTS, RELIST_AT_ONCE, Relists
+from .watch import RELIST_AT_ONCE, RELISTS, Relists
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class _Ticker:
                 _, _, check = heapq.heappop(self._heap)
             try:
                 again = check()
-            except Exception:  # noqa: BLE001 - one cache's check must not stop the others'
+            except Exception:  # one cache's check must not stop the others'
                 log.exception("cache check failed")
                 again = RESYNC_EVERY
             if again is not None:
@@ -202,8 +202,10 @@ class Cache(Generic[R]):
 
     def _watch_stop(self) -> threading.Event:
         """Set to end this round's watch: on close, or when the count check found a difference."""
-        assert self._round is not None
-        return self._round
+        round_stop = self._round
+        if round_stop is None:
+            raise RuntimeError("no round under way")
+        return round_stop
 
     def _check(self) -> float | None:
         """The periodic count check: a count-only read of the prefix, compared

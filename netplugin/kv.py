@@ -127,7 +127,7 @@ def _client_class():
             from pyetcd.etcdrpc import WatchStub
             return watch.Watcher(WatchStub(self.channel), timeout=self.timeout,
                                  call_credentials=self.call_credentials,
-                                 metadata=(("hasleader", "true"),) + tuple(self.metadata or ()))
+                                 metadata=(("hasleader", "true"), *tuple(self.metadata or ())))
 
     return Client
 
