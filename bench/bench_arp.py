@@ -333,7 +333,7 @@ def remote_record(store, net: Net, host_id: str):
     ep = Endpoint(id=eid, network=net.global_id, docker_network=C.hex64(), host=host_id, ip=ip,
                   prefixlen=net.local_half.prefixlen - 1, mac="02:4e:" + ":".join(f"{int(o):02x}" for o in ip.split(".")),
                   port=f"np{eid[:11]}", peer=f"nc{eid[:11]}", vlan=net.vlan, network_name=net.name)
-    assert store.kv.txn([absent(store.k_endpoint(eid))], [Put(store.k_endpoint(eid), ep.to_json())])
+    assert store.kv.txn([absent(store.k_legacy_endpoint(eid))], [Put(store.k_legacy_endpoint(eid), ep.to_json())])
 
 
 def scale_to(host: Host, nets: list[Net], local_nets: list[Net], total: int, hosts: int, have: dict,

@@ -216,7 +216,7 @@ def write_records(store, net, host: str, docker_net: str, n: int, out: C.Out) ->
     for i in range(0, n, EPS_PER_TXN):
         ops = []
         for ep, offset, alloc in eps[i:i + EPS_PER_TXN]:
-            ops.append(Put(store.k_endpoint(ep.id), ep.to_json()))
+            ops.append(Put(store.k_legacy_endpoint(ep.id), ep.to_json()))
             ops.append(Put(store.k_alloc(net.subnet, offset), alloc.to_json()))
         if not store.kv.txn([], ops):
             raise RuntimeError("an unconditional etcd transaction was refused")
@@ -307,11 +307,13 @@ class Scanner:
         parts.wrap(switch_proxy, "list_ports", "ovs_list")
         parts.wrap(links_proxy, "list_names", "veth_list")
         parts.wrap(view, "live_endpoints", "docker")
+        from netplugin.hostview import HostView
         from netplugin.store import Store
         tstore = Store(kv_proxy, store.prefix)
         # as wiring.make_reconciler builds them, over the timed proxies (a dry run changes no limit)
-        limits = make_limits(self.cfg, tstore, switch_proxy, make_flows(self.cfg), Background())
-        releaser = Releaser(self.cfg, tstore, links_proxy, switch_proxy, view, limits)
+        hostview = HostView(tstore, self.cfg.host_id)       # never started, as in make_reconciler
+        limits = make_limits(self.cfg, tstore, hostview, switch_proxy, make_flows(self.cfg), Background())
+        releaser = Releaser(self.cfg, tstore, hostview, links_proxy, switch_proxy, view, limits)
         t0 = time.perf_counter()
         try:
             report = Reconciler(self.cfg, tstore, links_proxy, switch_proxy, view, releaser, limits).run(

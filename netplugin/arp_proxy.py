@@ -8,8 +8,10 @@ answered in its agent, so ARP died with the agent). Requests from the trunk
 are answered for this host's own endpoints. Requests for anything else
 (gateways, outside hosts) miss and are switched normally, to the uplink.
 
-Flows follow etcd through watches: an endpoint that appears anywhere gets its
-answer on every host within a moment, and one that goes loses it. The global
+Flows follow this host's view of etcd (hostview.py: the endpoints of the
+networks it has bound, kept by watches): an endpoint that appears anywhere
+gets its answer on every host of its network within a moment, and one that
+goes loses it. Nothing is read from etcd on a pass. The global
 setting ``arp-mode`` (``netctl global set --arp-mode proxy|flood``) turns the
 proxy off: the bridge is then a plain learning switch.
 
@@ -25,15 +27,16 @@ import re
 from .config import Config
 from .dataplane.flows import KIND_ARP_LOCAL, KIND_ARP_UPLINK, TABLE_ARP, Flows, cookie_for
 from .dataplane.ovs import Switch
-from .errors import NetpluginError
+from .errors import NetpluginError, StoreUnavailable
+from .hostview import HostView
 from .model import Endpoint
-from .store import Store
 from .watch import SyncLoop
 
 log = logging.getLogger(__name__)
 
 MODES = ("proxy", "flood")
 FULL_PASS_EVERY = 10.0
+VIEW_PATIENCE = 5.0      # seconds a pass waits for the view's first reads (never a pass on half a view)
 
 
 def garp_packet(mac: str, ip: str) -> str:
@@ -44,9 +47,9 @@ def garp_packet(mac: str, ip: str) -> str:
 
 
 class ArpProxy:
-    def __init__(self, cfg: Config, store: Store, switch: Switch, flows: Flows):
+    def __init__(self, cfg: Config, view: HostView, switch: Switch, flows: Flows):
         self.cfg = cfg
-        self.store = store
+        self.view = view
         self.switch = switch
         self.flows = flows
         self._loop: SyncLoop | None = None
@@ -59,9 +62,11 @@ class ArpProxy:
         return self._desired()[0]
 
     def _desired(self) -> tuple[dict[int, str], int | None]:
-        if self.store.arp_mode() == "flood":
+        if not self.view.ready(VIEW_PATIENCE):
+            raise StoreUnavailable("the ARP proxy waits for its first read of etcd")
+        if self.view.setting("arp-mode", "proxy") == "flood":
             return {}, None
-        endpoints = self.store.list_endpoints()
+        endpoints = self.view.endpoints()
         local_vlans = {ep.vlan for ep in endpoints if ep.host == self.cfg.host_id}
         uplink = self.switch.ofport(self.cfg.uplink) if self.cfg.uplink else None
         want: dict[int, str] = {}
@@ -126,13 +131,12 @@ class ArpProxy:
 
     def announce_all_local(self) -> int:
         count = 0
-        for ep in self.store.list_endpoints():
-            if ep.host == self.cfg.host_id:
-                try:
-                    self.announce(ep)
-                    count += 1
-                except NetpluginError as exc:
-                    log.warning("gratuitous ARP for %s failed: %s", ep.ip, exc.message)
+        for ep in self.view.local_endpoints():
+            try:
+                self.announce(ep)
+                count += 1
+            except NetpluginError as exc:
+                log.warning("gratuitous ARP for %s failed: %s", ep.ip, exc.message)
         return count
 
     # -- following etcd ------------------------------------------------------------------
@@ -144,8 +148,8 @@ class ArpProxy:
 
     def start(self) -> ArpProxy:
         self._loop = SyncLoop("arp-proxy", self._pass, FULL_PASS_EVERY)
-        self.store.follow_endpoints(self._loop)
-        self.store.follow_setting(self._loop, "arp-mode")
+        self.view.on("endpoints", self._loop.wake)
+        self.view.on("settings", self._loop.wake)
         self._loop.start()
         return self
 

@@ -122,7 +122,7 @@ class Cache(Generic[R]):
         self.revision = 0                     # of the last read or event applied
         self._lock = threading.Lock()
         self._records: dict[str, R] = {}
-        self._keys: set[str] = set()          # every key under the prefix, bad ones too (for the count check)
+        self._keys: dict[str, int] = {}       # every key under the prefix, bad ones too -> its mod revision
         self._again = threading.Event()       # the count check found a difference: read again
         self._round: threading.Event | None = None
         self._thread: threading.Thread | None = None
@@ -147,6 +147,12 @@ class Cache(Generic[R]):
 
     def wait_ready(self, timeout: float) -> bool:
         return self.ready.wait(timeout)
+
+    def matches(self, items: list[Item]) -> bool:
+        """Whether the cache holds exactly these items (a fresh read of its
+        prefix), each at its revision: what the tests compare it with."""
+        with self._lock:
+            return self.ready.is_set() and self._keys == {item.key: item.mod_revision for item in items}
 
     # -- following -------------------------------------------------------------------
     def start(self) -> Cache[R]:
@@ -235,14 +241,14 @@ class Cache(Generic[R]):
         with self._lock:
             old = self._records
             self._records = fresh
-            self._keys = {item.key for item in items}
+            self._keys = {item.key: item.mod_revision for item in items}
             self.revision = revision
-        self.ready.set()
         if self.on_change is not None:
             for key in old.keys() | fresh.keys():
                 before, after = old.get(key), fresh.get(key)
                 if before != after:
                     self.on_change(key, before, after)
+        self.ready.set()          # after the listeners: what they open on the first read counts too
 
     def _apply(self, key: str, item: Item | None, revision: int) -> None:
         rec = self.decode(item) if item is not None else None
@@ -253,9 +259,9 @@ class Cache(Generic[R]):
             if rec is not None:
                 self._records[key] = rec
             if item is None:
-                self._keys.discard(key)
+                self._keys.pop(key, None)
             else:
-                self._keys.add(key)
+                self._keys[key] = revision
             self.revision = max(self.revision, revision)
         if self.on_change is not None and before != rec:
             self.on_change(key, before, rec)

@@ -150,6 +150,20 @@ def stop_as_refused(reason: str) -> None:
     os._exit(REFUSED_EXIT)
 
 
+def migrate(parts: Components) -> None:
+    """Move this host's endpoint records of the old layout (endpoints/<id>)
+    under their network (store.migrate_endpoints), before the view reads them;
+    etcd away: the view reads both layouts, and the next start moves them."""
+    try:
+        moved, left = parts.store.migrate_endpoints(parts.cfg.host_id)
+    except NetpluginError as exc:
+        log.warning("endpoint records of the old layout stay where they are for now: %s", exc.message)
+        return
+    if moved or left:
+        log.info("moved %d endpoint record(s) to the layout by network (%d changed meanwhile: next start)",
+                 moved, left)
+
+
 def background_start(parts: Components, refused=stop_as_refused) -> threading.Thread:
     """Claim the host id; once held, follow release requests and the limit
     and ARP watches, prepare the bridge and compare OVS with etcd, retrying
@@ -167,6 +181,8 @@ def background_start(parts: Components, refused=stop_as_refused) -> threading.Th
         if not claimed():
             refused(heartbeat.reason)
             return
+        migrate(parts)
+        parts.view.start()
         parts.releaser.follow_requests()
         parts.limits.start()
         parts.arp.start()

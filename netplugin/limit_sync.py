@@ -1,15 +1,15 @@
 """Keeps every local port's limit equal to what etcd says, live.
 
-It follows ``profiles/``, ``networks/`` and ``endpoints/`` with etcd watches;
-any change that can alter a local endpoint's limit wakes one worker, which
-recomputes the limit of every endpoint of this host and applies what differs.
+It reads this host's view of etcd (hostview.py: profiles, networks and the
+endpoints of its networks, kept by watches); any change that can alter a
+local endpoint's limit wakes one worker, which recomputes the limit of every
+endpoint of this host from the view and applies what differs.
 A daemon restart starts with a full pass, so every limit is applied again;
 a periodic pass also puts back what someone changed in OVS by hand.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -18,8 +18,8 @@ from .bandwidth import effective_limit
 from .config import Config
 from .dataplane.flows import TABLE_CLASSIFY, cookie_for
 from .dataplane.ratelimit import RateLimiter
-from .errors import DataplaneError, NetpluginError
-from .kv import Event
+from .errors import DataplaneError, NetpluginError, StoreUnavailable
+from .hostview import HostView
 from .model import Endpoint, Network
 from .store import Store
 from .watch import SyncLoop
@@ -31,15 +31,20 @@ FULL_PASS_EVERY = 10.0   # bounds how long an OVS restart leaves ports without l
 PORT_WAIT = 2.0          # seconds CreateEndpoint waits for a limited port's OpenFlow number
 PENDING_RETRY = 0.1      # a port without an OpenFlow number yet is tried again this soon ...
 PENDING_PATIENCE = 5.0   # ... for this long; after that the periodic full pass takes over
+VIEW_PATIENCE = 5.0      # seconds a pass waits for the view's first reads (never a pass on half a view)
 _UNKNOWN = object()      # no limit recorded for the endpoint yet
 
 
 class LimitSync:
-    def __init__(self, cfg: Config, store: Store, limiter: RateLimiter, metrics=None, defer=None):
-        """``metrics``: counts limits applied (None: not counted). ``defer(fn, *args)``:
-        runs a port's flow deletion after the caller's answer (None: at once)."""
+    def __init__(self, cfg: Config, store: Store, view: HostView, limiter: RateLimiter, metrics=None,
+                 defer=None):
+        """``store``: fresh reads where a decision cannot wait for the view
+        (CreateEndpoint's limit, a meter about to be deleted). ``metrics``:
+        counts limits applied (None: not counted). ``defer(fn, *args)``: runs a
+        port's flow deletion after the caller's answer (None: at once)."""
         self.cfg = cfg
         self.store = store
+        self.view = view
         self.limiter = limiter
         self.metrics = metrics
         self.defer = defer
@@ -112,9 +117,11 @@ class LimitSync:
 
     def resync(self, verify: bool = False) -> int:
         """Apply every local endpoint's limit that changed; returns how many were applied."""
-        networks = {n.id: n for n in self.store.list_networks()}
-        profiles = self.store.list_profiles()
-        local = [ep for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id]
+        if not self.view.ready(VIEW_PATIENCE):
+            raise StoreUnavailable("the limit sync waits for its first read of etcd")
+        networks = self.view.network_map()
+        profiles = self.view.profile_map()
+        local = self.view.local_endpoints()
         actual = flows_present = None
         self._had_local = self._had_local or bool(local)
         if verify and self._had_local:
@@ -183,7 +190,7 @@ class LimitSync:
         self._stray_meters = stray - confirm
         if confirm:
             gone = self.limiter.delete_meters(confirm, lambda: used_by(
-                [ep for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id]))
+                self.store.list_host_endpoints(self.cfg.host_id)))
             if gone:
                 log.warning("deleted meters %s: no local port with a limit uses them", gone)
 
@@ -198,22 +205,17 @@ class LimitSync:
             timer.start()
 
     # -- following etcd -------------------------------------------------------------
-    def _on_endpoint(self, ev: Event) -> None:
-        if ev.kind == "delete":
-            return
-        try:
-            if json.loads(ev.value).get("host") == self.cfg.host_id and self._loop is not None:
-                self._loop.wake()
-        except ValueError:
-            pass
+    def _on_endpoint(self, key: str, old: Endpoint | None, new: Endpoint | None) -> None:
+        if self._loop is not None and any(ep is not None and ep.host == self.cfg.host_id for ep in (old, new)):
+            self._loop.wake()
 
     def start(self) -> LimitSync:
         def one_pass(full: bool) -> None:
             self.resync(verify=full)
         self._loop = SyncLoop("limit-sync", one_pass, FULL_PASS_EVERY)
-        self.store.follow_profiles(self._loop)
-        self.store.follow_networks(self._loop)
-        self.store.follow_endpoints(self._loop, self._on_endpoint)
+        self.view.on("profiles", self._loop.wake)
+        self.view.on("networks", self._loop.wake)
+        self.view.on("endpoints", self._on_endpoint)
         self._loop.start()
         return self
 

@@ -5,6 +5,8 @@ latency, errors of each backend, rate limits applied. Read from etcd when
 scraped: endpoints per network, pool size and use per network, this host's
 reconciler totals, and whatever collectors the wiring point adds (drctl's
 jobs and catalog: backup/exporter.py; this module knows nothing of them).
+The network's gauges come from this host's view (hostview.py), kept by
+watches: a scrape reads one small etcd record (the reconciler's totals).
 Served with ``/health`` on a loopback-only HTTP port (metrics_server.py).
 """
 
@@ -59,20 +61,22 @@ class Metrics:
         elif isinstance(error, (DataplaneUnavailable, DataplaneError)):
             self.backend_errors.labels("ovsdb").inc()
 
-    def watch_store(self, store, host_id: str, *more: Callable[[Metrics], Collector]) -> None:
+    def watch_store(self, store, view, host_id: str, *more: Callable[[Metrics], Collector]) -> None:
         """Register the collectors read at scrape time: the network's, then each
         one that more makes (the wiring point adds drctl's: wiring.make_metrics)."""
-        self.collectors: list[Collector] = [StoreCollector(store, host_id, self)]
+        self.collectors: list[Collector] = [StoreCollector(store, view, host_id, self)]
         self.collectors += [make(self) for make in more]
         for collector in self.collectors:
             self.registry.register(collector)
 
 
 class StoreCollector(Collector):
-    """Gauges read from etcd at scrape time, so they are right whoever changed etcd."""
+    """Gauges read at scrape time from this host's view of etcd (kept by
+    watches, so right whoever changed etcd), and the reconciler's totals."""
 
-    def __init__(self, store, host_id: str, metrics: Metrics):
+    def __init__(self, store, view, host_id: str, metrics: Metrics):
         self.store = store
+        self.view = view
         self.host_id = host_id
         self.metrics = metrics
 
@@ -80,10 +84,12 @@ class StoreCollector(Collector):
         return []
 
     def collect(self):
-        endpoints = GaugeMetricFamily("netplugin_endpoints", "Endpoints per network and host",
-                                      labels=["network", "host"])
-        size = GaugeMetricFamily("netplugin_pool_size", "Usable addresses per network", labels=["network"])
-        used = GaugeMetricFamily("netplugin_pool_used", "Addresses in use per network", labels=["network"])
+        endpoints = GaugeMetricFamily("netplugin_endpoints", "Endpoints per network and host, of the networks "
+                                      "this host has bound", labels=["network", "host"])
+        size = GaugeMetricFamily("netplugin_pool_size", "Usable addresses per network this host has bound",
+                                 labels=["network"])
+        used = GaugeMetricFamily("netplugin_pool_used", "Addresses held by endpoints, the gateway and aux "
+                                 "addresses, per network this host has bound", labels=["network"])
         found = CounterMetricFamily("netplugin_reconcile_findings", "Leaks found by this host's reconciler",
                                     labels=["kind"])
         released = CounterMetricFamily("netplugin_reconcile_released", "Leaks released by this host's reconciler")
@@ -98,16 +104,20 @@ class StoreCollector(Collector):
                                     labels=["kind"])
         try:
             import netaddr
-            networks = self.store.list_networks()
+            networks = self.view.network_map()
             counts: dict[tuple[str, str], int] = {}
-            for ep in self.store.list_endpoints():
+            per_net: dict[str, int] = {}
+            for ep in self.view.endpoints():
                 key = (ep.network_name or ep.network, ep.host)
                 counts[key] = counts.get(key, 0) + 1
-            for (net, host), n in sorted(counts.items()):
-                endpoints.add_metric([net, host], n)
-            for net in networks:
-                size.add_metric([net.label], netaddr.IPNetwork(net.subnet).size - 2)
-                used.add_metric([net.label], self.store.count_allocations(net.subnet))
+                per_net[ep.network] = per_net.get(ep.network, 0) + 1
+            for (label, host), n in sorted(counts.items()):
+                endpoints.add_metric([label, host], n)
+            for net_id in sorted(self.view.bound()):
+                net = networks.get(net_id)
+                if net is not None:
+                    size.add_metric([net.label], netaddr.IPNetwork(net.subnet).size - 2)
+                    used.add_metric([net.label], per_net.get(net.id, 0) + 1 + len(net.aux))
             totals = self.store.reconcile_counters(self.host_id) or {}
             found_by_kind = totals.get("found")
             for kind, n in sorted(found_by_kind.items() if isinstance(found_by_kind, dict) else []):

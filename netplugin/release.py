@@ -20,7 +20,8 @@ from .config import Config
 from .dataplane.links import Links
 from .dataplane.ovs import Switch
 from .docker_api import DockerView
-from .errors import Conflict, DataplaneUnavailable, InvalidRequest, NetpluginError, NotFound
+from .errors import Conflict, DataplaneUnavailable, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
+from .hostview import HostView
 from .limit_sync import LimitSync
 from .model import ALLOC_ENDPOINT, Endpoint
 from .store import Store
@@ -29,13 +30,15 @@ from .watch import SyncLoop
 log = logging.getLogger(__name__)
 
 RETRY_EVERY = 10.0
+VIEW_PATIENCE = 5.0      # seconds the queue waits for the view's first read
 
 
 class Releaser:
-    def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, docker: DockerView | None,
-                 limits: LimitSync):
+    def __init__(self, cfg: Config, store: Store, view: HostView, links: Links, switch: Switch,
+                 docker: DockerView | None, limits: LimitSync):
         self.cfg = cfg
         self.store = store
+        self.view = view                      # this host's queue, kept by a watch
         self.links = links
         self.switch = switch
         self.docker = docker
@@ -133,10 +136,13 @@ class Releaser:
         seconds, so a request that failed for a moment (OVS or etcd away) is
         tried again without anyone writing it again."""
         loop = SyncLoop("release-requests", lambda full: self._drain(), RETRY_EVERY)
-        return self.store.follow_release_requests(loop, self.cfg.host_id).start()
+        self.view.on("releases", loop.wake)
+        return loop.start()
 
     def _drain(self) -> None:
-        waiting = [endpoint_id for endpoint_id, request in self.store.pending_release_requests(self.cfg.host_id)
+        if not self.view.ready(VIEW_PATIENCE):
+            raise StoreUnavailable("the release queue waits for its first read of etcd")
+        waiting = [endpoint_id for endpoint_id, request in self.view.release_requests()
                    if not self._carry_out(endpoint_id, request)]
         if waiting:   # the loop tries again in a second
             raise DataplaneUnavailable(f"{len(waiting)} release request(s) must wait for OVS or etcd")

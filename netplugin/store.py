@@ -15,7 +15,12 @@ Layout under the versioned prefix (default ``/netplugin/v1``)::
                                    nothing that appeared after its check
     ipam/<a.b.c.d-len>/<offset>    Allocation, one key per address in use;
                                    offset is 8 hex digits from the subnet start
-    endpoints/<endpoint-id>        Endpoint record
+    net-endpoints/<network-id>/<host>/<endpoint-id>
+                                   Endpoint record, filed under its network and host, so
+                                   a host follows only the networks it has bound
+    index/endpoint/<endpoint-id>   -> "<network-id>/<host>": where the record is filed
+    endpoints/<endpoint-id>        the layout before: read until migrated (each daemon
+                                   moves its own host's records at start, migrate_endpoints)
     bindings/<host>/<docker-net>   Binding: a host's Docker network -> global network
     hosts/<host>                   the daemon's claim of its host id (identity.Registration: the
                                    host's record, its published settings, the instance), bound
@@ -41,7 +46,7 @@ transaction: two daemons can never both win the same address, releasing is a
 plain delete, and the holder of any address can be named.
 
 No other module builds a key or calls the KV: following a kind of record
-(``follow_endpoints`` ...), leases (``lease_keeper``) and locks are store
+(``cache_networks``, ``cache_network_endpoints`` ...), leases (``lease_keeper``) and locks are store
 calls too. A record changed in place is read, changed and written back
 guarded by the revision read, by one helper (``compare_and_swap``).
 """
@@ -58,17 +63,19 @@ from typing import TypeVar
 import netaddr
 
 from .badrecords import BadRecords
+from .cache import Cache
 from .errors import Conflict, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
 from .identity import BadRecord as IdentityBadRecord
 from .identity import Instance, Registration
 from .jsondepth import loads as json_loads
-from .kv import KV, Compare, Delete, Event, Item, Put, absent, unchanged
+from .kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from .lease import LeaseKeeper
 from .model import (
     ALLOC_AUX,
     ALLOC_GATEWAY,
     CHECK_ERRORS,
     DOCKER_ID_RE,
+    HOST_RE,
     NETWORK_ID_RE,
     Allocation,
     BadRecord,
@@ -82,7 +89,6 @@ from .model import (
     check_release_request,
     check_tombstone,
 )
-from .watch import SyncLoop
 
 CHUNK_BITS = 8   # the pool is scanned 256 addresses at a time
 OFFSET_RE = re.compile(r"[0-9a-f]{8}")
@@ -213,8 +219,46 @@ class Store:
     def k_chunk(self, subnet: str, chunk: int) -> str:
         return f"{self.k_pool(subnet)}{chunk:06x}"
 
-    def k_endpoint(self, endpoint_id: str) -> str:
+    def k_member(self, network: str, host: str = "", endpoint_id: str = "") -> str:
+        """An endpoint's key under its network and host (or the prefix of either)."""
+        if not host:
+            return f"{self.prefix}/net-endpoints/{network}/"
+        return f"{self.prefix}/net-endpoints/{network}/{host}/{endpoint_id}"
+
+    def k_endpoint_at(self, ep: Endpoint) -> str:
+        return self.k_member(ep.network, ep.host, ep.id)
+
+    def k_locator(self, endpoint_id: str) -> str:
+        return f"{self.prefix}/index/endpoint/{endpoint_id}"
+
+    def k_legacy_endpoint(self, endpoint_id: str) -> str:
+        """The key of the layout before net-endpoints/ (read until migrated)."""
         return f"{self.prefix}/endpoints/{endpoint_id}"
+
+    def _endpoint_at_its_key(self, ep: Endpoint, key: str) -> None:
+        if key not in (self.k_endpoint_at(ep), self.k_legacy_endpoint(ep.id)):
+            raise BadRecord(f"endpoint {ep.id[:12]} of network {ep.network} on host {ep.host} is not filed "
+                            "under its own key")
+
+    def _load_endpoint(self, item: Item | None) -> Endpoint | None:
+        return self._load(Endpoint, item, self._endpoint_at_its_key)
+
+    def decode_endpoint(self, item: Item) -> Endpoint | None:
+        """A followed endpoint record, checked (for the caches)."""
+        return self._load_endpoint(item)
+
+    def _endpoint_key(self, endpoint_id: str, read: Reading | None = None) -> str:
+        """Where the endpoint's record is (or would be, if gone: the locator's
+        place, else the old layout's key). Read through ``read`` when given,
+        so the locator's revision guards the caller's write."""
+        item = read.get(self.k_locator(endpoint_id)) if read is not None else self.kv.get(self.k_locator(endpoint_id))
+        where = item.value.decode(errors="replace") if item is not None else ""
+        network, _, host = where.partition("/")
+        if item is not None and NETWORK_ID_RE.fullmatch(network) and HOST_RE.fullmatch(host):
+            return self.k_member(network, host, endpoint_id)
+        if item is not None:
+            self.bad.found(item.key, "index", f"{where!r} is not <network-id>/<host>")
+        return self.k_legacy_endpoint(endpoint_id)
 
     def k_binding(self, host: str, docker_network: str) -> str:
         return f"{self.prefix}/bindings/{host}/{docker_network}"
@@ -358,7 +402,7 @@ class Store:
             current = self._load(Network, read.get(self.k_network(net.id)))
             if current is None:
                 raise NotFound(f"network {net.label} does not exist: see 'netctl network ls'")
-            endpoints = [(i, ep) for i, ep in self._items(Endpoint, self.k_endpoint("")) if ep.network == net.id]
+            endpoints = [(i, ep) for i, ep in self._endpoint_items(current.id)]
             bindings = [b for b in self._records(Binding, f"{self.prefix}/bindings/") if b.network == net.id]
             in_use = []
             for item in self.kv.get_prefix(self.k_pool(current.subnet)):
@@ -386,9 +430,9 @@ class Store:
             ]
             if current.name:
                 ops.append(Delete(self.k_index("name", current.name)))
-            for item, _ in endpoints:
+            for item, ep in endpoints:
                 read.guard(item)
-                ops.append(Delete(item.key))
+                ops += [Delete(item.key), Delete(self.k_locator(ep.id))]
             ops += [Delete(self.k_binding(b.host, b.docker_network)) for b in bindings]
             return ops, [ep for _, ep in endpoints]
         return compare_and_swap(self.kv, attempt, Conflict(
@@ -458,34 +502,85 @@ class Store:
         key = self.k_alloc(subnet, offset)
         compares = [unchanged(key, mod_revision)]
         if endpoint_gone:
-            compares.append(absent(self.k_endpoint(endpoint_gone)))
+            compares += [absent(self.k_locator(endpoint_gone)), absent(self.k_legacy_endpoint(endpoint_gone))]
         return self.kv.txn(compares, [Delete(key)])
 
     # -- endpoints ------------------------------------------------------------
     def create_endpoint(self, ep: Endpoint, subnet: str, offset: int, alloc_rev: int,
                         alloc: Allocation) -> bool:
-        """Write the endpoint and stamp its allocation with the endpoint id, at once."""
+        """Write the endpoint, its locator, and stamp its allocation with the endpoint id, at once."""
         value = ep.to_json()
+        key = self.k_endpoint_at(ep)
         return self._txn_read_back(
-            [absent(self.k_endpoint(ep.id)), unchanged(self.k_alloc(subnet, offset), alloc_rev)],
-            [Put(self.k_endpoint(ep.id), value), Put(self.k_alloc(subnet, offset), alloc.to_json()),
-             Put(self.k_pool_guard(subnet), "")],
-            self.k_endpoint(ep.id), value)
+            [absent(self.k_locator(ep.id)), absent(self.k_legacy_endpoint(ep.id)),
+             unchanged(self.k_alloc(subnet, offset), alloc_rev)],
+            [Put(key, value), Put(self.k_locator(ep.id), f"{ep.network}/{ep.host}"),
+             Put(self.k_alloc(subnet, offset), alloc.to_json()), Put(self.k_pool_guard(subnet), "")],
+            key, value)
 
     def get_endpoint(self, endpoint_id: str) -> tuple[Endpoint, int] | None:
-        item = self.kv.get(self.k_endpoint(endpoint_id))
-        ep = self._load(Endpoint, item)
+        item = self.kv.get(self._endpoint_key(endpoint_id))
+        ep = self._load_endpoint(item)
         return (ep, item.mod_revision) if ep is not None and item is not None else None
 
     def update_endpoint(self, ep: Endpoint, mod_revision: int) -> bool:
-        return self.kv.txn([unchanged(self.k_endpoint(ep.id), mod_revision)],
-                           [Put(self.k_endpoint(ep.id), ep.to_json())])
+        key = self._endpoint_key(ep.id)
+        return self.kv.txn([unchanged(key, mod_revision)], [Put(key, ep.to_json())])
+
+    def _endpoint_items(self, network: str = "", host: str = "") -> list[tuple[Item, Endpoint]]:
+        """Every good endpoint record (of network, and of host, when given), in
+        either layout. The old layout's prefix is empty once every host migrated."""
+        if network:
+            new = self._items_checked(self.k_member(network, host) if host else self.k_member(network))
+        else:
+            new = self._items_checked(f"{self.prefix}/net-endpoints/")
+            if host:
+                new = [(i, ep) for i, ep in new if ep.host == host]
+        old = [(i, ep) for i, ep in self._items_checked(self.k_legacy_endpoint(""))
+               if (not network or ep.network == network) and (not host or ep.host == host)]
+        return new + old
+
+    def _items_checked(self, prefix: str) -> list[tuple[Item, Endpoint]]:
+        out = []
+        for item in self.kv.get_prefix(prefix):
+            ep = self._load_endpoint(item)
+            if ep is not None:
+                out.append((item, ep))
+        return out
 
     def list_endpoints(self) -> list[Endpoint]:
-        return self._records(Endpoint, self.k_endpoint(""))
+        """Every endpoint of the cluster (netctl; the daemon follows only its networks: hostview.py)."""
+        return [ep for _, ep in self._endpoint_items()]
+
+    def list_network_endpoints(self, network: str) -> list[Endpoint]:
+        return [ep for _, ep in self._endpoint_items(network)]
+
+    def list_host_endpoints(self, host: str) -> list[Endpoint]:
+        """A host's endpoints: one small read per network (its key range), never the whole cluster."""
+        out = []
+        for net in self.list_networks():
+            out += [ep for _, ep in self._items_checked(self.k_member(net.id, host))]
+        return out + [ep for _, ep in self._items_checked(self.k_legacy_endpoint("")) if ep.host == host]
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        self.kv.txn([], [Delete(self.k_endpoint(endpoint_id))], idempotent=True)
+        key = self._endpoint_key(endpoint_id)
+        self.kv.txn([], [Delete(key), Delete(self.k_locator(endpoint_id))], idempotent=True)
+
+    def migrate_endpoints(self, host: str) -> tuple[int, int]:
+        """Move this host's records of the old layout (endpoints/<id>) under
+        net-endpoints/, each in one transaction guarded by the old record's
+        revision. Returns (moved, left: changed meanwhile, tried again at the next start)."""
+        moved = left = 0
+        for item, ep in self._items_checked(self.k_legacy_endpoint("")):
+            if ep.host != host:
+                continue
+            if self.kv.txn([unchanged(item.key, item.mod_revision), absent(self.k_locator(ep.id))],
+                           [Delete(item.key), Put(self.k_endpoint_at(ep), item.value),
+                            Put(self.k_locator(ep.id), f"{ep.network}/{ep.host}")]):
+                moved += 1
+            else:
+                left += 1
+        return moved, left
 
     # -- bindings -------------------------------------------------------------
     def put_binding(self, binding: Binding, subnet: str = "") -> None:
@@ -529,14 +624,15 @@ class Store:
         def attempt(read: Reading) -> tuple[list[Put | Delete], tuple[bool, str | None]]:
             if host_gone and read.get(self.k_host(ep.host)) is not None:
                 raise Conflict(f"host {ep.host} is alive again: endpoint {ep.id[:12]} is its own to release")
-            rec = read.get(self.k_endpoint(ep.id))
+            key = self._endpoint_key(ep.id, read)
+            rec = read.get(key)
             item = read.get(alloc_key)
             held = self._load_alloc(item)
             ops: list[Put | Delete] = [Put(self.k_tombstone(ep.id), json.dumps(
                 {"endpoint": ep.id, "host": ep.host, "ip": ep.ip, "network": ep.network, "by": by,
                  "time": time.time()}))]
             if rec is not None:
-                ops.append(Delete(self.k_endpoint(ep.id)))
+                ops += [Delete(key), Delete(self.k_locator(ep.id))]
             mine = held is not None and (held.endpoint == ep.id or (
                 not held.endpoint and held.host == ep.host and held.kind == "endpoint"))
             if mine:
@@ -624,7 +720,7 @@ class Store:
                     read.guard(item)
                     ops.append(Put(item.key, net.to_json()))
                     users.append(f"network {net.label}")
-            for item, ep in self._items(Endpoint, self.k_endpoint("")):
+            for item, ep in self._endpoint_items():
                 if ep.limit.get("profile") == name:
                     ep.limit = {}
                     read.guard(item)
@@ -648,8 +744,8 @@ class Store:
     def change_endpoint(self, endpoint_id: str, change: Callable[[Endpoint], None], tries: int = 5) -> Endpoint:
         """Apply change(endpoint) and write it back, retrying on a concurrent write."""
         def attempt(read: Reading) -> tuple[list[Put | Delete], Endpoint]:
-            item = read.get(self.k_endpoint(endpoint_id))
-            ep = self._load(Endpoint, item)
+            item = read.get(self._endpoint_key(endpoint_id, read))
+            ep = self._load_endpoint(item)
             if item is None or ep is None:
                 raise NotFound(f"endpoint {endpoint_id[:12]} does not exist" + ("" if item is None else
                                ": its record is bad, see 'netctl status'"))
@@ -663,11 +759,12 @@ class Store:
         concurrent 'netctl endpoint set' may win twice); False when the record
         kept changing. Nothing is written for a record that is gone or says so already."""
         def attempt(read: Reading) -> tuple[list[Put | Delete], bool]:
-            ep = self._load(Endpoint, read.get(self.k_endpoint(endpoint_id)))
+            key = self._endpoint_key(endpoint_id, read)
+            ep = self._load_endpoint(read.get(key))
             if ep is None or ep.sandbox == sandbox_key:
                 return [], True
             ep.sandbox = sandbox_key
-            return [Put(self.k_endpoint(endpoint_id), ep.to_json())], True
+            return [Put(key, ep.to_json())], True
         try:
             return compare_and_swap(self.kv, attempt, Conflict("the record kept changing"), tries=3)
         except Conflict:
@@ -692,33 +789,69 @@ class Store:
         self.kv.txn([], [Put(self.k_setting("arp-mode"), mode)])
 
     # -- following a kind of record --------------------------------------------------------
-    # Each call adds a follower to a SyncLoop: on_event (default: wake the loop)
-    # sees every change, and the loop is woken after every fresh read.
-    def follow_endpoints(self, loop: SyncLoop, on_event: Callable[[Event], None] | None = None) -> SyncLoop:
-        return loop.follow(self.kv, self.k_endpoint(""), on_event)
+    # Each call builds a list-and-watch cache (cache.py) of one key range,
+    # decoded by the same checked loaders as the reads above; hostview.py
+    # holds a host's set of them.
+    def _cache(self, prefix: str, decode: Callable[[Item], R | None], name: str,
+               on_change: Callable[[str, R | None, R | None], None] | None) -> Cache[R]:
+        return Cache(self.kv, prefix, decode, name, on_change, forget=self.bad.fine)
 
-    def follow_networks(self, loop: SyncLoop, on_event: Callable[[Event], None] | None = None) -> SyncLoop:
-        return loop.follow(self.kv, self.k_network(""), on_event)
+    def cache_networks(self, on_change=None) -> Cache[Network]:
+        return self._cache(self.k_network(""), lambda item: self._load(Network, item), "networks", on_change)
 
-    def follow_profiles(self, loop: SyncLoop, on_event: Callable[[Event], None] | None = None) -> SyncLoop:
-        return loop.follow(self.kv, self.k_profile(), on_event)
+    def cache_profiles(self, on_change=None) -> Cache[Profile]:
+        return self._cache(self.k_profile(), lambda item: self._load(Profile, item), "profiles", on_change)
 
-    def follow_setting(self, loop: SyncLoop, name: str) -> SyncLoop:
-        return loop.follow(self.kv, self.k_setting(name))
+    def cache_settings(self, on_change=None) -> Cache[str]:
+        return self._cache(self.k_setting(""), self._decode_setting, "settings", on_change)
 
-    def follow_release_requests(self, loop: SyncLoop, host: str) -> SyncLoop:
-        return loop.follow(self.kv, self.k_release(host))
+    def cache_bindings(self, host: str, on_change=None) -> Cache[Binding]:
+        return self._cache(f"{self.prefix}/bindings/{host}/", lambda item: self._load(Binding, item),
+                           "bindings", on_change)
+
+    def cache_network_endpoints(self, network: str, on_change=None) -> Cache[Endpoint]:
+        return self._cache(self.k_member(network), self._load_endpoint, f"endpoints:{network}", on_change)
+
+    def cache_legacy_endpoints(self, on_change=None) -> Cache[Endpoint]:
+        return self._cache(self.k_legacy_endpoint(""), self._load_endpoint, "endpoints:old-layout", on_change)
+
+    def cache_release_requests(self, host: str, on_change=None) -> Cache[tuple[str, dict]]:
+        """(endpoint id, request) by key."""
+        def decode(item: Item) -> tuple[str, dict] | None:
+            endpoint_id = item.key.rsplit("/", 1)[1]
+            if not DOCKER_ID_RE.fullmatch(endpoint_id):
+                self.bad.found(item.key, "release", "the key does not end in an endpoint id (64 hex digits)")
+                return None
+            data = self._load_dict(item, "release", check_release_request)
+            return None if data is None else (endpoint_id, data)
+        return self._cache(self.k_release(host), decode, "release-requests", on_change)
+
+    @staticmethod
+    def setting_name(key: str) -> str:
+        return key.rsplit("/", 1)[1]
+
+    def _decode_setting(self, item: Item) -> str | None:
+        name, value = self.setting_name(item.key), item.value.decode(errors="replace")
+        if name == "arp-mode" and value not in ("proxy", "flood"):
+            self.bad.found(item.key, "setting", f"arp-mode {value!r} is neither proxy nor flood")
+            return None
+        self.bad.fine(item.key)
+        return value
 
     # -- bad records ---------------------------------------------------------------------
     def scan_bad_records(self) -> list[tuple[str, str, str]]:
         """(key, kind, what is wrong) of every bad record under the prefix, each
         key family checked as its readers check it; for ``netctl status``."""
         probe = Store(self.kv, self.prefix, BadRecords(quiet=True))
-        records: dict[str, type[Record]] = {"networks": Network, "endpoints": Endpoint, "bindings": Binding,
+        records: dict[str, type[Record]] = {"networks": Network, "bindings": Binding,
                                             "profiles": Profile, "hostinfo": Host}
         for item in self.kv.get_prefix(f"{self.prefix}/"):
             family, _, rest = item.key[len(self.prefix) + 1:].partition("/")
-            if family in records:
+            if family in ("endpoints", "net-endpoints"):
+                probe._load_endpoint(item)
+            elif family == "index" and rest.startswith("endpoint/"):
+                probe._endpoint_key(rest.partition("/")[2])
+            elif family in records:
                 probe._load(records[family], item)
             elif family == "ipam":
                 if not OFFSET_RE.fullmatch(rest.rpartition("/")[2]):

@@ -38,6 +38,7 @@ from .dataplane.ratelimit import RateLimiter
 from .docker_api import DockerNames, DockerView
 from .endpoints import Endpoints
 from .hosts import HostHeartbeat
+from .hostview import HostView
 from .ipam import Ipam
 from .kv import EtcdKV
 from .limit_sync import LimitSync
@@ -73,6 +74,7 @@ class Components:
     endpoints: Endpoints
     releaser: Releaser
     heartbeat: HostHeartbeat
+    view: HostView
     health: Callable[[], dict]
     metrics: Metrics | None = None
 
@@ -98,10 +100,10 @@ def make_docker(cfg: Config) -> DockerNames:
     return DockerNames(cfg.docker_url, cfg.docker_timeout)
 
 
-def make_limits(cfg: Config, store: Store, switch: Switch, flows: Flows, background: Background,
+def make_limits(cfg: Config, store: Store, view: HostView, switch: Switch, flows: Flows, background: Background,
                 metrics: Metrics | None = None) -> LimitSync:
     """Port limits; a port's flows go on the background thread when it has no meter."""
-    return LimitSync(cfg, store, RateLimiter(switch, flows, cfg.rate_limit), metrics=metrics,
+    return LimitSync(cfg, store, view, RateLimiter(switch, flows, cfg.rate_limit), metrics=metrics,
                      defer=background.later)
 
 
@@ -114,11 +116,13 @@ def reconcile_settings(cfg: Config) -> Config:
 
 def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flows, docker: DockerNames,
              docker_view: DockerView | None, metrics: Metrics | None = None,
-             rng: random.Random | None = None) -> Components:
-    """Build every component over the given outside clients."""
+             rng: random.Random | None = None, view: HostView | None = None) -> Components:
+    """Build every component over the given outside clients (``view``: this
+    host's view of etcd, when the metrics were built over it already)."""
     background = Background()
-    limits = make_limits(cfg, store, switch, flows, background, metrics)
-    arp = ArpProxy(cfg, store, switch, flows)
+    view = view if view is not None else HostView(store, cfg.host_id)
+    limits = make_limits(cfg, store, view, switch, flows, background, metrics)
+    arp = ArpProxy(cfg, view, switch, flows)
     namer = NetworkNamer(cfg.host_id, store, docker)
     ipam = Ipam(store, cfg.host_id, rng=rng, namer=namer)
     bridge = Bridge(cfg, store, switch, flows)
@@ -128,17 +132,18 @@ def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flo
         limits=limits, arp=arp, restorer=DataplaneRestorer(cfg, flows, limits, arp), namer=namer, ipam=ipam,
         bridge=bridge, networks=networks,
         endpoints=Endpoints(cfg, store, links, switch, bridge, networks, limits, arp, background),
-        releaser=Releaser(cfg, store, links, switch, docker_view, limits),
-        heartbeat=HostHeartbeat(cfg, store),
-        health=functools.partial(health.check, store, switch, cfg.bridge), metrics=metrics)
+        releaser=Releaser(cfg, store, view, links, switch, docker_view, limits),
+        heartbeat=HostHeartbeat(cfg, store), view=view,
+        health=functools.partial(health.check, store, switch, cfg.bridge, view), metrics=metrics)
 
 
 def make_components(cfg: Config) -> Components:
     """The daemon's components, over the real etcd, Open vSwitch, kernel and Docker."""
     store = make_store(cfg)
     docker = make_docker(cfg)
+    view = HostView(store, cfg.host_id)
     return assemble(cfg, store, make_switch(cfg), Links(), make_flows(cfg), docker, DockerView(docker),
-                    metrics=make_metrics(cfg, store))
+                    metrics=make_metrics(cfg, store, view), view=view)
 
 
 def make_reconciler(cfg: Config) -> Reconciler:
@@ -147,13 +152,14 @@ def make_reconciler(cfg: Config) -> Reconciler:
     store = make_store(cfg)
     cfg = host_settings.adopt(cfg, store)
     switch, links, flows = make_switch(cfg), Links(), make_flows(cfg)
-    limits = make_limits(cfg, store, switch, flows, Background())
+    view = HostView(store, cfg.host_id)         # never started: a pass reads etcd afresh
+    limits = make_limits(cfg, store, view, switch, flows, Background())
     docker_view = DockerView(make_docker(cfg))
-    releaser = Releaser(cfg, store, links, switch, docker_view, limits)
+    releaser = Releaser(cfg, store, view, links, switch, docker_view, limits)
     return Reconciler(cfg, store, links, switch, docker_view, releaser, limits)
 
 
-def make_metrics(cfg: Config, store: Store):
+def make_metrics(cfg: Config, store: Store, view: HostView):
     """The daemon's Prometheus metrics: its own, the gauges read from etcd at
     scrape time, its followers' re-reads of etcd, and drctl's jobs and
     catalog (registered here, so that the daemon's modules never import backup)."""
@@ -162,6 +168,6 @@ def make_metrics(cfg: Config, store: Store):
     from .metrics import Metrics
     from .watch_metrics import WatchCollector
     metrics = Metrics()
-    metrics.watch_store(store, cfg.host_id, lambda m: BackupCollector(BackupStore.beside(store), m),
+    metrics.watch_store(store, view, cfg.host_id, lambda m: BackupCollector(BackupStore.beside(store), m),
                         lambda m: WatchCollector())
     return metrics

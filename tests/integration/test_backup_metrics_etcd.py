@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from netplugin.hostview import HostView
 from netplugin.backup.exporter import BackupCollector
 from netplugin.backup.store import BackupStore
 from netplugin.config import Config
@@ -61,7 +62,7 @@ def get(samples: dict, name: str, **labels) -> float | None:
 
 def test_scraped_backup_metrics_follow_the_job_records_in_etcd(kv, prefix):
     bstore = BackupStore(kv, prefix)
-    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), Store(kv, prefix))
+    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), store := Store(kv, prefix), HostView(store, "h1"))
     port = Port(metrics)
     try:
         now = time.time()
@@ -103,7 +104,7 @@ def test_scraped_backup_metrics_follow_the_job_records_in_etcd(kv, prefix):
 
 def test_a_scrape_answers_when_etcd_does_not(prefix):
     dead = EtcdKV([f"http://127.0.0.1:{free_port()}"], timeout=1)       # nothing listens there
-    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), Store(dead, prefix))
+    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), store := Store(dead, prefix), HostView(store, "h1"))
     port = Port(metrics)
     try:
         started = time.monotonic()

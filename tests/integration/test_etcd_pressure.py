@@ -193,7 +193,7 @@ def test_the_stores_followers_read_again_after_compaction_and_wake_their_loop(pr
     m = private_etcd()
     plain, held = EtcdKV([m.client], timeout=3), PausedAfterRead(m.client)
     store, plain_store = Store(held, PREFIX), Store(plain, PREFIX)
-    endpoints = plain_store.k_endpoint("")
+    endpoints = plain_store.k_legacy_endpoint("")
     passes: list[set[str]] = []
 
     def work(full: bool) -> None:
@@ -203,7 +203,7 @@ def test_the_stores_followers_read_again_after_compaction_and_wake_their_loop(pr
     try:
         assert held.read.wait(10)
         for i in range(30):
-            plain.txn([], [Put(plain_store.k_endpoint(f"ep{i:02d}"), "{}")])
+            plain.txn([], [Put(plain_store.k_legacy_endpoint(f"ep{i:02d}"), "{}")])
         compact_all(m.client)
         held.release.set()
         deadline = time.monotonic() + 8
@@ -212,8 +212,8 @@ def test_the_stores_followers_read_again_after_compaction_and_wake_their_loop(pr
             time.sleep(0.05)
         assert RELISTS.counts().get(("pressure:endpoints", "compacted"), 0) == before + 1
         time.sleep(0.5)                       # the watch is set up again
-        plain.txn([], [Put(plain_store.k_endpoint("after"), "{}")])
-        want = {plain_store.k_endpoint(f"ep{i:02d}") for i in range(30)} | {plain_store.k_endpoint("after")}
+        plain.txn([], [Put(plain_store.k_legacy_endpoint("after"), "{}")])
+        want = {plain_store.k_legacy_endpoint(f"ep{i:02d}") for i in range(30)} | {plain_store.k_legacy_endpoint("after")}
         deadline = time.monotonic() + 5
         while (not passes or passes[-1] != want) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -78,6 +79,7 @@ class Harness:
         self.store, self.ipam, self.namer = self.parts.store, self.parts.ipam, self.parts.namer
         self.networks, self.endpoints, self.bridge = self.parts.networks, self.parts.endpoints, self.parts.bridge
         self.limits, self.arp, self.background = self.parts.limits, self.parts.arp, self.parts.background
+        self.parts.view.start()
         self.app = create_app(self.parts)
         self.client = self.app.test_client()
         self._n = 0
@@ -94,11 +96,27 @@ class Harness:
                                 headers={"Accept": "application/vnd.docker.plugins.v1.2+json"})
         if method in self.SETTLES:
             self.settle()
+        else:
+            self.sync()
         return resp
 
     def settle(self, timeout: float = 5.0) -> None:
-        """Wait until the background thread has done what was queued so far."""
+        """Wait until the background thread has done what was queued so far,
+        and this host's view of etcd has caught up."""
         self.background.drain(timeout)
+        self.sync(timeout)
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Wait until this host's view equals the fake etcd (the ARP proxy and
+        the limit sync read the view, kept by watches)."""
+        if self.kv.down:
+            return
+        calls = len(self.kv.calls)          # the harness's own reads are not the code's
+        stop = time.monotonic() + timeout
+        while not self.parts.view.in_step():
+            assert time.monotonic() < stop, "the host's view of etcd did not catch up"
+            time.sleep(0.005)
+        del self.kv.calls[calls:]
 
     def ok(self, method: str, body=None) -> dict:
         resp = self.post(method, body)
@@ -214,10 +232,14 @@ def np(monkeypatch, kv) -> Harness:
     networks is made to give up at once so it never races a test; tests of
     the namer turn it back on."""
     monkeypatch.setattr(naming_mod, "NAMING_PATIENCE", 0.0)
-    return Harness(kv, "h1")
+    h = Harness(kv, "h1")
+    yield h
+    h.parts.view.close()
 
 
 @pytest.fixture
 def np2(np) -> Harness:
     """A second host, h2, sharing h1's etcd."""
-    return Harness(np.kv, "h2", seed=99)
+    h = Harness(np.kv, "h2", seed=99)
+    yield h
+    h.parts.view.close()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from netplugin.dataplane.flows import ENDPOINT_MASK, PRIO_PORT, TABLE_ARP, TABLE_CLASSIFY, Flows, cookie_for
 from netplugin.dataplane.links import _checked as checked_name
-from netplugin.errors import DataplaneError, DataplaneUnavailable, InvalidRequest, StoreUnavailable
+from netplugin.errors import DataplaneError, DataplaneUnavailable, HistoryCompacted, InvalidRequest, StoreUnavailable
 from netplugin.kv import Compare, Delete, Event, Item, Put
 
 FAKE_ENDPOINTS = "http://127.0.0.1:2379"
@@ -41,7 +41,9 @@ class MemoryKV:
     """In-memory etcd v3. Thread-safe; ``down = True`` makes every call fail
     (and breaks open watches). A lease runs out ``ttl`` seconds of ``clock``
     after it was granted or last refreshed, and its keys go in one revision,
-    as in etcd. tests/contract/kv_suite.py holds it to etcd's answers."""
+    as in etcd. ``compact(revision)`` drops the history before revision: a
+    watch asked to start below it is refused with HistoryCompacted, as
+    EtcdKV answers. tests/contract/kv_suite.py holds it to etcd's answers."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
@@ -55,6 +57,7 @@ class MemoryKV:
         self._next_lease = 0x694D0000
         self._sorted: list[str] | None = []
         self.revision = 1                      # an empty etcd cluster is at revision 1
+        self.compacted = 0                     # history before this revision is gone (compact())
         self.down = False
         self.calls: list[str] = []
         self.txn_count = 0
@@ -206,6 +209,10 @@ class MemoryKV:
         StoreUnavailable when the fake goes down (a broken watch)."""
         with self._lock:
             self._check_up("watch_prefix")
+            if 0 < start_revision < self.compacted:       # etcd keeps the compacted revision itself
+                raise HistoryCompacted(
+                    f"the watch on {prefix} from revision {start_revision} came too late: etcd compacted its "
+                    f"history up to revision {self.compacted}; reading everything again", self.compacted)
         seen = 0
         while not stop.is_set():
             with self._cond:
@@ -275,6 +282,16 @@ class MemoryKV:
                 self._put(key, _bytes(value), None, rev)
             self.revision = rev
             self._cond.notify_all()
+
+    def compact(self, revision: int) -> None:
+        """As `etcdctl compaction revision`: the history before revision is
+        gone (a watch from an earlier revision is refused; open watches go on)."""
+        with self._lock:
+            if revision > self.revision:
+                raise ValueError(f"revision {revision} is in the future (now {self.revision})")
+            if revision <= self.compacted:
+                raise ValueError(f"revision {revision} has been compacted already (up to {self.compacted})")
+            self.compacted = revision        # _events stays whole: open watches index into it
 
     def leases(self) -> dict[int, int]:
         """Live lease id -> the ttl it was granted with."""

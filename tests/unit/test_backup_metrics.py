@@ -10,6 +10,7 @@ import re
 import pytest
 from prometheus_client import generate_latest
 
+from netplugin.hostview import HostView
 from netplugin.backup.exporter import BackupCollector
 from netplugin.backup.model import STATES
 from netplugin.backup.store import BackupStore
@@ -38,7 +39,7 @@ def bstore(kv) -> BackupStore:
 
 @pytest.fixture
 def metrics(kv) -> Metrics:
-    return make_metrics(Config(host_id="h1", etcd_prefix=PREFIX), Store(kv, PREFIX))
+    return make_metrics(Config(host_id="h1", etcd_prefix=PREFIX), store := Store(kv, PREFIX), HostView(store, "h1"))
 
 
 def backup_collector(m: Metrics) -> BackupCollector:

@@ -291,7 +291,7 @@ def _netplugin_endpoint(rig, rate=50000):
     def on_endpoint(c):
         ep = Endpoint(id=c.endpoint, network="n-000000000001", docker_network="d" * 64, host="h1", ip=c.ip, prefixlen=24,
                       mac="02:00:00:00:00:01", port="np" + c.endpoint[:11], peer="nc" + c.endpoint[:11], vlan=100)
-        rig.kv.txn([], [__import__("netplugin.kv", fromlist=["Put"]).Put(rig.np.k_endpoint(ep.id), ep.to_json())])
+        rig.kv.txn([], [__import__("netplugin.kv", fromlist=["Put"]).Put(rig.np.k_legacy_endpoint(ep.id), ep.to_json())])
     rig.docker.on_endpoint = on_endpoint
 
 

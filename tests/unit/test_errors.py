@@ -633,7 +633,7 @@ def test_join_when_container_end_is_missing(np):
     # at most the endpoint's sandbox was recorded (for the reconciler); nothing else moved
     after = np.kv.dump()
     assert after.keys() == before.keys()
-    key = np.store.k_endpoint(c.endpoint)
+    key = np.store.k_legacy_endpoint(c.endpoint)
     assert {k for k in after if after[k] != before[k]} <= {key}
     assert np.store.get_endpoint(c.endpoint)[0].ip == c.ip
 

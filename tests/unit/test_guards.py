@@ -123,7 +123,7 @@ def test_force_drops_endpoints_in_the_same_transaction(np):
     ep = Endpoint(id=eid, network=net.id, docker_network=did("dn"), host="h2", ip="10.20.0.9", prefixlen=24,
                   mac="02:4e:0a:14:00:09", port="np" + eid[:11], peer="nc" + eid[:11], vlan=120)
     alloc = Allocation(ep.ip, "endpoint", "h2", endpoint=eid, network=net.id)
-    np.kv.txn([], [Put(store.k_endpoint(eid), ep.to_json()), Put(store.k_alloc(net.subnet, 9), alloc.to_json())])
+    np.kv.txn([], [Put(store.k_legacy_endpoint(eid), ep.to_json()), Put(store.k_alloc(net.subnet, 9), alloc.to_json())])
     with pytest.raises(Conflict, match="pass --force"):
         remove(store, "prod")
     remove(store, "prod", force=True)
@@ -206,7 +206,7 @@ def test_metrics_count_bad_records_and_keep_answering(np):
     np.create_network(subnet="10.30.0.0/24", vlan=130, name="shop")
     poison(np.store)
     metrics = Metrics()
-    metrics.watch_store(np.store, "h1")
+    metrics.watch_store(np.store, np.parts.view, "h1")
     np.store.list_endpoints()
     text = generate_latest(metrics.registry).decode()
     assert 'netplugin_bad_records_current{kind="endpoint"} 4.0' in text

@@ -16,7 +16,8 @@ from netplugin.dataplane.ratelimit import RateLimiter
 from netplugin.errors import DataplaneError
 from netplugin.kv import Put
 from netplugin.limit_sync import LimitSync
-from netplugin.model import Endpoint
+from netplugin.hostview import HostView
+from netplugin.model import Binding, Endpoint
 from netplugin.store import Store
 
 from .fakes import FakeFlows, MemoryKV
@@ -62,13 +63,28 @@ def world():
     store = Store(MemoryKV(), cfg.etcd_prefix)
     switch, flows = NumberingSwitch(), FakeFlows()
     metrics = CountingMetrics()
-    sync = LimitSync(cfg, store, RateLimiter(switch, flows, "meter"), metrics=metrics)
-    return cfg, store, switch, flows, sync
+    view = HostView(store, cfg.host_id)
+    store.kv.txn([], [Put(store.k_binding("h1", "d" * 64), Binding("d" * 64, "n-000000000001", "h1").to_json())])
+    sync = SyncedLimitSync(cfg, store, view.start(), RateLimiter(switch, flows, "meter"), metrics=metrics)
+    yield cfg, store, switch, flows, sync
+    view.close()
+
+
+class SyncedLimitSync(LimitSync):
+    """A pass begins once the view has caught up with the fake etcd (the
+    daemon's loop is woken by the view's own change instead)."""
+
+    def resync(self, verify: bool = False) -> int:
+        stop = time.monotonic() + 5
+        while not self.view.in_step():
+            assert time.monotonic() < stop, "the view did not catch up"
+            time.sleep(0.005)
+        return super().resync(verify)
 
 
 def put_record(store, ep: Endpoint) -> None:
     """Write ep's record as it stands (the watch and the sync pass read it)."""
-    store.kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
+    store.kv.txn([], [Put(store.k_legacy_endpoint(ep.id), ep.to_json())])
 
 
 def endpoint(n: int, limit: dict | None = None) -> Endpoint:

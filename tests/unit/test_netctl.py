@@ -330,7 +330,7 @@ def test_endpoint_inspect_by_container_name(netctl, containers, monkeypatch):
 def daemon(np, sock, monkeypatch):
     """h1's daemon on the (fake) socket: unixhttp.call hands requests to the real app."""
     view = FakeDockerView()
-    app = create_app(dataclasses.replace(np.parts, releaser=Releaser(np.cfg, np.store, np.links, np.switch, view,
+    app = create_app(dataclasses.replace(np.parts, releaser=Releaser(np.cfg, np.store, np.parts.view, np.links, np.switch, view,
                                                                      np.limits)))
     client = app.test_client()
     calls = []
@@ -497,7 +497,7 @@ def test_netctl_reconcile_prints_one_json_line(netctl, np, monkeypatch):
     view = FakeDockerView()
     np.switch.ensure_bridge(np.cfg.bridge, np.cfg.datapath_type)
     monkeypatch.setattr(backends, "make_reconciler", lambda cfg: Reconciler(
-        cfg, np.store, np.links, np.switch, view, Releaser(cfg, np.store, np.links, np.switch, view, np.limits),
+        cfg, np.store, np.links, np.switch, view, Releaser(cfg, np.store, np.parts.view, np.links, np.switch, view, np.limits),
         np.limits))
     r = ok(netctl("reconcile", "--dry-run", "--json", "--host-id", "h1", "--bridge", "nptest0"))
     assert r.out.count("\n") == 1

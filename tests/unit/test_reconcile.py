@@ -61,7 +61,7 @@ def make_reconciler(h: Harness, view) -> Reconciler:
     """A reconciler of h's host, whose bridge exists (the daemon made it at start)."""
     h.switch.ensure_bridge(h.cfg.bridge, h.cfg.datapath_type)
     return Reconciler(h.cfg, h.store, h.links, h.switch, view,
-                      Releaser(h.cfg, h.store, h.links, h.switch, view, h.limits), h.limits)
+                      Releaser(h.cfg, h.store, h.parts.view, h.links, h.switch, view, h.limits), h.limits)
 
 
 @pytest.fixture

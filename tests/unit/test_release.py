@@ -27,7 +27,7 @@ SUBNET = "10.10.0.0/24"
 # -- helpers ------------------------------------------------------------------------
 
 def releaser(h: Harness, view) -> Releaser:
-    return Releaser(h.cfg, h.store, h.links, h.switch, view, h.limits)
+    return Releaser(h.cfg, h.store, h.parts.view, h.links, h.switch, view, h.limits)
 
 
 def state(h: Harness) -> tuple:

@@ -141,8 +141,8 @@ def test_update_network_retries_then_gives_up_with_its_message(kv, store, monkey
 
 def test_change_endpoint_retries_then_gives_up_with_its_message(kv, store, monkeypatch):
     ep = endpoint()
-    kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json())])
-    key = store.k_endpoint(ep.id)
+    kv.txn([], [Put(store.k_legacy_endpoint(ep.id), ep.to_json())])
+    key = store.k_legacy_endpoint(ep.id)
     racer = Racer(kv, monkeypatch, key, lambda: kv.get(key).value, times=2)
     assert store.change_endpoint(ep.id, lambda e: setattr(e, "limit", {"rate_kbps": 1000, "burst_kb": 100})).limit == \
         {"rate_kbps": 1000, "burst_kb": 100}
@@ -156,7 +156,7 @@ def test_change_endpoint_retries_then_gives_up_with_its_message(kv, store, monke
 
 def test_record_sandbox_writes_once_and_gives_up_quietly(kv, store, monkeypatch):
     ep = endpoint()
-    key = store.k_endpoint(ep.id)
+    key = store.k_legacy_endpoint(ep.id)
     kv.txn([], [Put(key, ep.to_json())])
     assert store.record_sandbox(ep.id, "/var/run/docker/netns/abc")
     assert store.get_endpoint(ep.id)[0].sandbox == "/var/run/docker/netns/abc"
@@ -188,7 +188,7 @@ def test_release_endpoint_gives_up_after_three_lost_races(kv, store, monkeypatch
     ep = endpoint()
     alloc = Allocation(ep.ip, "endpoint", "h1", endpoint=ep.id, network="n-000000000001")
     alloc_key = store.k_alloc("10.10.0.0/24", 5)
-    kv.txn([], [Put(store.k_endpoint(ep.id), ep.to_json()), Put(alloc_key, alloc.to_json())])
+    kv.txn([], [Put(store.k_legacy_endpoint(ep.id), ep.to_json()), Put(alloc_key, alloc.to_json())])
     racer = Racer(kv, monkeypatch, alloc_key, lambda: kv.get(alloc_key).value, times=3)
     with pytest.raises(Conflict, match=rf"^endpoint {ep.id[:12]} kept changing while being released: retry$"):
         store.release_endpoint(ep, "test")
