@@ -19,7 +19,8 @@ each size and at the end) with the product's pipeline:
             fleet), first with the product's ``ovs_timeout`` (5 s: ovs-ofctl's
             own ``--timeout`` and the subprocess deadline); if that fails, the
             failure is recorded and the install timed again with a long timeout.
-            Table 10 is then checked to hold exactly the N cookies.
+            Table 10 is then checked to hold exactly the N cookies. Also
+            ovs-vswitchd's CPU during the install.
   memory    ovs-vswitchd's VmRSS (/proc/<pid>/status) before and after, and
             the rule count from ``ovs-appctl memory/show``. ovs-vswitchd runs
             with --mlockall and rarely gives memory back, so each size's bridge
@@ -40,14 +41,19 @@ each size and at the end) with the product's pipeline:
             at random, the FIRST request (nothing cached in the datapath: it goes
             up to the OpenFlow classifier with its N rules), then --repeat more
             (the datapath's cached megaflow). Every reply is checked (sender =
-            the answer's address and MAC, addressed to the asker).
+            the answer's address and MAC, addressed to the asker). Asked twice:
+            after the quiet idle window, and right after the changes and the
+            full-pass reads (other targets, so their first request is cold
+            again). The datapath's upcall and megaflow-hit counters
+            (dpif-netdev/pmd-stats-show) show which requests went up.
 
     sudo .venv/bin/python bench/bench_arp_scale.py [--sizes 100,1000,10000,50000]
         [--idle-seconds 10] [--changes 10] [--dumps 3] [--targets 30] [--repeat 10] [--json]
 
 Prints figures; never passes or fails on time. Exit 1 when the setup broke,
-table 10 did not hold exactly the expected answers, a reply was wrong, or
-cleanup failed.
+table 10 did not hold exactly the expected answers, a reply was wrong, more
+than a tenth of the requests went unanswered, ovs-vswitchd was restarted
+during a size, or cleanup failed.
 """
 
 from __future__ import annotations
@@ -342,13 +348,18 @@ def measure(n: int, args, vlan: int, octet: int, pid: int, netns: list[str], out
     want = {cookie_for(eid, KIND_ARP_LOCAL) for eid, _, _ in eps}
     row["rss_before_kib"] = vswitchd_rss_kib(pid)
     out.progress(f"N={n}: installing {n} answers in one add_flows call")
+    v0 = vswitchd_cpu_s(pid)
     row.update(install(flows, texts))
+    row["install_vswitchd_cpu_s"] = vswitchd_cpu_s(pid) - v0
     row["rss_after_kib"] = vswitchd_rss_kib(pid)
     row["rules_after"] = vswitchd_rules()
     check = Flows(BRIDGE, LONG_TIMEOUT)
     row["installed_exact"] = check.cookies(TABLE_ARP) == want
     out.progress(f"N={n}: idle with the answers ({args.idle_seconds:.0f} s)")
     row["idle_cpu_pct"] = idle_cpu(pid, args.idle_seconds)
+    out.progress(f"N={n}: reply latency after the quiet window, {args.targets} targets")
+    picked = random.sample(eps, args.targets + 1)
+    row["latency"] = latency(ns, asker, picked, args.repeat)
     out.progress(f"N={n}: one change, {args.changes} times")
     by_cookie = {cookie_for(eid, KIND_ARP_LOCAL): t for (eid, _, _), t in zip(eps, texts, strict=True)}
     row.update(one_change(flows, by_cookie, octet, vlan, args.changes))
@@ -358,10 +369,10 @@ def measure(n: int, args, vlan: int, octet: int, pid: int, netns: list[str], out
     row.update(full_pass_cost(flows, pid, want, args.dumps))
     if row["dump_errors"]:              # under the product's timeout: time it with a long one too
         row["dump_long_timeout"] = full_pass_cost(check, pid, want, 1)["dump_wall_s"]
-    out.progress(f"N={n}: reply latency, {args.targets} targets")
-    still = [e for e in eps if cookie_for(e[0], KIND_ARP_LOCAL) in want]
-    picked = random.sample(still, min(len(still), args.targets + 1))
-    row["latency"] = latency(ns, asker, picked, args.repeat)
+    out.progress(f"N={n}: reply latency right after the changes and reads, {args.targets} other targets")
+    asked = {e[0] for e in picked}
+    still = [e for e in eps if cookie_for(e[0], KIND_ARP_LOCAL) in want and e[0] not in asked]
+    row["latency_busy"] = latency(ns, asker, random.sample(still, args.targets + 1), args.repeat)
     row["loadavg_end"] = C._loadavg()
     row["ovs_ports_on_host"] = C._ovs_port_count()
     return row
@@ -381,8 +392,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=10, help="requests again per target, datapath cached (default 10)")
     args = C.parse(p, argv)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    if not sizes or min(sizes) < args.targets + 1 or max(sizes) > 60000:
-        p.error(f"--sizes must each be between {args.targets + 1} (--targets + 1) and 60000 (one /16, "
+    if not sizes or min(sizes) < 2 * args.targets + 2 + args.changes or max(sizes) > 60000:
+        p.error(f"--sizes must each be between {2 * args.targets + 2 + args.changes} (twice --targets + 1, plus "
+                "--changes) and 60000 (one /16, "
                 "250 addresses per third octet below .240)")
     out = C.Out(args.json)
     vlan, octet = C.pick_vlan(), C.pick_octets(1)[0]
@@ -399,11 +411,14 @@ def main(argv=None) -> int:
     with C.Cleanup(out) as cleanup:
         cleanup.add(f"remove bridge {BRIDGE}, the asker's veth and namespace", lambda: remove_all(netns))
         for n in sizes:
+            pid = vswitchd_pid()
             row = measure(n, args, vlan, octet, pid, netns, out)
+            row["vswitchd_restarted"] = vswitchd_pid() != pid        # its flows and figures are then void
             rows.append(row)
-            lat = row["latency"]
-            if not (row["installed_exact"] and row["changed_exact"] and row["dump_exact"]) or lat["wrong"] \
-                    or lat["lost"] > lat["cold_n"] // 10:
+            lats = (row["latency"], row["latency_busy"])
+            exact = row["installed_exact"] and row["changed_exact"] and row["dump_exact"]
+            if row["vswitchd_restarted"] or not exact \
+                    or any(x["wrong"] or x["lost"] > x["cold_n"] // 10 for x in lats):
                 broken = True
             remove_all(netns)
         result["machine"]["loadavg_end"] = C._loadavg()
@@ -422,9 +437,10 @@ def report(out: C.Out, r: dict) -> None:
             f"ovs-vswitchd RSS at start {s['vswitchd_rss_start_kib'] / 1024:.0f} MiB")
     rows = r.get("sizes", [])
     out.say(C.table(
-        ["N", "texts s", "install s", "in 5 s", "RSS before MiB", "after MiB", "delta MiB", "rules",
+        ["N", "texts s", "install s", "vswitchd CPU s", "in 5 s", "RSS before MiB", "after MiB", "delta MiB", "rules",
          "idle CPU % empty", "with N", "exact", "load"],
-        [[x["n"], x["flow_text_s"], x["install_s"], "yes" if x["within_product_timeout"] else "NO",
+        [[x["n"], x["flow_text_s"], x["install_s"], x["install_vswitchd_cpu_s"],
+          "yes" if x["within_product_timeout"] else "NO",
           x["rss_before_kib"] / 1024, x["rss_after_kib"] / 1024, (x["rss_after_kib"] - x["rss_before_kib"]) / 1024,
           x["rules_after"], x["idle_cpu_empty_pct"], x["idle_cpu_pct"],
           "yes" if x["installed_exact"] and x["changed_exact"] and x["dump_exact"] else "NO", x["loadavg_start"]]
@@ -438,13 +454,15 @@ def report(out: C.Out, r: dict) -> None:
           x["dump_cpu_total_s"], len(x["dump_errors"]), x["aggregate_wall_s"]] for x in rows]))
     out.say("")
     out.say(C.table(
-        ["N", "first request p50 us", "p90", "max", "cached p50 us", "p99", "asked", "lost", "wrong", "upcalls",
-         "megaflow hits", "load end"],
-        [[x["n"], x["latency"]["cold_p50_us"], x["latency"]["cold_p90_us"], x["latency"]["cold_max_us"],
-          x["latency"]["warm_p50_us"], x["latency"]["warm_p99_us"], x["latency"]["cold_n"], x["latency"]["lost"],
-          x["latency"]["wrong"], x["latency"]["datapath"]["upcalls"], x["latency"]["datapath"]["megaflow_hits"],
-          x["loadavg_end"]] for x in rows]))
+        ["N", "asked", "first request p50 us", "p90", "max", "cached p50 us", "p99", "targets", "lost", "wrong",
+         "upcalls", "megaflow+emc hits"],
+        [[x["n"], when, lat["cold_p50_us"], lat["cold_p90_us"], lat["cold_max_us"], lat["warm_p50_us"],
+          lat["warm_p99_us"], lat["cold_n"], lat["lost"], lat["wrong"], lat["datapath"]["upcalls"],
+          lat["datapath"]["megaflow_hits"] + lat["datapath"]["emc_hits"]]
+         for x in rows for when, lat in (("quiet", x["latency"]), ("after changes", x["latency_busy"]))]))
     for x in rows:
+        if x["vswitchd_restarted"]:
+            out.say(f"N={x['n']}: ovs-vswitchd was restarted (by someone else) during this size: its figures are void")
         if not x["within_product_timeout"]:
             out.say(f"N={x['n']}: the install failed under the product's timeout after "
                     f"{x['product_timeout_failed_after_s']:.1f} s: {x['product_timeout_error']}")
