@@ -41,7 +41,7 @@ class Bridge:
         """Log how this host's OVS ports and its etcd endpoint records differ."""
         ports = {p["external_ids"].get(EXT_ENDPOINT): p["name"] for p in self.switch.list_ports(self.cfg.bridge)
                  if p["external_ids"].get(EXT_HOST) in (None, self.cfg.host_id)}
-        records = {ep.id: ep.port for ep in self.store.list_endpoints() if ep.host == self.cfg.host_id}
+        records = {ep.id: ep.port for ep in self.store.list_host_endpoints(self.cfg.host_id)}
         diff = {"ports_without_record": sorted(ports[e] for e in set(ports) - set(records)),
                 "records_without_port": sorted(e[:12] for e in set(records) - set(ports))}
         if diff["ports_without_record"] or diff["records_without_port"]:

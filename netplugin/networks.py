@@ -114,7 +114,7 @@ def create(store: Store, name: str, subnet: str, vlan: int | str, gateway: str |
 
 def describe(store: Store, ipam: Ipam, net: Network) -> dict:
     """Everything an operator wants to see about one network."""
-    endpoints = [ep for ep in store.list_endpoints() if ep.network == net.id]
+    endpoints = store.list_network_endpoints(net.id)
     bindings = [b for b in store.list_bindings() if b.network == net.id]
     return {
         "id": net.id, "name": net.name, "subnet": net.subnet, "gateway": net.gateway, "vlan": net.vlan,

@@ -297,7 +297,7 @@ class Reconciler:
         veths -= {name for name, bridge in self.switch.port_bridges().items() if bridge != self.cfg.bridge}
         bindings = [b for b in self.store.list_bindings() if b.host == me]
         live = self.docker.live_endpoints([b.docker_network for b in bindings])
-        records = {ep.id: ep for ep in self.store.list_endpoints() if ep.host == me}
+        records = {ep.id: ep for ep in self.store.list_host_endpoints(me)}
         networks = {n.id: n for n in self.store.list_networks()}
         self._docker_unknown = live is None
         if live is None:
@@ -377,10 +377,11 @@ class Reconciler:
         this one's included, is compared with another's. Each release is
         guarded by the host's claim still being absent."""
         me = self.cfg.host_id
-        endpoints = self.store.list_endpoints()
-        dead = {host for host in {ep.host for ep in endpoints if ep.host != me}
+        # Only hosts without a live claim are looked at, and only their own
+        # endpoints are read: never the whole cluster's on every host.
+        dead = {host for host in self.store.hosts_without_claim() - {me}
                 if self.store.host_gone_for(host, me, dead_after)}
-        for ep in endpoints:
+        for ep in [ep for host in sorted(dead) for ep in self.store.list_host_endpoints(host)]:
             if ep.host in dead:
                 self._add(report, Finding("endpoint_of_dead_host", ep.id, f"{ep.ip} on dead host {ep.host}",
                                           "release"),

@@ -991,6 +991,13 @@ class Store:
         alive = {i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(f"{self.prefix}/hosts/", keys_only=True)}
         return [(h, h.host in alive) for h in self._records(Host, f"{self.prefix}/hostinfo/")]
 
+    def hosts_without_claim(self) -> set[str]:
+        """Hosts that registered once and hold no live claim now: two keys-only
+        reads, whatever the number of endpoints."""
+        def names(family: str) -> set[str]:
+            return {i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(f"{self.prefix}/{family}/", keys_only=True)}
+        return {h for h in names("hostinfo") - names("hosts") if HOST_RE.fullmatch(h)}
+
     def host_alive(self, host: str) -> bool:
         return self.kv.get(self.k_host(host)) is not None
 
