@@ -40,7 +40,11 @@ LIFECYCLES = 200
 WORKERS = 8
 CRASH_SUBNET = "10.251.10.0/24"     # VLAN 3610
 PING_SUBNET = "10.251.11.0/24"      # VLAN 3611
-MAX_FAILED_SHARE = 0.10             # docker run / docker rm that may fail: calls in flight at a kill
+# docker run / docker rm that may fail: the calls in flight at a kill. dockerd 20.10
+# retries a plugin call whose connection broke, but with the body already spent, so
+# the new daemon answers "field PoolID is missing" and the run fails: with 8 workers,
+# 0.4-0.5 runs per kill (about 50 kills) were measured, so 11-12% of the runs.
+MAX_FAILED_SHARE = 0.15
 INSPECT_TRIES = 5                   # a running container's address is read, again if dockerd is busy
 
 
