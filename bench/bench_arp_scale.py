@@ -22,10 +22,11 @@ each size and at the end) with the product's pipeline:
             Table 10 is then checked to hold exactly the N cookies. Also
             ovs-vswitchd's CPU during the install.
   memory    ovs-vswitchd's VmRSS (/proc/<pid>/status) before and after, and
-            the rule count from ``ovs-appctl memory/show``. ovs-vswitchd runs
-            with --mlockall and rarely gives memory back, so each size's bridge
-            starts where the last one left RSS: compare the deltas, and read the
-            first size that grows it as the real cost.
+            the rule count from ``ovs-appctl memory/show``. ovs-vswitchd gives
+            the memory of a removed bridge back lazily (seen: some minutes
+            later), so a size may reuse what the previous one freed and its
+            delta is then a lower bound; "after" minus the RSS at the start of
+            the run is the upper bound.
   idle CPU  ovs-vswitchd's utime+stime (/proc/<pid>/stat) over --idle-seconds
             with table 10 empty (the control) and again with the N answers in.
             ovs-vswitchd is shared with every other suite on the machine.
