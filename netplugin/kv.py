@@ -132,6 +132,15 @@ def _client_class():
     return Client
 
 
+def _cancel_quietly(cancel) -> None:
+    """Cancel a watch whose stream may be gone with its member: the client then
+    has no endpoint left to send the cancel to, and there is nothing to cancel."""
+    try:
+        cancel()
+    except Exception:  # any client error here means the watch is already gone
+        log.debug("cancelling a watch whose connection is gone", exc_info=True)
+
+
 class EtcdKV:
     """KV on etcd v3 through the python-etcd3 API (package etcd-sdk-python).
 
@@ -332,7 +341,7 @@ class EtcdKV:
         def cancel_on_stop() -> None:        # ends within 5 s of the watch: none left behind per re-read
             while not done.is_set():
                 if stop.wait(5.0):
-                    cancel()
+                    _cancel_quietly(cancel)
                     return
         threading.Thread(target=cancel_on_stop, daemon=True, name="watch-cancel").start()
         try:
@@ -348,7 +357,7 @@ class EtcdKV:
         finally:
             done.set()
             if not stop.is_set():
-                cancel()
+                _cancel_quietly(cancel)
 
     @staticmethod
     def _compacted(prefix: str, start_revision: int, exc) -> HistoryCompacted:
