@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from .config import Config
 from .dataplane.flows import KIND_ARP_LOCAL, KIND_ARP_UPLINK, TABLE_ARP, Flows, cookie_for
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("proxy", "flood")
 FULL_PASS_EVERY = 10.0
+FULL_DUMP_EVERY = 300.0  # a full pass reads the whole of table 10 this often; in between it counts it
 VIEW_PATIENCE = 5.0      # seconds a pass waits for the view's first reads (never a pass on half a view)
 
 
@@ -56,12 +58,18 @@ class ArpProxy:
         self._announced = False
         self._uplink_port: int | None = None     # the uplink's ofport that the trunk answers match on
         self._held: set[int] | None = None        # cookies table 10 held after the last pass, None: unknown
+        self._dumped = 0.0                        # when a pass last read the whole table (monotonic)
 
     def desired(self) -> dict[int, str]:
         """cookie -> flow text of every answer this host should hold."""
-        return self._desired()[0]
+        return {cookie: self._text(*answer) for cookie, answer in self._desired()[0].items()}
 
-    def _desired(self) -> tuple[dict[int, str], int | None]:
+    def _text(self, ep: Endpoint, in_port: int | None) -> str:
+        return self.flows.arp_answer(ep.id, ep.ip, ep.mac, ep.vlan, in_port)
+
+    def _desired(self) -> tuple[dict[int, tuple[Endpoint, int | None]], int | None]:
+        """cookie -> (endpoint, the trunk's port or None) of every answer, and
+        the trunk's port: flow texts are made only for answers to add."""
         if not self.view.ready(VIEW_PATIENCE):
             raise StoreUnavailable("the ARP proxy waits for its first read of etcd")
         if self.view.setting("arp-mode", "proxy") == "flood":
@@ -69,14 +77,13 @@ class ArpProxy:
         endpoints = self.view.endpoints()
         local_vlans = {ep.vlan for ep in endpoints if ep.host == self.cfg.host_id}
         uplink = self.switch.ofport(self.cfg.uplink) if self.cfg.uplink else None
-        want: dict[int, str] = {}
+        want: dict[int, tuple[Endpoint, int | None]] = {}
         for ep in endpoints:
             if ep.vlan not in local_vlans:
                 continue
-            want[cookie_for(ep.id, KIND_ARP_LOCAL)] = self.flows.arp_answer(ep.id, ep.ip, ep.mac, ep.vlan, None)
+            want[cookie_for(ep.id, KIND_ARP_LOCAL)] = (ep, None)
             if ep.host == self.cfg.host_id and uplink:
-                want[cookie_for(ep.id, KIND_ARP_UPLINK)] = self.flows.arp_answer(ep.id, ep.ip, ep.mac, ep.vlan,
-                                                                                  uplink)
+                want[cookie_for(ep.id, KIND_ARP_UPLINK)] = (ep, uplink)
         return want, uplink
 
     def _wrong_uplink(self, have: set[int], uplink: int | None) -> set[int]:
@@ -104,14 +111,22 @@ class ArpProxy:
 
         A pass woken by a change trusts what the last pass left in the table
         (one ``ovs-ofctl`` run per change, not two, on a host busy starting
-        containers); a full pass, at least every 10 s, reads the table, so
-        whatever an OVS restart or a hand edit removed comes back."""
+        containers). A full pass, at least every 10 s, counts the table (one
+        aggregate reply: a dump of 50,000 answers costs half a second of CPU)
+        and reads it whole when the count is not what the last pass left, and
+        every 5 minutes anyway, so whatever an OVS restart or a hand edit
+        removed or added comes back."""
         want, uplink = self._desired()
         held = self._held
-        have = held if (not full and held is not None) else self.flows.cookies(TABLE_ARP)
+        if held is not None and (not full or (time.monotonic() - self._dumped < FULL_DUMP_EVERY
+                                              and self.flows.count(TABLE_ARP) == len(held))):
+            have = held
+        else:
+            have = self.flows.cookies(TABLE_ARP)
+            self._dumped = time.monotonic()
         wrong = self._wrong_uplink(have, uplink)
         stale = sorted((have - set(want)) | wrong)
-        new = [want[c] for c in want if c not in have or c in wrong]
+        new = [self._text(*want[c]) for c in want if c not in have or c in wrong]
         self._held = None                      # unknown until both changes went through
         self.flows.delete_cookies(stale)
         self.flows.add_flows(new)

@@ -63,6 +63,9 @@ KIND_ARP_UPLINK = 2    # table 10: answer requests from the trunk (local endpoin
 ENDPOINT_MASK = (1 << 63) | ((1 << 60) - 1)
 
 
+OURS = 1 << 63          # the bit every netplugin cookie has set
+
+
 def cookie_for(endpoint_id: str, kind: int = KIND_PORT) -> int:
     """Top bit: a netplugin flow; bits 60-61: the kind; bits 0-59: the endpoint id."""
     check_flow_text(endpoint_id)
@@ -218,6 +221,15 @@ class Flows:
         """Cookies of netplugin's flows in a table."""
         out = self._ofctl("dump-flows", self.bridge, f"table={int(table)}")
         return {c for c in (int(x, 16) for x in re.findall(r"cookie=(0x[0-9a-f]+)", out)) if c >> 63}
+
+    def count(self, table: int) -> int:
+        """How many of netplugin's flows a table holds: one aggregate reply,
+        a few bytes whatever the table's size (a full pass's cheap check)."""
+        out = self._ofctl("dump-aggregate", self.bridge, f"table={int(table)},cookie={OURS:#x}/{OURS:#x}")
+        found = re.search(r"flow_count=(\d+)", out)
+        if found is None:
+            raise DataplaneError(f"ovs-ofctl dump-aggregate on {self.bridge} gave no flow count: {out.strip()[:200]}")
+        return int(found.group(1))
 
     def delete_endpoint_flows(self, endpoint_id: str) -> None:
         """Every flow of the endpoint, whatever its kind."""

@@ -116,6 +116,7 @@ class FlowsContract:
         f.delete_cookies([])
         assert port_flows(f) == {cookie_for(E1): None, cookie_for(E1, KIND_ARP_LOCAL): None}
         assert f.cookies(TABLE_ARP) == {cookie_for(E1, KIND_ARP_LOCAL)}
+        assert f.count(TABLE_ARP) == 1 and f.count(TABLE_CLASSIFY) == len(f.cookies(TABLE_CLASSIFY))
 
     @pytest.mark.parametrize("ofport, vlan, limit, message", [
         (0, 100, None, "port 0 or VLAN 100 is out of range"),

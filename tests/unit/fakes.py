@@ -617,6 +617,10 @@ class FakeFlows:
         with self._lock:
             return {c for c in self.tables.get(int(table), {}) if c >> 63}
 
+    def count(self, table: int) -> int:
+        with self._lock:
+            return sum(1 for c in self.tables.get(int(table), {}) if c >> 63)
+
     def dump_flows(self) -> str:
         with self._lock:
             return "".join(f" {text}\n" for flows in self.tables.values() for text in flows.values())
