@@ -91,9 +91,9 @@ def test_release_on_another_host_is_pending_then_done(clean, second_host):
     status, reply = clean.call("NetPlugin.ReleaseEndpoint", {"EndpointID": eid})
     assert status == 200 and reply["Status"] == "pending" and reply["Host"] == second_host.host_id, reply
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and clean.etcd_keys(f"endpoints/{eid}"):
+    while time.monotonic() < deadline and clean.etcd_keys(f"index/endpoint/{eid}"):
         time.sleep(0.1)
-    assert not clean.etcd_keys(f"endpoints/{eid}"), "host B must carry out the queued release"
+    assert not clean.etcd_keys(f"index/endpoint/{eid}"), "host B must carry out the queued release"
     assert clean.call("NetPlugin.ReleaseEndpoint", {"EndpointID": eid})[1]["Status"] == "already released"
     assert second_host.ovs_ports() == []
     second_host.call("NetworkDriver.DeleteNetwork", {"NetworkID": docker_net})
@@ -125,7 +125,11 @@ def test_every_kind_of_leak_is_repaired(clean):
     clean.start()
     # A veth deleted by hand, an etcd record deleted by hand, an OVS port deleted by hand.
     run("ip", "link", "del", "np" + eids["lv-veth"][:11])
-    run("etcdctl", f"--endpoints={ETCD}", "del", f"{clean.prefix}/endpoints/{eids['lv-record']}")
+    where = run("etcdctl", f"--endpoints={ETCD}", "get", "--print-value-only",
+                f"{clean.prefix}/index/endpoint/{eids['lv-record']}").stdout.strip()       # network/host
+    assert where.endswith("/" + clean.host_id), where
+    run("etcdctl", f"--endpoints={ETCD}", "del", f"{clean.prefix}/index/endpoint/{eids['lv-record']}")
+    run("etcdctl", f"--endpoints={ETCD}", "del", f"{clean.prefix}/net-endpoints/{where}/{eids['lv-record']}")
     run("ovs-vsctl", "del-port", "np" + eids["lv-port"][:11])
     for name in ("lv-veth", "lv-port"):      # (a lost record does not stop traffic: OVS forwards alone)
         assert not pings("probe", ips[name], count=1), f"{name} should be cut off before the repair"

@@ -2,7 +2,7 @@
 Member) so the shared one is never compacted or filled:
 
 * compaction past a watched revision: a follower (watch.py PrefixFollower,
-  and the store's follow_* calls through a SyncLoop) stopped between its read
+  and the store's caches, Store.cache_*) stopped between its read
   and its watch while records are added, changed and deleted and etcd is
   compacted past its revision reads again at once (counted as 'compacted'),
   and its view then equals a fresh read; a follower whose handler is stalled
@@ -24,7 +24,7 @@ import pytest
 from netplugin.errors import StoreFull
 from netplugin.kv import Delete, EtcdKV, Put
 from netplugin.store import Store
-from netplugin.watch import RELISTS, PrefixFollower, Relists, SyncLoop
+from netplugin.watch import RELISTS, PrefixFollower, Relists
 from tests.harness.etcd import Member, etcdctl
 
 PREFIX = "/pressure"
@@ -186,20 +186,16 @@ def test_a_stalled_handler_loses_nothing_when_etcd_compacts(private_etcd):
         f.close()
 
 
-def test_the_stores_followers_read_again_after_compaction_and_wake_their_loop(private_etcd):
-    """Store.follow_endpoints through a SyncLoop, as the ARP proxy and limit
-    sync follow: after the compaction the loop still hears of every change
-    (its period is a minute, so only the watch can wake it in time)."""
+def test_the_stores_caches_read_again_after_compaction(private_etcd):
+    """A store cache (Store.cache_*), as the host's view holds them: a
+    compaction past the revision its watch starts from makes it read again,
+    and it then equals a fresh read, the writes made meanwhile and after included."""
     m = private_etcd()
     plain, held = EtcdKV([m.client], timeout=3), PausedAfterRead(m.client)
     store, plain_store = Store(held, PREFIX), Store(plain, PREFIX)
-    endpoints = plain_store.k_legacy_endpoint("")
-    passes: list[set[str]] = []
-
-    def work(full: bool) -> None:
-        passes.append({i.key for i in plain.get_prefix(endpoints, keys_only=True)})
-    before = RELISTS.counts().get(("pressure:endpoints", "compacted"), 0)
-    loop = store.follow_endpoints(SyncLoop("pressure", work, period=60.0)).start()
+    name = "endpoints:old-layout"
+    before = RELISTS.counts().get((name, "compacted"), 0)
+    cache = store.cache_legacy_endpoints().start()
     try:
         assert held.read.wait(10)
         for i in range(30):
@@ -207,20 +203,19 @@ def test_the_stores_followers_read_again_after_compaction_and_wake_their_loop(pr
         compact_all(m.client)
         held.release.set()
         deadline = time.monotonic() + 8
-        while RELISTS.counts().get(("pressure:endpoints", "compacted"), 0) == before \
-                and time.monotonic() < deadline:
+        while RELISTS.counts().get((name, "compacted"), 0) == before and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert RELISTS.counts().get(("pressure:endpoints", "compacted"), 0) == before + 1
+        assert RELISTS.counts().get((name, "compacted"), 0) == before + 1
         time.sleep(0.5)                       # the watch is set up again
         plain.txn([], [Put(plain_store.k_legacy_endpoint("after"), "{}")])
-        want = {plain_store.k_legacy_endpoint(f"ep{i:02d}") for i in range(30)} | {plain_store.k_legacy_endpoint("after")}
         deadline = time.monotonic() + 5
-        while (not passes or passes[-1] != want) and time.monotonic() < deadline:
+        while not cache.matches(plain.get_prefix(cache.prefix)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert passes and passes[-1] == want, (len(passes), passes[-1:] and sorted(passes[-1])[:3])
+        assert cache.matches(plain.get_prefix(cache.prefix))
+        assert len(plain.get_prefix(cache.prefix)) == 31
     finally:
         held.release.set()
-        loop.close()
+        cache.close()
 
 
 # -- the NOSPACE alarm ---------------------------------------------------------------------

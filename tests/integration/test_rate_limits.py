@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from netplugin.store import Store
 from netplugin.dataplane.flows import cookie_for
 from netplugin.kv import Delete, EtcdKV
 from tests.harness.daemon import Daemon, settings_env
@@ -520,7 +521,8 @@ def test_endpoint_profile_overrides_the_network_profile_and_clear_returns_to_it(
         assert rig.wait_meter(f, (5_000, 1_250)) is not None
         assert "limits lifted" in rig.netctl_ok("profile", "rm", own)
         assert rig.wait_meter(f, (40_000, 10_000)) is not None, rig.limit_state(f)
-        assert json.loads(rig.kv.get(f"{rig.prefix}/endpoints/{f.endpoint}").value).get("limit") in ({}, None)
+        found = Store(rig.kv, rig.prefix).get_endpoint(f.endpoint)
+        assert found is not None and found[0].limit in ({}, None)
     finally:
         rig.netctl("network", "set", world.name, "--no-profile")
         rig.netctl("endpoint", "set", f.endpoint[:12], "--clear")
@@ -559,7 +561,7 @@ def test_delete_endpoint_leaves_no_meter_and_no_flow(world, profile):
     assert ofport not in meters(rig.bridge)
     assert not _flows_of(rig.bridge, c.endpoint, ofport, c.ip), flows(rig.bridge)
     assert sh(["ip", "link", "show", "dev", c.port], check=False).returncode != 0, "the veth remains"
-    assert rig.kv.get(f"{rig.prefix}/endpoints/{c.endpoint}") is None
+    assert Store(rig.kv, rig.prefix).get_endpoint(c.endpoint) is None
 
 
 def test_delete_endpoint_without_limit_leaves_nothing_within_2_s(world):
@@ -587,7 +589,7 @@ def test_delete_endpoint_without_limit_leaves_nothing_within_2_s(world):
     print(f"DeleteEndpoint without limit: nothing of it left {time.monotonic() - answered:.3f} s after the answer")
     time.sleep(1.0)           # and nothing comes back
     assert not remains(), remains()
-    assert rig.kv.get(f"{rig.prefix}/endpoints/{c.endpoint}") is None
+    assert Store(rig.kv, rig.prefix).get_endpoint(c.endpoint) is None
 
 
 def test_kill_9_then_restart_reapplies_every_limit_from_etcd(world, profile):
