@@ -346,7 +346,7 @@ def remove_stray_veths() -> None:
 def leftovers(daemon: C.Daemon, endpoints: list[str]) -> dict:
     from netplugin.dataplane.links import veth_names
     ports = [name for name, ext in C.bridge_ports() if "np-endpoint" in ext]
-    ep_keys = C.etcd_keys(daemon.prefix + "/endpoints/")
+    ep_keys = C.etcd_keys(daemon.prefix + "/net-endpoints/")
     mine = {veth_names(e)[0] for e in endpoints} | {veth_names(e)[1] for e in endpoints}
     links = C.run("ip", "-o", "link", "show").stdout
     veths = sorted(n for n in mine if f" {n}@" in links or f" {n}:" in links)

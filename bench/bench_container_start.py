@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         result["np_minus_bridge_ms_median_of_pairs"] = C.rnd(
             1000 * C.median([n - br for n, br in zip(times["np"], times["bridge"])]), 1)
         left_ports = [name for name, ext in C.bridge_ports() if "np-endpoint" in ext]
-        left_keys = C.etcd_keys(daemon.prefix + "/endpoints/")
+        left_keys = C.etcd_keys(daemon.prefix + "/net-endpoints/")
         result["left_after_runs"] = {"ovs_ports_with_np_endpoint": len(left_ports), "endpoint_keys": len(left_keys),
                                      **C.endpoint_flows()}
         result["machine"]["loadavg_end"] = C._loadavg()

@@ -216,7 +216,8 @@ def write_records(store, net, host: str, docker_net: str, n: int, out: C.Out) ->
     for i in range(0, n, EPS_PER_TXN):
         ops = []
         for ep, offset, alloc in eps[i:i + EPS_PER_TXN]:
-            ops.append(Put(store.k_legacy_endpoint(ep.id), ep.to_json()))
+            ops.append(Put(store.k_endpoint_at(ep), ep.to_json()))
+            ops.append(Put(store.k_locator(ep.id), f"{ep.network}/{ep.host}"))
             ops.append(Put(store.k_alloc(net.subnet, offset), alloc.to_json()))
         if not store.kv.txn([], ops):
             raise RuntimeError("an unconditional etcd transaction was refused")
@@ -347,7 +348,7 @@ def probe_etcd(cfg) -> dict:
     try:
         out["endpoints_read"] = len(store.list_endpoints())
         out["shipped_s"] = round(time.perf_counter() - t0, 3)
-        items = store.kv.get_prefix(f"{cfg.etcd_prefix}/endpoints/")
+        items = store.kv.get_prefix(f"{cfg.etcd_prefix}/net-endpoints/")
         out["reply_bytes"] = sum(len(i.key) + len(i.value) for i in items)
     except Exception as exc:  # noqa: BLE001 - a failed read is a result
         out["shipped_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"

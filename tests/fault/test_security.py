@@ -397,7 +397,7 @@ def test_sandbox_key_is_checked(tmp_path):
                 accepted.append(bad)
             else:
                 assert 400 <= status < 500 and "SandboxKey" in reply.get("Err", ""), reply
-        stored = [json.loads(i.value).get("sandbox") for i in kv.get_prefix(d.prefix + "/endpoints/")]
+        stored = [json.loads(i.value).get("sandbox") for i in kv.get_prefix(d.prefix + "/net-endpoints/")]
         assert not accepted, f"Join took hostile SandboxKeys {accepted!r}; the record now holds {stored!r}"
         status, reply = d.call("NetworkDriver.Join", {"NetworkID": net_id, "EndpointID": ep_id,
                                                       "SandboxKey": "/var/run/docker/netns/0123456789ab"})

@@ -348,7 +348,7 @@ def test_deleted_endpoint_answer_gone_within_2s_on_every_host(arpnet, rig):
     ep = arpnet.endpoint(ip)
     arpnet.wait_answers(ip, present=True)
     assert len(arpnet.probe("a1", ip, count=1)["replies"]) == 1
-    key = arpnet.store.k_legacy_endpoint(ep.id)
+    key = arpnet.store.k_endpoint_at(ep)
     gone_at: dict[str, float] = {}
 
     def watch_host(host, since: float):

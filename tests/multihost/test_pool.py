@@ -130,4 +130,5 @@ def test_two_daemons_never_give_an_address_twice(clean_rig):
         assert host.ports() == []
     # The network was Docker's (origin docker): it went with its last binding.
     assert NAME not in [n["name"] for n in rig.a.netctl_json("network", "ls")]
+    assert rig.etcd_keys("net-endpoints/") == [] and rig.etcd_keys("index/endpoint/") == []
     assert rig.etcd_keys("endpoints/") == []
