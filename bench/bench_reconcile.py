@@ -91,7 +91,7 @@ import _common as C  # noqa: E402
 
 from tests.harness.ovsdb import PrivateOvsdb
 
-EPS_PER_TXN = 64                    # 2 puts each: etcd's default --max-txn-ops is 128
+EPS_PER_TXN = 42                    # 3 puts each: etcd's default --max-txn-ops is 128
 SYSTEM_DB = "unix:/var/run/openvswitch/db.sock"
 PARTS = ("etcd_read", "etcd_write", "ovs_list", "veth_list", "docker", "other")
 
