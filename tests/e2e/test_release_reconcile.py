@@ -43,7 +43,7 @@ def test_release_endpoint_twice_and_unknown(clean):
     assert reply["Removed"]["ovs_port"] and reply["Removed"]["veth"] and reply["Removed"]["record"]
     ip = reply["Removed"]["address"]
     assert ip == ip_of("rel1", "e2e-rel")
-    assert clean.ovs_ports() == [] and not clean.etcd_keys(f"endpoints/{eid}")
+    assert clean.ovs_ports() == [] and not clean.etcd_keys(f"index/endpoint/{eid}")
     assert len(pool_keys(clean, "10.80.0.0/24")) == 1       # only the gateway is left
     status, again = clean.call("NetPlugin.ReleaseEndpoint", {"EndpointID": eid})
     assert status == 200 and again["Status"] == "already released", again
@@ -152,9 +152,10 @@ def test_every_kind_of_leak_is_repaired(clean):
         assert pings("probe", ip), (f"{name} must answer again after the repair",
                                     docker("exec", name, "ip", "link", check=False).stdout)
     for gone_eid in gone_eids:
-        assert not clean.etcd_keys(f"endpoints/{gone_eid}"), "a removed container's endpoint must be released"
+        assert not clean.etcd_keys(f"index/endpoint/{gone_eid}"), "a removed container's endpoint must be released"
         assert "np" + gone_eid[:11] not in clean.ovs_ports() + clean.veths()
-    assert clean.etcd_keys(f"endpoints/{eids['lv-record']}"), "a live container's record is rebuilt"
+    assert clean.etcd_keys(f"net-endpoints/{where}/{eids['lv-record']}"), "a live container's record is rebuilt"
+    assert clean.etcd_keys(f"index/endpoint/{eids['lv-record']}"), "... with its locator"
     second = clean.reconcile("--grace", "0")
     assert second["findings"] == [], second
 
