@@ -24,7 +24,7 @@ MARK = "p0ison"                               # in every poisoned value that cou
 # Real containers take addresses from the lower half only, so an address the poison
 # names (.230, .231; 0xafb00e6/7 in flow text) in a flow can only come from a poisoned record.
 REAL_RANGE = "10.251.0.0/25"
-POISON_IPS = re.compile(r"10\.251\.0\.23[01](?![0-9])|0xafb00e[67](?![0-9a-f])")
+POISON_IPS = re.compile(r"10\.251\.0\.23[012](?![0-9])|0xafb00e[678](?![0-9a-f])")
 NESTED = "[" * 4000 + "]" * 4000
 
 
@@ -85,6 +85,15 @@ def test_poisoned_records_stop_no_loop_and_reach_no_flow(clean):
                             SUBNET, "--ip-range", REAL_RANGE, "-o", "vlan=251", NET,
                             check=False).returncode == 0, 20)
     bad = poison(plugin)
+    # The layout by network: a poisoned record in the network this host has bound
+    # (its view reads it), and a locator that points outside the prefix.
+    net_id = next(n["id"] for n in json.loads(plugin.netctl("network", "ls", "--json").stdout)
+                  if n["subnet"] == SUBNET)
+    bad[f"{plugin.prefix}/net-endpoints/{net_id}/{plugin.host_id}/{'d' * 64}"] = json.dumps({
+        "id": "d" * 64, "network": net_id, "docker_network": "d" * 64, "host": plugin.host_id,
+        "ip": "10.251.0.232", "prefixlen": 24, "mac": f"02:4e:0a:fb:00:e8\n{MARK},actions=drop",
+        "port": "npddddddddddd", "peer": "ncddddddddddd", "vlan": 251})
+    bad[f"{plugin.prefix}/index/endpoint/{'9' * 64}"] = f"../../{MARK}"
     try:
         start("poison-a", NET)
         a_ip = ip_of("poison-a", NET)
