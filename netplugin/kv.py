@@ -123,13 +123,58 @@ def _client_class():
             """Watches that require a leader: a member cut off from the quorum ends
             them ("no leader") instead of leaving them silent, so a host on the
             minority side notices, reads again elsewhere, and backs off."""
-            from pyetcd import watch
             from pyetcd.etcdrpc import WatchStub
-            return watch.Watcher(WatchStub(self.channel), timeout=self.timeout,
-                                 call_credentials=self.call_credentials,
-                                 metadata=(("hasleader", "true"), *tuple(self.metadata or ())))
+            return _watcher_class()(WatchStub(self.channel), timeout=self.timeout,
+                                    call_credentials=self.call_credentials,
+                                    metadata=(("hasleader", "true"), *tuple(self.metadata or ())))
 
     return Client
+
+
+def _watcher_class():
+    """python-etcd3's watcher, with one fix. One stream carries every watch,
+    and one create may be pending on it at a time. When a create times out
+    (an election, an overloaded host), the library forgets it; its late
+    "created" reply was then taken as the NEXT create's, so that watch
+    followed another prefix (or a cancelled watch) and believed itself live.
+    Here a create that timed out is remembered as abandoned, and the next
+    "created" reply on the stream (etcd answers creates in order) is
+    cancelled instead of handed on. A new stream starts with none."""
+    from pyetcd import watch
+
+    class Watcher(watch.Watcher):
+        @property
+        def _new_watch(self):
+            return self.__dict__.get("_pending")
+
+        @_new_watch.setter
+        def _new_watch(self, value):
+            # The library clears the pending create under its lock, also when it timed out.
+            old = self.__dict__.get("_pending")
+            if value is None and old is not None and old.id is None and old.err is None:
+                self.__dict__["_abandoned"] = self.__dict__.get("_abandoned", 0) + 1
+            self.__dict__["_pending"] = value
+
+        @property
+        def _request_queue(self):
+            return self.__dict__["_queue"]
+
+        @_request_queue.setter
+        def _request_queue(self, value):
+            # A new queue is a new stream (at start, and after one ended): nothing abandoned on it.
+            self.__dict__["_queue"] = value
+            self.__dict__["_abandoned"] = 0
+
+        def _handle_response(self, rs):
+            if rs.created:
+                with self._lock:
+                    if self.__dict__.get("_abandoned", 0):
+                        self.__dict__["_abandoned"] -= 1
+                        self._cancel_no_lock(rs.watch_id)
+                        return
+            super()._handle_response(rs)
+
+    return Watcher
 
 
 def _cancel_quietly(cancel) -> None:
@@ -347,10 +392,16 @@ class EtcdKV:
         try:
             for ev in events:
                 kind = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
-                yield Event(kind, ev.key.decode(), ev.value or b"", ev.mod_revision)
+                key = ev.key.decode()
+                if not key.startswith(prefix):       # never hand on another watch's event
+                    raise StoreUnavailable(f"the watch on {prefix} delivered a change of {key}: "
+                                           "reading again")
+                yield Event(kind, key, ev.value or b"", ev.mod_revision)
         except etcd_exc.RevisionCompactedError as exc:
             if not stop.is_set():
                 raise self._compacted(prefix, start_revision, exc) from None
+        except StoreUnavailable:
+            raise
         except Exception as exc:  # noqa: BLE001 - a broken watch is an unavailable store
             if not stop.is_set():
                 raise self._unavailable(exc) from None
