@@ -124,7 +124,9 @@ def _client_class():
             them ("no leader") instead of leaving them silent, so a host on the
             minority side notices, reads again elsewhere, and backs off."""
             from pyetcd.etcdrpc import WatchStub
-            return _watcher_class()(WatchStub(self.channel), timeout=self.timeout,
+            # The whole etcd_timeout for every create on this stream, not the share
+            # of whichever call first built the watcher (self.timeout is per attempt).
+            return _watcher_class()(WatchStub(self.channel), timeout=self._default_timeout,
                                     call_credentials=self.call_credentials,
                                     metadata=(("hasleader", "true"), *tuple(self.metadata or ())))
 

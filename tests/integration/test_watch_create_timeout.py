@@ -6,6 +6,7 @@ with a create timeout of 10 microseconds, on the shared etcd."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import secrets
 import threading
@@ -50,4 +51,25 @@ def test_a_timed_out_watch_create_does_not_hand_its_watch_to_the_next():
         stop.set()
     finally:
         kv.txn([], [__import__("netplugin.kv", fromlist=["Delete"]).Delete(base + "/", prefix=True)])
+        kv.close()
+
+
+def test_a_watch_create_waits_the_whole_etcd_timeout():
+    """The watcher is built inside the first watch call, whose attempt has a
+    third of etcd_timeout: its creates must still wait the whole of it."""
+    kv = EtcdKV([ETCD], timeout=3)
+    stop = threading.Event()
+    try:
+        events = kv.watch_prefix(f"/nptest-watch-{secrets.token_hex(4)}/", 0, stop)
+
+        def first() -> None:
+            with contextlib.suppress(Exception):     # ends when the test closes the client
+                next(events, None)
+        threading.Thread(target=first, daemon=True).start()
+        deadline = time.monotonic() + 5
+        while "watcher" not in kv._get_client()._stubs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert kv._get_client().watcher.timeout == 3
+    finally:
+        stop.set()
         kv.close()
