@@ -102,6 +102,7 @@ class KV(Protocol):
 SPACE_EXCEEDED = "database space exceeded"
 _TRANSIENT = ("deadline exceeded", "leader changed", "no leader", "request timed out")
 _ATTEMPT = threading.local()     # this thread's deadline for the call in flight, if shorter
+STOP_POLL = 2.0                  # seconds: how soon a watch notices its stop event
 
 
 def _client_class():
@@ -134,14 +135,29 @@ def _client_class():
 
 
 def _watcher_class():
-    """python-etcd3's watcher, with one fix. One stream carries every watch,
-    and one create may be pending on it at a time. When a create times out
-    (an election, an overloaded host), the library forgets it; its late
-    "created" reply was then taken as the NEXT create's, so that watch
-    followed another prefix (or a cancelled watch) and believed itself live.
-    Here a create that timed out is remembered as abandoned, and the next
-    "created" reply on the stream (etcd answers creates in order) is
-    cancelled instead of handed on. A new stream starts with none."""
+    """python-etcd3's watcher, with three fixes. One stream carries every
+    watch of a client, and one create may be pending on it at a time.
+
+    * When a create times out (an election, an overloaded host), the library
+      forgets it; its late "created" reply was then taken as the NEXT
+      create's, so that watch followed another prefix (or a cancelled watch)
+      and believed itself live. Here a create that timed out is remembered as
+      abandoned, and the next "created" reply on the stream (etcd answers
+      creates in order) is cancelled instead of handed on. A new stream
+      starts with none.
+    * Watch ids are per stream: after a stream ends, etcd numbers the next
+      stream's watches from 0 again, and the library cancels by id alone. A
+      watch cancelled after its stream died (or after a failover replaced the
+      watcher) then cancelled whichever NEW watch had its number, and that
+      cache waited for events that never came. ``cancel_own`` cancels a watch
+      only while the id still belongs to the caller's own callback.
+    * The library's request queue holds 10 requests and is written under the
+      watcher's lock: with the stream gone and 10 requests unsent, the next
+      write blocked forever holding the lock, and every watch of the client
+      with it. The queue here is unbounded (one request per create or cancel).
+    """
+    import queue
+
     from pyetcd import watch
 
     class Watcher(watch.Watcher):
@@ -164,7 +180,7 @@ def _watcher_class():
         @_request_queue.setter
         def _request_queue(self, value):
             # A new queue is a new stream (at start, and after one ended): nothing abandoned on it.
-            self.__dict__["_queue"] = value
+            self.__dict__["_queue"] = queue.Queue()
             self.__dict__["_abandoned"] = 0
 
         def _handle_response(self, rs):
@@ -175,6 +191,14 @@ def _watcher_class():
                         self._cancel_no_lock(rs.watch_id)
                         return
             super()._handle_response(rs)
+
+        def cancel_own(self, watch_id, callback) -> None:
+            """Cancel watch_id if it is still the watch that calls ``callback``."""
+            with self._lock:
+                if self._callbacks.get(watch_id) is not callback:
+                    return       # its stream is gone, and the id may be another watch's now
+                del self._callbacks[watch_id]
+                self._cancel_no_lock(watch_id)
 
     return Watcher
 
@@ -374,43 +398,53 @@ class EtcdKV:
         return self._call(run)
 
     def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[Event]:
-        """Changes under prefix from start_revision on, until stop is set.
-        Raises StoreUnavailable when the watch breaks, HistoryCompacted when
-        etcd no longer holds start_revision; callers re-snapshot."""
+        """Changes under prefix from start_revision on, until stop is set (seen
+        within ``STOP_POLL`` seconds). Raises StoreUnavailable when the watch
+        breaks, HistoryCompacted when etcd no longer holds start_revision;
+        callers re-snapshot."""
+        import queue
+
         import pyetcd.events as etcd_events
         import pyetcd.exceptions as etcd_exc
-        done = threading.Event()
+        from pyetcd import utils as etcd_utils
+        responses: queue.SimpleQueue = queue.SimpleQueue()
+
+        def deliver(response) -> None:    # called on the watcher's stream thread
+            responses.put(response)
+
+        def create(c):
+            watcher = c.watcher           # the stream this watch lives on, kept for its cancel
+            end = etcd_utils.prefix_range_end(etcd_utils.to_bytes(prefix))
+            return watcher, watcher.add_callback(prefix, deliver, range_end=end, start_revision=start_revision)
         try:
-            events, cancel = self._call(lambda c: c.watch_prefix(prefix, start_revision=start_revision))
+            watcher, watch_id = self._call(create)
         except etcd_exc.RevisionCompactedError as exc:
             raise self._compacted(prefix, start_revision, exc) from None
-
-        def cancel_on_stop() -> None:        # ends within 5 s of the watch: none left behind per re-read
-            while not done.is_set():
-                if stop.wait(5.0):
-                    _cancel_quietly(cancel)
-                    return
-        threading.Thread(target=cancel_on_stop, daemon=True, name="watch-cancel").start()
         try:
-            for ev in events:
-                kind = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
-                key = ev.key.decode()
-                if not key.startswith(prefix):       # never hand on another watch's event
-                    raise StoreUnavailable(f"the watch on {prefix} delivered a change of {key}: "
-                                           "reading again")
-                yield Event(kind, key, ev.value or b"", ev.mod_revision)
-        except etcd_exc.RevisionCompactedError as exc:
-            if not stop.is_set():
-                raise self._compacted(prefix, start_revision, exc) from None
-        except StoreUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken watch is an unavailable store
-            if not stop.is_set():
-                raise self._unavailable(exc) from None
+            while True:
+                try:
+                    response = responses.get(timeout=STOP_POLL)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                if stop.is_set():
+                    return
+                if response is None:      # the stream was closed (a failover replaced it)
+                    raise StoreUnavailable(f"the watch on {prefix} ended with its stream to etcd; reading again")
+                if isinstance(response, etcd_exc.RevisionCompactedError):
+                    raise self._compacted(prefix, start_revision, response)
+                if isinstance(response, Exception):
+                    raise self._unavailable(response)
+                for ev in response.events:
+                    kind = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
+                    key = ev.key.decode()
+                    if not key.startswith(prefix):       # never hand on another watch's event
+                        raise StoreUnavailable(f"the watch on {prefix} delivered a change of {key}: "
+                                               "reading again")
+                    yield Event(kind, key, ev.value or b"", ev.mod_revision)
         finally:
-            done.set()
-            if not stop.is_set():
-                _cancel_quietly(cancel)
+            _cancel_quietly(lambda: watcher.cancel_own(watch_id, deliver))
 
     @staticmethod
     def _compacted(prefix: str, start_revision: int, exc) -> HistoryCompacted:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from netplugin.kv import EtcdKV, Put
-from tests.harness.etcd import ETCD
+from tests.harness.etcd import ETCD, Member
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +73,60 @@ def test_a_watch_create_waits_the_whole_etcd_timeout():
     finally:
         stop.set()
         kv.close()
+
+
+def _first_event(events, timeout: float):
+    """next(events) on a thread: the event, an exception, or None after timeout."""
+    box: queue.Queue = queue.Queue()
+
+    def pull() -> None:
+        try:
+            box.put(next(events))
+        except BaseException as exc:  # noqa: BLE001 - reported through the queue
+            box.put(exc)
+    threading.Thread(target=pull, daemon=True).start()
+    try:
+        return box.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def test_a_watch_ended_with_its_stream_does_not_cancel_the_next_streams_watch(tmp_path):
+    """etcd numbers each stream's watches from 0: a watch whose stream ended
+    (its member restarted), cancelled afterwards, must not cancel the new
+    stream's watch of that number (the library cancels by number alone; that
+    cache then waited for events that never came). A private member: the
+    test restarts it."""
+    from netplugin.kv import Delete
+    member = Member.single("np-streamids", tmp_path)
+    member.start()
+    member.wait_healthy()
+    kv = EtcdKV([member.client], timeout=3)
+    a, c = "/np/a/", "/np/c/"
+    try:
+        kv.txn([], [Put(a + "0", "1"), Put(c + "0", "1")])
+        stop = threading.Event()
+        old = kv.watch_prefix(a, 1, stop)                     # from revision 1: its first event is there at once
+        assert _first_event(old, 5) is not None
+        member.kill()                                         # the stream ends with its member
+        member.start()
+        member.wait_healthy()
+        new, first = None, None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:                    # the client's reconnect may take a few tries
+            new = kv.watch_prefix(c, 1, stop)                 # a new stream: its first watch is number 0 again
+            first = _first_event(new, 5)
+            if first is not None and not isinstance(first, BaseException):
+                break
+            time.sleep(0.5)
+        assert first is not None and not isinstance(first, BaseException), first
+        old.close()                                           # the ended watch's cancel comes late
+        kv.txn([], [Put(c + "y", "2")])
+        nxt = _first_event(new, 5)
+        assert nxt is not None, f"the watch on {c} was cancelled by the late cancel of the ended watch on {a}"
+        assert not isinstance(nxt, BaseException) and nxt.key == c + "y", nxt
+        stop.set()
+        kv.txn([], [Delete("/np/", prefix=True)])
+    finally:
+        kv.close()
+        member.stop()
