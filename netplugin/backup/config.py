@@ -60,6 +60,8 @@ class BackupConfig:
     keep_history: float = 90 * 86400.0         # and their records after this
     profile_wait: float = 15.0                 # seconds to wait for netplugin to enforce a profile
     lock_timeout: float = 20.0                 # seconds the backup may hold the source's global read lock
+    missed_window: float = 3600.0              # a due time missed by every agent still runs when this recent
+    schedule_poll: float = 5.0                 # seconds between an agent's passes over the schedules
 
     def validate(self) -> BackupConfig:
         if not 1 <= int(self.max_jobs) <= 256:
@@ -74,9 +76,11 @@ class BackupConfig:
             raise InvalidRequest(f"compression {self.compression!r} must be zstd or gzip")
         if self.lease_ttl < 5:
             raise InvalidRequest("lease_ttl must be at least 5 seconds")
-        for name in ("poll", "start_timeout", "timeout"):
+        for name in ("poll", "start_timeout", "timeout", "schedule_poll"):
             if not getattr(self, name) > 0:
                 raise InvalidRequest(f"{name} must be a positive number of seconds")
+        if not self.missed_window >= 0:
+            raise InvalidRequest("missed_window must be a number of seconds, 0 or more")
         return self
 
 

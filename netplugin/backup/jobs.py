@@ -224,14 +224,19 @@ def resolve_server(network: str, db_host: str, db_port: int, resolve=socket.geta
 
 def submit(store: BackupStore, kind: str, target: str, host: str, spec: dict, cfg: BackupConfig) -> Job:
     """Queue a job for host's agent, checked as that agent will check it (trust.check_job)."""
-    now = time.time()
+    job = new_job(cfg, kind, target, host, spec, time.time(), who())
+    store.submit(job)
+    return job
+
+
+def new_job(cfg: BackupConfig, kind: str, target: str, host: str, spec: dict, now: float, by: str) -> Job:
+    """A queued job, checked as its agent will check it (trust.check_job); not yet written."""
     job = Job(id=new_job_id(now), kind=kind, target=target, host=host, spec=spec, created=now, updated=now,
               server=resolve_server(spec["network"], spec["db_host"], spec["db_port"]),
               start_by=now + spec["start_timeout"],
-              history=[{"state": QUEUED, "time": now, "message": "submitted"}],
-              submitted_by=who())
+              history=[{"state": QUEUED, "time": now, "message": f"submitted by {by}"}],
+              submitted_by=by)
     trust.check_job(job, cfg)
-    store.submit(job)
     return job
 
 

@@ -1,7 +1,8 @@
 """The per-host agent (``drctl agent``): admits queued jobs up to the host's
 cap, one active job per target, first come first served; expires jobs that
 wait beyond their start deadline; runs each admitted job in a thread; adopts
-the active jobs a previous agent of this host left.
+the active jobs a previous agent of this host left; fires the schedules
+(schedules.py) every ``schedule_poll`` seconds when given a Firing.
 
 Every decision is an etcd transaction (store.py): the cap and the per-target
 lock hold across threads, processes and hosts. A job whose target is busy
@@ -33,7 +34,7 @@ GC_EVERY = 60.0
 
 class Agent:
     def __init__(self, store: BackupStore, host: str, cfg: BackupConfig, runner_factory: Callable[[], object],
-                 clock=time.time, docker=None, instance: Instance | None = None):
+                 clock=time.time, docker=None, instance: Instance | None = None, schedules=None):
         self.store = store
         self.host = host
         self.cfg = cfg
@@ -50,6 +51,8 @@ class Agent:
         self.host_lost = threading.Event()   # set when another agent took this host: serve() ends in error
         self._last_gc = 0.0
         self._said: dict[str, str] = {}
+        self.schedules = schedules      # schedules.Firing: its pass runs every cfg.schedule_poll; optional
+        self._last_schedules = float("-inf")
 
     @property
     def lease(self) -> int | None:
@@ -221,6 +224,10 @@ class Agent:
         if now - self._last_gc >= GC_EVERY:
             self._last_gc = now
             self.gc(now)
+        if self.schedules is not None and abs(now - self._last_schedules) >= self.cfg.schedule_poll:
+            self._last_schedules = now
+            if self.schedules.tick(now):
+                self.wake.set()                 # a job may have been queued for this host
         return admitted
 
     def _trusted(self, job_id: str) -> tuple[Job, int] | None:

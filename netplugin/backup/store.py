@@ -9,6 +9,9 @@
     backup/agents/<host>             the agent of that host and its instance (identity.py), claimed
                                      create-if-absent on its lease: alive while present
     backup/catalog/<target>/<name>   Backup: a verified backup (only verified ones are written)
+    backup/schedules/<name>          Schedule: cron, time zone, the job to submit, what was run and missed
+    backup/fired/<name>/<due>        -> job id; the claim of one due time (epoch seconds, 12 digits),
+                                     created with the job in one transaction (schedules.py)
 
 Admission is one transaction: the job is still queued and unchanged, a slot
 of the host is free, the target is free; it writes the job as starting, the
@@ -45,6 +48,7 @@ from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
 from ..store import Reading, Store, compare_and_swap
 from .model import QUEUED, STARTING, Backup, BadRecord, Job
+from .schedules import Schedule
 
 R = TypeVar("R", Job, Backup)
 log = logging.getLogger(__name__)
@@ -286,6 +290,70 @@ class BackupStore:
         if keys is None:
             return self.kv.get_prefix(self._family(family))
         return [i for i in (self.kv.get(k) for k in keys if k.startswith(self._family(family))) if i is not None]
+
+    # -- schedules ------------------------------------------------------------------------
+    def k_schedule(self, name: str = "") -> str:
+        return f"{self.root}/schedules/{name}"
+
+    def k_fired(self, name: str, due: float | None = None) -> str:
+        return f"{self.root}/fired/{name}/" + ("" if due is None else f"{int(due):012d}")
+
+    def create_schedule(self, schedule: Schedule) -> None:
+        if not self.kv.txn([absent(self.k_schedule(schedule.name))],
+                           [Put(self.k_schedule(schedule.name), schedule.to_json())]):
+            raise Conflict(f"schedule {schedule.name} exists already: 'drctl schedule rm {schedule.name}' first")
+
+    def schedule_items(self) -> list[Item]:
+        """The raw schedule records: the reader checks each (schedules.check_schedule)."""
+        return self.kv.get_prefix(self.k_schedule())
+
+    def get_schedule(self, name: str) -> tuple[Schedule, int]:
+        item = self.kv.get(self.k_schedule(name))
+        if item is None:
+            raise NotFound(f"schedule {name!r} does not exist: see 'drctl schedule ls'")
+        return Schedule.from_json(item.value), item.mod_revision
+
+    def update_schedule(self, name: str, change: Callable[[Schedule], None]) -> Schedule:
+        """Read, change, write back guarded by the revision read."""
+        def attempt(read: Reading) -> tuple[list[Put | Delete], Schedule]:
+            item = read.get(self.k_schedule(name))
+            if item is None:
+                raise NotFound(f"schedule {name!r} does not exist: see 'drctl schedule ls'")
+            schedule = Schedule.from_json(item.value)
+            change(schedule)
+            return [Put(self.k_schedule(name), schedule.to_json())], schedule
+        return compare_and_swap(self.kv, attempt, Conflict(f"schedule {name} kept changing: retry"))
+
+    def delete_schedule(self, name: str) -> None:
+        """The schedule and its claim keys, at once; its jobs stay."""
+        if self.kv.get(self.k_schedule(name)) is None:
+            raise NotFound(f"schedule {name!r} does not exist: see 'drctl schedule ls'")
+        self.kv.txn([], [Delete(self.k_schedule(name)), Delete(self.k_fired(name), prefix=True)])
+
+    def fire(self, schedule: Schedule, rev: int, due: float | None, job: Job | None,
+             dropped: list[float] | None = None) -> bool:
+        """Settle a schedule's due times in ONE transaction: the record is
+        unchanged since revision ``rev`` and, when a job is submitted for ``due``,
+        the claim of that due time is absent; writes the changed record, the
+        claim, the job and its queue entry, and deletes the claims ``dropped``.
+        False when another writer won (nothing was written)."""
+        compares = [unchanged(self.k_schedule(schedule.name), rev)]
+        ops: list[Put | Delete] = [Put(self.k_schedule(schedule.name), schedule.to_json())]
+        if job is not None and due is not None:
+            compares += [absent(self.k_fired(schedule.name, due)), absent(self.k_job(job.id))]
+            ops += [Put(self.k_fired(schedule.name, due), job.id), Put(self.k_job(job.id), job.to_json()),
+                    Put(self.k_queue(job.host, job.id), job.id)]
+        ops += [Delete(self.k_fired(schedule.name, t)) for t in dropped or []]
+        return self.kv.txn(compares, ops)
+
+    def fired(self, name: str) -> dict[float, str]:
+        """The claim keys kept of a schedule: due time -> job id."""
+        out = {}
+        for item in self.kv.get_prefix(self.k_fired(name)):
+            tail = item.key.rsplit("/", 1)[1]
+            if tail.isdigit():
+                out[float(tail)] = item.value.decode(errors="replace")
+        return out
 
     # -- catalog --------------------------------------------------------------------------
     def add_backup(self, backup: Backup) -> None:
