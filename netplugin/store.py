@@ -415,11 +415,13 @@ class Store:
             if endpoints and not force:
                 hosts = sorted({ep.host for _, ep in endpoints})
                 raise Conflict(f"network {current.label} still has {len(endpoints)} endpoint(s) on host(s) "
-                               f"{', '.join(hosts)}: stop those containers first, or pass --force")
+                               f"{', '.join(hosts)}: stop those containers first, or remove them with it "
+                               "(netctl network rm --with-endpoints)")
             if in_use and not force:
                 raise Conflict(f"network {current.label} still has {len(in_use)} address(es) in use: "
                                f"{', '.join(in_use[:5])}{' ...' if len(in_use) > 5 else ''}: "
-                               "stop those containers first, or pass --force")
+                               "stop those containers first, or remove them with it "
+                               "(netctl network rm --with-endpoints)")
             ops: list[Put | Delete] = [
                 Put(self.k_meta_networks(), str(time.time())),
                 Delete(self.k_network(current.id)),

@@ -8,20 +8,24 @@ import time
 
 from ..errors import InvalidRequest, NetpluginError, NotFound
 from ..reconcile_cli import add_arguments as add_reconcile_arguments
+from .filters import add_filter_option, apply
 from .lookup import find_endpoint
-from .output import ago, print_fields, print_json, print_listing
+from .multi import each_name
+from .output import ago, print_fields, print_inspect, print_json, print_listing
 from .parsing import command_group
 from .profile_cmds import add_endpoint_set
 
 
 def register(sub, common) -> None:
-    esub = command_group(sub, "endpoint", "container endpoints", common)
-    ls = esub.add_parser("ls", help="list endpoints", parents=[common])
+    esub = command_group(sub, "endpoint", "container endpoints", common, aliases=["ep"])
+    ls = esub.add_parser("ls", aliases=["list"], help="list endpoints", parents=[common])
     ls.add_argument("--network", "-n", help="only this network")
     ls.add_argument("--host", help="only this host")
+    add_filter_option(ls, sorted(ENDPOINT_FILTERS))
     ls.set_defaults(run=endpoint_ls)
-    ins = esub.add_parser("inspect", help="one endpoint, by id (or prefix), IP or container", parents=[common])
-    ins.add_argument("ref", metavar="ID|IP|CONTAINER")
+    ins = esub.add_parser("inspect", help="endpoints, by id (or prefix), IP or container, as JSON",
+                          parents=[common])
+    ins.add_argument("refs", nargs="+", metavar="ID|IP|CONTAINER")
     ins.set_defaults(run=endpoint_inspect)
     rel = esub.add_parser("release", help="release an endpoint whole: port, veth, record, address",
                           parents=[common])
@@ -34,15 +38,25 @@ def register(sub, common) -> None:
     add_endpoint_set(esub, common)
 
     hsub = command_group(sub, "host", "hosts of the cluster", common)
-    hls = hsub.add_parser("ls", help="list hosts, alive or dead", parents=[common])
+    hls = hsub.add_parser("ls", aliases=["list"], help="list hosts, alive or dead", parents=[common])
+    add_filter_option(hls, sorted(HOST_FILTERS))
     hls.set_defaults(run=host_ls)
-    hin = hsub.add_parser("inspect", help="one host", parents=[common])
-    hin.add_argument("host")
+    hin = hsub.add_parser("inspect", help="hosts, as JSON", parents=[common])
+    hin.add_argument("hosts", nargs="+", metavar="HOST")
     hin.set_defaults(run=host_inspect)
 
     rec = sub.add_parser("reconcile", help="find and release leaks on this host", parents=[common])
     add_reconcile_arguments(rec)
     rec.set_defaults(run=reconcile)
+
+
+# --filter KEY=VALUE of endpoint ls and host ls
+ENDPOINT_FILTERS = {
+    "id": lambda e: e.id, "network": lambda e: [e.network, e.network_name], "host": lambda e: e.host,
+    "ip": lambda e: e.ip, "mac": lambda e: e.mac, "vlan": lambda e: e.vlan,
+}
+HOST_FILTERS = {"name": lambda r: r["host"], "host": lambda r: r["host"],
+                "state": lambda r: "alive" if r["alive"] else "dead", "version": lambda r: r["version"]}
 
 
 def _endpoint_row(ep) -> dict:
@@ -58,6 +72,7 @@ def endpoint_ls(args, ctx) -> int:
         eps = [e for e in eps if e.network == net.id]
     if args.host:
         eps = [e for e in eps if e.host == args.host]
+    eps = apply(eps, args.filters, ENDPOINT_FILTERS)
     eps.sort(key=lambda e: (e.network_name, e.host, e.ip))
     print_listing(ctx, eps, lambda e: e.id, _endpoint_row, ["ENDPOINT", "NETWORK", "HOST", "IP", "MAC", "VLAN", "PORT"],
                   lambda e: [e.id[:12], e.network_name or e.network, e.host, e.ip, e.mac, e.vlan, e.port])
@@ -65,13 +80,16 @@ def endpoint_ls(args, ctx) -> int:
 
 
 def endpoint_inspect(args, ctx) -> int:
-    row = _endpoint_row(find_endpoint(ctx, args.ref))
-    if ctx.json:
-        print_json(row)
-    else:
-        row["created"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
-        print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()])
-    return 0
+    found: list[dict] = []
+    rc = each_name("netctl", args.refs, lambda ref: found.append(_endpoint_row(find_endpoint(ctx, ref))))
+    if found or not rc:
+        print_inspect(ctx, found, _print_endpoint)
+    return rc
+
+
+def _print_endpoint(row: dict) -> None:
+    row = dict(row, created=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"])))
+    print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()])
 
 
 def endpoint_release(args, ctx) -> int:
@@ -158,7 +176,7 @@ def _host_rows(ctx) -> list[dict]:
 
 
 def host_ls(args, ctx) -> int:
-    rows = _host_rows(ctx)
+    rows = apply(_host_rows(ctx), args.filters, HOST_FILTERS)
     print_listing(ctx, rows, lambda r: r["host"], lambda r: r,
                   ["HOST", "STATE", "BRIDGE", "DATAPATH", "UPLINK", "ENDPOINTS", "LAST SEEN"],
                   lambda r: [r["host"], "alive" if r["alive"] else "dead", r["bridge"], r["datapath_type"],
@@ -167,21 +185,27 @@ def host_ls(args, ctx) -> int:
 
 
 def host_inspect(args, ctx) -> int:
-    rows = [r for r in _host_rows(ctx) if r["host"] == args.host]
-    if not rows:
-        raise NotFound(f"host {args.host!r} never registered: see 'netctl host ls'")
-    row = rows[0]
-    row["last_reconcile"] = ctx.store.last_reconcile(args.host)
-    if ctx.json:
-        print_json(row)
-    else:
-        last = row.pop("last_reconcile")
-        for key in ("started", "last_seen"):
-            row[key] = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[key]))} ({ago(row[key])})"
-        print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()] +
-                     [("Last reconcile", f"{ago(last['started'])}, {len(last['findings'])} finding(s)"
-                       if last else None)])
-    return 0
+    rows = {r["host"]: r for r in _host_rows(ctx)}
+    found: list[dict] = []
+
+    def one(host: str) -> None:
+        if host not in rows:
+            raise NotFound(f"host {host!r} never registered: see 'netctl host ls'")
+        found.append(dict(rows[host], last_reconcile=ctx.store.last_reconcile(host)))
+    rc = each_name("netctl", args.hosts, one)
+    if found or not rc:
+        print_inspect(ctx, found, _print_host)
+    return rc
+
+
+def _print_host(row: dict) -> None:
+    row = dict(row)
+    last = row.pop("last_reconcile")
+    for key in ("started", "last_seen"):
+        row[key] = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[key]))} ({ago(row[key])})"
+    print_fields([(k.replace("_", " ").capitalize(), v) for k, v in row.items()] +
+                 [("Last reconcile", f"{ago(last['started'])}, {len(last['findings'])} finding(s)"
+                   if last else None)])
 
 
 def reconcile(args, ctx) -> int:

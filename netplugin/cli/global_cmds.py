@@ -10,7 +10,7 @@ from .parsing import command_group
 
 def register(sub, common) -> None:
     gsub = command_group(sub, "global", "cluster-wide settings", common)
-    show = gsub.add_parser("show", help="show the settings", parents=[common])
+    show = gsub.add_parser("show", aliases=["info"], help="show the settings", parents=[common])
     show.set_defaults(run=global_show)
     st = gsub.add_parser("set", help="change a setting (applied live on every host)", parents=[common])
     st.add_argument("--arp-mode", choices=MODES, required=True,

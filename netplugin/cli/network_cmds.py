@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from .. import networks
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..model import check_subnet, check_vlan
-from .output import print_fields, print_json, print_listing, print_table
+from .filters import add_filter_option, apply
+from .multi import each_name
+from .output import print_fields, print_inspect, print_json, print_listing, print_table
 from .parsing import command_group
+
+# netctl network ls --filter KEY=VALUE
+NETWORK_FILTERS = {
+    "name": lambda n: n.label, "id": lambda n: n.id, "subnet": lambda n: n.subnet, "vlan": lambda n: n.vlan,
+    "origin": lambda n: n.origin, "profile": lambda n: n.profile or None,
+}
 
 
 def vlan_arg(text: str) -> int:
@@ -37,7 +46,7 @@ def aux_arg(text: str) -> tuple[str, str]:
 
 
 def register(sub, common) -> None:
-    nsub = command_group(sub, "network", "global networks", common)
+    nsub = command_group(sub, "network", "global networks", common, aliases=["net"])
 
     c = nsub.add_parser("create", help="create a global network", parents=[common])
     c.add_argument("name")
@@ -49,16 +58,20 @@ def register(sub, common) -> None:
                    help="reserve an address for something outside netplugin")
     c.set_defaults(run=create, parser=c)
 
-    ls = nsub.add_parser("ls", help="list global networks (-q: their ids)", parents=[common])
+    ls = nsub.add_parser("ls", aliases=["list"], help="list global networks (-q: their ids)", parents=[common])
+    add_filter_option(ls, sorted(NETWORK_FILTERS))
     ls.set_defaults(run=list_networks)
 
-    i = nsub.add_parser("inspect", help="show one network, its pool and endpoints", parents=[common])
-    i.add_argument("name")
+    i = nsub.add_parser("inspect", help="networks, their pools and endpoints, as JSON", parents=[common])
+    i.add_argument("names", nargs="+", metavar="NETWORK")
     i.set_defaults(run=inspect)
 
-    rm = nsub.add_parser("rm", help="remove a network (refused while endpoints exist)", parents=[common])
-    rm.add_argument("name")
-    rm.add_argument("--force", "-f", action="store_true", help="remove even with endpoints")
+    rm = nsub.add_parser("rm", aliases=["delete"], help="remove networks (refused while endpoints exist)",
+                         parents=[common])
+    rm.add_argument("names", nargs="+", metavar="NETWORK")
+    rm.add_argument("--force", "-f", action="store_true", help="no error for a network that does not exist")
+    rm.add_argument("--with-endpoints", action="store_true",
+                    help="also remove the records of its endpoints (each host's reconciler removes their ports)")
     rm.set_defaults(run=remove)
 
     from .profile_cmds import add_network_set
@@ -91,20 +104,27 @@ def create(args, ctx) -> int:
 
 
 def list_networks(args, ctx) -> int:
-    nets = sorted(ctx.store.list_networks(), key=lambda n: n.label)
+    nets = apply(sorted(ctx.store.list_networks(), key=lambda n: n.label), args.filters, NETWORK_FILTERS)
     print_listing(ctx, nets, lambda n: n.id,           # -q: ids, which inspect, rm and ipam show accept too
                   lambda n: {"id": n.id, "name": n.name, "subnet": n.subnet, "gateway": n.gateway, "vlan": n.vlan,
-                             "ranges": n.ranges, "origin": n.origin},
+                             "ranges": n.ranges, "origin": n.origin, "profile": n.profile or None,
+                             "used": ctx.store.count_allocations(n.subnet)},
                   ["NAME", "SUBNET", "GATEWAY", "VLAN", "USED", "ORIGIN"],
                   lambda n: [n.label, n.subnet, n.gateway, n.vlan, ctx.store.count_allocations(n.subnet), n.origin])
     return 0
 
 
 def inspect(args, ctx) -> int:
-    info = networks.describe(ctx.store, ctx.ipam, ctx.store.find_network(args.name))
-    if ctx.json:
-        print_json(info)
-        return 0
+    """As docker's: a JSON list of those found; each one not found said on stderr, exit 1."""
+    found = []
+    rc = each_name("netctl", args.names, lambda name: found.append(
+        networks.describe(ctx.store, ctx.ipam, ctx.store.find_network(name))))
+    if found or not rc:
+        print_inspect(ctx, found, _print_network)
+    return rc
+
+
+def _print_network(info: dict) -> None:
     pool = info["pool"]
     print_fields([("Name", info["name"]), ("Id", info["id"]), ("Subnet", info["subnet"]),
                   ("Gateway", info["gateway"]), ("VLAN", info["vlan"]), ("Ranges", ", ".join(info["ranges"])),
@@ -117,16 +137,32 @@ def inspect(args, ctx) -> int:
         print()
         print_table(["ENDPOINT", "HOST", "IP", "MAC"],
                     [[e["id"][:12], e["host"], e["ip"], e["mac"]] for e in info["endpoints"]])
-    return 0
 
 
 def remove(args, ctx) -> int:
-    net = networks.remove(ctx.store, args.name, force=args.force)
+    """Each network in turn; -f: one that does not exist is no error, as with
+    docker. Endpoints are removed only with --with-endpoints, said first."""
+    removed = []
+
+    def one(name: str) -> None:
+        try:
+            net = ctx.store.find_network(name)
+        except NotFound:
+            if args.force:
+                return
+            raise
+        eps = ctx.store.list_network_endpoints(net.id) if args.with_endpoints else []
+        if eps:
+            print(f"netctl: removing network {net.label} with its {len(eps)} endpoint record(s): "
+                  + ", ".join(f"{e.id[:12]} ({e.ip} on {e.host})" for e in eps), file=sys.stderr, flush=True)
+        gone = ctx.store.delete_network(net, force=args.with_endpoints)
+        removed.append({"removed": net.label, "id": net.id, "endpoints": [e.id for e in gone]})
+        if not ctx.json and not ctx.quiet:
+            print(net.label, flush=True)
+    rc = each_name("netctl", args.names, one)
     if ctx.json:
-        print_json({"removed": net.label, "id": net.id})
-    elif not ctx.quiet:
-        print(net.label)
-    return 0
+        print_json(removed)
+    return rc
 
 
 def ipam_show(args, ctx) -> int:

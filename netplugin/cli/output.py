@@ -24,14 +24,34 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> Non
 def print_listing(ctx, items: Sequence, ident: Callable[[Any], object], as_json: Callable[[Any], object],
                   headers: Sequence[str], as_row: Callable[[Any], Sequence[object]]) -> None:
     """A listing as ctx asks: -q one ident(item) a line, --json the list of
-    as_json(item), else a table of as_row(item) under headers."""
+    as_json(item), --format TEMPLATE each as_json(item) through it, else a
+    table of as_row(item) under headers."""
     if ctx.quiet:
         for item in items:
             print(ident(item))
+    elif ctx.custom:
+        from .template import print_formatted
+        print_formatted(ctx.custom, [as_json(item) for item in items])
     elif ctx.json:
         print_json([as_json(item) for item in items])
     else:
         print_table(headers, [as_row(item) for item in items])
+
+
+def print_inspect(ctx, records: Sequence[dict], human: Callable[[dict], None] | None = None) -> None:
+    """What inspect prints, as docker's does: the JSON list of the records, or
+    each through --format TEMPLATE; --format table: human(record) for each,
+    a blank line between."""
+    if ctx.table and human is not None:
+        for i, record in enumerate(records):
+            if i:
+                print()
+            human(record)
+    elif ctx.custom:
+        from .template import print_formatted
+        print_formatted(ctx.custom, records)
+    else:
+        print_json(list(records))
 
 
 def print_fields(pairs: Sequence[tuple[str, object]]) -> None:

@@ -28,16 +28,35 @@ def add_output_options(p: argparse.ArgumentParser, quiet_help: str) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--json", "-j", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     o.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
+    o.add_argument("--format", dest="format", default=argparse.SUPPRESS, metavar="FORMAT",
+                   help="json, table, or a template: '{{.Name}}', '{{json .}}', 'table {{.Name}}\\t{{.VLAN}}'")
 
 
 class OutputFlags:
-    """--json and --quiet of the parsed args (self.args), as a context reads them."""
+    """--json, --quiet and --format of the parsed args (self.args), as a context
+    reads them: ``--format json`` is --json; ``--format table`` the default."""
 
     args: argparse.Namespace
 
     @property
     def json(self) -> bool:
-        return bool(getattr(self.args, "json", False))
+        return bool(getattr(self.args, "json", False)) or self.template == "json"
+
+    @property
+    def template(self) -> str | None:
+        """--format as given (None: not given, or 'table')."""
+        fmt = getattr(self.args, "format", None)
+        return None if fmt in (None, "", "table") else fmt
+
+    @property
+    def table(self) -> bool:
+        """--format table: what inspect prints for people instead of JSON."""
+        return getattr(self.args, "format", None) == "table"
+
+    @property
+    def custom(self) -> str | None:
+        """A --format template other than json and table."""
+        return None if self.template in (None, "json") else self.template
 
     @property
     def quiet(self) -> bool:
@@ -51,9 +70,10 @@ def subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str):
     return sub
 
 
-def command_group(sub, name: str, help: str, common: argparse.ArgumentParser):
-    """A command whose action is required (``netctl network ls``); returns its actions."""
-    return subcommands(sub.add_parser(name, help=help, parents=[common]), "action", "ACTION")
+def command_group(sub, name: str, help: str, common: argparse.ArgumentParser, aliases: list[str] | None = None):
+    """A command whose action is required (``netctl network ls``); returns its
+    actions. aliases: other names for it (Contiv's ``net``, ``ep``)."""
+    return subcommands(sub.add_parser(name, aliases=aliases or [], help=help, parents=[common]), "action", "ACTION")
 
 
 def run_command(prog: str, args: argparse.Namespace, ctx,

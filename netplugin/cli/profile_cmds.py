@@ -13,8 +13,10 @@ from ..bandwidth import (
     require_profile,
 )
 from ..errors import InvalidRequest
+from .filters import add_filter_option, apply
 from .lookup import find_endpoint
-from .output import print_fields, print_json, print_listing
+from .multi import each_name
+from .output import print_fields, print_inspect, print_json, print_listing
 from .parsing import command_group
 
 # "-5mbit" after --rate: argparse takes anything starting with '-' for an option
@@ -29,7 +31,7 @@ def _take_negative_amounts(parser) -> None:
 
 
 def register(sub, common) -> None:
-    psub = command_group(sub, "profile", "bandwidth profiles", common)
+    psub = command_group(sub, "profile", "bandwidth profiles", common, aliases=["netprofile"])
     c = psub.add_parser("create", help="create a profile", parents=[common])
     c.add_argument("name")
     c.add_argument("--rate", "-b", required=True, help="e.g. 500kbit, 100mbit, 1gbit")
@@ -42,13 +44,16 @@ def register(sub, common) -> None:
     s.add_argument("--burst", "-s", help="new burst")
     s.set_defaults(run=profile_set)
     _take_negative_amounts(s)
-    ls = psub.add_parser("ls", help="list profiles", parents=[common])
+    ls = psub.add_parser("ls", aliases=["list"], help="list profiles", parents=[common])
+    add_filter_option(ls, ["name"])
     ls.set_defaults(run=profile_ls)
-    ins = psub.add_parser("inspect", help="one profile and what uses it", parents=[common])
-    ins.add_argument("name")
+    ins = psub.add_parser("inspect", help="profiles and what uses them, as JSON", parents=[common])
+    ins.add_argument("names", nargs="+", metavar="PROFILE")
     ins.set_defaults(run=profile_inspect)
-    rm = psub.add_parser("rm", help="remove a profile (its limits are lifted)", parents=[common])
-    rm.add_argument("name")
+    rm = psub.add_parser("rm", aliases=["delete"], help="remove profiles (their limits are lifted)",
+                         parents=[common])
+    rm.add_argument("names", nargs="+", metavar="PROFILE")
+    rm.add_argument("--force", "-f", action="store_true", help="no error for a profile that does not exist")
     rm.set_defaults(run=profile_rm)
 
 
@@ -105,7 +110,8 @@ def profile_set(args, ctx) -> int:
 
 
 def profile_ls(args, ctx) -> int:
-    profiles = sorted(ctx.store.list_profiles().values(), key=lambda p: p.name)
+    profiles = apply(sorted(ctx.store.list_profiles().values(), key=lambda p: p.name), args.filters,
+                     {"name": lambda p: p.name})
     print_listing(ctx, profiles, lambda p: p.name, lambda p: _row(p, _users(ctx, p.name)),
                   ["NAME", "RATE", "BURST", "USED BY"],
                   lambda p: [p.name, human_rate(p.rate_kbps), f"{p.burst_kb}kbit", len(_users(ctx, p.name))])
@@ -113,23 +119,35 @@ def profile_ls(args, ctx) -> int:
 
 
 def profile_inspect(args, ctx) -> int:
-    prof = require_profile(ctx.store.list_profiles(), args.name)
-    row = _row(prof, _users(ctx, args.name))
-    if ctx.json:
-        print_json(row)
-    else:
-        print_fields([("Name", row["name"]), ("Rate", f"{row['rate']} ({row['rate_kbps']} kbit/s)"),
-                      ("Burst", f"{row['burst_kb']} kbit"), ("Used by", ", ".join(row["used_by"]))])
-    return 0
+    profiles = ctx.store.list_profiles()
+    found: list[dict] = []
+    rc = each_name("netctl", args.names, lambda name: found.append(
+        _row(require_profile(profiles, name), _users(ctx, name))))
+    if found or not rc:
+        print_inspect(ctx, found, _print_profile)
+    return rc
+
+
+def _print_profile(row: dict) -> None:
+    print_fields([("Name", row["name"]), ("Rate", f"{row['rate']} ({row['rate_kbps']} kbit/s)"),
+                  ("Burst", f"{row['burst_kb']} kbit"), ("Used by", ", ".join(row["used_by"]))])
 
 
 def profile_rm(args, ctx) -> int:
-    users = ctx.store.delete_profile(args.name)
+    """Each profile in turn; -f: one that does not exist is no error."""
+    removed = []
+
+    def one(name: str) -> None:
+        if args.force and name not in ctx.store.list_profiles():
+            return
+        users = ctx.store.delete_profile(name)
+        removed.append({"name": name, "detached": users})
+        if not ctx.json and not ctx.quiet:
+            print(name + (f" (limits lifted on {', '.join(users)})" if users else ""), flush=True)
+    rc = each_name("netctl", args.names, one)
     if ctx.json:
-        print_json({"name": args.name, "detached": users})
-    elif not ctx.quiet:
-        print(args.name + (f" (limits lifted on {', '.join(users)})" if users else ""))
-    return 0
+        print_json(removed)
+    return rc
 
 
 def network_set(args, ctx) -> int:

@@ -473,7 +473,7 @@ def test_network_profile_then_profile_rm_lifts_the_limit(world, profile):
     # Every endpoint of the network gets it, the ones that were there before too.
     for c in (s, r, world.free):
         assert rig.wait_meter(c, want) is not None, f"{c.port}: {rig.limit_state(c)} is not {want}"
-    inspect = json.loads(rig.netctl_ok("profile", "inspect", profile, "--json"))
+    inspect = json.loads(rig.netctl_ok("profile", "inspect", profile, "--json"))[0]
     assert f"network {world.name}" in inspect["used_by"]
     out = rig.netctl_ok("profile", "rm", profile)
     assert "limits lifted" in out
@@ -487,7 +487,7 @@ def test_network_profile_then_profile_rm_lifts_the_limit(world, profile):
     ofports = {rig.ofport(c.port) for c in (s, r, world.free)}
     left = [fl for fl in flows(rig.bridge) if any(f"meter:{p}," in fl for p in ofports)]
     assert not left, f"flows still use the lifted meters: {left}"
-    assert json.loads(rig.netctl_ok("network", "inspect", world.name, "--json")).get("profile") in (None, "")
+    assert json.loads(rig.netctl_ok("network", "inspect", world.name, "--json"))[0].get("profile") in (None, "")
 
 
 def test_endpoint_own_rate_and_burst_then_clear(world):

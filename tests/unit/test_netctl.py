@@ -185,7 +185,7 @@ def test_network_ls_table_quiet_and_json(netctl, prod):
 def test_network_ls_quiet_ids_feed_inspect_ipam_and_rm(netctl, prod):
     ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/24", "--vlan", "200"))
     ids = ok(netctl("network", "ls", "-q")).lines
-    assert [ok(netctl("network", "inspect", i, "--json")).json["name"] for i in ids] == ["db", "prod"]
+    assert [ok(netctl("network", "inspect", i, "--json")).json[0]["name"] for i in ids] == ["db", "prod"]
     assert [ok(netctl("ipam", "show", i, "--json")).json["subnet"] for i in ids] == ["10.20.0.0/24", SUBNET]
     for i in ids:
         assert ok(netctl("network", "rm", i)).out in ("db\n", "prod\n")
@@ -199,7 +199,7 @@ def test_network_ls_empty(netctl):
 
 
 def test_network_inspect(netctl, containers):
-    r = ok(netctl("network", "inspect", "prod"))
+    r = ok(netctl("network", "inspect", "prod", "--format", "table"))
     header = r.lines.index("")
     f = fields(r.lines[:header])
     assert list(f) == ["Name", "Id", "Subnet", "Gateway", "VLAN", "Ranges", "Aux", "Origin", "Created", "Pool",
@@ -214,11 +214,11 @@ def test_network_inspect(netctl, containers):
     assert sorted((row[1], row[2]) for row in rows) == [("h1", "10.10.0.10"), ("h1", "10.10.0.11"),
                                                         ("h2", "10.10.0.20")]
     assert all(len(row[0]) == 12 for row in rows)
-    info = ok(netctl("network", "inspect", "prod", "--json")).json
+    info = ok(netctl("network", "inspect", "prod", "--json")).json[0]
     assert info["pool"] == {"subnet": SUBNET, "size": 254, "used": 4, "free": 250, "ranges": [],
                             "reserved": ["10.10.0.1"]}
     assert sorted(e["ip"] for e in info["endpoints"]) == ["10.10.0.10", "10.10.0.11", "10.10.0.20"]
-    assert ok(netctl("network", "inspect", info["id"], "--json")).json["name"] == "prod"    # by id
+    assert ok(netctl("network", "inspect", info["id"], "--json")).json[0]["name"] == "prod"    # by id
 
 
 def test_network_inspect_unknown_is_exit_1(netctl):
@@ -227,12 +227,15 @@ def test_network_inspect_unknown_is_exit_1(netctl):
 
 def test_network_rm_refused_with_endpoints_unless_force(netctl, kv, containers):
     error(netctl("network", "rm", "prod"),
-          "network prod still has 3 endpoint(s) on host(s) h1, h2: stop those containers first, or pass --force")
+          "network prod still has 3 endpoint(s) on host(s) h1, h2: stop those containers first, or remove them with it "
+          "(netctl network rm --with-endpoints)")
     listed = ok(netctl("network", "ls", "--json")).json
     assert [n["name"] for n in listed] == ["prod"]
     assert ok(netctl("network", "ls", "-q")).lines == [listed[0]["id"]]
-    r = ok(netctl("network", "rm", "prod", "--force"))
-    assert r.out == "prod\n"
+    error(netctl("network", "rm", "prod", "--force"), "still has 3 endpoint(s)")     # -f: as docker's, no more
+    r = netctl("network", "rm", "prod", "--with-endpoints")
+    assert r.code == 0 and r.out == "prod\n", r
+    assert r.err.startswith("netctl: removing network prod with its 3 endpoint record(s): ")
     assert ok(netctl("network", "ls", "-q")).out == ""
     assert kv.keys("/netplugin/v1/endpoints/") == [] and kv.keys("/netplugin/v1/bindings/") == []
     assert kv.keys("/netplugin/v1/ipam/") == [] and kv.keys("/netplugin/v1/index/") == []
@@ -290,7 +293,7 @@ def test_endpoint_ls_by_network(netctl, np, containers):
 
 def test_endpoint_inspect_by_id_prefix_and_ip(netctl, containers):
     a = containers["a"]
-    r = ok(netctl("endpoint", "inspect", a.endpoint[:8]))
+    r = ok(netctl("endpoint", "inspect", a.endpoint[:8], "--format", "table"))
     f = fields(r.lines)
     assert list(f) == ["Id", "Network", "Network id", "Host", "Ip", "Mac", "Vlan", "Port", "Docker network",
                        "Sandbox", "Created"]
@@ -298,9 +301,9 @@ def test_endpoint_inspect_by_id_prefix_and_ip(netctl, containers):
     assert f["Network id"].startswith("n-") and f["Docker network"] == containers["net1"].id
     assert f["Port"] == "np" + a.endpoint[:11] and f["Mac"] == "02:4e:0a:0a:00:0a" and f["Vlan"] == "100"
     assert time.strptime(f["Created"], "%Y-%m-%d %H:%M:%S")
-    by_ip = ok(netctl("endpoint", "inspect", "10.10.0.10", "--json")).json
+    by_ip = ok(netctl("endpoint", "inspect", "10.10.0.10", "--json")).json[0]
     assert by_ip["id"] == a.endpoint and by_ip["ip"] == "10.10.0.10" and by_ip["port"] == "np" + a.endpoint[:11]
-    assert ok(netctl("endpoint", "inspect", a.endpoint.upper()[:12], "--json")).json["id"] == a.endpoint
+    assert ok(netctl("endpoint", "inspect", a.endpoint.upper()[:12], "--json")).json[0]["id"] == a.endpoint
 
 
 def test_endpoint_inspect_unknown_or_ambiguous_is_exit_1(netctl, containers):
@@ -314,14 +317,14 @@ def test_endpoint_inspect_ambiguous_prefix(netctl, np, prod):
     np.run_container(net, endpoint="abcd" + "1" * 60)
     np.run_container(net, endpoint="abcd" + "2" * 60)
     error(netctl("endpoint", "inspect", "abcd"), "'abcd' matches 2 endpoints: give more of the id")
-    assert ok(netctl("endpoint", "inspect", "abcd1", "--json")).json["id"] == "abcd" + "1" * 60
+    assert ok(netctl("endpoint", "inspect", "abcd1", "--json")).json[0]["id"] == "abcd" + "1" * 60
 
 
 def test_endpoint_inspect_by_container_name(netctl, containers, monkeypatch):
     a = containers["a"]
     monkeypatch.setattr(docker_api.DockerNames, "container_endpoints",
                         lambda self, ref: {a.endpoint} if ref == "web-1" else set())
-    assert ok(netctl("endpoint", "inspect", "web-1", "--json")).json["id"] == a.endpoint
+    assert ok(netctl("endpoint", "inspect", "web-1", "--json")).json[0]["id"] == a.endpoint
 
 
 # -- endpoint release --------------------------------------------------------------------------------------
@@ -462,7 +465,7 @@ def test_host_ls_last_seen_follows_the_heartbeat(netctl, np, monkeypatch):
     [row] = ok(netctl("host", "ls", "--json")).json
     assert row["alive"] is True and row["last_seen"] == now["t"] and row["started"] == now["t"] - 300
     assert ok(netctl("host", "ls")).lines[1].split()[-2:] in (["5m", "ago"], ["4m", "ago"])
-    f = fields(ok(netctl("host", "inspect", "h1")).lines)
+    f = fields(ok(netctl("host", "inspect", "h1", "--format", "table")).lines)
     assert f["Last seen"] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now["t"])) + " (5m ago)"
     np.kv.revoke_lease(hb.lease)                         # dead: its last beat stays
     [row] = ok(netctl("host", "ls", "--json")).json
@@ -475,16 +478,16 @@ def test_host_ls_empty(netctl):
 
 
 def test_host_inspect(netctl, np, hosts):
-    r = ok(netctl("host", "inspect", "h2"))
+    r = ok(netctl("host", "inspect", "h2", "--format", "table"))
     f = fields(r.lines)
     assert f["Host"] == "h2" and f["Alive"] == "False" and f["Uplink"] == "bond0" and f["Bridge"] == "netplugin0"
     assert f["Last seen"].endswith(" (2h ago)")
     assert f["Endpoints"] == "1" and f["Last reconcile"] == "-"
     np.store.put_json(np.store.k_reconcile("h1", "last"), {"started": time.time() - 120, "findings": [{}, {}],
                                                           "status": "done"})
-    r = ok(netctl("host", "inspect", "h1"))
+    r = ok(netctl("host", "inspect", "h1", "--format", "table"))
     assert "Last reconcile  2m ago, 2 finding(s)" in r.lines
-    info = ok(netctl("host", "inspect", "h1", "--json")).json
+    info = ok(netctl("host", "inspect", "h1", "--json")).json[0]
     assert info["host"] == "h1" and info["alive"] is True and info["version"] == "1.2.3"
     assert info["last_seen"] == hosts["h1_beat"]
     assert info["last_reconcile"]["status"] == "done"
@@ -523,7 +526,7 @@ def test_version(netctl):
     (["network", "ls", "--bogus"], "unrecognized arguments: --bogus"),
     (["endpoint", "ls", "--host"], "argument --host: expected one argument"),
     (["host"], "the following arguments are required: ACTION"),
-    (["host", "inspect"], "the following arguments are required: host"),
+    (["host", "inspect"], "the following arguments are required: HOST"),
 ])
 def test_usage_errors_are_exit_2_with_a_message(netctl, kv, argv, message):
     err = usage(netctl(*argv), message)
