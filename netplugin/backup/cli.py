@@ -7,6 +7,7 @@ containers on netplugin networks.
     drctl backups   the catalog of good backups   drctl prune     apply retention to a target
     drctl rm        remove ended jobs' containers drctl check     exit 1 when a target has no recent good backup
     drctl agent     the per-host scheduler (one per Docker host, e.g. a systemd service)
+    drctl schedule  backups on a cron schedule      drctl hosts     live agents, labels, free slots
 
 A separate command rather than ``netctl backup``: netctl operates the network
 (its users are network operators, its state is networks and addresses); drctl
@@ -41,6 +42,7 @@ from . import jobs
 from .containers import Containers, docker_client, is_docker_error
 from .jobs import fmt_age, fmt_time, parse_duration, parse_time
 from .model import BACKUP, KINDS, QUEUED, RESTORE, STATES, SUCCEEDED, TERMINAL, Job
+from .placement import label_map
 from .resources import human_bytes
 from .store import BackupStore
 
@@ -66,6 +68,8 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option-file", required=True, metavar="PATH",
                    help="MySQL option file with [client] user and password, mode 600; mounted read-only")
     p.add_argument("--host", help="the host whose agent runs the job (default: this host)")
+    p.add_argument("--place", action="append", default=[], metavar="LABEL=VALUE",
+                   help="instead of --host: the live agent carrying these labels with the most free slots")
     p.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE", help="container label")
     p.add_argument("--image", help="tools image (default: the setting 'image')")
     lim = p.add_argument_group("limits (defaults: drctl settings)")
@@ -86,13 +90,8 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", "-w", action="store_true", help="follow the job to its end; exit 0 only if it succeeded")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = common_options()
-    parser = Parser(prog="drctl", description="MySQL/MariaDB backup and restore jobs on netplugin networks.",
-                    parents=[common])
-    sub = subcommands(parser, "command", "COMMAND")
-
-    run = sub.add_parser("run", help="submit a backup job", parents=[common])
+def _backup_options(run: argparse.ArgumentParser) -> None:
+    """What ``drctl run`` takes (``drctl schedule create`` takes the same)."""
     run.add_argument("--target", "-t", help="what is backed up, the lock name (default: DB-HOST-PORT)")
     run.add_argument("--database", "-d", required=True, help="the schema to dump")
     run.add_argument("--volume", "-v", required=True, help="named Docker volume for the backups (created if absent)")
@@ -100,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-last", type=int, help="retention: keep the newest N backups of the target")
     run.add_argument("--max-age", help="retention: delete backups older than this (the newest is always kept)")
     _job_options(run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = Parser(prog="drctl", description="MySQL/MariaDB backup and restore jobs on netplugin networks.",
+                    parents=[common])
+    sub = subcommands(parser, "command", "COMMAND")
+
+    run = sub.add_parser("run", help="submit a backup job", parents=[common])
+    _backup_options(run)
     run.set_defaults(run=cmd_run)
 
     rs = sub.add_parser("restore", help="submit a restore job", parents=[common])
@@ -166,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--host-id", help="default: netplugin's host_id")
     ag.add_argument("--log-level", default="INFO")
     ag.set_defaults(run=cmd_agent)
+
+    from .cli_fleet import add_commands
+    add_commands(sub, common, _backup_options)
     return parser
 
 
@@ -217,7 +229,8 @@ def _submit(args, ctx, kind: str, kind_fields) -> int:
     spec.update(kind_fields(args, ctx))
     if kind == RESTORE:
         jobs.check_not_source(ctx.store, spec)
-    job = jobs.submit(ctx.store, kind, target, host, spec, ctx.cfg)
+    job = jobs.submit(ctx.store, kind, target, host, spec, ctx.cfg, place=label_map(getattr(args, "place", [])))
+    host = job.host
     if not ctx.store.agent_alive(host):
         print(f"drctl: warning: no drctl agent is running for host {host}: the job waits in the queue until one "
               f"starts ('drctl agent'), or expires after {fmt_age(spec['start_timeout'])}", file=sys.stderr)
@@ -467,6 +480,7 @@ def cmd_check(args, ctx) -> int:
 
 def cmd_agent(args, ctx) -> int:
     from ..logs import setup
+    from .fleet import fleet_passes
     from .runner import Runner
     from .scheduler import Agent
     setup(args.log_level, "text")
@@ -476,7 +490,7 @@ def cmd_agent(args, ctx) -> int:
 
     def runner():
         return Runner(ctx.store, docker_client(ctx.np_cfg.docker_url), cfg, np_store=ctx.np_store)
-    agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker)
+    agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker, fleet=fleet_passes(ctx.store, cfg))
 
     def stop(signum, frame):
         logging.getLogger(__name__).info("agent: signal %s: stopping (running jobs go on; the next agent adopts them)",

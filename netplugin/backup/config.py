@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from ..settings import load_settings
+from .placement import label_map
 
 DEFAULT_FILE = "/etc/netplugin/drctl.toml"
 ENV_PREFIX = "DRCTL_"
@@ -62,6 +63,7 @@ class BackupConfig:
     lock_timeout: float = 20.0                 # seconds the backup may hold the source's global read lock
     missed_window: float = 3600.0              # a due time missed by every agent still runs when this recent
     schedule_poll: float = 5.0                 # seconds between an agent's passes over the schedules
+    labels: list[str] = field(default_factory=list)  # KEY=VALUE this host offers to --place (site=dr)
 
     def validate(self) -> BackupConfig:
         if not 1 <= int(self.max_jobs) <= 256:
@@ -79,6 +81,7 @@ class BackupConfig:
         for name in ("poll", "start_timeout", "timeout", "schedule_poll"):
             if not getattr(self, name) > 0:
                 raise InvalidRequest(f"{name} must be a positive number of seconds")
+        label_map(self.labels)
         if not self.missed_window >= 0:
             raise InvalidRequest("missed_window must be a number of seconds, 0 or more")
         return self

@@ -32,6 +32,7 @@ from .model import (
     new_job_id,
     server_key,
 )
+from .placement import Placer
 from .resources import make_limits
 from .store import BackupStore
 
@@ -103,6 +104,7 @@ class Request:
     start_timeout: str | None = None
     timeout: str | None = None
     no_checksums: bool = False
+    place: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, options: object) -> Request:
@@ -134,7 +136,9 @@ def common_spec(req: Request, cfg: BackupConfig, this_host: str,
             raise InvalidRequest(f"ip {req.ip!r} is not an IPv4 address") from None
     if not os.path.isabs(req.option_file):
         raise InvalidRequest(f"option file {req.option_file!r} must be an absolute path (it is mounted)")
-    host = req.host or this_host
+    if req.place and req.host:
+        raise InvalidRequest("give --host or --place, not both: --place picks the host")
+    host = "" if req.place else (req.host or this_host)
     if host == this_host:
         trust.option_file(req.option_file, cfg)          # in option_dir, also once links are followed
         if not os.path.isfile(req.option_file):
@@ -222,9 +226,16 @@ def resolve_server(network: str, db_host: str, db_port: int, resolve=socket.geta
     return server_key(network, address, db_port)
 
 
-def submit(store: BackupStore, kind: str, target: str, host: str, spec: dict, cfg: BackupConfig) -> Job:
-    """Queue a job for host's agent, checked as that agent will check it (trust.check_job)."""
-    job = new_job(cfg, kind, target, host, spec, time.time(), who())
+def submit(store: BackupStore, kind: str, target: str, host: str, spec: dict, cfg: BackupConfig,
+           place: dict | None = None) -> Job:
+    """Queue a job for host's agent, checked as that agent will check it
+    (trust.check_job); with place, for the eligible host placement picks."""
+    now = time.time()
+    job = new_job(cfg, kind, target, host or "placing", spec, now, who())
+    if place:
+        job.place = dict(place)
+        job.host = Placer(store).pick_or_fail(job.place, job.id)
+        trust.check_job(job, cfg)
     store.submit(job)
     return job
 

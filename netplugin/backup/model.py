@@ -212,6 +212,7 @@ class Job(_Record):
     submitted_by: str = ""
     removed: float = 0.0                      # when its container was removed (drctl rm, clean-up)
     server: str = ""                          # the lock name: server_key(); one active job per server
+    place: dict = field(default_factory=dict)          # LABEL: VALUE its host was chosen by (placement.py)
 
     @property
     def lock_key(self) -> str:

@@ -1,8 +1,9 @@
 """The per-host agent (``drctl agent``): admits queued jobs up to the host's
 cap, one active job per target, first come first served; expires jobs that
 wait beyond their start deadline; runs each admitted job in a thread; adopts
-the active jobs a previous agent of this host left; fires the schedules
-(schedules.py) every ``schedule_poll`` seconds when given a Firing.
+the active jobs a previous agent of this host left; every ``schedule_poll``
+seconds, makes the fleet-wide passes it was given (firing schedules,
+re-placing the queued jobs of dead hosts).
 
 Every decision is an etcd transaction (store.py): the cap and the per-target
 lock hold across threads, processes and hosts. A job whose target is busy
@@ -21,7 +22,7 @@ from collections.abc import Callable
 
 from ..errors import Conflict, InvalidRequest, NetpluginError
 from ..identity import Instance, may_take, refusal, this_instance
-from . import trust
+from . import placement, trust
 from .config import BackupConfig
 from .model import CANCELLED, EXPIRED, QUEUED, Job
 from .runner import LABEL_JOB
@@ -34,7 +35,8 @@ GC_EVERY = 60.0
 
 class Agent:
     def __init__(self, store: BackupStore, host: str, cfg: BackupConfig, runner_factory: Callable[[], object],
-                 clock=time.time, docker=None, instance: Instance | None = None, schedules=None):
+                 clock=time.time, docker=None, instance: Instance | None = None,
+                 fleet: list[Callable[[float], list]] | None = None):
         self.store = store
         self.host = host
         self.cfg = cfg
@@ -51,8 +53,10 @@ class Agent:
         self.host_lost = threading.Event()   # set when another agent took this host: serve() ends in error
         self._last_gc = 0.0
         self._said: dict[str, str] = {}
-        self.schedules = schedules      # schedules.Firing: its pass runs every cfg.schedule_poll; optional
-        self._last_schedules = float("-inf")
+        # Fleet-wide passes any agent may make (schedules.Firing.tick, placement.Placer.rehome),
+        # every cfg.schedule_poll seconds; each returns what it queued.
+        self.fleet = list(fleet or [])
+        self._last_fleet = float("-inf")
 
     @property
     def lease(self) -> int | None:
@@ -89,7 +93,7 @@ class Agent:
         earlier agent of this machine whose process is gone is taken over at
         once; a live one, here or on a clone, never)."""
         info = {"host": self.host, "pid": os.getpid(), "node": socket.gethostname(), "max_jobs": self.max_jobs,
-                "started": self.clock()}
+                "started": self.clock(), "labels": placement.label_map(self.cfg.labels)}
         return self.store.claim_agent(self.host, info, self.instance, lease,
                                       lambda found: may_take(found, self.instance))
 
@@ -224,10 +228,14 @@ class Agent:
         if now - self._last_gc >= GC_EVERY:
             self._last_gc = now
             self.gc(now)
-        if self.schedules is not None and abs(now - self._last_schedules) >= self.cfg.schedule_poll:
-            self._last_schedules = now
-            if self.schedules.tick(now):
-                self.wake.set()                 # a job may have been queued for this host
+        if self.fleet and abs(now - self._last_fleet) >= self.cfg.schedule_poll:
+            self._last_fleet = now
+            for work in self.fleet:
+                try:
+                    if work(now):
+                        self.wake.set()         # a job may have been queued for this host
+                except NetpluginError as exc:
+                    log.warning("agent: %s", exc.message)
         return admitted
 
     def _trusted(self, job_id: str) -> tuple[Job, int] | None:

@@ -259,6 +259,7 @@ class Firing:
                 why = f"no live agent carries {', '.join(f'{k}={v}' for k, v in sorted(s.place.items()))}"
             else:
                 job = self.new_job(BACKUP, s.target, host, dict(s.spec), now, f"schedule {s.name}")
+                job.place = dict(s.place)
         before = list(s.fired)
         apply(s, p, job.id if job else None, why)
         dropped = [t for t in before if t not in s.fired]

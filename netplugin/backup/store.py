@@ -291,6 +291,35 @@ class BackupStore:
             return self.kv.get_prefix(self._family(family))
         return [i for i in (self.kv.get(k) for k in keys if k.startswith(self._family(family))) if i is not None]
 
+    # -- placement ------------------------------------------------------------------------
+    def host_load(self, host: str) -> int:
+        """Jobs holding a slot of host or queued for it (two counts, keys only)."""
+        return self.kv.count_prefix(self.k_slot(host)) + self.kv.count_prefix(self.k_queue(host))
+
+    def queue_entries(self) -> list[tuple[str, str]]:
+        """(host, job id) of every queue entry, keys only."""
+        out = []
+        for item in self.kv.get_prefix(f"{self.root}/queue/", keys_only=True):
+            parts = item.key[len(f"{self.root}/queue/"):].split("/")
+            if len(parts) == 2 and all(parts):
+                out.append((parts[0], parts[1]))
+        return out
+
+    def move_job(self, job: Job, rev: int, host: str, now: float) -> bool:
+        """Re-place a queued job from a host without a live agent to host, in one
+        transaction: the job unchanged, its queue entry there, that host's agent
+        key still absent. False when any of those changed."""
+        old = job.host
+        job.host = host
+        job.updated = now
+        job.message = f"re-placed from host {old} (its agent is gone) to {host}"
+        job.history.append({"state": QUEUED, "time": now, "message": job.message})
+        return self.kv.txn(
+            [unchanged(self.k_job(job.id), rev), Compare(self.k_queue(old, job.id), "create", "!=", 0),
+             absent(self.k_agent(old))],
+            [Put(self.k_job(job.id), job.to_json()), Delete(self.k_queue(old, job.id)),
+             Put(self.k_queue(host, job.id), job.id)])
+
     # -- schedules ------------------------------------------------------------------------
     def k_schedule(self, name: str = "") -> str:
         return f"{self.root}/schedules/{name}"

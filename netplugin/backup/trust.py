@@ -195,6 +195,11 @@ def check_job(job: Job, cfg: BackupConfig) -> JobSpec:
         raise _fail("slot", job.slot, "must be a whole number")
     _text(job.server, "server")
     _text(job.container, "container", 128)
+    if not isinstance(job.place, dict) or len(job.place) > 16:
+        raise _fail("place", job.place, "must be a mapping of at most 16 labels")
+    for key, value in job.place.items():
+        check_name(key, "place label")
+        check_name(value, "place value")
     return check_spec(job.kind, job.spec, cfg)
 
 
