@@ -2,7 +2,7 @@
 containers on netplugin networks.
 
     drctl run       submit a backup job           drctl restore   submit a restore job
-    drctl ls        list jobs                     drctl show      one job, with its history
+    drctl ls        list jobs                     drctl inspect   jobs, with their history
     drctl logs      a job's log                   drctl cancel    cancel queued or active jobs
     drctl backups   the catalog of good backups   drctl prune     apply retention to a target
     drctl rm        remove ended jobs' containers drctl check     exit 1 when a target has no recent good backup
@@ -32,10 +32,12 @@ import sys
 import time
 from dataclasses import asdict
 
-from ..cli.output import print_fields, print_json, print_listing, print_table
+from ..cli.filters import add_filter_option, apply
+from ..cli.multi import each_name
+from ..cli.output import print_fields, print_inspect, print_json, print_listing, print_table
 from ..cli.parsing import OutputFlags, Parser, add_output_options, options_parser, run_command, subcommands
 from ..config import Config
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..store import Store
 from . import config as drconfig
 from . import jobs
@@ -127,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     _job_options(rs)
     rs.set_defaults(run=cmd_restore)
 
-    ls = sub.add_parser("ls", help="list jobs", parents=[common])
+    ls = sub.add_parser("ls", aliases=["list"], help="list jobs", parents=[common])
+    add_filter_option(ls, sorted(JOB_FILTERS))
     ls.add_argument("--state", "-s", action="append", choices=(*STATES, "active", "ended"))
     ls.add_argument("--target", "-t")
     ls.add_argument("--kind", choices=KINDS)
@@ -135,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--last", type=int, default=50, help="the newest N (default 50; 0: all)")
     ls.set_defaults(run=cmd_ls)
 
-    show = sub.add_parser("show", help="one job: spec, history, limits, result", parents=[common])
+    ins = sub.add_parser("inspect", help="jobs as JSON: spec, history, limits, result (--format table: "
+                                         "for people)", parents=[common])
+    ins.add_argument("jobs", nargs="+", metavar="JOB")
+    ins.set_defaults(run=cmd_inspect)
+    show = sub.add_parser("show", help="deprecated: 'drctl inspect --format table'", parents=[common])
     show.add_argument("job")
     show.set_defaults(run=cmd_show)
 
@@ -162,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rm = sub.add_parser("rm", help="remove ended jobs' containers (volumes stay)", parents=[common])
     rm.add_argument("jobs", nargs="+", metavar="JOB")
+    rm.add_argument("--force", "-f", action="store_true", help="no error for a job that does not exist")
     rm.set_defaults(run=cmd_rm)
 
     ck = sub.add_parser("check", help="exit 1 when a target's newest good backup is too old or its last job failed",
@@ -296,6 +304,11 @@ def _stale(ctx, j: Job, agents: dict) -> bool:
     return j.active and j.host not in agents
 
 
+# drctl ls --filter KEY=VALUE
+JOB_FILTERS = {"id": lambda j: j.id, "kind": lambda j: j.kind, "target": lambda j: j.target,
+               "host": lambda j: j.host, "state": lambda j: j.state}
+
+
 def cmd_ls(args, ctx) -> int:
     jobs = ctx.store.list_jobs()
     states = set(args.state or [])
@@ -305,12 +318,16 @@ def cmd_ls(args, ctx) -> int:
         states |= set(TERMINAL)
     jobs = [j for j in jobs if (not states or j.state in states) and (not args.target or j.target == args.target)
             and (not args.kind or j.kind == args.kind) and (not args.host or j.host == args.host)]
+    jobs = apply(jobs, args.filters, JOB_FILTERS)
     if args.last:
         jobs = jobs[-args.last:]
     agents = ctx.store.agents()
     if ctx.quiet:
         for j in jobs:
             print(j.id)
+    elif ctx.custom:
+        from ..cli.template import print_formatted
+        print_formatted(ctx.custom, [dict(_job_row(j), stale=_stale(ctx, j, agents)) for j in jobs])
     elif ctx.json:
         print_json([dict(_job_row(j), stale=_stale(ctx, j, agents)) for j in jobs])
     else:
@@ -327,11 +344,29 @@ def cmd_ls(args, ctx) -> int:
     return 0
 
 
+def cmd_inspect(args, ctx) -> int:
+    """As docker inspect: a JSON list of the jobs found; each not found said, exit 1."""
+    found: list[Job] = []
+    rc = each_name("drctl", args.jobs, lambda ref: found.append(ctx.store.find(ref)))
+    if found or not rc:
+        by_id = {j.id: j for j in found}
+        print_inspect(ctx, [_job_detail(j) for j in found], lambda d: _print_job(by_id[d["id"]]))
+    return rc
+
+
 def cmd_show(args, ctx) -> int:
+    """The old name of inspect, printing what it printed then."""
+    print("drctl: 'drctl show' is deprecated: use 'drctl inspect' (JSON, as docker's; --format table for "
+          "this view)", file=sys.stderr)
     j = ctx.store.find(args.job)
     if ctx.json:
         print_json(_job_detail(j))
         return 0
+    _print_job(j)
+    return 0
+
+
+def _print_job(j: Job) -> None:
     spec = j.job_spec
     lim = spec.limits
     pairs = [("Job", j.id), ("Kind", j.kind), ("Target", j.target), ("Server", j.server or "-"), ("Host", j.host),
@@ -361,7 +396,6 @@ def cmd_show(args, ctx) -> int:
     if j.log_tail:
         print("\nLog tail:")
         print("  " + "\n  ".join(j.log_tail.splitlines()[-15:]))
-    return 0
 
 
 def cmd_logs(args, ctx) -> int:
@@ -442,7 +476,12 @@ def cmd_prune(args, ctx) -> int:
 def cmd_rm(args, ctx) -> int:
     rc = 0
     for ref in args.jobs:
-        j = ctx.store.find(ref)
+        try:
+            j = ctx.store.find(ref)
+        except NotFound:
+            if args.force:                  # as docker rm -f: a job that does not exist is no error
+                continue
+            raise
         if not j.terminal:
             print(f"drctl: job {j.id} is {j.state}: cancel it first", file=sys.stderr)
             rc = 1
