@@ -125,7 +125,7 @@ class DR:
         return proc
 
     def job(self, job_id: str) -> dict:
-        return json.loads(self.drctl("show", "--json", job_id).stdout)
+        return json.loads(self.drctl("inspect", job_id).stdout)[0]
 
     def wait_job(self, job_id: str, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout

@@ -565,3 +565,58 @@ def test_endpoint_release_with_a_stale_socket_is_exit_1_with_a_message(netctl, n
     except OSError as exc:
         pytest.fail(f"netctl crashed with {exc!r} instead of exit 1 and a 'netctl: ' message")
     error(r, sock)
+
+
+# -- docker's conventions: several names, JSON inspect, --format, --filter, rm -f, aliases -------------------------
+
+def test_inspect_takes_several_names_and_says_which_are_missing(netctl, prod):
+    ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/24", "--vlan", "200"))
+    assert [n["name"] for n in ok(netctl("network", "inspect", "prod", "db")).json] == ["prod", "db"]
+    r = netctl("network", "inspect", "prod", "nope", "db")
+    assert r.code == 1 and [n["name"] for n in r.json] == ["prod", "db"]
+    assert r.err == "netctl: network 'nope' does not exist: see 'netctl network ls'\n"
+
+
+def test_format_templates_on_listings_and_inspect(netctl, prod):
+    ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/24", "--vlan", "200"))
+    assert ok(netctl("network", "ls", "--format", "{{.Name}} {{.VLAN}}")).lines == ["db 200", "prod 100"]
+    assert ok(netctl("network", "ls", "--format", "table {{.Name}}\\t{{.VLAN}}")).lines == [
+        "NAME   VLAN", "db     200", "prod   100"]
+    assert ok(netctl("network", "ls", "--format", "json")).json[1]["vlan"] == 100
+    assert json.loads(ok(netctl("network", "inspect", "prod", "--format", "{{json .Pool}}")).out)["used"] == 1
+    error(netctl("network", "ls", "--format", "{{.Colour}}"), "--format: no field 'Colour'")
+    error(netctl("network", "ls", "--format", "{{range .}}x{{end}}"), "is not a field")
+
+
+def test_filters_on_listings(netctl, containers):
+    assert ok(netctl("network", "ls", "--filter", "vlan=100", "-q")).lines != []
+    assert ok(netctl("network", "ls", "--filter", "vlan=101", "-q")).lines == []
+    rows = ok(netctl("endpoint", "ls", "--filter", "host=h1", "--filter", "host=h2", "--json")).json
+    assert sorted(r["host"] for r in rows) == ["h1", "h1", "h2"]
+    assert [r["ip"] for r in ok(netctl("endpoint", "ls", "-f", "host=h2", "-f", "network=prod", "--json")).json] \
+        == ["10.10.0.20"]
+    assert ok(netctl("host", "ls", "--filter", "state=dead", "-q")).lines == []
+    error(netctl("endpoint", "ls", "--filter", "colour=red"),
+          "--filter: unknown key 'colour': the keys are host, id, ip, mac, network, vlan")
+    usage(netctl("network", "ls", "--filter", "vlan"), "'vlan' must look like KEY=VALUE")
+
+
+def test_rm_takes_several_names_and_f_forgives_only_missing_ones(netctl, kv, containers):
+    ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/24", "--vlan", "200"))
+    r = netctl("network", "rm", "nope", "db")
+    assert r.code == 1 and r.out == "db\n" and "network 'nope' does not exist" in r.err
+    assert ok(netctl("network", "rm", "-f", "nope")).out == ""
+    assert netctl("network", "rm", "-f", "prod").code == 1                     # endpoints: -f is not enough
+    assert [n["name"] for n in ok(netctl("network", "ls", "--json")).json] == ["prod"]
+    r = netctl("network", "rm", "prod", "--with-endpoints", "--json")
+    assert r.code == 0 and len(r.json[0]["endpoints"]) == 3 and "3 endpoint record(s)" in r.err
+    assert ok(netctl("network", "ls", "-q")).out == ""
+
+
+def test_contiv_aliases(netctl, containers):
+    assert ok(netctl("net", "list", "-q")).lines == ok(netctl("network", "ls", "-q")).lines
+    assert ok(netctl("ep", "ls", "-q")).lines == ok(netctl("endpoint", "ls", "-q")).lines
+    ok(netctl("netprofile", "create", "gold", "--rate", "10mbit"))
+    assert ok(netctl("profile", "ls", "-q")).lines == ["gold"]
+    assert ok(netctl("netprofile", "delete", "gold")).out == "gold\n"
+    assert ok(netctl("global", "info", "--json")).json == ok(netctl("global", "show", "--json")).json
