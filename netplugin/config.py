@@ -71,6 +71,8 @@ class Config:
     reconcile_ovs_connect_timeout: float = 300.0
     reconcile_dead_host_after: float | None = None     # seconds; unset = never release dead hosts' endpoints
     reconcile_tombstone_max_age: float = 7 * 86400.0   # release tombstones older than this are pruned
+    # Parked veth pairs kept ready on the switch for CreateEndpoint (portpool.py); 0 turns the pool off.
+    port_pool_size: int = 4
 
     def validate(self) -> Config:
         """Raise InvalidRequest naming the first setting that cannot work."""
@@ -111,6 +113,8 @@ class Config:
             raise InvalidRequest("reconcile_dead_host_after must be a positive number of seconds "
                                  f"(leave it unset to never release dead hosts' endpoints), "
                                  f"not {self.reconcile_dead_host_after}")
+        if isinstance(self.port_pool_size, bool) or not 0 <= int(self.port_pool_size) <= 64:
+            raise InvalidRequest(f"port_pool_size {self.port_pool_size} must be between 0 (no pool) and 64")
         if not 1 <= int(self.threads) <= 512:
             raise InvalidRequest(f"threads {self.threads} must be between 1 and 512")
         etcd_access.check(self.etcd_endpoints, self.etcd_cacert, self.etcd_cert, self.etcd_key,

@@ -189,6 +189,8 @@ def background_start(parts: Components, refused=stop_as_refused) -> threading.Th
         # Flows and meters back within a second or two of an OVS restart,
         # not at the sync loops' next full pass.
         parts.restorer.start()
+        if parts.pool is not None:
+            parts.pool.start()              # adopts what a previous run parked, then fills
         threading.Thread(target=check_bridge, name="startup-check", daemon=True).start()
         heartbeat.refused.wait()            # the id was lost to another instance
         refused(heartbeat.reason)

@@ -37,6 +37,7 @@ from .errors import (
 from .limit_sync import LimitSync
 from .model import Endpoint, check_address, check_docker_id, check_mac, mac_for
 from .networks import Networks
+from .portpool import PortPool
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ UNPLUG_PATIENCE = 20.0    # seconds DeleteEndpoint waits, outside a request, for
 
 class Endpoints:
     def __init__(self, cfg: Config, store: Store, links: Links, switch: Switch, bridge: Bridge,
-                 networks: Networks, limits: LimitSync, arp: ArpProxy, background: Background):
+                 networks: Networks, limits: LimitSync, arp: ArpProxy, background: Background,
+                 pool: PortPool | None = None):
         self.cfg = cfg
         self.store = store
         self.links = links
@@ -63,10 +65,18 @@ class Endpoints:
         self._unplug_lock = threading.Lock()
         self._gateways: dict[str, str] = {}              # network id -> its gateway
         self._made: dict[str, Endpoint] = {}             # endpoints this process made, until deleted
+        self.pool = pool                                 # parked veth pairs ready on the switch, or None
+        self._applied_at: dict[str, int] = {}            # endpoint id -> OVS configuration its Join waits for
 
     # -- CreateEndpoint ---------------------------------------------------------------
     def create_endpoint(self, docker_net: str, endpoint_id: str, interface: dict) -> dict:
         """Returns the Interface fields Docker left empty (normally just MacAddress)."""
+        if self.pool is None:
+            return self._create_endpoint(docker_net, endpoint_id, interface)
+        with self.pool.request():
+            return self._create_endpoint(docker_net, endpoint_id, interface)
+
+    def _create_endpoint(self, docker_net: str, endpoint_id: str, interface: dict) -> dict:
         check_docker_id(docker_net, "NetworkID")
         check_docker_id(endpoint_id, "EndpointID")
         if not isinstance(interface, dict):
@@ -89,25 +99,35 @@ class Endpoints:
         alloc, alloc_rev = held
         if alloc.kind != "endpoint" or alloc.host != self.cfg.host_id or alloc.endpoint not in ("", endpoint_id):
             raise Conflict(f"address {ip} belongs to someone else ({alloc.kind} on host {alloc.host})")
-        port, peer = veth_names(endpoint_id)
+        pool = self.pool
+        pair = pool.take() if pool is not None else None
+        port, peer = (pair.host, pair.peer) if pair is not None else veth_names(endpoint_id)
         ep = Endpoint(id=endpoint_id, network=net.id, docker_network=docker_net, host=self.cfg.host_id,
                       ip=str(ip), prefixlen=subnet.prefixlen, mac=mac, port=port, peer=peer, vlan=net.vlan,
                       network_name=net.label)
         alloc.endpoint, alloc.network = endpoint_id, net.id
-        if not self.store.create_endpoint(ep, net.subnet, offset, alloc_rev, alloc):
+        try:
+            made = self.store.create_endpoint(ep, net.subnet, offset, alloc_rev, alloc)
+        except Exception:
+            if pool is not None and pair is not None:
+                pool.discard(pair)             # the record may have been written: never hand this name out again
+            raise
+        if not made:
+            if pool is not None and pair is not None:
+                pool.give_back(pair)
             existing = self.store.get_endpoint(endpoint_id)     # the transaction requires its absence
             if existing is not None:
                 raise Conflict(f"endpoint {endpoint_id[:12]} exists already on host {existing[0].host}")
             raise Conflict(f"endpoint {endpoint_id[:12]} or its address {ip} changed at the same moment: retry")
+        ext = {EXT_ENDPOINT: endpoint_id, EXT_NETWORK: net.id, EXT_HOST: self.cfg.host_id}
         try:
-            deadline.check("creating the veth pair")
-            self.bridge.ensure()
-            self.links.create_veth(port, peer, self.cfg.mtu, mac, self.cfg.datapath_type == "netdev")
-            deadline.check("adding the OVS port")
-            # ovs-vswitchd opens the port while Docker prepares the container; Join,
-            # after which the container can send, waits until it has (wait_ofport).
-            self.switch.add_access_port(self.cfg.bridge, port, net.vlan, {
-                EXT_ENDPOINT: endpoint_id, EXT_NETWORK: net.id, EXT_HOST: self.cfg.host_id}, wait_vswitchd=False)
+            if pool is not None and pair is not None:
+                # PortPool.claim: all or nothing. The port is open already, so
+                # Join waits only for ovs-vswitchd to apply the claim.
+                deadline.check("claiming a pooled port")
+                self._applied_at[endpoint_id] = pool.claim(pair, endpoint_id, net.vlan, ext, mac)
+            else:
+                self._plug_new(port, peer, net.vlan, ext, mac)
             deadline.check("applying the bandwidth limit")
             self.limits.apply_endpoint(ep, net)
             deadline.check("finishing the endpoint")
@@ -117,8 +137,27 @@ class Endpoints:
         self._made[endpoint_id] = ep
         return {} if interface.get("MacAddress") else {"MacAddress": mac}
 
+    def _plug_new(self, port: str, peer: str, vlan: int, ext: dict[str, str], mac: str) -> None:
+        deadline.check("creating the veth pair")
+        self.bridge.ensure()
+        self.links.create_veth(port, peer, self.cfg.mtu, mac, self.cfg.datapath_type == "netdev")
+        deadline.check("adding the OVS port")
+        # ovs-vswitchd opens the port while Docker prepares the container; Join,
+        # after which the container can send, waits until it has (wait_ofport).
+        self.switch.add_access_port(self.cfg.bridge, port, vlan, ext, wait_vswitchd=False)
+
+    def _port_of(self, endpoint_id: str) -> str:
+        """The host end of an endpoint this process did not make: its OVS port
+        (local replica), else its record, else the name its id gives."""
+        port = self.switch.port_of_endpoint(endpoint_id)
+        if port is None:
+            found = self.store.get_endpoint(endpoint_id)
+            port = found[0].port if found is not None else None
+        return port or veth_names(endpoint_id)[0]
+
     def _undo_endpoint(self, ep: Endpoint) -> None:
         self._made.pop(ep.id, None)
+        self._applied_at.pop(ep.id, None)
         for step, fn in (("limit", lambda: self.limits.remove(ep.id, ep.port)),
                          ("OVS port", lambda: self.switch.delete_port(ep.port)),
                          ("veth", lambda: self.links.delete(ep.port)),
@@ -171,6 +210,9 @@ class Endpoints:
         begun = self._take_unplugging(endpoint_id)
         if begun is not None:
             self._replug(ep, begun)           # joined again after a Leave: the port comes back
+        applied_at = self._applied_at.pop(endpoint_id, None)
+        if applied_at is not None:            # a pooled port: open already, its VLAN set by the claim
+            self.switch.wait_applied(applied_at, deadline.remaining(PORT_PATIENCE))
         self.switch.wait_ofport(ep.port, deadline.remaining(PORT_PATIENCE))
         self.announce_later(ep)
         return {"InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
@@ -295,8 +337,9 @@ class Endpoints:
         carries nothing (Docker has moved the container end back out, down
         and without its address). Should the daemon die before it is gone, it
         is a veth without a record, which the reconciler deletes."""
-        port = veth_names(endpoint_id)[0]
-        self._made.pop(endpoint_id, None)
+        made = self._made.pop(endpoint_id, None)
+        self._applied_at.pop(endpoint_id, None)
+        port = made.port if made is not None else self._port_of(endpoint_id)
         try:
             self._unplugged(endpoint_id, port)
             if late:

@@ -16,7 +16,11 @@ own (the containers attached to this host's netplugin networks). Rules:
   lease is kept alive while the run works; a run that can no longer show it
   holds the lock stops acting.
 * A veth or port whose name is that of an endpoint Docker shows live is never
-  deleted, even with its record and its port gone.
+  deleted, even with its record and its port gone. A pooled pair taken by an
+  endpoint (``npp…``) is known by the endpoint id in its host end's alias.
+* A warm pool's parked pair (portpool.py: its container end still in this
+  namespace, its port parked without ``np-endpoint``) is never a leak: the
+  daemon adopts or removes those at start.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from time import monotonic
 import netaddr
 
 from .config import Config
-from .dataplane.links import HOST_END_RE, Links, veth_names
+from .dataplane.links import POOL_HOST_RE, Links, is_host_end, peer_of, veth_names
 from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, EXT_NETWORK, Switch
 from .docker_api import DockerView
 from .errors import InvalidRequest, NetpluginError
@@ -255,13 +259,16 @@ class Reconciler:
             self.store.save_reconcile(self.cfg.host_id, out, counters)
         return out
 
-    @staticmethod
-    def _still_running(touches: tuple[str, ...], running: set[str] | None) -> str:
+    def _pool_owner(self, name: str) -> str:
+        """The endpoint id a taken pool pair's host end carries as its alias, or ''."""
+        return self.links.alias(name) if POOL_HOST_RE.fullmatch(name) else ""
+
+    def _still_running(self, touches: tuple[str, ...], running: set[str] | None) -> str:
         """Why a removal touching these endpoint ids and port names may not go ahead, or ''."""
         if running is None:
             return "Docker could not be asked which containers run"
         names = {veth_names(eid)[0] for eid in running}
-        hit = [t for t in touches if t in running or t in names]
+        hit = [t for t in touches if t in running or t in names or self._pool_owner(t) in running]
         return f"Docker reports the container of {hit[0][:15]} running" if hit else ""
 
     def _add(self, report: Report, finding: Finding, act=None, removes: tuple[str, ...] = ()) -> None:
@@ -291,7 +298,7 @@ class Reconciler:
         # in the read below, and an endpoint born mid-scan is never taken for a leak.
         ports = {p["external_ids"][EXT_ENDPOINT]: p for p in self.switch.list_ports(self.cfg.bridge)
                  if p["external_ids"].get(EXT_HOST) in (None, me)}
-        veths = {name for name in self.links.list_names() if HOST_END_RE.fullmatch(name)}
+        veths = {name for name in self.links.list_names() if is_host_end(name)}
         # A veth on another bridge belongs to another daemon sharing this kernel
         # (a test rig, a second bridge): never this host's leak.
         veths -= {name for name, bridge in self.switch.port_bridges().items() if bridge != self.cfg.bridge}
@@ -348,7 +355,12 @@ class Reconciler:
 
         known_ports = {ep.port for ep in records.values()} | {p["name"] for p in ports.values()}
         for name in sorted(veths - known_ports):
+            if POOL_HOST_RE.fullmatch(name) and self.links.exists(peer_of(name)):
+                continue                   # a parked pool pair (or one being made): the daemon's own
             eid = live_ports.get(name)
+            owner = self._pool_owner(name)
+            if eid is None and owner in (live or {}):
+                eid = owner
             if eid is not None:
                 self._add_live_veth(report, name, eid, (live or {})[eid], bound)
                 continue
@@ -448,7 +460,7 @@ class Reconciler:
                 raise NetpluginError(f"address {ip} was released meanwhile; endpoint {eid[:12]} needs attention")
         elif held[0].endpoint not in ("", eid) or held[0].host != self.cfg.host_id:
             raise NetpluginError(f"address {ip} of live endpoint {eid[:12]} is held by someone else")
-        _, peer = veth_names(eid)
+        peer = peer_of(port["name"]) if is_host_end(port["name"]) else veth_names(eid)[1]
         ep = Endpoint(id=eid, network=net.id, docker_network=attached["network"], host=self.cfg.host_id, ip=ip,
                       prefixlen=subnet.prefixlen, mac=attached["mac"], port=port["name"], peer=peer, vlan=net.vlan,
                       network_name=net.label)

@@ -45,6 +45,7 @@ from .limit_sync import LimitSync
 from .naming import NetworkNamer
 from .networks import Networks
 from .ovs_restart import DataplaneRestorer
+from .portpool import PortPool
 from .reconcile import Reconciler
 from .release import Releaser
 from .store import Store
@@ -77,6 +78,7 @@ class Components:
     view: HostView
     health: Callable[[], dict]
     metrics: Metrics | None = None
+    pool: PortPool | None = None
 
 
 def make_store(cfg: Config) -> Store:
@@ -129,12 +131,13 @@ def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flo
     networks = Networks(cfg, store, ipam, namer)
     return Components(
         cfg=cfg, store=store, switch=switch, links=links, flows=flows, docker=docker, background=background,
+    pool = PortPool(cfg, store, switch, links, bridge) if cfg.port_pool_size > 0 else None
         limits=limits, arp=arp, restorer=DataplaneRestorer(cfg, flows, limits, arp), namer=namer, ipam=ipam,
         bridge=bridge, networks=networks,
-        endpoints=Endpoints(cfg, store, links, switch, bridge, networks, limits, arp, background),
+        endpoints=Endpoints(cfg, store, links, switch, bridge, networks, limits, arp, background, pool),
         releaser=Releaser(cfg, store, view, links, switch, docker_view, limits),
         heartbeat=HostHeartbeat(cfg, store), view=view,
-        health=functools.partial(health.check, store, switch, cfg.bridge, view), metrics=metrics)
+        health=functools.partial(health.check, store, switch, cfg.bridge, view), metrics=metrics, pool=pool)
 
 
 def make_components(cfg: Config) -> Components:

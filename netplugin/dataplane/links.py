@@ -21,6 +21,10 @@ HOST_PREFIX = "np"
 PEER_PREFIX = "nc"
 SYS_CLASS_NET = "/sys/class/net"
 HOST_END_RE = re.compile(r"^np[0-9a-f]{11}$")
+# A warm pool's pair (portpool.py): ``npp``/``ncp`` + 10 random hex digits. An
+# endpoint that took one keeps these names (its record says which).
+POOL_PREFIX = "npp"
+POOL_HOST_RE = re.compile(r"^npp[0-9a-f]{10}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
 
@@ -28,6 +32,25 @@ def veth_names(endpoint_id: str) -> tuple[str, str]:
     """(host end, container end) for an endpoint id."""
     short = endpoint_id[:11]
     return HOST_PREFIX + short, PEER_PREFIX + short
+
+
+def pool_names(token: str) -> tuple[str, str]:
+    """(host end, container end) of a pool pair; token: 10 lowercase hex digits."""
+    if not re.fullmatch(r"[0-9a-f]{10}", token or ""):
+        raise InvalidRequest(f"pool pair token {token!r} is not 10 hex digits")
+    return POOL_PREFIX + token, "ncp" + token
+
+
+def peer_of(host_end: str) -> str:
+    """The container end's name for a host end of either kind (np… -> nc…)."""
+    if not (HOST_END_RE.fullmatch(host_end or "") or POOL_HOST_RE.fullmatch(host_end or "")):
+        raise InvalidRequest(f"{host_end!r} is not the host end of a netplugin veth")
+    return PEER_PREFIX + host_end[len(HOST_PREFIX):]
+
+
+def is_host_end(name: str) -> bool:
+    """An endpoint's or a pool pair's host end, by its name alone."""
+    return bool(HOST_END_RE.fullmatch(name) or POOL_HOST_RE.fullmatch(name))
 
 
 def _checked(name: str) -> str:
@@ -60,20 +83,22 @@ class Links:
                 names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
         return sorted(n for n in names if n and n.startswith(prefix))
 
-    def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool) -> None:
+    def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool,
+                    host_up: bool = True) -> None:
         """Make the pair, set MTU and the container end's MAC, bring the host end up.
 
         One netlink message makes the pair with every setting (CreateEndpoint
         waits for this). Idempotent: an existing pair of the same names is
         reused after its settings are applied again (a retry after a crash
-        lands here).
+        lands here). ``host_up=False`` (a pool pair): the host end is made
+        down, so the kernel drops whatever the container end sends.
         """
         from pyroute2 import NetlinkError
         _checked(host), _checked(peer)
         try:
             with self._ipr() as ipr:
                 try:
-                    ipr.link("add", ifname=host, kind="veth", mtu=mtu, state="up",
+                    ipr.link("add", ifname=host, kind="veth", mtu=mtu, state="up" if host_up else "down",
                              peer={"ifname": peer, "address": peer_mac, "mtu": mtu})
                 except NetlinkError as exc:
                     if exc.code != errno.EEXIST:
@@ -93,6 +118,40 @@ class Links:
             raise DataplaneError(f"veth {host} exists without its peer {peer}: delete {host} and retry")
         ipr.link("set", index=peers[0], address=peer_mac, mtu=mtu)
         ipr.link("set", index=h, mtu=mtu, state="up")
+
+    def activate(self, host: str, peer: str, peer_mac: str, alias: str) -> None:
+        """A pool pair taken by an endpoint: the container end gets its MAC, the
+        host end the endpoint id as its alias (how the reconciler tells whose
+        it is by the name alone) and comes up, so traffic can pass."""
+        from pyroute2 import NetlinkError
+        _checked(host), _checked(peer)
+        if not re.fullmatch(r"[0-9a-f]{64}", alias or ""):
+            raise InvalidRequest(f"alias {alias!r} is not an endpoint id")
+        try:
+            with self._ipr() as ipr:
+                hosts, peers = ipr.link_lookup(ifname=host), ipr.link_lookup(ifname=peer)
+                if not hosts or not peers:
+                    raise DataplaneError(f"veth pair {host}/{peer} is incomplete")
+                ipr.link("set", index=peers[0], address=peer_mac)
+                ipr.link("set", index=hosts[0], ifalias=alias, state="up")
+        except NetlinkError as exc:
+            raise DataplaneError(f"cannot set up veth pair {host}/{peer}: {exc}") from None
+
+    def is_up(self, name: str) -> bool | None:
+        """Whether the link is administratively up; None when it is not here."""
+        try:
+            with open(f"{SYS_CLASS_NET}/{_checked(name)}/flags", encoding="ascii") as fh:
+                return bool(int(fh.read().strip(), 16) & 0x1)
+        except (OSError, ValueError):
+            return None
+
+    def alias(self, name: str) -> str:
+        """The link's alias ('' when none, or when the link is not here)."""
+        try:
+            with open(f"{SYS_CLASS_NET}/{_checked(name)}/ifalias", encoding="utf-8", errors="replace") as fh:
+                return fh.read().strip()
+        except OSError:
+            return ""
 
     def disable_tx_checksum(self, name: str) -> None:
         """The legacy ethtool ioctl (one system call, ~0.1 ms); the generic

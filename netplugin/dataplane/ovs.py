@@ -22,6 +22,8 @@ EXT_ENDPOINT = "np-endpoint"
 EXT_NETWORK = "np-network"
 EXT_HOST = "np-host"
 CONNECT_PATIENCE = 15.0
+EXT_POOL = "np-pool"          # "1" on a warm pool's parked port (portpool.py)
+PARK_VLAN = 4095              # the only VLAN a parked port admits; no network can have it
 
 
 def describe(exc: BaseException) -> str:
@@ -33,6 +35,23 @@ def describe(exc: BaseException) -> str:
 
 
 class Switch:
+def _unpark(api, table: str, name: str, external_ids: dict[str, str]):
+    """An OVSDB command: the row's external_ids become exactly external_ids,
+    only if it is still parked (np-pool=1) when the transaction commits
+    (verified, so a concurrent change makes the transaction fail, not mix)."""
+    from ovsdbapp.backend.ovs_idl.command import BaseCommand
+
+    class Unpark(BaseCommand):
+        def run_idl(self, txn):
+            record = self.api.lookup(table, name)
+            record.verify("external_ids")
+            if dict(record.external_ids).get(EXT_POOL) != "1":
+                raise DataplaneError(f"port {name} is not a parked pool port")
+            record.external_ids = dict(external_ids)
+
+    return Unpark(api)
+
+
     """One OVSDB connection, opened on first use and reopened after a failure.
 
     Opening is bounded by ``timeout``: an ovsdb-server that accepts but never
@@ -91,7 +110,7 @@ class Switch:
             f"Open vSwitch unavailable: cannot reach OVSDB at {self.ovsdb} ({detail}); "
             "check that ovsdb-server and ovs-vswitchd are running")
 
-    def _run(self, what: str, commands, wait_vswitchd: bool = True) -> list:
+    def _run(self, what: str, commands, wait_vswitchd: bool = True, txn=None) -> list:
         """Run commands in one transaction.
 
         ovsdbapp's Open_vSwitch transactions bump ``next_cfg`` and wait until
@@ -103,7 +122,8 @@ class Switch:
         a deletion returns once ovsdb-server has committed it."""
         api = self.api()
         try:
-            txn = api.transaction(check_error=True) if wait_vswitchd else self._plain_transaction(api)
+            if txn is None:
+                txn = api.transaction(check_error=True) if wait_vswitchd else self._plain_transaction(api)
             with txn as txn:
                 for cmd in commands(api):
                     txn.add(cmd)
@@ -123,6 +143,20 @@ class Switch:
         from ovsdbapp.schema.open_vswitch.impl_idl import OvsVsctlTransaction
 
         class NoWaitTransaction(OvsVsctlTransaction):
+    def _counted_transaction(self):
+        """A transaction that bumps next_cfg, as ovs-vsctl does, and records the
+        number (``applied_at``) instead of waiting for ovs-vswitchd to reach it."""
+        from ovsdbapp.schema.open_vswitch.impl_idl import OvsVsctlTransaction
+        api = self.api()
+
+        class CountedTransaction(OvsVsctlTransaction):
+            applied_at = 0
+
+            def do_post_commit(self, txn):
+                self.applied_at = txn.get_increment_new_value()
+
+        return CountedTransaction(api, api.ovsdb_connection, check_error=True)
+
             def pre_commit(self, txn):
                 txn.expected_ifaces = set()       # what add_port records; nothing bumps next_cfg
 
@@ -159,6 +193,67 @@ class Switch:
         port that is ready costs no round trip."""
         give_up = time.monotonic() + patience
         while True:
+    def add_parked_port(self, bridge: str, port: str, external_ids: dict[str, str]) -> None:
+        """Add a warm pool's port, parked from the same transaction that adds it:
+        a trunk of VLAN 4095 alone, so ovs-vswitchd drops whatever else enters it
+        (untagged or any real VLAN), and the base pipeline drops VLAN 4095."""
+        ext = {**external_ids, EXT_POOL: "1"}
+
+        def cmds(api):
+            yield api.add_port(bridge, port, may_exist=False)
+            yield api.db_set("Port", port, ("vlan_mode", "trunk"), ("trunks", [PARK_VLAN]), ("external_ids", ext))
+            yield api.db_set("Interface", port, ("external_ids", ext))
+        self._run(f"add pool port {port} to {bridge}", cmds, wait_vswitchd=False)
+
+    def claim_port(self, port: str, vlan: int, external_ids: dict[str, str]) -> int:
+        """Make a parked port an access port of vlan with external_ids, in one
+        transaction that also removes the parking (refused unless the port is
+        still parked). Returns the configuration number that ovs-vswitchd has
+        applied it at (wait_applied); it is not waited for here."""
+        def cmds(api):
+            yield _unpark(api, "Port", port, external_ids)
+            yield _unpark(api, "Interface", port, external_ids)
+            yield api.db_set("Port", port, ("tag", vlan), ("vlan_mode", "access"), ("trunks", []))
+        txn = self._counted_transaction()
+        self._run(f"claim pool port {port}", cmds, txn=txn)
+        return txn.applied_at
+
+    def wait_applied(self, cfg: int, patience: float) -> None:
+        """Until ovs-vswitchd has applied configuration number cfg (read from
+        the local replica: no round trip once it has)."""
+        give_up = time.monotonic() + patience
+        while True:
+            (row,) = self._run("read cur_cfg", lambda api: [api.db_get("Open_vSwitch", ".", "cur_cfg")],
+                               wait_vswitchd=False)
+            if isinstance(row, int) and row >= cfg:
+                return
+            if time.monotonic() > give_up:
+                raise DataplaneUnavailable(f"Open vSwitch did not apply a port change within {patience:.0f} s: "
+                                           "check that ovs-vswitchd is running")
+            time.sleep(0.002)
+
+    def port_of_endpoint(self, endpoint_id: str) -> str | None:
+        """The name of the port whose external_ids name the endpoint (local replica)."""
+        rows, = self._run("look up an endpoint's port", lambda api: [api.db_find(
+            "Port", ("external_ids", "=", {EXT_ENDPOINT: endpoint_id}), columns=["name"])], wait_vswitchd=False)
+        return rows[0]["name"] if rows else None
+
+    def list_pool_ports(self, bridge: str) -> list[dict]:
+        """Parked pool ports of the bridge: name, vlan_mode, trunks, tag, external_ids."""
+        ports, = self._run("list pool ports", lambda api: [api.db_list(
+            "Port", columns=["name", "tag", "trunks", "vlan_mode", "external_ids"])], wait_vswitchd=False)
+        names = set(self._run("list bridge ports", lambda api: [api.list_ports(bridge)], wait_vswitchd=False)[0]) \
+            if self.bridge_exists(bridge) else set()
+        out = []
+        for row in ports:
+            ext = dict(row.get("external_ids") or {})
+            if row["name"] in names and ext.get(EXT_POOL) == "1":
+                tag, mode = row.get("tag"), row.get("vlan_mode")
+                out.append({"name": row["name"], "tag": tag[0] if isinstance(tag, list) and tag else tag,
+                            "vlan_mode": mode[0] if isinstance(mode, list) and mode else mode,
+                            "trunks": sorted(row.get("trunks") or []), "external_ids": ext})
+        return out
+
             rows, = self._run("look up an ofport", lambda api: [api.db_find("Interface", ("name", "=", port),
                                                                                columns=["ofport", "error"])],
                               wait_vswitchd=False)

@@ -341,15 +341,35 @@ class FakeLinks(_Failing):
         self._enter("list_names", prefix)
         return sorted(n for n in self.links if n.startswith(prefix))
 
-    def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool) -> None:
+    def create_veth(self, host: str, peer: str, mtu: int, peer_mac: str, tx_checksum_off: bool,
+                    host_up: bool = True) -> None:
         self._enter("create_veth", host, peer, mtu, peer_mac, tx_checksum_off)
         checked_name(host), checked_name(peer)
         if host in self.links and self.links[host]["peer"] != peer:
             raise DataplaneError(f"veth {host} exists without its peer {peer}: delete {host} and retry")
-        self.links[host] = {"kind": "veth", "peer": peer, "mtu": mtu, "up": True, "mac": None,
+        self.links[host] = {"kind": "veth", "peer": peer, "mtu": mtu, "up": host_up, "mac": None,
                             "tx_checksum": not tx_checksum_off}
         self.links[peer] = {"kind": "veth", "peer": host, "mtu": mtu, "up": False, "mac": peer_mac,
                             "tx_checksum": not tx_checksum_off}
+
+    def activate(self, host: str, peer: str, peer_mac: str, alias: str) -> None:
+        self._enter("activate", host, peer, peer_mac, alias)
+        checked_name(host), checked_name(peer)
+        if not re.fullmatch(r"[0-9a-f]{64}", alias or ""):
+            raise InvalidRequest(f"alias {alias!r} is not an endpoint id")
+        if host not in self.links or peer not in self.links:
+            raise DataplaneError(f"veth pair {host}/{peer} is incomplete")
+        self.links[peer]["mac"] = peer_mac
+        self.links[host].update(alias=alias, up=True)
+
+    def is_up(self, name: str) -> bool | None:
+        self._enter("is_up", name)
+        link = self.links.get(checked_name(name))
+        return None if link is None else bool(link["up"])
+
+    def alias(self, name: str) -> str:
+        self._enter("alias", name)
+        return (self.links.get(checked_name(name)) or {}).get("alias", "")
 
     def disable_tx_checksum(self, name: str) -> None:
         self._enter("disable_tx_checksum", name)
@@ -388,6 +408,7 @@ class FakeSwitch(_Failing):
         self.bridges: dict[str, dict] = {}
         self.ports: dict[str, dict] = {}
         self._ofports: dict[str, int] = {}          # a port keeps its number until it is deleted
+        self.cfg = 0                                # OVSDB's next_cfg, bumped by a claim
         self._next_ofport = itertools.count(1)
 
     def _numbered(self, port: str) -> None:
@@ -410,6 +431,43 @@ class FakeSwitch(_Failing):
         self.ports[port] = {"bridge": bridge, "tag": vlan, "vlan_mode": "access",
                             "external_ids": dict(external_ids)}
         self._numbered(port)
+
+    def add_parked_port(self, bridge: str, port: str, external_ids: dict[str, str]) -> None:
+        self._enter("add_parked_port", bridge, port, external_ids)
+        if bridge not in self.bridges:
+            raise DataplaneError(f"Open vSwitch refused to add pool port {port} to {bridge}: no bridge named {bridge}")
+        if port in self.ports:
+            raise DataplaneError(f"Open vSwitch refused to add pool port {port} to {bridge}: it exists")
+        self.ports[port] = {"bridge": bridge, "tag": None, "vlan_mode": "trunk", "trunks": [4095],
+                            "external_ids": {**external_ids, "np-pool": "1"}}
+        self._numbered(port)
+
+    def claim_port(self, port: str, vlan: int, external_ids: dict[str, str]) -> int:
+        """As OVSDB: one transaction, refused unless the port is still parked."""
+        self._enter("claim_port", port, vlan, external_ids)
+        row = self.ports.get(port)
+        if row is None or row["external_ids"].get("np-pool") != "1":
+            raise DataplaneError(f"Open vSwitch refused to claim pool port {port}: "
+                                 f"port {port} is not a parked pool port")
+        row.update(tag=vlan, vlan_mode="access", trunks=[], external_ids=dict(external_ids))
+        self.cfg += 1
+        return self.cfg
+
+    def wait_applied(self, cfg: int, patience: float) -> None:
+        """The fake's vswitchd applies every change at once."""
+        self._enter("wait_applied", cfg)
+
+    def port_of_endpoint(self, endpoint_id: str) -> str | None:
+        self._enter("port_of_endpoint", endpoint_id)
+        return next((name for name, p in sorted(self.ports.items())
+                     if p["external_ids"].get("np-endpoint") == endpoint_id), None)
+
+    def list_pool_ports(self, bridge: str) -> list[dict]:
+        self._enter("list_pool_ports", bridge)
+        return [{"name": name, "tag": p["tag"], "vlan_mode": p["vlan_mode"], "trunks": list(p.get("trunks", [])),
+                 "external_ids": dict(p["external_ids"])}
+                for name, p in sorted(self.ports.items())
+                if p["bridge"] == bridge and p["external_ids"].get("np-pool") == "1"]
 
     def delete_port(self, port: str, wait_vswitchd: bool = False) -> bool:
         self._enter("delete_port", port, wait_vswitchd)
