@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 EXT_ENDPOINT = "np-endpoint"
 EXT_NETWORK = "np-network"
 EXT_HOST = "np-host"
-CONNECT_PATIENCE = 15.0
 EXT_POOL = "np-pool"          # "1" on a warm pool's parked port (portpool.py)
 PARK_VLAN = 4095              # the only VLAN a parked port admits; no network can have it
+CONNECT_PATIENCE = 15.0
 
 
 def describe(exc: BaseException) -> str:
@@ -34,7 +34,6 @@ def describe(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-class Switch:
 def _unpark(api, table: str, name: str, external_ids: dict[str, str]):
     """An OVSDB command: the row's external_ids become exactly external_ids,
     only if it is still parked (np-pool=1) when the transaction commits
@@ -52,6 +51,7 @@ def _unpark(api, table: str, name: str, external_ids: dict[str, str]):
     return Unpark(api)
 
 
+class Switch:
     """One OVSDB connection, opened on first use and reopened after a failure.
 
     Opening is bounded by ``timeout``: an ovsdb-server that accepts but never
@@ -137,12 +137,6 @@ def _unpark(api, table: str, name: str, external_ids: dict[str, str]):
                                            f"({describe(exc)}); check ovs-vswitchd") from None
             raise DataplaneError(f"Open vSwitch refused to {what}: {describe(exc)}") from None
 
-    @staticmethod
-    def _plain_transaction(api):
-        """ovsdbapp's Open_vSwitch transaction without the next_cfg handshake."""
-        from ovsdbapp.schema.open_vswitch.impl_idl import OvsVsctlTransaction
-
-        class NoWaitTransaction(OvsVsctlTransaction):
     def _counted_transaction(self):
         """A transaction that bumps next_cfg, as ovs-vsctl does, and records the
         number (``applied_at``) instead of waiting for ovs-vswitchd to reach it."""
@@ -157,6 +151,12 @@ def _unpark(api, table: str, name: str, external_ids: dict[str, str]):
 
         return CountedTransaction(api, api.ovsdb_connection, check_error=True)
 
+    @staticmethod
+    def _plain_transaction(api):
+        """ovsdbapp's Open_vSwitch transaction without the next_cfg handshake."""
+        from ovsdbapp.schema.open_vswitch.impl_idl import OvsVsctlTransaction
+
+        class NoWaitTransaction(OvsVsctlTransaction):
             def pre_commit(self, txn):
                 txn.expected_ifaces = set()       # what add_port records; nothing bumps next_cfg
 
@@ -187,12 +187,6 @@ def _unpark(api, table: str, name: str, external_ids: dict[str, str]):
             yield api.db_set("Interface", port, ("external_ids", external_ids))
         self._run(f"add port {port} to {bridge}", cmds, wait_vswitchd=wait_vswitchd)
 
-    def wait_ofport(self, port: str, patience: float) -> int:
-        """The port's OpenFlow number once ovs-vswitchd has opened it (it has then
-        applied the port's VLAN settings too). Read from the local replica, so a
-        port that is ready costs no round trip."""
-        give_up = time.monotonic() + patience
-        while True:
     def add_parked_port(self, bridge: str, port: str, external_ids: dict[str, str]) -> None:
         """Add a warm pool's port, parked from the same transaction that adds it:
         a trunk of VLAN 4095 alone, so ovs-vswitchd drops whatever else enters it
@@ -254,6 +248,12 @@ def _unpark(api, table: str, name: str, external_ids: dict[str, str]):
                             "trunks": sorted(row.get("trunks") or []), "external_ids": ext})
         return out
 
+    def wait_ofport(self, port: str, patience: float) -> int:
+        """The port's OpenFlow number once ovs-vswitchd has opened it (it has then
+        applied the port's VLAN settings too). Read from the local replica, so a
+        port that is ready costs no round trip."""
+        give_up = time.monotonic() + patience
+        while True:
             rows, = self._run("look up an ofport", lambda api: [api.db_find("Interface", ("name", "=", port),
                                                                                columns=["ofport", "error"])],
                               wait_vswitchd=False)
