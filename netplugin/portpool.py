@@ -10,7 +10,8 @@ until it is claimed, by two locks that hold on their own:
   that is up), before the port is ever on the bridge;
 * its OVS port is added *parked*, in the transaction that adds it: a trunk of
   VLAN 4095 alone (``np-pool=1``), so ovs-vswitchd drops untagged frames and
-  every real VLAN, and the base pipeline drops VLAN 4095 in table 0.
+  every real VLAN; and one flow at the top of table 0 (PARK_DROP, put back
+  whenever the pool adopts or makes a pair) drops VLAN 4095 from any port.
 
 A drop flow per port was not chosen: it needs the port's OpenFlow number,
 which exists only once the port is on the bridge, and taking it away would
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 
 from .bridge import Bridge
 from .config import Config
+from .dataplane.flows import Flows
 from .dataplane.links import POOL_HOST_RE, POOL_PREFIX, Links, peer_of, pool_names
 from .dataplane.ovs import EXT_HOST, PARK_VLAN, Switch
 from .errors import NetpluginError
@@ -48,6 +50,9 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+# Frames tagged with the parking VLAN, from any port, go nowhere. Its cookie lacks
+# netplugin's top bit, so the sync loops (which remove stale cookies of theirs) leave it.
+PARK_DROP = f"table=0,priority=65535,cookie=0x4e50,dl_vlan={PARK_VLAN},actions=drop"
 QUIET = 0.25          # seconds without an endpoint call before the filler makes a pair
 RETRY_EVERY = 5.0     # seconds before the filler tries again after a failure
 
@@ -59,13 +64,14 @@ class Pair:
 
 
 class PortPool:
-    def __init__(self, cfg: Config, store: Store, switch: Switch, links: Links, bridge: Bridge,
+    def __init__(self, cfg: Config, store: Store, switch: Switch, links: Links, bridge: Bridge, flows: Flows,
                  rng: random.Random | None = None):
         self.cfg = cfg
         self.store = store
         self.switch = switch
         self.links = links
         self.bridge = bridge
+        self.flows = flows
         self.size = cfg.port_pool_size
         self._rng = rng or random.SystemRandom()
         self._ready: list[Pair] = []
@@ -176,6 +182,7 @@ class PortPool:
             if len(self._ready) >= self.size:
                 return None
         self.bridge.ensure()
+        self.flows.add_flows([PARK_DROP])
         host, peer = pool_names(f"{self._rng.getrandbits(40):010x}")
         mac = ":".join(["02", *(f"{self._rng.getrandbits(8):02x}" for _ in range(5))])
         try:
@@ -197,6 +204,7 @@ class PortPool:
         belongs to that endpoint, and a host end whose container end is gone
         (moved into a container) to the reconciler: neither is touched."""
         self.bridge.ensure()
+        self.flows.add_flows([PARK_DROP])
         named = {ep.port for ep in self.store.list_host_endpoints(self.cfg.host_id)}
         parked = {p["name"]: p for p in self.switch.list_pool_ports(self.cfg.bridge)}
         kept: list[Pair] = []
