@@ -11,6 +11,7 @@ PACKAGES=(
     openvswitch-switch etcd-server etcd-client docker.io containerd
     busybox-static iperf3 arping tcpdump ethtool iputils-ping iproute2
     procps psmisc python3-venv python3-pip
+    prometheus # promtool: the alert rules' checks and unit tests (packaging/prometheus/)
     mariadb-server mariadb-client zstd # drctl: its images are built from these binaries
 )
 # Nice to have (MariaDB backup companion); a failure here must not fail CI.

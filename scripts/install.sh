@@ -181,7 +181,7 @@ SOCKET=$(socket_of "$PREFIX/current/bin/python") \
     || die "the settings in $CONFIG do not load (see above): fix them and run again"
 install -d -m 0755 "$SPEC_DIR"
 SPEC=$SPEC_DIR/$NAME.json
-"$PREFIX/current/bin/python" - "$REPO/packaging/plugin.json" "$NAME" "$SOCKET" "$SPEC.new" <<'PYEOF'
+"$PREFIX/current/bin/python" - "$REPO/plugin.json" "$NAME" "$SOCKET" "$SPEC.new" <<'PYEOF'
 import json, sys
 template, name, socket, out = sys.argv[1:]
 spec = json.load(open(template))

@@ -56,6 +56,18 @@ done
 PY_ASKED=$PY
 PY=$(readlink -f "$(command -v "$PY" || true)" || true)
 [[ -n $PY && -x $PY ]] || die "no Python interpreter at '$PY_ASKED' (give --python)"
+# One socket name for both ways of running: the spec file template at the top of the
+# repository (install.sh) and the managed plugin's interface must agree.
+"$PY" - "$REPO/plugin.json" "$HERE/config.json" <<'PYEOF' || die "plugin.json and config.json disagree (see above)"
+import json, os, sys
+spec, config = (json.load(open(p)) for p in sys.argv[1:])
+addr = spec.get("Addr", "")
+if not addr.startswith("unix://"):
+    sys.exit(f"{sys.argv[1]}: Addr {addr!r} is not unix://PATH")
+want, have = os.path.basename(addr), config.get("interface", {}).get("socket")
+if want != have:
+    sys.exit(f"the managed plugin's socket {have!r} (config.json) is not the spec file's {want!r} (plugin.json)")
+PYEOF
 command -v ldd >/dev/null || die "ldd is missing (package libc-bin)"
 command -v chroot >/dev/null || die "chroot is missing (package coreutils)"
 

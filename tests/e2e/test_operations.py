@@ -123,8 +123,8 @@ def remove_network(name: str) -> None:
 
 
 def write_spec(name: str, socket_path: str) -> Path:
-    """Docker's spec file, made from packaging/plugin.json as install.sh makes it."""
-    spec = json.loads((REPO / "packaging" / "plugin.json").read_text())
+    """Docker's spec file, made from plugin.json as install.sh makes it."""
+    spec = json.loads((REPO / "plugin.json").read_text())
     spec.update(Name=name, Addr="unix://" + socket_path)
     SPEC_DIR.mkdir(parents=True, exist_ok=True)
     path = SPEC_DIR / f"{name}.json"
