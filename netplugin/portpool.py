@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 # Frames tagged with the parking VLAN, from any port, go nowhere. Its cookie lacks
 # netplugin's top bit, so the sync loops (which remove stale cookies of theirs) leave it.
 PARK_DROP = f"table=0,priority=65535,cookie=0x4e50,dl_vlan={PARK_VLAN},actions=drop"
-QUIET = 0.25          # seconds without an endpoint call before the filler makes a pair
+QUIET = 0.1           # seconds without an endpoint call before the filler makes a pair
 RETRY_EVERY = 5.0     # seconds before the filler tries again after a failure
+DROP_EVERY = 10.0     # seconds between re-installs of PARK_DROP by the filler (after an OVS restart)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class PortPool:
         self._busy = 0
         self._last_call = 0.0
         self._adopted = False
+        self._drop_at = 0.0                  # monotonic time PARK_DROP was last installed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.counts = {"taken": 0, "empty": 0, "made": 0, "failed": 0, "adopted": 0, "removed": 0,
@@ -182,7 +184,7 @@ class PortPool:
             if len(self._ready) >= self.size:
                 return None
         self.bridge.ensure()
-        self.flows.add_flows([PARK_DROP])
+        self._ensure_drop()
         host, peer = pool_names(f"{self._rng.getrandbits(40):010x}")
         mac = ":".join(["02", *(f"{self._rng.getrandbits(8):02x}" for _ in range(5))])
         try:
@@ -204,7 +206,7 @@ class PortPool:
         belongs to that endpoint, and a host end whose container end is gone
         (moved into a container) to the reconciler: neither is touched."""
         self.bridge.ensure()
-        self.flows.add_flows([PARK_DROP])
+        self._ensure_drop(force=True)
         named = {ep.port for ep in self.store.list_host_endpoints(self.cfg.host_id)}
         parked = {p["name"]: p for p in self.switch.list_pool_ports(self.cfg.bridge)}
         kept: list[Pair] = []
@@ -232,6 +234,12 @@ class PortPool:
         if kept or removed:
             log.info("port pool: adopted %d parked pair(s), removed %d broken one(s)", len(kept), len(removed))
         return {"adopted": [p.host for p in kept], "removed": removed}
+
+    def _ensure_drop(self, force: bool = False) -> None:
+        """PARK_DROP on the bridge (an ovs-ofctl run: at most every DROP_EVERY s)."""
+        if force or time.monotonic() - self._drop_at >= DROP_EVERY:
+            self.flows.add_flows([PARK_DROP])
+            self._drop_at = time.monotonic()
 
     def _valid(self, name: str, port: dict | None) -> bool:
         """Parked exactly as add_parked_port leaves it, and its host end down."""
