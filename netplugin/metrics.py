@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import poolspan
 from .errors import (
     DataplaneError,
     DataplaneUnavailable,
@@ -86,9 +87,9 @@ class StoreCollector(Collector):
     def collect(self):
         endpoints = GaugeMetricFamily("netplugin_endpoints", "Endpoints per network and host, of the networks "
                                       "this host has bound", labels=["network", "host"])
-        size = GaugeMetricFamily("netplugin_pool_size", "Usable addresses per network this host has bound",
-                                 labels=["network"])
-        used = GaugeMetricFamily("netplugin_pool_used", "Addresses held by endpoints, the gateway and aux "
+        size = GaugeMetricFamily("netplugin_pool_size", "Addresses the allocator can give out (the network's "
+                                 "--ip-range, else its subnet), per network this host has bound", labels=["network"])
+        used = GaugeMetricFamily("netplugin_pool_used", "Of those, addresses held by endpoints, the gateway and aux "
                                  "addresses, per network this host has bound", labels=["network"])
         found = CounterMetricFamily("netplugin_reconcile_findings", "Leaks found by this host's reconciler",
                                     labels=["kind"])
@@ -103,21 +104,21 @@ class StoreCollector(Collector):
         bad_now = GaugeMetricFamily("netplugin_bad_records_current", "Records this process last read bad, by kind",
                                     labels=["kind"])
         try:
-            import netaddr
             networks = self.view.network_map()
             counts: dict[tuple[str, str], int] = {}
-            per_net: dict[str, int] = {}
+            per_net: dict[str, list[str]] = {}
             for ep in self.view.endpoints():
                 key = (ep.network_name or ep.network, ep.host)
                 counts[key] = counts.get(key, 0) + 1
-                per_net[ep.network] = per_net.get(ep.network, 0) + 1
+                per_net.setdefault(ep.network, []).append(ep.ip)
             for (label, host), n in sorted(counts.items()):
                 endpoints.add_metric([label, host], n)
             for net_id in sorted(self.view.bound()):
                 net = networks.get(net_id)
                 if net is not None:
-                    size.add_metric([net.label], netaddr.IPNetwork(net.subnet).size - 2)
-                    used.add_metric([net.label], per_net.get(net.id, 0) + 1 + len(net.aux))
+                    allocatable, held = poolspan.usage(net, per_net.get(net.id, []))
+                    size.add_metric([net.label], allocatable)
+                    used.add_metric([net.label], held)
             totals = self.store.reconcile_counters(self.host_id) or {}
             found_by_kind = totals.get("found")
             for kind, n in sorted(found_by_kind.items() if isinstance(found_by_kind, dict) else []):
