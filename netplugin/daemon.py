@@ -213,9 +213,16 @@ def serve(cfg: Config) -> None:
     from gunicorn.app.base import BaseApplication
 
     from .api import create_app
+    from .gunicorn_logs import ThroughRoot
+    from .sdnotify import notify, take_socket
     from .wiring import make_components
 
     os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
+    notify_socket = take_socket()      # READY=1 comes from us, after secure_socket, not from gunicorn
+
+    def ready(server) -> None:
+        secure_socket(cfg.socket, cfg.socket_group)
+        notify(notify_socket, f"READY=1\nSTATUS=listening on {cfg.socket}")
 
     class Server(BaseApplication):
         def load_config(self):
@@ -223,7 +230,7 @@ def serve(cfg: Config) -> None:
                 "bind": f"unix:{cfg.socket}", "workers": 1, "worker_class": "gthread",
                 "threads": cfg.threads, "umask": 0o117, "timeout": 60, "graceful_timeout": 5,
                 "keepalive": 5, "proc_name": f"netplugin[{cfg.host_id}]", "loglevel": cfg.log_level.lower(),
-                "when_ready": lambda server: secure_socket(cfg.socket, cfg.socket_group),
+                "when_ready": ready, "logger_class": ThroughRoot,
                 # gunicorn's control socket is one path per user ($XDG_RUNTIME_DIR or
                 # ~/.gunicorn): a second daemon on the host would take the first's, and
                 # whichever stopped first would delete it. Nothing here uses it.

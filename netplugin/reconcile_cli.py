@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args, cfg_overrides: dict, as_json: bool) -> int:
     from .config import load
+    from .logs import setup as setup_logs
     from .reconcile import as_json_line, format_human
     from .wiring import make_reconciler, reconcile_settings
 
@@ -36,6 +37,8 @@ def run(args, cfg_overrides: dict, as_json: bool) -> int:
             overrides[key] = getattr(args, key)
     try:
         cfg = reconcile_settings(load(overrides.pop("config", None), overrides=overrides))
+        if cfg.log_format == "json":         # its warnings as JSON lines, like the daemon's
+            setup_logs(logging.getLevelName(logging.getLogger().getEffectiveLevel()), "json")
         dead_host_after = args.dead_host_after if args.dead_host_after is not None else cfg.reconcile_dead_host_after
         report = make_reconciler(cfg).run(dry_run=args.dry_run, grace=args.grace, dead_host_after=dead_host_after,
                                           tombstone_max_age=cfg.reconcile_tombstone_max_age)

@@ -15,9 +15,10 @@
 #      that the settings name, so Docker finds the plugin wherever it listens;
 #   5. copies README and docs to DOC_DIR;
 #   6. when systemd runs: copies the units to UNIT_DIR, reloads systemd, enables
-#      netplugin.service and netplugin-reconcile.timer, and restarts the daemon
-#      if it was running (an upgrade) or with --start. Restarting the daemon
-#      never touches the traffic of running containers.
+#      netplugin.service, netplugin-reconcile.timer and drctl-agent.service, and
+#      restarts the daemon and the agent if they were running (an upgrade) or
+#      with --start. Restarting the daemon never touches the traffic of running
+#      containers; restarting the agent never stops running jobs.
 #
 # Options (defaults in brackets):
 #   --prefix DIR       [/opt/netplugin]
@@ -51,7 +52,7 @@ WHEELHOUSE=
 KEEP=2
 SCRIPTS=(netplugin netctl netplugin-reconcile)
 OPTIONAL_SCRIPTS=(drctl)          # linked when the package has them
-UNITS=(netplugin.service netplugin-reconcile.service netplugin-reconcile.timer)
+UNITS=(netplugin.service netplugin-reconcile.service netplugin-reconcile.timer drctl-agent.service)
 
 log() { printf '[%s] install.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -216,12 +217,14 @@ if [[ $SYSTEMD == yes ]] || { [[ $SYSTEMD == auto ]] && systemd_runs; }; then
     log "units in $UNIT_DIR: ${UNITS[*]}"
     if systemd_runs; then
         systemctl daemon-reload
-        systemctl enable netplugin.service netplugin-reconcile.timer >/dev/null \
+        systemctl enable netplugin.service netplugin-reconcile.timer drctl-agent.service >/dev/null \
             || die "systemctl enable failed"
         systemctl start netplugin-reconcile.timer || log "WARNING: netplugin-reconcile.timer did not start"
         if ((START)) || systemctl is-active --quiet netplugin.service; then
             systemctl restart netplugin.service || die "netplugin.service did not start: journalctl -u netplugin"
             log "netplugin.service (re)started"
+            # After the daemon: the agent's jobs join netplugin networks.
+            systemctl restart drctl-agent.service || log "WARNING: drctl-agent.service did not start: journalctl -u drctl-agent"
         else
             log "enabled; start it with: systemctl start netplugin"
         fi

@@ -30,7 +30,7 @@ DOC_DIR=/usr/share/doc/netplugin
 SYSTEMD=auto
 PURGE=0
 SCRIPTS=(netplugin netctl netplugin-reconcile drctl)
-UNITS=(netplugin-reconcile.timer netplugin-reconcile.service netplugin.service)
+UNITS=(drctl-agent.service netplugin-reconcile.timer netplugin-reconcile.service netplugin.service)
 STOP_WAIT=15
 
 log() { printf '[%s] uninstall.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -80,8 +80,9 @@ if systemd_runs && [[ $SYSTEMD != no ]]; then
     done
 fi
 
-# is_ours PID: the process runs the netplugin daemon or reconciler with PREFIX's
-# Python (argv[0] is PREFIX/.../bin/python*, the script is one of ours or -m netplugin.daemon).
+# is_ours PID: the process runs the netplugin daemon, the reconciler or the drctl agent
+# with PREFIX's Python (argv[0] is PREFIX/.../bin/python*, the script is one of ours
+# or -m netplugin.daemon). drctl's other commands are an operator's, left alone.
 is_ours() {
     local -a argv
     mapfile -d '' -t argv 2>/dev/null <"/proc/$1/cmdline" || return 1
@@ -89,6 +90,7 @@ is_ours() {
     [[ ${argv[0]} == "$PREFIX"/*/bin/python* ]] || return 1
     case ${argv[1]##*/} in
         netplugin | netplugin-reconcile) return 0 ;;
+        drctl) [[ ${argv[2]:-} == agent ]] && return 0 ;;
     esac
     [[ ${argv[1]} == -m && ${argv[2]:-} == netplugin.daemon ]]
 }

@@ -522,7 +522,7 @@ def cmd_agent(args, ctx) -> int:
     from .fleet import fleet_passes
     from .runner import Runner
     from .scheduler import Agent
-    setup(args.log_level, "text")
+    setup(args.log_level, ctx.np_cfg.log_format)      # JSON lines when the daemon's log_format is json
     cfg, host = ctx.cfg, ctx.np_cfg.host_id
     os.makedirs(cfg.work_dir, mode=0o700, exist_ok=True)
     ctx.docker.version()            # fail early and clearly when Docker is not there

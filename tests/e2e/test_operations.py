@@ -571,7 +571,8 @@ def test_install_writes_a_settings_skeleton_that_loads(tmp_path):
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_units_pass_systemd_analyze_verify(installed):
     units = [str(installed.units / u) for u in
-             ("netplugin.service", "netplugin-reconcile.service", "netplugin-reconcile.timer")]
+             ("netplugin.service", "netplugin-reconcile.service", "netplugin-reconcile.timer",
+              "drctl-agent.service")]
     proc = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "netplugin" not in proc.stderr, proc.stderr            # no warning about our units
