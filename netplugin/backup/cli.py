@@ -45,7 +45,7 @@ from .containers import Containers, docker_client, is_docker_error
 from .jobs import fmt_age, fmt_time, parse_duration, parse_time
 from .model import BACKUP, KINDS, QUEUED, RESTORE, STATES, SUCCEEDED, TERMINAL, Job
 from .placement import label_map
-from .resources import human_bytes
+from .resources import human_bytes, parse_size
 from .store import BackupStore
 
 # -- parser -------------------------------------------------------------------------------
@@ -100,7 +100,18 @@ def _backup_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--compression", choices=("zstd", "gzip"), help="default: setting, zstd")
     run.add_argument("--keep-last", type=int, help="retention: keep the newest N backups of the target")
     run.add_argument("--max-age", help="retention: delete backups older than this (the newest is always kept)")
+    _tier_options(run)
     _job_options(run)
+
+
+def _tier_options(p: argparse.ArgumentParser) -> None:
+    """Tiered retention and the volume budget (retention.py)."""
+    p.add_argument("--keep-daily", type=int, metavar="N",
+                   help="retention: the newest backup of each of the newest N days")
+    p.add_argument("--keep-weekly", type=int, metavar="N", help="retention: ... of the newest N ISO weeks")
+    p.add_argument("--keep-monthly", type=int, metavar="N", help="retention: ... of the newest N months")
+    p.add_argument("--budget", help="retention: bytes this host's backups may take in the volume, e.g. 50g; "
+                                    "the oldest go first, never the newest")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("target")
     pr.add_argument("--keep-last", type=int)
     pr.add_argument("--max-age")
+    _tier_options(pr)
     pr.add_argument("--dry-run", action="store_true")
     pr.set_defaults(run=cmd_prune)
 
@@ -247,7 +259,8 @@ def _submit(args, ctx, kind: str, kind_fields) -> int:
 
 def _backup_fields(args, ctx) -> dict:
     return jobs.backup_fields(args.database, args.volume, args.compression or ctx.cfg.compression,
-                              args.keep_last, args.max_age)
+                              args.keep_last, args.max_age, args.keep_daily, args.keep_weekly,
+                              args.keep_monthly, args.budget)
 
 
 def _restore_fields(args, ctx) -> dict:
@@ -454,18 +467,20 @@ def cmd_backups(args, ctx) -> int:
 
 def cmd_prune(args, ctx) -> int:
     from . import retention
-    if args.keep_last is None and not args.max_age:
-        raise InvalidRequest("give --keep-last and/or --max-age")
+    tiers = retention.Tiers(args.keep_daily, args.keep_weekly, args.keep_monthly)
+    if args.keep_last is None and not args.max_age and not tiers and not args.budget:
+        raise InvalidRequest("give --keep-last, --max-age, --keep-daily/--keep-weekly/--keep-monthly and/or --budget")
     report = retention.prune(ctx.store, args.target, args.keep_last,
                              parse_duration(args.max_age, "max-age") if args.max_age else None, time.time(),
                              volume_path=Containers(ctx.docker).volume_path, host=ctx.np_cfg.host_id,
-                             dry_run=args.dry_run)
+                             dry_run=args.dry_run, tiers=tiers,
+                             budget=parse_size(args.budget, "budget") if args.budget else None)
     if ctx.json:
         print_json(asdict(report))
     else:
         verb = "would delete" if args.dry_run else "deleted"
         for name in report.deleted:
-            print(f"{verb} {name}")
+            print(f"{verb} {name}" + (f": {report.reasons[name]}" if name in report.reasons else ""))
         for name in report.skipped:
             print(f"skipped {name}")
         if not ctx.quiet:

@@ -56,7 +56,8 @@ def cmd_create(args, ctx) -> int:
     req = jobs.Request.of(args)
     spec, target, host = jobs.common_spec(req, ctx.cfg, ctx.np_cfg.host_id, lambda: ctx.np_store.list_profiles())
     spec.update(jobs.backup_fields(args.database, args.volume, args.compression or ctx.cfg.compression,
-                                   args.keep_last, args.max_age))
+                                   args.keep_last, args.max_age, args.keep_daily, args.keep_weekly,
+                                   args.keep_monthly, args.budget))
     s = Schedule(name=args.name, cron=args.cron, tz=args.tz, kind=BACKUP, target=target, spec=spec, host=host,
                  place=label_map(req.place), created=time.time(), created_by=jobs.who())
     check_schedule(s, ctx.cfg)

@@ -33,7 +33,7 @@ from .model import (
     server_key,
 )
 from .placement import Placer
-from .resources import make_limits
+from .resources import make_limits, parse_size
 from .store import BackupStore
 
 _DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)?\s*", re.IGNORECASE)
@@ -164,15 +164,21 @@ def common_spec(req: Request, cfg: BackupConfig, this_host: str,
 
 
 def backup_fields(database: str, volume: str, compression: str, keep_last: int | None,
-                  max_age: str | None) -> dict:
+                  max_age: str | None, keep_daily: int | None = None, keep_weekly: int | None = None,
+                  keep_monthly: int | None = None, budget: str | None = None) -> dict:
     """The spec fields of a backup job, checked."""
     check_database(database)
     if not _VOLUME_RE.fullmatch(volume):
         raise InvalidRequest(f"volume {volume!r} is not a Docker volume name")
     if keep_last is not None and keep_last < 1:
         raise InvalidRequest("keep-last must be at least 1: the last good backup is always kept")
+    for name, value in (("keep-daily", keep_daily), ("keep-weekly", keep_weekly), ("keep-monthly", keep_monthly)):
+        if value is not None and value < 0:
+            raise InvalidRequest(f"{name} must be 0 or more")
     return {"database": database, "volume": volume, "compression": compression, "keep_last": keep_last,
-            "max_age": parse_duration(max_age, "max-age") if max_age else None}
+            "max_age": parse_duration(max_age, "max-age") if max_age else None, "keep_daily": keep_daily,
+            "keep_weekly": keep_weekly, "keep_monthly": keep_monthly,
+            "budget": parse_size(budget, "budget") if budget else None}
 
 
 def pick_backup(store: BackupStore, name: str | None, latest: str | None, at: float | None) -> Backup:

@@ -142,6 +142,10 @@ class JobSpec:
     compression: str = "zstd"
     keep_last: int | None = None              # retention, backups only
     max_age: float | None = None              # seconds
+    keep_daily: int | None = None             # tiered retention (retention.Tiers)
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    budget: int | None = None                 # bytes this host's backups may take in the volume
     backup: str = ""                          # restore: the backup's name
     source_target: str = ""                   # restore: the target the backup was made of
     replace: bool = False                     # restore: load into a staging schema, check, swap the tables in

@@ -12,7 +12,16 @@ Rules, per target, over the catalog (which holds verified backups only):
   host's records are never dropped, nor its files in a same-named volume;
 * every catalog record is checked (trust.check_backup) and every file removed
   is resolved inside its volume's folder; a bad record is skipped and logged;
-* the runner prunes only after a verified success (a failed job never prunes).
+* the runner prunes only after a verified success (a failed job never prunes);
+* a backup that an active restore job is reading is never deleted.
+
+Tiered (grandfather-father-son) retention, as restic's ``forget``: with any of
+``keep_daily``, ``keep_weekly``, ``keep_monthly``, a backup is kept when it is
+the newest, one of the newest ``keep_last``, or the newest of one of the
+newest N days, ISO weeks or months (UTC) that have a backup; every other goes.
+``max_age`` then bounds what those keep (the newest is kept still). A
+per-volume byte ``budget`` last deletes this target's oldest kept backups
+(never the newest) while the volume's backups of this host exceed it.
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from ..errors import Conflict, InvalidRequest
 from . import ondisk, trust
-from .model import Backup
+from .model import RESTORE, Backup
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +44,7 @@ log = logging.getLogger(__name__)
 class Plan:
     keep: list[Backup]
     delete: list[Backup]
-    reasons: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)      # why each goes, or is kept
 
 
 @dataclass
@@ -42,14 +52,66 @@ class Report:
     deleted: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
-def plan(backups: list[Backup], keep_last: int | None, max_age: float | None, now: float) -> Plan:
+@dataclass
+class Tiers:
+    """Grandfather-father-son counts: the newest backup of each of the newest N days, weeks, months."""
+
+    daily: int | None = None
+    weekly: int | None = None
+    monthly: int | None = None
+
+    def __bool__(self) -> bool:
+        return any((self.daily, self.weekly, self.monthly))
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, timezone.utc)  # noqa: UP017 - the name datetime.timezone.utc says what it is
+
+
+BUCKETS: dict[str, Callable[[float], tuple]] = {
+    "daily": lambda t: _utc(t).timetuple()[:3],
+    "weekly": lambda t: tuple(_utc(t).isocalendar()[:2]),
+    "monthly": lambda t: _utc(t).timetuple()[:2],
+}
+
+
+def tiered(ordered: list[Backup], keep_last: int | None, tiers: Tiers) -> dict[str, str]:
+    """Name -> why kept, over backups newest first (restic's rule: per tier, the
+    newest backup of each distinct bucket, for the newest N buckets)."""
+    kept = {ordered[0].name: "the newest"}
+    for b in ordered[:keep_last or 0]:
+        kept.setdefault(b.name, f"one of the newest {keep_last}")
+    for tier, count in (("daily", tiers.daily), ("weekly", tiers.weekly), ("monthly", tiers.monthly)):
+        if not count:
+            continue
+        seen: list[tuple] = []
+        for b in ordered:
+            key = BUCKETS[tier](b.created)
+            if key in seen:
+                continue
+            if len(seen) >= count:
+                break
+            seen.append(key)
+            kept.setdefault(b.name, f"{tier} {len(seen)} of {count}")
+    return kept
+
+
+def plan(backups: list[Backup], keep_last: int | None, max_age: float | None, now: float,
+         tiers: Tiers | None = None) -> Plan:
     if keep_last is not None and keep_last < 1:
         raise InvalidRequest("keep-last must be at least 1: the last good backup is always kept")
     if max_age is not None and max_age < 0:
         raise InvalidRequest("max-age cannot be negative")
+    t = tiers or Tiers()
+    for name, value in (("keep-daily", t.daily), ("keep-weekly", t.weekly), ("keep-monthly", t.monthly)):
+        if value is not None and value < 0:
+            raise InvalidRequest(f"{name} cannot be negative")
     ordered = sorted(backups, key=lambda b: (b.created, b.name), reverse=True)
+    if tiers and ordered:
+        return _plan_tiered(ordered, keep_last, max_age, now, tiers)
     keep, delete, reasons = [], [], {}
     for i, b in enumerate(ordered):
         if i == 0:
@@ -66,10 +128,43 @@ def plan(backups: list[Backup], keep_last: int | None, max_age: float | None, no
     return Plan(keep, delete, reasons)
 
 
+def _plan_tiered(ordered: list[Backup], keep_last: int | None, max_age: float | None, now: float,
+                 tiers: Tiers) -> Plan:
+    why = tiered(ordered, keep_last, tiers)
+    keep, delete, reasons = [], [], {}
+    for i, b in enumerate(ordered):
+        if b.name not in why:
+            delete.append(b)
+            reasons[b.name] = "not kept by any rule (newest, keep-last, daily, weekly, monthly)"
+        elif i > 0 and max_age is not None and now - b.created > max_age:
+            delete.append(b)
+            reasons[b.name] = f"older than max-age ({max_age:.0f} s), though {why[b.name]}"
+        else:
+            keep.append(b)
+            reasons[b.name] = f"kept: {why[b.name]}"
+    return Plan(keep, delete, reasons)
+
+
+def over_budget(keep: list[Backup], others: int, budget: int) -> list[Backup]:
+    """The oldest of keep (never the newest) to delete so that their sizes plus
+    others (the volume's other backups) fit in budget bytes."""
+    total = others + sum(b.size for b in keep)
+    ordered = sorted(keep, key=lambda b: (b.created, b.name))
+    out = []
+    for b in ordered[:-1]:
+        if total <= budget:
+            break
+        out.append(b)
+        total -= b.size
+    return out
+
+
 def prune(store, target: str, keep_last: int | None, max_age: float | None, now: float,
-          volume_path: Callable[[str], str | None], host: str, dry_run: bool = False) -> Report:
+          volume_path: Callable[[str], str | None], host: str, dry_run: bool = False,
+          tiers: Tiers | None = None, budget: int | None = None) -> Report:
     """Apply the plan to one target's backups written by host (this host)."""
-    backups = [b for b in trust.valid_backups(store.backups(target), log) if b.host == host]
+    every = [b for b in trust.valid_backups(store.backups(), log) if b.host == host]
+    backups = [b for b in every if b.target == target]
     report = Report()
     if not backups:
         return report
@@ -87,9 +182,22 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
     if damage is not None:
         raise Conflict(f"the newest backup of {target} ({newest.name}) is missing or damaged in volume "
                        f"{newest.volume} ({damage}): refusing to delete older backups")
-    p = plan(backups, keep_last, max_age, now)
+    p = plan(backups, keep_last, max_age, now, tiers)
+    if budget is not None:
+        others = sum(b.size for b in every if b.volume == newest.volume and b.target != target)
+        for b in over_budget([b for b in p.keep if b.volume == newest.volume], others, budget):
+            p.keep.remove(b)
+            p.delete.append(b)
+            p.reasons[b.name] = f"volume {newest.volume} over its budget of {budget} bytes"
+    reading = {str(j.spec.get("backup")): j.id for j in store.list_jobs()
+               if j.kind == RESTORE and not j.terminal and isinstance(j.spec, dict)}
     report.kept = [b.name for b in p.keep]
+    report.reasons = dict(p.reasons)
     for b in p.delete:
+        if b.name in reading:
+            report.skipped.append(f"{b.name} (restore job {reading[b.name]} is reading it)")
+            report.kept.append(b.name)
+            continue
         vbase = volume_path(b.volume)
         if vbase is None:
             report.skipped.append(f"{b.name} (volume {b.volume} not on this host)")

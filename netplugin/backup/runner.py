@@ -621,11 +621,13 @@ class Runner:
     def _prune(self, ctx: _Ctx) -> list[str] | None:
         """Retention after this verified success; never fails the job."""
         spec = ctx.spec
-        if spec.keep_last is None and spec.max_age is None:
+        tiers = retention.Tiers(spec.keep_daily, spec.keep_weekly, spec.keep_monthly)
+        if spec.keep_last is None and spec.max_age is None and not tiers and spec.budget is None:
             return None
         try:
             report = retention.prune(self.store, ctx.job.target, spec.keep_last, spec.max_age, self.clock(),
-                                     volume_path=self.docker.volume_path, host=ctx.job.host)
+                                     volume_path=self.docker.volume_path, host=ctx.job.host, tiers=tiers,
+                                     budget=spec.budget)
             return report.deleted
         except NetpluginError as exc:
             log.warning("job %s: retention skipped: %s", ctx.job.id, exc.message)

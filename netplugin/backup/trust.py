@@ -165,6 +165,10 @@ def check_spec(kind: str, data: object, cfg: BackupConfig) -> JobSpec:
     if spec.keep_last is not None and (isinstance(spec.keep_last, bool) or not isinstance(spec.keep_last, int)
                                        or spec.keep_last < 1):
         raise _fail("keep-last", spec.keep_last, "must be a whole number of at least 1")
+    for name in ("keep_daily", "keep_weekly", "keep_monthly", "budget"):
+        value = getattr(spec, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise _fail(name.replace("_", "-"), value, "must be a whole number, 0 or more")
     for name in ("replace", "checksums", "strict", "into_source"):
         if not isinstance(getattr(spec, name, False), bool):
             raise _fail(name, getattr(spec, name), "must be true or false")
