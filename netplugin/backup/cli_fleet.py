@@ -24,7 +24,7 @@ from . import jobs
 from .jobs import fmt_time
 from .model import BACKUP
 from .placement import Placer, eligible, label_map
-from .schedules import Schedule, check_schedule, next_run
+from .schedules import Schedule, check_cron, check_schedule, next_run, zone
 
 
 def add_commands(sub, common, run_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -53,6 +53,8 @@ def add_commands(sub, common, run_options: Callable[[argparse.ArgumentParser], N
 def cmd_create(args, ctx) -> int:
     if getattr(args, "wait", False):
         raise InvalidRequest("--wait follows one job: a schedule submits many; follow them with 'drctl ls'")
+    check_cron(args.cron)
+    zone(args.tz)
     req = jobs.Request.of(args)
     spec, target, host = jobs.common_spec(req, ctx.cfg, ctx.np_cfg.host_id, lambda: ctx.np_store.list_profiles())
     spec.update(jobs.backup_fields(args.database, args.volume, args.compression or ctx.cfg.compression,

@@ -234,3 +234,32 @@ def test_a_placed_schedule_with_no_eligible_host_records_a_miss():
     assert f.tick(t("2026-01-10T02:01:01")) == []
     s, _ = store.get_schedule("nightly")
     assert s.missed_count == 1 and "site=dr" in s.missed[-1]["why"] and store.list_jobs() == []
+
+
+def test_the_agent_fires_then_admits_the_scheduled_job_in_its_tick():
+    from netplugin.backup.fleet import fleet_passes
+    from netplugin.backup.scheduler import Agent
+
+    kv = MemoryKV()
+    store = BackupStore(kv, PREFIX)
+    cfg = BackupConfig(poll=0.01, lease_ttl=5, schedule_poll=60)
+    store.create_schedule(sched("* * * * *", last_due=t("2026-01-10T02:00")))
+    clock = Clock(t("2026-01-10T02:00:30"))
+
+    class Done:
+        def run(self, job):
+            return job
+    agent = Agent(store, "h1", cfg, Done, clock=lambda: clock.now, fleet=fleet_passes(store, cfg))
+    agent.start(wait_previous=0)
+    try:
+        assert agent.tick() == []                      # nothing due at 02:00:30
+        clock.now += 31
+        assert agent.tick() == []                      # 02:01:01, but the last pass was 31 s ago (< 60)
+        clock.now += 30
+        assert agent.tick() == []                      # the pass queues the 02:01 job after this tick's admissions
+        assert len(store.list_jobs()) == 1
+        admitted = agent.tick()
+        assert len(admitted) == 1 and store.get(admitted[0])[0].submitted_by == "schedule nightly"
+    finally:
+        agent.join(5)
+        agent.close()
