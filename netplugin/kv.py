@@ -102,6 +102,7 @@ class KV(Protocol):
 SPACE_EXCEEDED = "database space exceeded"
 _TRANSIENT = ("deadline exceeded", "leader changed", "no leader", "request timed out")
 _ATTEMPT = threading.local()     # this thread's deadline for the call in flight, if shorter
+TURN_WAITS = 6                   # a watch create waits its turn on the stream at most this many timeouts
 STOP_POLL = 2.0                  # seconds: how soon a watch notices its stop event
 
 
@@ -131,11 +132,34 @@ def _client_class():
                                     call_credentials=self.call_credentials,
                                     metadata=(("hasleader", "true"), *tuple(self.metadata or ())))
 
+        @property
+        def watcher(self):
+            """The watch stream, built anew (on the member in use) once the last one ended."""
+            current = self._stubs.get("watcher")
+            if current is None or current.ended():
+                current = self._stubs["watcher"] = self.get_watcher()
+            return current
+
+        @watcher.setter
+        def watcher(self, value):
+            self._stubs["watcher"] = value
+
+        def _clear_old_stubs(self):
+            """The library drops every stub when any call fails over, and closed the
+            watcher with them: each slow read then stranded every watch create
+            queued on that stream (a closed stream sends nothing; each waited out
+            its timeout in turn). A watch stream that still runs is kept: its
+            watches are fine wherever the reads go, and it is replaced when it ends."""
+            current = self._stubs.get("watcher")
+            self._stubs.clear()
+            if current is not None and not current.ended():
+                self._stubs["watcher"] = current
+
     return Client
 
 
 def _watcher_class():
-    """python-etcd3's watcher, with three fixes. One stream carries every
+    """python-etcd3's watcher, with its flaws fixed. One stream carries every
     watch of a client, and one create may be pending on it at a time.
 
     * When a create times out (an election, an overloaded host), the library
@@ -155,10 +179,19 @@ def _watcher_class():
       watcher's lock: with the stream gone and 10 requests unsent, the next
       write blocked forever holding the lock, and every watch of the client
       with it. The queue here is unbounded (one request per create or cancel).
+    * ``close`` only half-closed the stream: etcd kept it open, and every
+      create waiting its turn on it was never sent and waited out its whole
+      timeout, one after the other (hundreds of caches stalled for minutes).
+      Here close cancels the call (every watch on it ends with an error, and
+      its cache reads again), and waiting creates fail at once. A create
+      waits at most ``timeout`` for its reply once sent, and at most
+      ``TURN_WAITS`` times that for its turn (hundreds of caches starting
+      together queue on one stream; the library waited for ever).
     """
     import queue
 
-    from pyetcd import watch
+    import grpc
+    from pyetcd import exceptions, watch
 
     class Watcher(watch.Watcher):
         @property
@@ -167,7 +200,7 @@ def _watcher_class():
 
         @_new_watch.setter
         def _new_watch(self, value):
-            # The library clears the pending create under its lock, also when it timed out.
+            # Cleared under the lock by add_callback, also when it timed out.
             old = self.__dict__.get("_pending")
             if value is None and old is not None and old.id is None and old.err is None:
                 self.__dict__["_abandoned"] = self.__dict__.get("_abandoned", 0) + 1
@@ -183,6 +216,73 @@ def _watcher_class():
             self.__dict__["_queue"] = queue.Queue()
             self.__dict__["_abandoned"] = 0
 
+        def ended(self) -> bool:
+            """Whether this watcher's stream has ended (or it was closed): build another."""
+            return bool(self.__dict__.get("_closed") or self._stopping)
+
+        def add_callback(self, key, callback, range_end=None, start_revision=None, **options):
+            rq = self._create_watch_request(key, range_end=range_end, start_revision=start_revision, **options)
+            timeout = self.timeout or 3.0
+            deadline = time.monotonic() + TURN_WAITS * timeout
+            with self._lock:
+                if self.__dict__.get("_closed"):
+                    raise exceptions.ConnectionFailedError()
+                if self._stopping:              # the last stream ended: start another
+                    self._callback_thread.join()
+                    self._callback_thread = None
+                    self._stopping = False
+                if not self._callback_thread:
+                    self._callback_thread = threading.Thread(name=f"etcd-watch-{id(self):x}", target=self._run,
+                                                             daemon=True)
+                    self._callback_thread.start()
+                while self._new_watch:          # one create at a time on a stream
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.__dict__.get("_closed"):
+                        raise exceptions.WatchTimedOut()
+                    self._new_watch_cond.wait(left)
+                new_watch = watch._NewWatch(callback)
+                self._request_queue.put(rq)
+                self._new_watch = new_watch
+                deadline = time.monotonic() + timeout
+                try:
+                    while new_watch.id is None and new_watch.err is None:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or self.__dict__.get("_closed"):
+                            break
+                        self._new_watch_cond.wait(left)
+                    if new_watch.err:
+                        raise new_watch.err
+                    if new_watch.id is None:
+                        raise exceptions.WatchTimedOut()
+                finally:
+                    self._new_watch = None
+                    self._new_watch_cond.notify_all()
+                return new_watch.id
+
+        def _run(self):
+            error = None
+            try:
+                call = self._watch_stub.Watch(watch._new_request_iter(self._request_queue),
+                                              credentials=self._credentials, metadata=self._metadata)
+                self.__dict__["_call"] = call
+                if self.__dict__.get("_closed"):
+                    call.cancel()
+                for rs in call:
+                    self._handle_response(rs)
+            except grpc.RpcError as exc:
+                error = exc
+            finally:
+                with self._lock:
+                    self._stopping = True
+                    if self._new_watch:
+                        self._new_watch.err = error or exceptions.ConnectionFailedError()
+                        self._new_watch_cond.notify_all()
+                    callbacks, self._callbacks = self._callbacks, {}
+                    self._request_queue.put(None)
+                    self._request_queue = None       # a fresh queue for the next stream
+                for callback in callbacks.values():
+                    watch._safe_callback(callback, error)
+
         def _handle_response(self, rs):
             if rs.created:
                 with self._lock:
@@ -191,6 +291,9 @@ def _watcher_class():
                         self._cancel_no_lock(rs.watch_id)
                         return
             super()._handle_response(rs)
+            if rs.created:
+                with self._lock:      # also a create refused as compacted: its creator need not wait out its time
+                    self._new_watch_cond.notify_all()
 
         def cancel_own(self, watch_id, callback) -> None:
             """Cancel watch_id if it is still the watch that calls ``callback``."""
@@ -199,6 +302,14 @@ def _watcher_class():
                     return       # its stream is gone, and the id may be another watch's now
                 del self._callbacks[watch_id]
                 self._cancel_no_lock(watch_id)
+
+        def close(self):
+            with self._lock:
+                self.__dict__["_closed"] = True
+                call = self.__dict__.get("_call")
+                self._new_watch_cond.notify_all()
+            if call is not None:
+                call.cancel()
 
     return Watcher
 

@@ -9,19 +9,25 @@ the same contract suites as the real switch). There is no Docker: endpoints
 are written by the product's IPAM and ``Store.create_endpoint``, as
 CreateEndpoint writes them, without veths.
 
-Hosts share an etcd client (one ``EtcdKV``, one gRPC channel and watch
-stream) per group of ``group`` hosts: a client per host would be a thousand
-channels in one process, one client for all would put every watch of the
-fleet on one stream, which a real fleet never does.
+Hosts are split into ``workers`` processes (0: all in this one), each a
+``HostGroup``: a thousand hosts' threads on one interpreter would measure the
+interpreter, not the product. Inside a group, hosts share an etcd client (one
+``EtcdKV``: one gRPC channel and watch stream) per ``group`` hosts: a client
+per host would be a thousand channels, one client for all would put every
+watch on one stream, which a real fleet never does. Times taken in different
+processes are compared on CLOCK_MONOTONIC, one clock for the whole machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import random
 import secrets
 import threading
 import time
+import traceback
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,12 +103,15 @@ class SimHost:
         band = self.flows.bands.get(ofport) if ofport else None
         return band[0] if band and ofport in self.flows.meter_ports else None
 
+    def bound(self, net_id: str) -> bool:
+        return any(n.id == net_id for n in self.networks)
+
     # -- writing, as the daemon does -------------------------------------------------
     def bind(self, net: Network) -> None:
         self.store.put_binding(Binding(docker_network=hex64(), network=net.id, host=self.host_id, pool=net.subnet))
         self.networks.append(net)
 
-    def new_endpoint(self, net: Network, limited: bool = False) -> SimEndpoint:
+    def new_endpoint(self, net: Network, limited: bool = False, eid: str = "") -> SimEndpoint:
         """Allocate an address through the product's IPAM and write the endpoint
         (CreateEndpoint's transaction), with its port on the in-memory switch."""
         subnet = netaddr.IPNetwork(net.subnet)
@@ -111,7 +120,7 @@ class SimHost:
         held = self.store.get_allocation(net.subnet, offset)
         assert held is not None, f"{ip} was allocated but holds no record"
         alloc, rev = held
-        eid = hex64()
+        eid = eid or hex64()
         port, peer = f"vnp{eid[:10]}", f"vnq{eid[:10]}"
         ep = Endpoint(id=eid, network=net.id, docker_network=hex64(), host=self.host_id, ip=ip,
                       prefixlen=subnet.prefixlen, mac=mac_of(ip), port=port, peer=peer, vlan=net.vlan,
@@ -135,92 +144,336 @@ class SimHost:
 
 
 @dataclass
+class GroupSpec:
+    """What one group of hosts is: its hosts (id and the indexes of the
+    networks it binds) and what they need to reach etcd."""
+
+    endpoints: str
+    prefix: str
+    nets: list[Network]
+    hosts: list[tuple[str, list[int]]]
+    per_host: int
+    group: int
+
+
+class HostGroup:
+    """Some of the fleet's hosts, in one process. Every method is what the
+    coordinator asks of a group; results are plain data."""
+
+    def __init__(self, spec: GroupSpec):
+        self.spec = spec
+        self.kvs: list[EtcdKV] = []
+        self.sims: list[SimHost] = []
+        self._armed: dict[str, dict[str, float | None]] = {}
+        self._meters: dict[str, float | None] = {}
+        self._rss0 = proc_rss()
+        store: Store | None = None
+        for i, (host_id, nets) in enumerate(spec.hosts):
+            if i % spec.group == 0:
+                kv = EtcdKV(spec.endpoints.split(","), timeout=10.0)
+                self.kvs.append(kv)
+                store = Store(kv, spec.prefix)
+            assert store is not None
+            sim = SimHost(host_id, store, spec.prefix)
+            for n in nets:
+                sim.bind(spec.nets[n])
+            self.sims.append(sim)
+        self._by_id = {s.host_id: s for s in self.sims}
+
+    def load(self) -> int:
+        """E endpoints per host, spread over its networks, the first one limited by the profile."""
+        def one(sim: SimHost) -> None:
+            for k in range(self.spec.per_host):
+                sim.new_endpoint(sim.networks[k % len(sim.networks)], limited=k == 0)
+        parallel([lambda s=sim: one(s) for sim in self.sims], workers=8)
+        return sum(len(s.local) for s in self.sims)
+
+    def counts(self) -> dict[str, int]:
+        """network id -> this group's endpoints on it."""
+        out: dict[str, int] = {}
+        for s in self.sims:
+            for e in s.local:
+                out[e.ep.network] = out.get(e.ep.network, 0) + 1
+        return out
+
+    def start(self) -> None:
+        self._rss0 = proc_rss()
+        for sim in self.sims:
+            sim.start()
+
+    def ready(self, per_net: dict[str, int]) -> int:
+        """How many of this group's hosts have their view in and an answer for every endpoint of their networks."""
+        return sum(1 for s in self.sims if s.parts.view.ready()
+                   and s.answers() >= sum(per_net.get(n.id, 0) for n in s.networks))
+
+    def interested(self, net_id: str) -> list[str]:
+        return [s.host_id for s in self.sims if s.bound(net_id)]
+
+    def hosts(self) -> list[tuple[str, list[str]]]:
+        return [(s.host_id, [n.id for n in s.networks]) for s in self.sims]
+
+    def foreign(self) -> int:
+        """Endpoints held by a host's view that belong to a network it has not
+        bound (per-host interest says none: a watch told the wrong cache)."""
+        return sum(1 for s in self.sims for ep in s.parts.view.endpoints() if not s.bound(ep.network))
+
+    def holders(self, endpoint_id: str) -> list[str]:
+        """This group's hosts that hold endpoint_id's ARP answer."""
+        return [s.host_id for s in self.sims if s.has_answer(endpoint_id)]
+
+    def answers_ok(self, per_net: dict[str, int]) -> bool:
+        return all(s.answers() == sum(per_net.get(n.id, 0) for n in s.networks) for s in self.sims)
+
+    # -- convergence: armed before the write, collected after --------------------------------
+    def arm(self, endpoint_id: str, net_id: str, until: float) -> int:
+        """Watch (every 2 ms, until the monotonic time ``until``) for the answer
+        of endpoint_id on this group's started hosts bound to net_id."""
+        hosts = [s for s in self.sims if s.started and s.bound(net_id)]
+        got: dict[str, float | None] = {s.host_id: None for s in hosts}
+        self._armed[endpoint_id] = got
+
+        def poll() -> None:
+            while time.monotonic() < until and any(v is None for v in got.values()):
+                for s in hosts:
+                    if got[s.host_id] is None and s.has_answer(endpoint_id):
+                        got[s.host_id] = time.monotonic()
+                time.sleep(0.002)
+        threading.Thread(target=poll, daemon=True).start()
+        return len(hosts)
+
+    def collect(self, endpoint_id: str, until: float) -> dict[str, float | None]:
+        """Host id -> monotonic arrival time (None: not by ``until``)."""
+        got = self._armed[endpoint_id]
+        while time.monotonic() < until and any(v is None for v in got.values()):
+            time.sleep(0.01)
+        return dict(self._armed.pop(endpoint_id))
+
+    def new_endpoint(self, host_id: str, net_id: str, endpoint_id: str = "", limited: bool = False) -> float:
+        """Write a new endpoint on host_id; the monotonic time the write returned."""
+        sim = self._by_id[host_id]
+        sim.new_endpoint(next(n for n in sim.networks if n.id == net_id), limited, endpoint_id)
+        return time.monotonic()
+
+    def arm_meters(self, rate: int, until: float) -> int:
+        limited = [(s, e) for s in self.sims if s.started for e in s.local if e.ep.limit]
+        got = self._meters = {f"{s.host_id}/{e.ep.id[:8]}": None for s, e in limited}
+
+        def poll() -> None:
+            while time.monotonic() < until and any(v is None for v in got.values()):
+                for s, e in limited:
+                    key = f"{s.host_id}/{e.ep.id[:8]}"
+                    if got[key] is None and s.meter_rate(e.ep.port) == rate:
+                        got[key] = time.monotonic()
+                time.sleep(0.005)
+        threading.Thread(target=poll, daemon=True).start()
+        return len(got)
+
+    def collect_meters(self, until: float) -> dict[str, float | None]:
+        while time.monotonic() < until and any(v is None for v in self._meters.values()):
+            time.sleep(0.01)
+        return dict(self._meters)
+
+    def churn_one(self, seed: int) -> None:
+        """A new endpoint on a random host of the group and the release of one of its old ones."""
+        rnd = random.Random(seed)
+        sim = rnd.choice([s for s in self.sims if s.local])
+        sim.new_endpoint(rnd.choice(sim.networks))
+        sim.release(rnd.choice([e for e in sim.local if not e.ep.limit]))
+
+    def allocate(self, net: Network, per_host: int, start_at: float) -> list[str]:
+        """Every host allocates per_host addresses from net at the monotonic time start_at."""
+        cidr = netaddr.IPNetwork(net.subnet)
+
+        def run(sim: SimHost) -> list[str]:
+            time.sleep(max(0.0, start_at - time.monotonic()))
+            return [sim.parts.ipam.allocate(cidr, [cidr], net).split("/")[0] for _ in range(per_host)]
+        got = parallel([lambda s=sim: run(s) for sim in self.sims], workers=len(self.sims))
+        return [ip for chunk in got for ip in chunk]
+
+    def usage(self) -> dict:
+        return {"rss_delta": proc_rss() - self._rss0, "threads": threading.active_count()}
+
+    def close(self) -> None:
+        for sim in self.sims:
+            sim.close()
+        for kv in self.kvs:
+            with contextlib.suppress(Exception):    # closing a client of a cluster already gone
+                kv.close()
+
+
+def _serve(spec: GroupSpec, conn) -> None:
+    """A worker process: build the group, then run what the coordinator asks."""
+    try:
+        group: HostGroup | None = HostGroup(spec)
+        conn.send(("ok", os.getpid()))
+    except Exception:  # noqa: BLE001  sent to the coordinator, which raises it
+        conn.send(("err", traceback.format_exc()))
+        return
+    while True:
+        try:
+            method, args = conn.recv()
+        except EOFError:
+            method, args = "close", ()
+        try:
+            result = getattr(group, method)(*args)
+            conn.send(("ok", result))
+        except Exception:  # noqa: BLE001  sent to the coordinator, which raises it
+            conn.send(("err", traceback.format_exc()))
+        if method == "close":
+            group = None
+            return
+
+
+class _Remote:
+    """A HostGroup in a worker process."""
+
+    def __init__(self, spec: GroupSpec):
+        ctx = multiprocessing.get_context("spawn")      # no fork of a process holding gRPC threads
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(spec, child), daemon=True)
+        self.proc.start()
+        self.pid = self.recv()
+
+    def send(self, method: str, *args) -> None:
+        self.conn.send((method, args))
+
+    def recv(self):
+        kind, value = self.conn.recv()
+        if kind == "err":
+            raise RuntimeError(f"fleet worker {self.proc.pid}:\n{value}")
+        return value
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):    # a worker already gone
+            self.send("close")
+            self.recv()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class _Local:
+    """A HostGroup in this process, behind the same send/recv."""
+
+    def __init__(self, spec: GroupSpec):
+        self.group = HostGroup(spec)
+        self.pid = os.getpid()
+        self._result = None
+
+    def send(self, method: str, *args) -> None:
+        self._result = getattr(self.group, method)(*args)
+
+    def recv(self):
+        return self._result
+
+    def close(self) -> None:
+        self.group.close()
+
+
+@dataclass
 class Fleet:
-    """N hosts, M networks (one per ``hosts_per_net`` hosts), E endpoints per host."""
+    """N hosts, M networks (one per ``hosts_per_net`` hosts), E endpoints per
+    host, in ``workers`` processes (0: this one)."""
 
     endpoints: str                      # etcd client URLs, comma-separated
     hosts: int
     per_host: int = 50
     hosts_per_net: int = 10
     group: int = 25
+    workers: int = 0
     prefix: str = field(default_factory=lambda: f"/np-fleet-{secrets.token_hex(4)}/v1")
     octet: int = 0                      # subnets 10.<octet+i>.0.0/16 (default: random 100-190)
     vlan_base: int = 3000
     seed: int = 15
-    sims: list[SimHost] = field(default_factory=list)
     nets: list[Network] = field(default_factory=list)
+    parts: list = field(default_factory=list)
+    layout: list[tuple[str, list[str]]] = field(default_factory=list)    # host id -> network ids
+    owner: dict[str, int] = field(default_factory=dict)                 # host id -> its part
+    per_net: dict[str, int] = field(default_factory=dict)               # network id -> endpoints on it
+    store: Store | None = None
     kvs: list[EtcdKV] = field(default_factory=list)
-
-    def kv(self) -> EtcdKV:
-        kv = EtcdKV(self.endpoints.split(","), timeout=10.0)
-        self.kvs.append(kv)
-        return kv
 
     def build(self) -> None:
         """Networks, hosts, bindings (each host binds 1 or 2 networks) and the
         local endpoints, written from the hosts' own IPAM; nothing started."""
         rnd = random.Random(self.seed)
         base = self.octet or rnd.randrange(100, 190)
-        loader = Store(self.kv(), self.prefix)
-        loader.put_profile(Profile(PROFILE, 10_000, 1_000), create=True)
+        kv = EtcdKV(self.endpoints.split(","), timeout=10.0)
+        self.kvs.append(kv)
+        self.store = Store(kv, self.prefix)
+        self.store.put_profile(Profile(PROFILE, 10_000, 1_000), create=True)
         count = max(1, -(-self.hosts // self.hosts_per_net))
         for i in range(count):
-            self.nets.append(create_network(loader, f"sim-net-{i}", self._subnet(base, i), self.vlan_base + i))
-        store: Store | None = None
+            self.nets.append(create_network(self.store, f"sim-net-{i}", self._subnet(base, i), self.vlan_base + i))
+        hosts: list[tuple[str, list[int]]] = []
         for h in range(self.hosts):
-            if h % self.group == 0:
-                store = Store(self.kv(), self.prefix)
-            assert store is not None
-            sim = SimHost(f"sim-{h:04d}", store, self.prefix)
-            first = self.nets[h // self.hosts_per_net % count]
-            sim.bind(first)
+            nets = [h // self.hosts_per_net % count]
             if rnd.random() < 0.5 and count > 1:
-                sim.bind(self.nets[(h // self.hosts_per_net + 1) % count])
-            self.sims.append(sim)
-        self.load()
+                nets.append((h // self.hosts_per_net + 1) % count)
+            hosts.append((f"sim-{h:04d}", nets))
+        n_parts = max(1, self.workers)
+        size = -(-len(hosts) // n_parts)
+        specs = [GroupSpec(self.endpoints, self.prefix, self.nets, hosts[i:i + size], self.per_host, self.group)
+                 for i in range(0, len(hosts), size)]
+        make = _Remote if self.workers else _Local
+        self.parts = parallel([lambda s=spec: make(s) for spec in specs], workers=len(specs))
+        for i, spec in enumerate(specs):
+            for host_id, _ in spec.hosts:
+                self.owner[host_id] = i
+        self.layout = [h for chunk in self.all("hosts") for h in chunk]
+        self.all("load")
+        self.per_net = {}
+        for counts in self.all("counts"):
+            for net_id, n in counts.items():
+                self.per_net[net_id] = self.per_net.get(net_id, 0) + n
 
     @staticmethod
     def _subnet(base: int, i: int) -> str:
         """A /20 (4,094 addresses) per network, 16 per /16."""
         return f"10.{(base + i // 16) % 250}.{i % 16 * 16}.0/20"
 
-    def load(self) -> None:
-        """E endpoints per host, spread over its networks, the first one limited by the profile."""
-        def one(sim: SimHost) -> None:
-            for k in range(self.per_host):
-                sim.new_endpoint(sim.networks[k % len(sim.networks)], limited=k == 0)
-        parallel([lambda s=sim: one(s) for sim in self.sims], workers=16)
+    def all(self, method: str, *args) -> list:
+        """Ask every part at once; their answers, in order."""
+        for part in self.parts:
+            part.send(method, *args)
+        return [part.recv() for part in self.parts]
 
-    def start(self, sims: list[SimHost] | None = None) -> None:
-        for sim in sims or self.sims:
-            sim.start()
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.parts]
+
+    def start(self) -> None:
+        self.all("start")
 
     def ready(self, timeout: float) -> bool:
         """Every host's view has its first reads in and its ARP proxy holds an
         answer for every endpoint of its networks."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(s.parts.view.ready() and s.answers() >= self.expected_answers(s) for s in self.sims):
+            if sum(self.all("ready", self.per_net)) == self.hosts:
                 return True
             time.sleep(0.2)
         return False
 
-    def expected_answers(self, sim: SimHost) -> int:
-        nets = {n.id for n in sim.networks}
-        return sum(1 for s in self.sims for e in s.local if e.ep.network in nets)
+    def interested(self, net_id: str) -> list[str]:
+        return [h for h, nets in self.layout if net_id in nets]
+
+    def networks_of(self, host_id: str) -> list[str]:
+        return next(nets for h, nets in self.layout if h == host_id)
 
     def foreign(self) -> int:
-        """Endpoints held by a host's view that belong to a network it has not
-        bound (per-host interest says none: a watch told the wrong cache)."""
-        return sum(1 for s in self.sims for ep in s.parts.view.endpoints()
-                   if ep.network not in {n.id for n in s.networks})
+        return sum(self.all("foreign"))
 
-    def interested(self, net_id: str) -> list[SimHost]:
-        return [s for s in self.sims if any(n.id == net_id for n in s.networks)]
+    def leaked(self, endpoint_id: str, net_id: str) -> list[str]:
+        """Hosts holding endpoint_id's answer that are not bound to its network net_id."""
+        bound = set(self.interested(net_id))
+        return [h for chunk in self.all("holders", endpoint_id) for h in chunk if h not in bound]
+
+    def answers_ok(self) -> bool:
+        return all(self.all("answers_ok", self.per_net))
 
     def close(self) -> None:
-        for sim in self.sims:
-            sim.close()
+        for part in self.parts:
+            part.close()
         for kv in self.kvs:
             with contextlib.suppress(Exception):    # closing a client of a cluster already gone
                 kv.close()
@@ -245,7 +498,7 @@ def parallel(jobs: list, workers: int = 16) -> list:
             except BaseException as exc:  # noqa: BLE001  handed to the caller below
                 with lock:
                     errors.append(exc)
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, workers))]
     for t in threads:
         t.start()
     for t in threads:
@@ -257,36 +510,32 @@ def parallel(jobs: list, workers: int = 16) -> list:
 
 # -- measuring ----------------------------------------------------------------------------
 
-def convergence(fleet: Fleet, sim: SimHost, net: Network, timeout: float = 10.0) -> tuple[SimEndpoint, dict]:
-    """Write a new endpoint on sim and time, from the write's return, until
+def convergence(fleet: Fleet, host_id: str, net_id: str, timeout: float = 10.0) -> tuple[str, dict]:
+    """Write a new endpoint on host_id and time, from the write's return, until
     each host bound to its network holds its ARP answer. Returns the endpoint
-    and host id -> seconds (None: not within timeout)."""
-    hosts = [s for s in fleet.interested(net.id) if s.started]
-    t0 = time.monotonic()
-    new = sim.new_endpoint(net)
-    t0 = time.monotonic()
-    got: dict[str, float | None] = {s.host_id: None for s in hosts}
-    while time.monotonic() - t0 < timeout and any(v is None for v in got.values()):
-        for s in hosts:
-            if got[s.host_id] is None and s.has_answer(new.ep.id):
-                got[s.host_id] = time.monotonic() - t0
-        time.sleep(0.002)
-    return new, got
+    id and host id -> seconds (None: not within timeout)."""
+    eid = hex64()
+    until = time.monotonic() + timeout + 30          # the poll's own end: collect bounds the wait
+    fleet.all("arm", eid, net_id, until)
+    owner = fleet.parts[fleet.owner[host_id]]
+    owner.send("new_endpoint", host_id, net_id, eid)
+    t0 = owner.recv()
+    got: dict[str, float | None] = {}
+    for chunk in fleet.all("collect", eid, t0 + timeout):
+        got.update({h: (t - t0 if t is not None and t - t0 <= timeout else None) for h, t in chunk.items()})
+    return eid, got
 
 
 def profile_convergence(fleet: Fleet, rate: int, timeout: float = 15.0) -> dict:
     """Change the profile's rate and time until each host with a limited
-    endpoint has the new rate on its meter: host id -> seconds or None."""
-    limited = [(s, e) for s in fleet.sims if s.started for e in s.local if e.ep.limit]
-    fleet.sims[0].store.put_profile(Profile(PROFILE, rate, 1_000), create=False)
+    endpoint has the new rate on its meter: host/endpoint -> seconds or None."""
+    assert fleet.store is not None
+    fleet.all("arm_meters", rate, time.monotonic() + timeout + 30)
+    fleet.store.put_profile(Profile(PROFILE, rate, 1_000), create=False)
     t0 = time.monotonic()
-    got: dict[str, float | None] = {f"{s.host_id}/{e.ep.id[:8]}": None for s, e in limited}
-    while time.monotonic() - t0 < timeout and any(v is None for v in got.values()):
-        for s, e in limited:
-            key = f"{s.host_id}/{e.ep.id[:8]}"
-            if got[key] is None and s.meter_rate(e.ep.port) == rate:
-                got[key] = time.monotonic() - t0
-        time.sleep(0.005)
+    got: dict[str, float | None] = {}
+    for chunk in fleet.all("collect_meters", t0 + timeout):
+        got.update({k: (t - t0 if t is not None and t - t0 <= timeout else None) for k, t in chunk.items()})
     return got
 
 
@@ -294,20 +543,14 @@ def allocate_together(fleet: Fleet, per_host: int, subnet: str = "") -> dict:
     """Every host allocates per_host addresses from ONE pool at the same time,
     through its own IPAM; returns the rate and the duplicates found (addresses
     handed out twice, and allocation keys not held exactly once)."""
-    loader = fleet.sims[0].store
-    net = create_network(loader, "sim-shared", subnet or f"10.{random.randrange(191, 250)}.0.0/16", fleet.vlan_base
-                         + 999)
-    cidr = netaddr.IPNetwork(net.subnet)
-    start = threading.Barrier(len(fleet.sims))
-
-    def run(sim: SimHost) -> list[str]:
-        start.wait(60)
-        return [sim.parts.ipam.allocate(cidr, [cidr], net).split("/")[0] for _ in range(per_host)]
-    t0 = time.monotonic()
-    got = parallel([lambda s=sim: run(s) for sim in fleet.sims], workers=len(fleet.sims))
-    took = time.monotonic() - t0
+    assert fleet.store is not None
+    net = create_network(fleet.store, "sim-shared", subnet or f"10.{random.randrange(191, 250)}.0.0/16",
+                         fleet.vlan_base + 999)
+    start_at = time.monotonic() + 2.0
+    got = fleet.all("allocate", net, per_host, start_at)
+    took = time.monotonic() - start_at
     ips = [ip for chunk in got for ip in chunk]
-    held = [a.ip for _, a in loader.list_allocations(net.subnet) if a.kind == "endpoint"]
+    held = [a.ip for _, a in fleet.store.list_allocations(net.subnet) if a.kind == "endpoint"]
     return {"allocations": len(ips), "seconds": took, "per_second": len(ips) / took if took else None,
             "duplicates": len(ips) - len(set(ips)), "held": len(held), "held_twice": len(held) - len(set(held)),
             "unheld": len(set(ips) - set(held))}

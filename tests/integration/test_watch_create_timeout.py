@@ -130,3 +130,43 @@ def test_a_watch_ended_with_its_stream_does_not_cancel_the_next_streams_watch(tm
     finally:
         kv.close()
         member.stop()
+
+
+def test_a_failed_over_read_keeps_the_stream_and_a_closed_stream_ends_its_watches():
+    """A read that fails over must not close the watch stream (the library
+    closed it half-way: every create queued on it then waited out its
+    timeout, one after the other); a stream closed for real ends its
+    watches with an error, so their caches read again on a new one."""
+    from netplugin.errors import StoreUnavailable
+    from netplugin.kv import Delete
+    kv = EtcdKV([ETCD], timeout=3)
+    base = f"/nptest-watch-{secrets.token_hex(4)}"
+    a, b = f"{base}/a/", f"{base}/b/"
+    try:
+        kv.txn([], [Put(a + "0", "1")])
+        _, revision = kv.snapshot(a)
+        stop = threading.Event()
+        events = kv.watch_prefix(a, revision, stop)
+        assert _first_event(events, 5) is not None
+        client = kv._get_client()
+        stream = client.watcher
+        client._clear_old_stubs()                 # what the client does after a read timed out
+        assert client.watcher is stream, "a failed-over read replaced a live watch stream"
+        kv.txn([], [Put(a + "1", "1")])
+        got = _first_event(events, 5)
+        assert got is not None and not isinstance(got, BaseException) and got.key == a + "1", got
+        t0 = time.monotonic()
+        stream.close()
+        ended = _first_event(events, 5)
+        assert isinstance(ended, StoreUnavailable), f"a closed stream's watch did not end: {ended!r}"
+        assert client.watcher is not stream
+        kv.txn([], [Put(b + "x", "1")])
+        _, revision = kv.snapshot(b)
+        other = kv.watch_prefix(b, revision, stop)
+        got = _first_event(other, 5)
+        assert got is not None and not isinstance(got, BaseException) and got.key == b + "x", got
+        assert time.monotonic() - t0 < 8
+        stop.set()
+    finally:
+        kv.txn([], [Delete(base + "/", prefix=True)])
+        kv.close()
