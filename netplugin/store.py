@@ -56,15 +56,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import netaddr
 
 from .badrecords import BadRecords
 from .cache import Cache
-from .errors import Conflict, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
+from .errors import Conflict, HistoryCompacted, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
 from .identity import BadRecord as IdentityBadRecord
 from .identity import Instance, Registration
 from .jsondepth import loads as json_loads
@@ -131,6 +133,78 @@ def compare_and_swap(kv: KV, attempt: Callable[[Reading], tuple[list[Put | Delet
         if kv.txn(reading.guards, ops):
             return result
     raise gave_up
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of record that events follow: its keys are under prefix; key_id(key)
+    is the object's id in a key (None: not one of its records, or a bad key,
+    counted by key_id); attrs(item) what an event shows of a record (None: a
+    bad record, skipped and counted)."""
+
+    prefix: str
+    type: str
+    key_id: Callable[[str], str | None]
+    attrs: Callable[[Item], dict | None]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of a followed record: action is create, update or delete."""
+
+    revision: int
+    type: str
+    action: str
+    id: str
+    attrs: dict
+
+
+def head_revision(kv: KV, root: str) -> int:
+    """etcd's current revision, read from a range that holds no key."""
+    return kv.snapshot(f"{root}/\x00")[1]
+
+
+def follow_changes(kv: KV, root: str, families: list[Family], start_revision: int,
+                   stop: threading.Event) -> Iterator[Change]:
+    """Every change of the families' records from start_revision on (0: from
+    now), until stop is set, through one watch on root, taken again after the
+    last change handed on when it breaks. create or update: a key that exists
+    now is known from its create revision, any other from the changes seen
+    (one deleted since start_revision and put again reads as a create).
+    HistoryCompacted when etcd no longer holds start_revision."""
+    alive: set[str] = set()
+    head = head_revision(kv, root)
+    start = start_revision or head + 1
+    for fam in families:
+        alive |= {i.key for i in kv.get_prefix(fam.prefix, keys_only=True) if i.create_revision < start}
+    last, done_in_last = start - 1, 0          # the last revision handed on, and how many of its changes
+    while not stop.is_set():
+        seen_in_rev = 0
+        try:
+            for ev in kv.watch_prefix(root, max(start, last), stop):
+                seen_in_rev = seen_in_rev + 1 if ev.mod_revision == last else 1
+                if ev.mod_revision == last and seen_in_rev <= done_in_last:
+                    continue                    # handed on before the watch broke
+                last, done_in_last = ev.mod_revision, seen_in_rev
+                of = next((f for f in families if ev.key.startswith(f.prefix)), None)
+                obj = of.key_id(ev.key) if of else None
+                if of is None or obj is None:
+                    continue
+                if ev.kind == "delete":
+                    alive.discard(ev.key)
+                    yield Change(ev.mod_revision, of.type, "delete", obj, {})
+                    continue
+                attrs = of.attrs(Item(ev.key, ev.value, 0, ev.mod_revision))
+                action = "update" if ev.key in alive else "create"
+                alive.add(ev.key)
+                if attrs is not None:
+                    yield Change(ev.mod_revision, of.type, action, obj, attrs)
+        except HistoryCompacted:
+            raise
+        except StoreUnavailable:
+            if stop.wait(1.0):
+                return
+            logging.getLogger(__name__).info("the watch of %s broke: taking it again from revision %s", root, last)
 
 
 class Store:
@@ -1041,6 +1115,108 @@ class Store:
     def get_json(self, key: str) -> dict | None:
         return self._load_dict(self.kv.get(key), "report")
 
+
+    # -- events: changes as they happen, and etcd's revision some time ago -----------------------
+    def _key_id(self, kind: str, pattern: re.Pattern, part: int = -1, parts: int = 1) -> Callable[[str], str | None]:
+        """key_id of a Family: the key's part-th part after its family's prefix,
+        which must have ``parts`` parts, each checked against pattern."""
+        def key_id(key: str) -> str | None:
+            tail = key.split("/")[-parts:] if key.count("/") >= parts else []
+            if len(tail) != parts or not all(pattern.fullmatch(t) for t in tail):
+                self.bad.found(key, kind, "the key is not one of this family's")
+                return None
+            return tail[part]
+        return key_id
+
+    def change_families(self) -> list[Family]:
+        """What ``netctl events`` follows: networks, endpoints, profiles,
+        settings, hosts coming and going, reconcile reports, release requests."""
+        any_id = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+        ep_id = self._key_id("endpoint", any_id, -1, 3)
+
+        def endpoint_attrs(item: Item) -> dict | None:
+            ep = self._load_endpoint(item)
+            return None if ep is None else {"network": ep.network_name or ep.network, "network_id": ep.network,
+                                            "host": ep.host, "ip": ep.ip}
+
+        def network_attrs(item: Item) -> dict | None:
+            n = self._load(Network, item)
+            return None if n is None else {"name": n.label, "subnet": n.subnet, "vlan": n.vlan}
+
+        def profile_attrs(item: Item) -> dict | None:
+            p = self._load(Profile, item)
+            return None if p is None else {"rate_kbps": p.rate_kbps, "burst_kb": p.burst_kb}
+
+        def setting_attrs(item: Item) -> dict | None:
+            value = self._decode_setting(item)
+            return None if value is None else {"value": value}
+
+        def report_attrs(item: Item) -> dict | None:
+            if not item.key.endswith("/last"):
+                return None
+            rep = self._load_dict(item, "report")
+            return None if rep is None else {"host": item.key.split("/")[-2], "status": rep.get("status", ""),
+                                             "findings": len(rep.get("findings") or []),
+                                             "released": rep.get("released", 0), "errors": rep.get("errors", 0)}
+        return [
+            Family(self.k_network(""), "network", self._key_id("network", NETWORK_ID_RE), network_attrs),
+            Family(f"{self.prefix}/net-endpoints/", "endpoint", ep_id, endpoint_attrs),
+            Family(self.k_legacy_endpoint(""), "endpoint", self._key_id("endpoint", DOCKER_ID_RE), endpoint_attrs),
+            Family(self.k_profile(), "profile", self._key_id("profile", any_id), profile_attrs),
+            Family(self.k_setting(""), "setting", self._key_id("setting", any_id), setting_attrs),
+            Family(f"{self.prefix}/hosts/", "host", self._key_id("host", HOST_RE), lambda item: {}),
+            Family(f"{self.prefix}/reconcile/", "reconcile", self._key_id("reconcile", any_id, 0, 2), report_attrs),
+            Family(f"{self.prefix}/release/", "release", self._key_id("release", any_id, -1, 2),
+                   lambda item: {"host": item.key.split("/")[-2]}),
+        ]
+
+    def follow_changes(self, start_revision: int, stop: threading.Event) -> Iterator[Change]:
+        """netplugin's changes from start_revision (0: from now) on, until stop."""
+        return follow_changes(self.kv, self.prefix, self.change_families(), start_revision, stop)
+
+    def head_revision(self) -> int:
+        return head_revision(self.kv, self.prefix)
+
+    def revision_ago(self, seconds: float, stop: threading.Event, window: int = 4096) -> tuple[int, str]:
+        """The first revision of the last ``seconds`` and how it was found. No
+        clock is compared with another's: each live host's heartbeat stamps
+        (``hostinfo/``, its own clock) are read back from etcd's history and
+        compared with that host's newest stamp only; the latest revision that
+        every such host puts before the moment is taken (to within a
+        heartbeat). The history is read in growing windows back from now."""
+        items, head = self.kv.snapshot(f"{self.prefix}/hostinfo/")
+        alive = {i.key.rsplit("/", 1)[1] for i in self.kv.get_prefix(f"{self.prefix}/hosts/", keys_only=True)}
+        newest = {}
+        for item in items:
+            host = self._load(Host, item)
+            if host is not None and host.host in alive:
+                newest[item.key] = (host.last_seen, item.mod_revision)
+        if not newest:
+            raise InvalidRequest("no live host stamps etcd to measure time by: give --since as a revision "
+                                 f"(the current one is {head})")
+        last_stamp = max(rev for _, rev in newest.values())
+        while True:
+            start = max(1, head - window)
+            before: dict[str, int] = {}           # host key -> its last stamp at or before the moment
+            done = threading.Event()
+            try:
+                for ev in self.kv.watch_prefix(f"{self.prefix}/hostinfo/", start, done):
+                    host = self._load(Host, Item(ev.key, ev.value, 0, ev.mod_revision)) if ev.kind == "put" else None
+                    if host is not None and ev.key in newest and host.last_seen <= newest[ev.key][0] - seconds:
+                        before[ev.key] = ev.mod_revision
+                    if ev.mod_revision >= last_stamp or stop.is_set():
+                        break
+            except HistoryCompacted as exc:
+                start = exc.compacted_revision + 1
+                return start, f"etcd's history starts at revision {start}: every change it still holds"
+            finally:
+                done.set()
+            if before:
+                rev = max(before.values()) + 1
+                return rev, f"revision {rev}, by the heartbeats of {len(newest)} live host(s)"
+            if start == 1:
+                return 1, "the whole of etcd's history is younger than that"
+            window *= 4
 
 def adoptable(holder: Allocation, reservation: Allocation) -> bool:
     """May a new network take over this claim for its gateway or aux address?

@@ -7,6 +7,7 @@ containers on netplugin networks.
     drctl backups   the catalog of good backups   drctl prune     apply retention to a target
     drctl rm        remove ended jobs' containers drctl check     exit 1 when a target has no recent good backup
     drctl agent     the per-host scheduler (one per Docker host, e.g. a systemd service)
+    drctl events    changes as they happen (job states, progress, catalog, schedules, agents)
     drctl schedule  backups on a cron schedule      drctl hosts     live agents, labels, free slots
 
 A separate command rather than ``netctl backup``: netctl operates the network
@@ -32,6 +33,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from ..cli import events
 from ..cli.filters import add_filter_option, apply
 from ..cli.multi import each_name
 from ..cli.output import print_fields, print_inspect, print_json, print_listing, print_table
@@ -189,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--max-age", default="26h", help="default 26h")
     ck.add_argument("target", nargs="*")
     ck.set_defaults(run=cmd_check)
+
+    ev = events.add_parser(sub, common, "drctl", ["job", "backup", "schedule", "agent"],
+                           ["kind", "target", "host", "state", "cron", "paused"])
+    ev.set_defaults(run=cmd_events)
 
     ag = sub.add_parser("agent", help="run this host's scheduler in the foreground", parents=[common])
     ag.add_argument("--max-jobs", type=int, help="jobs at once on this host (default: setting, 5)")
@@ -382,7 +388,8 @@ def cmd_show(args, ctx) -> int:
 def _print_job(j: Job) -> None:
     spec = j.job_spec
     lim = spec.limits
-    pairs = [("Job", j.id), ("Kind", j.kind), ("Target", j.target), ("Server", j.server or "-"), ("Host", j.host),
+    pairs: list[tuple[str, object]] = [
+        ("Job", j.id), ("Kind", j.kind), ("Target", j.target), ("Server", j.server or "-"), ("Host", j.host),
              ("State", j.state),
              ("Message", j.message), ("Submitted", f"{fmt_time(j.created)} by {j.submitted_by}"),
              ("Network", f"{spec.network}" + (f" at {spec.ip}" if spec.ip else "")),
@@ -528,6 +535,12 @@ def cmd_check(args, ctx) -> int:
                     [[r["target"], "yes" if r["ok"] else "NO", r["newest"], fmt_age(r["age"]) if r["age"] else "-",
                       "; ".join(r["problems"])] for r in rows])
     return 1 if bad else 0
+
+
+def cmd_events(args, ctx) -> int:
+    """Job states (queued, starting, running ... succeeded), progress, the
+    catalog, schedules and agents coming and going, as they change."""
+    return events.run(args, ctx, ctx.store, "drctl", ctx.np_store.revision_ago, events.JobStates())
 
 
 # -- the agent ----------------------------------------------------------------------------

@@ -37,16 +37,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from .. import jsondepth
-from ..errors import Conflict, NetpluginError, NotFound
+from ..errors import Conflict, NetpluginError, NotFound, StoreUnavailable
 from ..identity import Instance
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
-from ..store import Reading, Store, compare_and_swap
+from ..store import Change, Family, Reading, Store, compare_and_swap, follow_changes
 from .model import QUEUED, STARTING, Backup, BadRecord, Job
 from .schedules import Schedule
 
@@ -419,6 +421,67 @@ class BackupStore:
         return sorted({i.key[len(self.k_catalog()):].split("/", 1)[0]
                        for i in self.kv.get_prefix(self.k_catalog(), keys_only=True)})
 
+
+    # -- following changes: drctl run --wait, drctl events ------------------------------
+    def watch_job(self, job_id: str, stop: threading.Event) -> Iterator[Job]:
+        """The job as it is now, then after each change, fed by an etcd watch,
+        until stop is set. NotFound when it does not exist or is deleted; a
+        broken watch is taken again from a fresh read."""
+        key = self.k_job(job_id)
+        while not stop.is_set():
+            items, rev = self.kv.snapshot(key)
+            item = next((i for i in items if i.key == key), None)
+            if item is None:
+                raise NotFound(f"job {job_id} does not exist: see 'drctl ls'")
+            yield from self._parsed(Job, [item])
+            try:
+                for ev in self.kv.watch_prefix(key, rev + 1, stop):
+                    if ev.key != key:
+                        continue
+                    if ev.kind == "delete":
+                        raise NotFound(f"job {job_id} was deleted while followed")
+                    yield from self._parsed(Job, [Item(ev.key, ev.value, 0, ev.mod_revision)])
+                return
+            except StoreUnavailable:
+                stop.wait(1.0)
+
+    def change_families(self) -> list[Family]:
+        """What ``drctl events`` follows: jobs, the catalog, schedules, agents."""
+        name = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}")
+
+        def key_id(family: str, parts: int = 1) -> Callable[[str], str | None]:
+            def get(key: str) -> str | None:
+                tail = key[len(f"{self.root}/{family}/"):].split("/")
+                return tail[-1] if len(tail) == parts and all(name.fullmatch(t) for t in tail) else None
+            return get
+
+        def job_attrs(item: Item) -> dict | None:
+            found = self._parsed(Job, [item])
+            if not found:
+                return None
+            j = found[0]
+            return {"kind": j.kind, "target": j.target, "host": j.host, "state": j.state, "message": j.message,
+                    "bytes": (j.progress or {}).get("bytes")}
+
+        def backup_attrs(item: Item) -> dict | None:
+            found = self._parsed(Backup, [item])
+            return {"target": found[0].target, "size": found[0].size} if found else None
+
+        def schedule_attrs(item: Item) -> dict | None:
+            try:
+                sc = Schedule.from_json(item.value)
+            except (BadRecord, NetpluginError):
+                log.warning("drctl record %r skipped: not a schedule", item.key[:200])
+                return None
+            return {"target": sc.target, "cron": sc.cron, "paused": sc.paused}
+        return [Family(self.k_job(), "job", key_id("jobs"), job_attrs),
+                Family(self.k_catalog(), "backup", key_id("catalog", 2), backup_attrs),
+                Family(self.k_schedule(), "schedule", key_id("schedules"), schedule_attrs),
+                Family(self.k_agent(), "agent", key_id("agents"), lambda item: {})]
+
+    def follow_changes(self, start_revision: int, stop: threading.Event) -> Iterator[Change]:
+        """drctl's changes from start_revision (0: from now) on, until stop."""
+        return follow_changes(self.kv, self.root, self.change_families(), start_revision, stop)
 
 def _when(record: Job | Backup) -> float:
     """A record's creation time for sorting; a crafted non-number sorts first."""

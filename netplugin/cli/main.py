@@ -13,7 +13,7 @@ import time
 from .. import __version__
 from ..config import load
 from ..daemon import password_file_arg
-from . import endpoint_cmds, global_cmds, network_cmds, profile_cmds, status_cmds
+from . import endpoint_cmds, events, global_cmds, network_cmds, profile_cmds, status_cmds
 from .parsing import (
     OutputFlags,
     Parser,
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile_cmds.register(sub, common)
     global_cmds.register(sub, common)
     status_cmds.register(sub, common)
+    ev = events.add_parser(sub, common, "netctl", ["network", "endpoint", "profile", "setting", "host", "reconcile",
+                                                   "release"],
+                           ["name", "network", "network_id", "host", "ip", "subnet", "vlan", "status", "value"])
+    ev.set_defaults(run=lambda args, ctx: events.run(args, ctx, ctx.store, "netctl", ctx.store.revision_ago))
     v = sub.add_parser("version", help="print the version", parents=[common])
     v.set_defaults(run=version)
     return parser

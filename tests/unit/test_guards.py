@@ -124,7 +124,7 @@ def test_force_drops_endpoints_in_the_same_transaction(np):
                   mac="02:4e:0a:14:00:09", port="np" + eid[:11], peer="nc" + eid[:11], vlan=120)
     alloc = Allocation(ep.ip, "endpoint", "h2", endpoint=eid, network=net.id)
     np.kv.txn([], [Put(store.k_legacy_endpoint(eid), ep.to_json()), Put(store.k_alloc(net.subnet, 9), alloc.to_json())])
-    with pytest.raises(Conflict, match="pass --force"):
+    with pytest.raises(Conflict, match="netctl network rm --with-endpoints"):
         remove(store, "prod")
     remove(store, "prod", force=True)
     assert store.get_endpoint(eid) is None and np.kv.keys(f"{P}/ipam/") == []
