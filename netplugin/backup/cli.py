@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 
@@ -299,11 +300,23 @@ def _after_submit(args, ctx, job: Job) -> int:
 
 
 def follow(store, job_id: str, out) -> Job:
-    """Wait for the job's end, printing its history to out as it grows (None: quietly)."""
-    def seen(h: dict) -> None:
-        if out is not None:
-            print(f"{fmt_time(h['time'])}  {h['state']:<10} {h.get('message', '')}", file=out, flush=True)
-    return jobs.follow(store, job_id, seen)
+    """Wait for the job's end, fed by an etcd watch of its record, showing its
+    states and progress on out as they change (a live line on a terminal,
+    plain lines otherwise; None: quietly)."""
+    from ..cli.progress import ProgressView
+    view = ProgressView(out, out.isatty()) if out is not None else None
+    stop = threading.Event()
+    try:
+        for job in store.watch_job(job_id, stop):
+            if view is not None:
+                view.update(job)
+            if job.terminal:
+                return job
+    finally:
+        stop.set()
+        if view is not None:
+            view.close()
+    raise NotFound(f"job {job_id}: its watch ended before the job did")
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -377,7 +377,9 @@ case $COMPRESSION in
     *) fail "unknown compression $COMPRESSION" ;;
 esac
 log "loading $REL into $INTO on $DB_HOST:$DB_PORT"
-"${READ[@]}" 2>"$OUT/read.err" | "${DECOMPRESS[@]}" 2>"$OUT/decompress.err" \
+# status=progress: dd says every second how many bytes it read, which the
+# agent reads back as the restore's progress (runner._bytes_so_far).
+"${READ[@]}" status=progress 2>"$OUT/read.err" | "${DECOMPRESS[@]}" 2>"$OUT/decompress.err" \
     | mariadb "--defaults-file=$CNF" "--host=$DB_HOST" "--port=$DB_PORT" --batch --max-allowed-packet=1G \
         --default-character-set=utf8mb4 "$INTO" 2>"$OUT/load.err"
 st=("${PIPESTATUS[@]}")

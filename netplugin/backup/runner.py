@@ -22,6 +22,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import stat
 import threading
@@ -479,8 +480,35 @@ class Runner:
         ctx.attach_thread.start()
 
     # -- waiting ------------------------------------------------------------------------------
+    def _expected(self, ctx: _Ctx) -> dict:
+        """What the job's progress is measured against: a restore reads its
+        backup's bytes; a backup's written bytes are compared with its target's
+        newest good backup (an estimate: the database may have grown)."""
+        if ctx.job.kind == RESTORE and ctx.manifest and isinstance(ctx.manifest.get("size"), int):
+            return {"total": ctx.manifest["size"], "total_basis": "backup size"}
+        if ctx.job.kind == BACKUP:
+            newest = self.store.backups(ctx.job.target)[:1]
+            if newest:
+                return {"total": newest[0].size, "total_basis": "previous backup"}
+        return {}
+
+    def _bytes_so_far(self, ctx: _Ctx) -> int:
+        """A backup: the bytes written to its file; a restore: the bytes its load
+        read, from the last figure dd's status=progress wrote (out/read.err)."""
+        try:
+            if ctx.job.kind == BACKUP:
+                return os.path.getsize(ctx.host(ctx.rel(ctx.ext + ".partial")))
+            with _open(os.path.join(ctx.job_dir, "out", "read.err"), os.O_RDONLY, "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 512))
+                figures = re.findall(rb"(\d+) bytes", fh.read())
+            return int(figures[-1]) if figures else 0
+        except (OSError, InvalidRequest):
+            return 0
+
     def _wait(self, ctx: _Ctx) -> None:
-        last_progress = 0.0
+        last_progress = self.clock()
+        expected = self._expected(ctx)
+        self._record(ctx, progress={"bytes": self._bytes_so_far(ctx), "time": last_progress, **expected})
         while True:
             remaining = ctx.job.run_by - self.clock() if ctx.job.run_by else 2.0
             if remaining <= 0:
@@ -489,13 +517,9 @@ class Runner:
             if ctx.exit_code is not None:
                 break
             self._check_stop(ctx, "running")
-            if self.clock() - last_progress >= 5 and ctx.job.kind == BACKUP:
+            if self.clock() - last_progress >= 5:
                 last_progress = self.clock()
-                try:
-                    size = os.path.getsize(ctx.host(ctx.rel(ctx.ext + ".partial")))
-                except (OSError, InvalidRequest):
-                    size = 0
-                self._record(ctx, progress={"bytes": size, "time": self.clock()})
+                self._record(ctx, progress={"bytes": self._bytes_so_far(ctx), "time": last_progress, **expected})
         self._collect(ctx)
 
     def _collect(self, ctx: _Ctx) -> None:
