@@ -159,7 +159,11 @@ class Reconciler:
 
     # -- the run ------------------------------------------------------------------
     def run(self, dry_run: bool = False, grace: float = 60.0, dead_host_after: float | None = None,
-            tombstone_max_age: float | None = DEFAULT_TOMBSTONE_MAX_AGE) -> dict:
+            tombstone_max_age: float | None = DEFAULT_TOMBSTONE_MAX_AGE,
+            progress: Callable[[str, int, int], None] | None = None) -> dict:
+        """progress(phase, done, total), when given, is told how a long pass goes:
+        the networks whose addresses are scanned, then the findings acted on."""
+        self._progress = progress or (lambda phase, done, total: None)
         self.check_host()
         report = Report(self.cfg.host_id, time.time(), dry_run, grace)
         lock = f"reconcile-{self.cfg.host_id}"
@@ -214,7 +218,8 @@ class Reconciler:
         any network: a port, veth or endpoint of one of them is never
         removed, whatever the scan believed."""
         running = self.docker.running_endpoints() if self._removals else set()
-        for finding, act in self._actions:
+        for i, (finding, act) in enumerate(self._actions):
+            self._progress("acting on findings", i, len(self._actions))
             if not keeper.held():
                 finding.error = "not done: this run lost its lock"
                 continue
@@ -232,6 +237,7 @@ class Reconciler:
             except Exception as exc:
                 log.exception("reconcile action failed")
                 finding.error = f"{type(exc).__name__}: {exc}"
+        self._progress("acting on findings", len(self._actions), len(self._actions))
 
     def _prune_tombstones(self, max_age: float) -> int:
         """Delete the release tombstones older than max_age of this host and of
@@ -367,7 +373,8 @@ class Reconciler:
             self._add(report, Finding("veth_without_endpoint", name, f"veth {name} has no endpoint", "release"),
                       lambda name=name: self.links.delete(name), removes=(name,))
 
-        for net in networks.values():
+        for n, net in enumerate(networks.values()):
+            self._progress("scanning the networks' addresses", n, len(networks))
             for offset, alloc in self.store.list_allocations(net.subnet):
                 if alloc.kind != ALLOC_ENDPOINT or alloc.host != me:
                     continue
@@ -382,6 +389,7 @@ class Reconciler:
                                           f"no endpoint", "release"),
                           lambda net=net, offset=offset, alloc=alloc: self._drop_address(net.subnet, offset, alloc),
                           removes=(alloc.endpoint,) if alloc.endpoint else ())
+        self._progress("scanning the networks' addresses", len(networks), len(networks))
 
     def _scan_dead_hosts(self, report: Report, dead_after: float) -> None:
         """Endpoints of hosts whose claim has been gone at least ``dead_after``

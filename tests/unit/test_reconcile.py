@@ -653,3 +653,41 @@ def test_a_veth_on_another_bridge_is_another_daemons(np, rec, clock):
     clock.advance(120)
     assert rec.run(grace=60)["findings"] == []
     assert theirs in np.links.links
+
+
+# -- progress on long passes ----------------------------------------------------------------------
+
+def test_a_pass_reports_its_progress_per_network_and_per_finding(np, net, rec, clock):
+    ips = [claim(np, net) for _ in range(5)]
+    clock.advance(120)
+    calls: list[tuple[str, int, int]] = []
+    report = rec.run(grace=60, progress=lambda phase, done, total: calls.append((phase, done, total)))
+    assert len(report["findings"]) == len(ips)
+    acting = [c for c in calls if c[0] == "acting on findings"]
+    assert acting == [("acting on findings", i, 5) for i in range(6)]
+    assert ("scanning the networks' addresses", 1, 1) in calls
+
+
+def test_progress_lines_every_n_items_or_seconds_and_never_for_a_short_pass():
+    import io
+
+    from netplugin.reconcile_cli import ProgressLines
+    now = [0.0]
+    out = io.StringIO()
+    lines = ProgressLines(out, seconds=10, items=100, clock=lambda: now[0])
+    for i in range(251):                      # 251 items, 0.01 s each: every 100 items
+        now[0] += 0.01
+        lines("acting on findings", i, 250)
+    assert [x.split(": ")[2].split(",")[0] for x in out.getvalue().splitlines()] == [
+        "100 of 250 (40%)", "200 of 250 (80%)", "250 of 250 (100%)"]
+    quiet = io.StringIO()
+    short = ProgressLines(quiet, seconds=10, items=100, clock=lambda: now[0])
+    for i in range(4):
+        short("acting on findings", i, 3)
+    assert quiet.getvalue() == ""
+    slow = io.StringIO()
+    timed = ProgressLines(slow, seconds=10, items=100, clock=lambda: now[0])
+    for i in range(4):
+        now[0] += 6                           # 6 s an item: a line every other item
+        timed("scanning the networks' addresses", i, 3)
+    assert len(slow.getvalue().splitlines()) == 2
