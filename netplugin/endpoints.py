@@ -13,6 +13,7 @@ gratuitous ARP, the veth after DeleteEndpoint) goes to the background.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import Future
@@ -71,10 +72,12 @@ class Endpoints:
     # -- CreateEndpoint ---------------------------------------------------------------
     def create_endpoint(self, docker_net: str, endpoint_id: str, interface: dict) -> dict:
         """Returns the Interface fields Docker left empty (normally just MacAddress)."""
-        if self.pool is None:
+        with self._in_flight():
             return self._create_endpoint(docker_net, endpoint_id, interface)
-        with self.pool.request():
-            return self._create_endpoint(docker_net, endpoint_id, interface)
+
+    def _in_flight(self) -> contextlib.AbstractContextManager:
+        """An endpoint call the pool's filler waits for (it never competes with one)."""
+        return self.pool.request() if self.pool is not None else contextlib.nullcontext()
 
     def _create_endpoint(self, docker_net: str, endpoint_id: str, interface: dict) -> dict:
         check_docker_id(docker_net, "NetworkID")
@@ -197,6 +200,10 @@ class Endpoints:
 
     # -- Join and Leave --------------------------------------------------------------------
     def join(self, docker_net: str, endpoint_id: str, sandbox_key: str) -> dict:
+        with self._in_flight():
+            return self._join(docker_net, endpoint_id, sandbox_key)
+
+    def _join(self, docker_net: str, endpoint_id: str, sandbox_key: str) -> dict:
         ep = self._known_endpoint(docker_net, endpoint_id)
         if not isinstance(sandbox_key, str):
             raise InvalidRequest("SandboxKey must be a string")
@@ -305,7 +312,8 @@ class Endpoints:
         check_docker_id(docker_net, "NetworkID")
         check_docker_id(endpoint_id, "EndpointID")
         try:
-            self._delete_endpoint(endpoint_id)
+            with self._in_flight():
+                self._delete_endpoint(endpoint_id)
         except StoreUnavailable:
             self._retry_delete(endpoint_id, 1)
             raise

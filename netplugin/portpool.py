@@ -101,14 +101,23 @@ class PortPool:
                 self._lock.notify_all()
 
     def take(self) -> Pair | None:
-        """A parked pair, or None when the pool is empty (or off)."""
-        with self._lock:
-            if not self._ready:
-                self.counts["empty"] += self.size > 0
-                return None
-            self.counts["taken"] += 1
-            self._lock.notify_all()
-            return self._ready.pop(0)
+        """A parked pair, or None when the pool is empty (or off). A pair whose
+        port or veth is gone (the bridge was made again, someone deleted it) is
+        removed and the next one taken: two lookups, the port's in the local
+        OVSDB replica."""
+        while True:
+            with self._lock:
+                if not self._ready:
+                    self.counts["empty"] += self.size > 0
+                    return None
+                pair = self._ready.pop(0)
+                self._lock.notify_all()
+            if self.switch.port_exists(pair.host) and self.links.exists(pair.peer):
+                with self._lock:
+                    self.counts["taken"] += 1
+                return pair
+            log.warning("port pool: pair %s lost its port or veth: removed", pair.host)
+            self.discard(pair)
 
     def give_back(self, pair: Pair) -> None:
         """A pair taken but never touched (its endpoint's record was refused)."""

@@ -56,13 +56,27 @@ class Plugin(Daemon):
     def etcd_keys(self, sub: str = "") -> list[str]:
         return etcd.keys(ETCD, f"{self.prefix}/{sub}")
 
+    def parked(self) -> set[str]:
+        """The warm pool's parked pairs (both ends): the daemon keeps them, they are no endpoint's."""
+        out = run("ovs-vsctl", "--bare", "--columns=name", "find", "Port", "external_ids:np-pool=1",
+                  check=False).stdout.split()
+        return {name for host in out if host.startswith("npp") for name in (host, "ncp" + host[3:])}
+
     def ovs_ports(self) -> list[str]:
-        return [p for p in run("ovs-vsctl", "list-ports", self.bridge, check=False).stdout.split() if p]
+        """The bridge's ports but the parked pool ports."""
+        parked = self.parked()
+        return [p for p in run("ovs-vsctl", "list-ports", self.bridge, check=False).stdout.split()
+                if p and p not in parked]
 
     def veths(self) -> list[str]:
+        """np…/nc… links but the pool's: a pair whose both ends are in this namespace
+        (parked, or being made by the filler) is the pool's, not an endpoint's."""
         links = json.loads(run("ip", "-j", "link", "show").stdout)
-        return [link["ifname"] for link in links if link["ifname"].startswith(("np", "nc"))
-                and not link["ifname"].startswith(("npe2e", "nptest"))]
+        names = {link["ifname"] for link in links}
+        pool = {n for n in names if n.startswith("npp") and "ncp" + n[3:] in names}
+        pool |= {"ncp" + n[3:] for n in pool}
+        return [name for name in sorted(names) if name.startswith(("np", "nc"))
+                and not name.startswith(("npe2e", "nptest")) and name not in pool]
 
 
 @pytest.fixture(scope="session")

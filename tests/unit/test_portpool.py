@@ -89,6 +89,14 @@ def test_a_pooled_endpoint_is_removed_whole(np, pool, net):
     assert record(np, c.endpoint) is None
 
 
+def test_a_pair_that_lost_its_port_is_removed_and_the_next_one_taken(np, pool, net):
+    pairs = filled(pool)
+    np.switch.delete_port(pairs[0].host)                 # the bridge was made again, say
+    c = np.run_container(net)
+    assert record(np, c.endpoint).port == pairs[1].host
+    assert pairs[0].host not in np.links.links and pool.ready() == 2
+
+
 def test_an_empty_pool_falls_back_to_a_new_pair(np, pool, net):
     c = np.run_container(net)                           # never filled
     assert record(np, c.endpoint).port == "np" + c.endpoint[:11]
