@@ -25,6 +25,7 @@ import logging
 import re
 import time
 
+from .arpframe import gratuitous_arp
 from .config import Config
 from .dataplane.flows import KIND_ARP_LOCAL, KIND_ARP_UPLINK, TABLE_ARP, Flows, cookie_for
 from .dataplane.ovs import Switch
@@ -42,10 +43,8 @@ VIEW_PATIENCE = 5.0      # seconds a pass waits for the view's first reads (neve
 
 
 def garp_packet(mac: str, ip: str) -> str:
-    """A gratuitous ARP (a request for its own address, to broadcast), as hex, made with scapy."""
-    from scapy.layers.l2 import ARP, Ether
-    pkt = Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=ip, hwdst="00:00:00:00:00:00", pdst=ip)
-    return bytes(pkt).hex()
+    """A gratuitous ARP (a request for its own address, to broadcast), as hex for packet-out."""
+    return gratuitous_arp(mac, ip).hex()
 
 
 class ArpProxy:

@@ -82,16 +82,17 @@ if [[ -f $REPO/pyproject.toml ]]; then
         cd "$REPO"
         {
             "$PY" -c 'import sys; print(sys.version)'
-            for f in pyproject.toml setup.cfg setup.py; do
+            for f in pyproject.toml setup.cfg setup.py requirements/constraints.txt; do
                 if [[ -f $f ]]; then echo "== $f"; cat "$f"; fi
             done
         } | sha256sum | cut -d' ' -f1
     )
     have=$(cat "$VENV/.deps-hash" 2>/dev/null || true)
     if [[ $want != "$have" ]]; then
-        log "pip install -e .[test]"
+        log "pip install -e .[test] -c requirements/constraints.txt"
         start=$SECONDS
-        "$PY" -m pip install -q --disable-pip-version-check -e "${REPO}[test]"
+        # The exact versions CI ran (scripts/refresh-constraints.sh makes the file).
+        "$PY" -m pip install -q --disable-pip-version-check -c "$REPO/requirements/constraints.txt" -e "${REPO}[test]"
         printf '%s\n' "$want" >"$VENV/.deps-hash"
         log "pip done in $((SECONDS - start)) s"
     else

@@ -118,7 +118,8 @@ PIP=("$RELEASE/bin/python" -m pip install -q --disable-pip-version-check --no-wa
 if [[ -n $WHEELHOUSE ]]; then
     PIP+=(--no-index --find-links "$WHEELHOUSE")
 fi
-PIP_ROOT_USER_ACTION=ignore "${PIP[@]}" "$BUILD/src" \
+# The versions CI ran, pinned by requirements/constraints.txt.
+PIP_ROOT_USER_ACTION=ignore "${PIP[@]}" -c "$REPO/requirements/constraints.txt" "$BUILD/src" \
     || die "pip could not install netplugin and its dependencies (offline? use --wheelhouse DIR)"
 for s in "${SCRIPTS[@]}"; do
     [[ -x $RELEASE/bin/$s ]] || die "the venv has no $s script"

@@ -17,6 +17,10 @@
 # Offline pip: PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels bash build.sh
 #
 # Then:   docker plugin set NAME NETPLUGIN_ETCD_ENDPOINTS=http://10.0.0.1:2379 ...
+#         (etcd TLS and password: files in /etc/netplugin/etcd, the etcd-credentials mount;
+#          NETPLUGIN_ETCD_CACERT=/etc/netplugin/etcd/ca.pem ... and
+#          args="--password-file /etc/netplugin/etcd/password" with NETPLUGIN_ETCD_USER=...)
+#         python3 packaging/managed/check_settings.py NAME    (netplugin's own checks, before enable)
 #         docker plugin enable NAME
 #         docker network create -d NAME:latest --ipam-driver NAME:latest --subnet ... -o vlan=100 prod
 set -euo pipefail
@@ -83,6 +87,13 @@ if ((CREATE)); then
     fi
 fi
 
+# The etcd-credentials mount's default source: Docker refuses to enable a plugin whose
+# mount source is missing, so it exists (empty, root's only) even without TLS or a password.
+if [[ ! -e /etc/netplugin/etcd ]]; then
+    install -d -m 0700 /etc/netplugin/etcd
+    log "created /etc/netplugin/etcd (etcd TLS files and password file for the plugin go there)"
+fi
+
 if [[ -z $OUT ]]; then
     OUT=$(mktemp -d /tmp/netplugin-managed.XXXXXX)
     trap 'rm -rf -- "$OUT"' EXIT
@@ -124,6 +135,7 @@ print("%d.%d" % sys.version_info[:2], sysconfig.get_paths()["purelib"])')
         --exclude='./distutils-precedence.pth' --exclude='./pkg_resources' --exclude='./pytest' \
         --exclude='./_pytest' --exclude='./pytest-*' --exclude='./hypothesis' --exclude='./hypothesis-*' \
         --exclude='./_hypothesis*' --exclude='./pluggy*' --exclude='./iniconfig*' --exclude='./py.py' \
+        --exclude='./scapy' --exclude='./scapy-*' \
         -cf - . | tar -C "$ROOT$SITE" -xf -
 else
     mapfile -t REQS < <("$PY" - "$REPO/setup.cfg" <<'PYEOF'
@@ -139,7 +151,8 @@ PYEOF
     log "pip install --target: ${REQS[*]}"
     # --target works with Debian's pip too (PEP 668 only guards the system site).
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
-        "$PY" -m pip install -q --no-warn-script-location --target "$ROOT$SITE" "${REQS[@]}" \
+        "$PY" -m pip install -q --no-warn-script-location --target "$ROOT$SITE" \
+        -c "$REPO/requirements/constraints.txt" "${REQS[@]}" \
         || die "pip could not install the dependencies (offline? use PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR or --site-from VENV)"
     rm -rf -- "${ROOT:?}$SITE/bin"
 fi
@@ -187,7 +200,7 @@ cp "$HERE/config.json" "$OUT/config.json"
 # --- smoke test: the rootfs runs the daemon's imports on its own
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH="$SITE" chroot "$ROOT" /usr/bin/python3 -c '
 import netplugin.daemon, netplugin.wiring, netplugin.api, grpc, pyetcd, ovsdbapp.backend.ovs_idl
-import pyroute2, gunicorn.app.base, flask, prometheus_client, scapy.layers.l2, docker, netaddr
+import pyroute2, gunicorn.app.base, flask, prometheus_client, docker, netaddr
 print("rootfs ok: netplugin", netplugin.__version__)' >&2 \
     || die "the rootfs cannot import netplugin and its dependencies (see above)"
 if [[ -x $ROOT/usr/bin/ovs-ofctl ]]; then

@@ -560,6 +560,29 @@ def test_install_lays_out_the_files(installed):
     assert "Before=docker.service" in unit and "openvswitch-switch.service" in unit
 
 
+def test_install_is_a_clean_venv_with_the_constrained_versions(installed):
+    """install.sh builds a fresh venv with pip -c requirements/constraints.txt: every
+    package in it is at the version the constraints file pins, and scapy is not there."""
+    pinned = {}
+    for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, ver = line.split("==", 1)
+            pinned[name.strip().lower().replace("_", "-").replace(".", "-")] = ver.strip()
+    freeze = run(str(installed.prefix / "current" / "bin" / "python"), "-m", "pip", "freeze",
+                 "--disable-pip-version-check", "--exclude-editable").stdout
+    got = {}
+    for line in freeze.splitlines():
+        if "==" in line:
+            name, ver = line.split("==", 1)
+            got[name.strip().lower().replace("_", "-").replace(".", "-")] = ver.strip()
+    assert got.pop("netplugin", None), freeze                  # the release itself, from the checkout
+    assert "scapy" not in got                                   # a test dependency only
+    unpinned = sorted(set(got) - set(pinned))
+    assert unpinned == [], f"installed but not in the constraints file: {unpinned}"
+    differ = {n: (got[n], pinned[n]) for n in got if got[n] != pinned[n]}
+    assert differ == {}, differ
+
+
 def test_install_writes_a_settings_skeleton_that_loads(tmp_path):
     """The skeleton packaging/netplugin.toml is what install.sh puts in place: it must load."""
     from netplugin.config import load
