@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="exit 1 when a target's newest good backup is too old or its last job failed",
                         parents=[common])
     ck.add_argument("--max-age", default="26h", help="default 26h")
+    ck.add_argument("--drill-max-age", help="a target's last restore drill may be this old (default: setting "
+                                            "drill_max_age, 8d)")
     ck.add_argument("target", nargs="*")
     ck.set_defaults(run=cmd_check)
 
@@ -539,7 +541,9 @@ def cmd_rm(args, ctx) -> int:
 
 def cmd_check(args, ctx) -> int:
     """For monitoring (cron, Nagios, a Prometheus textfile): silence is not success."""
-    rows = jobs.check_targets(ctx.store, args.target, parse_duration(args.max_age, "max-age"), time.time())
+    rows = jobs.check_targets(ctx.store, args.target, parse_duration(args.max_age, "max-age"), time.time(),
+                              drill_max_age=parse_duration(args.drill_max_age, "drill-max-age")
+                              if args.drill_max_age else ctx.cfg.drill_max_age)
     bad = sum(not r["ok"] for r in rows)
     if ctx.json:
         print_json(rows)
@@ -560,6 +564,7 @@ def cmd_events(args, ctx) -> int:
 
 def cmd_agent(args, ctx) -> int:
     from ..logs import setup
+    from .drills import Drilling
     from .fleet import fleet_passes
     from .runner import Runner
     from .scheduler import Agent
@@ -569,7 +574,8 @@ def cmd_agent(args, ctx) -> int:
     ctx.docker.version()            # fail early and clearly when Docker is not there
 
     def runner():
-        return Runner(ctx.store, docker_client(ctx.np_cfg.docker_url), cfg, np_store=ctx.np_store)
+        client = docker_client(ctx.np_cfg.docker_url)
+        return Drilling(Runner(ctx.store, client, cfg, np_store=ctx.np_store), ctx.store, client, cfg, host)
     agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker, fleet=fleet_passes(ctx.store, cfg))
 
     def stop(signum, frame):

@@ -21,10 +21,11 @@ from ..cli.output import print_fields, print_json, print_listing
 from ..cli.parsing import command_group
 from ..errors import InvalidRequest
 from . import jobs
-from .jobs import fmt_time
+from .drills import drill_spec
+from .jobs import fmt_age, fmt_time
 from .model import BACKUP
 from .placement import Placer, eligible, label_map
-from .schedules import Schedule, check_cron, check_schedule, next_run, zone
+from .schedules import DRILL, Schedule, check_cron, check_schedule, next_run, zone
 
 
 def add_commands(sub, common, run_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -46,6 +47,23 @@ def add_commands(sub, common, run_options: Callable[[argparse.ArgumentParser], N
         p = sc.add_parser(name, help=helptext, parents=[common])
         p.add_argument("name")
         p.set_defaults(run=fn)
+    dr = command_group(sub, "drill", "restore drills: prove on a schedule that the latest backup restores", common)
+    dc = dr.add_parser("create", help="a drill: scratch server, restore of the latest good backup, verify",
+                       parents=[common])
+    dc.add_argument("name")
+    dc.add_argument("--cron", required=True, help="five fields, e.g. '0 5 * * 0' (Sundays 05:00)")
+    dc.add_argument("--tz", default="UTC", help="the time zone of the cron times (default UTC)")
+    dc.add_argument("--latest", required=True, metavar="TARGET", help="drill the newest good backup of TARGET")
+    dc.add_argument("--network", "-n", required=True, help="the network the scratch server and the job join")
+    dc.add_argument("--host", help="the agent that runs it (default: this host)")
+    dc.add_argument("--place", action="append", default=[], metavar="LABEL=VALUE",
+                    help="instead of --host: a live agent carrying these labels")
+    dc.set_defaults(run=cmd_drill_create)
+    dl = dr.add_parser("ls", help="drills with their target's last result, RTO and RPO", parents=[common])
+    dl.set_defaults(run=cmd_drill_ls)
+    drm = dr.add_parser("rm", help="delete a drill (its results stay)", parents=[common])
+    drm.add_argument("name")
+    drm.set_defaults(run=cmd_rm)
     hs = sub.add_parser("hosts", help="live agents: labels, cap, jobs held or queued", parents=[common])
     hs.set_defaults(run=cmd_hosts)
 
@@ -72,6 +90,46 @@ def cmd_create(args, ctx) -> int:
               file=sys.stderr)
     print_json(_row(ctx, s)) if ctx.json else print(s.name)
     return 0
+
+
+def cmd_drill_create(args, ctx) -> int:
+    check_cron(args.cron)
+    zone(args.tz)
+    place = label_map(args.place)
+    if place and args.host:
+        raise InvalidRequest("give --host or --place, not both: --place picks the host")
+    if not ctx.store.backups(args.latest):
+        print(f"drctl: warning: {args.latest} has no good backup yet: the drill records a miss until it has",
+              file=sys.stderr)
+    s = Schedule(name=args.name, cron=args.cron, tz=args.tz, kind=DRILL, target=args.latest,
+                 spec=drill_spec(args.network, args.latest), host="" if place else (args.host or ctx.np_cfg.host_id),
+                 place=place, created=time.time(), created_by=jobs.who())
+    check_schedule(s, ctx.cfg)
+    ctx.store.create_schedule(s)
+    print_json(_row(ctx, s)) if ctx.json else print(s.name)
+    return 0
+
+
+def cmd_drill_ls(args, ctx) -> int:
+    results = {r.target: r for r in ctx.store.drill_results()}
+    rows = []
+    for s in _schedules(ctx):
+        if s.kind != DRILL:
+            continue
+        r = results.get(s.target)
+        rows.append({**_row(ctx, s), "result": None if r is None else asdict(r)})
+    print_listing(ctx, rows, lambda r: r["name"], lambda r: r,
+                  ["DRILL", "TARGET", "CRON", "NEXT RUN", "LAST", "OK", "RTO", "RPO", "MESSAGE"],
+                  lambda r: [r["name"], r["target"], r["cron"], "paused" if r["paused"] else fmt_time(r["next_run"]),
+                             fmt_time(r["result"]["finished"]) if r["result"] else "-",
+                             ("yes" if r["result"]["ok"] else "NO") if r["result"] else "-",
+                             _secs(r["result"] and r["result"]["rto"]), _secs(r["result"] and r["result"]["rpo"]),
+                             (r["result"]["message"] if r["result"] else "")[:60]])
+    return 0
+
+
+def _secs(v) -> str:
+    return "-" if v is None else fmt_age(v)
 
 
 def _schedules(ctx) -> list[Schedule]:
@@ -129,8 +187,11 @@ def cmd_inspect(args, ctx) -> int:
     print_fields([("Schedule", s.name), ("Cron", f"{s.cron} ({s.tz})"), ("State", "paused" if s.paused else "active"),
                   ("Target", s.target), ("Host", s.host or "placed: " + ", ".join(f"{k}={v}" for k, v in
                                                                                   sorted(s.place.items()))),
-                  ("Database", f"{spec['database']} on {spec['db_host']}:{spec['db_port']} ({spec['network']})"),
-                  ("Volume", spec["volume"]), ("Created", f"{fmt_time(s.created)} by {s.created_by}"),
+                  *([("Drill", f"the newest good backup of {s.target}, into a scratch server on {spec['network']}")]
+                    if s.kind == DRILL else
+                    [("Database", f"{spec['database']} on {spec['db_host']}:{spec['db_port']} ({spec['network']})"),
+                     ("Volume", spec["volume"])]),
+                  ("Created", f"{fmt_time(s.created)} by {s.created_by}"),
                   ("Next run", "paused" if s.paused else fmt_time(row["next_run"])),
                   ("Last run", fmt_time(s.last_fired)), ("Last job", f"{s.last_job} ({row['last_result']})"
                                                          if s.last_job else "-"),

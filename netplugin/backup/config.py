@@ -64,6 +64,9 @@ class BackupConfig:
     missed_window: float = 3600.0              # a due time missed by every agent still runs when this recent
     schedule_poll: float = 5.0                 # seconds between an agent's passes over the schedules
     labels: list[str] = field(default_factory=list)  # KEY=VALUE this host offers to --place (site=dr)
+    drill_image: str = "netplugin/mariadb:10.11"   # scratch servers of restore drills (built locally)
+    drill_memory: str = "1g"                       # their memory limit
+    drill_max_age: float = 8 * 86400.0             # drctl check fails a target whose last drill is older
 
     def validate(self) -> BackupConfig:
         if not 1 <= int(self.max_jobs) <= 256:

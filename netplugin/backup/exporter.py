@@ -56,6 +56,25 @@ class BackupCollector(Collector):
                                  "per target", labels=["target"])
         kept_bytes = GaugeMetricFamily("netplugin_backup_catalog_bytes", "Bytes of the verified backups in "
                                        "the catalog, per target", labels=["target"])
+        drill_ok = GaugeMetricFamily("netplugin_backup_drill_succeeded", "1 if the last restore drill of the "
+                                     "target restored and verified, 0 if it failed", labels=["target"])
+        drill_rto = GaugeMetricFamily("netplugin_backup_drill_rto_seconds", "Seconds the last successful drill "
+                                      "of the target took to load and verify", labels=["target"])
+        drill_rpo = GaugeMetricFamily("netplugin_backup_drill_rpo_seconds", "Age of the data the last drill of the "
+                                      "target restored, when it began", labels=["target"])
+        drill_at = GaugeMetricFamily("netplugin_backup_drill_timestamp_seconds", "When the last drill of the "
+                                     "target ended", labels=["target"])
+        try:
+            for r in self.store.drill_results():
+                drill_ok.add_metric([r.target], 1 if r.ok else 0)
+                drill_at.add_metric([r.target], r.finished)
+                if r.rto is not None:
+                    drill_rto.add_metric([r.target], r.rto)
+                if r.rpo is not None:
+                    drill_rpo.add_metric([r.target], r.rpo)
+        except NetpluginError as exc:
+            self.metrics.backend_errors.labels("etcd").inc()
+            log.warning("metrics: cannot read drill results from etcd: %s", exc.message)
         try:
             info = self._read()
             for state, n in info["states"].items():
@@ -73,4 +92,5 @@ class BackupCollector(Collector):
         except NetpluginError as exc:
             self.metrics.backend_errors.labels("etcd").inc()
             log.warning("metrics: cannot read backup jobs from etcd: %s", exc.message)
-        yield from (jobs, written, orphaned, agents, last_ok, last_job, kept, kept_bytes)
+        yield from (jobs, written, orphaned, agents, last_ok, last_job, kept, kept_bytes, drill_ok, drill_rto,
+                    drill_rpo, drill_at)

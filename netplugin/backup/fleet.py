@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import jobs
+from . import drills, jobs
 from .config import BackupConfig
 from .placement import Placer
 from .schedules import Firing
@@ -15,7 +15,9 @@ from .store import BackupStore
 
 def fleet_passes(store: BackupStore, cfg: BackupConfig) -> list[Callable[[float], list]]:
     placer = Placer(store)
-    firing = Firing(store, cfg, lambda kind, target, host, spec, now, by:
-                    jobs.new_job(cfg, kind, target, host, spec, now, by),
-                    place=lambda s: placer.pick(s.place, s.name))
+
+    def new_job(kind, target, host, spec, now, by):
+        return jobs.new_job(cfg, kind, target, host, spec, now, by)
+    firing = Firing(store, cfg, new_job, place=lambda s: placer.pick(s.place, s.name),
+                    drill_job=lambda s, host, now: drills.drill_job(store, cfg, new_job, s.name, s.spec, host, now))
     return [firing.tick, placer.rehome]

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from ..errors import InvalidRequest, NetpluginError, NotFound
 from . import trust
 from .config import BackupConfig
+from .drills import check_drills
 from .model import (
     BACKUP,
     CANCELLED,
@@ -285,12 +286,15 @@ def request_cancel(store: BackupStore, job_id: str, by: str) -> Job:
     return store.update(job_id, change)
 
 
-def check_targets(store: BackupStore, targets: list[str], max_age: float, now: float) -> list[dict]:
+def check_targets(store: BackupStore, targets: list[str], max_age: float, now: float,
+                  drill_max_age: float | None = None) -> list[dict]:
     """Per target: its newest good backup, and what is wrong (no good backup,
-    the newest too old, the last backup job not succeeded); every target with
-    a backup or a backup job when targets is empty."""
+    the newest too old, the last backup job not succeeded; with drill_max_age,
+    its last restore drill failed or older than that); every target with a
+    backup, a backup job or a drill when targets is empty."""
     jobs = store.list_jobs()
-    targets = targets or sorted(set(store.targets()) | {j.target for j in jobs if j.kind == BACKUP})
+    drilled = {r.target: r for r in store.drill_results()} if drill_max_age is not None else {}
+    targets = targets or sorted(set(store.targets()) | {j.target for j in jobs if j.kind == BACKUP} | set(drilled))
     rows = []
     for t in targets:
         newest = store.backups(t)[:1]
@@ -302,6 +306,10 @@ def check_targets(store: BackupStore, targets: list[str], max_age: float, now: f
             problems.append(f"newest good backup is {fmt_age(now - newest[0].created)} old")
         if last_job and last_job.state != SUCCEEDED:
             problems.append(f"last backup job {last_job.id} {last_job.state}")
+        drill = check_drills([drilled[t]], [t], drill_max_age or 0.0, now)[0] if t in drilled else None
+        if drill:
+            problems += drill["problems"]
         rows.append({"target": t, "ok": not problems, "newest": newest[0].name if newest else None,
-                     "age": now - newest[0].created if newest else None, "problems": problems})
+                     "age": now - newest[0].created if newest else None, "problems": problems,
+                     "drill": drill["drill"] if drill else None})
     return rows

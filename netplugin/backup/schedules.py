@@ -34,10 +34,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from ..errors import InvalidRequest, NetpluginError
+from ..errors import InvalidRequest, NetpluginError, NotFound
 from . import trust
 from .config import BackupConfig
+from .drills import check_drill_spec
 from .model import BACKUP, Job, _Record, check_name
+
+DRILL = "drill"
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +113,8 @@ def check_schedule(s: Schedule, cfg: BackupConfig) -> Schedule:
     check_name(s.name, "schedule name")
     check_cron(s.cron)
     zone(s.tz)
-    if s.kind != BACKUP:
-        raise InvalidRequest(f"schedule kind {str(s.kind)[:20]!r} must be {BACKUP}")
+    if s.kind not in (BACKUP, DRILL):
+        raise InvalidRequest(f"schedule kind {str(s.kind)[:20]!r} must be {BACKUP} or {DRILL}")
     check_name(s.target, "target")
     if s.host:
         trust.check_host(s.host)
@@ -129,7 +132,10 @@ def check_schedule(s: Schedule, cfg: BackupConfig) -> Schedule:
         _time(t, "fired due time", optional=False)
     if s.last_job:
         trust.check_id(s.last_job, "last job")
-    trust.check_spec(s.kind, s.spec, cfg)
+    if s.kind == DRILL:
+        check_drill_spec(s.spec)
+    else:
+        trust.check_spec(s.kind, s.spec, cfg)
     return s
 
 
@@ -212,11 +218,13 @@ class Firing:
     the checked job (jobs.new_job)."""
 
     def __init__(self, store, cfg: BackupConfig, new_job: Callable[..., Job],
-                 place: Callable[[Schedule], str | None] | None = None):
+                 place: Callable[[Schedule], str | None] | None = None,
+                 drill_job: Callable[[Schedule, str, float], Job] | None = None):
         self.store = store
         self.cfg = cfg
         self.new_job = new_job
         self.place = place
+        self.drill_job = drill_job          # drills.drill_job for kind drill
         self.bad = 0                         # records skipped as bad, over the agent's life
         self._said: set[str] = set()
 
@@ -257,6 +265,16 @@ class Firing:
                 p.missed, p.missed_count = [*p.missed, p.run][-KEEP_MISSED:], p.missed_count + 1
                 p.run = None
                 why = f"no live agent carries {', '.join(f'{k}={v}' for k, v in sorted(s.place.items()))}"
+            elif s.kind == DRILL:
+                try:
+                    if self.drill_job is None:
+                        raise NotFound("this agent does not run drills")
+                    job = self.drill_job(s, host, now)
+                    job.place = dict(s.place)
+                except NotFound as exc:
+                    p.missed, p.missed_count = [*p.missed, p.run][-KEEP_MISSED:], p.missed_count + 1
+                    p.run = None
+                    why = exc.message
             else:
                 job = self.new_job(BACKUP, s.target, host, dict(s.spec), now, f"schedule {s.name}")
                 job.place = dict(s.place)

@@ -12,6 +12,7 @@
     backup/schedules/<name>          Schedule: cron, time zone, the job to submit, what was run and missed
     backup/fired/<name>/<due>        -> job id; the claim of one due time (epoch seconds, 12 digits),
                                      created with the job in one transaction (schedules.py)
+    backup/drills/<target>           DrillResult: the target's last restore drill (drills.py)
 
 Admission is one transaction: the job is still queued and unchanged, a slot
 of the host is free, the target is free; it writes the job as starting, the
@@ -49,6 +50,7 @@ from ..identity import Instance
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
 from ..store import Change, Family, Reading, Store, compare_and_swap, follow_changes
+from .drills import DrillResult, check_result
 from .model import QUEUED, STARTING, Backup, BadRecord, Job
 from .schedules import Schedule
 
@@ -66,6 +68,7 @@ class BackupStore:
         self.kv = kv
         self.root = f"{prefix}/backup"
         self._bad: set[str] = set()             # keys of records that did not parse, logged once
+        self.bad_drills = 0                      # drill results skipped as bad
 
     @classmethod
     def beside(cls, store: Store) -> BackupStore:
@@ -385,6 +388,30 @@ class BackupStore:
             if tail.isdigit():
                 out[float(tail)] = item.value.decode(errors="replace")
         return out
+
+    # -- drills ---------------------------------------------------------------------------
+    def k_drill(self, target: str = "") -> str:
+        return f"{self.root}/drills/{target}"
+
+    def put_drill_result(self, result: DrillResult) -> None:
+        """The last drill of a target (a newer one replaces it)."""
+        self.kv.txn([], [Put(self.k_drill(result.target), result.to_json())])
+
+    def drill_results(self) -> list[DrillResult]:
+        """The last drill of each target; a bad record is skipped, logged once and counted in ``bad_drills``."""
+        out = []
+        for item in self.kv.get_prefix(self.k_drill()):
+            try:
+                r = check_result(DrillResult.from_json(item.value))
+                if item.key != self.k_drill(r.target):
+                    raise BadRecord(f"filed under {item.key[:120]!r}, not under its target {r.target!r}")
+                out.append(r)
+            except NetpluginError as exc:          # BadRecord, or a check that failed
+                self.bad_drills += 1
+                if item.key not in self._bad:
+                    self._bad.add(item.key)
+                    log.warning("drctl record %r skipped: %s", item.key[:200], exc.message)
+        return sorted(out, key=lambda r: r.target)
 
     # -- catalog --------------------------------------------------------------------------
     def add_backup(self, backup: Backup) -> None:
