@@ -9,17 +9,19 @@ import threading
 from .config import Config
 from .dataplane.flows import Flows
 from .dataplane.ovs import EXT_ENDPOINT, EXT_HOST, Switch
+from .dataplane.tso import UserspaceTso
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 
 class Bridge:
-    def __init__(self, cfg: Config, store: Store, switch: Switch, flows: Flows):
+    def __init__(self, cfg: Config, store: Store, switch: Switch, flows: Flows, tso: UserspaceTso | None = None):
         self.cfg = cfg
         self.store = store
         self.switch = switch
         self.flows = flows
+        self.tso = tso
         self._ready = False
         self._lock = threading.Lock()
 
@@ -33,6 +35,8 @@ class Bridge:
                 log.warning("bridge %s disappeared from Open vSwitch: making it again", self.cfg.bridge)
                 self._ready = False
             if not self._ready:
+                if self.tso is not None:
+                    self.tso.ensure()          # before any veth: it decides their offloads
                 self.switch.ensure_bridge(self.cfg.bridge, self.cfg.datapath_type, self.cfg.uplink)
                 self.flows.ensure_pipeline()
                 self._ready = True

@@ -49,6 +49,9 @@ class Config:
     host_id: str = field(default_factory=socket.gethostname)
     bridge: str = "netplugin0"
     datapath_type: str = "system"
+    # netdev datapath: turn on ovs-vswitchd's userspace TSO (one restart) and keep
+    # veth offloads; off: veth tx checksum offload off (dataplane/tso.py)
+    userspace_tso: bool = True
     uplink: str | None = None
     socket: str = "/run/docker/plugins/netplugin.sock"
     socket_group: str | None = None

@@ -35,6 +35,7 @@ from .dataplane.flows import Flows
 from .dataplane.links import Links
 from .dataplane.ovs import Switch
 from .dataplane.ratelimit import RateLimiter
+from .dataplane.tso import UserspaceTso
 from .docker_api import DockerNames, DockerView
 from .endpoints import Endpoints
 from .hosts import HostHeartbeat
@@ -94,6 +95,11 @@ def make_switch(cfg: Config) -> Switch:
     return Switch(cfg.ovsdb, cfg.ovs_timeout, connect_timeout=cfg.ovs_connect_timeout)
 
 
+def make_tso(cfg: Config) -> UserspaceTso:
+    """Userspace TSO of a netdev datapath: the bridge turns it on, the links read it."""
+    return UserspaceTso(cfg.ovsdb, cfg.datapath_type, cfg.userspace_tso, cfg.ovs_timeout)
+
+
 def make_flows(cfg: Config) -> Flows:
     return Flows(cfg.bridge, cfg.ovs_timeout)
 
@@ -118,7 +124,8 @@ def reconcile_settings(cfg: Config) -> Config:
 
 def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flows, docker: DockerNames,
              docker_view: DockerView | None, metrics: Metrics | None = None,
-             rng: random.Random | None = None, view: HostView | None = None) -> Components:
+             rng: random.Random | None = None, view: HostView | None = None,
+             tso: UserspaceTso | None = None) -> Components:
     """Build every component over the given outside clients (``view``: this
     host's view of etcd, when the metrics were built over it already)."""
     background = Background()
@@ -127,7 +134,7 @@ def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flo
     arp = ArpProxy(cfg, view, switch, flows)
     namer = NetworkNamer(cfg.host_id, store, docker)
     ipam = Ipam(store, cfg.host_id, rng=rng, namer=namer)
-    bridge = Bridge(cfg, store, switch, flows)
+    bridge = Bridge(cfg, store, switch, flows, tso)
     networks = Networks(cfg, store, ipam, namer)
     pool = PortPool(cfg, store, switch, links, bridge, flows) if cfg.port_pool_size > 0 else None
     return Components(
@@ -145,8 +152,9 @@ def make_components(cfg: Config) -> Components:
     store = make_store(cfg)
     docker = make_docker(cfg)
     view = HostView(store, cfg.host_id)
-    return assemble(cfg, store, make_switch(cfg), Links(), make_flows(cfg), docker, DockerView(docker),
-                    metrics=make_metrics(cfg, store, view), view=view)
+    tso = make_tso(cfg)
+    return assemble(cfg, store, make_switch(cfg), Links(tso), make_flows(cfg), docker, DockerView(docker),
+                    metrics=make_metrics(cfg, store, view), view=view, tso=tso)
 
 
 def make_reconciler(cfg: Config) -> Reconciler:
@@ -154,7 +162,7 @@ def make_reconciler(cfg: Config) -> Reconciler:
     host's daemon published (host_settings.adopt: refused when they disagree)."""
     store = make_store(cfg)
     cfg = host_settings.adopt(cfg, store)
-    switch, links, flows = make_switch(cfg), Links(), make_flows(cfg)
+    switch, links, flows = make_switch(cfg), Links(make_tso(cfg)), make_flows(cfg)
     view = HostView(store, cfg.host_id)         # never started: a pass reads etcd afresh
     limits = make_limits(cfg, store, view, switch, flows, Background())
     docker_view = DockerView(make_docker(cfg))

@@ -3,7 +3,9 @@
 The host end (``np`` + 11 hex of the endpoint id) becomes an OVS port; the
 container end (``nc`` + the same) is handed to Docker in Join, which moves it
 into the container and renames it. On a userspace (netdev) datapath the tx
-checksum offload must be off on both ends, or TCP through the bridge fails.
+checksum offload must be off on both ends, or TCP through the bridge fails,
+unless ovs-vswitchd runs with userspace TSO (tso.py): then both ends keep
+every offload and TCP is about 10x faster.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 
 from ..errors import DataplaneError, InvalidRequest
+from .tso import UserspaceTso
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,11 @@ def _checked(name: str) -> str:
 
 
 class Links:
-    """Creates, inspects and deletes veth pairs."""
+    """Creates, inspects and deletes veth pairs. ``tso``: whether userspace TSO
+    is in effect, with which a netdev datapath's veths keep their offloads."""
+
+    def __init__(self, tso: UserspaceTso | None = None):
+        self.tso = tso
 
     def _ipr(self):
         from pyroute2 import IPRoute
@@ -106,7 +113,7 @@ class Links:
                     self._apply_settings(ipr, host, peer, mtu, peer_mac)
         except NetlinkError as exc:
             raise DataplaneError(f"cannot create veth pair {host}/{peer}: {exc}") from None
-        if tx_checksum_off:
+        if tx_checksum_off and not (self.tso and self.tso.in_effect()):
             for name in (host, peer):
                 self.disable_tx_checksum(name)
 

@@ -39,11 +39,13 @@ def wait_listening(ns: str, port: int, server: subprocess.Popen, within: float =
 
 def iperf(server_ns: str, server_ip: str, client_ns: str, *, seconds: float = 5, omit: float = 2,
           udp_mbit: float | None = None, interval: float | None = None,
-          during: Callable[[float], None] | None = None) -> IperfResult:
+          during: Callable[[float], None] | None = None, length: int | None = None,
+          streams: int = 1) -> IperfResult:
     """One bounded iperf3 run from client_ns to server_ns (TCP, or UDP offered
     at udp_mbit); the rate is read at the receiver, omitted intervals left out.
 
-    ``during(launched)`` runs in a thread while the client runs (for live changes)."""
+    ``during(launched)`` runs in a thread while the client runs (for live changes);
+    ``length``: bytes per write (UDP: per datagram); ``streams``: parallel connections."""
     # The receiver reports at its own interval: -i goes to the server too.
     every = ["-i", f"{interval:g}"] if interval else []
     server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-J", "-B", server_ip,
@@ -56,6 +58,10 @@ def iperf(server_ns: str, server_ip: str, client_ns: str, *, seconds: float = 5,
                 "-t", f"{seconds:g}", "-O", f"{omit:g}", "--connect-timeout", "3000"]
         if udp_mbit:
             args += ["-u", "-b", f"{udp_mbit:g}M"]
+        if length:
+            args += ["-l", str(int(length))]
+        if streams > 1:
+            args += ["-P", str(int(streams))]
         args += every
         launched = time.monotonic()
         client = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
