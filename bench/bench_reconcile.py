@@ -93,7 +93,14 @@ from tests.harness.ovsdb import PrivateOvsdb
 
 EPS_PER_TXN = 42                    # 3 puts each: etcd's default --max-txn-ops is 128
 SYSTEM_DB = "unix:/var/run/openvswitch/db.sock"
-PARTS = ("etcd_read", "etcd_write", "ovs_list", "veth_list", "docker", "other")
+PARTS = ("etcd_read", "etcd_write", "ovs_connect", "ovs_check", "ovs_list", "ovs_bridges", "veth_list", "docker",
+         "other")
+NESTED = ("ovs_select",)            # inside the ovs_* parts: not added again into 'other'
+# How the pass reads the OVSDB: 'select' is what netplugin-reconcile ships (Switch
+# snapshot_reads: one select of the needed columns per read, stdlib JSON); the 'idl'
+# variants are the way before it (ovsdbapp's replica of four whole tables), with the
+# ovs package's C JSON parser ('idl-c', when ovs._json imports) and without ('idl-py').
+VARIANTS = ("idl-py", "idl-c", "select")
 
 
 def parse_args(argv=None):
@@ -103,6 +110,8 @@ def parse_args(argv=None):
     p.add_argument("--system-ovs-max", type=int, default=1000,
                    help="also use the machine's own OVSDB (ovs-vswitchd attached) for sizes up to this (default 1000)")
     p.add_argument("--batch", type=int, default=1000, help="ports per ovs-vsctl call (default 1000)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"OVSDB read variants to measure, in this order (default {','.join(VARIANTS)})")
     return C.parse(p, argv)
 
 
@@ -110,8 +119,8 @@ def parse_args(argv=None):
 
 class Parts:
     def __init__(self):
-        self.secs = {k: 0.0 for k in PARTS}
-        self.calls = {k: 0 for k in PARTS}
+        self.secs = {k: 0.0 for k in PARTS + NESTED}
+        self.calls = {k: 0 for k in PARTS + NESTED}
 
     def wrap(self, obj, method: str, part: str) -> None:
         real = getattr(obj, method)
@@ -272,16 +281,18 @@ def make_netns(ns: str, peers_ns: str, eps: list, out: C.Out) -> None:
 class Scanner:
     """The clients exactly as netplugin-reconcile makes them, shipped settings."""
 
-    def __init__(self, cfg, ns: str, sysfs: Path, live: dict):
+    def __init__(self, cfg, ns: str, sysfs: Path, live: dict, variant: str = "select"):
         from netplugin.wiring import reconcile_settings
         self.cfg, self.ns, self.sysfs, self.live = reconcile_settings(cfg), ns, sysfs, live
+        self.variant = variant
         self.clients = None
 
     def _clients(self, fresh: bool):
         from netplugin.wiring import make_store, make_switch
         if fresh or self.clients is None:
             self.close()
-            self.clients = (make_store(self.cfg), make_switch(self.cfg), ns_links_class(self.ns, self.sysfs)())
+            self.clients = (make_store(self.cfg), make_switch(self.cfg, snapshot_reads=self.variant == "select"),
+                            ns_links_class(self.ns, self.sysfs)())
         return self.clients
 
     def close(self) -> None:
@@ -306,7 +317,14 @@ class Scanner:
         for method in ("txn", "grant_lease", "revoke_lease", "refresh_lease"):
             parts.wrap(kv_proxy, method, "etcd_write")
         parts.wrap(switch_proxy, "list_ports", "ovs_list")
+        parts.wrap(switch_proxy, "port_bridges", "ovs_bridges")
+        parts.wrap(switch_proxy, "bridge_exists", "ovs_check")
         parts.wrap(links_proxy, "list_names", "veth_list")
+        # the IDL's connection and first dump, and the select's transfer and decode, inside the ovs_* parts
+        parts.wrap(switch, "api", "ovs_connect")
+        import netplugin.dataplane.ovsdb_select as ovsdb_select
+        real_select = ovsdb_select.select
+        parts.wrap(ovsdb_select, "select", "ovs_select")
         parts.wrap(view, "live_endpoints", "docker")
         from netplugin.hostview import HostView
         from netplugin.store import Store
@@ -323,9 +341,15 @@ class Scanner:
             self.close()
             return {"error": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}",
                     "wall": time.perf_counter() - t0}
+        finally:
+            ovsdb_select.select = real_select
+            vars(switch).pop("api", None)               # the class's method again
         wall = time.perf_counter() - t0
         secs = dict(parts.secs)
-        secs["other"] = max(0.0, wall - sum(v for k, v in secs.items() if k != "other"))
+        # ovs_connect happens inside the first ovs_* call: shown apart, taken out of that call's part
+        first = "ovs_check" if parts.calls["ovs_check"] else "ovs_list"
+        secs[first] = max(0.0, secs[first] - secs["ovs_connect"])
+        secs["other"] = max(0.0, wall - sum(v for k, v in secs.items() if k not in ("other", *NESTED)))
         return {"wall": wall, "parts": secs, "calls": {k: v for k, v in parts.calls.items() if v},
                 "status": report["status"], "findings": len(report["findings"]), "counts": report["counts"]}
 
@@ -367,16 +391,35 @@ def summarize(scans: list[dict]) -> dict:
     out["wall_s"] = round(statistics.median(s["wall"] for s in ok), 3)
     out["wall_min_s"] = round(min(s["wall"] for s in ok), 3)
     out["wall_max_s"] = round(max(s["wall"] for s in ok), 3)
-    out["parts_s"] = {k: round(statistics.median(s["parts"][k] for s in ok), 3) for k in PARTS}
+    out["parts_s"] = {k: round(statistics.median(s["parts"][k] for s in ok), 3) for k in PARTS + NESTED}
     out["findings"] = ok[-1]["findings"]
     out["counts"] = ok[-1]["counts"]
     out["calls"] = ok[-1]["calls"]
     return out
 
 
-def measure(cfg, ns: str, sysfs: Path, live: dict, runs: int, out: C.Out, label: str) -> dict:
-    scanner = Scanner(cfg, ns, sysfs, live)
-    result = {}
+def use_parser(variant: str) -> str:
+    """Make the ovs package parse JSON as the variant says; returns the parser in use."""
+    import ovs.json
+    if variant == "idl-py":
+        ovs.json.PARSER = ovs.json.PARSER_PY
+    elif variant == "idl-c":
+        try:
+            import ovs._json
+        except ImportError:
+            return "unavailable"
+        ovs.json.PARSER = ovs.json.PARSER_C
+    return ovs.json.PARSER if variant != "select" else "stdlib json"
+
+
+def measure(cfg, ns: str, sysfs: Path, live: dict, runs: int, out: C.Out, label: str,
+            variant: str = "select") -> dict:
+    parser = use_parser(variant)
+    if parser == "unavailable":
+        out.progress(f"{label}: skipped, ovs._json does not import (see docs/dependencies.md)")
+        return {"parser": parser}
+    scanner = Scanner(cfg, ns, sysfs, live, variant)
+    result: dict = {"parser": parser}
     try:
         for mode, fresh in (("cold", True), ("warm", False)):
             scans = []
@@ -412,11 +455,14 @@ def main(argv=None) -> int:
     from netplugin.store import Store
 
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - set(VARIANTS):
+        raise SystemExit(f"--variants: choose from {', '.join(VARIANTS)}")
     info = C.machine()
     result: dict = {"benchmark": "reconcile", "machine": info,
                     "command": " ".join([Path(sys.executable).name] + sys.argv),
                     "settings": {"sizes": sizes, "runs": args.runs, "system_ovs_max": args.system_ovs_max,
-                                 "batch": args.batch},
+                                 "batch": args.batch, "variants": variants},
                     "results": []}
     finished = False
     leftovers: list[str] = []
@@ -469,8 +515,10 @@ def main(argv=None) -> int:
             for db_name, remote, ports_secs in dbs:
                 cfg = Config(etcd_endpoints=[C.ETCD], etcd_prefix=prefix, host_id=host, bridge=bridge,
                              datapath_type="netdev", ovsdb=remote).validate()
-                row = {"endpoints": n, "ovsdb": db_name, "setup_ports_s": round(ports_secs, 2),
-                       "shipped": measure(cfg, ns, sysfs, live, args.runs, out, f"{n} eps, {db_name} OVSDB")}
+                row = {"endpoints": n, "ovsdb": db_name, "setup_ports_s": round(ports_secs, 2)}
+                for variant in variants:
+                    row[variant] = measure(cfg, ns, sysfs, live, args.runs, out,
+                                           f"{n} eps, {db_name} OVSDB, {variant}", variant)
                 result["results"].append(row)
             if n <= args.system_ovs_max:
                 t0 = time.monotonic()
@@ -511,26 +559,34 @@ def report(result: dict, out: C.Out) -> None:
     out.say(C.machine_line(result["machine"]))
     rows = []
     for r in result["results"]:
-        for variant in ("shipped",):
+        for variant in VARIANTS:
+            if variant not in r:
+                continue
+            if r[variant].get("parser") == "unavailable":
+                rows.append([f"{r['endpoints']:>6} {r['ovsdb']:<7} {variant:<6}", "n/a"] + [""] * 10
+                            + ["ovs._json does not import"])
             for mode in ("cold", "warm"):
-                s = r.get(variant, {}).get(mode)
+                s = r[variant].get(mode)
                 if s is None:
                     continue
-                label = f"{r['endpoints']:>6} {r['ovsdb']:<7} {mode:<4}"
+                label = f"{r['endpoints']:>6} {r['ovsdb']:<7} {variant:<6} {mode:<4}"
                 if "error" in s:
-                    rows.append([label, "FAILED", "", "", "", "", "", "", s["error"][:90]])
+                    rows.append([label, "FAILED"] + [""] * 10 + [s["error"][:90]])
                     continue
                 p = s["parts_s"]
                 rows.append([label, _fmt(s["wall_s"]), _fmt(p["etcd_read"]), _fmt(p["etcd_write"]),
-                             _fmt(p["ovs_list"]), _fmt(p["veth_list"]), _fmt(p["other"]),
+                             _fmt(p["ovs_connect"]), _fmt(p["ovs_check"]), _fmt(p["ovs_list"]),
+                             _fmt(p["ovs_select"]), _fmt(p["ovs_bridges"]), _fmt(p["veth_list"]), _fmt(p["other"]),
                              f"{_fmt(s['wall_min_s'])}-{_fmt(s['wall_max_s'])}",
                              f"{s['findings']} {s['counts'] or ''}"])
     for n, probe in result.get("etcd_probe", {}).items():
         out.say(f"{n:>6} endpoints: Store.list_endpoints with the shipped etcd client: "
                 + (f"{probe['shipped_s']:.3f} s" if "shipped_s" in probe else f"FAILED ({probe['shipped_error'][:200]})")
                 + f"; reply ~{probe['reply_bytes'] / 1e6:.2f} MB")
-    out.say(C.table(["size ovsdb mode", "wall s", "etcd rd", "etcd wr", "ovs list", "veth list", "other",
-                     "wall range", "findings"], rows, aligns="lrrrrrrll"))
+    out.say(C.table(["size ovsdb variant mode", "wall s", "etcd rd", "etcd wr", "ovs connect", "ovs check",
+                     "ovs list", "(select)", "ovs bridges", "veth list", "other", "wall range", "findings"],
+                    rows, aligns="lrrrrrrrrrrll"))
+    out.say("(select): the select transactions' transfer and decode, inside ovs check, ovs list and ovs bridges")
 
 
 if __name__ == "__main__":

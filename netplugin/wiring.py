@@ -89,10 +89,12 @@ def make_store(cfg: Config) -> Store:
     return Store(kv, cfg.etcd_prefix)
 
 
-def make_switch(cfg: Config) -> Switch:
+def make_switch(cfg: Config, snapshot_reads: bool = False) -> Switch:
     """The OVSDB client; cfg.ovs_connect_timeout bounds opening the
-    connection and its first dump of the database."""
-    return Switch(cfg.ovsdb, cfg.ovs_timeout, connect_timeout=cfg.ovs_connect_timeout)
+    connection and its first dump of the database. ``snapshot_reads`` for a
+    process that reads the switch once (the reconciler): see Switch."""
+    return Switch(cfg.ovsdb, cfg.ovs_timeout, connect_timeout=cfg.ovs_connect_timeout,
+                  snapshot_reads=snapshot_reads)
 
 
 def make_tso(cfg: Config) -> UserspaceTso:
@@ -162,7 +164,7 @@ def make_reconciler(cfg: Config) -> Reconciler:
     host's daemon published (host_settings.adopt: refused when they disagree)."""
     store = make_store(cfg)
     cfg = host_settings.adopt(cfg, store)
-    switch, links, flows = make_switch(cfg), Links(make_tso(cfg)), make_flows(cfg)
+    switch, links, flows = make_switch(cfg, snapshot_reads=True), Links(make_tso(cfg)), make_flows(cfg)
     view = HostView(store, cfg.host_id)         # never started: a pass reads etcd afresh
     limits = make_limits(cfg, store, view, switch, flows, Background())
     docker_view = DockerView(make_docker(cfg))

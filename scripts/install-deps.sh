@@ -13,6 +13,7 @@ PACKAGES=(
     procps psmisc python3-venv python3-pip
     prometheus # promtool: the alert rules' checks and unit tests (packaging/prometheus/)
     mariadb-server mariadb-client zstd # drctl: its images are built from these binaries
+    python3-openvswitch # its ovs._json (the C JSON parser) is linked into the venv below
 )
 # Nice to have (MariaDB backup companion); a failure here must not fail CI.
 OPTIONAL_PACKAGES=(mariadb-client)
@@ -100,4 +101,27 @@ if [[ -f $REPO/pyproject.toml ]]; then
     fi
 else
     log "no pyproject.toml yet: venv created, nothing to pip install"
+fi
+
+# --- the ovs package's C JSON parser ------------------------------------------
+# PyPI's ovs builds ovs._json only against libopenvswitch's headers and library,
+# which Debian 12 does not package (docs/dependencies.md). Debian's
+# python3-openvswitch ships that module built from the OVS that runs the switch,
+# with libopenvswitch linked in: it goes into the venv's ovs package when the
+# interpreter's ABI tag matches, and stays only if it parses a document.
+if [[ -f $PY ]] && "$PY" -c 'import ovs' >/dev/null 2>&1; then
+    site=$("$PY" -c 'import os, ovs; print(os.path.dirname(ovs.__file__))')
+    suffix=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+    debian=/usr/lib/python3/dist-packages/ovs/_json$suffix
+    if [[ -f $debian && ! -f $site/_json$suffix ]]; then
+        ln -sfn "$debian" "$site/_json$suffix"
+    fi
+    if "$PY" -c 'import ovs.json, ovs._json
+assert ovs.json.PARSER == ovs.json.PARSER_C
+assert ovs.json.from_string("{\"a\": [1, \"x\", null]}") == {"a": [1, "x", None]}' >/dev/null 2>&1; then
+        log "ovs._json: the C JSON parser is in use"
+    else
+        [[ -L $site/_json$suffix ]] && rm -f "$site/_json$suffix"
+        log "WARNING: ovs._json unavailable for $("$PY" --version 2>&1) (no $debian): OVSDB JSON is parsed in Python"
+    fi
 fi

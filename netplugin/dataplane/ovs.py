@@ -15,6 +15,7 @@ import time
 
 from .. import deadline
 from ..errors import DataplaneError, DataplaneUnavailable
+from . import ovsdb_select
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,15 @@ class Switch:
     """
 
     def __init__(self, ovsdb: str = "unix:/var/run/openvswitch/db.sock", timeout: float = 5.0,
-                 connect_timeout: float = CONNECT_PATIENCE):
+                 connect_timeout: float = CONNECT_PATIENCE, snapshot_reads: bool = False):
+        """``snapshot_reads``: bridge_exists, list_ports and port_bridges each
+        make one select of the columns they need on a connection of their own
+        (ovsdb_select) instead of opening the replica of four whole tables: for
+        a process that reads once (the reconciler). unix: and tcp: remotes."""
         self.ovsdb = ovsdb
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.snapshot_reads = snapshot_reads and ovsdb_select.supports(ovsdb)
         self._api = None
         self._connecting: tuple[threading.Thread, dict] | None = None
         self._lock = threading.Lock()
@@ -304,8 +310,37 @@ class Switch:
         self._run(f"set policing on {port}", lambda api: [api.db_set(
             "Interface", port, ("ingress_policing_rate", int(rate_kbps)), ("ingress_policing_burst", int(burst_kb)))])
 
+    def _select(self, what: str, queries: dict[str, list[str]]) -> dict[str, list[dict]]:
+        """One select transaction (snapshot_reads), bounded like a first dump."""
+        patience = min(self.connect_timeout, deadline.remaining(self.connect_timeout))
+        try:
+            return ovsdb_select.select(self.ovsdb, queries, patience)
+        except ovsdb_select.SelectUnavailable as exc:
+            raise DataplaneUnavailable(
+                f"Open vSwitch unavailable: cannot {what} from OVSDB at {self.ovsdb} ({exc}); "
+                "check that ovsdb-server and ovs-vswitchd are running") from None
+        except ovsdb_select.SelectRefused as exc:
+            raise DataplaneError(f"Open vSwitch refused to {what}: {exc}") from None
+
+    def _snapshot_ports(self, what: str, port_columns: list[str]) -> tuple[dict[str, set[str]], list[dict]]:
+        """Each bridge's port uuids by bridge name, and the Port rows (with _uuid)."""
+        tables = self._select(what, {"Bridge": ["name", "ports"], "Port": ["_uuid", *port_columns]})
+        bridges: dict[str, set[str]] = {}
+        for row in tables["Bridge"]:
+            if isinstance(row.get("name"), str):
+                bridges[row["name"]] = {u for u in map(ovsdb_select.uuid, ovsdb_select.members(row.get("ports")))
+                                        if u}
+        ports = [row for row in tables["Port"]
+                 if isinstance(row.get("name"), str) and ovsdb_select.uuid(row.get("_uuid"))]
+        return bridges, ports
+
     def port_bridges(self) -> dict[str, str]:
         """Every port on any bridge of this Open vSwitch -> its bridge."""
+        if self.snapshot_reads:
+            bridges, ports = self._snapshot_ports("list the ports of every bridge", ["name"])
+            where = {u: name for name, uuids in bridges.items() for u in uuids}
+            return {row["name"]: where[u] for row in ports      # a bridge's own port is not listed (as ovsdbapp)
+                    if (u := ovsdb_select.uuid(row["_uuid"])) in where and row["name"] != where[u]}
         bridges, = self._run("list bridges", lambda api: [api.list_br()], wait_vswitchd=False)
         out: dict[str, str] = {}
         for bridge in bridges:
@@ -315,11 +350,16 @@ class Switch:
         return out
 
     def bridge_exists(self, bridge: str) -> bool:
+        if self.snapshot_reads:
+            rows = self._select("look up bridges", {"Bridge": ["name"]})["Bridge"]
+            return any(row.get("name") == bridge for row in rows)
         (found,) = self._run("look up bridges", lambda api: [api.br_exists(bridge)], wait_vswitchd=False)
         return bool(found)
 
     def list_ports(self, bridge: str) -> list[dict]:
         """Ports of the bridge that netplugin made: name, tag and external_ids."""
+        if self.snapshot_reads:
+            return self._snapshot_list_ports(bridge)
         ports, = self._run("list ports", lambda api: [api.db_list("Port", columns=["name", "tag", "external_ids"])],
                            wait_vswitchd=False)
         names = set(self._run("list bridge ports", lambda api: [api.list_ports(bridge)], wait_vswitchd=False)[0]) \
@@ -331,6 +371,18 @@ class Switch:
                 tag = row.get("tag")
                 out.append({"name": row["name"], "tag": tag[0] if isinstance(tag, list) and tag else tag,
                             "external_ids": dict(ext)})
+        return out
+
+    def _snapshot_list_ports(self, bridge: str) -> list[dict]:
+        bridges, ports = self._snapshot_ports("list ports", ["name", "tag", "external_ids"])
+        mine = bridges.get(bridge, set())
+        out = []
+        for row in ports:
+            ext = ovsdb_select.string_map(row.get("external_ids"))
+            tag = ovsdb_select.optional(row.get("tag"))
+            if ovsdb_select.uuid(row["_uuid"]) not in mine or not ext or EXT_ENDPOINT not in ext:
+                continue
+            out.append({"name": row["name"], "tag": tag if isinstance(tag, int) else None, "external_ids": ext})
         return out
 
     def close(self) -> None:
