@@ -55,6 +55,7 @@ ADDRESS_SPACE = "netplugin"
 GATEWAY_REQUEST = "com.docker.network.gateway"
 FULL_CHUNK_MEMORY = 30.0     # seconds a chunk seen full is skipped on a first pass (never on the last look)
 PICKS_PER_CHUNK = 4          # random free addresses tried in a chunk before moving on
+PLANS_KEPT = 1024            # parsed PoolIDs and their chunk lists kept per process (then all forgotten)
 
 
 class _StaleNetwork(Exception):
@@ -97,6 +98,8 @@ class Ipam:
         self._sub_pools: dict[str, str] = {}
         self._networks: dict[str, tuple[Network, int]] = {}          # subnet -> (network, revision)
         self._free: dict[tuple[str, tuple], list[int]] = {}           # (subnet, spans) -> free offsets
+        self._pools: dict[str, Pool] = {}                            # PoolID -> parsed
+        self._plans: dict[tuple, tuple[list, list[int]]] = {}        # (subnet, ranges) -> (spans, chunks)
         self._lock = threading.Lock()
 
     # -- pools ----------------------------------------------------------------
@@ -136,7 +139,7 @@ class Ipam:
     # -- addresses ------------------------------------------------------------
     def request_address(self, pool_id: str, address: str, gateway: bool) -> str:
         """Claim an address; returns 'ip/len'."""
-        pool = Pool(pool_id)
+        pool = self._pool(pool_id)
         for fresh in (gateway, True):      # a gateway request is rare: always read it afresh
             found = self._network(pool.cidr, fresh)
             net = found[0] if found else None
@@ -152,6 +155,19 @@ class Ipam:
             except _StaleNetwork:
                 continue
         raise Conflict(f"the network of pool {pool.cidr} changed twice while an address was being claimed: retry")
+
+    def _pool(self, pool_id: str) -> Pool:
+        """The parsed PoolID, parsed once per process: an allocation whose
+        etcd part is one transaction should not spend as long parsing."""
+        with self._lock:
+            pool = self._pools.get(pool_id) if isinstance(pool_id, str) else None
+        if pool is None:
+            pool = Pool(pool_id)
+            with self._lock:
+                if len(self._pools) >= PLANS_KEPT:
+                    self._pools.clear()
+                self._pools[pool_id] = pool
+        return pool
 
     def _network(self, cidr: str, fresh: bool) -> tuple[Network, int] | None:
         """The pool's network and its revision, from the cache unless fresh."""
@@ -225,10 +241,7 @@ class Ipam:
                  guard: tuple[str, int] | None = None) -> str:
         """Claim one free address from ranges (all inside subnet)."""
         cidr = str(subnet)
-        lo_ok, hi_ok = 1, subnet.size - 2          # never the network or broadcast address
-        spans = [(max(r.first - subnet.first, lo_ok), min(r.last - subnet.first, hi_ok)) for r in ranges]
-        spans = [(a, b) for a, b in spans if a <= b]
-        chunks = sorted({c for a, b in spans for c in range(a >> CHUNK_BITS, (b >> CHUNK_BITS) + 1)})
+        spans, chunks = self._plan(subnet, ranges)
         if not chunks:
             raise PoolExhausted(f"network {self._label(net, cidr)} has no usable address in {cidr}")
         alloc = Allocation("", ALLOC_ENDPOINT, self.host_id, network=net.id if net else "")
@@ -254,6 +267,23 @@ class Ipam:
         where = cidr if ranges == [subnet] else ", ".join(str(r) for r in ranges)
         raise PoolExhausted(f"network {self._label(net, cidr)} has no free address in {where} ({in_use} in use): "
                             "release unused endpoints (netctl endpoint ls) or widen the range")
+
+    def _plan(self, subnet: netaddr.IPNetwork, ranges: list[netaddr.IPNetwork]) -> tuple[list, list[int]]:
+        """The offset spans of ranges and the chunks they cover, worked out once."""
+        key = (subnet.first, subnet.prefixlen, tuple((r.first, r.last) for r in ranges))
+        with self._lock:
+            plan = self._plans.get(key)
+        if plan is None:
+            lo_ok, hi_ok = 1, subnet.size - 2          # never the network or broadcast address
+            spans = [(max(r.first - subnet.first, lo_ok), min(r.last - subnet.first, hi_ok)) for r in ranges]
+            spans = [(a, b) for a, b in spans if a <= b]
+            chunks = sorted({c for a, b in spans for c in range(a >> CHUNK_BITS, (b >> CHUNK_BITS) + 1)})
+            plan = (spans, chunks)
+            with self._lock:
+                if len(self._plans) >= PLANS_KEPT:
+                    self._plans.clear()
+                self._plans[key] = plan
+        return plan
 
     def _scan_order(self, chunks: list[int]) -> list[int]:
         """Every chunk once, in an order of this call's own: a random start and
