@@ -36,7 +36,7 @@ for d in A B; do
     ((${#old[@]} == 0)) || "${dk[@]}" rm -f "${old[@]}" >/dev/null
     for n in prod dr; do "${dk[@]}" network rm "$n" >/dev/null 2>&1 || true; done
 done
-"$NETCTL" network rm --force prod >/dev/null 2>&1 || true
+"$NETCTL" network rm -f --with-endpoints prod >/dev/null 2>&1 || true
 
 say "netctl creates global network prod (VLAN 100) once; Docker on each host binds to it"
 "$NETCTL" network create prod --subnet 10.10.0.0/24 --gateway 10.10.0.1 --vlan 100

@@ -61,7 +61,7 @@ def test_one_network_per_vlan_used_on_both_hosts(topo, rig):
     assert {V100, V200} <= set(nets)
     assert (nets[V100]["vlan"], nets[V100]["subnet"]) == (100, SUBNET100)
     assert (nets[V200]["vlan"], nets[V200]["subnet"]) == (200, SUBNET200)
-    info = rig.b.netctl_json("network", "inspect", V100)
+    info = rig.b.netctl_json("network", "inspect", V100)[0]
     assert info["hosts"] == ["rig-a", "rig-b"]
     assert sorted(e["host"] for e in info["endpoints"]) == ["rig-a", "rig-b"]
 

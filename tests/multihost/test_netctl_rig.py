@@ -54,7 +54,7 @@ def test_network_ls_json_quiet_and_table(ops, rig):
     quiet = rig.b.netctl("network", "ls", "-q").stdout.split()
     assert n["id"] in quiet and NET not in quiet and sorted(quiet) == sorted(x["id"] for x in nets.values())
     # The ids feed back into the other commands.
-    assert rig.a.netctl_json("network", "inspect", n["id"])["name"] == NET
+    assert rig.a.netctl_json("network", "inspect", n["id"])[0]["name"] == NET
     assert rig.a.netctl_json("ipam", "show", n["id"])["subnet"] == SUBNET
     table = rig.b.netctl("network", "ls").stdout.splitlines()
     assert table[0].split() == ["NAME", "SUBNET", "GATEWAY", "VLAN", "USED", "ORIGIN"]
@@ -63,11 +63,11 @@ def test_network_ls_json_quiet_and_table(ops, rig):
 
 
 def test_network_inspect_sees_both_hosts(ops, rig):
-    info = rig.a.netctl_json("network", "inspect", NET)
+    info = rig.a.netctl_json("network", "inspect", NET)[0]
     assert info["hosts"] == ["rig-a", "rig-b"]
     assert {(e["host"], e["ip"]) for e in info["endpoints"]} == {("rig-a", ops["ip_a"]), ("rig-b", FIXED)}
     assert info["pool"]["used"] == 4 and info["name_conflict"] is None
-    text = rig.b.netctl("network", "inspect", NET).stdout
+    text = rig.b.netctl("network", "inspect", NET, "--format", "table").stdout
     assert "Hosts      rig-a, rig-b" in text and FIXED in text
 
 
@@ -100,18 +100,18 @@ def test_endpoint_ls_filters(ops, rig):
 
 def test_endpoint_inspect_by_id_ip_and_container(ops, rig):
     ep_b = ops["ep_b"]
-    by_id = rig.a.netctl_json("endpoint", "inspect", ep_b["id"][:12])
-    by_ip = rig.a.netctl_json("endpoint", "inspect", FIXED)
+    by_id = rig.a.netctl_json("endpoint", "inspect", ep_b["id"][:12])[0]
+    by_ip = rig.a.netctl_json("endpoint", "inspect", FIXED)[0]
     # A container name is resolved through the Docker of the host netctl runs on.
-    by_name = rig.b.netctl_json("endpoint", "inspect", "mh-cb")
+    by_name = rig.b.netctl_json("endpoint", "inspect", "mh-cb")[0]
     assert by_id == by_ip == by_name
     assert (by_id["id"], by_id["host"], by_id["ip"], by_id["network"]) == (ep_b["id"], "rig-b", FIXED, NET)
     assert by_id["sandbox"] and by_id["docker_network"]
-    assert rig.a.netctl_json("endpoint", "inspect", "mh-ca")["ip"] == ops["ip_a"]
+    assert rig.a.netctl_json("endpoint", "inspect", "mh-ca")[0]["ip"] == ops["ip_a"]
     # Host a's Docker has no container mh-cb (names with non-hex letters: "cb" once matched an endpoint id prefix).
     miss = rig.a.netctl("endpoint", "inspect", "mh-cb", check=False)
     assert miss.returncode == 1 and "no endpoint matches 'mh-cb'" in miss.stderr
-    text = rig.b.netctl("endpoint", "inspect", "mh-cb").stdout
+    text = rig.b.netctl("endpoint", "inspect", "mh-cb", "--format", "table").stdout
     assert "Host            rig-b" in text and FIXED in text
 
 
@@ -124,7 +124,7 @@ def test_host_ls_and_inspect(ops, rig):
     assert set(rig.a.netctl("host", "ls", "-q").stdout.split()) >= {"rig-a", "rig-b"}
     table = rig.a.netctl("host", "ls").stdout.splitlines()
     assert table[0].split()[:3] == ["HOST", "STATE", "BRIDGE"]
-    one = rig.b.netctl_json("host", "inspect", "rig-b")
+    one = rig.b.netctl_json("host", "inspect", "rig-b")[0]
     assert (one["host"], one["bridge"], one["uplink"], one["alive"]) == ("rig-b", "nprig-b", "nptrunk-b", True)
     miss = rig.a.netctl("host", "inspect", "rig-z", check=False)
     assert miss.returncode == 1 and "rig-z" in miss.stderr and miss.stdout == ""
@@ -153,12 +153,13 @@ def test_rm_refused_while_endpoints_exist_then_forced(ops, rig):
     rig.a.netctl("network", "create", "mh-rm", "--subnet", "10.233.1.0/24", "--vlan", "402")
     rig.b.network("mh-rm", "10.233.1.0/24")
     rig.b.start("rm1", "mh-rm")
-    before = rig.a.netctl_json("network", "inspect", "mh-rm")
+    before = rig.a.netctl_json("network", "inspect", "mh-rm")[0]
     refused = rig.a.netctl("network", "rm", "mh-rm", check=False)
     assert refused.returncode == 1
-    assert "rig-b" in refused.stderr and "--force" in refused.stderr
-    assert rig.a.netctl_json("network", "inspect", "mh-rm") == before          # nothing changed
-    assert rig.a.netctl("network", "rm", "--force", "mh-rm").stdout.strip() == "mh-rm"
+    assert "rig-b" in refused.stderr and "--with-endpoints" in refused.stderr
+    assert rig.a.netctl_json("network", "inspect", "mh-rm")[0] == before          # nothing changed
+    assert rig.a.netctl("network", "rm", "--force", "mh-rm", check=False).returncode == 1   # -f: as docker's
+    assert rig.a.netctl("network", "rm", "--with-endpoints", "mh-rm").stdout.strip() == "mh-rm"
     assert before["id"] not in rig.a.netctl("network", "ls", "-q").stdout.split()
     assert "mh-rm" not in [n["name"] for n in rig.a.netctl_json("network", "ls")]
     assert [e for e in rig.a.netctl_json("endpoint", "ls", "--host", "rig-b") if e["network_id"] == before["id"]] == []
