@@ -62,6 +62,13 @@ class Plugin(Daemon):
                   check=False).stdout.split()
         return {name for host in out if host.startswith("npp") for name in (host, "ncp" + host[3:])}
 
+    def port_of(self, endpoint_id: str) -> str:
+        """The name of an endpoint's OVS port (a pool pair's npp… or np<id>), by its external id."""
+        out = run("ovs-vsctl", "--bare", "--columns=name", "find", "Port",
+                  f"external_ids:np-endpoint={endpoint_id}").stdout.split()
+        assert len(out) == 1, f"endpoint {endpoint_id[:12]} has ports {out}"
+        return out[0]
+
     def ovs_ports(self) -> list[str]:
         """The bridge's ports but the parked pool ports."""
         parked = self.parked()
@@ -69,11 +76,13 @@ class Plugin(Daemon):
                 if p and p not in parked]
 
     def veths(self) -> list[str]:
-        """np…/nc… links but the pool's: a pair whose both ends are in this namespace
-        (parked, or being made by the filler) is the pool's, not an endpoint's."""
+        """np…/nc… links but the pool's: a pair whose host end is down and whose both
+        ends are in this namespace (parked, or being made by the filler) is the
+        pool's; a claimed pair's host end is up."""
         links = json.loads(run("ip", "-j", "link", "show").stdout)
         names = {link["ifname"] for link in links}
-        pool = {n for n in names if n.startswith("npp") and "ncp" + n[3:] in names}
+        down = {link["ifname"] for link in links if "UP" not in link.get("flags", [])}
+        pool = {n for n in names if n.startswith("npp") and n in down and "ncp" + n[3:] in names}
         pool |= {"ncp" + n[3:] for n in pool}
         return [name for name in sorted(names) if name.startswith(("np", "nc"))
                 and not name.startswith(("npe2e", "nptest")) and name not in pool]

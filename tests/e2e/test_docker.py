@@ -88,13 +88,14 @@ def test_network_rm_leaves_nothing(clean):
     assert len(clean.ovs_ports()) == 3
     endpoint_ids = [docker("inspect", "-f", '{{(index .NetworkSettings.Networks "e2e-rm").EndpointID}}',
                            f"x{i}").stdout.strip() for i in range(3)]
+    names = {clean.port_of(e) for e in endpoint_ids}
+    names |= {"nc" + n[2:] for n in names}
     docker("rm", "-f", "x0", "x1", "x2")
     docker("network", "rm", "e2e-rm")
     assert clean.ovs_ports() == []
     # The veths go right after DeleteEndpoint answers (off the switch they carry nothing).
-    ours = {e[:11] for e in endpoint_ids}
     give_up = time.monotonic() + 2
-    while (left := [v for v in clean.veths() if v[2:] in ours]) and time.monotonic() < give_up:
+    while (left := [v for v in clean.veths() if v in names]) and time.monotonic() < give_up:
         time.sleep(0.05)
     assert left == [], f"veths left behind 2 s after the containers went: {left}"
     # Other tests leave their own records (hosts, profiles, backup jobs): look at what a network owns.

@@ -108,6 +108,7 @@ def test_every_kind_of_leak_is_repaired(clean):
         start(name, "e2e-leak")
     gone_eids = {endpoint_of(name, "e2e-leak") for name in gone}
     assert len(gone_eids) == len(gone) and all(gone_eids)
+    gone_ports = {clean.port_of(e) for e in gone_eids}
     # The restarted dockerd asks the plugin to delete the endpoints of the containers it lost; that
     # cleanup must fail for anything to leak, as it does when the plugin's etcd cannot be reached.
     with RefusingPlugin(clean) as refusing:
@@ -118,19 +119,20 @@ def test_every_kind_of_leak_is_repaired(clean):
         start(name, "e2e-leak")
     ips = {n: ip_of(n, "e2e-leak") for n in ("lv-veth", "lv-record", "lv-port")}
     eids = {n: endpoint_of(n, "e2e-leak") for n in ips}
+    ports = {n: clean.port_of(eids[n]) for n in ips}
     # The daemon killed with kill -9 between RequestAddress and CreateEndpoint.
     pool = clean.call("IpamDriver.RequestPool", {"AddressSpace": "netplugin", "Pool": "10.83.0.0/24"})[1]
     orphan = clean.call("IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})[1]["Address"]
     clean.kill9()
     clean.start()
     # A veth deleted by hand, an etcd record deleted by hand, an OVS port deleted by hand.
-    run("ip", "link", "del", "np" + eids["lv-veth"][:11])
+    run("ip", "link", "del", ports["lv-veth"])
     where = run("etcdctl", f"--endpoints={ETCD}", "get", "--print-value-only",
                 f"{clean.prefix}/index/endpoint/{eids['lv-record']}").stdout.strip()       # network/host
     assert where.endswith("/" + clean.host_id), where
     run("etcdctl", f"--endpoints={ETCD}", "del", f"{clean.prefix}/index/endpoint/{eids['lv-record']}")
     run("etcdctl", f"--endpoints={ETCD}", "del", f"{clean.prefix}/net-endpoints/{where}/{eids['lv-record']}")
-    run("ovs-vsctl", "del-port", "np" + eids["lv-port"][:11])
+    run("ovs-vsctl", "del-port", ports["lv-port"])
     for name in ("lv-veth", "lv-port"):      # (a lost record does not stop traffic: OVS forwards alone)
         assert not pings("probe", ips[name], count=1), f"{name} should be cut off before the repair"
 
@@ -153,7 +155,7 @@ def test_every_kind_of_leak_is_repaired(clean):
                                     docker("exec", name, "ip", "link", check=False).stdout)
     for gone_eid in gone_eids:
         assert not clean.etcd_keys(f"index/endpoint/{gone_eid}"), "a removed container's endpoint must be released"
-        assert "np" + gone_eid[:11] not in clean.ovs_ports() + clean.veths()
+    assert not gone_ports & set(clean.ovs_ports() + clean.veths()), gone_ports
     assert clean.etcd_keys(f"net-endpoints/{where}/{eids['lv-record']}"), "a live container's record is rebuilt"
     assert clean.etcd_keys(f"index/endpoint/{eids['lv-record']}"), "... with its locator"
     second = clean.reconcile("--grace", "0")
