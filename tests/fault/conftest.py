@@ -56,8 +56,16 @@ class FaultDaemon(Daemon):
         return super().start(within)
 
     def ovs_ports(self) -> list[str]:
+        """The bridge's ports but the warm pool's parked ones (np-pool=1), which the daemon keeps."""
+        parked = set(run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Port",
+                          "external_ids:np-pool=1"], check=False).stdout.split())
         return sorted(p for p in run(["ovs-vsctl", "--timeout=10", "list-ports", self.bridge],
-                                     check=False).stdout.split() if p)
+                                     check=False).stdout.split() if p and p not in parked)
+
+    def port_of(self, endpoint_id: str) -> list[str]:
+        """The port(s) whose np-endpoint external id is endpoint_id."""
+        return sorted(run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Port",
+                           f"external_ids:np-endpoint={endpoint_id}"], check=False).stdout.split())
 
     def remove_bridge(self) -> None:
         run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.bridge], check=False)

@@ -291,7 +291,7 @@ def fz(tmp_path_factory):
         assert status == 200, reply
         state.pool_id, state.address = pool_id, address
         state.ports = d.ovs_ports()
-        assert state.ports == [veth_names(EP_ID)[0]], state.ports
+        assert state.ports == d.port_of(EP_ID) and len(state.ports) == 1, state.ports
         state.before = state.etcd()
         yield state
         print(f"\n{sum(state.refused.values())} bad requests in {time.monotonic() - state.started:.1f} s, "

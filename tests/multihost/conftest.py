@@ -120,7 +120,9 @@ class Host:
     def ports(self) -> list[str]:
         """Endpoint ports on this host's bridge (not the trunk, not the bridge's own port)."""
         names = run(["ovs-vsctl", "--timeout=10", "list-ports", self.bridge]).stdout.split()
-        return [p for p in names if p != self.trunk]
+        parked = set(run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Port",
+                          "external_ids:np-pool=1"]).stdout.split())      # the warm pool's, kept by the daemon
+        return [p for p in names if p != self.trunk and p not in parked]
 
     def flows(self) -> list[str]:
         """Every OpenFlow flow of the bridge, without counters (OpenFlow 1.3: the pipeline uses it)."""

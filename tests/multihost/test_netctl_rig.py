@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .conftest import netctl_env
+from .conftest import netctl_env, run
 
 pytestmark = pytest.mark.multihost
 
@@ -164,13 +164,17 @@ def test_rm_refused_while_endpoints_exist_then_forced(ops, rig):
     assert "mh-rm" not in [n["name"] for n in rig.a.netctl_json("network", "ls")]
     assert [e for e in rig.a.netctl_json("endpoint", "ls", "--host", "rig-b") if e["network_id"] == before["id"]] == []
     ports = rig.b.ports()
+    # its port, found by the endpoint id it carries (a pool pair keeps its npp name)
+    found = run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Port",
+                 f"external_ids:np-endpoint={before['endpoints'][0]['id']}"]).stdout.split()
+    assert len(found) == 1, found
+    gone = found[0]
     # Host b's Docker still has the container and network: removing them must
     # be quick and leave nothing on the bridge, although the records are gone.
     t0 = time.monotonic()
     rig.b.docker("rm", "-f", "rm1")
     rig.b.docker("network", "rm", "mh-rm")
     assert time.monotonic() - t0 < 15
-    gone = "np" + before["endpoints"][0]["id"][:11]           # the host end of its veth is its port
     assert gone in ports and gone not in rig.b.ports(), (gone, ports, rig.b.ports())
 
 
