@@ -33,6 +33,7 @@ from .bridge import Bridge
 from .config import Config
 from .dataplane.flows import Flows
 from .dataplane.links import Links
+from .dataplane.ofchannel import rundir_of
 from .dataplane.ovs import Switch
 from .dataplane.ratelimit import RateLimiter
 from .dataplane.tso import UserspaceTso
@@ -103,7 +104,9 @@ def make_tso(cfg: Config) -> UserspaceTso:
 
 
 def make_flows(cfg: Config) -> Flows:
-    return Flows(cfg.bridge, cfg.ovs_timeout)
+    """OpenFlow on the bridge: one connection to vswitchd's management socket,
+    in the run directory of the OVSDB socket."""
+    return Flows(cfg.bridge, cfg.ovs_timeout, rundir_of(cfg.ovsdb))
 
 
 def make_docker(cfg: Config) -> DockerNames:

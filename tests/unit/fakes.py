@@ -592,6 +592,9 @@ class FakeFlows:
     def ensure_pipeline(self) -> None:
         self.pipeline = True
 
+    def close(self) -> None:
+        """Flows closes its OpenFlow connection; the fake has none."""
+
     # -- ports and meters
     def set_port(self, endpoint_id: str, ofport: int, vlan: int, limit: tuple[int, int] | None) -> None:
         self.calls.append(("set_port", endpoint_id, ofport, limit))
@@ -675,9 +678,11 @@ class FakeFlows:
         with self._lock:
             return {c for c in self.tables.get(int(table), {}) if c >> 63}
 
-    def count(self, table: int) -> int:
+    def count(self, table: int, ours: bool = True) -> int:
+        """netplugin's flows in the table; ``ours=False``: with the pipeline's table-miss flow."""
         with self._lock:
-            return sum(1 for c in self.tables.get(int(table), {}) if c >> 63)
+            mine = sum(1 for c in self.tables.get(int(table), {}) if c >> 63)
+            return mine if ours else mine + int(self.pipeline)
 
     def dump_flows(self) -> str:
         with self._lock:

@@ -66,12 +66,19 @@ def test_manifest_round_trip_and_catalog_record(tmp_path):
     assert manifest.summary(m)["not_transactional"] == []
 
 
-DUMP_METERS = """OFPST_METER_CONFIG reply (OF1.3) (xid=0x2):
-meter=7 kbps burst stats bands=
-type=drop rate=50000 burst_size=12500
-meter=9 kbps burst stats bands=
-type=drop rate=1000 burst_size=250
-"""
+METERS = {7: {"rate_kbps": 50000, "burst_kb": 12500}, 9: {"rate_kbps": 1000, "burst_kb": 250}}
+
+
+@pytest.fixture
+def meters(monkeypatch):
+    """The bridges whose meters Flows was asked for (it answers METERS)."""
+    asked: list[str] = []
+
+    def read(self):
+        asked.append(self.bridge)
+        return METERS
+    monkeypatch.setattr(hostenv.Flows, "meters", read)
+    return asked
 
 
 @pytest.fixture
@@ -90,16 +97,16 @@ def ovs(monkeypatch):
     return answers, calls
 
 
-def test_meter_is_read_through_flows(ovs):
-    answers, calls = ovs
-    answers.update({"ofport": "9\n", "dump-meters": DUMP_METERS})
-    assert hostenv.HostEnv().meter("br-np", "veth1") == (1000, 250)
-    assert any(c[0] == "ovs-ofctl" and "dump-meters" in c and "br-np" in c for c in calls)
-
-
-def test_no_meter_falls_back_to_ingress_policing(ovs):
+def test_meter_is_read_through_flows(ovs, meters):
     answers, _ = ovs
-    answers.update({"ofport": "4\n", "dump-meters": DUMP_METERS, "ingress_policing_rate": "2000\n",
+    answers.update({"ofport": "9\n"})
+    assert hostenv.HostEnv().meter("br-np", "veth1") == (1000, 250)
+    assert meters == ["br-np"]
+
+
+def test_no_meter_falls_back_to_ingress_policing(ovs, meters):
+    answers, _ = ovs
+    answers.update({"ofport": "4\n", "ingress_policing_rate": "2000\n",
                     "ingress_policing_burst": "300\n"})
     assert hostenv.HostEnv().meter("br-np", "veth1") == (2000, 300)
     answers["ingress_policing_rate"] = "0\n"
