@@ -181,7 +181,7 @@ def follow_changes(kv: KV, root: str, families: list[Family], start_revision: in
     while not stop.is_set():
         seen_in_rev = 0
         try:
-            for ev in kv.watch_prefix(root, max(start, last), stop):
+            for ev in kv.watch_prefix(f"{root}/", max(start, last), stop):
                 seen_in_rev = seen_in_rev + 1 if ev.mod_revision == last else 1
                 if ev.mod_revision == last and seen_in_rev <= done_in_last:
                     continue                    # handed on before the watch broke
