@@ -159,6 +159,12 @@ fi
 tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' -cf - netplugin | tar -C "$ROOT$SITE" -xf -
 "$PY" -m compileall -q "$ROOT$SITE/netplugin" >&2 || die "the netplugin package of $REPO does not compile (see above)"
 
+# --- ovs-vsctl: the userspace TSO setting of a netdev datapath goes through it
+if VSCTL=$(command -v ovs-vsctl); then
+    cp -L "$VSCTL" "$ROOT/usr/bin/ovs-vsctl"
+else
+    log "WARNING: ovs-vsctl not found on this host: a netdev datapath with userspace_tso will not start in the plugin"
+fi
 # --- ovs-ofctl: meters and flows (rate limits, ARP proxy) go through it
 if OFCTL=$(command -v ovs-ofctl); then
     cp -L "$OFCTL" "$ROOT/usr/bin/ovs-ofctl"
@@ -203,9 +209,11 @@ import netplugin.daemon, netplugin.wiring, netplugin.api, grpc, pyetcd, ovsdbapp
 import pyroute2, gunicorn.app.base, flask, prometheus_client, docker, netaddr
 print("rootfs ok: netplugin", netplugin.__version__)' >&2 \
     || die "the rootfs cannot import netplugin and its dependencies (see above)"
-if [[ -x $ROOT/usr/bin/ovs-ofctl ]]; then
-    chroot "$ROOT" /usr/bin/ovs-ofctl --version >/dev/null || die "ovs-ofctl does not run in the rootfs"
-fi
+for tool in ovs-ofctl ovs-vsctl; do
+    if [[ -x $ROOT/usr/bin/$tool ]]; then
+        chroot "$ROOT" "/usr/bin/$tool" --version >/dev/null || die "$tool does not run in the rootfs"
+    fi
+done
 log "rootfs built in $((SECONDS - t0)) s: $(du -sh "$ROOT" | cut -f1)"
 
 if ((CREATE)); then
