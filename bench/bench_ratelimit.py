@@ -28,6 +28,9 @@ operator's path (a profile attached with `netctl endpoint set`).
    receiver interval at or below 10 Mbit/s + 15 % (0.25 s resolution), both also
    from before netctl started (what the 2 s of the issue count); then the
    mean and the largest interval from 2 s after netctl returned. --changes times.
+4. CreateEndpoint: a port whose network has a profile (so CreateEndpoint
+   sets its meter and flow before it answers) against one without, alternated
+   (--creates pairs); medians, p90 and their ratio.
 3. Overhead: TCP from the never-limited sender (table 0 in_port flow ->
    table 10 -> NORMAL, the ARP proxy's flows present) against a bare netdev
    bridge with only its default NORMAL flow and two namespaces on veths made
@@ -35,7 +38,7 @@ operator's path (a profile attached with `netctl endpoint set`).
    first alternating too (--pairs, `-t 3 -O 1`); the ratio of the medians.
 
     sudo /tmp/venv/bin/python bench/bench_ratelimit.py [--rates 10,50,200] [--runs 3] [--changes 5]
-                                                       [--pairs 7] [--json]
+                                                       [--pairs 7] [--creates 20] [--json]
 
 Exit 0 when the run completed and cleaned up, whatever the figures; 1 when the
 setup broke, an iperf3 run failed or something could not be removed.
@@ -128,15 +131,16 @@ class Rig:
             raise RuntimeError(f"netctl {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def network(self) -> tuple[str, str]:
-        subnet = f"10.209.{self.octet}.0/24"      # inside the benchmarks' 10.200-10.210
+    def network(self, octet: int | None = None, profile: str = "") -> tuple[str, str]:
+        subnet = f"10.209.{octet or self.octet}.0/24"      # inside the benchmarks' 10.200-10.210
         pool = self.call("IpamDriver.RequestPool", {"AddressSpace": "netplugin", "Pool": subnet, "SubPool": "",
                                                     "Options": {}, "V6": False})["PoolID"]
         gw = self.call("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {
             "RequestAddressType": "com.docker.network.gateway"}})["Address"]
         net = secrets.token_hex(32)
         self.call("NetworkDriver.CreateNetwork", {
-            "NetworkID": net, "Options": {GENERIC: {"vlan": str(C.pick_vlan()), "name": f"nprlbench-{self.hex}"}},
+            "NetworkID": net, "Options": {GENERIC: {"vlan": str(C.pick_vlan()), "name": f"nprlbench-{net[:6]}",
+                                                    **({"profile": profile} if profile else {})}},
             "IPv4Data": [{"AddressSpace": "netplugin", "Pool": subnet, "Gateway": gw, "AuxAddresses": {}}],
             "IPv6Data": []})
         return net, pool
@@ -304,14 +308,49 @@ def overhead(rig: Rig, free: dict, receiver: dict, pairs: int) -> dict:
             "pairwise_ratio_median": C.rnd(statistics.median(o / b for o, b in zip(ours, bare)), 3)}
 
 
+def create_timing(rig: Rig, net: str, pool: str, pairs: int) -> dict:
+    """CreateEndpoint of a port with a limit (its network has a profile) against
+    one without, alternated, who goes first alternating too; each endpoint is
+    deleted and its address released before the next."""
+    name = f"rlcreate{rig.hex}"
+    rig.netctl("profile", "create", name, "--rate", "50mbit")
+    limited_net, limited_pool = rig.network(octet=(rig.octet % 250) + 1, profile=name)
+    times: dict[str, list[float]] = {"limited": [], "unlimited": []}
+
+    def once(kind: str) -> None:
+        n, p = (limited_net, limited_pool) if kind == "limited" else (net, pool)
+        address = rig.call("IpamDriver.RequestAddress", {"PoolID": p, "Address": "", "Options": {}})["Address"]
+        ep = secrets.token_hex(32)
+        rig.links.append("np" + ep[:11])
+        started = time.perf_counter()
+        rig.call("NetworkDriver.CreateEndpoint", {
+            "NetworkID": n, "EndpointID": ep, "Options": {},
+            "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": ""}})
+        times[kind].append(time.perf_counter() - started)
+        rig.call("NetworkDriver.DeleteEndpoint", {"NetworkID": n, "EndpointID": ep})
+        rig.call("IpamDriver.ReleaseAddress", {"PoolID": p, "Address": address.split("/")[0]})
+
+    for i in range(pairs):
+        for kind in (("limited", "unlimited") if i % 2 else ("unlimited", "limited")):
+            once(kind)
+    lim, unl = statistics.median(times["limited"]), statistics.median(times["unlimited"])
+    return {"pairs": pairs, "limited_ms": [C.rnd(x * 1000, 1) for x in times["limited"]],
+            "unlimited_ms": [C.rnd(x * 1000, 1) for x in times["unlimited"]],
+            "limited_median_ms": C.rnd(lim * 1000, 1), "unlimited_median_ms": C.rnd(unl * 1000, 1),
+            "limited_p90_ms": C.rnd(C.pct(times["limited"], 90) * 1000, 1),
+            "unlimited_p90_ms": C.rnd(C.pct(times["unlimited"], 90) * 1000, 1),
+            "ratio": C.rnd(lim / unl, 2)}
+
+
 def parse_args(argv=None):
     p = C.parser(__doc__)
     p.add_argument("--rates", default="10,50,200", help="Mbit/s, comma-separated (default 10,50,200)")
     p.add_argument("--runs", type=int, default=3, help="iperf3 runs per rate and protocol (default 3)")
     p.add_argument("--changes", type=int, default=5, help="live changes 50 -> 10 Mbit/s (default 5)")
     p.add_argument("--pairs", type=int, default=7, help="alternated overhead run pairs (default 7)")
-    p.add_argument("--only", default="accuracy,live,overhead",
-                   help="which parts, comma-separated (default accuracy,live,overhead)")
+    p.add_argument("--creates", type=int, default=20, help="alternated CreateEndpoint pairs (default 20)")
+    p.add_argument("--only", default="accuracy,live,overhead,create",
+                   help="which parts, comma-separated (default accuracy,live,overhead,create)")
     return C.parse(p, argv)
 
 
@@ -345,6 +384,9 @@ def main(argv=None) -> int:
         if "overhead" in parts:
             result["load_at"]["overhead"] = C._loadavg()
             result["overhead"] = overhead(rig, free, receiver, args.pairs)
+        if "create" in parts:
+            result["load_at"]["create"] = C._loadavg()
+            result["create"] = create_timing(rig, net, pool, args.creates)
         result["machine"]["loadavg_end"] = C._loadavg()
         finished = True
     result["cleanup_failures"] = cleanup.failures
@@ -365,6 +407,11 @@ def report(out: C.Out, r: dict) -> None:
         report_live(out, r)
     if "overhead" in r:
         report_overhead(out, r)
+    if "create" in r:
+        c = r["create"]
+        out.say(f"CreateEndpoint, {c['pairs']} alternated pairs: with a limit median {c['limited_median_ms']} ms "
+                f"(p90 {c['limited_p90_ms']}), without {c['unlimited_median_ms']} ms (p90 {c['unlimited_p90_ms']}): "
+                f"ratio {c['ratio']}")
 
 
 def report_accuracy(out: C.Out, r: dict) -> None:

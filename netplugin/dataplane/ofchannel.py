@@ -72,6 +72,7 @@ class OpenFlowChannel:
         self._buf = b""
         self._xid = 0
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     # -- the connection ------------------------------------------------------------------
     def _connect(self) -> socket.socket:
@@ -155,6 +156,8 @@ class OpenFlowChannel:
     def _exchange(self, fn):
         """fn() over a live connection; after a broken one (vswitchd restarted), once more on a new one."""
         with self._lock:
+            if self._pid != os.getpid():         # a forked child: the socket is the parent's
+                self._sock, self._buf, self._pid = None, b"", os.getpid()
             for attempt in (1, 2):
                 try:
                     if self._sock is None:
