@@ -18,8 +18,8 @@ bridge's management socket, messages built by os-ken's parser), each answered
 before the call returns: a refused flow or meter is an error to the caller.
 An ``ovs-ofctl`` run cost a process and a connection per change (10-30 ms
 idle, 70-275 ms on a busy host), and CreateEndpoint waited for its own. Reads
-of whole tables (``dump_flows``, ``cookies``) and a bulk install of flow texts
-(over ``BULK`` flows, e.g. a cold start's ARP answers) still run one
+of whole tables (``dump_flows``, ``cookies``) and bulk changes (over ``BULK`` flows, e.g. a
+cold start's ARP answers, or all of them going in flood mode) still run one
 ``ovs-ofctl``, whose C encoder and printer are faster at that size; they are
 argument lists (never a shell), and every name in them is checked first.
 
@@ -307,7 +307,11 @@ class Flows:
         self._ofctl("--bundle", "add-flows", self.bridge, "-", stdin="\n".join(flows) + "\n")
 
     def delete_cookies(self, cookies: list[int]) -> None:
-        if cookies:
+        """Each over the connection; more than BULK of them in one ovs-ofctl bundle."""
+        if len(cookies) > BULK:
+            self._ofctl("--bundle", "del-flows", self.bridge, "-",
+                        stdin="".join(f"cookie={int(c):#x}/{ALL_BITS:#x}\n" for c in cookies))
+        elif cookies:
             self._send([_flow_delete(int(c), ALL_BITS) for c in cookies],
                        [f"deleting the flows of cookie {int(c):#x}" for c in cookies])
 
