@@ -11,6 +11,8 @@ netplugin/mariadb-tools:10.11) against MariaDB servers in containers
                 restore job on another (VLAN b)
   loopback      the same servers and jobs on the host's network namespace
                 (--network host), talking over 127.0.0.1
+  docker-bridge the same on two of Docker's own bridge networks (the goal's
+                yardstick: netplugin >= 0.9x of this)
   profile-job   as netplugin, each job's endpoint under a bandwidth profile
                 (default 50mbit)
   profile-src   the backup only, with the profile on the *source server's*
@@ -61,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--scale", type=int, default=5, help="data size: scale x 120k rows (default 5: 600k rows)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every case once (default 3)")
     p.add_argument("--rate", default="50mbit", help="the profile's rate (default 50mbit)")
-    p.add_argument("--cases", default="netplugin,loopback,profile-job,profile-src")
+    p.add_argument("--cases", default="netplugin,loopback,docker-bridge,profile-job,profile-src")
     return C.parse(p, argv, keep_log="keep the daemon and agent logs")
 
 
@@ -84,8 +86,10 @@ class Bench:
         self.cnf = self._secret("client.cnf", f"[client]\nuser=root\npassword={self.password}\n")
         self.init = self._secret("db-init.sql", f"CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY "
                                                 f"'{self.password}';\nGRANT ALL ON *.* TO 'root'@'%';\n")
-        a, b = C.pick_octets(2)
+        a, b, c, d = C.pick_octets(4)
         self.subnets = {"src": f"10.{a}.0", "dst": f"10.{b}.0"}
+        self.br_subnets = {"src": f"10.{c}.0", "dst": f"10.{d}.0"}
+        self.br_nets = {"src": f"npbench-brsrc-{self.rtag}", "dst": f"npbench-brdst-{self.rtag}"}
         vlans = random.sample(list(C.VLANS), 2)
         self.vlans = {"src": vlans[0], "dst": vlans[1]}
         self.nets = {"src": f"npbench-src-{self.rtag}", "dst": f"npbench-dst-{self.rtag}"}
@@ -145,20 +149,28 @@ class Bench:
             return self.job("run", "--target", f"bench-{case}", "--network", "host", "--db-host", "127.0.0.1",
                             "--db-port", str(self.ports["src"]), "--database", "shop", "--option-file", self.cnf,
                             "--volume", self.volume)
+        if case == "docker-bridge":
+            return self.job("run", "--target", f"bench-{case}", "--network", self.br_nets["src"],
+                            "--db-host", f"{self.br_subnets['src']}.10", "--database", "shop",
+                            "--option-file", self.cnf, "--volume", self.volume)
         extra = ["--profile", self.profile] if case == "profile-job" else []
         return self.job("run", "--target", f"bench-{case}", "--network", self.nets["src"],
                         "--db-host", f"{self.subnets['src']}.10", "--database", "shop", "--option-file", self.cnf,
                         "--volume", self.volume, *extra)
 
     def restore(self, case: str, backup: str) -> dict:
+        """Into a fresh schema each time: drctl refuses --replace for a backup made
+        with --no-checksums (nothing to compare the swap against)."""
+        into = ["--database", f"shop_{secrets.token_hex(4)}", "--option-file", self.cnf]
         if case == "loopback":
             return self.job("restore", "--backup", backup, "--target", f"bench-{case}-dst", "--network", "host",
-                            "--db-host", "127.0.0.1", "--db-port", str(self.ports["dst"]), "--database", "shop",
-                            "--option-file", self.cnf, "--replace")
+                            "--db-host", "127.0.0.1", "--db-port", str(self.ports["dst"]), *into)
+        if case == "docker-bridge":
+            return self.job("restore", "--backup", backup, "--target", f"bench-{case}-dst",
+                            "--network", self.br_nets["dst"], "--db-host", f"{self.br_subnets['dst']}.10", *into)
         extra = ["--profile", self.profile] if case == "profile-job" else []
         return self.job("restore", "--backup", backup, "--target", f"bench-{case}-dst", "--network", self.nets["dst"],
-                        "--db-host", f"{self.subnets['dst']}.10", "--database", "shop", "--option-file", self.cnf,
-                        "--replace", *extra)
+                        "--db-host", f"{self.subnets['dst']}.10", *into, *extra)
 
 
 def figures(j: dict, sql_bytes: int) -> dict:
@@ -196,23 +208,31 @@ def main(argv=None) -> int:
             ids = C.docker("ps", "-aq", "--filter", f"label={b.label}", check=False).stdout.split()
             if ids:
                 C.docker("rm", "-f", *ids, check=False)
-            for net in b.nets.values():
+            for net in [*b.nets.values(), *b.br_nets.values()]:
                 C.docker("network", "rm", net, check=False)
             C.docker("volume", "rm", "-f", b.volume, check=False)
         cleanup.add("remove containers, networks and the volume", remove_docker)
         for side in ("src", "dst"):
             C.docker("network", "create", "-d", DRIVER, "--ipam-driver", DRIVER, "--subnet",
                      f"{b.subnets[side]}.0/24", "-o", f"vlan={b.vlans[side]}", b.nets[side])
+            if "docker-bridge" in cases:
+                C.docker("network", "create", "-d", "bridge", "--subnet", f"{b.br_subnets[side]}.0/24",
+                         b.br_nets[side])
         cleanup.add("stop the agent", lambda: b.agent.stop(20))
         b.agent.start()
-        out.progress("starting 4 MariaDB servers (2 on netplugin networks, 2 on the host network)")
+        out.progress("starting the MariaDB servers (2 on netplugin networks, 2 on the host network, 2 on Docker bridges)")
         b.start_db(f"npbench-{b.rtag}-src", b.nets["src"], ip=f"{b.subnets['src']}.10")
         b.start_db(f"npbench-{b.rtag}-dst", b.nets["dst"], ip=f"{b.subnets['dst']}.10")
         b.start_db(f"npbench-{b.rtag}-hsrc", "host", f"--port={b.ports['src']}", "--bind-address=127.0.0.1")
         b.start_db(f"npbench-{b.rtag}-hdst", "host", f"--port={b.ports['dst']}", "--bind-address=127.0.0.1")
+        sources = [f"npbench-{b.rtag}-src", f"npbench-{b.rtag}-hsrc"]
+        if "docker-bridge" in cases:
+            b.start_db(f"npbench-{b.rtag}-bsrc", b.br_nets["src"], ip=f"{b.br_subnets['src']}.10")
+            b.start_db(f"npbench-{b.rtag}-bdst", b.br_nets["dst"], ip=f"{b.br_subnets['dst']}.10")
+            sources.append(f"npbench-{b.rtag}-bsrc")
         t0 = time.monotonic()
         sql = shop_sql(args.scale)      # the e2e drill's schema, scale times the rows
-        for name in (f"npbench-{b.rtag}-src", f"npbench-{b.rtag}-hsrc"):
+        for name in sources:
             b.sql(name, sql)
         out.progress(f"generated {120_000 * args.scale} rows on both sources in {time.monotonic() - t0:.1f} s")
         b.netctl("profile", "create", b.profile, "--rate", args.rate)
@@ -253,15 +273,21 @@ def main(argv=None) -> int:
                 row["dump_plus_restore_mb_s"] = C.rnd(C.median(
                     [x["sql_bytes"] / (x["backup"]["work_s"] + x["restore"]["work_s"]) / 1e6 for x in both]), 2)
             summary[case] = row
+        for base in ("loopback", "docker-bridge"):          # each case's dump against the yardsticks
+            ref = summary.get(base, {}).get("backup", {}).get("mb_s")
+            for case, row in summary.items():
+                if ref and row.get("backup"):
+                    row[f"dump_vs_{base}"] = C.rnd(row["backup"]["mb_s"] / ref, 3)
         result["runs"] = runs
         result["summary"] = summary
         headers = ["case", "SQL MB", "dump MB/s", "dump Mbit/s", "dump job s", "restore MB/s", "restore Mbit/s",
-                   "restore job s", "dump+restore MB/s"]
+                   "restore job s", "dump+restore MB/s", "dump vs loopback", "dump vs docker bridge"]
         rows = []
         for case, s in summary.items():
             bk, rs = s.get("backup", {}), s.get("restore", {})
             rows.append([case, s["sql_mb"], bk.get("mb_s"), bk.get("mbit_s"), bk.get("total_s"), rs.get("mb_s"),
-                         rs.get("mbit_s"), rs.get("total_s"), s.get("dump_plus_restore_mb_s")])
+                         rs.get("mbit_s"), rs.get("total_s"), s.get("dump_plus_restore_mb_s"),
+                         s.get("dump_vs_loopback"), s.get("dump_vs_docker-bridge")])
         out.say(C.machine_line(info))
         out.say(C.table(headers, rows))
         out.result(result)
