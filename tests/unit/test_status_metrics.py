@@ -50,6 +50,8 @@ FAMILIES = {
     "netplugin_backup_jobs_orphaned": "gauge", "netplugin_backup_agents": "gauge",
     "netplugin_backup_last_success_timestamp_seconds": "gauge", "netplugin_backup_last_job_succeeded": "gauge",
     "netplugin_backup_catalog_backups": "gauge", "netplugin_backup_catalog_bytes": "gauge",
+    "netplugin_backup_drill_succeeded": "gauge", "netplugin_backup_drill_rto_seconds": "gauge",
+    "netplugin_backup_drill_rpo_seconds": "gauge", "netplugin_backup_drill_timestamp_seconds": "gauge",
 }
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "netplugin.json"
 
