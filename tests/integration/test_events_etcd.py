@@ -77,15 +77,19 @@ def test_drctl_events_say_the_states_a_job_moves_to(store, prefix):
     start = store.head_revision() + 1
     job = put_job(bstore, SUCCEEDED, target="ev")
     stop, got = threading.Event(), []
-    threading.Timer(20, stop.set).start()               # a bound, should the watch lose one
+    bound = threading.Timer(20, stop.set)               # a bound, should the watch lose one
+    bound.start()
 
     def emit(text: str) -> None:
         got.append(json.loads(text))
         if len(got) == 5:
             stop.set()
     ctx = drctl_cli.Context(drctl_cli.build_parser().parse_args(["events", "--json"]))
-    events.stream(bstore.follow_changes(start, stop), ctx, ["type", "action", "id"], [("type", "job")], emit,
-                  events.JobStates())
+    try:
+        events.stream(bstore.follow_changes(start, stop), ctx, ["type", "action", "id"], [("type", "job")], emit,
+                      events.JobStates())
+    finally:
+        bound.cancel()
     assert [e["action"] for e in got] == ["create", "starting", "running", "verifying", "succeeded"]
     assert {e["id"] for e in got} == {job.id}
 
