@@ -35,17 +35,21 @@ from tests.harness import fleet as F
 from tests.harness.etcd import Cluster
 
 
-def measure_window(urls: list[str], pids: list[int], seconds: float, hosts: int) -> dict:
+def measure_window(urls: list[str], pids: list[int], seconds: float, hosts: int, sims: list[int]) -> dict:
+    """etcd's traffic and CPU over a window, and the simulating processes' CPU per host."""
     before, cpu0, t0 = F.cluster_metrics(urls), sum(F.proc_cpu(p) for p in pids), time.monotonic()
+    sim0 = sum(F.proc_cpu(p) for p in sims)
     time.sleep(seconds)
     after, cpu1, t1 = F.cluster_metrics(urls), sum(F.proc_cpu(p) for p in pids), time.monotonic()
+    sim1 = sum(F.proc_cpu(p) for p in sims)
     span = t1 - t0
     sent = after["etcd_network_client_grpc_sent_bytes_total"] - before["etcd_network_client_grpc_sent_bytes_total"]
     recv = (after["etcd_network_client_grpc_received_bytes_total"]
             - before["etcd_network_client_grpc_received_bytes_total"])
     return {"seconds": round(span, 1), "sent_per_host_Bps": sent / span / hosts,
             "recv_per_host_Bps": recv / span / hosts,
-            "sent_total_Bps": sent / span, "etcd_cpu_pct": (cpu1 - cpu0) / span * 100}
+            "sent_total_Bps": sent / span, "etcd_cpu_pct": (cpu1 - cpu0) / span * 100,
+            "sim_cpu_pct_per_host": (sim1 - sim0) / span * 100 / hosts}
 
 
 def churn(fleet: F.Fleet, rate: float, stop: threading.Event, done: list) -> None:
@@ -78,8 +82,9 @@ def one_size(n: int, args, out: c.Out, tmp: Path) -> dict:
         fleet.build()
         res["load_s"] = time.monotonic() - t0
         res["networks"] = len(fleet.nets)
+        out.say(f"{n} hosts: {n * args.endpoints} endpoints loaded in {res['load_s']:.1f} s; starting the hosts")
         t0 = time.monotonic()
-        fleet.start()
+        fleet.start(args.start_rate)
         res["ready"] = fleet.ready(args.ready_timeout)
         res["start_all_s"] = time.monotonic() - t0
         time.sleep(2)
@@ -88,7 +93,8 @@ def one_size(n: int, args, out: c.Out, tmp: Path) -> dict:
         res["threads"] = sum(u["threads"] for u in usage)
         out.say(f"{n} hosts in {workers or 1} process(es): loaded in {res['load_s']:.1f} s, all ready={res['ready']} "
                 f"in {res['start_all_s']:.1f} s, {res['threads']} threads")
-        res["idle"] = measure_window(urls, pids, args.idle, n)
+        res["idle"] = measure_window(urls, pids, args.idle, n, fleet.pids())
+        out.say("idle: " + json.dumps(res["idle"], default=str))
         res["foreign_endpoints_held"] = fleet.foreign()
         changes = []
         pairs = []
@@ -109,14 +115,17 @@ def one_size(n: int, args, out: c.Out, tmp: Path) -> dict:
                              "all_p50": c.pct(changes, 50), "all_p99": c.pct(changes, 99),
                              "all_max": max(changes) if changes else None,
                              "host_p50": c.pct(pairs, 50), "host_p99": c.pct(pairs, 99)}
+        out.say("arp_change: " + json.dumps(res["arp_change"], default=str))
         prof = F.profile_convergence(fleet, 20_000, timeout=args.change_timeout)
         pv = [v for v in prof.values() if v is not None]
         res["profile_change"] = {"meters": len(prof), "missed": len(prof) - len(pv), "p50": c.pct(pv, 50),
                                  "p99": c.pct(pv, 99), "max": max(pv) if pv else None}
+        out.say("profile_change: " + json.dumps(res["profile_change"], default=str))
         stop, done = threading.Event(), []
         worker = threading.Thread(target=churn, args=(fleet, args.churn, stop, done), daemon=True)
         worker.start()
-        res["churn"] = measure_window(urls, pids, args.churn_window, n)
+        res["churn"] = measure_window(urls, pids, args.churn_window, n, fleet.pids())
+        out.say("churn: " + json.dumps(res["churn"], default=str))
         stop.set()
         worker.join(30)
         res["churn"]["done"] = sum(1 for d in done if d == 1)
@@ -139,8 +148,10 @@ def one_size(n: int, args, out: c.Out, tmp: Path) -> dict:
             view_s = time.monotonic() - t0           # ready by the time every answer was in
         res["cold_start"] = {"view_ready_s": view_s, "answers_s": time.monotonic() - t0, "answers": join.answers(),
                              "wanted": want}
+        out.say("cold_start: " + json.dumps(res["cold_start"], default=str))
         join.close()
         res["alloc"] = F.allocate_together(fleet, args.alloc_per_host)
+        out.say("alloc: " + json.dumps(res["alloc"], default=str))
         res["foreign_endpoints_held_end"] = fleet.foreign()
         m = F.cluster_metrics(urls)
         res["etcd"] = {"db_bytes_per_member": m["etcd_mvcc_db_total_size_in_bytes"] / len(urls),
@@ -162,6 +173,8 @@ def main() -> int:
     p.add_argument("--endpoints", type=int, default=50, help="endpoints per host (default 50)")
     p.add_argument("--hosts-per-net", type=int, default=10)
     p.add_argument("--group", type=int, default=25, help="hosts sharing one etcd client (default 25)")
+    p.add_argument("--start-rate", type=float, default=0.0,
+                   help="hosts started per second, fleet-wide (default 0: all at once)")
     p.add_argument("--workers", type=int, default=-1,
                    help="worker processes the hosts are split over (default: one per 125 hosts; 0: this process)")
     p.add_argument("--idle", type=float, default=60.0, help="idle window, seconds (default 60)")

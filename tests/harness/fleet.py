@@ -196,10 +196,13 @@ class HostGroup:
                 out[e.ep.network] = out.get(e.ep.network, 0) + 1
         return out
 
-    def start(self) -> None:
+    def start(self, interval: float = 0.0) -> None:
+        """Start every host, ``interval`` seconds apart (a fleet coming up, not one instant)."""
         self._rss0 = proc_rss()
         for sim in self.sims:
             sim.start()
+            if interval:
+                time.sleep(interval)
 
     def ready(self, per_net: dict[str, int]) -> int:
         """How many of this group's hosts have their view in and an answer for every endpoint of their networks."""
@@ -441,8 +444,9 @@ class Fleet:
     def pids(self) -> list[int]:
         return [p.pid for p in self.parts]
 
-    def start(self) -> None:
-        self.all("start")
+    def start(self, per_second: float = 0.0) -> None:
+        """Start every host, ``per_second`` hosts a second across the fleet (0: all at once)."""
+        self.all("start", len(self.parts) / per_second if per_second else 0.0)
 
     def ready(self, timeout: float) -> bool:
         """Every host's view has its first reads in and its ARP proxy holds an
