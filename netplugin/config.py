@@ -69,6 +69,10 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_address: str = "127.0.0.1:9109"
+    # drctl's fleet-wide figures (jobs, catalog, drills) on this daemon's /metrics.
+    # They cost a scrape a read of every job's key: turn them on for the one or two
+    # hosts Prometheus asks for them, not on every host of a fleet (docs/operations.md).
+    backup_metrics: bool = False
     # The reconciler (netplugin-reconcile): a new process each run, whose first
     # OVSDB dump at 10,000 ports takes 20-60 s on a loaded host.
     reconcile_ovs_connect_timeout: float = 300.0

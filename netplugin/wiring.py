@@ -184,6 +184,8 @@ def make_metrics(cfg: Config, store: Store, view: HostView):
     from .metrics import Metrics
     from .watch_metrics import WatchCollector
     metrics = Metrics()
-    metrics.watch_store(store, view, cfg.host_id, lambda m: BackupCollector(BackupStore.beside(store), m),
-                        lambda m: WatchCollector())
+    more: list = [lambda m: WatchCollector()]
+    if cfg.backup_metrics:       # fleet-wide figures, O(jobs) a scrape: only where asked for
+        more.insert(0, lambda m: BackupCollector(BackupStore.beside(store), m))
+    metrics.watch_store(store, view, cfg.host_id, *more)
     return metrics

@@ -62,7 +62,7 @@ def get(samples: dict, name: str, **labels) -> float | None:
 
 def test_scraped_backup_metrics_follow_the_job_records_in_etcd(kv, prefix):
     bstore = BackupStore(kv, prefix)
-    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), store := Store(kv, prefix), HostView(store, "h1"))
+    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix, backup_metrics=True), store := Store(kv, prefix), HostView(store, "h1"))
     port = Port(metrics)
     try:
         now = time.time()
@@ -104,7 +104,7 @@ def test_scraped_backup_metrics_follow_the_job_records_in_etcd(kv, prefix):
 
 def test_a_scrape_answers_when_etcd_does_not(prefix):
     dead = EtcdKV([f"http://127.0.0.1:{free_port()}"], timeout=1)       # nothing listens there
-    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix), store := Store(dead, prefix), HostView(store, "h1"))
+    metrics = make_metrics(Config(host_id="h1", etcd_prefix=prefix, backup_metrics=True), store := Store(dead, prefix), HostView(store, "h1"))
     port = Port(metrics)
     try:
         started = time.monotonic()

@@ -10,12 +10,12 @@ import re
 import pytest
 from prometheus_client import generate_latest
 
-from netplugin.hostview import HostView
 from netplugin.backup.exporter import BackupCollector
 from netplugin.backup.model import STATES
 from netplugin.backup.store import BackupStore
 from netplugin.backup.summary import BackupReader
 from netplugin.config import Config
+from netplugin.hostview import HostView
 from netplugin.kv import Put
 from netplugin.metrics import Metrics
 from netplugin.store import Store
@@ -39,7 +39,8 @@ def bstore(kv) -> BackupStore:
 
 @pytest.fixture
 def metrics(kv) -> Metrics:
-    return make_metrics(Config(host_id="h1", etcd_prefix=PREFIX), store := Store(kv, PREFIX), HostView(store, "h1"))
+    return make_metrics(Config(host_id="h1", etcd_prefix=PREFIX, backup_metrics=True), store := Store(kv, PREFIX),
+                        HostView(store, "h1"))
 
 
 def backup_collector(m: Metrics) -> BackupCollector:
@@ -196,3 +197,23 @@ def test_a_damaged_job_record_is_skipped_and_the_scrape_answers(metrics, bstore,
     kv.txn([], [Put(bstore.k_job("broken"), b"{not json")])
     assert value(metrics, "netplugin_backup_bytes_total") == 11
     assert value(metrics, "netplugin_backup_jobs", state="succeeded") == 1
+
+
+def test_a_default_daemon_scrape_reads_etcd_once_whatever_the_jobs(kv, bstore):
+    """Issue 15: a scrape of /metrics costs no etcd read beyond O(1). drctl's
+    fleet-wide figures (a read of every job's key) are off unless asked for."""
+    for _ in range(40):
+        put_job(bstore, "succeeded", target="a", size=1)
+    store = Store(kv, PREFIX)
+    metrics = make_metrics(Config(host_id="h1", etcd_prefix=PREFIX), store, HostView(store, "h1"))
+    reads: list[str] = []
+    for name in ("get", "get_prefix", "count_prefix", "snapshot"):
+        real = getattr(kv, name)
+        setattr(kv, name, lambda *a, _real=real, _name=name, **k: reads.append(_name) or _real(*a, **k))
+    text = generate_latest(metrics.registry).decode()
+    assert "netplugin_backup_jobs" not in text
+    assert len(reads) <= 1, f"a scrape read etcd {len(reads)} times: {reads}"
+    on = make_metrics(Config(host_id="h1", etcd_prefix=PREFIX, backup_metrics=True), store, HostView(store, "h1"))
+    reads.clear()
+    assert "netplugin_backup_jobs{" in generate_latest(on.registry).decode()
+    assert len(reads) > 1                      # the control: the fleet-wide figures do read etcd

@@ -61,7 +61,7 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "netplugin.json
 @pytest.fixture
 def metered(np):
     """Host h1 whose app counts calls, with the etcd collector of host h1."""
-    metrics = backends.make_metrics(np.cfg, np.store, np.parts.view)
+    metrics = backends.make_metrics(dataclasses.replace(np.cfg, backup_metrics=True), np.store, np.parts.view)
     np.app = create_app(dataclasses.replace(np.parts, metrics=metrics))
     np.client = np.app.test_client()
     np.metrics = metrics
