@@ -115,7 +115,11 @@ def ovs_bare(ns: Namespaces, tag: str, octet: int, tx_off: bool) -> Pair:
         for _, host, _ in names:
             C.run("ip", "link", "del", host, check=False)
         C.run("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge, check=False)
-    reach(names[0][0], f"10.{octet}.0.2")
+    try:
+        reach(names[0][0], f"10.{octet}.0.2")
+    except Exception:
+        undo()
+        raise
     return Pair(names[0][0], names[1][0], f"10.{octet}.0.2", undo)
 
 
@@ -145,7 +149,11 @@ def docker_bridge(ns: Namespaces, tag: str, octet: int) -> Pair:
         for _, host, _ in names:
             C.run("ip", "link", "del", host, check=False)
         C.docker("network", "rm", name, check=False)
-    reach(names[0][0], f"10.{octet}.1.3")
+    try:
+        reach(names[0][0], f"10.{octet}.1.3")
+    except Exception:
+        undo()
+        raise
     return Pair(names[0][0], names[1][0], f"10.{octet}.1.3", undo)
 
 
