@@ -174,6 +174,18 @@ class Plugin:
         return reply
 
     def pair(self, ns: Namespaces) -> Pair:
+        try:
+            return self._pair(ns)
+        except BaseException:
+            self.undo()
+            raise
+
+    def undo(self) -> None:
+        self.daemon.stop()
+        C.remove_bridge(BRIDGE)
+        C.etcd_delete_prefix(self.daemon.prefix + "/")
+
+    def _pair(self, ns: Namespaces) -> Pair:
         self.daemon.start()
         self.daemon.wait_bridge()
         subnet = f"10.{self.octet}.2.0/24"
@@ -200,12 +212,8 @@ class Plugin:
             spaces.append(space)
             ips.append(address.split("/")[0])
 
-        def undo():
-            self.daemon.stop()
-            C.remove_bridge(BRIDGE)
-            C.etcd_delete_prefix(self.daemon.prefix + "/")
         reach(spaces[0], ips[1])
-        return Pair(spaces[0], spaces[1], ips[1], undo)
+        return Pair(spaces[0], spaces[1], ips[1], self.undo)
 
 
 def offload_of(pair: Pair) -> str:
