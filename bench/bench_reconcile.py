@@ -45,6 +45,17 @@ What is real and what is not:
 Expected findings: none. A finding means the scan saw something inconsistent;
 the counts are printed.
 
+How the pass reads the OVSDB (--variants, all three by default, in the same run):
+  select   what netplugin-reconcile ships: Switch(snapshot_reads=True), one select
+           transaction of the needed columns per read (dataplane/ovsdb_select.py);
+  idl-c    the way before it, ovsdbapp's replica of four whole tables, with the
+           ovs package's C JSON parser (ovs._json, see docs/dependencies.md);
+  idl-py   the same with the ovs package's pure-Python parser (what a venv without
+           ovs._json does).
+The OVS time is split into ovs_connect (the replica's connection and first dump),
+ovs_check (bridge_exists), ovs_list (list_ports), ovs_bridges (port_bridges), and,
+inside those three, (select): the select transactions' transfer and decode.
+
 Each size is measured --runs times "cold" (new EtcdKV, Switch and Links per run,
 as each netplugin-reconcile invocation is a new process: the OVSDB connection
 and its full initial sync are part of the time) and --runs times "warm" (the
@@ -71,7 +82,7 @@ bridge (system OVSDB), the private ovsdb-server and its folder, the sysfs mount,
 the two network namespaces (and with them the veths), the etcd prefix; then
 each is checked to be gone.
 
-    sudo .venv/bin/python bench/bench_reconcile.py [--sizes 1000,10000] [--runs 3] [--json]
+    sudo .venv/bin/python bench/bench_reconcile.py [--sizes 1000,10000] [--runs 3] [--variants ...] [--json]
 """
 
 from __future__ import annotations
