@@ -133,7 +133,11 @@ def write_spec(name: str, socket_path: str) -> Path:
 
 
 def ovs_ports(bridge: str) -> list[str]:
-    return sorted(p for p in run("ovs-vsctl", "list-ports", bridge, check=False).stdout.split() if p)
+    """The bridge's ports but the warm pool's parked ones (a daemon keeps those on purpose)."""
+    parked = set(run("ovs-vsctl", "--bare", "--columns=name", "find", "Port", "external_ids:np-pool=1",
+                     check=False).stdout.split())
+    return sorted(p for p in run("ovs-vsctl", "list-ports", bridge, check=False).stdout.split()
+                  if p and p not in parked)
 
 
 def links() -> set[str]:
