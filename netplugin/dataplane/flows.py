@@ -42,6 +42,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from ..errors import DataplaneError, DataplaneUnavailable, InvalidRequest
 from .ofchannel import DATAPATH as DP
 from .ofchannel import DEFAULT_RUNDIR, OpenFlowChannel, OpenFlowRefused
+from .ovs import PARK_VLAN
 
 OFCTL = "ovs-ofctl"
 TABLE_CLASSIFY = 0
@@ -103,6 +104,8 @@ class ArpAnswer(str):
 def _apply(*actions) -> parser.OFPInstructionActions:
     return parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, list(actions))
 
+
+PARK_COOKIE = 0x4E50        # the parking drop (portpool.PARK_DROP is the same flow as text)
 
 def _flow_add(table: int, priority: int, match: parser.OFPMatch, instructions: list, cookie: int = 0):
     return parser.OFPFlowMod(DP, cookie=cookie, table_id=table, command=ofp.OFPFC_ADD, priority=priority,
@@ -185,10 +188,17 @@ class Flows:
         _raise(self.channel.send(msgs, what))
 
     def ensure_pipeline(self) -> None:
-        """Install the table-miss flows (idempotent: an add replaces an equal match)."""
+        """Install the table-miss flows and the warm pool's parking drop
+        (idempotent: an add replaces an equal match). The drop is part of the
+        pipeline so that whatever puts the pipeline back (a restart of
+        ovs-vswitchd) puts it back too: VLAN 4095 is reserved by 802.1Q, and a
+        parked pool port admits that VLAN alone (portpool.py)."""
         self._send([_flow_add(TABLE_CLASSIFY, 0, parser.OFPMatch(), [parser.OFPInstructionGotoTable(TABLE_ARP)]),
-                    _flow_add(TABLE_ARP, 0, parser.OFPMatch(), [_apply(parser.OFPActionOutput(ofp.OFPP_NORMAL))])],
-                   [f"table {TABLE_CLASSIFY}'s table-miss flow", f"table {TABLE_ARP}'s table-miss flow"])
+                    _flow_add(TABLE_ARP, 0, parser.OFPMatch(), [_apply(parser.OFPActionOutput(ofp.OFPP_NORMAL))]),
+                    _flow_add(TABLE_CLASSIFY, 65535, parser.OFPMatch(vlan_vid=ofp.OFPVID_PRESENT | PARK_VLAN), [],
+                              PARK_COOKIE)],
+                   [f"table {TABLE_CLASSIFY}'s table-miss flow", f"table {TABLE_ARP}'s table-miss flow",
+                    f"the drop of parked ports' VLAN {PARK_VLAN}"])
 
     # -- ports and meters -------------------------------------------------------------
     def set_port(self, endpoint_id: str, ofport: int, vlan: int, limit: tuple[int, int] | None) -> None:
