@@ -193,13 +193,23 @@ class Rig:
             "NetworkID": docker_net, "EndpointID": endpoint, "Options": {},
             "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": ""}})[1]
         mac = reply["Interface"]["MacAddress"]
+        port = self.port_of(endpoint)                   # a warm pool pair keeps its own (npp) name
+        self.links.append(port)
         ns = self.namespaces.new()
         join = self.call("NetworkDriver.Join", {"NetworkID": docker_net, "EndpointID": endpoint,
                                                 "SandboxKey": f"/var/run/netns/{ns}", "Options": {}})[1]
         peer = join["InterfaceName"]["SrcName"]
         # What Docker does next: the container end into the sandbox, renamed, addressed, up.
         adopt(ns, peer, address, mac)
-        return Container(endpoint, address.split("/")[0], mac, "np" + endpoint[:11], peer, ns, docker_net, pool)
+        return Container(endpoint, address.split("/")[0], mac, port, peer, ns, docker_net, pool)
+
+    @staticmethod
+    def port_of(endpoint: str) -> str:
+        """The OVS port of an endpoint, by its np-endpoint external id."""
+        out = sh(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Port",
+                  f"external_ids:np-endpoint={endpoint}"]).stdout.split()
+        assert len(out) == 1, f"endpoint {endpoint[:12]} has ports {out}"
+        return out[0]
 
     def remove_container(self, c: Container) -> None:
         """docker rm: Leave, DeleteEndpoint, ReleaseAddress."""
