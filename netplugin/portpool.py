@@ -223,6 +223,11 @@ class PortPool:
         for name in self.links.list_names(POOL_PREFIX):
             if not POOL_HOST_RE.fullmatch(name) or name in named:
                 continue
+            if name not in parked:
+                # Not parked on this bridge: another daemon's pair on the same host
+                # (its own bridge), one it is making or claiming right now, or a
+                # veth whose port never came. Never this daemon's to remove.
+                continue
             peer = peer_of(name)
             if not self.links.exists(peer):
                 continue

@@ -181,7 +181,10 @@ def spec_daemon(tmp_path_factory):
     check_socket_free(SPEC_SOCKET)
     spec_dir_existed = SPEC_DIR.exists()
     spec = write_spec(SPEC_NAME, SPEC_SOCKET)
-    p = own_plugin(tmp_path_factory.mktemp("spec"), SPEC_SOCKET, NETPLUGIN_LOG_FORMAT="json")
+    # backup_metrics: the dashboard's backup row reads drctl's fleet-wide figures,
+    # which operators turn on for the host Prometheus asks for them.
+    p = own_plugin(tmp_path_factory.mktemp("spec"), SPEC_SOCKET, NETPLUGIN_LOG_FORMAT="json",
+                   NETPLUGIN_BACKUP_METRICS="true")
     try:
         p.start()
         yield p

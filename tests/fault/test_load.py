@@ -133,7 +133,11 @@ def cycle(a: Daemon, i: int, capped: str, plain: str) -> list[str]:
                                             "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": ""}})
     joined = _ok(a, "NetworkDriver.Join", {"NetworkID": net, "EndpointID": eid,
                                             "SandboxKey": f"/var/run/docker/netns/{eid[:12]}", "Options": {}})
-    assert joined["InterfaceName"]["SrcName"] == "nc" + eid[:11]
+    # The container end of the endpoint's own pair: made for it (nc + id) or a warm pool pair (ncp).
+    port = subprocess.run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Port",
+                           f"external_ids:np-endpoint={eid}"], capture_output=True, text=True).stdout.split()
+    assert len(port) == 1, (eid[:12], port)
+    assert joined["InterfaceName"]["SrcName"] == "nc" + port[0][2:], (port, joined["InterfaceName"])
     seen = []
     if i % 25 == 0 and pool == CAPPED_SUBNET:
         # A limit holds from CreateEndpoint on: a metered table-0 flow and its meter.

@@ -116,7 +116,7 @@ def test_two_daemons_never_give_an_address_twice(clean_rig):
             mine = rig.a.netctl_json("endpoint", "ls", "--network", NAME, "--host", host.host_id)
             assert {e["id"] for e in mine} == set(net.endpoints)
             assert len(host.ports()) == PER_HOST
-        info = rig.a.netctl_json("network", "inspect", NAME)
+        info = rig.a.netctl_json("network", "inspect", NAME)[0]
         assert info["hosts"] == ["rig-a", "rig-b"]
     finally:
         for n in nets:

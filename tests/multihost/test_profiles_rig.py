@@ -138,7 +138,7 @@ def test_profile_set_reaches_both_hosts_within_2_s(rig, limited):
 
 
 def test_detach_and_reattach_reach_both_hosts_within_2_s(rig, limited):
-    now = rig.a.netctl_json("profile", "inspect", PROFILE)
+    now = rig.a.netctl_json("profile", "inspect", PROFILE)[0]
     limit = (now["rate_kbps"], now["burst_kb"])
     took, why = timed_netctl(rig, limited, None, "network", "set", NET, "--no-profile")
     assert took is not None, f"--no-profile did not lift the limit on both hosts: {why}\n{rig.logs()}"
@@ -148,7 +148,7 @@ def test_detach_and_reattach_reach_both_hosts_within_2_s(rig, limited):
 
 
 def test_profile_rm_lifts_the_limit_on_both_hosts_within_2_s(rig, limited):
-    now = rig.a.netctl_json("profile", "inspect", PROFILE)
+    now = rig.a.netctl_json("profile", "inspect", PROFILE)[0]
     assert f"network {NET}" in now["used_by"], now
     assert limited.state() == limited.wanted((now["rate_kbps"], now["burst_kb"]))
     took, why = timed_netctl(rig, limited, None, "profile", "rm", PROFILE)
