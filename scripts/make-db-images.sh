@@ -4,7 +4,7 @@
 # host binaries plus the libraries `ldd` lists, imported with `docker import`.
 #
 #   netplugin/mariadb:10.11        mariadbd, a pre-initialised data folder, an entry script
-#   netplugin/mariadb-tools:10.11  bash, coreutils, gzip, zstd, mariadb-dump and mariadb:
+#   netplugin/mariadb-tools:10.11  bash, coreutils, gzip, zstd, mariadb-dump, mariadb-binlog and mariadb:
 #                                  what drctl's backup and restore jobs run
 #
 # Idempotent: an image whose label matches the inputs (package versions and this
@@ -91,6 +91,20 @@ collation-server = utf8mb4_general_ci
 innodb_buffer_pool_size = 128M
 innodb_log_file_size = 32M
 max_allowed_packet = 64M
+# Binary log, for point-in-time recovery (drctl binlog, drctl restore --at):
+# row events with full before and after images, so a replay needs nothing
+# but the log; a commit is on disk in the log before it is acknowledged. Every
+# server of a replication topology needs its own server_id (1 is fine for
+# servers that are not replicas of each other: the binlog collector connects
+# with an id of its own). Logs are purged after 7 days: the archive must be
+# collected before that.
+log_bin = mariadb-bin
+server_id = 1
+binlog_format = ROW
+binlog_row_image = FULL
+sync_binlog = 1
+expire_logs_days = 7
+max_binlog_size = 64M
 '
 
 # The entry script: copy the pre-initialised data folder on first start, apply
@@ -135,7 +149,7 @@ build_server() {
     # container copies it on first start (about 0.1 s instead of a bootstrap).
     local data=$WORKDIR/datadir
     mkdir -p "$data"
-    printf '%s' "$MY_CNF" | sed "s|^user = mysql|user = root|; s|^datadir = .*|datadir = $data|; /^socket/d; /^pid-file/d" \
+    printf '%s' "$MY_CNF" | sed "s|^user = mysql|user = root|; s|^datadir = .*|datadir = $data|; /^socket/d; /^pid-file/d; /^log_bin/d" \
         >"$WORKDIR/install.cnf"
     mariadb-install-db --defaults-file="$WORKDIR/install.cnf" --user=root --datadir="$data" \
         --auth-root-authentication-method=normal --skip-test-db >"$WORKDIR/install-db.log" 2>&1 \
@@ -156,7 +170,7 @@ build_server() {
 build_tools() {
     local root=$WORKDIR/tools
     base_root "$root"
-    add_bin "$root" /usr/bin/mariadb-dump /usr/bin/mariadb /usr/bin/mariadb-admin /bin/gzip /usr/bin/zstd
+    add_bin "$root" /usr/bin/mariadb-dump /usr/bin/mariadb /usr/bin/mariadb-admin /usr/bin/mariadb-binlog /bin/gzip /usr/bin/zstd
     mkdir -p "$root/usr/share/mysql"
     cp -a /usr/share/mysql/charsets "$root/usr/share/mysql/charsets"
     import_root "$root" "$TOOLS_IMAGE" '[]' '["/bin/bash"]'
@@ -183,7 +197,7 @@ done
 # shellcheck disable=SC2016 # the $c below is for the container's shell
 "$DOCKER" run --rm --network none "$TOOLS_IMAGE" bash -c '
     set -e
-    for c in mariadb-dump mariadb gzip zstd sha256sum dd tee tail wc mkfifo timeout grep; do
+    for c in mariadb-dump mariadb mariadb-binlog gzip zstd sha256sum dd tee tail wc mkfifo timeout grep; do
         command -v "$c" >/dev/null || { echo "missing: $c"; exit 1; }
     done
     mariadb-dump --version >/dev/null && mariadb --version >/dev/null && zstd -V >/dev/null' \

@@ -2,6 +2,13 @@
 holds, built from a verified job's outputs, and read and written as that
 one file (through a ``.partial`` and a rename). No Docker, no etcd.
 
+``binlog``: {"file", "pos", "gtid", "time"} of the source's binary log at
+the dump's snapshot (None when the source has no binary log): where a
+point-in-time replay starts. ``time`` is the SOURCE's clock (epoch seconds,
+the clock its binlog events carry) while the dump's snapshot was taken under
+the read lock, or just after the dump without one (a bound it is not later
+than); None when it could not be read.
+
 Format 2: the checksums and row counts come from a snapshot opened with the
 dump's own, under a global read lock held for ``read_lock["held"]`` seconds,
 so every transactional table's checksum describes exactly the rows in the
@@ -14,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 
+from ..errors import InvalidRequest
+from .binlog import dump_coordinates
 from .model import Backup, Job, JobSpec
 from .verify import Outputs
 
@@ -36,7 +45,22 @@ def build(job: Job, spec: JobSpec, out: Outputs, *, name: str, file: str, size: 
         "checksum_snapshot": "dump" if tables else None, "read_lock": lock,
         "not_transactional": sorted(n for n, t in tables.items() if not t["transactional"]),
         "stages": stages, "limits": job.limits_applied,
+        "binlog": binlog_coordinates(out),
     }
+
+
+def binlog_coordinates(out: Outputs) -> dict | None:
+    """{"file", "pos", "gtid"}: where the dump's snapshot stands in the source's
+    binary log, as the dump wrote it (binlog.dump_coordinates); None when the
+    source logs nothing or the dump's words cannot be read."""
+    try:
+        coords = dump_coordinates(out.get("dump_head") or "", out.get("dump_tail") or "")
+    except InvalidRequest:
+        return None
+    if coords is not None:
+        stamp = (out.get("server_time") or "").strip()
+        coords["time"] = float(stamp) if stamp.isdigit() else None
+    return coords
 
 
 def catalog_record(manifest: dict, target: str, volume: str, manifest_path: str, host: str) -> Backup:

@@ -13,6 +13,8 @@
     backup/fired/<name>/<due>        -> job id; the claim of one due time (epoch seconds, 12 digits),
                                      created with the job in one transaction (schedules.py)
     backup/drills/<target>           DrillResult: the target's last restore drill (drills.py)
+    backup/binlogs/<target>/<file>   BinlogFile: an archived, complete binlog file of the target's
+                                     server with its positions and event times (binlog.py)
 
 Admission is one transaction: the job is still queued and unchanged, a slot
 of the host is free, the target is free; it writes the job as starting, the
@@ -50,6 +52,8 @@ from ..identity import Instance
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
 from ..store import Change, Family, Reading, Store, compare_and_swap, follow_changes
+from .binlog import BinlogFile
+from .binlog import check_record as check_binlog
 from .drills import DrillResult, check_result
 from .model import QUEUED, STARTING, Backup, BadRecord, Job
 from .schedules import Schedule
@@ -69,6 +73,7 @@ class BackupStore:
         self.root = f"{prefix}/backup"
         self._bad: set[str] = set()             # keys of records that did not parse, logged once
         self.bad_drills = 0                      # drill results skipped as bad
+        self.bad_binlogs = 0                     # binlog records skipped as bad
 
     @classmethod
     def beside(cls, store: Store) -> BackupStore:
@@ -447,6 +452,35 @@ class BackupStore:
     def targets(self) -> list[str]:
         return sorted({i.key[len(self.k_catalog()):].split("/", 1)[0]
                        for i in self.kv.get_prefix(self.k_catalog(), keys_only=True)})
+
+    # -- binlog archive ---------------------------------------------------------------------
+    def k_binlog(self, target: str = "", file: str = "") -> str:
+        return f"{self.root}/binlogs/{target}/{file}" if target else f"{self.root}/binlogs/"
+
+    def add_binlog(self, rec: BinlogFile) -> None:
+        """Record an archived file (checked first); the same file again replaces its record."""
+        check_binlog(rec)
+        self.kv.txn([], [Put(self.k_binlog(rec.target, rec.file), rec.to_json())])
+
+    def binlogs(self, target: str | None = None) -> list[BinlogFile]:
+        """Archived files, by target then index; a bad record (or one filed under
+        another key) is skipped, logged once and counted in ``bad_binlogs``."""
+        out = []
+        for item in self.kv.get_prefix(self.k_binlog(target) if target else self.k_binlog()):
+            try:
+                rec = check_binlog(BinlogFile.from_json(item.value))
+                if item.key != self.k_binlog(rec.target, rec.file):
+                    raise BadRecord(f"filed under {item.key[:120]!r}, not under {rec.target}/{rec.file}")
+                out.append(rec)
+            except NetpluginError as exc:
+                self.bad_binlogs += 1
+                if item.key not in self._bad:
+                    self._bad.add(item.key)
+                    log.warning("drctl record %r skipped: %s", item.key[:200], exc.message)
+        return sorted(out, key=lambda r: (r.target, r.seq))
+
+    def remove_binlog(self, rec: BinlogFile) -> None:
+        self.kv.txn([], [Delete(self.k_binlog(rec.target, rec.file))])
 
 
     # -- following changes: drctl run --wait, drctl events ------------------------------
