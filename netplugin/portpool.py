@@ -10,8 +10,10 @@ until it is claimed, by two locks that hold on their own:
   that is up), before the port is ever on the bridge;
 * its OVS port is added *parked*, in the transaction that adds it: a trunk of
   VLAN 4095 alone (``np-pool=1``), so ovs-vswitchd drops untagged frames and
-  every real VLAN; and one flow at the top of table 0 (PARK_DROP, put back
-  whenever the pool adopts or makes a pair) drops VLAN 4095 from any port.
+  every real VLAN; and one flow at the top of table 0, part of the base
+  pipeline (``Flows.ensure_pipeline``, put back with it whenever the bridge is
+  made or ovs-vswitchd restarts), drops VLAN 4095 from any port. The pool
+  makes sure the bridge is ready (``Bridge.ensure``) before each pair.
 
 A drop flow per port was not chosen: it needs the port's OpenFlow number,
 which exists only once the port is on the bridge, and taking it away would
@@ -42,7 +44,6 @@ from dataclasses import dataclass
 
 from .bridge import Bridge
 from .config import Config
-from .dataplane.flows import Flows
 from .dataplane.links import POOL_HOST_RE, POOL_PREFIX, Links, peer_of, pool_names
 from .dataplane.ovs import EXT_HOST, PARK_VLAN, Switch
 from .errors import NetpluginError
@@ -50,12 +51,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-# Frames tagged with the parking VLAN, from any port, go nowhere. Its cookie lacks
-# netplugin's top bit, so the sync loops (which remove stale cookies of theirs) leave it.
-PARK_DROP = f"table=0,priority=65535,cookie=0x4e50,dl_vlan={PARK_VLAN},actions=drop"
 QUIET = 0.1           # seconds without an endpoint call before the filler makes a pair
 RETRY_EVERY = 5.0     # seconds before the filler tries again after a failure
-DROP_EVERY = 10.0     # seconds between re-installs of PARK_DROP by the filler (after an OVS restart)
 
 
 @dataclass(frozen=True)
@@ -65,14 +62,13 @@ class Pair:
 
 
 class PortPool:
-    def __init__(self, cfg: Config, store: Store, switch: Switch, links: Links, bridge: Bridge, flows: Flows,
+    def __init__(self, cfg: Config, store: Store, switch: Switch, links: Links, bridge: Bridge,
                  rng: random.Random | None = None):
         self.cfg = cfg
         self.store = store
         self.switch = switch
         self.links = links
         self.bridge = bridge
-        self.flows = flows
         self.size = cfg.port_pool_size
         self._rng = rng or random.SystemRandom()
         self._ready: list[Pair] = []
@@ -80,7 +76,6 @@ class PortPool:
         self._busy = 0
         self._last_call = 0.0
         self._adopted = False
-        self._drop_at = 0.0                  # monotonic time PARK_DROP was last installed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.counts = {"taken": 0, "empty": 0, "made": 0, "failed": 0, "adopted": 0, "removed": 0,
@@ -193,7 +188,6 @@ class PortPool:
             if len(self._ready) >= self.size:
                 return None
         self.bridge.ensure()
-        self._ensure_drop()
         host, peer = pool_names(f"{self._rng.getrandbits(40):010x}")
         mac = ":".join(["02", *(f"{self._rng.getrandbits(8):02x}" for _ in range(5))])
         try:
@@ -215,7 +209,6 @@ class PortPool:
         belongs to that endpoint, and a host end whose container end is gone
         (moved into a container) to the reconciler: neither is touched."""
         self.bridge.ensure()
-        self._ensure_drop(force=True)
         named = {ep.port for ep in self.store.list_host_endpoints(self.cfg.host_id)}
         parked = {p["name"]: p for p in self.switch.list_pool_ports(self.cfg.bridge)}
         kept: list[Pair] = []
@@ -248,12 +241,6 @@ class PortPool:
         if kept or removed:
             log.info("port pool: adopted %d parked pair(s), removed %d broken one(s)", len(kept), len(removed))
         return {"adopted": [p.host for p in kept], "removed": removed}
-
-    def _ensure_drop(self, force: bool = False) -> None:
-        """PARK_DROP on the bridge (an ovs-ofctl run: at most every DROP_EVERY s)."""
-        if force or time.monotonic() - self._drop_at >= DROP_EVERY:
-            self.flows.add_flows([PARK_DROP])
-            self._drop_at = time.monotonic()
 
     def _valid(self, name: str, port: dict | None) -> bool:
         """Parked exactly as add_parked_port leaves it, and its host end down."""

@@ -141,7 +141,7 @@ def assemble(cfg: Config, store: Store, switch: Switch, links: Links, flows: Flo
     ipam = Ipam(store, cfg.host_id, rng=rng, namer=namer)
     bridge = Bridge(cfg, store, switch, flows, tso)
     networks = Networks(cfg, store, ipam, namer)
-    pool = PortPool(cfg, store, switch, links, bridge, flows) if cfg.port_pool_size > 0 else None
+    pool = PortPool(cfg, store, switch, links, bridge) if cfg.port_pool_size > 0 else None
     return Components(
         cfg=cfg, store=store, switch=switch, links=links, flows=flows, docker=docker, background=background,
         limits=limits, arp=arp, restorer=DataplaneRestorer(cfg, flows, limits, arp), namer=namer, ipam=ipam,

@@ -89,7 +89,7 @@ def rig(h, switch, links, bridge, veths, netns, store):
     uplink, uplink_peer = veths.pair()
     switch.ensure_bridge(bridge, "netdev", uplink=uplink)
     flows = Flows(bridge)
-    pool = PortPool(cfg, store, switch, links, Bridge(cfg, store, switch, flows), flows)
+    pool = PortPool(cfg, store, switch, links, Bridge(cfg, store, switch, flows))
     pool.adopt()
     pairs = [pool.fill_once(), pool.fill_once()]
     eid, host, peer = veths.names()
@@ -197,7 +197,7 @@ def test_a_pool_port_is_parked_in_the_transaction_that_adds_it(h, switch, links,
 def test_a_restart_adopts_the_parked_pairs_and_a_claim_gives_a_working_port(h, switch, links, rig, store):
     cfg = rig["cfg"]
     flows = Flows(cfg.bridge)
-    fresh = PortPool(cfg, store, switch, links, Bridge(cfg, store, switch, flows), flows)
+    fresh = PortPool(cfg, store, switch, links, Bridge(cfg, store, switch, flows))
     out = fresh.adopt()
     assert sorted(out["adopted"]) == sorted(p.host for p in rig["pairs"]) and out["removed"] == []
     pair = fresh.take()
