@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import netaddr
 
+from . import poolspan
 from .errors import Conflict, InvalidRequest, NetpluginError, NotFound, PoolExhausted
 from .model import (
     ALLOC_AUX,
@@ -407,11 +408,14 @@ class Ipam:
         return False
 
     def usage(self, net: Network) -> dict:
-        """Size, used and free counts of a network's pool, for netctl."""
-        subnet = netaddr.IPNetwork(net.subnet)
+        """Size, used and free counts of a network's pool, for netctl: over the
+        addresses the allocator can give out (its --ip-range, else its subnet),
+        so a full range reads full whatever the rest of the subnet holds."""
+        parts = poolspan.spans(net)
         allocs = self.store.list_allocations(net.subnet)
-        usable = subnet.size - 2
-        return {"subnet": net.subnet, "size": usable, "used": len(allocs), "free": usable - len(allocs),
+        usable = poolspan.size(parts)
+        used = sum(1 for _, a in allocs if poolspan.inside(parts, a.ip))
+        return {"subnet": net.subnet, "size": usable, "used": used, "free": usable - used,
                 "ranges": net.ranges,
                 "reserved": sorted((a.ip for _, a in allocs if a.kind in (ALLOC_GATEWAY, ALLOC_AUX)),
                                    key=lambda s: int(netaddr.IPAddress(s)))}

@@ -31,6 +31,11 @@ def spans(net: Network) -> list[Span]:
     return merged
 
 
+def size(parts: list[Span]) -> int:
+    """How many addresses the spans hold."""
+    return sum(last - first + 1 for first, last in parts)
+
+
 def inside(parts: list[Span], ip: str) -> bool:
     value = int(netaddr.IPAddress(ip))
     return any(first <= value <= last for first, last in parts)
@@ -41,4 +46,4 @@ def usage(net: Network, endpoint_ips: Iterable[str]) -> tuple[int, int]:
     the gateway and the aux addresses that fall inside them, each address once."""
     parts = spans(net)
     held = {ip for ip in (*endpoint_ips, net.gateway, *net.aux.values()) if ip and inside(parts, ip)}
-    return sum(last - first + 1 for first, last in parts), len(held)
+    return size(parts), len(held)

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import time
 
-import netaddr
-
+from .. import poolspan
 from ..logs import escape
 from .output import ago, print_fields, print_json, print_table
 
@@ -72,8 +71,12 @@ def collect(ctx, now: float | None = None) -> dict:
 
     networks = []
     for net in sorted(store.list_networks(), key=lambda n: n.label):
-        size = netaddr.IPNetwork(net.subnet).size - 2
-        used = store.count_allocations(net.subnet)
+        # Over what the allocator can give out: a count of the subnet's allocations
+        # when the whole subnet is the pool, else the ones inside its --ip-range.
+        parts = poolspan.spans(net)
+        size = poolspan.size(parts)
+        used = (store.count_allocations(net.subnet) if not net.ranges else
+                sum(1 for _, a in store.list_allocations(net.subnet) if poolspan.inside(parts, a.ip)))
         networks.append({"name": net.label, "id": net.id, "subnet": net.subnet, "vlan": net.vlan,
                          "endpoints": per_net.get(net.id, 0), "used": used, "size": size,
                          "fill": round(100.0 * used / size, 1) if size else 0.0,

@@ -104,7 +104,7 @@ def test_network_create_json(netctl):
     assert info["name"] == "db" and info["subnet"] == "10.20.0.0/24" and info["vlan"] == 200
     assert info["gateway"] == "10.20.0.254" and info["ranges"] == ["10.20.0.128/25"]
     assert info["aux"] == {"router": "10.20.0.2"} and info["origin"] == "netctl"
-    assert info["pool"]["used"] == 2 and info["endpoints"] == [] and info["id"].startswith("n-")
+    assert info["pool"]["used"] == 1 and info["endpoints"] == []    # the gateway; the router is outside the range and info["id"].startswith("n-")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -254,7 +254,9 @@ def test_ipam_show(netctl, containers):
     ok(netctl("network", "create", "db", "--subnet", "10.20.0.0/28", "--vlan", "200",
               "--aux-address", "router=10.20.0.2", "--ip-range", "10.20.0.8/29"))
     r = ok(netctl("ipam", "show", "db"))
-    assert r.lines == ["Subnet    10.20.0.0/28", "Size      14", "Used      2", "Free      12",
+    # Counted over the range the allocator gives out (.8-.14); the gateway and the
+    # router sit outside it, so they are reserved but take nothing from it.
+    assert r.lines == ["Subnet    10.20.0.0/28", "Size      7", "Used      0", "Free      7",
                        "Ranges    10.20.0.8/29", "Reserved  10.20.0.1, 10.20.0.2"]
     assert ok(netctl("ipam", "show", "prod", "--json")).json == {
         "subnet": SUBNET, "size": 254, "used": 4, "free": 250, "ranges": [], "reserved": ["10.10.0.1"]}

@@ -305,6 +305,9 @@ def test_status_shows_hosts_endpoints_and_pool_fill(netctl, kv, np, np2):
     register(kv, "h2")
     register(kv, "h3", alive=False, last_seen=time.time() - 7300)
     ok(netctl("network", "create", "small", "--subnet", "10.20.0.0/28", "--vlan", "200"))
+    # A range: counted over .8-.14 only; its gateway (.1) sits outside it.
+    ok(netctl("network", "create", "ranged", "--subnet", "10.30.0.0/28", "--vlan", "300",
+              "--ip-range", "10.30.0.8/29"))
     net1 = np.create_network(SUBNET, vlan=100, name="prod")
     net2 = np2.create_network(SUBNET, vlan=100, name="prod")
     np.run_container(net1)
@@ -318,6 +321,7 @@ def test_status_shows_hosts_endpoints_and_pool_fill(netctl, kv, np, np2):
     assert table(r.lines) == [
         ["NETWORK", "SUBNET", "VLAN", "ENDPOINTS", "USED", "SIZE", "FILL"],
         ["prod", SUBNET, "100", "3", "4", "254", "1.6%"],
+        ["ranged", "10.30.0.0/28", "300", "0", "0", "7", "0.0%"],
         ["small", "10.20.0.0/28", "200", "0", "1", "14", "7.1%"],
     ]
 
