@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from . import etcd_access
-from .errors import HistoryCompacted, StoreFull, StoreUnavailable
+from .errors import HistoryCompacted, NetpluginError, StoreFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class KV(Protocol):
     def txn(self, compares: Iterable[Compare], success: Iterable[Put | Delete], idempotent: bool = False) -> bool: ...
     def snapshot(self, prefix: str) -> tuple[list[Item], int]: ...
     def watch_prefix(self, prefix: str, start_revision: int, stop: threading.Event) -> Iterator[Event]: ...
+    def watch_prefix_cb(self, prefix: str, start_revision: int,
+                        deliver: Callable[[list[Event] | NetpluginError], None]) -> Callable[[], None]: ...
     def grant_lease(self, ttl: int) -> int: ...
     def refresh_lease(self, lease_id: int) -> None: ...
     def revoke_lease(self, lease_id: int) -> None: ...
@@ -514,48 +516,80 @@ class EtcdKV:
         breaks, HistoryCompacted when etcd no longer holds start_revision;
         callers re-snapshot."""
         import queue
-
-        import pyetcd.events as etcd_events
-        import pyetcd.exceptions as etcd_exc
-        from pyetcd import utils as etcd_utils
-        responses: queue.SimpleQueue = queue.SimpleQueue()
-
-        def deliver(response) -> None:    # called on the watcher's stream thread
-            responses.put(response)
-
-        def create(c):
-            watcher = c.watcher           # the stream this watch lives on, kept for its cancel
-            end = etcd_utils.prefix_range_end(etcd_utils.to_bytes(prefix))
-            return watcher, watcher.add_callback(prefix, deliver, range_end=end, start_revision=start_revision)
-        try:
-            watcher, watch_id = self._call(create)
-        except etcd_exc.RevisionCompactedError as exc:
-            raise self._compacted(prefix, start_revision, exc) from None
+        replies: queue.SimpleQueue = queue.SimpleQueue()
+        cancel = self.watch_prefix_cb(prefix, start_revision, replies.put)
         try:
             while True:
                 try:
-                    response = responses.get(timeout=STOP_POLL)
+                    reply = replies.get(timeout=STOP_POLL)
                 except queue.Empty:
                     if stop.is_set():
                         return
                     continue
                 if stop.is_set():
                     return
-                if response is None:      # the stream was closed (a failover replaced it)
-                    raise StoreUnavailable(f"the watch on {prefix} ended with its stream to etcd; reading again")
-                if isinstance(response, etcd_exc.RevisionCompactedError):
-                    raise self._compacted(prefix, start_revision, response)
-                if isinstance(response, Exception):
-                    raise self._unavailable(response)
-                for ev in response.events:
-                    kind = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
-                    key = ev.key.decode()
-                    if not key.startswith(prefix):       # never hand on another watch's event
-                        raise StoreUnavailable(f"the watch on {prefix} delivered a change of {key}: "
-                                               "reading again")
-                    yield Event(kind, key, ev.value or b"", ev.mod_revision)
+                if isinstance(reply, Exception):
+                    raise reply
+                yield from reply
         finally:
-            _cancel_quietly(lambda: watcher.cancel_own(watch_id, deliver))
+            cancel()
+
+    def watch_prefix_cb(self, prefix: str, start_revision: int,
+                        deliver: Callable[[list[Event] | NetpluginError], None]) -> Callable[[], None]:
+        """A watch without a thread of its own: ``deliver(events)`` for each
+        batch, then once ``deliver(error)`` (StoreUnavailable: it broke;
+        HistoryCompacted: etcd compacted start_revision away during the create)
+        if it ends by itself. deliver runs on the client's stream thread: it
+        must hand over and return, never block or call etcd. Returns cancel();
+        a batch already on its way may still arrive after it. Raises
+        HistoryCompacted or StoreUnavailable when the watch cannot be made."""
+        import pyetcd.events as etcd_events
+        import pyetcd.exceptions as etcd_exc
+        from pyetcd import utils as etcd_utils
+        ended = threading.Event()
+
+        def end(error: NetpluginError) -> None:
+            if not ended.is_set():
+                ended.set()
+                deliver(error)
+
+        def on_response(response) -> None:     # called on the watcher's stream thread
+            if ended.is_set():
+                return
+            if response is None:      # the stream was closed (a failover replaced it)
+                end(StoreUnavailable(f"the watch on {prefix} ended with its stream to etcd; reading again"))
+                return
+            if isinstance(response, etcd_exc.RevisionCompactedError):
+                end(self._compacted(prefix, start_revision, response))
+                return
+            if isinstance(response, Exception):
+                end(self._unavailable(response))
+                return
+            batch = []
+            for ev in response.events:
+                kind = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
+                key = ev.key.decode()
+                if not key.startswith(prefix):       # never hand on another watch's event
+                    end(StoreUnavailable(f"the watch on {prefix} delivered a change of {key}: reading again"))
+                    return
+                batch.append(Event(kind, key, ev.value or b"", ev.mod_revision))
+            if batch:
+                deliver(batch)
+
+        def create(c):
+            watcher = c.watcher           # the stream this watch lives on, kept for its cancel
+            end_key = etcd_utils.prefix_range_end(etcd_utils.to_bytes(prefix))
+            return watcher, watcher.add_callback(prefix, on_response, range_end=end_key,
+                                                 start_revision=start_revision)
+        try:
+            watcher, watch_id = self._call(create)
+        except etcd_exc.RevisionCompactedError as exc:
+            raise self._compacted(prefix, start_revision, exc) from None
+
+        def cancel() -> None:
+            ended.set()
+            _cancel_quietly(lambda: watcher.cancel_own(watch_id, on_response))
+        return cancel
 
     @staticmethod
     def _compacted(prefix: str, start_revision: int, exc) -> HistoryCompacted:

@@ -208,6 +208,34 @@ class KVContract:
         assert sorted((e.kind, e.key) for e in seen) == [("delete", p + "/x/a"), ("delete", p + "/x/b")]
         assert {e.mod_revision for e in seen} == {rev + 1}
 
+    def test_a_callback_watch_delivers_batches_in_order_and_nothing_after_cancel(self, kv_world):
+        kv, p = kv_world.kv, kv_world.prefix
+        _, rev = kv.snapshot(p + "/cb/")
+        got: list = []
+        arrived = threading.Event()
+
+        def deliver(reply) -> None:
+            got.append(reply)
+            if sum(len(r) for r in got if isinstance(r, list)) >= 3:
+                arrived.set()
+        cancel = kv.watch_prefix_cb(p + "/cb/", rev + 1, deliver)
+        try:
+            kv.txn([], [Put(p + "/cb/a", "1"), Put(p + "/other", "x")])
+            kv.txn([], [Put(p + "/cb/b", "2")])
+            kv.txn([], [Delete(p + "/cb/a")])
+            assert arrived.wait(10), got
+        finally:
+            cancel()
+        assert not any(isinstance(r, Exception) for r in got), got
+        events = [e for r in got for e in r]
+        assert [(e.kind, e.key) for e in events] == [("put", p + "/cb/a"), ("put", p + "/cb/b"),
+                                                   ("delete", p + "/cb/a")]
+        time.sleep(0.3)               # a batch already on its way may still come
+        count = len(got)
+        kv.txn([], [Put(p + "/cb/late", "3")])
+        time.sleep(0.5)
+        assert len(got) == count, got[count:]
+
     # -- leases ------------------------------------------------------------------------------
     def test_revoking_a_lease_deletes_its_keys_in_one_revision(self, kv_world):
         kv, p = kv_world.kv, kv_world.prefix

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from netplugin.dataplane.flows import ENDPOINT_MASK, PRIO_PORT, TABLE_ARP, TABLE_CLASSIFY, Flows, cookie_for
 from netplugin.dataplane.links import _checked as checked_name
-from netplugin.errors import DataplaneError, DataplaneUnavailable, HistoryCompacted, InvalidRequest, StoreUnavailable
+from netplugin.errors import (DataplaneError, DataplaneUnavailable, HistoryCompacted, InvalidRequest, NetpluginError,
+                             StoreUnavailable)
 from netplugin.kv import Compare, Delete, Event, Item, Put
 
 FAKE_ENDPOINTS = "http://127.0.0.1:2379"
@@ -229,6 +230,31 @@ class MemoryKV:
                     yield event
                     if stop.is_set():
                         return
+
+    def watch_prefix_cb(self, prefix: str, start_revision: int,
+                        deliver: Callable[[list[Event] | NetpluginError], None]) -> Callable[[], None]:
+        """The callback form of watch_prefix, as EtcdKV has it: a refused start
+        raises at once; later, each event is delivered as a batch of one, and a
+        break as its error (from a pump thread of the fake's own)."""
+        with self._lock:
+            self._check_up("watch_prefix")
+            if 0 < start_revision < self.compacted:
+                raise HistoryCompacted(
+                    f"the watch on {prefix} from revision {start_revision} came too late: etcd compacted its "
+                    f"history up to revision {self.compacted}; reading everything again", self.compacted)
+        stop = threading.Event()
+
+        def pump() -> None:
+            try:
+                for event in self.watch_prefix(prefix, start_revision, stop):
+                    if stop.is_set():
+                        return
+                    deliver([event])
+            except NetpluginError as exc:
+                if not stop.is_set():
+                    deliver(exc)
+        threading.Thread(target=pump, name=f"fake-watch:{prefix}", daemon=True).start()
+        return stop.set
 
     def set_down(self, down: bool) -> None:
         """Like assigning ``down``, and wakes watchers so they notice at once."""

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from netplugin.cache import Backoff, Cache
-from netplugin.errors import HistoryCompacted
-from netplugin.kv import Delete, Item, Put
+from netplugin.cache import Backoff, Cache, Hub
+from netplugin.errors import HistoryCompacted, StoreUnavailable
+from netplugin.kv import Delete, Event, Item, Put
 from netplugin.watch import Relists
 
 from .fakes import MemoryKV
@@ -70,8 +70,6 @@ def make(kv, told: Told | None = None, relists: Relists | None = None, backoff: 
 
 def close(cache: Cache) -> None:
     cache.close()
-    assert cache._thread is not None
-    cache._thread.join(7)
 
 
 def test_lists_then_applies_puts_and_deletes_telling_each_change_once():
@@ -283,27 +281,61 @@ def test_backoff_grows_exponentially_within_half_and_all_of_its_step_caps_and_re
     assert len(pauses) > 40                            # jitter: hosts do not all come back together
 
 
-def test_close_ends_the_thread_and_is_not_a_relist():
+def test_close_ends_following_and_is_not_a_relist():
     kv, relists = MemoryKV(), Relists()
     cache = make(kv, relists=relists)
-    assert cache._thread is not None and cache._thread.is_alive()
-    t0 = time.monotonic()
     close(cache)
-    assert not cache._thread.is_alive()
-    assert time.monotonic() - t0 < 7
     assert relists.counts() == {}
     kv.txn([], [Put(P + "late", b"1")])
     time.sleep(0.1)
     assert cache.get(P + "late") is None
+    snapshots = kv.calls.count("snapshot")
+    cache._read()                                      # a read scheduled before the close
+    assert kv.calls.count("snapshot") == snapshots
 
 
-def test_close_while_backing_off_ends_the_thread():
+def test_close_while_backing_off_reads_no_more():
     kv, relists = MemoryKV(), Relists()
-    cache = make(kv, relists=relists, backoff=Backoff(30.0, 30.0))
+    cache = make(kv, relists=relists, backoff=Backoff(0.3, 0.3))
     kv.set_down(True)
     assert wait_for(lambda: relists.counts() == {("t:c", "broken"): 1})
-    close(cache)                                       # not after the 15-30 s pause
-    assert cache._thread is not None and not cache._thread.is_alive()
+    close(cache)                                       # before the 0.15-0.3 s pause ends
+    kv.set_down(False)
+    snapshots = kv.calls.count("snapshot")
+    time.sleep(0.6)
+    assert kv.calls.count("snapshot") == snapshots and relists.counts() == {("t:c", "broken"): 1}
+
+
+def test_caches_on_one_client_share_three_threads_whatever_their_number():
+    kv = MemoryKV()
+    hub = Hub()
+    caches = [Cache(kv, f"/t/{i}/", decode, f"t:{i}", relists=Relists(), resync_every=0, hub=hub).start()
+              for i in range(30)]
+    try:
+        assert all(cache.wait_ready(3) for cache in caches)
+        for i in range(30):
+            kv.txn([], [Put(f"/t/{i}/k", b"v")])
+        assert wait_for(lambda: all(cache.get(f"/t/{i}/k") == b"v" for i, cache in enumerate(caches)))
+        names = [t.name for t in threading.enumerate() if t.name.endswith(":" + hub.tag)]
+        assert names.count("cache-apply:" + hub.tag) == 1 and len(names) <= 3
+    finally:
+        for cache in caches:
+            cache.close()
+
+
+def test_a_reply_of_a_dropped_round_is_ignored():
+    kv, told = MemoryKV(), Told()
+    cache = make(kv, told)
+    try:
+        told.take()
+        stale = cache._round - 1
+        cache._on_reply(stale, [Event("put", P + "ghost", b"1", 99)])
+        cache._on_reply(stale, StoreUnavailable("an old watch broke"))
+        assert cache.get(P + "ghost") is None and told.take() == set()
+        kv.txn([], [Put(P + "b", b"2")])               # the current round's watch still applies
+        assert wait_for(lambda: cache.get(P + "b") == b"2")
+    finally:
+        close(cache)
 
 
 def test_a_failing_listener_does_not_stop_following():
