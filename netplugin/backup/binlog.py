@@ -77,15 +77,18 @@ def dump_coordinates(head: str, tail: str) -> dict | None:
 
 
 def check_coordinates(value: object, what: str = "binlog coordinates") -> dict:
-    """A manifest's ``binlog`` field, checked: {"file", "pos", "gtid"}."""
+    """A manifest's ``binlog`` field, checked: {"file", "pos", "gtid", "time"}."""
     if not isinstance(value, dict):
         raise InvalidRequest(f"{what} {value!r} is not an object")
     pos = value.get("pos")
     if not isinstance(pos, int) or isinstance(pos, bool) or pos < FIRST_POS:
         raise InvalidRequest(f"{what}: position {pos!r} is not an integer of at least {FIRST_POS}")
     gtid = value.get("gtid")
+    when = value.get("time")
+    if when is not None and (not isinstance(when, (int, float)) or isinstance(when, bool) or when < 0):
+        raise InvalidRequest(f"{what}: snapshot time {when!r} is not epoch seconds")
     return {"file": check_file(value.get("file")), "pos": pos,
-            "gtid": None if gtid is None else check_gtid(gtid)}
+            "gtid": None if gtid is None else check_gtid(gtid), "time": when}
 
 
 # -- reading mariadb-binlog's text --------------------------------------------------------------

@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = rs.add_mutually_exclusive_group(required=True)
     which.add_argument("--backup", "-b", help="the backup's name (see 'drctl backups')")
     which.add_argument("--latest", metavar="TARGET", help="the newest good backup of TARGET")
-    rs.add_argument("--at", help="with --latest: the newest backup made at or before this time")
+    rs.add_argument("--at", help="with --latest: point in time: the newest backup taken before this time, then "
+                                 "the archived binlogs replayed up to it (ISO 8601 with its zone, e.g. "
+                                 "2026-12-04T05:10:00Z, or epoch seconds; see 'drctl binlog')")
     rs.add_argument("--target", "-t", help="the database being restored into, the lock name (default: DB-HOST-PORT)")
     rs.add_argument("--database", "-d", help="schema to load into (default: the backed-up schema's name)")
     rs.add_argument("--volume", "-v", help="volume holding the backup (default: from the catalog)")
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_fleet import add_commands
     add_commands(sub, common, _backup_options)
+    from .binlog_cli import add_commands as binlog_commands
+    binlog_commands(sub, common, _job_options)
     return parser
 
 
@@ -275,6 +279,10 @@ def _backup_fields(args, ctx) -> dict:
 def _restore_fields(args, ctx) -> dict:
     if args.at and not args.latest:
         raise InvalidRequest("--at goes with --latest TARGET")
+    if args.at:
+        from .pitr import restore_fields_at
+        return restore_fields_at(ctx.store, args.latest, args.at, args.database, args.volume, args.replace,
+                                 args.into_source)
     backup = jobs.pick_backup(ctx.store, args.backup, args.latest, parse_time(args.at) if args.at else None)
     return jobs.restore_fields(backup, args.database, args.volume, args.replace, args.into_source)
 
@@ -564,9 +572,9 @@ def cmd_events(args, ctx) -> int:
 
 def cmd_agent(args, ctx) -> int:
     from ..logs import setup
+    from .binlog_runner import BinlogRunner
     from .drills import Drilling
     from .fleet import fleet_passes
-    from .runner import Runner
     from .scheduler import Agent
     setup(args.log_level, ctx.np_cfg.log_format)      # JSON lines when the daemon's log_format is json
     cfg, host = ctx.cfg, ctx.np_cfg.host_id
@@ -575,7 +583,7 @@ def cmd_agent(args, ctx) -> int:
 
     def runner():
         client = docker_client(ctx.np_cfg.docker_url)
-        return Drilling(Runner(ctx.store, client, cfg, np_store=ctx.np_store), ctx.store, client, cfg, host)
+        return Drilling(BinlogRunner(ctx.store, client, cfg, np_store=ctx.np_store), ctx.store, client, cfg, host)
     agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker, fleet=fleet_passes(ctx.store, cfg))
 
     def stop(signum, frame):

@@ -158,6 +158,13 @@ if [[ $KIND == backup ]]; then
     exists=$("${SQL[@]}" -e "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='$DATABASE'") \
         || fail "cannot read the schema list: $(errtail "$OUT/connect.err")"
     [[ $exists == 1 ]] || fail "database $DATABASE does not exist on $DB_HOST:$DB_PORT" 2
+    # With the binary log on, the dump records its binlog coordinates (file,
+    # position, GTID) read inside its own consistent snapshot: the start of a
+    # point-in-time replay (binlog.py).
+    log_bin=$("${SQL[@]}" -e 'SELECT @@log_bin' 2>"$OUT/connect.err") \
+        || fail "cannot read @@log_bin: $(errtail "$OUT/connect.err")"
+    COORDS=()
+    [[ $log_bin == 1 ]] && COORDS=(--master-data=2 --gtid)
     mkdir -p "${PARTIAL%/*}"
     rm -f "$PARTIAL"
     TMP=/tmp/drctl
@@ -172,18 +179,22 @@ if [[ $KIND == backup ]]; then
         t_lock=$(date +%s%N)
         session_open ctl
         session_send ctl "SET SESSION lock_wait_timeout=$LOCK_TIMEOUT, wait_timeout=$((LOCK_TIMEOUT * 2 + 30));" \
-            "FLUSH TABLES WITH READ LOCK;" "SELECT 'drctl:locked';"
+            "FLUSH TABLES WITH READ LOCK;" "SELECT UNIX_TIMESTAMP();" "SELECT 'drctl:locked';"
         session_wait ctl drctl:locked $((LOCK_TIMEOUT + 5)) \
             || fail "cannot take the global read lock on $DB_HOST:$DB_PORT within ${LOCK_TIMEOUT} s (it needs the RELOAD privilege and no long-running statement): $(errtail "$OUT/ctl.err")"
         t_locked=$(date +%s%N)
+        # The server's clock while no commit can happen: the snapshot's time,
+        # on the clock binlog events carry (a PITR's --at is compared to it).
+        grep -xE '[0-9]{9,11}' "$TMP/ctl.out" | tail -n 1 >"$OUT/server_time"
         session_open chk "$DATABASE"
         session_send chk "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" \
             "START TRANSACTION WITH CONSISTENT SNAPSHOT;" "SELECT 'drctl:snapshot';"
         session_wait chk drctl:snapshot "$LOCK_TIMEOUT" \
             || fail "cannot open the checksum snapshot: $(errtail "$OUT/chk.err")"
     fi
-    for f in raw_tail raw_count out_sha out_count; do mkfifo "$TMP/$f"; done
-    (closefds; exec tail -c 1024) <"$TMP/raw_tail" >"$OUT/dump_tail" & p_tail=$!
+    for f in raw_head raw_tail raw_count out_sha out_count; do mkfifo "$TMP/$f"; done
+    (closefds; head -c 16384 >"$OUT/dump_head"; exec cat >/dev/null) <"$TMP/raw_head" & p_head=$!
+    (closefds; exec tail -c 4096) <"$TMP/raw_tail" >"$OUT/dump_tail" & p_tail=$!
     (closefds; exec wc -c) <"$TMP/raw_count" >"$OUT/raw_bytes" & p_raw=$!
     (closefds; exec sha256sum) <"$TMP/out_sha" >"$OUT/sha256" & p_sha=$!
     (closefds; exec wc -c) <"$TMP/out_count" >"$OUT/bytes" & p_count=$!
@@ -199,13 +210,13 @@ if [[ $KIND == backup ]]; then
     # savepoint" follows START TRANSACTION WITH CONSISTENT SNAPSHOT).
     DUMP=(mariadb-dump "--defaults-file=$CNF" "--host=$DB_HOST" "--port=$DB_PORT" --single-transaction
         --routines --triggers --events --hex-blob --quick --default-character-set=utf8mb4
-        --max-allowed-packet=1G --verbose "$DATABASE")
+        --max-allowed-packet=1G "${COORDS[@]}" --verbose "$DATABASE")
     printf '%s\n' "${DUMP[*]}" >"$OUT/dump_command"
     mariadb-dump --version >"$OUT/dump_version" 2>/dev/null
     (
         closefds
         "${DUMP[@]}" 2>"$OUT/dump.err" \
-            | tee "$TMP/raw_tail" "$TMP/raw_count" \
+            | tee "$TMP/raw_head" "$TMP/raw_tail" "$TMP/raw_count" \
             | "${COMPRESS[@]}" \
             | tee "$TMP/out_sha" "$TMP/out_count" \
             | "${WRITE[@]}" 2>"$OUT/write.err"
@@ -234,14 +245,15 @@ if [[ $KIND == backup ]]; then
     fi
     wait "$p_dump"
     read -r -a st <"$TMP/pipestatus" || st=(-1 -1 -1 -1 -1)
+    wait "$p_head"; s_head=$?
     wait "$p_tail"; s_tail=$?
     wait "$p_raw"; s_raw=$?
     wait "$p_sha"; s_sha=$?
     wait "$p_count"; s_count=$?
-    printf 'dump=%s tee_raw=%s compress=%s tee_out=%s write=%s tail=%s raw_count=%s sha256=%s count=%s\n' \
-        "${st[0]}" "${st[1]}" "${st[2]}" "${st[3]}" "${st[4]}" "$s_tail" "$s_raw" "$s_sha" "$s_count" \
+    printf 'dump=%s tee_raw=%s compress=%s tee_out=%s write=%s head=%s tail=%s raw_count=%s sha256=%s count=%s\n' \
+        "${st[0]}" "${st[1]}" "${st[2]}" "${st[3]}" "${st[4]}" "$s_head" "$s_tail" "$s_raw" "$s_sha" "$s_count" \
         >"$OUT/status"
-    for s in "${st[@]}" "$s_tail" "$s_raw" "$s_sha" "$s_count"; do
+    for s in "${st[@]}" "$s_head" "$s_tail" "$s_raw" "$s_sha" "$s_count"; do
         [[ $s == 0 ]] || fail "a stage of the dump failed ($(<"$OUT/status")): $(dumperr)$(errtail "$OUT/write.err")"
     done
     grep -q -- '-- Dump completed' "$OUT/dump_tail" \
@@ -253,6 +265,8 @@ if [[ $KIND == backup ]]; then
         grep -vxE 'drctl:(snapshot|done)' "$TMP/chk.out" >"$OUT/checksums"
         log "checksums of $(wc -l <"$OUT/checksums") tables taken in the dump's snapshot"
     fi
+    # No lock: the server's clock after the dump, a bound the snapshot is not later than.
+    [[ -s $OUT/server_time ]] || "${SQL[@]}" -e 'SELECT UNIX_TIMESTAMP()' >"$OUT/server_time" 2>/dev/null
     log "dump done: $(<"$OUT/raw_bytes") bytes of SQL, $(<"$OUT/bytes") bytes written"
     echo ok >"$OUT/done"
     exit 0
@@ -397,6 +411,21 @@ if [[ $CHECKSUMS == 1 ]]; then
         || fail "checksums after the load failed: $(errtail "$OUT/checksum.err")"
     verify_loaded "$OUT/checksums.restored"
     log "every table's rows and checksum match the manifest"
+fi
+if [[ ${REPLAY:-0} == 1 ]]; then
+    # Point in time: the archived binlogs from the backup's position up to the
+    # first event at or after the asked time (pitr.py), into the loaded schema;
+    # a failure leaves it as it was before the restore (undo_fresh).
+    mapfile -t RARGV </job/replay.argv
+    log "replaying: ${RARGV[*]:1}"
+    (cd "$REPLAY_DIR" && TZ=UTC exec "${RARGV[@]}") 2>"$OUT/replay.err" \
+        | "${SQL[@]}" --max-allowed-packet=1G "$INTO" 2>"$OUT/replay_load.err"
+    st=("${PIPESTATUS[@]}")
+    printf 'decode=%s apply=%s\n' "${st[0]}" "${st[1]}" >"$OUT/replay_status"
+    [[ ${st[0]} == 0 && ${st[1]} == 0 ]] \
+        || fail "the binlog replay failed ($(<"$OUT/replay_status")): $(errtail "$OUT/replay.err")$(errtail "$OUT/replay_load.err")"
+    checksums "$INTO" "$OUT/checksums.replayed" || fail "checksums after the replay failed: $(errtail "$OUT/checksum.err")"
+    log "replayed; $(wc -l <"$OUT/checksums.replayed") tables checksummed"
 fi
 if [[ $MODE == swap ]]; then
     # One RENAME TABLE moves every live table out to $OLD and every staged one in:

@@ -68,6 +68,7 @@ def catalog_record(manifest: dict, target: str, volume: str, manifest_path: str,
     return Backup(name=manifest["name"], target=target, database=manifest["database"], volume=volume,
                   path=manifest["file"], manifest_path=manifest_path, size=manifest["size"],
                   sha256=manifest["sha256"], created=manifest["created"], host=host, job=manifest["job"],
+                  binlog=manifest.get("binlog"),
                   compression=manifest["compression"], server_version=manifest.get("server_version", ""),
                   tables=len(manifest.get("tables") or {}), rows=manifest.get("rows", 0))
 

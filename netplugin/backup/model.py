@@ -52,7 +52,8 @@ class JobEnded(Exception):
 
 
 BACKUP, RESTORE = "backup", "restore"
-KINDS = (BACKUP, RESTORE)
+BINLOG = "binlog"             # a binlog collector (binlog_runner.py): runs until stopped
+KINDS = (BACKUP, RESTORE, BINLOG)
 COMPRESSIONS = {"zstd": ".sql.zst", "gzip": ".sql.gz"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -151,6 +152,7 @@ class JobSpec:
     replace: bool = False                     # restore: load into a staging schema, check, swap the tables in
     into_source: bool = False                 # restore: allowed into the server the backup was taken from
     checksums: bool = True                    # per-table checksums and row counts in the manifest
+    replay: dict = field(default_factory=dict)  # restore --at: archived binlogs replayed after the load (pitr.py)
     strict: bool = True
 
     @classmethod
@@ -285,6 +287,7 @@ class Backup(_Record):
     server_version: str = ""
     tables: int = 0
     rows: int = 0
+    binlog: dict | None = None                # the manifest's binlog coordinates (binlog.py), None without
 
 
 def backup_name(target: str, job_id: str) -> str:

@@ -315,6 +315,13 @@ class Runner:
                           REPLACE=spec.replace, COMPRESSION=ctx.manifest["compression"],
                           DIRECT=bool(ctx.limits.read_bps or ctx.limits.read_iops),
                           CHECKSUMS=spec.checksums and bool(ctx.manifest.get("tables")), STAGE=stage, OLD=old)
+            if spec.replay:
+                from .pitr import replay_files
+                try:
+                    more, replay_argv = replay_files(self.store, spec, ctx.manifest, ctx.host)
+                except InvalidRequest as exc:
+                    raise JobEnded(FAILED, f"point-in-time replay refused: {exc.message}") from None
+                params.update(more)
         if os.path.exists(ctx.job_dir):
             shutil.rmtree(ctx.job_dir)
         os.makedirs(os.path.join(ctx.job_dir, "bin"), mode=0o700)
@@ -324,6 +331,8 @@ class Runner:
         if ctx.manifest is not None:
             tables, sums = jobscript.expected_files(ctx.manifest)
             files += [("expected_tables", tables), ("expected_checksums", sums)]
+        if job.kind == RESTORE and spec.replay:
+            files.append(("replay.argv", replay_argv))
         for name, text in files:
             with open(os.path.join(ctx.job_dir, name), "w") as fh:
                 fh.write(text)
@@ -665,6 +674,9 @@ class Runner:
         checked, unverifiable, rows = verify.restored_tables(out, manifest, ctx.spec.checksums)
         result = {"backup": manifest["name"], "database": ctx.spec.database, "tables_verified": checked,
                   "rows_verified": rows, "unverifiable": unverifiable, "size": manifest["size"]}
+        if ctx.spec.replay:
+            from .pitr import replay_result
+            result["replay"] = replay_result(ctx.spec.replay, out)
         started = ctx.job.entered(RUNNING)
         if started:
             result["seconds"] = round(self.clock() - started, 3)

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import InvalidRequest
 from .config import BackupConfig
 from .model import (
+    BINLOG,
     COMPRESSIONS,
     KINDS,
     RESTORE,
@@ -154,11 +155,18 @@ def check_spec(kind: str, data: object, cfg: BackupConfig) -> JobSpec:
     check_option_path(spec.option_file, cfg)
     if not isinstance(spec.volume, str) or not VOLUME_RE.fullmatch(spec.volume):
         raise _fail("volume", spec.volume, "is not a Docker volume name")
-    check_database(spec.database)
+    if kind != BINLOG or spec.database:          # a collector reads the whole log: no schema
+        check_database(spec.database)
     if spec.compression not in COMPRESSIONS:
         raise _fail("compression", spec.compression, f"must be one of {', '.join(COMPRESSIONS)}")
     _check_limits(spec.limits)
     _check_labels(spec.labels)
+    if spec.replay:
+        from .pitr import check_replay
+        if kind != RESTORE or spec.replace:
+            raise InvalidRequest("only a restore into a schema that is empty replays binlogs (--at without "
+                                 "--replace): a replay that fails part-way must leave nothing live half-changed")
+        spec.replay = check_replay(spec.replay)
     _number(spec.start_timeout, "start timeout", 0)
     _number(spec.timeout, "timeout", 0)
     _number(spec.max_age, "max age", 0, optional=True)

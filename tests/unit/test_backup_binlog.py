@@ -94,7 +94,7 @@ def test_manifest_records_the_coordinates_or_none():
 
 
 def test_check_coordinates():
-    good = {"file": "mariadb-bin.000003", "pos": 4, "gtid": None}
+    good = {"file": "mariadb-bin.000003", "pos": 4, "gtid": None, "time": 12.0}
     assert binlog.check_coordinates(good) == good
     for bad in ({"file": "mariadb-bin.000003", "pos": 3}, {"file": "x", "pos": 9},
                 {"file": "mariadb-bin.000003", "pos": True}, {"file": "mariadb-bin.000003", "pos": 9, "gtid": "x"},

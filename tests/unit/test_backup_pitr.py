@@ -1,0 +1,217 @@
+"""Point-in-time planning from the catalog (pitr.py): the backup chosen, the
+files replayed, a gap named before anything is submitted, the replay's checks
+on the agent's host, and the job records that carry a replay."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import pytest
+
+from netplugin.backup import binlog, pitr, trust
+from netplugin.backup.binlog import BinlogFile
+from netplugin.backup.config import BackupConfig
+from netplugin.backup.model import BACKUP, RESTORE, Backup, JobSpec
+from netplugin.backup.store import BackupStore
+from netplugin.errors import InvalidRequest
+
+from .fakes import MemoryKV
+
+T0 = 1_796_360_000.0          # 2026-12-04 ~03:33 UTC
+
+
+def backup(name: str, file: str | None, pos: int = 900, when: float | None = T0, **over) -> Backup:
+    coords = None if file is None else {"file": file, "pos": pos, "gtid": "0-1-5", "time": when}
+    base = dict(name=name, target="shop", database="shop", volume="vol", path=f"shop/{name}.sql.zst",
+                manifest_path=f"shop/{name}.manifest.json", size=10, sha256="0" * 64, created=0.0, host="b",
+                job="20261204-000000-abcdef", binlog=coords)
+    base.update(over)
+    return Backup(**base)
+
+
+def bfile(n: int, first: float, last: float, **over) -> BinlogFile:
+    name = f"mariadb-bin.{n:06d}"
+    base = dict(target="shop", file=name, volume="vol", path=f"shop/binlog/{name}", host="b", size=5000,
+                sha256="0" * 64, start_pos=4, end_pos=5000, first_time=first, last_time=last, server_id=1, events=9)
+    base.update(over)
+    return BinlogFile(**base)
+
+
+ARCHIVE = [bfile(1, T0 - 100, T0 + 10), bfile(2, T0 + 10, T0 + 50), bfile(3, T0 + 50, T0 + 90),
+           bfile(4, T0 + 90, T0 + 200)]
+
+
+def test_the_newest_backup_before_time_is_chosen():
+    bs = [backup("old", "mariadb-bin.000001", when=T0 - 50), backup("new", "mariadb-bin.000002", 700, T0 + 20),
+          backup("later", "mariadb-bin.000003", 100, T0 + 60)]
+    b, coords = pitr.choose_backup(bs, T0 + 30, "shop")
+    assert b.name == "new" and coords["file"] == "mariadb-bin.000002" and coords["pos"] == 700
+
+
+def test_a_backup_at_time_is_not_before_it():
+    bs = [backup("a", "mariadb-bin.000001", when=T0 - 1), backup("b", "mariadb-bin.000001", 950, when=T0)]
+    assert pitr.choose_backup(bs, T0, "shop")[0].name == "a"
+
+
+def test_backups_without_coordinates_or_time_are_passed_over_and_said():
+    bs = [backup("nolog", None), backup("notime", "mariadb-bin.000001", when=None),
+          backup("bad", "mariadb-bin.000001", pos=2)]
+    with pytest.raises(InvalidRequest, match=r"no good backup of shop was taken before .* \(3 without"):
+        pitr.choose_backup(bs, T0 + 100, "shop")
+
+
+def test_files_from_the_backups_file_until_the_one_holding_time():
+    files = pitr.files_to(ARCHIVE, "mariadb-bin.000001", 900, T0 + 60)
+    assert [f.file for f in files] == ["mariadb-bin.000001", "mariadb-bin.000002", "mariadb-bin.000003"]
+    assert [f.file for f in pitr.files_to(ARCHIVE, "mariadb-bin.000002", 4, T0 + 20)] == ["mariadb-bin.000002"]
+
+
+def test_a_missing_file_is_a_gap_named_with_positions_and_times():
+    archive = [f for f in ARCHIVE if f.seq != 2]
+    with pytest.raises(pitr.ArchiveGap) as err:
+        pitr.files_to(archive, "mariadb-bin.000001", 900, T0 + 60)
+    msg = err.value.message
+    assert "gap" in msg and "mariadb-bin.000002 from position 4 is missing" in msg
+    assert binlog.at_text(T0 + 10) in msg and "until " + binlog.at_text(T0 + 50) in msg
+    assert "mariadb-bin.000003 begins" in msg
+
+
+def test_several_missing_files_are_named_as_one_interval():
+    archive = [f for f in ARCHIVE if f.seq not in (2, 3)]
+    with pytest.raises(pitr.ArchiveGap, match=r"mariadb-bin.000002 from position 4 to mariadb-bin.000003 is missing"):
+        pitr.files_to(archive, "mariadb-bin.000001", 900, T0 + 150)
+
+
+def test_the_backups_own_file_missing_is_a_gap_from_its_position():
+    with pytest.raises(pitr.ArchiveGap, match=r"mariadb-bin.000001 from position 900 is missing, events after "
+                                              r"the backup's snapshot"):
+        pitr.files_to(ARCHIVE[1:], "mariadb-bin.000001", 900, T0 + 60)
+
+
+def test_an_archive_that_ends_before_time_is_refused():
+    with pytest.raises(pitr.ArchiveGap, match=r"ends before .*mariadb-bin.000005 from position 4 on is not archived"):
+        pitr.files_to(ARCHIVE, "mariadb-bin.000001", 900, T0 + 500)
+
+
+def test_a_position_past_the_archived_file_is_refused():
+    with pytest.raises(InvalidRequest, match="past the end"):
+        pitr.files_to(ARCHIVE, "mariadb-bin.000001", 9000, T0 + 60)
+
+
+def test_files_of_another_base_name_do_not_count():
+    archive = [*ARCHIVE[:1], bfile(2, T0 + 10, T0 + 50, file="other-bin.000002", path="shop/binlog/other-bin.000002")]
+    with pytest.raises(pitr.ArchiveGap, match=r"mariadb-bin\.000002"):
+        pitr.files_to(archive, "mariadb-bin.000001", 900, T0 + 30)
+
+
+def test_plan_and_its_replay_field_pass_the_records_check():
+    p = pitr.plan([backup("b1", "mariadb-bin.000002", 700, T0 + 20)], ARCHIVE, T0 + 60, "shop")
+    assert p.backup.name == "b1" and [f.seq for f in p.files] == [2, 3]
+    assert pitr.check_replay(p.replay()) == {"files": ["mariadb-bin.000002", "mariadb-bin.000003"],
+                                             "start_pos": 700, "stop_at": T0 + 60, "source_target": "shop"}
+
+
+@pytest.mark.parametrize("bad", [
+    {"files": [], "start_pos": 4, "stop_at": T0, "source_target": "shop"},
+    {"files": ["../../etc/passwd"], "start_pos": 4, "stop_at": T0, "source_target": "shop"},
+    {"files": ["mariadb-bin.000001"], "start_pos": 1, "stop_at": T0, "source_target": "shop"},
+    {"files": ["mariadb-bin.000001"], "start_pos": 4, "stop_at": "now", "source_target": "shop"},
+    {"files": ["mariadb-bin.000001"], "start_pos": 4, "stop_at": T0, "source_target": "../x"},
+    "mariadb-bin.000001",
+])
+def test_bad_replay_fields_are_refused(bad):
+    with pytest.raises(InvalidRequest):
+        pitr.check_replay(bad)
+
+
+def spec(**over) -> dict:
+    base = dict(network="prod", db_host="10.0.0.5", option_file="/etc/drctl/client.cnf", volume="vol",
+                database="shop", backup="shop-20261204-000000-abcdef")
+    base.update(over)
+    return JobSpec(**base).__dict__
+
+
+def test_a_restore_job_with_a_replay_passes_and_others_are_refused():
+    cfg = BackupConfig(option_dir="/etc/drctl")
+    replay = {"files": ["mariadb-bin.000001"], "start_pos": 4, "stop_at": T0, "source_target": "shop"}
+    assert trust.check_spec(RESTORE, spec(replay=replay), cfg).replay == replay
+    with pytest.raises(InvalidRequest, match="empty"):
+        trust.check_spec(RESTORE, spec(replay=replay, replace=True), cfg)
+    with pytest.raises(InvalidRequest):
+        trust.check_spec(BACKUP, spec(replay=replay, backup=""), cfg)
+    with pytest.raises(InvalidRequest):
+        trust.check_spec(RESTORE, spec(replay={**replay, "files": ["x;rm"]}), cfg)
+
+
+class FakeCatalog:
+    def __init__(self, backups, files):
+        self._b, self._f = backups, files
+
+    def backups(self, target=None):
+        return [b for b in self._b if target in (None, b.target)]
+
+    def binlogs(self, target=None):
+        return [f for f in self._f if target in (None, f.target)]
+
+
+def test_restore_fields_at_carry_the_replay_or_refuse_before_submitting():
+    store = FakeCatalog([backup("shop-20261204-000000-abcdef", "mariadb-bin.000002", 700, T0 + 20)], ARCHIVE)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 60))
+    fields = pitr.restore_fields_at(store, "shop", at, None, None, False, False)
+    assert fields["backup"] == "shop-20261204-000000-abcdef" and fields["replay"]["start_pos"] == 700
+    with pytest.raises(InvalidRequest, match="no time zone"):
+        pitr.restore_fields_at(store, "shop", at[:-1], None, None, False, False)
+    with pytest.raises(InvalidRequest, match="replace"):
+        pitr.restore_fields_at(store, "shop", at, None, None, True, False)
+    elsewhere = FakeCatalog(store.backups(), [bfile(2, T0 + 10, T0 + 50), bfile(3, T0 + 50, T0 + 90, host="a")])
+    with pytest.raises(InvalidRequest, match="not in volume vol on host b"):
+        pitr.restore_fields_at(elsewhere, "shop", at, None, None, False, False)
+
+
+def _archive_in(tmp_path, store: BackupStore, names=("mariadb-bin.000001", "mariadb-bin.000002")) -> dict:
+    folder = tmp_path / "vol" / "shop" / "binlog"
+    folder.mkdir(parents=True)
+    recs = {}
+    for i, name in enumerate(names, 1):
+        data = os.urandom(300 + i)
+        (folder / name).write_bytes(data)
+        rec = bfile(i, T0 + i, T0 + i + 1, size=len(data), end_pos=len(data), sha256=hashlib.sha256(data).hexdigest())
+        store.add_binlog(rec)
+        recs[name] = rec
+    return recs
+
+
+def test_replay_files_checks_every_file_on_the_host_and_writes_the_argv(tmp_path):
+    store = BackupStore(MemoryKV(), "/t")
+    _archive_in(tmp_path, store)
+    replay = {"files": ["mariadb-bin.000001", "mariadb-bin.000002"], "start_pos": 700, "stop_at": T0 + 60,
+              "source_target": "shop"}
+    s = JobSpec(**spec(replay=replay, database="shop_at"))
+    host = lambda rel: trust.inside(str(tmp_path / "vol"), rel)  # noqa: E731
+    params, argv = pitr.replay_files(store, s, {"database": "shop"}, host)
+    assert params == {"REPLAY": True, "REPLAY_DIR": "/backup/shop/binlog"}
+    assert argv.splitlines() == ["mariadb-binlog", "--start-position=700",
+                                 f"--stop-datetime={binlog.at_text(T0 + 60)}", "--database=shop",
+                                 "--rewrite-db=shop->shop_at", "mariadb-bin.000001", "mariadb-bin.000002"]
+    with open(tmp_path / "vol" / "shop" / "binlog" / "mariadb-bin.000002", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(InvalidRequest, match="damaged"):
+        pitr.replay_files(store, s, {"database": "shop"}, host)
+    os.unlink(tmp_path / "vol" / "shop" / "binlog" / "mariadb-bin.000002")
+    with pytest.raises(InvalidRequest, match="gap"):
+        pitr.replay_files(store, s, {"database": "shop"}, host)
+
+
+def test_the_store_skips_and_counts_bad_binlog_records():
+    kv = MemoryKV()
+    store = BackupStore(kv, "/t")
+    store.add_binlog(bfile(1, T0, T0 + 1))
+    kv.load([("/t/backup/binlogs/shop/mariadb-bin.000002", "{not json"),
+             ("/t/backup/binlogs/shop/mariadb-bin.000003", bfile(3, T0, T0 - 5).to_json()),       # last < first
+             ("/t/backup/binlogs/other/mariadb-bin.000004", bfile(4, T0, T0 + 1).to_json())])     # filed elsewhere
+    assert [f.file for f in store.binlogs()] == ["mariadb-bin.000001"]
+    assert store.bad_binlogs == 3
+    with pytest.raises(InvalidRequest):
+        store.add_binlog(bfile(5, T0, T0 + 1, path="shop/../x"))
