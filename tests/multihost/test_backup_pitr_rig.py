@@ -1,0 +1,304 @@
+"""Point-in-time restore on the two-host rig: the source MariaDB server on
+host a, the drctl agent, its binlog collector, backup and restore jobs on host
+b, all on one global netplugin network (VLAN across the trunk), real etcd.
+
+One scenario, in order (each step needs the one before, and one run keeps the
+ring's time small):
+
+* writes run throughout from one session on the source (each row carries the
+  server's UNIX_TIMESTAMP() at its insert, the clock its binlog event
+  carries); a logical backup records its binlog coordinates; a DDL change
+  follows it;
+* the collector's container is killed (SIGKILL) while writes go on, and a new
+  collector resumes from the archive (the newest file fetched again whole);
+* ``drctl restore --latest --at TIME`` into a fresh server on host b: every
+  row written before TIME is there, none written at or after it, the DDL is
+  applied, and the rows equal the source's rows before TIME (count and sum of
+  CRC32s);
+* an archived file removed (the catalog record through the store, the file
+  from the volume): the same restore is refused before any job is submitted,
+  naming the missing file, its position and the times around it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from netplugin.backup.store import BackupStore
+from netplugin.kv import EtcdKV
+from tests.harness.daemon import Agent, settings_env
+from tests.harness.etcd import etcdctl
+
+from .conftest import DOCKER, ETCD, LABEL, run
+
+pytestmark = pytest.mark.multihost
+
+SERVER_IMAGE = "netplugin/mariadb:10.11"
+TOOLS_IMAGE = "netplugin/mariadb-tools:10.11"
+NET, SUBNET, VLAN = "mh-pitr", "10.238.0.0/24", 418
+SRC_IP, DST_IP = "10.238.0.11", "10.238.0.12"
+PASSWORD = "Pt-" + secrets.token_hex(8)
+TARGET = "pitr"
+VOLUME = "pitr-" + secrets.token_hex(3)
+SCHEMA = """CREATE DATABASE IF NOT EXISTS shop; USE shop;
+CREATE TABLE ev (id INT AUTO_INCREMENT PRIMARY KEY, ts BIGINT NOT NULL, v INT NOT NULL) ENGINE=InnoDB;
+INSERT INTO ev (ts, v) SELECT UNIX_TIMESTAMP(), seq FROM seq_1_to_2000;
+"""
+ENDED = ("succeeded", "failed", "expired", "cancelled")
+
+
+def secret(path: Path, text: str) -> str:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(text)
+    return str(path)
+
+
+def load_image(host, image: str) -> None:
+    if host.docker("image", "inspect", image, check=False).returncode == 0:
+        return
+    save = subprocess.Popen([DOCKER, "save", image], stdout=subprocess.PIPE)
+    loaded = subprocess.run([DOCKER, "-H", host.docker_host, "load"], check=False, stdin=save.stdout,
+                            capture_output=True, text=True, timeout=180)
+    save.wait(60)
+    assert save.returncode == 0 and loaded.returncode == 0, f"{image} into {host}: {loaded.stderr}"
+
+
+class Writer:
+    """One mariadb session on the source, fed an INSERT every 50 ms (and any
+    statement asked) until closed: writes running throughout."""
+
+    def __init__(self, host, container: str):
+        self.proc = subprocess.Popen([DOCKER, "-H", host.docker_host, "exec", "-i", container, "mariadb", "-uroot",
+                                      "shop"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.n = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def send(self, statement: str) -> None:
+        with self.lock:
+            assert self.proc.stdin is not None and self.proc.poll() is None, "the writer's session ended"
+            self.proc.stdin.write(statement + "\n")
+            self.proc.stdin.flush()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.n += 1
+            try:
+                self.send(f"INSERT INTO ev (ts, v) VALUES (UNIX_TIMESTAMP(), {self.n});")
+            except (AssertionError, OSError):
+                return
+            time.sleep(0.05)
+
+    def close(self) -> str:
+        self.stop.set()
+        self.thread.join(10)
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+
+@pytest.fixture(scope="module")
+def pitr(rig, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pitr")
+    (tmp / "none.toml").write_text("")
+    rig.clean()
+    a, b = rig.a, rig.b
+    for host in rig.hosts:
+        for image in (SERVER_IMAGE, TOOLS_IMAGE):
+            load_image(host, image)
+    a.netctl("network", "create", NET, "--subnet", SUBNET, "--vlan", str(VLAN))
+    for host in rig.hosts:
+        host.network(NET, SUBNET)
+    init = secret(tmp / "db-init.sql", f"CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '{PASSWORD}';\n"
+                                       "GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;\n")
+    cnf = secret(tmp / "client.cnf", f"[client]\nuser=root\npassword={PASSWORD}\n")
+    for host, name, ip in ((a, "pitrsrc", SRC_IP), (b, "pitrdst", DST_IP)):
+        host.docker("run", "-d", "--label", LABEL, "--name", name, "--network", NET, "--ip", ip,
+                    "-v", f"{init}:/run/secrets/db-init.sql:ro", SERVER_IMAGE)
+    for host, name in ((a, "pitrsrc"), (b, "pitrdst")):
+        deadline = time.monotonic() + 120
+        while host.exec(name, "mariadb", "-uroot", "-e", "SELECT 1").returncode != 0:
+            assert time.monotonic() < deadline, f"MariaDB {name} did not start: {host.docker('logs', name).stderr}"
+            time.sleep(0.5)
+    load = run([DOCKER, "-H", a.docker_host, "exec", "-i", "pitrsrc", "mariadb", "-uroot"], input=SCHEMA,
+               check=False, timeout=120)
+    assert load.returncode == 0, load.stderr
+    work = tmp / "work-b"
+    work.mkdir()
+    env = settings_env(etcd_endpoints=ETCD, etcd_prefix=rig.prefix, host_id=b.host_id, docker_url=b.docker_host)
+    env.update(DRCTL_CONFIG=str(tmp / "none.toml"), DRCTL_WORK_DIR=str(work), DRCTL_OPTION_DIR=str(tmp),
+               DRCTL_POLL="0.2", DRCTL_LEASE_TTL="5")
+    key = f"{rig.prefix}/backup/agents/{b.host_id}"
+    agent = Agent(tmp / "agent-b.log", env, ETCD, key)
+    agent.launch()
+    deadline = time.monotonic() + 30
+    while not etcdctl(ETCD, "get", key, "--print-value-only", check=False).stdout.strip():
+        assert time.monotonic() < deadline and agent.proc and agent.proc.poll() is None, agent.tail()
+        time.sleep(0.2)
+    kv = EtcdKV([ETCD])
+    p = type("Pitr", (), {})()
+    p.rig, p.a, p.b, p.cnf, p.env, p.agent, p.store = rig, a, b, cnf, env, agent, BackupStore(kv, rig.prefix)
+    try:
+        yield p
+    finally:
+        agent.stop()
+        kv.close()
+        rig.clean()
+        b.docker("volume", "rm", "-f", VOLUME, check=False)
+
+
+def drctl(p, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "netplugin.backup.cli", *args], check=False, env=p.env,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"drctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}\n"
+                             f"agent:\n{p.agent.tail(4000)}")
+    return proc
+
+
+def job(p, job_id: str) -> dict:
+    return json.loads(drctl(p, "inspect", job_id).stdout)[0]
+
+
+def wait_state(p, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        j = job(p, job_id)
+        if j["state"] in states:
+            return j
+        assert j["state"] not in ENDED, f"job {job_id} ended {j['state']}: {j['message']}\n{p.agent.tail(4000)}"
+        assert time.monotonic() < deadline, f"job {job_id} still {j['state']} after {timeout} s: {j['message']}"
+        time.sleep(0.3)
+
+
+def src_sql(p, query: str) -> str:
+    out = p.a.exec("pitrsrc", "mariadb", "-uroot", "--batch", "--skip-column-names", "-e", query)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def server_now(p) -> int:
+    return int(src_sql(p, "SELECT UNIX_TIMESTAMP()"))
+
+
+def wait_server_past(p, t: int) -> None:
+    while server_now(p) <= t:
+        time.sleep(0.2)
+
+
+def start_collector(p) -> str:
+    jid = drctl(p, "binlog", "start", TARGET, "--volume", VOLUME, "--network", NET, "--db-host", SRC_IP,
+                "--option-file", p.cnf, "--host", p.b.host_id, "--label", LABEL).stdout.strip()
+    wait_state(p, jid, ("running",))
+    return jid
+
+
+def wait_archived(p, at: int, count: int, timeout: float = 90) -> list:
+    """Until the catalog has count files, one whose last event is at or after at."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = p.store.binlogs(TARGET)
+        if len(files) >= count and max(f.last_time for f in files) >= at:
+            return files
+        assert time.monotonic() < deadline, (f"no archived file reaches {at} within {timeout} s: "
+                                             f"{[(f.file, f.last_time) for f in files]}\n{p.agent.tail(4000)}")
+        time.sleep(0.5)
+
+
+def rows_digest(p, container_host, container: str, where: str = "") -> tuple[int, int, int]:
+    out = container_host.exec(container, "mariadb", "-uroot", "--batch", "--skip-column-names", "-e",
+                              f"SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('#', id, ts, v))), 0), "
+                              f"COALESCE(MAX(ts), 0) FROM shop.ev {where}")
+    assert out.returncode == 0, out.stderr
+    n, s, m = out.stdout.split()
+    return int(n), int(s), int(m)
+
+
+def test_point_in_time_across_a_collector_kill_and_a_refused_gap(pitr):
+    p = pitr
+    started = time.monotonic()
+    first = start_collector(p)
+    writer = Writer(p.a, "pitrsrc")
+    try:
+        time.sleep(1.5)
+        backup = drctl(p, "run", "--target", TARGET, "--database", "shop", "--volume", VOLUME, "--network", NET,
+                       "--db-host", SRC_IP, "--option-file", p.cnf, "--host", p.b.host_id, "--label", LABEL,
+                       "--wait", "--json")
+        result = json.loads(backup.stdout)
+        assert result["state"] == "succeeded", result
+        rec = next(b for b in p.store.backups(TARGET))
+        assert rec.binlog and rec.binlog["file"].startswith("mariadb-bin.") and rec.binlog["pos"] > 4, rec.binlog
+        assert isinstance(rec.binlog["time"], float), rec.binlog
+        writer.send("ALTER TABLE ev ADD COLUMN note VARCHAR(16) NOT NULL DEFAULT 'after-ddl';")
+        writer.send("FLUSH BINARY LOGS;")
+        time.sleep(1.5)
+
+        # the collector killed mid-stream (SIGKILL to its container); writes go on meanwhile
+        container = job(p, first)["container"]
+        p.b.docker("kill", "-s", "KILL", container)
+        dead = wait_state(p, first, ENDED, 60)
+        assert dead["state"] == "failed", dead
+        time.sleep(2)
+        second = start_collector(p)
+        assert job(p, second)["result"]["resumed_from"], job(p, second)
+        time.sleep(1.5)
+
+        at = server_now(p) + 1
+        wait_server_past(p, at + 1)
+        time.sleep(0.5)
+        writer.send("FLUSH BINARY LOGS;")
+        time.sleep(1.2)
+        writer.send("FLUSH BINARY LOGS;")       # a later file too: a file removed below is a gap, not the end
+        files = wait_archived(p, at, count=3)
+    finally:
+        err = writer.close()
+    assert writer.n > 100, f"only {writer.n} writes: {err}"
+    assert not err.strip(), err
+
+    before = rows_digest(p, p.a, "pitrsrc", f"WHERE ts < {at}")
+    after = rows_digest(p, p.a, "pitrsrc", f"WHERE ts >= {at}")
+    assert after[0] > 0, "no row was written after TIME: the test could not fail"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    restore = drctl(p, "restore", "--latest", TARGET, "--at", stamp, "--network", NET, "--db-host", DST_IP,
+                    "--option-file", p.cnf, "--host", p.b.host_id, "--label", LABEL, "--wait", "--json")
+    done = json.loads(restore.stdout)
+    assert done["state"] == "succeeded", done
+    assert done["result"]["replay"]["files"], done["result"]
+    got = rows_digest(p, p.b, "pitrdst")
+    assert got == before, f"restored {got}, the source before TIME {before} (after TIME: {after})"
+    assert got[2] < at
+    cols = p.b.exec("pitrdst", "mariadb", "-uroot", "--batch", "--skip-column-names", "-e",
+                    "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA='shop' AND "
+                    "TABLE_NAME='ev' AND COLUMN_NAME='note'").stdout.strip()
+    assert cols == "1", "the DDL between the backup and TIME was not replayed"
+    print(f"pitr: {len(files)} archived files, {got[0]} rows restored to {stamp}, {after[0]} later rows absent, "
+          f"{time.monotonic() - started:.1f} s")
+
+    # a gap: one archived file the restore needs, gone (catalog and volume)
+    needed = done["result"]["replay"]["files"]
+    assert len(needed) >= 2, needed
+    gone = next(f for f in p.store.binlogs(TARGET) if f.file == needed[1])
+    p.store.remove_binlog(gone)
+    p.b.docker("run", "--rm", "-v", f"{VOLUME}:/backup", TOOLS_IMAGE, "rm", "-f", f"/backup/{gone.path}")
+    jobs_before = len(p.store.list_jobs())
+    refused = drctl(p, "restore", "--latest", TARGET, "--at", stamp, "--network", NET, "--db-host", DST_IP,
+                    "--option-file", p.cnf, "--host", p.b.host_id, "--database", "shop2", check=False)
+    assert refused.returncode == 1, refused
+    assert "gap" in refused.stderr and gone.file in refused.stderr and "position 4" in refused.stderr, refused.stderr
+    assert "UTC" in refused.stderr, refused.stderr
+    assert len(p.store.list_jobs()) == jobs_before, "a job was submitted although the archive has a gap"
+    drctl(p, "binlog", "stop", TARGET)
+    wait_state(p, second, ("cancelled",), 60)
