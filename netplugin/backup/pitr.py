@@ -50,9 +50,14 @@ def _when(t: float | None) -> str:
     return "?" if t is None else binlog.at_text(t) + " UTC"
 
 
-def choose_backup(backups: list[Backup], at: float, target: str) -> tuple[Backup, dict]:
-    """The newest backup whose snapshot is before at, with its coordinates."""
+def choose_backup(backups: list[Backup], at: float, target: str,
+                  archive: list[BinlogFile] | None = None) -> tuple[Backup, dict]:
+    """The newest backup whose snapshot is before at, with its coordinates. A
+    backup without a snapshot time is bounded by the last event of its
+    archived binlog file (every event before its position was logged before
+    that file's rotate event): later than the snapshot, never earlier."""
     usable: list[tuple[float, int, Backup, dict]] = []
+    rotated = {r.file: r.last_time for r in archive or []}
     passed = 0
     for b in backups:
         try:
@@ -61,6 +66,8 @@ def choose_backup(backups: list[Backup], at: float, target: str) -> tuple[Backup
             passed += 1
             continue
         t = coords.get("time")
+        if t is None:
+            t = rotated.get(coords["file"])
         if t is None:
             passed += 1
             continue
@@ -113,7 +120,7 @@ def files_to(archive: list[BinlogFile], start_file: str, start_pos: int, at: flo
 
 def plan(backups: list[Backup], archive: list[BinlogFile], at: float, target: str) -> Plan:
     """Everything a point-in-time restore of target to at needs, or the reason it cannot be done."""
-    backup, coords = choose_backup(backups, at, target)
+    backup, coords = choose_backup(backups, at, target, archive)
     files = files_to(archive, coords["file"], coords["pos"], at)
     return Plan(backup=backup, start_file=coords["file"], start_pos=coords["pos"], files=files, at=at)
 
@@ -194,7 +201,7 @@ def replay_files(store, spec, manifest: dict, host: Callable[[str], str]) -> tup
                                  "it is damaged; nothing was restored")
     argv = binlog.replay_argv(files=replay["files"], start_pos=replay["start_pos"], stop_at=replay["stop_at"],
                               database=check_database(str(manifest.get("database", ""))))
-    if manifest["database"] != spec.database:
+    if manifest["database"] != spec.database:       # MariaDB's --database filters on the name before the rewrite
         argv.insert(-len(replay["files"]), f"--rewrite-db={manifest['database']}->{check_database(spec.database)}")
     params = {"REPLAY": True, "REPLAY_DIR": f"/backup/{src}/binlog"}
     return params, "".join(a + "\n" for a in argv)

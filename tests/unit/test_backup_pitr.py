@@ -62,6 +62,14 @@ def test_backups_without_coordinates_or_time_are_passed_over_and_said():
         pitr.choose_backup(bs, T0 + 100, "shop")
 
 
+def test_a_backup_without_a_time_is_bounded_by_its_files_rotation():
+    bs = [backup("old", "mariadb-bin.000001", when=T0 - 50), backup("untimed", "mariadb-bin.000002", 700, None)]
+    # mariadb-bin.000002 rotated at T0 + 50: before T0 + 60 the untimed backup counts, before T0 + 40 it does not
+    assert pitr.choose_backup(bs, T0 + 60, "shop", ARCHIVE)[0].name == "untimed"
+    assert pitr.choose_backup(bs, T0 + 40, "shop", ARCHIVE)[0].name == "old"
+    assert pitr.choose_backup(bs, T0 + 60, "shop", [])[0].name == "old"
+
+
 def test_files_from_the_backups_file_until_the_one_holding_time():
     files = pitr.files_to(ARCHIVE, "mariadb-bin.000001", 900, T0 + 60)
     assert [f.file for f in files] == ["mariadb-bin.000001", "mariadb-bin.000002", "mariadb-bin.000003"]
