@@ -11,6 +11,8 @@ ring's time small):
   follows it;
 * the collector's container is killed (SIGKILL) while writes go on, and a new
   collector resumes from the archive (the newest file fetched again whole);
+  then the agent itself is killed (SIGKILL) and started again: it adopts the
+  running collector, which catalogues the files completed after that;
 * ``drctl restore --latest --at TIME`` into a fresh server on host b: every
   row written before TIME is there, none written at or after it, the DDL is
   applied, and the rows equal the source's rows before TIME (count and sum of
@@ -199,6 +201,26 @@ def wait_server_past(p, t: int) -> None:
         time.sleep(0.2)
 
 
+def agent_pid(p) -> int:
+    """Start the agent again; its pid once it holds the host's agent key."""
+    p.agent.launch()
+    assert p.agent.proc is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = etcdctl(ETCD, "get", p.agent.key, "--print-value-only", check=False).stdout.strip()
+        if out and json.loads(out).get("pid") == p.agent.proc.pid:
+            return p.agent.proc.pid
+        time.sleep(0.2)
+    raise AssertionError(f"the restarted agent did not register:\n{p.agent.tail(3000)}")
+
+
+def wait_adopted(p, job_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while f"adopting job {job_id}" not in p.agent.tail(200000):
+        assert time.monotonic() < deadline, f"job {job_id} not adopted:\n{p.agent.tail(3000)}"
+        time.sleep(0.3)
+
+
 def start_collector(p) -> str:
     jid = drctl(p, "binlog", "start", TARGET, "--volume", VOLUME, "--network", NET, "--db-host", SRC_IP,
                 "--option-file", p.cnf, "--host", p.b.host_id, "--label", LABEL).stdout.strip()
@@ -255,6 +277,13 @@ def test_point_in_time_across_a_collector_kill_and_a_refused_gap(pitr):
         second = start_collector(p)
         assert job(p, second)["result"]["resumed_from"], job(p, second)
         time.sleep(1.5)
+
+        # the agent killed (SIGKILL) while its collector runs: the container goes on, the next agent adopts it
+        p.agent.kill9()
+        time.sleep(1)
+        agent_pid(p)
+        wait_adopted(p, second)
+        assert job(p, second)["state"] == "running"
 
         at = server_now(p) + 1
         wait_server_past(p, at + 1)
