@@ -117,6 +117,10 @@ def archive_rel(target: str) -> str:
 class BinlogRunner(Runner):
     """The runner of every job; collector jobs (kind ``binlog``) run here, others as Runner runs them."""
 
+    def __init__(self, *args, poll: float = 1.0, **kw):
+        super().__init__(*args, **kw)
+        self.poll = poll        # seconds between two looks at the collector's container and its index
+
     def run(self, job: Job) -> Job:
         if job.kind != BINLOG:
             return super().run(job)
@@ -212,7 +216,7 @@ class BinlogRunner(Runner):
         done: set[str] = {r.file for r in self.store.binlogs(ctx.job.target)}
         try:
             while True:
-                ctx.exit_code = self.docker.wait(ctx.container, timeout=1.0)
+                ctx.exit_code = self.docker.wait(ctx.container, timeout=self.poll)
                 self._catalogue(ctx, done)
                 if ctx.exit_code is not None:
                     break

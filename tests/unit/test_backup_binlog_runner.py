@@ -64,7 +64,7 @@ def start(rig, behaviour) -> tuple[Job, threading.Thread, list]:
     rig.docker.behaviours["binlog"] = behaviour
     job = rig.job(kind=BINLOG, target="shop", database="", timeout=10 * 365 * 86400.0, checksums=False)
     runner = BinlogRunner(rig.store, rig.docker, rig.cfg, env=rig.env, np_store=rig.np,
-                          sleep=lambda s: time.sleep(min(s, 0.02)))
+                          sleep=lambda s: time.sleep(min(s, 0.02)), poll=0.1)
     out: list = []
     thread = threading.Thread(target=lambda: out.append(runner.run(job)), daemon=True)
     thread.start()
