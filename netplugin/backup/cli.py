@@ -573,7 +573,7 @@ def cmd_events(args, ctx) -> int:
 def cmd_agent(args, ctx) -> int:
     from ..logs import setup
     from .binlog_runner import BinlogRunner
-    from .drills import Drilling
+    from .drills import Drilling, sweep_scratch
     from .fleet import fleet_passes
     from .scheduler import Agent
     setup(args.log_level, ctx.np_cfg.log_format)      # JSON lines when the daemon's log_format is json
@@ -584,7 +584,8 @@ def cmd_agent(args, ctx) -> int:
     def runner():
         client = docker_client(ctx.np_cfg.docker_url)
         return Drilling(BinlogRunner(ctx.store, client, cfg, np_store=ctx.np_store), ctx.store, client, cfg, host)
-    agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker, fleet=fleet_passes(ctx.store, cfg))
+    agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker,
+                  sweeps=[lambda: sweep_scratch(ctx.store, ctx.docker, cfg)], fleet=fleet_passes(ctx.store, cfg))
 
     def stop(signum, frame):
         logging.getLogger(__name__).info("agent: signal %s: stopping (running jobs go on; the next agent adopts them)",

@@ -20,6 +20,16 @@ The agent that admits it runs it through ``Drilling``:
 4. remove the scratch server, its init file and the option file, whatever
    happened.
 
+An agent killed mid-drill leaves its scratch server behind. When this host's
+agent comes back it adopts the drill's job (``Drilling.adopt``): a drill
+whose restore was under way is carried to its end by the runner, recorded
+(its RTO then counted from the job's running time on this host's clock) and
+its server removed; one still setting up its server is ended as failed, in
+one guarded update of its record, its server removed and nothing recorded
+(the previous result stands until the next due time). ``sweep_scratch``
+removes, at the agent's start and every clean-up pass, any scratch server of
+this host (found by its labels) whose drill job has ended or is gone.
+
 ``drctl check`` fails a target whose last drill failed or is older than its
 limit; the metrics expose the last drill's result, RTO and RPO per target.
 """
@@ -36,12 +46,13 @@ from dataclasses import dataclass
 from ..errors import InvalidRequest, NetpluginError, NotFound
 from . import trust
 from .config import BackupConfig
-from .containers import Containers
-from .model import RESTORE, SUCCEEDED, Job, _Record, check_name, server_key
+from .containers import Containers, is_not_found
+from .model import RESTORE, STARTING, SUCCEEDED, Job, _Record, check_name, server_key
 
 log = logging.getLogger(__name__)
 
 DRILL_LABEL = "drctl.drill"
+JOB_LABEL = "drctl.job"            # on a scratch server: the drill job it serves
 READY = "ready for connections"
 
 
@@ -131,7 +142,56 @@ class Drilling:
         self.ready_timeout = ready_timeout
 
     def adopt(self, job: Job) -> Job:
-        return self.inner.adopt(job)
+        """Carry on a job a killed agent of this host left. A drill whose restore
+        was under way ends through the runner and is recorded; one still setting
+        up its scratch server is failed. The server goes either way."""
+        if not is_drill(job):
+            return self.inner.adopt(job)
+        name = job.spec["labels"][DRILL_LABEL]
+        if job.state == STARTING:
+            try:
+                self._end(job, "the agent stopped while the drill set up its scratch server; "
+                               "the next due time drills again")
+            finally:
+                self._remove_scratch(job)
+            log.info("drill %s: job %s ended: its agent stopped before the restore began", name, job.id)
+            found = self.store.get(job.id)
+            return found[0] if found else job
+        try:
+            final = self.inner.adopt(job)
+        finally:
+            self._remove_scratch(job)
+        ok = final.state == SUCCEEDED
+        loaded, ended = final.entered("running"), final.entered(final.state)
+        rto = ended - loaded if ok and loaded is not None and ended is not None else None
+        began = job.entered(STARTING)
+        try:
+            backup = self.store.find_backup(job.spec["backup"])
+        except NetpluginError:
+            backup = None
+        message = ("restored and verified" if ok else f"restore {final.state}: {final.message}") + \
+            " (adopted after an agent restart)"
+        self._record(job, name, ok, message, rto,
+                     began - backup.created if backup is not None and began is not None else None)
+        return final
+
+    def _remove_scratch(self, job: Job) -> None:
+        """The drill's scratch server (only a container labelled as this job's) and its one-time files."""
+        remove_scratch(self.client, job.id)
+        for path in self._paths(job).values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _record(self, job: Job, name: str, ok: bool, message: str, rto: float | None, rpo: float | None) -> None:
+        result = DrillResult(target=job.spec["source_target"], drill=name, job=job.id, backup=job.spec["backup"],
+                             ok=ok, message=message[:500], rto=rto if ok else None, rpo=rpo,
+                             finished=self.clock(), host=self.host)
+        try:
+            self.store.put_drill_result(result)
+        except NetpluginError as exc:
+            log.warning("drill %s: result not recorded: %s", name, exc.message)
+        log.info("drill %s of %s: %s (RTO %s s, RPO %s s)", name, result.target, message,
+                 f"{rto:.1f}" if rto is not None else "-", f"{rpo:.0f}" if rpo is not None else "-")
 
     def run(self, job: Job) -> Job:
         if not is_drill(job):
@@ -174,16 +234,7 @@ class Drilling:
             for path in paths.values():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        result = DrillResult(target=job.spec["source_target"], drill=name, job=job.id, backup=job.spec["backup"],
-                             ok=ok, message=message[:500], rto=rto if ok else None,
-                             rpo=began - backup.created if backup is not None else None, finished=self.clock(),
-                             host=self.host)
-        try:
-            self.store.put_drill_result(result)
-        except NetpluginError as exc:
-            log.warning("drill %s: result not recorded: %s", name, exc.message)
-        log.info("drill %s of %s: %s (RTO %s s, RPO %s s)", name, result.target, message,
-                 f"{rto:.1f}" if rto is not None else "-", f"{result.rpo:.0f}" if result.rpo is not None else "-")
+        self._record(job, name, ok, message, rto, began - backup.created if backup is not None else None)
         found = self.store.get(job.id)
         return found[0] if found else final
 
@@ -207,7 +258,7 @@ class Drilling:
             mounts=[{"Type": "bind", "Source": init, "Target": "/run/secrets/db-init.sql", "ReadOnly": True}],
             mem_limit=self.cfg.drill_memory)
         resp = d.create_container(self.cfg.drill_image, name=f"drctl-drill-{job.id}", host_config=host_config,
-                                  labels={DRILL_LABEL: job.spec["labels"][DRILL_LABEL], "drctl.job": job.id},
+                                  labels={DRILL_LABEL: job.spec["labels"][DRILL_LABEL], JOB_LABEL: job.id},
                                   use_config_proxy=False)
         return resp["Id"]
 
@@ -234,6 +285,62 @@ class Drilling:
                 j.move("failed", f"drill: {message}"[:500], now=self.clock())
         with contextlib.suppress(NetpluginError):
             self.store.update(job.id, change)
+
+
+def remove_scratch(client, job_id: str) -> bool:
+    """Remove the scratch server of drill job job_id, if it exists and carries
+    that job's labels (a container of the same name but other labels is left
+    alone). True when one was removed."""
+    try:
+        info = client.inspect_container(f"drctl-drill-{job_id}")
+    except Exception as exc:  # noqa: BLE001 - Docker's own errors: "not found" is the common answer
+        if not is_not_found(exc):
+            log.warning("drill job %s: cannot look for its scratch server: %s", job_id, exc)
+        return False
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    if labels.get(JOB_LABEL) != job_id or DRILL_LABEL not in labels:
+        log.warning("container drctl-drill-%s is not that drill job's scratch server: left alone", job_id)
+        return False
+    try:
+        client.remove_container(info.get("Id") or f"drctl-drill-{job_id}", v=True, force=True)
+    except Exception as exc:  # noqa: BLE001 - retried at the next clean-up pass
+        if not is_not_found(exc):
+            log.warning("drill job %s: cannot remove its scratch server: %s", job_id, exc)
+        return False
+    return True
+
+
+def sweep_scratch(store, client, cfg: BackupConfig) -> list[str]:
+    """Remove this host's scratch servers (found by their labels: a drill's
+    restore job container carries the drill's label too, never the job label)
+    whose drill job has ended or is gone, with their one-time files; returns
+    those jobs' ids. A server whose job is still active is its agent's (or
+    adoption's)."""
+    removed: list[str] = []
+    try:
+        found = client.containers(all=True, filters={"label": [DRILL_LABEL, JOB_LABEL]})
+    except Exception as exc:  # noqa: BLE001 - Docker's own errors: the next pass tries again
+        log.warning("drill clean-up: cannot list scratch servers: %s", exc)
+        return removed
+    for c in found:
+        job_id = str(((c.get("Labels") or {}).get(JOB_LABEL)) or "")
+        try:
+            trust.check_id(job_id, "drill job")
+            record = store.get(job_id)
+        except InvalidRequest as exc:
+            log.warning("drill clean-up: container %s: %s: left alone", str(c.get("Id"))[:12], exc.message)
+            continue
+        if record is not None and not record[0].terminal:
+            continue
+        if remove_scratch(client, job_id):
+            removed.append(job_id)
+            log.info("drill clean-up: removed the scratch server of drill job %s (%s)", job_id,
+                     "ended" if record is not None else "its record is gone")
+        for path in (os.path.join(os.path.normpath(cfg.option_dir), f"drill-{job_id}.cnf"),
+                     os.path.join(os.path.normpath(cfg.work_dir), f"drill-{job_id}.sql")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return removed
 
 
 def check_drills(results: list[DrillResult], targets: list[str], max_age: float, now: float) -> list[dict]:

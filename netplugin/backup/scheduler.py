@@ -36,7 +36,8 @@ GC_EVERY = 60.0
 class Agent:
     def __init__(self, store: BackupStore, host: str, cfg: BackupConfig, runner_factory: Callable[[], object],
                  clock=time.time, docker=None, instance: Instance | None = None,
-                 fleet: list[Callable[[float], list]] | None = None):
+                 fleet: list[Callable[[float], list]] | None = None,
+                 sweeps: list[Callable[[], object]] | None = None):
         self.store = store
         self.host = host
         self.cfg = cfg
@@ -56,6 +57,9 @@ class Agent:
         # Fleet-wide passes any agent may make (schedules.Firing.tick, placement.Placer.rehome),
         # every cfg.schedule_poll seconds; each returns what it queued.
         self.fleet = list(fleet or [])
+        # Clean-ups of what a killed agent of this host left (drills.sweep_scratch):
+        # at start, after adoption, and at every clean-up pass.
+        self.sweeps = list(sweeps or [])
         self._last_fleet = float("-inf")
 
     @property
@@ -87,6 +91,11 @@ class Agent:
                 raise Conflict("another " + refusal("drctl agent", self.host, holder, "--host-id or host_id"))
             time.sleep(0.5)
         self.adopt()
+        self.sweep()
+
+    def sweep(self) -> None:
+        for work in self.sweeps:
+            self._guarded(work)
 
     def _claim(self, lease: int):
         """Claim this host's agent key for this instance (identity.py: an
@@ -228,6 +237,7 @@ class Agent:
         if now - self._last_gc >= GC_EVERY:
             self._last_gc = now
             self.gc(now)
+            self.sweep()
         if self.fleet and abs(now - self._last_fleet) >= self.cfg.schedule_poll:
             self._last_fleet = now
             for work in self.fleet:

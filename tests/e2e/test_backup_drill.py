@@ -3,7 +3,9 @@ process, etcd. A backup of a small schema; a drill whose due time is made the
 current minute through the store (so the test does not wait for the clock);
 the agent starts a scratch server from the local image, restores and verifies,
 records RTO and RPO and removes the server. Then the backup file is corrupted
-on disk: the next drill fails and ``drctl check`` exits 1."""
+on disk: the next drill fails and ``drctl check`` exits 1. Last, the agent is
+killed (SIGKILL) as soon as a drill's scratch server exists: the restarted
+agent ends or finishes that drill and removes the server."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from tests.e2e.test_backup import DR, SERVER_IMAGE, SMALL_SQL, TOOLS_IMAGE
 from .conftest import ETCD, docker, new_network
 
 pytestmark = pytest.mark.e2e
+
+SCRATCH = "label=drctl.job"          # a scratch server's label (a drill's job container has drctl.drill only)
 
 
 @pytest.fixture
@@ -85,5 +89,22 @@ def test_a_drill_restores_and_verifies_then_a_corrupted_backup_fails_check(dr):
         check = dr.drctl("check", "small", "--json", check=False)
         assert check.returncode == 1
         assert any("last drill d1 failed" in p for p in json.loads(check.stdout)[0]["problems"])
+
+        # the agent killed mid-drill: its scratch server is left, and goes when the agent is back
+        due_now(kv, store, "d1")
+        deadline = time.monotonic() + 60
+        while not (left := docker("ps", "-aq", "--filter", SCRATCH).stdout.split()):
+            assert time.monotonic() < deadline, f"no scratch server within 60 s:\n{dr.agent.tail()}"
+            time.sleep(0.1)
+        dr.agent.kill9()
+        store.update_schedule("d1", lambda s: setattr(s, "paused", True))     # no other drill meanwhile
+        job_id = docker("inspect", "-f", '{{index .Config.Labels "drctl.job"}}', left[0]).stdout.strip()
+        assert docker("ps", "-aq", "--filter", SCRATCH).stdout.split() == left
+        dr.agent.start()
+        deadline = time.monotonic() + 60
+        while docker("ps", "-aq", "--filter", SCRATCH).stdout.split():
+            assert time.monotonic() < deadline, f"scratch server {left} not removed:\n{dr.agent.tail()}"
+            time.sleep(0.5)
+        assert dr.wait_job(job_id, 60)["state"] in ("failed", "succeeded")
     finally:
         kv.close()

@@ -10,8 +10,18 @@ import os
 
 import pytest
 
+from netplugin.backup import cli
 from netplugin.backup.config import BackupConfig
-from netplugin.backup.drills import DRILL_LABEL, Drilling, DrillResult, drill_job, drill_spec, is_drill
+from netplugin.backup.drills import (
+    DRILL_LABEL,
+    JOB_LABEL,
+    Drilling,
+    DrillResult,
+    drill_job,
+    drill_spec,
+    is_drill,
+    sweep_scratch,
+)
 from netplugin.backup.exporter import BackupCollector
 from netplugin.backup.jobs import check_targets, new_job
 from netplugin.backup.model import FAILED, RESTORE, RUNNING, STARTING, SUCCEEDED, VERIFYING, Job
@@ -41,11 +51,11 @@ class World:
     def new_job(self, kind, target, host, spec, now, by):
         return new_job(self.cfg, kind, target, host, spec, now, by)
 
-    def queued_drill(self) -> Job:
+    def queued_drill(self, slot: int = 0) -> Job:
         job = drill_job(self.store, self.cfg, self.new_job, "weekly", drill_spec("dr", "shop"), "h1", self.now)
         self.store.submit(job)
         found, rev = self.store.get(job.id)
-        return self.store.admit(found, rev, 0, self.now, 3600)
+        return self.store.admit(found, rev, slot, self.now, 3600)
 
 
 class ServerDocker(FakeDocker):
@@ -55,6 +65,18 @@ class ServerDocker(FakeDocker):
         super().__init__(root)
         self.ready = ready
         self.servers: list[str] = []
+
+    def _get(self, cid):
+        """By id or by name, as dockerd finds a container."""
+        named = [c for c in self.containers.values() if c.name == cid]
+        return named[0] if named and cid not in self.containers else super()._get(cid)
+
+    def containers_list(self, labels: list[str]) -> list[dict]:
+        return [{"Id": c.id, "Names": ["/" + (c.name or "")], "Labels": dict(c.labels)}
+                for c in self.containers.values() if all(k in c.labels for k in labels)]
+
+    def remove_container(self, cid, v=False, force=False):
+        return super().remove_container(self._get(cid).id, v=v, force=force)
 
     def start(self, cid):
         c = self._get(cid)
@@ -221,3 +243,152 @@ def test_labels_mark_drills_only(tmp_path):
     assert is_drill(job)
     job.spec = {"labels": {"other": "1"}}
     assert not is_drill(job)
+
+
+# -- an agent killed mid-drill ------------------------------------------------------------
+
+class Client:
+    """docker-py's APIClient.containers over a ServerDocker (whose own ``containers``
+    is its dict of containers); everything else passes through."""
+
+    def __init__(self, docker: ServerDocker):
+        self.d = docker
+
+    def containers(self, all=False, filters=None):
+        assert all and set(filters) == {"label"}           # docker-py: every label given must be on it
+        return self.d.containers_list(filters["label"])
+
+    def __getattr__(self, name):
+        return getattr(self.d, name)
+
+
+def left_mid_drill(w: World, state: str) -> tuple[Job, str]:
+    """A drill job as a killed agent leaves it: admitted, its scratch server made
+    and started and its one-time files written; then moved on to state."""
+    put_backup(w.store, "shop", created=T0 - 3600, size=1000)
+    job = w.queued_drill()
+    d = drilling(w, StubRestore(w))
+    paths = d._paths(job)
+    for path in paths.values():
+        d._write(path, "x")
+    server = d._create_server(job, paths["init"])
+    d._ready(job, server)
+    if state != STARTING:
+        w.now += 30
+        job = w.store.update(job.id, lambda j: j.move(RUNNING, "loading", now=w.now))
+    return job, server
+
+
+class AdoptedRestore(StubRestore):
+    """The runner's adopt: the restore the dead agent started ends as told, 40 s later."""
+
+    def adopt(self, job: Job) -> Job:
+        self.seen.append(job)
+        w = self.w
+        w.now += 40
+
+        def change(j: Job) -> None:
+            if self.end == SUCCEEDED:
+                j.move(VERIFYING, "checking", now=w.now)
+            j.move(self.end, "verified" if self.end == SUCCEEDED else "table orders: checksum differs", now=w.now)
+        return w.store.update(job.id, change)
+
+
+def test_an_adopted_drill_whose_restore_ran_is_finished_recorded_and_its_server_removed(tmp_path):
+    w = World(tmp_path)
+    job, server = left_mid_drill(w, RUNNING)
+    assert server in w.docker.containers and os.listdir(w.cfg.option_dir)
+    inner = AdoptedRestore(w)
+    final = drilling(w, inner).adopt(w.store.get(job.id)[0])
+    assert final.state == SUCCEEDED and [j.id for j in inner.seen] == [job.id]
+    assert server not in w.docker.containers                                  # the scratch server went
+    assert os.listdir(w.cfg.option_dir) == [] and os.listdir(w.cfg.work_dir) == []
+    [r] = w.store.drill_results()
+    assert r.ok and r.job == job.id and "adopted after an agent restart" in r.message
+    assert r.rto == 40 and r.rpo == 3600                     # from the job's running time, this host's clock
+
+
+def test_an_adopted_drill_whose_restore_fails_records_the_failure(tmp_path):
+    w = World(tmp_path)
+    job, server = left_mid_drill(w, RUNNING)
+    final = drilling(w, AdoptedRestore(w, end=FAILED)).adopt(w.store.get(job.id)[0])
+    assert final.state == FAILED and server not in w.docker.containers
+    [r] = w.store.drill_results()
+    assert not r.ok and "checksum differs" in r.message and r.rto is None
+
+
+def test_a_drill_killed_while_setting_up_its_server_ends_failed_without_a_result(tmp_path):
+    w = World(tmp_path)
+    job, server = left_mid_drill(w, STARTING)
+    inner = AdoptedRestore(w)
+    final = drilling(w, inner).adopt(w.store.get(job.id)[0])
+    assert final.state == FAILED and "set up its scratch server" in final.message
+    assert inner.seen == []                                        # no restore was carried on
+    assert server not in w.docker.containers and os.listdir(w.cfg.option_dir) == []
+    assert w.store.drill_results() == []                           # the last real result stands
+
+
+def test_the_sweep_removes_scratch_servers_of_ended_or_vanished_drills_only(tmp_path):
+    w = World(tmp_path)
+    ended, ended_server = left_mid_drill(w, RUNNING)
+    w.store.update(ended.id, lambda j: j.move(FAILED, "restore failed", now=w.now))
+    w.now += 1
+    active = w.queued_drill(slot=1)
+    d = drilling(w, StubRestore(w))
+    active_server = d._create_server(active, d._paths(active)["init"])
+    gone = w.queued_drill(slot=2)
+    gone_server = d._create_server(gone, d._paths(gone)["init"])
+    w.store.delete_job(w.store.get(gone.id)[0])
+    # a container of a drill's name whose labels name another job, and one with a crafted job label
+    other = w.docker.create_container("x", name="drctl-drill-zzz", labels={DRILL_LABEL: "d", JOB_LABEL: "yyy"})["Id"]
+    crafted = w.docker.create_container("x", name="c", labels={DRILL_LABEL: "d", JOB_LABEL: "../etc"})["Id"]
+    # the ended drill's restore job container: the drill's label, not a scratch server's job label
+    job_box = w.docker.create_container("x", name=f"drctl-{ended.id}", labels={DRILL_LABEL: "d"})["Id"]
+    removed = sweep_scratch(w.store, Client(w.docker), w.cfg)
+    assert sorted(removed) == sorted([ended.id, gone.id])
+    assert ended_server not in w.docker.containers and gone_server not in w.docker.containers
+    assert active_server in w.docker.containers                    # its agent is still at it
+    assert other in w.docker.containers and crafted in w.docker.containers and job_box in w.docker.containers
+    assert sweep_scratch(w.store, Client(w.docker), w.cfg) == []   # nothing left to do
+
+
+def test_the_agent_sweeps_at_start_and_at_every_clean_up_pass(tmp_path):
+    from netplugin.backup.scheduler import Agent
+    w = World(tmp_path)
+    calls = []
+    agent = Agent(w.store, "h1", w.cfg, lambda: None, clock=lambda: w.now, sweeps=[lambda: calls.append(w.now)])
+    agent.start(wait_previous=1)
+    try:
+        assert calls == [T0]
+        agent.tick()
+        w.now += 61
+        agent.tick()
+        assert calls == [T0, T0, T0 + 61]
+    finally:
+        agent.close()
+
+
+# -- drctl check ---------------------------------------------------------------------------
+
+def check_exit(w: World, *argv: str) -> int:
+    args = cli.build_parser().parse_args(["check", *argv])
+    ctx = type("Ctx", (), {"store": w.store, "json": False, "quiet": True, "cfg": w.cfg})()
+    return cli.cmd_check(args, ctx)
+
+
+def test_drctl_check_exits_1_for_a_failed_or_too_old_drill_and_0_for_a_fresh_good_one(tmp_path, monkeypatch):
+    w = World(tmp_path)
+    monkeypatch.setattr(cli.time, "time", lambda: T0)
+    put_backup(w.store, "shop", created=T0 - 3600, size=1000)
+
+    def drilled(ok: bool, age: float) -> None:
+        w.store.put_drill_result(DrillResult(target="shop", drill="weekly", job="j1", backup="b", ok=ok,
+                                             message="ok" if ok else "checksum differs", rto=1.0 if ok else None,
+                                             rpo=3600.0, finished=T0 - age, host="h1"))
+    drilled(True, 3600)
+    assert check_exit(w, "shop") == 0
+    drilled(False, 3600)
+    assert check_exit(w, "shop") == 1
+    drilled(True, 9 * 86400)                                       # older than drill_max_age (8 days)
+    assert check_exit(w, "shop") == 1
+    assert check_exit(w, "shop", "--drill-max-age", "10d") == 0
