@@ -13,6 +13,7 @@ PACKAGES=(
     procps psmisc python3-venv python3-pip
     prometheus # promtool: the alert rules' checks and unit tests (packaging/prometheus/)
     mariadb-server mariadb-client zstd # drctl: its images are built from these binaries
+    mariadb-backup socat # drctl --method physical: mariadb-backup, mbstream and the receiver's listener (tools image)
     python3-openvswitch # its ovs._json (the C JSON parser) is linked into the venv below
 )
 # Nice to have (MariaDB backup companion); a failure here must not fail CI.

@@ -19,14 +19,14 @@ TOOLS_IMAGE=${DRCTL_TOOLS_IMAGE:-netplugin/mariadb-tools:10.11}
 DB_UID=999 # the mysql user inside the server image (not the host's)
 
 docker_up || die "docker is not answering; run scripts/services.sh start"
-for p in mariadb-server-core mariadb-client mariadb-client-core coreutils bash gzip zstd grep; do
+for p in mariadb-server-core mariadb-client mariadb-client-core mariadb-backup socat coreutils bash gzip zstd grep; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
         || die "$p is not installed; run scripts/install-deps.sh"
 done
 
 # The inputs: every package we copy from, and this script itself.
 VERSION=$({
-    dpkg-query -W mariadb-server-core mariadb-client mariadb-client-core coreutils bash gzip zstd grep libc6
+    dpkg-query -W mariadb-server-core mariadb-client mariadb-client-core mariadb-backup socat coreutils bash gzip zstd grep libc6
     sha256sum "${BASH_SOURCE[0]}"
 } | sha256sum | cut -c1-16)
 
@@ -171,8 +171,12 @@ build_tools() {
     local root=$WORKDIR/tools
     base_root "$root"
     add_bin "$root" /usr/bin/mariadb-dump /usr/bin/mariadb /usr/bin/mariadb-admin /usr/bin/mariadb-binlog /bin/gzip /usr/bin/zstd
+    # physical backups (drctl run --method physical): mariadb-backup reads, mbstream
+    # packs and unpacks, socat is the receiver's listener on the job's network
+    add_bin "$root" /usr/bin/mariadb-backup /usr/bin/mbstream /usr/bin/socat
     mkdir -p "$root/usr/share/mysql"
     cp -a /usr/share/mysql/charsets "$root/usr/share/mysql/charsets"
+    cp -a /usr/share/mysql/english "$root/usr/share/mysql/english"
     import_root "$root" "$TOOLS_IMAGE" '[]' '["/bin/bash"]'
 }
 
@@ -197,7 +201,7 @@ done
 # shellcheck disable=SC2016 # the $c below is for the container's shell
 "$DOCKER" run --rm --network none "$TOOLS_IMAGE" bash -c '
     set -e
-    for c in mariadb-dump mariadb mariadb-binlog gzip zstd sha256sum dd tee tail wc mkfifo timeout grep; do
+    for c in mariadb-dump mariadb mariadb-binlog mariadb-backup mbstream socat gzip zstd sha256sum dd tee tail wc mkfifo timeout grep; do
         command -v "$c" >/dev/null || { echo "missing: $c"; exit 1; }
     done
     mariadb-dump --version >/dev/null && mariadb --version >/dev/null && zstd -V >/dev/null' \

@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = subcommands(parser, "command", "COMMAND")
 
     run = sub.add_parser("run", help="submit a backup job", parents=[common])
+    run.add_argument("--method", choices=("logical", "physical"),
+                     help="logical (default): mariadb-dump; physical: mariadb-backup streamed from a sender next to "
+                          "the server's data to this job")
+    run.add_argument("--incremental", action="store_true",
+                     help="physical: against the target's newest physical backup")
+    run.add_argument("--data-volume", help="physical: the Docker volume of the server's /var/lib/mysql")
+    run.add_argument("--db-host-id", help="physical: the host whose agent runs the sender, where that volume is "
+                                          "(default: this host)")
     _backup_options(run)
     run.set_defaults(run=cmd_run)
 
@@ -142,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "the manifest, then swap them in (one RENAME TABLE); the old tables are dropped after")
     rs.add_argument("--into-source", action="store_true",
                     help="allow restoring into the very server the backup was taken from")
+    rs.add_argument("--method", choices=("logical", "physical"),
+                    help="default: the backup's own (catalog); physical: prepare its chain into a fresh data "
+                         "volume and start a server on it named --target, at --db-host if an address")
+    rs.add_argument("--data-volume", help="physical: the fresh data volume to create (default: TARGET-data)")
+    rs.add_argument("--server-image", help="physical: the server image (default: setting drill_image)")
     _job_options(rs)
     rs.set_defaults(run=cmd_restore)
 
@@ -271,9 +284,27 @@ def _submit(args, ctx, kind: str, kind_fields) -> int:
 
 
 def _backup_fields(args, ctx) -> dict:
-    return jobs.backup_fields(args.database, args.volume, args.compression or ctx.cfg.compression,
-                              args.keep_last, args.max_age, args.keep_daily, args.keep_weekly,
-                              args.keep_monthly, args.budget)
+    fields = jobs.backup_fields(args.database, args.volume, args.compression or ctx.cfg.compression,
+                                args.keep_last, args.max_age, args.keep_daily, args.keep_weekly,
+                                args.keep_monthly, args.budget)
+    return {**fields, **_physical_backup_fields(args, ctx)}
+
+
+def _physical_backup_fields(args, ctx) -> dict:
+    """--method physical: the server's data volume and the host that holds it (physical_sender.py)."""
+    method = getattr(args, "method", None) or "logical"
+    if method == "logical":
+        if getattr(args, "incremental", False) or getattr(args, "data_volume", None) or \
+                getattr(args, "db_host_id", None):
+            raise InvalidRequest("--incremental, --data-volume and --db-host-id go with --method physical")
+        return {}
+    if not args.data_volume:
+        raise InvalidRequest("--method physical needs --data-volume: the Docker volume that holds the server's "
+                             "/var/lib/mysql on its host")
+    if args.compression not in (None, "zstd"):
+        raise InvalidRequest("a physical backup is compressed with zstd: leave --compression out")
+    return {"method": "physical", "incremental": bool(args.incremental), "data_volume": args.data_volume,
+            "db_host_id": args.db_host_id or ctx.np_cfg.host_id, "compression": "zstd"}
 
 
 def _restore_fields(args, ctx) -> dict:
@@ -284,7 +315,17 @@ def _restore_fields(args, ctx) -> dict:
         return restore_fields_at(ctx.store, args.latest, args.at, args.database, args.volume, args.replace,
                                  args.into_source)
     backup = jobs.pick_backup(ctx.store, args.backup, args.latest, parse_time(args.at) if args.at else None)
-    return jobs.restore_fields(backup, args.database, args.volume, args.replace, args.into_source)
+    fields = jobs.restore_fields(backup, args.database, args.volume, args.replace, args.into_source)
+    method = backup.method or "logical"
+    if getattr(args, "method", None) and args.method != method:
+        raise InvalidRequest(f"backup {backup.name} is a {method} backup: restore it with --method {method} "
+                             "(or leave --method out: it is taken from the catalog)")
+    if method == "physical":
+        fields.update(method="physical", data_volume=args.data_volume or f"{args.target or backup.target}-data",
+                      server_image=args.server_image or "")
+    elif getattr(args, "data_volume", None) or getattr(args, "server_image", None):
+        raise InvalidRequest("--data-volume and --server-image go with a physical backup")
+    return fields
 
 
 def cmd_run(args, ctx) -> int:
@@ -575,6 +616,7 @@ def cmd_agent(args, ctx) -> int:
     from .binlog_runner import BinlogRunner
     from .drills import Drilling, sweep_scratch
     from .fleet import fleet_passes
+    from .physical_sender import Senders
     from .scheduler import Agent
     setup(args.log_level, ctx.np_cfg.log_format)      # JSON lines when the daemon's log_format is json
     cfg, host = ctx.cfg, ctx.np_cfg.host_id
@@ -584,8 +626,11 @@ def cmd_agent(args, ctx) -> int:
     def runner():
         client = docker_client(ctx.np_cfg.docker_url)
         return Drilling(BinlogRunner(ctx.store, client, cfg, np_store=ctx.np_store), ctx.store, client, cfg, host)
+    # The sending side of physical backups of this host's servers (physical_sender.py), every schedule_poll.
+    senders = Senders(ctx.store, docker_client(ctx.np_cfg.docker_url), cfg, host, np_store=ctx.np_store)
     agent = Agent(ctx.store, host, cfg, runner, docker=ctx.docker,
-                  sweeps=[lambda: sweep_scratch(ctx.store, ctx.docker, cfg)], fleet=fleet_passes(ctx.store, cfg))
+                  sweeps=[lambda: sweep_scratch(ctx.store, ctx.docker, cfg)],
+                  fleet=[*fleet_passes(ctx.store, cfg), senders.tick])
 
     def stop(signum, frame):
         logging.getLogger(__name__).info("agent: signal %s: stopping (running jobs go on; the next agent adopts them)",

@@ -80,13 +80,14 @@ class Containers:
 
     # -- a job container --------------------------------------------------------------------
     def create(self, image: str, *, name: str, command: list[str], labels: dict, mounts: list[dict], network: str,
-               ip: str | None, limits: dict, working_dir: str, environment: dict) -> tuple[str, list[str]]:
-        """A locked-down container (no capabilities, read-only root, never
-        auto-removed); returns its id and Docker's warnings."""
+               ip: str | None, limits: dict, working_dir: str, environment: dict,
+               cap_add: list[str] | None = None) -> tuple[str, list[str]]:
+        """A locked-down container (no capabilities but cap_add, read-only root,
+        never auto-removed); returns its id and Docker's warnings."""
         d = self.client
         host_config = d.create_host_config(
             mounts=mounts, network_mode=network, auto_remove=False, restart_policy={"Name": "no"},
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
+            cap_drop=["ALL"], cap_add=cap_add or None, security_opt=["no-new-privileges"], read_only=True,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},  # noqa: S108 - the container's own private tmpfs
             log_config={"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
             **limits)

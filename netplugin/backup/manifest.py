@@ -63,6 +63,18 @@ def binlog_coordinates(out: Outputs) -> dict | None:
     return coords
 
 
+def physical(manifest: dict, *, checkpoints: str, lsn: dict, binlog: dict | None, parent: str, chain: list[str],
+             point: dict, tool: str, tool_version: str) -> dict:
+    """A physical backup's manifest (physical.py): a logical one's fields, plus
+    the method, the LSNs and the checkpoints text an incremental needs of its
+    base, the binlog coordinates of the backup point (the field PITR reads),
+    the parent and the chain a restore prepares, and whether the checksums are
+    exactly the backup point's."""
+    return dict(manifest, method="physical", tool=tool, tool_version=tool_version, checkpoints=checkpoints,
+                lsn=lsn, binlog=binlog, parent=parent, chain=chain, checksum_point=point,
+                checksum_snapshot="block_commit" if manifest.get("tables") else None)
+
+
 def catalog_record(manifest: dict, target: str, volume: str, manifest_path: str, host: str) -> Backup:
     """The catalog's record of the backup a manifest describes."""
     return Backup(name=manifest["name"], target=target, database=manifest["database"], volume=volume,
@@ -70,7 +82,8 @@ def catalog_record(manifest: dict, target: str, volume: str, manifest_path: str,
                   sha256=manifest["sha256"], created=manifest["created"], host=host, job=manifest["job"],
                   binlog=manifest.get("binlog"),
                   compression=manifest["compression"], server_version=manifest.get("server_version", ""),
-                  tables=len(manifest.get("tables") or {}), rows=manifest.get("rows", 0))
+                  tables=len(manifest.get("tables") or {}), rows=manifest.get("rows", 0),
+                  method=manifest.get("method") or "logical", parent=manifest.get("parent") or "")
 
 
 def summary(manifest: dict) -> dict:

@@ -154,6 +154,11 @@ class JobSpec:
     checksums: bool = True                    # per-table checksums and row counts in the manifest
     replay: dict = field(default_factory=dict)  # restore --at: archived binlogs replayed after the load (pitr.py)
     strict: bool = True
+    method: str = "logical"                   # logical (mariadb-dump) or physical (mariadb-backup)
+    incremental: bool = False                 # physical backup: against the target's newest physical backup
+    data_volume: str = ""                     # physical: the server's data volume (backup), or the fresh one (restore)
+    db_host_id: str = ""                      # physical backup: the host whose agent runs the sender
+    server_image: str = ""                    # physical restore: the server started on the restored data
 
     @classmethod
     def from_dict(cls, data: dict) -> JobSpec:
@@ -288,6 +293,8 @@ class Backup(_Record):
     tables: int = 0
     rows: int = 0
     binlog: dict | None = None                # the manifest's binlog coordinates (binlog.py), None without
+    method: str = "logical"                   # physical: a mariadb-backup stream (physical_chain.py)
+    parent: str = ""                          # physical incremental: the backup it was taken against
 
 
 def backup_name(target: str, job_id: str) -> str:

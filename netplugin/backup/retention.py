@@ -13,7 +13,9 @@ Rules, per target, over the catalog (which holds verified backups only):
 * every catalog record is checked (trust.check_backup) and every file removed
   is resolved inside its volume's folder; a bad record is skipped and logged;
 * the runner prunes only after a verified success (a failed job never prunes);
-* a backup that an active restore job is reading is never deleted.
+* a backup that an active restore job is reading is never deleted;
+* a backup that a kept physical incremental's chain needs (its base, and so
+  on to the full one) is kept, whatever rule would delete it.
 
 Tiered (grandfather-father-son) retention, as restic's ``forget``: with any of
 ``keep_daily``, ``keep_weekly``, ``keep_monthly``, a backup is kept when it is
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..errors import Conflict, InvalidRequest
-from . import ondisk, trust
+from . import ondisk, physical_chain, trust
 from .model import RESTORE, Backup
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ def plan(backups: list[Backup], keep_last: int | None, max_age: float | None, no
             raise InvalidRequest(f"{name} cannot be negative")
     ordered = sorted(backups, key=lambda b: (b.created, b.name), reverse=True)
     if tiers and ordered:
-        return _plan_tiered(ordered, keep_last, max_age, now, tiers)
+        return keep_chains(_plan_tiered(ordered, keep_last, max_age, now, tiers), backups)
     keep, delete, reasons = [], [], {}
     for i, b in enumerate(ordered):
         if i == 0:
@@ -125,7 +127,20 @@ def plan(backups: list[Backup], keep_last: int | None, max_age: float | None, no
             reasons[b.name] = f"older than {max_age:.0f} s"
         else:
             keep.append(b)
-    return Plan(keep, delete, reasons)
+    return keep_chains(Plan(keep, delete, reasons), backups)
+
+
+def keep_chains(p: Plan, backups: list[Backup]) -> Plan:
+    """Move back to keep every backup that a kept physical incremental's chain
+    needs (its parent, that one's parent, ... the full one): deleting one would
+    leave the kept backup impossible to restore."""
+    need = physical_chain.needed(backups, [b.name for b in p.keep])
+    for b in list(p.delete):
+        if b.name in need:
+            p.delete.remove(b)
+            p.keep.append(b)
+            p.reasons[b.name] = f"kept: the chain of {need[b.name]} needs it"
+    return p
 
 
 def _plan_tiered(ordered: list[Backup], keep_last: int | None, max_age: float | None, now: float,
@@ -189,8 +204,11 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
             p.keep.remove(b)
             p.delete.append(b)
             p.reasons[b.name] = f"volume {newest.volume} over its budget of {budget} bytes"
+        p = keep_chains(p, backups)
     reading = {str(j.spec.get("backup")): j.id for j in store.list_jobs()
                if j.kind == RESTORE and not j.terminal and isinstance(j.spec, dict)}
+    for name, job in physical_chain.needed(backups, list(reading)).items():
+        reading.setdefault(name, reading[job])          # a physical restore reads its whole chain
     report.kept = [b.name for b in p.keep]
     report.reasons = dict(p.reasons)
     for b in p.delete:

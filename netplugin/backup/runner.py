@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from ..errors import Conflict, InvalidRequest, NetpluginError
-from . import jobscript, ondisk, retention, trust, verify
+from . import jobscript, ondisk, physical_jobs, retention, trust, verify
 from . import manifest as manifests
 from . import resources as lim
 from .config import BackupConfig
@@ -58,6 +58,7 @@ from .model import (
     backup_name,
 )
 from .store import BackupStore
+from .trust import PHYSICAL_EXT
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,13 @@ class _Ctx:
         self.exit_code: int | None = None
         self.oom: bool | None = None
         self.gate_open = False
+        self.physical: physical_jobs.PhysicalSteps | None = None    # a physical job's steps, None: logical
+        self.extra_mounts: list[dict] = []    # more mounts of the job container (a physical restore's data volume)
 
     # paths, inside the volume (relative) and on the host
     @property
     def ext(self) -> str:
-        return COMPRESSIONS[self.spec.compression]
+        return PHYSICAL_EXT if self.spec.method == "physical" else COMPRESSIONS[self.spec.compression]
 
     def rel(self, suffix: str = "") -> str:
         return f"{self.job.target}/{backup_name(self.job.target, self.job.id)}{suffix}"
@@ -198,8 +201,11 @@ class Runner:
             return refused
 
         def steps(ctx: _Ctx) -> None:
-            self._prepare(ctx)
+            ctx.physical = physical_jobs.for_job(self, ctx)
+            (ctx.physical.prepare if ctx.physical else self._prepare)(ctx)
             self._create_and_start(ctx)
+            if ctx.physical:
+                ctx.physical.started(ctx)
             self._wait(ctx)
             self._finish(ctx)
 
@@ -218,6 +224,7 @@ class Runner:
 
         def steps(ctx: _Ctx) -> None:
             self._locate(ctx)
+            ctx.physical = physical_jobs.for_job(self, ctx)
             if job.state == STARTING:
                 raise JobEnded(FAILED, "the agent stopped while the job was starting (its limits were not all "
                                        "checked): submit it again")
@@ -392,6 +399,7 @@ class Runner:
             {"Type": "volume", "Source": spec.volume, "Target": MOUNT_BACKUP, "ReadOnly": job.kind == RESTORE},
             {"Type": "bind", "Source": ctx.job_dir, "Target": MOUNT_JOB, "ReadOnly": False},
             {"Type": "bind", "Source": ctx.option_file, "Target": MOUNT_CNF, "ReadOnly": True},
+            *ctx.extra_mounts,
         ]
         labels = {**{str(k): str(v) for k, v in spec.labels.items()},
                   LABEL_JOB: job.id, LABEL_KIND: job.kind, LABEL_TARGET: job.target}
@@ -526,6 +534,8 @@ class Runner:
             if ctx.exit_code is not None:
                 break
             self._check_stop(ctx, "running")
+            if ctx.physical:
+                ctx.physical.watch(ctx)
             if self.clock() - last_progress >= 5:
                 last_progress = self.clock()
                 self._record(ctx, progress={"bytes": self._bytes_so_far(ctx), "time": last_progress, **expected})
@@ -569,7 +579,10 @@ class Runner:
         self._check_stop(ctx, "verifying")
         if ctx.job.state != VERIFYING:
             self._move(ctx, VERIFYING, "checking the result")
-        result = self._verify_backup(ctx) if ctx.job.kind == BACKUP else self._verify_restore(ctx)
+        if ctx.physical:
+            result = ctx.physical.verify(ctx)
+        else:
+            result = self._verify_backup(ctx) if ctx.job.kind == BACKUP else self._verify_restore(ctx)
         self._move(ctx, SUCCEEDED, result.pop("message"), result=result)
         if ctx.job.kind == BACKUP and result.get("backup") and not result.get("adopted"):
             # Retention only once the success is on record: a failure from here on
@@ -699,6 +712,8 @@ class Runner:
 
     # -- ending -----------------------------------------------------------------------------------
     def _end(self, ctx: _Ctx, state: str, message: str) -> None:
+        if ctx.physical:
+            ctx.physical.ended(ctx, state)
         if ctx.job_dir and not ctx.gate_open:
             with contextlib.suppress(OSError), _open(os.path.join(ctx.job_dir, "abort"),
                                                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w"):

@@ -13,6 +13,8 @@
     backup/fired/<name>/<due>        -> job id; the claim of one due time (epoch seconds, 12 digits),
                                      created with the job in one transaction (schedules.py)
     backup/drills/<target>           DrillResult: the target's last restore drill (drills.py)
+    backup/senders/<host>/<job-id>   Sender: the sending side of a physical backup, asked of the agent of
+                                     the host that holds the server's data (physical_sender.py)
     backup/binlogs/<target>/<file>   BinlogFile: an archived, complete binlog file of the target's
                                      server with its positions and event times (binlog.py)
 
@@ -47,7 +49,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from .. import jsondepth
-from ..errors import Conflict, NetpluginError, NotFound, StoreUnavailable
+from ..errors import Conflict, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
 from ..identity import Instance
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
 from ..lease import LeaseKeeper
@@ -56,6 +58,7 @@ from .binlog import BinlogFile
 from .binlog import check_record as check_binlog
 from .drills import DrillResult, check_result
 from .model import QUEUED, STARTING, Backup, BadRecord, Job
+from .physical import Sender, check_sender
 from .schedules import Schedule
 
 R = TypeVar("R", Job, Backup)
@@ -452,6 +455,46 @@ class BackupStore:
     def targets(self) -> list[str]:
         return sorted({i.key[len(self.k_catalog()):].split("/", 1)[0]
                        for i in self.kv.get_prefix(self.k_catalog(), keys_only=True)})
+
+    # -- physical backups' senders (physical_sender.py) -----------------------------------
+    def k_sender(self, host: str = "", job_id: str = "") -> str:
+        return f"{self.root}/senders/{host}/{job_id}" if host else f"{self.root}/senders/"
+
+    def request_sender(self, sender: Sender) -> None:
+        """Ask host's agent to run the sending side of a physical backup (create-if-absent)."""
+        key = self.k_sender(sender.host, sender.job)
+        if not self.kv.txn([absent(key)], [Put(key, sender.to_json())]):
+            raise Conflict(f"the sender of job {sender.job} was asked already")
+
+    def senders(self, host: str) -> list[tuple[Sender, int]]:
+        """host's sender records that parse and pass check_sender; a bad one is skipped (logged once)."""
+        out = []
+        for item in self.kv.get_prefix(self.k_sender(host, "")):
+            try:
+                out.append((check_sender(Sender.from_json(item.value)), item.mod_revision))
+            except (BadRecord, InvalidRequest) as exc:
+                if item.key not in self._bad:
+                    self._bad.add(item.key)
+                    log.warning("sender record %r skipped: %s", item.key[:200], exc.message)
+        return out
+
+    def get_sender(self, host: str, job_id: str) -> Sender | None:
+        item = self.kv.get(self.k_sender(host, job_id))
+        return check_sender(Sender.from_json(item.value)) if item else None
+
+    def update_sender(self, host: str, job_id: str, change: Callable[[Sender], None]) -> Sender:
+        """Read, change, write back guarded by the revision read."""
+        def attempt(read: Reading) -> tuple[list[Put | Delete], Sender]:
+            item = read.get(self.k_sender(host, job_id))
+            if item is None:
+                raise NotFound(f"no sender of job {job_id} on host {host}")
+            sender = Sender.from_json(item.value)
+            change(sender)
+            return [Put(self.k_sender(host, job_id), sender.to_json())], sender
+        return compare_and_swap(self.kv, attempt, Conflict(f"the sender of job {job_id} kept changing: retry"))
+
+    def remove_sender(self, host: str, job_id: str) -> None:
+        self.kv.txn([], [Delete(self.k_sender(host, job_id))])
 
     # -- binlog archive ---------------------------------------------------------------------
     def k_binlog(self, target: str = "", file: str = "") -> str:

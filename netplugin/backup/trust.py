@@ -41,6 +41,7 @@ HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")     # as netplugin's 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")     # one path component: never '.' or '..'
 VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+PHYSICAL_EXT = ".mbstream.zst"     # a physical backup's file: mariadb-backup's mbstream, zstd-compressed
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -85,8 +86,10 @@ def allowed_images(cfg: BackupConfig) -> list[str]:
     return list(cfg.images) or [cfg.image]
 
 
-def check_image(image: str, cfg: BackupConfig) -> str:
-    allowed = allowed_images(cfg)
+def check_image(image: str, cfg: BackupConfig, server: bool = False) -> str:
+    """A tools image the settings allow; server: the server image a physical
+    restore starts (the ``drill_image`` setting, or one of ``images``)."""
+    allowed = allowed_images(cfg) + ([cfg.drill_image] if server else [])
     if image not in allowed:
         raise InvalidRequest(f"image {image[:120]!r} is not allowed for drctl jobs (allowed: {', '.join(allowed)}); "
                              "add it to the 'images' setting of drctl.toml on the agent's host")
@@ -180,6 +183,7 @@ def check_spec(kind: str, data: object, cfg: BackupConfig) -> JobSpec:
     for name in ("replace", "checksums", "strict", "into_source"):
         if not isinstance(getattr(spec, name, False), bool):
             raise _fail(name, getattr(spec, name), "must be true or false")
+    _check_physical(kind, spec, cfg)
     if kind == RESTORE:
         check_backup_name(spec.backup)
         if spec.source_target:
@@ -187,6 +191,33 @@ def check_spec(kind: str, data: object, cfg: BackupConfig) -> JobSpec:
     elif spec.backup or spec.source_target or spec.replace:
         raise InvalidRequest("a backup job names no backup, source target or replace")
     return spec
+
+
+def _check_physical(kind: str, spec: JobSpec, cfg: BackupConfig) -> None:
+    """The fields of a physical job (physical_chain.py): names that reach a
+    container's mounts and command line."""
+    if spec.method not in ("logical", "physical"):
+        raise _fail("method", spec.method, "must be logical or physical")
+    if not isinstance(spec.incremental, bool):
+        raise _fail("incremental", spec.incremental, "must be true or false")
+    if spec.method == "logical":
+        if spec.incremental or spec.data_volume or spec.db_host_id or spec.server_image:
+            raise InvalidRequest("a logical job takes no --incremental, data volume, database host id or server "
+                                 "image: those are for --method physical")
+        return
+    if not isinstance(spec.data_volume, str) or not VOLUME_RE.fullmatch(spec.data_volume):
+        raise _fail("data volume", spec.data_volume, "is not a Docker volume name")
+    if spec.data_volume == spec.volume:
+        raise InvalidRequest(f"the data volume and the backup volume are both {spec.volume}: they must differ")
+    if kind == RESTORE:
+        if spec.incremental or spec.db_host_id or spec.replace:
+            raise InvalidRequest("a physical restore starts a fresh server on a fresh data volume: it takes no "
+                                 "--incremental, database host id or --replace")
+        check_image(_text(spec.server_image, "server image") or cfg.drill_image, cfg, server=True)
+    else:
+        check_host(spec.db_host_id)
+        if spec.server_image:
+            raise InvalidRequest("a physical backup takes no server image")
 
 
 def check_job(job: Job, cfg: BackupConfig) -> JobSpec:
@@ -226,8 +257,13 @@ def check_backup(backup: Backup) -> Backup:
     check_id(backup.job, "job")
     if backup.compression not in COMPRESSIONS:
         raise _fail("compression", backup.compression, f"must be one of {', '.join(COMPRESSIONS)}")
-    if backup.path != f"{backup.target}/{backup.name}{COMPRESSIONS[backup.compression]}":
-        raise _fail("path", backup.path, f"must be {backup.target}/{backup.name}{COMPRESSIONS[backup.compression]}")
+    if backup.method not in ("logical", "physical"):
+        raise _fail("method", backup.method, "must be logical or physical")
+    if backup.parent:
+        check_backup_name(backup.parent, "parent backup")
+    ext = PHYSICAL_EXT if backup.method == "physical" else COMPRESSIONS[backup.compression]
+    if backup.path != f"{backup.target}/{backup.name}{ext}":
+        raise _fail("path", backup.path, f"must be {backup.target}/{backup.name}{ext}")
     if backup.manifest_path != f"{backup.target}/{backup.name}.manifest.json":
         raise _fail("manifest path", backup.manifest_path, f"must be {backup.target}/{backup.name}.manifest.json")
     if not isinstance(backup.sha256, str) or not SHA256_RE.fullmatch(backup.sha256):
