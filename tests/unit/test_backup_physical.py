@@ -1,0 +1,304 @@
+"""Physical backups without Docker or a server: reading mariadb-backup's
+files, the chain a restore prepares and an incremental's base, retention
+that never breaks a kept chain, and what reaches a container's command
+line, mounts and params (validated), over the fakes."""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import time
+
+import pytest
+
+from netplugin.backup import physical, physical_chain, retention, trust
+from netplugin.backup.config import BackupConfig
+from netplugin.backup.model import BACKUP, RESTORE, Backup
+from netplugin.backup.physical import SENT, Sender
+from netplugin.backup.physical_sender import Senders
+from netplugin.backup.store import BackupStore
+from netplugin.errors import InvalidRequest, NotFound
+
+from .backup_fakes import FakeDocker, FakeHostEnv
+from .fakes import MemoryKV
+
+CHECKPOINTS = "backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 44744\nlast_lsn = 884858\nrecover_binlog_info = 0\n"
+INC_CHECKPOINTS = "backup_type = incremental\nfrom_lsn = 44744\nto_lsn = 90210\nlast_lsn = 91000\n"
+INFO = """tool_name = mariadb-backup
+binlog_pos = filename 'mariadb-bin.000003', position '618524', GTID of the last change '0-1-7'
+innodb_from_lsn = 0
+"""
+SHA = "a" * 64
+
+
+# -- reading mariadb-backup's files ----------------------------------------------------------
+def test_checkpoints_are_parsed_and_checked():
+    assert physical.parse_checkpoints(CHECKPOINTS) == {"backup_type": "full-backuped", "from_lsn": 0,
+                                                       "to_lsn": 44744, "last_lsn": 884858}
+    assert physical.parse_checkpoints(INC_CHECKPOINTS)["from_lsn"] == 44744
+    with pytest.raises(InvalidRequest, match="lacks to_lsn"):
+        physical.parse_checkpoints("backup_type = full-backuped\nfrom_lsn = 0\nlast_lsn = 5\n")
+    with pytest.raises(InvalidRequest, match="not a number"):
+        physical.parse_checkpoints(CHECKPOINTS.replace("44744", "44744;reboot"))
+    with pytest.raises(InvalidRequest, match="backup_type"):
+        physical.parse_checkpoints(CHECKPOINTS.replace("full-backuped", "log-applied"))
+    with pytest.raises(InvalidRequest, match="after to_lsn"):
+        physical.parse_checkpoints(INC_CHECKPOINTS.replace("from_lsn = 44744", "from_lsn = 99999"))
+
+
+def test_binlog_coordinates_come_from_xtrabackup_info_or_the_log_line():
+    assert physical.parse_binlog(INFO) == {"file": "mariadb-bin.000003", "pos": 618524, "gtid": "0-1-7"}
+    line = "[00] 2026-12-04 04:19:42 MySQL binlog position: filename 'b.000001', position '382692'"
+    assert physical.parse_binlog(line) == {"file": "b.000001", "pos": 382692, "gtid": None}
+    assert physical.parse_binlog("tool_name = mariadb-backup\n") is None        # a server without a binlog
+    with pytest.raises(InvalidRequest, match="not a plain file name"):
+        physical.parse_binlog("binlog_pos = filename '../../etc/passwd', position '4'")
+    with pytest.raises(InvalidRequest, match="GTID"):
+        physical.parse_binlog("binlog_pos = filename 'b.1', position '4', GTID of the last change 'x; DROP'")
+
+
+def test_checksums_are_exact_only_at_the_backups_binlog_position():
+    snap = physical.parse_snapshot("Binlog_snapshot_file\tmariadb-bin.000003\nBinlog_snapshot_position\t618524\n")
+    assert snap == {"file": "mariadb-bin.000003", "pos": 618524}
+    binlog = physical.parse_binlog(INFO)
+    assert physical.checksum_point(binlog, snap, True)["exact"] is True
+    assert physical.checksum_point(binlog, dict(snap, pos=1), True)["exact"] is False     # a commit in between
+    assert physical.checksum_point(None, None, True)["exact"] is True      # no binlog: the stop at BLOCK_COMMIT
+    assert physical.checksum_point(None, None, False)["exact"] is False
+    assert physical.parse_snapshot("") is None
+
+
+# -- chains ----------------------------------------------------------------------------------
+def bk(name: str, created: float, parent: str = "", method: str = "physical", target: str = "db") -> Backup:
+    ext = ".mbstream.zst" if method == "physical" else ".sql.zst"
+    return Backup(name=name, target=target, database="shop", volume="bk", path=f"{target}/{name}{ext}",
+                  manifest_path=f"{target}/{name}.manifest.json", size=1000, sha256=SHA, created=created,
+                  host="h1", job=f"job-{name}", method=method, parent=parent)
+
+
+def test_the_chain_is_the_full_backup_then_each_incremental_in_order():
+    b = [bk("f1", 1), bk("i1", 2, "f1"), bk("i2", 3, "i1"), bk("f2", 4), bk("i3", 5, "f2"), bk("l1", 6, "", "logical")]
+    assert [x.name for x in physical_chain.chain(b, "i2")] == ["f1", "i1", "i2"]
+    assert [x.name for x in physical_chain.chain(b, "f2")] == ["f2"]
+    assert [x.name for x in physical_chain.chain(b, "i3")] == ["f2", "i3"]
+    with pytest.raises(InvalidRequest, match="not a physical backup"):
+        physical_chain.chain(b, "l1")
+    with pytest.raises(NotFound, match="broken: its base f1"):
+        physical_chain.chain([x for x in b if x.name != "f1"], "i2")
+    with pytest.raises(InvalidRequest, match="loops"):
+        physical_chain.chain([bk("a", 1, "b"), bk("b", 2, "a")], "a")
+    with pytest.raises(InvalidRequest, match="backup of other"):
+        physical_chain.chain([bk("f", 1, target="other"), bk("i", 2, "f")], "i")
+
+
+def test_an_incremental_is_taken_against_the_newest_physical_backup_of_its_target():
+    b = [bk("f1", 1), bk("i1", 2, "f1"), bk("l1", 9, method="logical"), bk("x", 10, target="other")]
+    assert physical_chain.newest_base(b, "db").name == "i1"
+    with pytest.raises(NotFound, match="run a full one first"):
+        physical_chain.newest_base([bk("l1", 9, method="logical")], "db")
+
+
+# -- retention never breaks a kept chain --------------------------------------------------------
+def test_retention_keeps_the_bases_a_kept_incremental_needs():
+    now = 100 * 86400.0
+    b = [bk("f1", now - 50), bk("i1", now - 40, "f1"), bk("i2", now - 30, "i1"), bk("f2", now - 20),
+         bk("i3", now - 10, "f2")]
+    p = retention.plan(b, keep_last=1, max_age=None, now=now)
+    assert {x.name for x in p.keep} == {"i3", "f2"}              # i3 needs f2; the older chain may go
+    assert {x.name for x in p.delete} == {"f1", "i1", "i2"}
+    assert "the chain of i3 needs it" in p.reasons["f2"]
+    p = retention.plan(b, keep_last=3, max_age=None, now=now)     # keeps i2: its whole chain stays
+    assert {x.name for x in p.keep} == {"i3", "f2", "i2", "i1", "f1"}
+    p = retention.plan(b, keep_last=None, max_age=25, now=now, tiers=retention.Tiers(daily=1))
+    assert {x.name for x in p.keep} >= {"i3", "f2"}
+
+
+def test_retention_over_random_chains_never_deletes_a_kept_backups_ancestor():
+    rnd = random.Random(18)
+    for _ in range(300):
+        now, backups = 1000.0, []
+        for i in range(rnd.randint(1, 12)):
+            physical_ones = [x for x in backups if x.method == "physical"]
+            kind = rnd.random()
+            if kind < 0.2:
+                backups.append(bk(f"l{i}", float(i), method="logical"))
+            elif kind < 0.45 or not physical_ones:
+                backups.append(bk(f"f{i}", float(i)))
+            else:
+                backups.append(bk(f"i{i}", float(i), rnd.choice(physical_ones).name))
+        p = retention.plan(backups, keep_last=rnd.choice([None, 1, 2, 3]), max_age=rnd.choice([None, 3.0, 990.0]),
+                           now=now, tiers=rnd.choice([None, retention.Tiers(daily=1)]))
+        kept = {x.name for x in p.keep}
+        assert len(kept) + len(p.delete) == len(backups)
+        assert max(backups, key=lambda x: (x.created, x.name)).name in kept
+        for x in p.keep:
+            if x.method == "physical":
+                assert {c.name for c in physical_chain.chain(backups, x.name)} <= kept, (x.name, kept)
+
+
+# -- what reaches a container: validated -----------------------------------------------------
+def spec(**kw) -> dict:
+    base = {"network": "prod", "db_host": "10.0.0.5", "option_file": "/etc/drctl/a.cnf", "volume": "bk",
+            "database": "shop", "method": "physical", "data_volume": "db-data", "db_host_id": "host-a"}
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize(("kind", "fields", "why"), [
+    (BACKUP, {"data_volume": "../../etc"}, "data volume"),
+    (BACKUP, {"data_volume": "bk"}, "must differ"),
+    (BACKUP, {"db_host_id": "a/b"}, "host"),
+    (BACKUP, {"method": "rsync"}, "logical or physical"),
+    (BACKUP, {"incremental": "yes"}, "true or false"),
+    (BACKUP, {"server_image": "x"}, "no server image"),
+    (BACKUP, {"method": "logical", "incremental": True, "data_volume": "", "db_host_id": ""}, "logical job"),
+    (RESTORE, {"backup": "db-1", "db_host_id": "", "replace": True}, "fresh server"),
+    (RESTORE, {"backup": "db-1", "db_host_id": "", "server_image": "evil/image:1"}, "not allowed"),
+])
+def test_a_physical_spec_with_a_bad_field_is_refused(kind, fields, why):
+    with pytest.raises(InvalidRequest, match=why):
+        trust.check_spec(kind, spec(**fields), BackupConfig())
+
+
+def test_a_good_physical_spec_and_catalog_record_pass():
+    trust.check_spec(BACKUP, spec(incremental=True), BackupConfig())
+    trust.check_spec(RESTORE, spec(backup="db-1", db_host_id=""), BackupConfig())
+    trust.check_backup(bk("f1", 1))
+    with pytest.raises(InvalidRequest, match="path"):
+        trust.check_backup(Backup(**{**bk("f1", 1).__dict__, "path": "db/f1.sql.zst"}))
+    with pytest.raises(InvalidRequest, match="parent"):
+        trust.check_backup(bk("i1", 2, parent="../f1"))
+
+
+def sender(**kw) -> Sender:
+    base = {"job": "20261204-040000-abc123", "host": "host-a", "network": "prod", "db_host": "10.0.0.5",
+            "db_port": 3306, "database": "shop", "data_volume": "db-data", "option_file": "/etc/drctl/a.cnf",
+            "image": "netplugin/mariadb-tools:10.11", "recv_host": "10.0.0.9"}
+    return Sender(**{**base, **kw})
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"recv_host": "10.0.0.9; sh"}, "not IPv4"),
+    ({"data_volume": "/var/lib/mysql"}, "data volume"),
+    ({"database": "shop`; DROP"}, "database"),
+    ({"db_port": 0}, "not a port"),
+    ({"job": "../x"}, "job id"),
+    ({"base_checkpoints": "to_lsn = 1; rm -rf /"}, "checkpoints"),
+    ({"state": "running"}, "sender state"),
+])
+def test_a_sender_record_with_a_bad_field_is_refused(fields, why):
+    with pytest.raises(InvalidRequest, match=why):
+        physical.check_sender(sender(**fields))
+
+
+def test_the_prepare_chain_file_takes_plain_paths_and_hashes_only():
+    assert physical.chain_file([("db/f1.mbstream.zst", 10, SHA)]) == f"db/f1.mbstream.zst\t10\t{SHA}\n"
+    for rel, sha in (("../etc/passwd", SHA), ("/etc/passwd", SHA), ("db/a\tb", SHA), ("db/f1", "xyz")):
+        with pytest.raises(InvalidRequest):
+            physical.chain_file([(rel, 10, sha)])
+
+
+class SenderDocker(FakeDocker):
+    """FakeDocker whose containers need no /backup mount (a sender has none)."""
+
+    def _mount(self, c, target):
+        try:
+            return super()._mount(c, target)
+        except AssertionError:
+            return ""
+
+
+def fake_sender(c, job_dir, volume, docker):
+    """What physical.SENDER leaves in /job/out when mariadb-backup succeeded."""
+    out = os.path.join(job_dir, "out")
+    files = {"status": "backup=0 compress=0 tee=0 send=0 sha256=0 count=0\n", "sha256": f"{SHA}  -\n",
+             "bytes": "4096\n", "checkpoints": INC_CHECKPOINTS, "info": INFO, "in_block_commit": "1\n",
+             "snapshot": "Binlog_snapshot_file\tmariadb-bin.000003\nBinlog_snapshot_position\t618524\n",
+             "checksums": "orders\tInnoDB\t10\t12345\n", "done": "ok\n"}
+    for name, text in files.items():
+        with open(os.path.join(out, name), "w") as fh:
+            fh.write(text)
+    return 0
+
+
+def test_the_sender_container_reads_the_data_volume_read_only_with_validated_params(tmp_path):
+    docker = SenderDocker(str(tmp_path))
+    docker.create_volume("db-data")
+    docker.behaviours["/job/bin/job.sh"] = fake_sender
+    options = tmp_path / "etc"
+    options.mkdir()
+    cnf = options / "a.cnf"
+    cnf.write_text("[client]\nuser=backup\n")
+    cnf.chmod(0o600)
+    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options), profile_wait=1)
+    os.makedirs(cfg.work_dir)
+    store = BackupStore(MemoryKV())
+    store.request_sender(sender(option_file=str(cnf), base_checkpoints=CHECKPOINTS, limits={"cpus": 1.0}))
+    senders = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
+    assert senders.tick(time.time()) == ["20261204-040000-abc123"]
+    assert senders.tick(time.time()) == []                     # claimed once: requested -> sending
+    senders.join(10)
+    rec = store.get_sender("host-a", "20261204-040000-abc123")
+    assert rec is not None and rec.state == SENT, rec
+    assert rec.outputs["checkpoints"] == INC_CHECKPOINTS and rec.outputs["done"].strip() == "ok"
+    assert not docker.containers                                 # removed once recorded
+    folder = tmp_path / "work" / "20261204-040000-abc123-send"
+    params = dict(line.split("=", 1) for line in (folder / "params").read_text().splitlines())
+    values = {k: shlex.split(v)[0] for k, v in params.items()}
+    assert values.items() >= {"DB_HOST": "10.0.0.5", "RECV_HOST": "10.0.0.9", "DATABASE": "shop",
+                              "INCREMENTAL": "1", "DATA": "/var/lib/mysql"}.items()
+    assert (folder / "base" / "xtrabackup_checkpoints").read_text() == CHECKPOINTS
+    assert "--incremental-basedir=/job/base" in physical.SENDER and "--stream=mbstream" in physical.SENDER
+
+
+def test_the_sender_container_is_created_locked_down(tmp_path):
+    docker = SenderDocker(str(tmp_path))
+    docker.create_volume("db-data")
+    seen = {}
+
+    def hold(c, job_dir, volume, d):
+        seen.update(host_config=c.host_config, command=c.command, user=c.user)
+        return fake_sender(c, job_dir, volume, d)
+    docker.behaviours["/job/bin/job.sh"] = hold
+    options = tmp_path / "etc"
+    options.mkdir()
+    cnf = options / "a.cnf"
+    cnf.write_text("[client]\n")
+    cnf.chmod(0o600)
+    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options))
+    os.makedirs(cfg.work_dir)
+    store = BackupStore(MemoryKV())
+    store.request_sender(sender(option_file=str(cnf)))
+    senders = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
+    senders.tick(time.time())
+    senders.join(10)
+    hc = seen["host_config"]
+    mounts = {m["Target"]: m for m in hc["Mounts"]}
+    assert mounts["/var/lib/mysql"] == {"Type": "volume", "Source": "db-data", "Target": "/var/lib/mysql",
+                                         "ReadOnly": True}
+    assert mounts["/run/drctl/client.cnf"]["ReadOnly"] is True
+    assert hc["CapDrop"] == ["ALL"] and hc["CapAdd"] == ["DAC_READ_SEARCH"] and hc["ReadonlyRootfs"] is True
+    assert seen["command"] == ["/bin/bash", "/job/bin/job.sh"]
+    assert "password" not in str(hc) and "password" not in str(seen["command"])
+
+
+def test_a_sender_for_a_missing_data_volume_or_foreign_image_fails_saying_why(tmp_path):
+    docker = SenderDocker(str(tmp_path))
+    options = tmp_path / "etc"
+    options.mkdir()
+    cnf = options / "a.cnf"
+    cnf.write_text("[client]\n")
+    cnf.chmod(0o600)
+    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options))
+    os.makedirs(cfg.work_dir)
+    store = BackupStore(MemoryKV())
+    store.request_sender(sender(option_file=str(cnf)))
+    store.request_sender(sender(job="20261204-040000-def456", option_file=str(cnf), image="evil/tools:1"))
+    senders = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
+    senders.tick(time.time())
+    senders.join(10)
+    a = store.get_sender("host-a", "20261204-040000-abc123")
+    b = store.get_sender("host-a", "20261204-040000-def456")
+    assert a is not None and a.state == "failed" and "data volume db-data does not exist" in a.message
+    assert b is not None and b.state == "failed" and "not allowed" in b.message
+    assert not docker.containers
