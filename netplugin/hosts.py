@@ -14,9 +14,14 @@ lease is lost later, the next beat claims again; if another instance holds
 the id by then, ``refused`` is set at once and ``claimed`` cleared: the
 daemon stops (daemon.py).
 
-Every heartbeat stamps its time into the durable record (``hostinfo/<host>``,
-``last_seen``), only while ``hosts/<host>`` still holds this instance's claim
-(one transaction): ``netctl host ls`` shows when a host last beat.
+Every heartbeat renews the lease, and etcd's answer (its TTL, 0 once the
+lease is gone) says whether the claim still stands. Every LAST_SEEN_EVERY
+seconds a beat also stamps its time into the durable record
+(``hostinfo/<host>``, ``last_seen``), only while ``hosts/<host>`` still holds
+this instance's claim (one transaction): ``netctl host ls`` shows when a dead
+host was last seen, to the minute. Stamping at every beat made each idle
+host a raft write every 5 s: 200 writes a second, each fsynced on every
+member, for 1,000 hosts doing nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ log = logging.getLogger(__name__)
 
 LEASE_TTL = 15          # seconds without a heartbeat before a host counts as dead
 HEARTBEAT = 5
-LAST_SEEN_EVERY = HEARTBEAT     # the durable last_seen is stamped at every beat
+LAST_SEEN_EVERY = 60.0          # seconds between stamps of the durable last_seen (and checks of the claim)
 WAIT_PREVIOUS = LEASE_TTL + HEARTBEAT
 
 
@@ -51,7 +56,7 @@ class HostHeartbeat:
         self.instance = instance or this_instance(f"unix:{cfg.socket}", started=time.time())
         self.wait_previous = wait_previous
         self.keeper = store.lease_keeper(LEASE_TTL, HEARTBEAT, "heartbeat", on_grant=self._claim,
-                                         proof=self._stamp, logger=log)
+                                         proof=self._stamp, logger=log, proof_every=LAST_SEEN_EVERY)
         self.stop: threading.Event = self.keeper.stopped
         self.started = self.instance.started
         self.claimed = threading.Event()      # set while this instance holds the host id

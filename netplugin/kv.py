@@ -95,7 +95,7 @@ class KV(Protocol):
     def watch_prefix_cb(self, prefix: str, start_revision: int,
                         deliver: Callable[[list[Event] | NetpluginError], None]) -> Callable[[], None]: ...
     def grant_lease(self, ttl: int) -> int: ...
-    def refresh_lease(self, lease_id: int) -> None: ...
+    def refresh_lease(self, lease_id: int) -> int: ...
     def revoke_lease(self, lease_id: int) -> None: ...
     def close(self) -> None: ...
 
@@ -625,8 +625,13 @@ class EtcdKV:
     def grant_lease(self, ttl: int) -> int:
         return self._call(lambda c: c.lease(ttl).id)
 
-    def refresh_lease(self, lease_id: int) -> None:
-        self._call(lambda c: list(c.refresh_lease(lease_id)))
+    def refresh_lease(self, lease_id: int) -> int:
+        """Keep the lease alive: the TTL etcd answered, 0 when the lease is
+        gone (it ran out or was revoked: etcd says so with TTL 0, not an error)."""
+        def run(c) -> int:
+            replies = list(c.refresh_lease(lease_id))
+            return int(replies[0].TTL) if replies else 0
+        return self._call(run)
 
     def revoke_lease(self, lease_id: int) -> None:
         self._call(lambda c: c.revoke_lease(lease_id))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from .errors import NetpluginError
@@ -33,13 +34,17 @@ log = logging.getLogger(__name__)
 class LeaseKeeper:
     def __init__(self, kv: KV, ttl: int, every: float, name: str,
                  on_grant: Callable[[int], None] | None = None, proof: Callable[[], bool] | None = None,
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None, proof_every: float = 0.0):
+        """proof_every: seconds between proofs (0: at every beat); between
+        them, etcd's TTL answer to the renewal alone says whether the lease lives."""
         self.kv = kv
         self.ttl = ttl
         self.every = every
         self.name = name
         self.on_grant = on_grant
         self.proof = proof
+        self.proof_every = proof_every
+        self._proved_at = 0.0                 # monotonic time of the last proof
         self.log = logger or log
         self.lease: int | None = None
         self.stopped = threading.Event()
@@ -53,10 +58,11 @@ class LeaseKeeper:
             self.on_grant(self.lease)
         return self.lease
 
-    def renew(self) -> None:
+    def renew(self) -> int:
+        """Renew the lease: the TTL etcd answered (0: it is gone)."""
         if self.lease is None:
             raise RuntimeError(f"{self.name}: no lease to renew")
-        self.kv.refresh_lease(self.lease)
+        return self.kv.refresh_lease(self.lease)
 
     def drop(self) -> None:
         """Forget the lease without giving it back: it lapses after its TTL."""
@@ -69,15 +75,24 @@ class LeaseKeeper:
             self.kv.revoke_lease(lease)
 
     def beat(self) -> bool:
-        """Grant when there is no lease, else renew and check the proof; a
-        lease whose proof fails is granted anew at once."""
+        """Grant when there is no lease, else renew it; a lease etcd says is
+        gone (TTL 0), or whose proof fails, is granted anew at once. The proof
+        (a write) runs at most every ``proof_every`` seconds."""
         if self.lease is None:
             self.grant()
+            self._proved_at = time.monotonic()
             return True
-        self.renew()
-        if self.proof is not None and not self.proof():
+        if self.renew() <= 0:
+            self.log.warning("%s: lease %x ran out; taking a new one", self.name, self.lease)
             self.drop()
             self.grant()
+            self._proved_at = time.monotonic()
+            return True
+        if self.proof is not None and time.monotonic() - self._proved_at >= self.proof_every:
+            self._proved_at = time.monotonic()
+            if not self.proof():
+                self.drop()
+                self.grant()
         return True
 
     # -- the thread ---------------------------------------------------------------

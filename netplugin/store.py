@@ -958,9 +958,10 @@ class Store:
 
     # -- leases ------------------------------------------------------------------------
     def lease_keeper(self, ttl: int, every: float, name: str, on_grant: Callable[[int], None] | None = None,
-                     proof: Callable[[], bool] | None = None, logger: logging.Logger | None = None) -> LeaseKeeper:
+                     proof: Callable[[], bool] | None = None, logger: logging.Logger | None = None,
+                     proof_every: float = 0.0) -> LeaseKeeper:
         """A lease (not granted yet) to hold keys on; see lease.py."""
-        return LeaseKeeper(self.kv, ttl, every, name, on_grant, proof, logger)
+        return LeaseKeeper(self.kv, ttl, every, name, on_grant, proof, logger, proof_every)
 
     # -- hosts ----------------------------------------------------------------------
     def k_host(self, host: str) -> str:

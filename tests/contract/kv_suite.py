@@ -250,8 +250,8 @@ class KVContract:
 
     def test_a_gone_lease(self, kv_world):
         """Revoking it again, or writing under it, fails as etcd's NOT_FOUND;
-        refreshing it is no error (etcd answers TTL 0): a keeper must look
-        for its key to notice that its lease ran out."""
+        refreshing it is no error: etcd answers TTL 0, which is how a keeper
+        notices that its lease ran out."""
         kv, p = kv_world.kv, kv_world.prefix
         lease = kv.grant_lease(10)
         kv.revoke_lease(lease)
@@ -260,7 +260,7 @@ class KVContract:
         with pytest.raises(StoreUnavailable, match="requested lease not found"):
             kv.txn([], [Put(p + "/x", "1", lease=lease)])
         assert kv.get(p + "/x") is None
-        kv.refresh_lease(lease)
+        assert kv.refresh_lease(lease) == 0
         assert kv.get(p + "/x") is None
 
     def test_a_put_without_a_lease_detaches_the_key(self, kv_world):
@@ -277,9 +277,10 @@ class KVContract:
         kv.txn([], [Put(p + "/kept", "1", lease=kept), Put(p + "/lapsed", "1", lease=lapsed)])
         for _ in range(8):               # 4 s: twice the TTL (etcd revokes within about 0.5 s of it)
             kv_world.pass_time(0.5)
-            kv.refresh_lease(kept)
+            assert kv.refresh_lease(kept) == LEASE_TTL
         assert kv.get(p + "/kept") is not None
         assert kv.get(p + "/lapsed") is None
+        assert kv.refresh_lease(lapsed) == 0
         kv.revoke_lease(kept)
         with pytest.raises(StoreUnavailable, match="requested lease not found"):
             kv.revoke_lease(lapsed)

@@ -270,13 +270,16 @@ class MemoryKV:
             self._expires[self._next_lease] = self._clock() + ttl
             return self._next_lease
 
-    def refresh_lease(self, lease_id: int) -> None:
+    def refresh_lease(self, lease_id: int) -> int:
         """As etcd: a lease that ran out or was revoked is not an error here
         (etcd answers a keep-alive of an unknown lease with TTL 0)."""
         with self._lock:
             self._check_up("refresh_lease")
-            if lease_id in self._leases:
-                self._expires[lease_id] = self._clock() + self._leases[lease_id]
+            self._expire()
+            if lease_id not in self._leases:
+                return 0
+            self._expires[lease_id] = self._clock() + self._leases[lease_id]
+            return self._leases[lease_id]
 
     def revoke_lease(self, lease_id: int) -> None:
         with self._lock:

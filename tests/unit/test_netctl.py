@@ -452,16 +452,18 @@ def test_host_ls(netctl, hosts):
 
 
 def test_host_ls_last_seen_follows_the_heartbeat(netctl, np, monkeypatch):
-    """The real heartbeat stamps each beat: netctl shows its time for a live host,
-    and the last one for a host that died."""
+    """The real heartbeat stamps its time once a minute: netctl shows it for a
+    live host, and the last one for a host that died."""
     import netplugin.hosts as hosts_mod
+    import netplugin.lease as lease_mod
     from netplugin.hosts import HostHeartbeat
     now = {"t": time.time() - 600}
-    monkeypatch.setattr(hosts_mod, "time", type("T", (), {"time": staticmethod(lambda: now["t"]),
-                                                         "monotonic": staticmethod(lambda: now["t"])}))
+    fake = type("T", (), {"time": staticmethod(lambda: now["t"]), "monotonic": staticmethod(lambda: now["t"])})
+    monkeypatch.setattr(hosts_mod, "time", fake)
+    monkeypatch.setattr(lease_mod, "time", fake)
     hb = HostHeartbeat(np.cfg, np.store)
     hb.beat()                                            # registered 600 s ago
-    for _ in range(60):                                  # ... and beating every 5 s until 300 s ago
+    for _ in range(60):                                  # ... and beating every 5 s until 300 s ago (a stamp's time)
         now["t"] += hosts_mod.HEARTBEAT
         hb.beat()
     [row] = ok(netctl("host", "ls", "--json")).json
