@@ -16,6 +16,14 @@ its error, never twice nor never: the claim key and the guarded ``last_due``
 settle each due time once. Hosts are expected to run NTP; the skew only moves
 when a job starts.
 
+Reading. An agent follows the schedule records through a list-and-watch
+cache (cache.py, built by fleet.py): one read when it starts, then only the
+changes, so an idle fleet's passes read nothing from etcd however many
+schedules there are. Each record is checked once, when it arrives; a bad one
+is skipped and counted. A cached record a pass acts on may be a moment old:
+the guarded transaction (the record's revision) refuses it then, and the
+next pass sees the change.
+
 Missed times: when every agent was down past one or more due times, the
 first agent back runs the newest of them once if it is at most
 ``missed_window`` seconds old, and records the others (and that one, when
@@ -25,6 +33,7 @@ is set to the newest one already past, so it starts with the next.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -35,6 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from ..errors import InvalidRequest, NetpluginError, NotFound
+from ..kv import Item
 from . import trust
 from .config import BackupConfig
 from .drills import check_drill_spec
@@ -46,6 +56,7 @@ log = logging.getLogger(__name__)
 
 KEEP_MISSED = 20            # missed due times listed in the record (all are counted)
 KEEP_FIRED = 10             # claim keys kept per schedule (older ones are redundant with last_due)
+FIRST_READ_WAIT = 5.0       # seconds an agent's first pass waits for the schedule cache's first read
 MAX_WALK = 10_000           # due times counted one by one between two passes; beyond, said as "at least"
 
 
@@ -215,11 +226,13 @@ class Firing:
     """One agent's pass over the schedules: arm, fire or record missed, each in
     one guarded transaction (store.fire). ``place(schedule)`` picks the host of
     a placed schedule's job, or None when no host is eligible; ``new_job`` makes
-    the checked job (jobs.new_job)."""
+    the checked job (jobs.new_job). cached: follow the records through the
+    store's list-and-watch cache (the agent's way) rather than read them all
+    on every pass."""
 
     def __init__(self, store, cfg: BackupConfig, new_job: Callable[..., Job],
                  place: Callable[[Schedule], str | None] | None = None,
-                 drill_job: Callable[[Schedule, str, float], Job] | None = None):
+                 drill_job: Callable[[Schedule, str, float], Job] | None = None, cached: bool = False):
         self.store = store
         self.cfg = cfg
         self.new_job = new_job
@@ -227,23 +240,47 @@ class Firing:
         self.drill_job = drill_job          # drills.drill_job for kind drill
         self.bad = 0                         # records skipped as bad, over the agent's life
         self._said: set[str] = set()
+        self._waited = False
+        self.cache = store.cache_schedules(self.decode).start() if cached else None
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def decode(self, item: Item) -> tuple[Schedule, int] | None:
+        """The checked schedule of a record and the record's revision; None (counted,
+        said once per key) when it is bad."""
+        try:
+            s = check_schedule(Schedule.from_json(item.value), self.cfg)
+            if item.key != self.store.k_schedule(s.name):
+                raise InvalidRequest(f"filed under {item.key[:120]!r}, not under its name {s.name!r}")
+        except InvalidRequest as exc:
+            self.bad += 1
+            if item.key not in self._said:
+                self._said.add(item.key)
+                log.warning("agent: schedule record %r skipped: %s", item.key[:200], exc.message)
+            return None
+        return s, item.mod_revision
+
+    def schedules(self) -> list[tuple[Schedule, int]]:
+        """Every sound schedule with its record's revision: from the cache once it
+        holds its first read (nothing before), else read from etcd."""
+        if self.cache is not None:
+            if not self._waited:                # the agent's first pass waits a little for the first read
+                self._waited = True
+                self.cache.wait_ready(FIRST_READ_WAIT)
+            return [v for _, v in sorted(self.cache.items().items())] if self.cache.ready.is_set() else []
+        return [got for item in self.store.schedule_items() if (got := self.decode(item)) is not None]
 
     def tick(self, now: float) -> list[str]:
         """One pass; returns the ids of the jobs this agent submitted."""
         submitted = []
-        for item in self.store.schedule_items():
+        for cached, rev in self.schedules():
+            if cached.paused or plan(cached, now, self.cfg.missed_window) is None:
+                continue                        # nothing due: the common case, read-only
+            s = copy.deepcopy(cached)           # the cache's record stays as etcd holds it
             try:
-                s = check_schedule(Schedule.from_json(item.value), self.cfg)
-                if item.key != self.store.k_schedule(s.name):
-                    raise InvalidRequest(f"filed under {item.key[:120]!r}, not under its name {s.name!r}")
-            except InvalidRequest as exc:
-                self.bad += 1
-                if item.key not in self._said:
-                    self._said.add(item.key)
-                    log.warning("agent: schedule record %r skipped: %s", item.key[:200], exc.message)
-                continue
-            try:
-                job = self._one(s, item.mod_revision, now)
+                job = self._one(s, rev, now)
             except NetpluginError as exc:
                 log.warning("agent: schedule %s: %s", s.name, exc.message)
                 continue

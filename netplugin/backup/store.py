@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from .. import jsondepth
+from ..cache import Cache
 from ..errors import Conflict, InvalidRequest, NetpluginError, NotFound, StoreUnavailable
 from ..identity import Instance
 from ..kv import KV, Compare, Delete, Item, Put, absent, unchanged
@@ -62,6 +63,7 @@ from .physical import Sender, check_sender
 from .schedules import Schedule
 
 R = TypeVar("R", Job, Backup)
+C = TypeVar("C")
 log = logging.getLogger(__name__)
 
 # Seconds a job's slot and server lock outlive its deadline when no agent ends
@@ -348,6 +350,11 @@ class BackupStore:
     def schedule_items(self) -> list[Item]:
         """The raw schedule records: the reader checks each (schedules.check_schedule)."""
         return self.kv.get_prefix(self.k_schedule())
+
+    def cache_schedules(self, decode: Callable[[Item], C | None]) -> Cache[C]:
+        """A list-and-watch cache (cache.py) of the schedule records, each
+        checked by decode (schedules.Firing.decode); not started."""
+        return Cache(self.kv, self.k_schedule(), decode, "drctl:schedules")
 
     def get_schedule(self, name: str) -> tuple[Schedule, int]:
         item = self.kv.get(self.k_schedule(name))

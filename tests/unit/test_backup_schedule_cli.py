@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -52,8 +53,14 @@ def test_create_ls_inspect_pause_resume_rm(drctl, kv):
                                                                                    "h2", 7, 12)
     # an agent's pass arms it, the next one past 02:00 Berlin fires it
     passes = fleet_passes(store, BackupConfig())
+    cache = passes[0].__self__.cache                # the pass follows the records by a watch
     passes[0](1_767_225_600.0)                     # 2026-01-01T00:00Z = 01:00 Berlin
+    deadline = time.monotonic() + 5
+    while cache.get(store.k_schedule("nightly"))[0].last_due is None:
+        assert time.monotonic() < deadline, "the armed schedule did not reach the pass's cache"
+        time.sleep(0.01)
     passes[0](1_767_229_205.0)                     # 02:00:05 Berlin
+    passes[0].__self__.close()
     rows = json.loads(drctl("schedule", "ls", "--json").out)
     assert len(rows) == 1 and rows[0]["runs"] == 1 and rows[0]["last_result"] == "queued"
     assert rows[0]["last_run"] == 1_767_229_200.0 and rows[0]["next_run"] > rows[0]["last_run"]
