@@ -256,14 +256,16 @@ def parse_at(text: str) -> float:
     return when.timestamp()
 
 
-def replay_argv(*, files: list[str], start_pos: int, stop_at: float, database: str) -> list[str]:
+def replay_argv(*, files: list[str], start_pos: int, stop_at: float, database: str | None) -> list[str]:
     """mariadb-binlog decoding the archived files from start_pos (in the first
     file) up to, not including, the first event at or after stop_at (UTC), of
     one schema only (row events by their table's schema, statements such as
-    DDL by their default database: ``USE db`` first)."""
+    DDL by their default database: ``USE db`` first); database None: every
+    schema (a whole server restored from a physical backup)."""
     if not files:
         raise InvalidRequest("no binlog file to replay")
     if not isinstance(start_pos, int) or start_pos < FIRST_POS:
         raise InvalidRequest(f"start position {start_pos!r} is not an integer of at least {FIRST_POS}")
-    return ["mariadb-binlog", f"--start-position={start_pos}", f"--stop-datetime={at_text(stop_at)}",
-            f"--database={check_database(database)}", *[check_file(f) for f in files]]
+    only = [] if database is None else [f"--database={check_database(database)}"]
+    return ["mariadb-binlog", f"--start-position={start_pos}", f"--stop-datetime={at_text(stop_at)}", *only,
+            *[check_file(f) for f in files]]

@@ -30,7 +30,8 @@ from ..errors import InvalidRequest, NetpluginError
 from . import binlog, jobscript, trust
 from .binlog import BinlogFile
 from .containers import docker_message, is_docker_error, is_not_found
-from .model import BINLOG, CANCELLED, FAILED, STARTING, Job, JobEnded
+from .model import BINLOG, CANCELLED, FAILED, RESTORE, STARTING, Job, JobEnded
+from .pitr_physical import ReplayAfter
 from .runner import Runner, _Ctx, _open
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,13 @@ class BinlogRunner(Runner):
             log.exception("collector %s: unexpected error", job.id)
             return f"internal error in the collector's runner: {type(exc).__name__}: {exc}"
         return say
+
+    def _finish(self, ctx: _Ctx) -> None:
+        """A physical restore with a replay: the replay after the physical steps' server is up."""
+        steps = getattr(ctx, "physical", None)
+        if ctx.job.kind == RESTORE and ctx.spec.replay and steps is not None and not isinstance(steps, ReplayAfter):
+            ctx.physical = ReplayAfter(self, steps)
+        super()._finish(ctx)
 
     # -- preparing ------------------------------------------------------------------------------
     def _prepare_collector(self, ctx: _Ctx) -> None:

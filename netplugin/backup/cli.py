@@ -312,8 +312,11 @@ def _restore_fields(args, ctx) -> dict:
         raise InvalidRequest("--at goes with --latest TARGET")
     if args.at:
         from .pitr import restore_fields_at
+        def physical(b) -> dict:
+            return {"method": "physical", "data_volume": args.data_volume or f"{args.target or b.target}-data",
+                    "server_image": args.server_image or ""}
         return restore_fields_at(ctx.store, args.latest, args.at, args.database, args.volume, args.replace,
-                                 args.into_source)
+                                 args.into_source, physical)
     backup = jobs.pick_backup(ctx.store, args.backup, args.latest, parse_time(args.at) if args.at else None)
     fields = jobs.restore_fields(backup, args.database, args.volume, args.replace, args.into_source)
     method = backup.method or "logical"

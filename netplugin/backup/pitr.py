@@ -148,20 +148,23 @@ def check_replay(value: object) -> dict:
 
 
 def restore_fields_at(store, target: str, at_text: str, database: str | None, volume: str | None, replace: bool,
-                      into_source: bool) -> dict:
+                      into_source: bool, physical: Callable[[Backup], dict] | None = None) -> dict:
     """The spec fields of ``drctl restore --latest TARGET --at TIME``: the plan's
     backup restored, then its replay; refused here, before anything is
-    submitted, when the catalog cannot give an exact result. Logical backups
-    only for now (a physical restore starts a server of its own)."""
+    submitted, when the catalog cannot give an exact result. physical(backup):
+    the fields of a physical restore of backup (a fresh server of its own, then
+    the whole server replayed: pitr_physical.py); None: logical backups only."""
     from .jobs import restore_fields
 
     at = binlog.parse_at(at_text)
     if replace:
         raise InvalidRequest("--at restores into a schema that is empty (no --replace): restore into a new schema "
                              "(--database NEW_NAME) and switch to it")
-    backups = [b for b in store.backups(target) if getattr(b, "method", "logical") == "logical"]
+    backups = [b for b in store.backups(target) if physical or getattr(b, "method", "logical") == "logical"]
     p = plan(backups, store.binlogs(target), at, target)
     fields = restore_fields(p.backup, database, volume, False, into_source)
+    if getattr(p.backup, "method", "logical") == "physical" and physical is not None:
+        fields.update(physical(p.backup))
     away = [f.file for f in p.files if f.volume != fields["volume"] or f.host != p.backup.host]
     if away:
         raise InvalidRequest(f"binlog files {', '.join(away[:5])} are not in volume {fields['volume']} on host "
@@ -171,7 +174,8 @@ def restore_fields_at(store, target: str, at_text: str, database: str | None, vo
     return fields
 
 
-def replay_files(store, spec, manifest: dict, host: Callable[[str], str]) -> tuple[dict, str]:
+def replay_files(store, spec, manifest: dict, host: Callable[[str], str],
+                 whole_server: bool = False) -> tuple[dict, str]:
     """What a restore job with ``replay`` needs on its host, checked before its
     container starts (nothing touched yet): every archived file in the volume
     with the catalog's size and sha256. Returns the script's params and the
@@ -200,8 +204,9 @@ def replay_files(store, spec, manifest: dict, host: Callable[[str], str]) -> tup
             raise InvalidRequest(f"binlog file {rec.path} has {size} bytes or a sha256 unlike the catalog's: "
                                  "it is damaged; nothing was restored")
     argv = binlog.replay_argv(files=replay["files"], start_pos=replay["start_pos"], stop_at=replay["stop_at"],
-                              database=check_database(str(manifest.get("database", ""))))
-    if manifest["database"] != spec.database:       # MariaDB's --database filters on the name before the rewrite
+                              database=None if whole_server else check_database(str(manifest.get("database", ""))))
+    # MariaDB's --database filters on the name before the rewrite
+    if not whole_server and manifest["database"] != spec.database:
         argv.insert(-len(replay["files"]), f"--rewrite-db={manifest['database']}->{check_database(spec.database)}")
     params = {"REPLAY": True, "REPLAY_DIR": f"/backup/{src}/binlog"}
     return params, "".join(a + "\n" for a in argv)

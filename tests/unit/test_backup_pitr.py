@@ -178,6 +178,29 @@ def test_restore_fields_at_carry_the_replay_or_refuse_before_submitting():
         pitr.restore_fields_at(elsewhere, "shop", at, None, None, False, False)
 
 
+def test_a_physical_backup_starts_a_pitr_only_when_the_caller_can_restore_it():
+    phys = backup("shop-20261204-000000-abcdef", "mariadb-bin.000002", 700, None, method="physical",
+                  path="shop/shop-20261204-000000-abcdef.xb.zst")
+    store = FakeCatalog([phys], ARCHIVE)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 60))
+    with pytest.raises(InvalidRequest, match="no good backup"):
+        pitr.restore_fields_at(store, "shop", at, None, None, False, False)
+    fields = pitr.restore_fields_at(store, "shop", at, None, None, False, False,
+                                    lambda b: {"method": "physical", "data_volume": f"{b.target}-data"})
+    assert fields["method"] == "physical" and fields["data_volume"] == "shop-data"
+    assert fields["replay"]["files"] == ["mariadb-bin.000002", "mariadb-bin.000003"]
+
+
+def test_a_whole_server_replay_has_no_schema_filter(tmp_path):
+    store = BackupStore(MemoryKV(), "/t")
+    _archive_in(tmp_path, store)
+    replay = {"files": ["mariadb-bin.000001"], "start_pos": 4, "stop_at": T0 + 60, "source_target": "shop"}
+    host = lambda rel: trust.inside(str(tmp_path / "vol"), rel)  # noqa: E731
+    _, argv = pitr.replay_files(store, JobSpec(**spec(replay=replay, database="other")), {"database": "shop"}, host,
+                                whole_server=True)
+    assert not [a for a in argv.splitlines() if a.startswith(("--database", "--rewrite-db"))]
+
+
 def _archive_in(tmp_path, store: BackupStore, names=("mariadb-bin.000001", "mariadb-bin.000002")) -> dict:
     folder = tmp_path / "vol" / "shop" / "binlog"
     folder.mkdir(parents=True)
@@ -223,3 +246,89 @@ def test_the_store_skips_and_counts_bad_binlog_records():
     assert store.bad_binlogs == 3
     with pytest.raises(InvalidRequest):
         store.add_binlog(bfile(5, T0, T0 + 1, path="shop/../x"))
+
+
+# -- the replay into a physical restore's fresh server (pitr_physical.py), over FakeDocker --------------
+
+class StubSteps:
+    """A physical restore's steps as the runner sees them: a verified server at 10.9.0.7."""
+
+    def __init__(self):
+        self.ended_with: str | None = None
+
+    def verify(self, ctx) -> dict:
+        return {"backup": "b", "method": "physical", "database": "shop", "message": "restored b",
+                "server": {"ip": "10.9.0.7", "port": 3306}}
+
+    def ended(self, ctx, state: str) -> None:
+        self.ended_with = state
+
+
+def _replay_rig(tmp_path, behaviour):
+    from netplugin.backup.binlog_runner import BinlogRunner
+    from netplugin.backup.runner import _Ctx
+
+    from .backup_fakes import FakeDocker, FakeHostEnv
+    from .test_backup_runner import Rig
+
+    rig = Rig(tmp_path)
+    rig.docker.behaviours["/job/bin/replay.sh"] = behaviour
+    vol = rig.docker.volumes["backups"]["Mountpoint"]
+    recs = _archive_in(tmp_path, rig.store)
+    os.makedirs(os.path.join(vol, "shop"), exist_ok=True)
+    os.replace(tmp_path / "vol" / "shop" / "binlog", os.path.join(vol, "shop", "binlog"))
+    replay = {"files": list(recs), "start_pos": 4, "stop_at": T0 + 60, "source_target": "shop"}
+    job = rig.job(kind=RESTORE, backup="shop-20261204-000000-abcdef", replay=replay, volume="backups")
+    runner = BinlogRunner(rig.store, rig.docker, rig.cfg, env=rig.env, np_store=rig.np)
+    ctx = _Ctx(job)
+    runner._locate(ctx)
+    ctx.option_file = rig.option_file
+    ctx.manifest = {"database": "shop"}
+    ctx.device = rig.env.device(ctx.volume_path)         # as the runner's prepare found it
+    os.makedirs(ctx.job_dir, exist_ok=True)
+    assert isinstance(rig.docker, FakeDocker) and isinstance(rig.env, FakeHostEnv)
+    return rig, runner, ctx
+
+
+def _replayed(c, job_dir, volume, docker):
+    from .backup_fakes import _params
+    p = _params(job_dir)
+    with open(os.path.join(job_dir, "replay.argv")) as fh:
+        argv = fh.read().splitlines()
+    assert p["DB_HOST"] == "10.9.0.7" and p["REPLAY_DIR"] == "/backup/shop/binlog"
+    assert "--database=shop" not in argv and argv[-2:] == ["mariadb-bin.000001", "mariadb-bin.000002"]
+    for name, text in (("replay_status", "decode=0 apply=0\n"), ("checksums.replayed", "ev\tInnoDB\t7\t99\n"),
+                       ("done", "ok\n")):
+        with open(os.path.join(job_dir, "out", name), "w") as fh:
+            fh.write(text)
+    return 0
+
+
+def test_a_physical_restores_server_gets_the_whole_servers_replay(tmp_path):
+    from netplugin.backup.pitr_physical import ReplayAfter
+    rig, runner, ctx = _replay_rig(tmp_path, _replayed)
+    result = ReplayAfter(runner, StubSteps()).verify(ctx)
+    assert result["replay"]["tables"] == {"ev": {"rows": 7, "checksum": "99"}} and result["replay"]["rows"] == 7
+    assert result["message"].endswith(f"binlogs replayed up to {binlog.at_text(T0 + 60)} UTC")
+    assert not [c for c in rig.docker.containers.values() if c.name.endswith("-replay")]     # removed after
+
+
+def test_a_failed_replay_fails_the_job_and_a_damaged_archive_starts_no_container(tmp_path):
+    from netplugin.backup.model import FAILED, JobEnded
+    from netplugin.backup.pitr_physical import ReplayAfter
+
+    def broken(c, job_dir, volume, docker):
+        with open(os.path.join(job_dir, "out", "error"), "w") as fh:
+            fh.write("the binlog replay failed (decode=0 apply=1): ERROR 1062")
+        return 1
+    rig, runner, ctx = _replay_rig(tmp_path, broken)
+    with pytest.raises(JobEnded) as err:
+        ReplayAfter(runner, StubSteps()).verify(ctx)
+    assert err.value.state == FAILED and "ERROR 1062" in err.value.message
+    made = len(rig.docker.containers)
+    path = os.path.join(rig.docker.volumes["backups"]["Mountpoint"], "shop", "binlog", "mariadb-bin.000002")
+    with open(path, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(JobEnded, match="damaged"):
+        ReplayAfter(runner, StubSteps()).verify(ctx)
+    assert len(rig.docker.containers) == made
