@@ -241,6 +241,7 @@ class Firing:
         self.bad = 0                         # records skipped as bad, over the agent's life
         self._said: set[str] = set()
         self._waited = False
+        self._next: dict[str, tuple[int, float]] = {}   # name -> (record revision, its next due time)
         self.cache = store.cache_schedules(self.decode).start() if cached else None
 
     def close(self) -> None:
@@ -272,11 +273,27 @@ class Firing:
             return [v for _, v in sorted(self.cache.items().items())] if self.cache.ready.is_set() else []
         return [got for item in self.store.schedule_items() if (got := self.decode(item)) is not None]
 
+    def _not_due(self, s: Schedule, rev: int, now: float) -> bool:
+        """Whether nothing is due; the next due time of each record revision is
+        remembered, so an idle pass evaluates no cron expression."""
+        known = self._next.get(s.name)
+        if known is not None and known[0] == rev:
+            return now < known[1]
+        if s.last_due is None:
+            return False                        # to be armed
+        nxt = due_after(s, s.last_due)
+        self._next[s.name] = (rev, nxt)
+        return now < nxt
+
     def tick(self, now: float) -> list[str]:
         """One pass; returns the ids of the jobs this agent submitted."""
         submitted = []
-        for cached, rev in self.schedules():
-            if cached.paused or plan(cached, now, self.cfg.missed_window) is None:
+        records = self.schedules()
+        if len(self._next) > len(records):      # schedules removed: forget their due times
+            names = {s.name for s, _ in records}
+            self._next = {k: v for k, v in self._next.items() if k in names}
+        for cached, rev in records:
+            if cached.paused or self._not_due(cached, rev, now):
                 continue                        # nothing due: the common case, read-only
             s = copy.deepcopy(cached)           # the cache's record stays as etcd holds it
             try:

@@ -114,3 +114,25 @@ def test_a_pass_on_a_stale_cached_record_fires_nothing_twice():
         assert sorted(store.fired("minutely")) == [T0 + n * 60 for n in range(1, 6)]
     finally:
         cached.close()
+
+
+def test_an_idle_pass_evaluates_no_cron_expression_until_a_record_changes(monkeypatch):
+    from netplugin.backup import schedules
+    kv = MemoryKV()
+    store = BackupStore(kv, PREFIX)
+    for i in range(20):
+        store.create_schedule(schedule(f"nightly{i}"))
+    f = firing(store, cached=False)
+    assert f.tick(T0 + 1) == []                               # learns each record's next due time
+    calls: list[float] = []
+    after, before = schedules.due_after, schedules.due_at_or_before
+    monkeypatch.setattr(schedules, "due_after", lambda s, t: calls.append(t) or after(s, t))
+    monkeypatch.setattr(schedules, "due_at_or_before", lambda s, t: calls.append(t) or before(s, t))
+    for n in range(50):
+        assert f.tick(T0 + 2 + n * 60) == []
+    assert calls == []
+    store.update_schedule("nightly3", lambda s: setattr(s, "cron", "30 2 * * *"))   # a new revision
+    assert f.tick(T0 + 1000) == [] and len(calls) == 1
+    assert len(f.tick(T0 + 1801)) == 1                                              # 02:30 is due: fired
+    assert [j.target for j in store.list_jobs()] == ["nightly3"]
+    assert store.get_schedule("nightly3")[0].last_fired == T0 + 1800
