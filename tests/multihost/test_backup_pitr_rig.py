@@ -47,7 +47,8 @@ pytestmark = pytest.mark.multihost
 SERVER_IMAGE = "netplugin/mariadb:10.11"
 TOOLS_IMAGE = "netplugin/mariadb-tools:10.11"
 NET, SUBNET, VLAN = "mh-pitr", "10.238.0.0/24", 418
-SRC_IP, DST_IP = "10.238.0.11", "10.238.0.12"
+SRC_IP, DST_IP, PHYS_IP = "10.238.0.11", "10.238.0.12", "10.238.0.13"
+DATA = "pitr-src-data-" + secrets.token_hex(3)        # the source's /var/lib/mysql: a physical backup reads it
 PASSWORD = "Pt-" + secrets.token_hex(8)
 TARGET = "pitr"
 VOLUME = "pitr-" + secrets.token_hex(3)
@@ -127,8 +128,9 @@ def pitr(rig, tmp_path_factory):
     init = secret(tmp / "db-init.sql", f"CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '{PASSWORD}';\n"
                                        "GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;\n")
     cnf = secret(tmp / "client.cnf", f"[client]\nuser=root\npassword={PASSWORD}\n")
-    for host, name, ip in ((a, "pitrsrc", SRC_IP), (b, "pitrdst", DST_IP)):
+    for host, name, ip, data in ((a, "pitrsrc", SRC_IP, DATA), (b, "pitrdst", DST_IP, None)):
         host.docker("run", "-d", "--label", LABEL, "--name", name, "--network", NET, "--ip", ip,
+                    *(["-v", f"{data}:/var/lib/mysql"] if data else []),
                     "-v", f"{init}:/run/secrets/db-init.sql:ro", SERVER_IMAGE)
     for host, name in ((a, "pitrsrc"), (b, "pitrdst")):
         deadline = time.monotonic() + 120
@@ -138,28 +140,35 @@ def pitr(rig, tmp_path_factory):
     load = run([DOCKER, "-H", a.docker_host, "exec", "-i", "pitrsrc", "mariadb", "-uroot"], input=SCHEMA,
                check=False, timeout=120)
     assert load.returncode == 0, load.stderr
-    work = tmp / "work-b"
-    work.mkdir()
-    env = settings_env(etcd_endpoints=ETCD, etcd_prefix=rig.prefix, host_id=b.host_id, docker_url=b.docker_host)
-    env.update(DRCTL_CONFIG=str(tmp / "none.toml"), DRCTL_WORK_DIR=str(work), DRCTL_OPTION_DIR=str(tmp),
-               DRCTL_POLL="0.2", DRCTL_LEASE_TTL="5")
-    key = f"{rig.prefix}/backup/agents/{b.host_id}"
-    agent = Agent(tmp / "agent-b.log", env, ETCD, key)
-    agent.launch()
-    deadline = time.monotonic() + 30
-    while not etcdctl(ETCD, "get", key, "--print-value-only", check=False).stdout.strip():
-        assert time.monotonic() < deadline and agent.proc and agent.proc.poll() is None, agent.tail()
-        time.sleep(0.2)
+    agents, env = [], {}
+    for host in (a, b):          # b runs the jobs; a runs a physical backup's sender, next to the source's data
+        work = tmp / f"work-{host.letter}"
+        work.mkdir()
+        env = settings_env(etcd_endpoints=ETCD, etcd_prefix=rig.prefix, host_id=host.host_id,
+                           docker_url=host.docker_host)
+        env.update(DRCTL_CONFIG=str(tmp / "none.toml"), DRCTL_WORK_DIR=str(work), DRCTL_OPTION_DIR=str(tmp),
+                   DRCTL_POLL="0.2", DRCTL_LEASE_TTL="5")
+        key = f"{rig.prefix}/backup/agents/{host.host_id}"
+        agent = Agent(tmp / f"agent-{host.letter}.log", env, ETCD, key)
+        agent.launch()
+        agents.append(agent)
+        deadline = time.monotonic() + 30
+        while not etcdctl(ETCD, "get", key, "--print-value-only", check=False).stdout.strip():
+            assert time.monotonic() < deadline and agent.proc and agent.proc.poll() is None, agent.tail()
+            time.sleep(0.2)
     kv = EtcdKV([ETCD])
     p = type("Pitr", (), {})()
-    p.rig, p.a, p.b, p.cnf, p.env, p.agent, p.store = rig, a, b, cnf, env, agent, BackupStore(kv, rig.prefix)
+    p.rig, p.a, p.b, p.cnf, p.env, p.store = rig, a, b, cnf, env, BackupStore(kv, rig.prefix)
+    p.agent_a, p.agent = agents
     try:
         yield p
     finally:
-        agent.stop()
+        for agent in agents:
+            agent.stop()
         kv.close()
         rig.clean()
-        b.docker("volume", "rm", "-f", VOLUME, check=False)
+        b.docker("volume", "rm", "-f", VOLUME, "pitrphys-data", check=False)
+        a.docker("volume", "rm", "-f", DATA, check=False)
 
 
 def drctl(p, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -331,3 +340,50 @@ def test_point_in_time_across_a_collector_kill_and_a_refused_gap(pitr):
     assert len(p.store.list_jobs()) == jobs_before, "a job was submitted although the archive has a gap"
     drctl(p, "binlog", "stop", TARGET)
     wait_state(p, second, ("cancelled",), 60)
+
+
+def test_point_in_time_from_a_physical_backup_replays_into_its_fresh_server(pitr):
+    """The newest backup before TIME is physical (mariadb-backup streamed from a
+    sender on host a): its chain is prepared in a fresh server on host b, then
+    the whole server's binlogs are replayed into it up to TIME."""
+    p = pitr
+    started = time.monotonic()
+    collector = start_collector(p)
+    writer = Writer(p.a, "pitrsrc")
+    try:
+        time.sleep(1)
+        phys = drctl(p, "run", "--method", "physical", "--target", TARGET, "--database", "shop", "--volume", VOLUME,
+                     "--data-volume", DATA, "--db-host-id", p.a.host_id, "--network", NET, "--db-host", SRC_IP,
+                     "--option-file", p.cnf, "--host", p.b.host_id, "--label", LABEL, "--wait", "--json")
+        made = json.loads(phys.stdout)
+        assert made["state"] == "succeeded", (made, p.agent_a.tail(3000))
+        coords = made["result"]["binlog"]
+        assert coords and coords["pos"] > 4, made["result"]
+        writer.send("FLUSH BINARY LOGS;")         # the backup's file rotated: its bound is before TIME
+        writer.send("INSERT INTO ev (ts, v) VALUES (UNIX_TIMESTAMP(), -1);")
+        time.sleep(1.5)
+        at = server_now(p) + 1
+        wait_server_past(p, at + 1)
+        time.sleep(0.5)
+        writer.send("FLUSH BINARY LOGS;")
+        files = wait_archived(p, at, count=1)
+    finally:
+        err = writer.close()
+    assert not err.strip(), err
+    before = rows_digest(p, p.a, "pitrsrc", f"WHERE ts < {at}")
+    after = rows_digest(p, p.a, "pitrsrc", f"WHERE ts >= {at}")
+    assert after[0] > 0, "no row was written after TIME: the test could not fail"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    restore = drctl(p, "restore", "--latest", TARGET, "--at", stamp, "--target", "pitrphys", "--network", NET,
+                    "--db-host", PHYS_IP, "--option-file", p.cnf, "--host", p.b.host_id, "--label", LABEL,
+                    "--wait", "--json", check=False)
+    done = json.loads(restore.stdout) if restore.stdout.strip().startswith("{") else {}
+    assert done.get("state") == "succeeded", (restore.stderr, done, p.agent.tail(4000))
+    assert done["result"]["method"] == "physical" and done["result"]["backup"] == made["result"]["backup"]
+    assert done["result"]["replay"]["files"][0] == coords["file"], (done["result"]["replay"], coords)
+    got = rows_digest(p, p.b, "pitrphys")
+    assert got == before, f"restored {got}, the source before TIME {before} (after TIME: {after})"
+    print(f"pitr physical: {len(files)} archived files, {got[0]} rows at {stamp}, {after[0]} later rows absent, "
+          f"{time.monotonic() - started:.1f} s")
+    drctl(p, "binlog", "stop", TARGET)
+    wait_state(p, collector, ("cancelled",), 60)
