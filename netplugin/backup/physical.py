@@ -264,12 +264,13 @@ while IFS= read -r line; do
         kill -STOP "$p_mb" && stopped=1
         printf '%s\n' "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;" \
             "START TRANSACTION WITH CONSISTENT SNAPSHOT;" "SHOW STATUS LIKE 'binlog_snapshot_%';" \
-            "SELECT 'drctl:snapshot';" >&"$CHK"
+            "SELECT 'drctl:time', UNIX_TIMESTAMP();" "SELECT 'drctl:snapshot';" >&"$CHK"
         end=$((SECONDS + 10))
         until grep -qxF drctl:snapshot "$TMP/chk.out" 2>/dev/null || ((SECONDS > end)); do sleep 0.01; done
         kill -CONT "$p_mb"
         stopped=0
         grep -qxF drctl:snapshot "$TMP/chk.out" && grep -i '^binlog_snapshot' "$TMP/chk.out" >"$OUT/snapshot"
+        grep '^drctl:time' "$TMP/chk.out" | cut -f2 >"$OUT/point_time"
         echo 1 >"$OUT/in_block_commit"
     fi
 done <"$TMP/berr"
@@ -293,7 +294,8 @@ if [[ -n $CHK ]]; then
     exec {CHK}>&-
     wait "$p_chk" || fail "checksums in the backup's snapshot failed: $(errtail "$OUT/chk.err")"
     grep -qxF drctl:done "$TMP/chk.out" || fail "checksums in the backup's snapshot did not finish"
-    grep -vxE 'drctl:(snapshot|done)' "$TMP/chk.out" | grep -vi '^binlog_snapshot' >"$OUT/checksums"
+    grep -vxE 'drctl:(snapshot|done)' "$TMP/chk.out" | grep -vi -e '^binlog_snapshot' -e '^drctl:time' \
+        >"$OUT/checksums"
     log "checksums of $(wc -l <"$OUT/checksums") tables taken at the backup point"
 fi
 log "sent $(<"$OUT/bytes") bytes"

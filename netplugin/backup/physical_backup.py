@@ -151,6 +151,9 @@ class PhysicalBackup(PhysicalSteps):
                                    f"{self.base['name']} ends at {self.base['lsn']['to_lsn']}")
         if (self.base is None) != (lsn["backup_type"] == "full-backuped"):
             raise JobEnded(FAILED, f"verification: mariadb-backup made a {lsn['backup_type']} backup")
+        when = (sent.get("point_time") or "").strip()
+        if binlog is not None and when.isdigit() and (sent.get("in_block_commit") or "").strip() == "1":
+            binlog["time"] = int(when)      # the source's clock while no commit could happen: the backup point
         tables, _lock = verify.snapshot_tables(sent, spec.checksums)
         point = physical.checksum_point(binlog, physical.parse_snapshot(sent.get("snapshot") or ""),
                                         (sent.get("in_block_commit") or "").strip() == "1")

@@ -41,7 +41,7 @@ from .store import BackupStore
 log = logging.getLogger(__name__)
 
 LABEL_SENDER = "netplugin.backup.sender"
-OUTPUTS = ("status", "sha256", "bytes", "checkpoints", "info", "snapshot", "in_block_commit", "checksums",
+OUTPUTS = ("status", "sha256", "bytes", "checkpoints", "info", "snapshot", "in_block_commit", "point_time", "checksums",
            "server_version", "backup_version", "backup_command", "error", "done")
 MAX_OUTPUT = 512 * 1024        # bytes of outputs kept in the record (etcd values stay small)
 

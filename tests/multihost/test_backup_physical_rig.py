@@ -186,6 +186,7 @@ def test_full_and_incremental_streamed_across_hosts_restore_to_the_backup_points
     assert full["result"]["lsn"]["to_lsn"] == inc["result"]["lsn"]["from_lsn"]
     assert full["result"]["checksums_exact"] and inc["result"]["checksums_exact"]
     assert inc["result"]["binlog"] and inc["result"]["binlog"]["pos"] > 0
+    assert abs(inc["result"]["binlog"]["time"] - time.time()) < 600      # the source's clock at the backup point
     listed = {r["name"]: r for r in b.drctl("backups", "physdb", "--json")}
     assert {full_name, inc_name} <= set(listed)
 

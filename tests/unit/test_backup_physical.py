@@ -214,7 +214,7 @@ def fake_sender(c, job_dir, volume, docker):
     files = {"status": "backup=0 compress=0 tee=0 send=0 sha256=0 count=0\n", "sha256": f"{SHA}  -\n",
              "bytes": "4096\n", "checkpoints": INC_CHECKPOINTS, "info": INFO, "in_block_commit": "1\n",
              "snapshot": "Binlog_snapshot_file\tmariadb-bin.000003\nBinlog_snapshot_position\t618524\n",
-             "checksums": "orders\tInnoDB\t10\t12345\n", "done": "ok\n"}
+             "checksums": "orders\tInnoDB\t10\t12345\n", "point_time": "1796357982\n", "done": "ok\n"}
     for name, text in files.items():
         with open(os.path.join(out, name), "w") as fh:
             fh.write(text)
@@ -241,6 +241,7 @@ def test_the_sender_container_reads_the_data_volume_read_only_with_validated_par
     rec = store.get_sender("host-a", "20261204-040000-abc123")
     assert rec is not None and rec.state == SENT, rec
     assert rec.outputs["checkpoints"] == INC_CHECKPOINTS and rec.outputs["done"].strip() == "ok"
+    assert rec.outputs["point_time"].strip() == "1796357982"
     assert not docker.containers                                 # removed once recorded
     folder = tmp_path / "work" / "20261204-040000-abc123-send"
     params = dict(line.split("=", 1) for line in (folder / "params").read_text().splitlines())
