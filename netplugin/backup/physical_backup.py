@@ -90,6 +90,9 @@ class PhysicalBackup(PhysicalSteps):
         s = self._sender(ctx)
         if s is not None and s.state == SEND_FAILED:
             raise JobEnded(FAILED, f"the sender on host {s.host} failed: {s.message}")
+        if s is not None and s.state == physical.REQUESTED and not self.r.store.agent_alive(s.host):
+            raise JobEnded(FAILED, f"no drctl agent is running on host {s.host}, which holds the server's data "
+                                   "and runs the sender: start one there ('drctl agent') and submit again")
 
     def _sender(self, ctx) -> Sender | None:
         try:
@@ -122,6 +125,8 @@ class PhysicalBackup(PhysicalSteps):
     def verify(self, ctx) -> dict:
         from .runner import _Outputs
         spec, job = ctx.spec, ctx.job
+        if spec.incremental and self.base is None:       # adopted by a new agent: the base is still the newest
+            self.base = self._base(ctx)
         s = self._sent(ctx)
         sent = s.outputs
         out = _Outputs(ctx.job_dir)

@@ -208,6 +208,12 @@ class PhysicalRestore(PhysicalSteps):
         from .runner import _Outputs
         spec, job = ctx.spec, ctx.job
         verify.stages(_Outputs(ctx.job_dir), "prepare")
+        if not self.manifests:                          # adopted by a new agent
+            try:
+                self.links, self.manifests = resolve_chain(self.r.store, spec.backup, self.r.docker.volume_path)
+            except NetpluginError as exc:
+                raise JobEnded(FAILED, exc.message) from None
+            self.made_volume = True
         manifest = self.manifests[-1]
         image = spec.server_image or self.r.cfg.drill_image
         try:
@@ -247,8 +253,10 @@ class PhysicalRestore(PhysicalSteps):
                 client.remove_container(self.server, force=True)
         if self.made_volume:
             with contextlib.suppress(Exception):
-                if ctx.container:
+                if ctx.container:               # its log tail first: the container goes with the volume
                     self.r.docker.stop(ctx.container)
+                    if ctx.exit_code is None:
+                        self.r._collect(ctx)
                     client.remove_container(ctx.container, force=True)
                 client.remove_volume(ctx.spec.data_volume, force=True)
 

@@ -5,9 +5,11 @@ line, mounts and params (validated), over the fakes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shlex
+import threading
 import time
 
 import pytest
@@ -20,8 +22,9 @@ from netplugin.backup.physical_sender import Senders
 from netplugin.backup.store import BackupStore
 from netplugin.errors import InvalidRequest, NotFound
 
-from .backup_fakes import FakeDocker, FakeHostEnv
+from .backup_fakes import FakeDocker, FakeHostEnv, backup_slow, zstd_frame
 from .fakes import MemoryKV
+from .test_backup_runner import Rig
 
 CHECKPOINTS = "backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 44744\nlast_lsn = 884858\nrecover_binlog_info = 0\n"
 INC_CHECKPOINTS = "backup_type = incremental\nfrom_lsn = 44744\nto_lsn = 90210\nlast_lsn = 91000\n"
@@ -303,3 +306,127 @@ def test_a_sender_for_a_missing_data_volume_or_foreign_image_fails_saying_why(tm
     assert a is not None and a.state == "failed" and "data volume db-data does not exist" in a.message
     assert b is not None and b.state == "failed" and "not allowed" in b.message
     assert not docker.containers
+
+
+# -- the whole job over the fakes: receiver, sender, verification, catalog -----------------------
+STREAM = zstd_frame(b"m" * 4086)          # what the fake mariadb-backup | zstd streams (4096 bytes)
+
+
+class PhysRig:
+    """A backup host h1 (the runner) and a data host host-a (its senders) on one fake Docker and etcd."""
+
+    def __init__(self, tmp_path, agents=("host-a",), serve=True):
+        self.rig = Rig(tmp_path)
+        self.rig.docker = SenderDocker(str(tmp_path / "docker2"))
+        self.rig.env = FakeHostEnv(self.rig.docker)
+        self.rig.docker.create_volume("backups")
+        self.rig.docker.create_volume("db-data")
+        self.rig.store.agent_alive = lambda host: host in agents
+        self.stream = STREAM
+        self.sent: list[Sender] = []
+        d = self.rig.docker
+        d.behaviours["backup"] = self.receiver
+        d.behaviours["/job/bin/job.sh"] = self.sender
+        self.senders = Senders(self.rig.store, d, self.rig.cfg, "host-a", env=self.rig.env)
+        self.stop = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, daemon=True)
+        if serve:                                   # host-a's agent: its pass over its senders
+            self.ticker.start()
+
+    def _tick(self):
+        while not self.stop.wait(0.05):
+            self.senders.tick(time.time())
+
+    def receiver(self, c, job_dir, volume, docker):
+        """physical.RECEIVER: waits for the stream, writes it, hashes what it wrote."""
+        with open(os.path.join(job_dir, "params")) as fh:
+            params = {k: shlex.split(v)[0] for k, v in (line.split("=", 1) for line in fh.read().splitlines())}
+        deadline = time.monotonic() + 10
+        while not self.sent and time.monotonic() < deadline:
+            if c.killed.wait(0.02):
+                return 137
+        rel = params["PARTIAL"][len("/backup/"):]
+        os.makedirs(os.path.dirname(os.path.join(volume, rel)), exist_ok=True)
+        with open(os.path.join(volume, rel), "wb") as fh:
+            fh.write(self.stream)
+        out = os.path.join(job_dir, "out")
+        for name, text in (("status", "receive=0 tee=0 write=0 sha256=0 count=0\n"),
+                           ("sha256", hashlib.sha256(self.stream).hexdigest() + "  -\n"),
+                           ("bytes", f"{len(self.stream)}\n"), ("done", "ok\n")):
+            with open(os.path.join(out, name), "w") as fh:
+                fh.write(text)
+        return 0
+
+    def sender(self, c, job_dir, volume, docker):
+        """physical.SENDER: streams STREAM (whatever the receiver got), records mariadb-backup's files."""
+        rec = next(s for s, _ in self.rig.store.senders("host-a") if s.state == "sending")
+        self.sent.append(rec)
+        fake_sender(c, job_dir, volume, docker)
+        base = rec.base_checkpoints
+        points = INC_CHECKPOINTS.replace("44744", str(physical.parse_checkpoints(base)["to_lsn"])) if base \
+            else CHECKPOINTS
+        out = os.path.join(job_dir, "out")
+        for name, text in (("checkpoints", points), ("sha256", hashlib.sha256(STREAM).hexdigest() + "  -\n"),
+                           ("bytes", f"{len(STREAM)}\n"), ("checksums", "orders\tInnoDB\t10\t12345\n")):
+            with open(os.path.join(out, name), "w") as fh:
+                fh.write(text)
+        time.sleep(0.1)
+        return 0
+
+    def job(self, **spec):
+        return self.rig.run(self.rig.job(method="physical", data_volume="db-data", db_host_id="host-a",
+                                         limits={"cpus": 1.0}, **spec))
+
+    def close(self):
+        self.stop.set()
+        if self.ticker.is_alive():
+            self.ticker.join(5)
+
+
+@pytest.fixture
+def phys(tmp_path):
+    p = PhysRig(tmp_path)
+    yield p
+    p.close()
+
+
+def test_a_physical_backup_and_its_incremental_are_catalogued_as_a_chain(phys):
+    full = phys.job()
+    assert full.state == "succeeded", full.message
+    inc = phys.job(incremental=True)
+    assert inc.state == "succeeded", inc.message
+    catalog = {b.name: b for b in phys.rig.store.backups("prod-db")}
+    f, i = catalog[full.result["backup"]], catalog[inc.result["backup"]]
+    assert f.method == i.method == "physical" and f.parent == "" and i.parent == f.name
+    assert i.path.endswith(".mbstream.zst") and i.sha256 == hashlib.sha256(STREAM).hexdigest()
+    assert phys.sent[1].base_checkpoints == CHECKPOINTS          # the base's checkpoints went to the sender
+    assert inc.result["lsn"]["from_lsn"] == full.result["lsn"]["to_lsn"] == 44744
+    assert inc.result["binlog"] == {"file": "mariadb-bin.000003", "pos": 618524, "gtid": "0-1-7",
+                                    "time": 1796357982}
+    assert inc.result["checksums_exact"] is True
+    assert [x.name for x in physical_chain.chain(list(catalog.values()), i.name)] == [f.name, i.name]
+    assert phys.rig.store.senders("host-a") == []                 # records removed once read
+
+
+def test_a_stream_that_differs_from_what_the_sender_sent_is_never_catalogued(phys):
+    phys.stream = zstd_frame(b"n" * 4086)                         # a stranger's stream, or a damaged one
+    job = phys.job()
+    assert job.state == "failed" and "the sender streamed" in job.message, job.message
+    assert phys.rig.store.backups() == [] and phys.rig.files() == []
+
+
+def test_an_incremental_without_a_physical_base_fails_before_anything_moves(phys):
+    job = phys.job(incremental=True)
+    assert job.state == "failed" and "run a full one first" in job.message, job.message
+    assert phys.sent == [] and phys.rig.store.senders("host-a") == []
+
+
+def test_a_physical_backup_of_a_host_without_an_agent_fails_naming_it(tmp_path):
+    p = PhysRig(tmp_path, agents=(), serve=False)
+    p.rig.docker.behaviours["backup"] = backup_slow(30)
+    try:
+        job = p.job()
+    finally:
+        p.close()
+    assert job.state == "failed" and "no drctl agent is running on host host-a" in job.message, job.message
+    assert p.rig.store.backups() == []
