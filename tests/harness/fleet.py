@@ -283,14 +283,17 @@ class HostGroup:
         sim.new_endpoint(rnd.choice(sim.networks))
         sim.release(rnd.choice([e for e in sim.local if not e.ep.limit]))
 
-    def allocate(self, net: Network, per_host: int, start_at: float) -> list[str]:
-        """Every host allocates per_host addresses from net at the monotonic time start_at."""
+    def allocate(self, net: Network, per_host: int, start_at: float, callers: int = 0) -> list[str]:
+        """Every host allocates per_host addresses from net from the monotonic
+        time start_at on, ``callers`` hosts of the group at a time (0: all at
+        once, a thread each)."""
         cidr = netaddr.IPNetwork(net.subnet)
 
         def run(sim: SimHost) -> list[str]:
             time.sleep(max(0.0, start_at - time.monotonic()))
             return [sim.parts.ipam.allocate(cidr, [cidr], net).split("/")[0] for _ in range(per_host)]
-        got = parallel([lambda s=sim: run(s) for sim in self.sims], workers=len(self.sims))
+        got = parallel([lambda s=sim: run(s) for sim in self.sims],
+                       workers=min(len(self.sims), callers) if callers else len(self.sims))
         return [ip for chunk in got for ip in chunk]
 
     def usage(self) -> dict:
@@ -543,15 +546,16 @@ def profile_convergence(fleet: Fleet, rate: int, timeout: float = 15.0) -> dict:
     return got
 
 
-def allocate_together(fleet: Fleet, per_host: int, subnet: str = "") -> dict:
+def allocate_together(fleet: Fleet, per_host: int, subnet: str = "", callers: int = 0) -> dict:
     """Every host allocates per_host addresses from ONE pool at the same time,
-    through its own IPAM; returns the rate and the duplicates found (addresses
-    handed out twice, and allocation keys not held exactly once)."""
+    through its own IPAM, ``callers`` hosts per worker process at a time (0:
+    all); returns the rate and the duplicates found (addresses handed out
+    twice, and allocation keys not held exactly once)."""
     assert fleet.store is not None
     net = create_network(fleet.store, "sim-shared", subnet or f"10.{random.randrange(191, 250)}.0.0/16",
                          fleet.vlan_base + 999)
     start_at = time.monotonic() + 2.0
-    got = fleet.all("allocate", net, per_host, start_at)
+    got = fleet.all("allocate", net, per_host, start_at, callers)
     took = time.monotonic() - start_at
     ips = [ip for chunk in got for ip in chunk]
     held = [a.ip for _, a in fleet.store.list_allocations(net.subnet) if a.kind == "endpoint"]
