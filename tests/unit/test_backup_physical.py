@@ -20,7 +20,7 @@ from netplugin.backup.model import BACKUP, RESTORE, Backup
 from netplugin.backup.physical import SENT, Sender
 from netplugin.backup.physical_sender import Senders
 from netplugin.backup.store import BackupStore
-from netplugin.errors import InvalidRequest, NotFound
+from netplugin.errors import InvalidRequest, NotFound, StoreUnavailable
 
 from .backup_fakes import FakeDocker, FakeHostEnv, backup_slow, zstd_frame
 from .fakes import MemoryKV
@@ -430,3 +430,17 @@ def test_a_physical_backup_of_a_host_without_an_agent_fails_naming_it(tmp_path):
         p.close()
     assert job.state == "failed" and "no drctl agent is running on host host-a" in job.message, job.message
     assert p.rig.store.backups() == []
+
+
+def test_etcd_not_answering_for_a_moment_does_not_fail_a_physical_backup(phys):
+    real, misses = phys.rig.store.get_sender, []
+
+    def flaky(host, job_id):
+        if len(misses) < 3:
+            misses.append(job_id)
+            raise StoreUnavailable("etcd did not answer (test)")
+        return real(host, job_id)
+    phys.rig.store.get_sender = flaky
+    job = phys.job()
+    assert len(misses) == 3
+    assert job.state == "succeeded", job.message
