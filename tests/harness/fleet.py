@@ -302,9 +302,7 @@ class HostGroup:
     def close(self) -> None:
         for sim in self.sims:
             sim.close()
-        for kv in self.kvs:
-            with contextlib.suppress(Exception):    # closing a client of a cluster already gone
-                kv.close()
+        close_clients(self.kvs)
 
 
 def _serve(spec: GroupSpec, conn) -> None:
@@ -481,9 +479,13 @@ class Fleet:
     def close(self) -> None:
         for part in self.parts:
             part.close()
-        for kv in self.kvs:
-            with contextlib.suppress(Exception):    # closing a client of a cluster already gone
-                kv.close()
+        close_clients(self.kvs)
+
+
+def close_clients(kvs: list[EtcdKV]) -> None:
+    for kv in kvs:
+        with contextlib.suppress(Exception):    # closing a client of a cluster already gone
+            kv.close()
 
 
 def parallel(jobs: list, workers: int = 16) -> list:
