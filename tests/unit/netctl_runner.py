@@ -1,5 +1,5 @@
-"""Running netctl's main(argv) in the test process over the in-memory etcd,
-for the netctl and status tests: its output, errors and exit code."""
+"""Running netctl's or drctl's main(argv) in the test process over the
+in-memory etcd, for the CLI tests: its output, errors and exit code."""
 
 from __future__ import annotations
 
@@ -56,6 +56,28 @@ def netctl_runner(monkeypatch, capsys, kv, sock: str):
     def run(*argv: str) -> Result:
         try:
             code = cli_main.main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+    return run
+
+
+def drctl_runner(monkeypatch, capsys, kv):
+    """run(*argv) -> Result for drctl's main(argv), with its Store over kv, no
+    NETPLUGIN_* or DRCTL_* variables of the machine and no settings file. Usage
+    errors (SystemExit) are caught."""
+    from netplugin.backup import cli as drctl_cli
+    for name in list(os.environ):
+        if name.startswith(("NETPLUGIN_", "DRCTL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
+    monkeypatch.setattr(backends, "make_store", lambda cfg: Store(kv, cfg.etcd_prefix))
+    capsys.readouterr()
+
+    def run(*argv: str) -> Result:
+        try:
+            code = drctl_cli.main(["--drctl-config", "/dev/null", *argv])
         except SystemExit as exc:
             code = exc.code
         out, err = capsys.readouterr()

@@ -9,13 +9,10 @@ import time
 
 import pytest
 
-import netplugin.wiring as backends
-from netplugin.backup import cli as drctl_cli
 from netplugin.backup.model import BINLOG, CANCELLED
 from netplugin.backup.store import BackupStore
-from netplugin.store import Store
 
-from .netctl_runner import Result
+from .netctl_runner import drctl_runner
 from .test_backup_pitr import T0, backup, bfile
 
 NET = ("--network", "prod", "--db-host", "10.0.0.5", "--host", "h9")
@@ -23,25 +20,12 @@ NET = ("--network", "prod", "--db-host", "10.0.0.5", "--host", "h9")
 
 @pytest.fixture
 def drctl(monkeypatch, capsys, kv, tmp_path):
-    for name in list(os.environ):
-        if name.startswith(("NETPLUGIN_", "DRCTL_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
+    run = drctl_runner(monkeypatch, capsys, kv)
     monkeypatch.setenv("DRCTL_OPTION_DIR", str(tmp_path))
-    monkeypatch.setattr(backends, "make_store", lambda cfg: Store(kv, cfg.etcd_prefix))
     cnf = tmp_path / "client.cnf"
     with open(os.open(cnf, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
         fh.write("[client]\nuser=root\n")
-    capsys.readouterr()
-
-    def run(*argv: str) -> Result:
-        try:
-            code = drctl_cli.main(["--drctl-config", "/dev/null", *argv])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    run.cnf = str(cnf)
+    run.cnf = str(cnf)  # type: ignore[attr-defined]  # the option file the tests hand to drctl
     return run
 
 

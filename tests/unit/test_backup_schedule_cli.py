@@ -5,19 +5,15 @@ words that say what to do, and what the listing shows after a firing pass."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
 
-import netplugin.wiring as backends
-from netplugin.backup import cli as drctl_cli
 from netplugin.backup.config import BackupConfig
 from netplugin.backup.fleet import fleet_passes
 from netplugin.backup.store import BackupStore
-from netplugin.store import Store
 
-from .netctl_runner import Result
+from .netctl_runner import drctl_runner
 
 BASE = ["-n", "prod", "--db-host", "10.10.0.10", "--option-file", "/etc/drctl/shop.cnf", "-d", "shop",
         "-v", "backups"]
@@ -25,21 +21,7 @@ BASE = ["-n", "prod", "--db-host", "10.10.0.10", "--option-file", "/etc/drctl/sh
 
 @pytest.fixture
 def drctl(monkeypatch, capsys, kv):
-    for name in list(os.environ):
-        if name.startswith(("NETPLUGIN_", "DRCTL_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
-    monkeypatch.setattr(backends, "make_store", lambda cfg: Store(kv, cfg.etcd_prefix))
-    capsys.readouterr()
-
-    def run(*argv: str) -> Result:
-        try:
-            code = drctl_cli.main(["--drctl-config", "/dev/null", *argv])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    return run
+    return drctl_runner(monkeypatch, capsys, kv)
 
 
 def test_create_ls_inspect_pause_resume_rm(drctl, kv):

@@ -4,36 +4,18 @@ deprecated alias, ls --filter/--format, rm -f. Over the in-memory etcd."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-import netplugin.wiring as backends
-from netplugin.backup import cli as drctl_cli
 from netplugin.backup.store import BackupStore
-from netplugin.store import Store
 
 from .backup_records import put_job
-from .netctl_runner import Result
+from .netctl_runner import drctl_runner
 
 
 @pytest.fixture
 def drctl(monkeypatch, capsys, kv, tmp_path):
-    for name in list(os.environ):
-        if name.startswith(("NETPLUGIN_", "DRCTL_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NETPLUGIN_CONFIG", "/dev/null")
-    monkeypatch.setattr(backends, "make_store", lambda cfg: Store(kv, cfg.etcd_prefix))
-    capsys.readouterr()
-
-    def run(*argv: str) -> Result:
-        try:
-            code = drctl_cli.main(["--drctl-config", "/dev/null", *argv])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    return run
+    return drctl_runner(monkeypatch, capsys, kv)
 
 
 @pytest.fixture
