@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 
+from . import manifest as manifests
 from .model import FAILED, JobEnded
 
 CHUNK = 1024 * 1024
@@ -92,3 +93,20 @@ def volume_full(path: str, reserve: int = 64 * 1024) -> bool:
 
 
 ENOSPC = f"ENOSPC ({os.strerror(errno.ENOSPC)})"
+
+
+def publish(partial: str, final: str, manifest_path: str, manifest: dict, volume: str) -> None:
+    """Make a finished backup exist: its manifest written, its file moved from
+    ``partial`` to ``final``, and their folder synced, in that order. A full
+    volume is a failed job that says so."""
+    try:
+        manifests.write(manifest_path, manifest)
+    except OSError as exc:
+        full = f"the backup volume {volume} is full: {ENOSPC}; " if exc.errno == errno.ENOSPC else ""
+        raise JobEnded(FAILED, f"{full}the manifest cannot be written: {exc.strerror}") from None
+    os.replace(partial, final)
+    dfd = os.open(os.path.dirname(manifest_path), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

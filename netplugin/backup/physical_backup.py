@@ -14,7 +14,6 @@ parent, so the catalog keeps the chain.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import time
@@ -194,18 +193,8 @@ class PhysicalBackup(PhysicalSteps):
                                       tool_version=(sent.get("backup_version") or "").strip())
         manifest["source"]["data_volume"] = spec.data_volume
         manifest["source"]["host_id"] = spec.db_host_id
-        mpath = ctx.host(ctx.rel(".manifest.json"))
-        try:
-            manifests.write(mpath, manifest)
-        except OSError as exc:
-            full = f"the backup volume {spec.volume} is full: {ondisk.ENOSPC}; " if exc.errno == errno.ENOSPC else ""
-            raise JobEnded(FAILED, f"{full}the manifest cannot be written: {exc.strerror}") from None
-        os.replace(partial, ctx.host(ctx.rel(ctx.ext)))
-        dfd = os.open(os.path.dirname(mpath), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        ondisk.publish(partial, ctx.host(ctx.rel(ctx.ext)), ctx.host(ctx.rel(".manifest.json")), manifest,
+                       spec.volume)
         self.r.store.add_backup(manifests.catalog_record(manifest, job.target, spec.volume,
                                                          ctx.rel(".manifest.json"), job.host))
         with contextlib.suppress(NetpluginError):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -623,18 +622,8 @@ class Runner:
                                    size=size, sha256=sha, tables=tables, lock=lock, stages=stages,
                                    created=job.entered(RUNNING) or job.created, finished=now,
                                    image=spec.image or self.cfg.image)
-        mpath = ctx.host(ctx.rel(".manifest.json"))
-        try:
-            manifests.write(mpath, manifest)
-        except OSError as exc:
-            full = f"the backup volume {spec.volume} is full: {ondisk.ENOSPC}; " if exc.errno == errno.ENOSPC else ""
-            raise JobEnded(FAILED, f"{full}the manifest cannot be written: {exc.strerror}") from None
-        os.replace(partial, ctx.host(ctx.rel(ctx.ext)))
-        dfd = os.open(os.path.dirname(mpath), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        ondisk.publish(partial, ctx.host(ctx.rel(ctx.ext)), ctx.host(ctx.rel(".manifest.json")), manifest,
+                       spec.volume)
         self.store.add_backup(manifests.catalog_record(manifest, job.target, spec.volume,
                                                        ctx.rel(".manifest.json"), job.host))
         result = dict(manifests.summary(manifest), read_lock=lock)
