@@ -14,6 +14,14 @@ sha256 and bytes of the stream, checkpoints, binlog info, checksums) go back
 into the record, which the runner reads. A record the runner marked
 ``cancel`` stops the container; the record is removed once ended and cancelled.
 
+A sender still ``sending`` that this agent did not start was started by a
+previous agent of this host, killed since (agents/<host> is held by one live
+agent at a time): the new agent adopts it. If its container was let go (its
+gate is open, so its limits had been read back), the agent follows it to its
+end and records that, as if it had started it; a container never let go is
+removed, and one that is gone fails the sender, saying so. Either way no
+sender container outlives its record's end.
+
 The sender holds no slot of its host: the backup job holds its slot on the
 backup host and the lock of the server, so no second job reads the server.
 """
@@ -32,7 +40,7 @@ from ..errors import InvalidRequest, NetpluginError
 from . import jobscript, physical, trust
 from . import resources as lim
 from .config import BackupConfig
-from .containers import Containers
+from .containers import Containers, is_not_found
 from .hostenv import HostEnv
 from .model import Limits
 from .physical import SEND_CANCELLED, SEND_FAILED, SENDER_ENDED, SENDING, SENT, Sender
@@ -79,7 +87,8 @@ class Senders:
         self.threads: dict[str, threading.Thread] = {}
 
     def tick(self, now: float) -> list[str]:
-        """Start every requested sender of this host; drop the records of cancelled ones that ended."""
+        """Start every requested sender of this host, adopt the ones a killed
+        agent of this host left sending; drop the records of cancelled ones that ended."""
         started = []
         for sender, _rev in self.store.senders(self.host):
             running = self.threads.get(sender.job)
@@ -87,6 +96,11 @@ class Senders:
                 if sender.cancel and not (running and running.is_alive()):
                     with contextlib.suppress(NetpluginError):
                         self.store.remove_sender(self.host, sender.job)
+                continue
+            if sender.state == SENDING and sender.job not in self.threads:
+                t = threading.Thread(target=self.adopt, args=(sender,), name=f"send-{sender.job}", daemon=True)
+                self.threads[sender.job] = t
+                t.start()
                 continue
             if sender.state != physical.REQUESTED or (running and running.is_alive()):
                 continue
@@ -114,9 +128,39 @@ class Senders:
     # -- one sender ---------------------------------------------------------------------------
     def run(self, s: Sender) -> None:
         """Run the sender container to its end; record what it said."""
+        self._follow(s, lambda: self._start(s))
+
+    def adopt(self, s: Sender) -> None:
+        """Follow to its end a sender a killed agent of this host left sending."""
+        log.info("sender of %s: adopting it from this host's previous agent", s.job)
+        self._follow(s, lambda: self._adopted(s))
+
+    def _adopted(self, s: Sender) -> str:
+        """The adopted sender's container, once it is known to have been let go."""
+        info = None
+        if s.container:
+            try:
+                info = self.docker.inspect(s.container)
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise
+        if info is None:
+            raise InvalidRequest(f"the agent of host {self.host} stopped while the sender ran, and its container "
+                                 "is gone: run the backup again")
+        if not os.path.exists(os.path.join(self._folder(s), "go")):
+            with contextlib.suppress(Exception):
+                self.docker.stop(s.container)
+                self.client.remove_container(s.container, force=True)
+            raise InvalidRequest(f"the agent of host {self.host} stopped before the sender was let go: "
+                                 "run the backup again")
+        return s.container
+
+    def _follow(self, s: Sender, container) -> None:
+        """Wait for the sender's container (``container()`` starts or finds it)
+        to end, record what it said, and remove it."""
         cid = ""
         try:
-            cid = self._start(s)
+            cid = container()
             code = self._wait(s, cid)
             outputs = read_outputs(os.path.join(self._folder(s), "out"))
             tail = "\n".join(self.docker.log_tail(cid, 20))[-4000:]

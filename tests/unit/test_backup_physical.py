@@ -255,6 +255,66 @@ def test_the_sender_container_reads_the_data_volume_read_only_with_validated_par
     assert "--incremental-basedir=/job/base" in physical.SENDER and "--stream=mbstream" in physical.SENDER
 
 
+def killed_agent_left_a_sender(tmp_path, gate: bool = True, behaviour=fake_sender):
+    """A sender claimed and started by an agent of host-a that was killed
+    right after (its container runs, nobody follows it): (docker, store, cfg, record)."""
+    docker = SenderDocker(str(tmp_path))
+    docker.create_volume("db-data")
+    hold = threading.Event()
+
+    def held(c, job_dir, volume, d):
+        hold.wait(10)
+        return behaviour(c, job_dir, volume, d)
+    docker.behaviours["/job/bin/job.sh"] = held
+    options = tmp_path / "etc"
+    options.mkdir()
+    cnf = options / "a.cnf"
+    cnf.write_text("[client]\n")
+    cnf.chmod(0o600)
+    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options), profile_wait=1)
+    os.makedirs(cfg.work_dir)
+    store = BackupStore(MemoryKV())
+    store.request_sender(sender(option_file=str(cnf)))
+    killed = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
+    claimed = store.update_sender("host-a", sender().job, Senders._claim)
+    cid = killed._start(claimed)                   # started and let go, then the agent died
+    if not gate:
+        os.unlink(tmp_path / "work" / f"{sender().job}-send" / "go")
+    hold.set()
+    return docker, store, cfg, cid
+
+
+def test_the_next_agent_adopts_a_sender_a_killed_agent_let_go_and_records_its_end(tmp_path):
+    docker, store, cfg, cid = killed_agent_left_a_sender(tmp_path)
+    assert store.get_sender("host-a", sender().job).state == physical.SENDING
+    agent = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
+    assert agent.tick(time.time()) == []            # adopted, not started again
+    agent.join(10)
+    rec = store.get_sender("host-a", sender().job)
+    assert rec is not None and rec.state == SENT and rec.container == cid, rec
+    assert rec.outputs["done"].strip() == "ok"
+    assert not docker.containers                     # no sender container outlives its record's end
+    agent.tick(time.time())
+    assert len(agent.threads) == 1                  # followed once
+
+
+def test_a_sender_never_let_go_or_whose_container_is_gone_fails_saying_so(tmp_path):
+    docker, store, cfg, cid = killed_agent_left_a_sender(tmp_path / "a", gate=False)
+    agent = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
+    agent.tick(time.time())
+    agent.join(10)
+    rec = store.get_sender("host-a", sender().job)
+    assert rec.state == physical.SEND_FAILED and "before the sender was let go" in rec.message, rec
+    assert not docker.containers
+    docker, store, cfg, cid = killed_agent_left_a_sender(tmp_path / "b")
+    docker.remove_container(cid, force=True)
+    agent = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
+    agent.tick(time.time())
+    agent.join(10)
+    rec = store.get_sender("host-a", sender().job)
+    assert rec.state == physical.SEND_FAILED and "its container is gone" in rec.message, rec
+
+
 def test_the_sender_container_is_created_locked_down(tmp_path):
     docker = SenderDocker(str(tmp_path))
     docker.create_volume("db-data")
