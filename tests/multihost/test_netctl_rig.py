@@ -42,7 +42,9 @@ def test_network_create_json(ops):
     assert (c["name"], c["subnet"], c["gateway"], c["vlan"]) == (NET, SUBNET, "10.233.0.1", VLAN)
     assert c["ranges"] == ["10.233.0.128/25"] and c["aux"] == {"router": "10.233.0.2"}
     assert c["origin"] == "netctl" and c["endpoints"] == []
-    assert c["pool"]["used"] == 2 and c["pool"]["reserved"] == ["10.233.0.1", "10.233.0.2"]
+    # The pool is the range (.128-.254): the gateway and the router are reserved outside it.
+    assert c["pool"]["used"] == 0 and c["pool"]["size"] == 127
+    assert c["pool"]["reserved"] == ["10.233.0.1", "10.233.0.2"]
 
 
 def test_network_ls_json_quiet_and_table(ops, rig):
@@ -66,15 +68,15 @@ def test_network_inspect_sees_both_hosts(ops, rig):
     info = rig.a.netctl_json("network", "inspect", NET)[0]
     assert info["hosts"] == ["rig-a", "rig-b"]
     assert {(e["host"], e["ip"]) for e in info["endpoints"]} == {("rig-a", ops["ip_a"]), ("rig-b", FIXED)}
-    assert info["pool"]["used"] == 4 and info["name_conflict"] is None
+    assert info["pool"]["used"] == 1 and info["name_conflict"] is None      # ca's; cb's --ip is outside the range
     text = rig.b.netctl("network", "inspect", NET, "--format", "table").stdout
     assert "Hosts      rig-a, rig-b" in text and FIXED in text
 
 
 def test_ipam_show_json(ops, rig):
     usage = rig.b.netctl_json("ipam", "show", NET)
-    assert usage == {"subnet": SUBNET, "size": 254, "used": 4, "free": 250, "ranges": ["10.233.0.128/25"],
-                     "reserved": ["10.233.0.1", "10.233.0.2"]}
+    assert usage == {"subnet": SUBNET, "size": 127, "used": 1, "free": 126, "ranges": ["10.233.0.128/25"],
+                     "reserved": ["10.233.0.1", "10.233.0.2"]}     # counted over the range: ca's address only
     # The dynamic address came from the range; the fixed one is outside it.
     assert int(ops["ip_a"].rsplit(".", 1)[1]) >= 128
 
