@@ -24,10 +24,9 @@ import hashlib
 import logging
 import os
 import shutil
-import stat
 
 from ..errors import InvalidRequest, NetpluginError
-from . import binlog, jobscript, trust
+from . import binlog, jobscript
 from .binlog import BinlogFile
 from .containers import docker_message, is_docker_error, is_not_found
 from .model import BINLOG, CANCELLED, FAILED, RESTORE, STARTING, Job, JobEnded
@@ -184,14 +183,7 @@ class BinlogRunner(Runner):
             raise JobEnded(FAILED, f"image {image} is not on host {job.host}: build it with scripts/make-db-images.sh")
         if not self.docker.has_network(spec.network):
             raise JobEnded(FAILED, f"network {spec.network} does not exist on host {job.host}")
-        ctx.option_file = trust.option_file(spec.option_file, self.cfg)
-        try:
-            st = os.stat(ctx.option_file)
-        except OSError as exc:
-            raise JobEnded(FAILED, f"option file {spec.option_file} cannot be read on host {job.host}: "
-                                   f"{exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
-            raise JobEnded(FAILED, f"option file {spec.option_file} must be a regular file of mode 600")
+        self._check_option_file(ctx)
         if ctx.limits.disk_limited():
             try:
                 ctx.device = self.env.device(ctx.volume_path)

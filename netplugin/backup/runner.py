@@ -275,6 +275,22 @@ class Runner:
                                    f"(to {os.readlink(target)[:200]}): refused, nothing was written")
         ctx.host(ctx.job.target)
 
+    def _check_option_file(self, ctx: _Ctx) -> None:
+        """The job's option file, resolved inside the allowed folder: a regular
+        file only its owner reads (it holds a password)."""
+        spec, job = ctx.spec, ctx.job
+        ctx.option_file = trust.option_file(spec.option_file, self.cfg)
+        try:
+            st = os.stat(ctx.option_file)
+        except OSError as exc:
+            raise JobEnded(FAILED, f"option file {spec.option_file} cannot be read on host {job.host}: "
+                                   f"{exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise JobEnded(FAILED, f"option file {spec.option_file} is not a regular file")
+        if st.st_mode & 0o077:
+            raise JobEnded(FAILED, f"option file {spec.option_file} is readable by others (mode "
+                                   f"{stat.S_IMODE(st.st_mode):o}): it holds a password; chmod 600 it")
+
     def _prepare(self, ctx: _Ctx) -> None:
         spec, job = ctx.spec, ctx.job
         self._locate(ctx)
@@ -291,17 +307,7 @@ class Runner:
             if ctx.limits.profile not in self.np_store.list_profiles():
                 raise JobEnded(FAILED, f"bandwidth profile {ctx.limits.profile!r} does not exist: create it with "
                                        "'netctl profile create'")
-        ctx.option_file = trust.option_file(spec.option_file, self.cfg)
-        try:
-            st = os.stat(ctx.option_file)
-        except OSError as exc:
-            raise JobEnded(FAILED, f"option file {spec.option_file} cannot be read on host {job.host}: "
-                                   f"{exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise JobEnded(FAILED, f"option file {spec.option_file} is not a regular file")
-        if st.st_mode & 0o077:
-            raise JobEnded(FAILED, f"option file {spec.option_file} is readable by others (mode "
-                                   f"{stat.S_IMODE(st.st_mode):o}): it holds a password; chmod 600 it")
+        self._check_option_file(ctx)
         if ctx.limits.disk_limited():
             try:
                 ctx.device = self.env.device(ctx.volume_path)
