@@ -224,17 +224,23 @@ def fake_sender(c, job_dir, volume, docker):
     return 0
 
 
+def sender_options(tmp_path, text: str = "[client]\n", **cfg_kw) -> tuple:
+    """An option file of mode 600 in the allowed folder, and the agent's settings: (path, cfg)."""
+    options = tmp_path / "etc"
+    options.mkdir()
+    cnf = options / "a.cnf"
+    cnf.write_text(text)
+    cnf.chmod(0o600)
+    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options), **cfg_kw)
+    os.makedirs(cfg.work_dir)
+    return cnf, cfg
+
+
 def test_the_sender_container_reads_the_data_volume_read_only_with_validated_params(tmp_path):
     docker = SenderDocker(str(tmp_path))
     docker.create_volume("db-data")
     docker.behaviours["/job/bin/job.sh"] = fake_sender
-    options = tmp_path / "etc"
-    options.mkdir()
-    cnf = options / "a.cnf"
-    cnf.write_text("[client]\nuser=backup\n")
-    cnf.chmod(0o600)
-    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options), profile_wait=1)
-    os.makedirs(cfg.work_dir)
+    cnf, cfg = sender_options(tmp_path, "[client]\nuser=backup\n", profile_wait=1)
     store = BackupStore(MemoryKV())
     store.request_sender(sender(option_file=str(cnf), base_checkpoints=CHECKPOINTS, limits={"cpus": 1.0}))
     senders = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
@@ -266,13 +272,7 @@ def killed_agent_left_a_sender(tmp_path, gate: bool = True, behaviour=fake_sende
         hold.wait(10)
         return behaviour(c, job_dir, volume, d)
     docker.behaviours["/job/bin/job.sh"] = held
-    options = tmp_path / "etc"
-    options.mkdir()
-    cnf = options / "a.cnf"
-    cnf.write_text("[client]\n")
-    cnf.chmod(0o600)
-    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options), profile_wait=1)
-    os.makedirs(cfg.work_dir)
+    cnf, cfg = sender_options(tmp_path, profile_wait=1)
     store = BackupStore(MemoryKV())
     store.request_sender(sender(option_file=str(cnf)))
     killed = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
@@ -324,13 +324,7 @@ def test_the_sender_container_is_created_locked_down(tmp_path):
         seen.update(host_config=c.host_config, command=c.command, user=c.user)
         return fake_sender(c, job_dir, volume, d)
     docker.behaviours["/job/bin/job.sh"] = hold
-    options = tmp_path / "etc"
-    options.mkdir()
-    cnf = options / "a.cnf"
-    cnf.write_text("[client]\n")
-    cnf.chmod(0o600)
-    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options))
-    os.makedirs(cfg.work_dir)
+    cnf, cfg = sender_options(tmp_path)
     store = BackupStore(MemoryKV())
     store.request_sender(sender(option_file=str(cnf)))
     senders = Senders(store, docker, cfg, "host-a", env=FakeHostEnv(docker))
@@ -348,13 +342,7 @@ def test_the_sender_container_is_created_locked_down(tmp_path):
 
 def test_a_sender_for_a_missing_data_volume_or_foreign_image_fails_saying_why(tmp_path):
     docker = SenderDocker(str(tmp_path))
-    options = tmp_path / "etc"
-    options.mkdir()
-    cnf = options / "a.cnf"
-    cnf.write_text("[client]\n")
-    cnf.chmod(0o600)
-    cfg = BackupConfig(work_dir=str(tmp_path / "work"), option_dir=str(options))
-    os.makedirs(cfg.work_dir)
+    cnf, cfg = sender_options(tmp_path)
     store = BackupStore(MemoryKV())
     store.request_sender(sender(option_file=str(cnf)))
     store.request_sender(sender(job="20261204-040000-def456", option_file=str(cnf), image="evil/tools:1"))
