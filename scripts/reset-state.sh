@@ -65,71 +65,14 @@ kill_plugin_processes() {
 # Docker asks the network's driver before it forgets an endpoint or a network,
 # and with the plugin's socket gone it retries each call with backoff (one
 # `docker network rm` took 45 s here). So while removing, a tiny stand-in
-# answers the teardown calls with success in milliseconds (and refuses any
-# create); the later steps remove what the real plugin left behind.
-STUB_PY=$(
-    cat <<'EOF'
-import json, os, signal, socketserver, sys, threading
-from http.server import BaseHTTPRequestHandler
-
-FIXED = {
-    "/Plugin.Activate": {"Implements": ["NetworkDriver", "IpamDriver"]},
-    "/NetworkDriver.GetCapabilities": {"Scope": "local", "ConnectivityScope": "local"},
-    "/IpamDriver.GetCapabilities": {"RequiresMACAddress": False},
-    "/IpamDriver.GetDefaultAddressSpaces": {
-        "LocalDefaultAddressSpace": "netplugin-local",
-        "GlobalDefaultAddressSpace": "netplugin-global",
-    },
-    "/NetworkDriver.EndpointOperInfo": {"Value": {}},
-}
-TEARDOWN = {
-    "/NetworkDriver.Leave", "/NetworkDriver.DeleteEndpoint", "/NetworkDriver.DeleteNetwork",
-    "/NetworkDriver.RevokeExternalConnectivity", "/NetworkDriver.DiscoverDelete",
-    "/IpamDriver.ReleaseAddress", "/IpamDriver.ReleasePool",
-}
-
-class Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path in FIXED:
-            status, body = 200, FIXED[self.path]
-        elif self.path in TEARDOWN:
-            status, body = 200, {}
-        else:
-            msg = "netplugin reset-state stand-in: only teardown calls are served; start the real plugin"
-            status, body = 500, {"Err": msg, "Error": msg}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):  # unix peers have no address to print
-        pass
-
-class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-servers = []
-for path in sys.argv[1:]:
-    if os.path.exists(path):
-        os.unlink(path)
-    srv = Server(path, Handler)
-    servers.append(srv)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-
-def stop(*_):
-    for srv in servers:
-        os.unlink(srv.server_address)
-    os._exit(0)
-
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
-while True:
-    signal.pause()
-EOF
-)
+# (scripts/plugin_standin.py) answers the teardown calls with success in
+# milliseconds (and refuses any create); the later steps remove what the real
+# plugin left behind.
+#
+# Ours are the legacy (socket-file) plugins named netplugin* (the product and
+# the demo) or np* (the test rings: npfa*, npfb*, nprig*...). Never another
+# plugin's socket, nor a managed plugin ("name:tag").
+OUR_PLUGIN_RE='^(netplugin|np)[A-Za-z0-9._-]*$'
 
 start_stub() {
     local -a socks=()
@@ -138,7 +81,7 @@ start_stub() {
     mkdir -p "$PLUGIN_DIR"
     log "stand-in plugin for teardown on: ${socks[*]}"
     # Debian's python3 (stdlib only): present before any venv exists.
-    /usr/bin/python3 -c "$STUB_PY" "${socks[@]}" &
+    /usr/bin/python3 "$REPO/scripts/plugin_standin.py" "${socks[@]}" &
     STUB_PID=$!
     trap stop_stub EXIT
     local s
@@ -161,7 +104,7 @@ clean_docker() {
     local -a nets=() names=() drivers=() ctrs=()
     local id driver name ipam
     while read -r id driver name; do
-        [[ $driver == netplugin* ]] || continue
+        [[ $driver =~ $OUR_PLUGIN_RE ]] || continue
         nets+=("$id")
         names+=("$name")
         drivers+=("$driver")
@@ -185,11 +128,9 @@ clean_docker() {
         return
     fi
 
-    # Stand in only for our own legacy (socket-file) plugin names: never
-    # replace another plugin's socket, nor a managed plugin ("name:tag").
     local -a plugins=()
     for driver in "${drivers[@]}"; do
-        if [[ $driver =~ ^netplugin[A-Za-z0-9._-]*$ ]]; then plugins+=("$driver"); fi
+        if [[ $driver =~ $OUR_PLUGIN_RE ]]; then plugins+=("$driver"); fi
     done
     if ((${#plugins[@]})); then
         mapfile -t plugins < <(printf '%s\n' "${plugins[@]}" | sort -u)
@@ -255,7 +196,7 @@ clean_links() {
 
 # --- 4. files and etcd ------------------------------------------------------------------
 clean_files() {
-    local -a files=("$PLUGIN_DIR"/netplugin*.sock /run/netplugin*)
+    local -a files=("$PLUGIN_DIR"/np*.sock /run/netplugin*)
     if ((${#files[@]})); then
         log "removing ${files[*]}"
         rm -rf -- "${files[@]}"
@@ -274,7 +215,7 @@ clean_etcd() {
 # (needs the stand-in), then the datapath and the store.
 clean_rig
 kill_plugin_processes
-rm -f -- "$PLUGIN_DIR"/netplugin*.sock
+rm -f -- "$PLUGIN_DIR"/np*.sock
 clean_docker
 clean_ovs
 clean_links

@@ -187,9 +187,38 @@ start_dockerd() {
             rm -f /var/run/docker.pid
         fi
     fi
+    # dockerd activates the driver of every network it holds before it answers,
+    # retrying a plugin socket nobody listens on for about 15 s per network: a
+    # machine that went down with test networks on it (a copy of a machine, a
+    # crash mid-run) took over a minute. Our own such sockets get a stand-in
+    # that answers at once while dockerd loads; reset-state.sh then removes
+    # those networks. A live plugin's socket is never touched.
+    local -a stale=()
+    local sock standin=
+    for sock in /run/docker/plugins/np*.sock; do
+        [[ -S $sock && -z $(unix_listener_pid "$sock") ]] && stale+=("$sock")
+    done
+    if ((${#stale[@]})); then
+        log "dockerd: stand-in plugin while loading, for sockets nobody serves: ${stale[*]}"
+        /usr/bin/python3 "$REPO/scripts/plugin_standin.py" "${stale[@]}" >>"$logf" 2>&1 &
+        standin=$!
+    fi
     log "dockerd: starting ${DOCKERD_FLAGS[*]}"
     start_bg dockerd "$logf" dockerd "${DOCKERD_FLAGS[@]}"
-    wait_for docker_up 60 || die "'$DOCKER info' still failing after 60 s; see $logf"
+    # Restoring many containers can take a while: wait as long as dockerd lives,
+    # up to 5 minutes, and say so every 30 s.
+    local waited=0 ok=
+    while ((waited < 300)); do
+        if wait_for docker_up 30; then ok=1; break; fi
+        waited=$((waited + 30))
+        [[ -n $(pid_of dockerd dockerd) ]] || break
+        log "dockerd: still loading after ${waited} s (see $logf)"
+    done
+    if [[ -n $standin ]]; then
+        kill -TERM "$standin" 2>/dev/null || true
+        wait "$standin" 2>/dev/null || true
+    fi
+    [[ -n $ok ]] || die "'$DOCKER info' still failing after ${waited} s; see $logf"
     log "dockerd: up ($("$DOCKER" version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
 }
 
