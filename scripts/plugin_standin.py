@@ -23,13 +23,18 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler
 
+# The same answers as the real plugin (netplugin/api/): dockerd keeps a driver's
+# capabilities and default address spaces from its first activation until it
+# restarts, so a stand-in that answered differently would break the real
+# plugin's next `docker network create`. tests/unit/test_plugin_standin.py
+# compares them with the real handlers'.
 FIXED = {
     "/Plugin.Activate": {"Implements": ["NetworkDriver", "IpamDriver"]},
-    "/NetworkDriver.GetCapabilities": {"Scope": "local", "ConnectivityScope": "local"},
-    "/IpamDriver.GetCapabilities": {"RequiresMACAddress": False},
+    "/NetworkDriver.GetCapabilities": {"Scope": "local", "ConnectivityScope": "global"},
+    "/IpamDriver.GetCapabilities": {"RequiresMACAddress": False, "RequiresRequestReplay": False},
     "/IpamDriver.GetDefaultAddressSpaces": {
-        "LocalDefaultAddressSpace": "netplugin-local",
-        "GlobalDefaultAddressSpace": "netplugin-global",
+        "LocalDefaultAddressSpace": "netplugin",
+        "GlobalDefaultAddressSpace": "netplugin",
     },
     "/NetworkDriver.EndpointOperInfo": {"Value": {}},
 }
