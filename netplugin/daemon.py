@@ -8,10 +8,12 @@ unavailable" instead of hanging.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import grp
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -239,6 +241,10 @@ def serve(cfg: Config) -> None:
                 self.cfg.set(key, value)
 
         def load(self):
+            # Runs in the worker, after gunicorn set its signals: SIGUSR2 (which a
+            # worker does not use) dumps every thread's stack to the log, to see
+            # what a daemon that stopped answering is waiting on.
+            faulthandler.register(signal.SIGUSR2, all_threads=True)
             parts = make_components(cfg)
             start_metrics(parts)
             background_start(parts)

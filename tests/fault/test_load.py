@@ -75,8 +75,12 @@ def test_100_parallel_containers_two_daemons_one_pool(daemons):
 
     def start(i: int) -> subprocess.CompletedProcess:
         net = net_a if i % 2 == 0 else net_b
-        return subprocess.run([DOCKER, "run", "-d", "--label", LABEL, "--name", f"fbload-{i}", "--network", net,
-                               IMAGE, "sleep", "600"], capture_output=True, text=True, timeout=300)
+        argv = [DOCKER, "run", "-d", "--label", LABEL, "--name", f"fbload-{i}", "--network", net,
+                IMAGE, "sleep", "600"]
+        try:
+            return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(argv, -1, "", f"no answer from docker run in 180 s ({net})")
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(PARALLEL) as pool:
@@ -84,7 +88,11 @@ def test_100_parallel_containers_two_daemons_one_pool(daemons):
     elapsed = time.monotonic() - t0
     failed = [(i, r.stderr.strip()) for i, r in enumerate(results) if r.returncode != 0]
     print(f"\n{PARALLEL} parallel docker run on 2 daemons: {elapsed:.1f} s, {len(failed)} failed")
-    assert not failed, f"{len(failed)} of {PARALLEL} docker run failed: {failed[:5]}\n{a.tail()}\n{b.tail()}"
+    if failed:  # what each daemon was doing, for a run that hung
+        a.dump_threads()
+        b.dump_threads()
+    assert not failed, (f"{len(failed)} of {PARALLEL} docker run failed: {failed[:5]}\n"
+                        f"--- npfb:\n{a.tail(30000)}\n--- npfb2:\n{b.tail(30000)}")
 
     fmt = "{{.Name}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{.EndpointID}}{{end}}"
     out = docker("inspect", "-f", fmt, *[f"fbload-{i}" for i in range(PARALLEL)]).stdout.split("\n")

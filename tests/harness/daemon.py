@@ -8,6 +8,7 @@ settings only from NETPLUGIN_* variables, its output appended to a log file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,6 +123,23 @@ class Daemon(Process):
                 except ProcessLookupError:
                     pass
         return out
+
+    def dump_threads(self, settle: float = 0.5) -> None:
+        """Every thread's stack into its log (SIGUSR2 to the gunicorn worker)."""
+        if not self.alive():
+            return
+        assert self.proc is not None
+        for pid in self.pids():
+            # Only the arbiter's children (its worker): a command the worker runs
+            # shares the group, and SIGUSR2 would kill it.
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR2)
+        time.sleep(settle)
 
     # -- talking to it ---------------------------------------------------------------------
     def call(self, method: str, body: dict | bytes | None = None, timeout: float = 30) -> tuple[int, dict]:
