@@ -1,6 +1,6 @@
-"""``drctl binlog start|ls|stop``: the binlog collector of a target, and its
-archive (binlog_runner.py runs the collector, binlog.py checks what it
-records)."""
+"""``drctl binlog start|ls|stop|prune``: the binlog collector of a target,
+and its archive (binlog_runner.py runs the collector, binlog.py checks what
+it records, binlog_prune.py removes what no kept backup needs)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from ..cli.output import print_listing
+from ..cli.output import print_json, print_listing
 from ..cli.parsing import command_group
 from ..errors import Conflict, InvalidRequest, NotFound
 from . import jobs, trust
 from .binlog import at_text
-from .model import BINLOG, RUNNING, TERMINAL, Job
+from .model import BINLOG, RUNNING, TERMINAL, Job, check_name
 from .resources import human_bytes
 
 # A collector runs until stopped: its deadline (and the lease of its slot and
@@ -37,6 +37,11 @@ def add_commands(sub, common, job_options: Callable[[argparse.ArgumentParser], N
     sp = bl.add_parser("stop", help="stop TARGET's collector (its archive stays)", parents=[common])
     sp.add_argument("target")
     sp.set_defaults(run=cmd_stop)
+    pr = bl.add_parser("prune", help="remove this host's archived files that no kept backup needs "
+                                     "(never the newest)", parents=[common])
+    pr.add_argument("--target", "-t", help="only this target (default: every target with an archive)")
+    pr.add_argument("--dry-run", action="store_true", help="print what would go, remove nothing")
+    pr.set_defaults(run=cmd_prune)
 
 
 def collectors(store, target: str | None = None, live: bool = True) -> list[Job]:
@@ -89,4 +94,31 @@ def cmd_ls(args, ctx) -> int:
                   ["TARGET", "FILE", "SIZE", "POSITIONS", "FIRST EVENT (UTC)", "LAST EVENT (UTC)", "EVENTS", "HOST"],
                   lambda r: [r.target, r.file, human_bytes(r.size), f"{r.start_pos}-{r.end_pos}",
                              at_text(r.first_time), at_text(r.last_time), r.events, r.host])
+    return 0
+
+
+def cmd_prune(args, ctx) -> int:
+    from .binlog_prune import prune_all
+    from .containers import Containers
+
+    if args.target:
+        check_name(args.target, "target")
+    reports = prune_all(ctx.store, Containers(ctx.docker).volume_path, ctx.np_cfg.host_id, args.target,
+                        dry_run=args.dry_run)
+    if ctx.json:
+        print_json([asdict(r) for r in reports])
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for r in reports:
+        for name in r.removed + r.swept:
+            print(f"{verb} {r.target}/{name}: {r.reasons.get(name, '')}")
+        for what in r.skipped:
+            print(f"skipped {r.target}/{what}")
+        if r.bad:
+            print(f"skipped {r.bad} bad binlog records of {r.target} (see the log)")
+        if not ctx.quiet:
+            why = f" ({r.reasons['']})" if "" in r.reasons else ""
+            print(f"{r.target}: kept {r.kept} files{why}")
+    if not reports and not ctx.quiet:
+        print("no archived binlog file" + (f" of {args.target}" if args.target else ""))
     return 0

@@ -15,7 +15,9 @@ Rules, per target, over the catalog (which holds verified backups only):
 * the runner prunes only after a verified success (a failed job never prunes);
 * a backup that an active restore job is reading is never deleted;
 * a backup that a kept physical incremental's chain needs (its base, and so
-  on to the full one) is kept, whatever rule would delete it.
+  on to the full one) is kept, whatever rule would delete it;
+* then the binlog archive files that no kept backup needs for a point-in-time
+  restore go too (binlog_prune.py), reported as ``binlog <file>``.
 
 Tiered (grandfather-father-son) retention, as restic's ``forget``: with any of
 ``keep_daily``, ``keep_weekly``, ``keep_monthly``, a backup is kept when it is
@@ -35,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ..errors import Conflict, InvalidRequest
-from . import ondisk, physical_chain, trust
+from ..errors import Conflict, InvalidRequest, NetpluginError
+from . import binlog_prune, ondisk, physical_chain, trust
 from .model import RESTORE, Backup
 
 log = logging.getLogger(__name__)
@@ -234,4 +236,25 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
         store.remove_backup(b)
         report.deleted.append(b.name)
         log.info("retention: deleted backup %s of %s (%s)", b.name, target, p.reasons.get(b.name))
+    _prune_binlogs(store, target, report, volume_path, host, dry_run)
     return report
+
+
+def _prune_binlogs(store, target: str, report: Report, volume_path: Callable[[str], str | None], host: str,
+                   dry_run: bool) -> None:
+    """The binlog files no backup kept now needs (binlog_prune.py), as
+    ``binlog <file>`` in the report; a failure there is reported, never raised:
+    the backups' retention is done."""
+    gone = set(report.deleted)
+    kept = [b for b in trust.valid_backups(store.backups(target), log) if b.name not in gone]
+    try:
+        bl = binlog_prune.prune(store, target, volume_path, host, dry_run=dry_run, backups=kept)
+    except NetpluginError as exc:
+        report.skipped.append(f"binlog archive ({exc.message})")
+        return
+    for name in bl.removed + bl.swept:
+        report.deleted.append(f"binlog {name}")
+        report.reasons[f"binlog {name}"] = bl.reasons.get(name, "")
+    report.skipped.extend(f"binlog {s}" for s in bl.skipped)
+    if bl.bad:
+        report.skipped.append(f"binlog archive: {bl.bad} bad records skipped (see the log)")

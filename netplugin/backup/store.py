@@ -532,6 +532,20 @@ class BackupStore:
     def remove_binlog(self, rec: BinlogFile) -> None:
         self.kv.txn([], [Delete(self.k_binlog(rec.target, rec.file))])
 
+    def remove_binlog_if_unchanged(self, rec: BinlogFile) -> bool:
+        """Delete rec's record only while it still holds rec (one transaction
+        guarded by the revision read); False when it changed or went."""
+        key = self.k_binlog(rec.target, rec.file)
+        item = self.kv.get(key)
+        if item is None:
+            return False
+        try:
+            if check_binlog(BinlogFile.from_json(item.value)) != rec:
+                return False
+        except NetpluginError:
+            return False
+        return bool(self.kv.txn([unchanged(key, item.mod_revision)], [Delete(key)]))
+
 
     # -- following changes: drctl run --wait, drctl events ------------------------------
     def watch_job(self, job_id: str, stop: threading.Event) -> Iterator[Job]:
