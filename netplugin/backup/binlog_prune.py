@@ -154,7 +154,10 @@ def _sweep(report: Report, records: list[BinlogFile], cut_file: str, volume_path
     base, cut = binlog.split_file(cut_file)
     gone = set(report.removed)
     left = [r for r in records if r.file not in gone]
-    cut = min([cut, *(r.seq for r in left if binlog.split_file(r.file)[0] == base)])
+    same = [r.seq for r in left if binlog.split_file(r.file)[0] == base]
+    if not same:
+        return          # no catalogued file of this base after them: the collector may be writing one
+    cut = min(cut, *same)
     catalogued = {r.file for r in records}
     for volume in sorted({r.volume for r in left if r.host == host}):
         vbase = volume_path(volume)

@@ -165,3 +165,13 @@ def test_drctl_binlog_prune(monkeypatch, capsys, vol):
     assert r.code == 0 and r.lines[-1] == "shop: kept 2 files" and on_disk(vol) == [name(3), name(4)]
     r = drctl("binlog", "prune", "--target", "../x")
     assert r.code != 0 and "target" in r.err
+
+
+def test_no_sweep_of_a_base_without_a_catalogued_file(vol):
+    """Files of the cut's base with no record of that base at all may be the
+    collector's current ones: left alone, as other bases' records are."""
+    store = archive(vol, [1, 2])
+    (vol / "shop" / "binlog" / "db-bin.000002").write_bytes(b"being written")
+    report = run(store, vol, backups=[backup("b1", "db-bin.000005")])
+    assert report.removed == [] and report.swept == []
+    assert "db-bin.000002" in on_disk(vol) and len(store.binlogs("shop")) == 2
