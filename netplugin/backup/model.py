@@ -3,7 +3,8 @@
 A job is one backup or one restore, run by the drctl agent of one host::
 
     queued -> starting -> running -> verifying -> succeeded
-       |         |           |           |
+       |  ^      |           |           |
+       |  +------+ interrupted before anything ran: queued again (MAX_START_ATTEMPTS)
        +---------+-----------+-----------+----> failed | expired | cancelled
 
 ``starting`` covers creating the container, starting it and checking every
@@ -32,9 +33,16 @@ ACTIVE = frozenset({STARTING, RUNNING, VERIFYING})          # holding a slot and
 TERMINAL = frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED})
 ENDINGS = frozenset({FAILED, EXPIRED, CANCELLED})
 
+# Admissions of one job that an agent stop may interrupt while the job is
+# starting before the job fails. Each such attempt ran nothing (runner.py proves
+# it), so retrying is safe; the bound keeps a job whose start kills the agent
+# (or a host that keeps restarting) from looping forever, and 3 rides out one
+# restart plus one more while still failing within minutes of a real fault.
+MAX_START_ATTEMPTS = 3
+
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({STARTING}) | ENDINGS,
-    STARTING: frozenset({RUNNING}) | ENDINGS,
+    STARTING: frozenset({RUNNING, QUEUED}) | ENDINGS,    # queued: its start was interrupted, nothing ran
     RUNNING: frozenset({VERIFYING}) | ENDINGS,
     VERIFYING: frozenset({SUCCEEDED}) | ENDINGS,
     SUCCEEDED: frozenset(), FAILED: frozenset(), EXPIRED: frozenset(), CANCELLED: frozenset(),
@@ -224,6 +232,7 @@ class Job(_Record):
     removed: float = 0.0                      # when its container was removed (drctl rm, clean-up)
     server: str = ""                          # the lock name: server_key(); one active job per server
     place: dict = field(default_factory=dict)          # LABEL: VALUE its host was chosen by (placement.py)
+    start_attempts: int = 0                   # admissions interrupted while starting (MAX_START_ATTEMPTS)
 
     @property
     def lock_key(self) -> str:
@@ -249,6 +258,12 @@ class Job(_Record):
             if h["state"] == state:
                 return h["time"]
         return None
+
+    def interrupted_starts(self) -> int:
+        """start_attempts as a count; a record with anything else counts as
+        having used every attempt (a crafted value never buys a retry)."""
+        n = self.start_attempts
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else MAX_START_ATTEMPTS
 
     def refuse(self, reason: str, now: float) -> None:
         """End a job whose record cannot be trusted: failed, whatever state it

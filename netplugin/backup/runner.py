@@ -43,6 +43,7 @@ from .model import (
     COMPRESSIONS,
     EXPIRED,
     FAILED,
+    MAX_START_ATTEMPTS,
     RESTORE,
     RUNNING,
     STARTING,
@@ -220,13 +221,24 @@ class Runner:
         refused = self._refuse(job)
         if refused is not None:
             return refused
+        exhausted = ""
+        # Logical jobs only: a physical job's start leaves what a retry would trip on
+        # (a sender asked of another host, a restore's fresh data volume).
+        if job.state == STARTING and job.job_spec.method != "physical":
+            retried = self._retry_start(job)
+            if isinstance(retried, Job):
+                return retried
+            exhausted = retried or ""
 
         def steps(ctx: _Ctx) -> None:
             self._locate(ctx)
             ctx.physical = physical_jobs.for_job(self, ctx)
+            if exhausted:
+                raise JobEnded(FAILED, exhausted)
             if job.state == STARTING:
-                raise JobEnded(FAILED, "the agent stopped while the job was starting (its limits were not all "
-                                       "checked): submit it again")
+                raise JobEnded(FAILED, "the agent stopped while the job was starting, and it cannot be proven "
+                                       "that nothing ran (its container had started, or the job is physical): "
+                                       "submit it again")
             try:
                 info = self.docker.inspect(ctx.container)
             except Exception as exc:  # Docker's own error types; only NotFound is an answer
@@ -243,6 +255,72 @@ class Runner:
             log.exception("job %s: adopting failed", job.id)
             return f"adopting the job failed: {type(exc).__name__}: {exc}"
         return self._to_the_end(_Ctx(job), steps, unexpected)
+
+    # -- a start the agent's stop interrupted -----------------------------------------------
+    def _never_started(self, job: Job) -> str | None:
+        """Proof that the interrupted attempt ran nothing: returns the id of its
+        leftover container to remove ("" when there is none), or None when it
+        cannot be proven. The container is looked up by its recorded id, else by
+        the name the runner gives it (the agent may have stopped between create
+        and recording the id). Only a container that never started proves it:
+        Docker says State.StartedAt is the zero time, it does not run, has no
+        pid. Once the container started, the job script ran: it waits at the
+        gate, but nothing here can tell how far a killed script got (the gate is
+        this host's file, written at running), so such a job fails as before."""
+        name = f"drctl-{job.id}"
+        try:
+            info = self.docker.inspect(job.container or name)
+        except Exception as exc:  # noqa: BLE001 - Docker's own error types; only NotFound proves absence
+            if is_not_found(exc):
+                return ""
+            log.warning("job %s: cannot inspect its container: %s", job.id, exc)
+            return None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        state = info.get("State") or {}
+        if labels.get(LABEL_JOB) != job.id:
+            log.warning("job %s: container %s is not this job's: left alone", job.id, str(info.get("Id"))[:12])
+            return None
+        started = str(state.get("StartedAt") or "")
+        if not started.startswith("0001-01-01") or state.get("Running") or state.get("Pid"):
+            return None
+        return str(info.get("Id") or job.container or name)
+
+    def _retry_start(self, job: Job) -> Job | str | None:
+        """A job the agent's stop caught while starting: when nothing ran,
+        remove the attempt's leftover container (a retry creates one of the same
+        name) and put the job back in its host's queue, freeing its slot and
+        lock (store.requeue, one transaction); the job as queued. After
+        MAX_START_ATTEMPTS such attempts: the message to fail it with. None:
+        its container started, the job fails as any interrupted start did."""
+        leftover = self._never_started(job)
+        if leftover is None:
+            return None
+        if leftover:
+            try:
+                self.docker.client.remove_container(leftover, v=False, force=True)
+            except Exception as exc:  # noqa: BLE001 - a container left would collide: no retry then
+                if not is_not_found(exc):
+                    log.warning("job %s: cannot remove its unstarted container: %s", job.id, exc)
+                    return None
+            log.info("job %s: removed the unstarted container %s of the interrupted attempt", job.id, leftover[:12])
+        for _ in range(4):
+            found = self.store.get(job.id)
+            if found is None or found[0].state != STARTING:
+                return found[0] if found else job
+            current, rev = found
+            attempt = current.interrupted_starts() + 1
+            if attempt >= MAX_START_ATTEMPTS:
+                return (f"the agent stopped while the job was starting {attempt} times (nothing ran; at most "
+                        f"{MAX_START_ATTEMPTS} attempts): find why the agent stops, then submit it again")
+            current.start_attempts = attempt
+            current.container, current.container_name = "", ""
+            if self.store.requeue(current, rev, self.clock(),
+                                  f"attempt {attempt} of {MAX_START_ATTEMPTS} interrupted while starting (the agent "
+                                  "stopped; nothing ran): queued again"):
+                log.info("job %s: queued again after interrupted attempt %s", job.id, attempt)
+                return current
+        return "the job's record kept changing while it was being queued again after an interrupted start: " \
+               "submit it again"
 
     def _to_the_end(self, ctx: _Ctx, steps: Callable[[_Ctx], None], unexpected: Callable[[Exception], str]) -> Job:
         """Run steps; however they stop, end the job with a state and a message."""

@@ -315,11 +315,15 @@ class Agent:
             finally:
                 try:
                     found = self.store.get(job.id)
-                    self.store.release(found[0] if found else final)
+                    # Queued again (runner._retry_start): its slot and lock went in that
+                    # transaction, and a tick may have admitted it anew since: leave them.
+                    if final.state != QUEUED:
+                        self.store.release(found[0] if found else final)
                 except NetpluginError as exc:
                     log.warning("agent: job %s: slot not released (%s); its lease will free it", job.id, exc.message)
                 with self._lock:
-                    self.threads.pop(job.id, None)
+                    if self.threads.get(job.id) is threading.current_thread():   # not a re-admission's
+                        self.threads.pop(job.id, None)
                 self.wake.set()
         thread = threading.Thread(target=work, name=f"job-{job.id}", daemon=True)
         with self._lock:

@@ -220,6 +220,31 @@ class BackupStore:
         for key in (self.k_slot(job.host, job.slot if job.slot is not None else -1), self.k_lock(job.lock_key)):
             self.kv.txn([Compare(key, "value", "==", job.id)], [Delete(key)])
 
+    def requeue(self, job: Job, rev: int, now: float, message: str) -> bool:
+        """starting -> queued for a job whose start was interrupted before
+        anything ran, in ONE transaction: the job unchanged since ``rev``, its
+        slot and lock deleted only while unchanged and still naming it (one
+        another job holds is left alone), its lease key deleted, its queue entry
+        put back. Then its lease is given back. False when anything changed."""
+        job.move(QUEUED, message, now=now)
+        job.slot = None
+        job.run_by = 0.0
+        compares: list[Compare] = [unchanged(self.k_job(job.id), rev)]
+        ops: list[Put | Delete] = [Put(self.k_job(job.id), job.to_json()), Put(self.k_queue(job.host, job.id), job.id),
+                                   Delete(self.k_job_lease(job.id))]
+        held = [self.k_slot(job.host, n) for n, holder in self.slots(job.host).items() if holder == job.id]
+        for key in [*held, self.k_lock(job.lock_key)]:
+            item = self.kv.get(key)
+            if item is not None and item.value.decode() == job.id:
+                compares.append(unchanged(key, item.mod_revision))
+                ops.append(Delete(key))
+        lease = self.kv.get(self.k_job_lease(job.id))
+        if not self.kv.txn(compares, ops):
+            return False
+        if lease is not None and lease.value.isdigit():
+            self._give_back(int(lease.value))
+        return True
+
     def slots(self, host: str) -> dict[int, str]:
         return {int(i.key.rsplit("/", 1)[1]): i.value.decode() for i in self.kv.get_prefix(self.k_slot(host))}
 

@@ -518,10 +518,122 @@ def test_adopting_a_running_job_waits_for_it_and_verifies(rig):
     assert len(rig.files()) == 2 and not any(f.endswith(".partial") for f in rig.files())
 
 
-def test_adopting_a_starting_job_fails_it_safely(rig):
+class AgentKilled(BaseException):
+    """The agent's process dying mid-step: nothing of the runner's catches it."""
+
+
+def _stamp_docker(rig):
+    """The fake Docker saying State.StartedAt as dockerd does (the zero time
+    until the container starts) and finding a container by its name too."""
+    docker = rig.docker
+    plain_get, plain_inspect, plain_start = docker._get, docker.inspect_container, docker.start
+    started: set[str] = set()
+
+    def get(ref):
+        for c in docker.containers.values():
+            if ref == c.name:
+                return c
+        return plain_get(ref)
+
+    def inspect(ref):
+        info = plain_inspect(get(ref).id)
+        info["State"]["StartedAt"] = "2026-12-04T12:00:00.5Z" if info["Id"] in started else "0001-01-01T00:00:00Z"
+        return info
+
+    def start(ref):
+        started.add(get(ref).id)
+        plain_start(get(ref).id)
+    docker._get, docker.inspect_container, docker.start = get, inspect, start
+
+
+def _killed_while_starting(rig, job, where="start"):
+    """Run job until the agent dies: before docker start (the container
+    created, never started), or after it (started, limits not checked)."""
+    _stamp_docker(rig)
+    runner = rig.runner()
+    start, applied = rig.docker.start, rig.env.applied
+    if where == "start":
+        def die(ctx):
+            raise AgentKilled
+        runner._attach = die              # the container is made and recorded, not started
+    else:
+        def die_after(pid, device):
+            raise AgentKilled
+        runner.env.applied = die_after
+    with pytest.raises(AgentKilled):
+        runner.run(job)
+    rig.docker.start, rig.env.applied = start, applied
+    found = rig.store.get(job.id)[0]
+    assert found.state == STARTING
+    return found
+
+
+def _requeued_then_admitted(rig, job):
+    found, rev = rig.store.get(job.id)
+    assert found.state == QUEUED
+    assert rig.store.queued("h1") == [job.id]
+    again = rig.store.admit(found, rev, 0, time.time(), found.job_spec.timeout)
+    assert again is not None
+    return again
+
+
+def test_adopting_a_starting_job_whose_container_never_started_queues_it_again_then_it_succeeds(rig):
     job = rig.job()
-    final = rig.runner().adopt(job)
-    assert final.state == FAILED and "starting" in final.message
+    found = _killed_while_starting(rig, job)
+    assert found.container and len(rig.docker.containers) == 1
+    queued = rig.runner().adopt(found)
+    assert queued.state == QUEUED and queued.start_attempts == 1
+    assert "attempt 1 of 3 interrupted while starting" in queued.message and "nothing ran" in queued.message
+    assert rig.docker.containers == {}                      # the leftover is removed: its name would collide
+    assert rig.store.slots("h1") == {} and rig.store.lock_holder(job.lock_key) is None
+    assert rig.kv.get(rig.store.k_job_lease(job.id)) is None
+    final = rig.run(_requeued_then_admitted(rig, job))
+    assert final.state == SUCCEEDED, final.message
+    assert states(final) == [QUEUED, STARTING, QUEUED, STARTING, RUNNING, VERIFYING, SUCCEEDED]
+    assert final.start_attempts == 1 and len(rig.files()) == 2
+
+
+def test_adopting_a_starting_job_with_no_container_yet_queues_it_again(rig):
+    job = rig.job()                                         # admitted; the agent died before create
+    queued = rig.runner().adopt(job)
+    assert queued.state == QUEUED and rig.store.queued("h1") == [job.id]
+    assert rig.store.slots("h1") == {} and rig.store.lock_holder(job.lock_key) is None
+
+
+def test_a_job_interrupted_while_starting_too_often_fails_saying_so(rig):
+    job = rig.job()
+    for attempt in (1, 2):
+        found = _killed_while_starting(rig, job)
+        assert rig.runner().adopt(found).state == QUEUED
+        job = _requeued_then_admitted(rig, job)
+        assert job.start_attempts == attempt
+    found = _killed_while_starting(rig, job)
+    final = rig.runner().adopt(found)
+    rig.store.release(final)
+    assert final.state == FAILED
+    assert "starting 3 times" in final.message and "at most 3 attempts" in final.message
+    assert rig.docker.containers == {} and rig.store.queued("h1") == []
+    assert rig.store.slots("h1") == {} and rig.store.lock_holder(job.lock_key) is None
+
+
+def test_adopting_a_starting_job_whose_container_started_fails_it_as_before(rig):
+    job = rig.job()
+    found = _killed_while_starting(rig, job, where="after start")
+    rig.docker.kill(found.container)                         # it ended since: only StartedAt tells it ran
+    rig.docker.containers[found.container].pid = 0
+    final = rig.runner().adopt(found)
+    assert final.state == FAILED and "cannot be proven that nothing ran" in final.message
+    assert rig.store.queued("h1") == [] and states(final)[-2:] == [STARTING, FAILED]
+
+
+def test_a_starting_job_whose_container_is_not_its_own_is_not_queued_again(rig):
+    job = rig.job()
+    found = _killed_while_starting(rig, job)
+    c = rig.docker.containers[found.container]
+    c.labels = {**c.labels, "netplugin.backup.job": "another-job"}
+    final = rig.runner().adopt(found)
+    assert final.state == FAILED and rig.store.queued("h1") == []
+    assert found.container in rig.docker.containers          # not ours: never removed
 
 
 def test_adopting_a_job_whose_container_vanished_fails(rig):
@@ -597,3 +709,12 @@ def test_restore_into_the_source_server_needs_into_source(rig):
     job = rig.run(rig.job(kind=RESTORE, target="prod-db3", network="prod", backup=b.result["backup"], replace=True,
                           into_source=True))
     assert job.state == SUCCEEDED, job.message
+
+
+def test_a_physical_job_caught_starting_is_not_queued_again(rig):
+    """Its start may have asked another host for a sender: failed as before."""
+    job = rig.job()
+    rig.store.update(job.id, lambda j: j.spec.update(method="physical", db_host_id="h2", data_volume="pgdata"))
+    final = rig.runner().adopt(rig.store.get(job.id)[0])
+    assert final.state == FAILED and rig.store.queued("h1") == [], final.message
+    assert "cannot be proven that nothing ran" in final.message

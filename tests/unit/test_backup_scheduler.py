@@ -363,3 +363,94 @@ def test_gc_removes_old_containers_and_records(world):
     assert D.removed == ["c1"] and world.store.get(job.id)[0].removed
     agent.gc(world.now + world.cfg.keep_history + 1)
     assert world.store.get(job.id) is None
+
+
+# -- a job whose start an agent stop interrupted: queued again --------------------------------
+
+def _admitted(world: World, target: str = "db1") -> Job:
+    job = world.submit(target)
+    found, rev = world.store.get(job.id)
+    admitted = world.store.admit(found, rev, 0, world.now, 60)
+    assert admitted is not None
+    return admitted
+
+
+def test_queuing_an_interrupted_start_again_frees_slot_lock_and_lease_in_one_transaction(world):
+    job = _admitted(world)
+    lease = int(world.kv.get(world.store.k_job_lease(job.id)).value)
+    found, rev = world.store.get(job.id)
+    world.store.update(job.id, lambda j: setattr(j, "message", "changed meanwhile"))
+    assert not world.store.requeue(found, rev, world.now, "again")          # stale revision: nothing written
+    assert world.state(job.id) == STARTING and world.store.slots("h1") == {0: job.id}
+    assert world.store.lock_holder("db1") == job.id and world.store.queued("h1") == []
+    found, rev = world.store.get(job.id)
+    assert world.store.requeue(found, rev, world.now, "again")
+    again = world.store.get(job.id)[0]
+    assert again.state == QUEUED and again.slot is None and again.history[-1]["message"] == "again"
+    assert world.store.queued("h1") == [job.id]
+    assert world.store.slots("h1") == {} and world.store.lock_holder("db1") is None
+    assert world.kv.get(world.store.k_job_lease(job.id)) is None
+    assert world.kv.refresh_lease(lease) == 0                               # given back
+
+
+def test_queuing_again_never_frees_a_lock_another_job_holds(world):
+    job = _admitted(world)
+    world.kv.revoke_lease(int(world.kv.get(world.store.k_job_lease(job.id)).value))   # its lease lapsed
+    other = _admitted(world)                                                # ... and another job took db1
+    found, rev = world.store.get(job.id)
+    assert world.store.requeue(found, rev, world.now, "again")
+    assert world.store.lock_holder("db1") == other.id and world.store.slots("h1") == {0: other.id}
+
+
+def test_two_agents_racing_for_a_job_queued_again_admit_it_once(world):
+    job = _admitted(world)
+    found, rev = world.store.get(job.id)
+    assert world.store.requeue(found, rev, world.now, "again")
+    found, rev = world.store.get(job.id)
+    barrier = threading.Barrier(2)
+    won: list[Job | None] = []
+
+    def admit(slot: int) -> None:
+        mine = Job.from_json(found.to_json())
+        barrier.wait()
+        won.append(world.store.admit(mine, rev, slot, world.now, 60))
+    threads = [threading.Thread(target=admit, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert sorted(w is not None for w in won) == [False, True]
+    assert len(world.store.slots("h1")) == 1 and world.store.lock_holder("db1") == job.id
+    assert [h["state"] for h in world.store.get(job.id)[0].history] == [QUEUED, STARTING, QUEUED, STARTING]
+
+
+class RequeueingRunner(HoldingRunner):
+    """Adopts a starting job as the real runner does when nothing ran: queues it again."""
+
+    def adopt(self, job: Job) -> Job:
+        w = self.world
+        w.adopted.append(job.id)
+        found, rev = w.store.get(job.id)
+        assert w.store.requeue(found, rev, w.now, "attempt 1 of 3 interrupted while starting")
+        w.requeued.set()
+        w.readmitted.wait(5)          # the next tick admits it before this thread ends
+        return found                  # as queued again, as Runner.adopt returns it
+
+
+def test_an_agent_admits_a_job_queued_again_and_the_old_thread_leaves_its_new_slot(world):
+    world.requeued, world.readmitted = threading.Event(), threading.Event()
+    job = _admitted(world)
+    agent = Agent(world.store, "h1", world.cfg, lambda: RequeueingRunner(world), clock=lambda: world.now)
+    agent.start(wait_previous=0)
+    assert world.requeued.wait(5)
+    with agent._lock:
+        agent.threads.pop(job.id)     # as if its thread ended; it still runs its finally below
+    assert agent.tick() == [job.id]
+    world.readmitted.set()
+    world.wait_for(lambda: job.id in world.started)
+    time.sleep(0.1)                   # the adopting thread's finally has run
+    assert world.store.slots("h1") == {0: job.id} and world.store.lock_holder("db1") == job.id
+    world.release[job.id].set()
+    agent.join(5)
+    assert world.state(job.id) == SUCCEEDED
+    assert world.store.slots("h1") == {} and world.store.lock_holder("db1") is None
