@@ -216,6 +216,7 @@ def serve(cfg: Config) -> None:
 
     from .api import create_app
     from .gunicorn_logs import ThroughRoot
+    from .preload import preload
     from .sdnotify import notify, take_socket
     from .wiring import make_components
 
@@ -245,6 +246,7 @@ def serve(cfg: Config) -> None:
             # worker does not use) dumps every thread's stack to the log, to see
             # what a daemon that stopped answering is waiting on.
             faulthandler.register(signal.SIGUSR2, all_threads=True)
+            preload()                   # before any thread of ours: see preload.py
             parts = make_components(cfg)
             start_metrics(parts)
             background_start(parts)

@@ -616,6 +616,8 @@ def cmd_events(args, ctx) -> int:
 
 def cmd_agent(args, ctx) -> int:
     from ..logs import setup
+    from ..preload import preload
+    preload()                       # before the agent's threads: see preload.py
     from .binlog_runner import BinlogRunner
     from .drills import Drilling, sweep_scratch
     from .fleet import fleet_passes

@@ -152,17 +152,22 @@ def rig(tmp_path_factory):
         assert leftovers(d, network) == NOTHING
         yield r
     except BaseException:
+        d.dump_threads()                 # what a daemon that stopped answering waits on
         print(cluster.logs())
-        print(f"--- {d.log}\n{d.tail(5000)}")
+        print(f"--- {d.log}\n{d.tail(30000)}")
         raise
     finally:
-        ids = docker("ps", "-aq", "--filter", f"label={LABEL}", check=False).stdout.split()
-        if ids:
-            docker("rm", "-f", *ids, check=False)
-        docker("network", "rm", network, check=False)
-        d.stop()
-        cluster.stop()
-        d.remove_bridge()
+        # Each step on its own: a Docker stuck behind a hung daemon must not leave
+        # the daemon and the cluster running for the rest of the session.
+        try:
+            ids = docker("ps", "-aq", "--filter", f"label={LABEL}", check=False).stdout.split()
+            if ids:
+                docker("rm", "-f", *ids, check=False)
+            docker("network", "rm", network, check=False)
+        finally:
+            d.stop()
+            cluster.stop()
+            d.remove_bridge()
 
 
 def test_member_killed_and_restarted_under_load(rig):
