@@ -97,6 +97,8 @@ def start_metrics(parts: Components) -> None:
 # answered before this daemon holds its host id.
 BEFORE_CLAIM = {"/Plugin.Activate", "/NetworkDriver.GetCapabilities", "/IpamDriver.GetCapabilities",
                 "/IpamDriver.GetDefaultAddressSpaces", "/health"}
+# Of those, the ones that reach a library (OVS, etcd): they wait for preload.py.
+NEEDS_LIBRARIES = {"/health"}
 REFUSED_EXIT = 4      # gunicorn's "app failed to load": its arbiter stops with this status
 CLAIM_WAIT = 10.0     # seconds a call made right at start waits for the first claim (a kill -9 restart
                       # takes its claim back once the old worker is gone; well inside the 20 s deadline)
@@ -107,17 +109,25 @@ class ClaimGate:
     host id, every call but activation is answered 503 with the reason, so
     nothing is allocated, released or written for a host id it may not own."""
 
-    def __init__(self, app, heartbeat: HostHeartbeat):
+    def __init__(self, app, heartbeat: HostHeartbeat, loaded: threading.Event | None = None,
+                 wait: float = CLAIM_WAIT):
         from .api.wire import CONTENT_TYPE
         self.app = app
         self.heartbeat = heartbeat
+        self.loaded = loaded
+        self.wait = wait
         self.content_type = CONTENT_TYPE
 
     def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO") in BEFORE_CLAIM or self.settled():
+        path = environ.get("PATH_INFO")
+        if path in BEFORE_CLAIM and (path not in NEEDS_LIBRARIES or self.libraries_loaded()):
+            return self.app(environ, start_response)
+        if path not in BEFORE_CLAIM and self.settled():
             return self.app(environ, start_response)
         hb = self.heartbeat
-        if hb.reason:
+        if path in NEEDS_LIBRARIES:
+            message = "netplugin is starting (loading its libraries): retry in a few seconds"
+        elif hb.reason:
             message = hb.reason
         elif hb.waiting:
             message = (f"netplugin is waiting for host id {hb.cfg.host_id} to be given up before it claims it "
@@ -131,6 +141,12 @@ class ClaimGate:
                                                    ("Content-Length", str(len(body)))])
         return [body]
 
+
+    def libraries_loaded(self) -> bool:
+        """Whether preload.py is done (waiting up to ``wait`` seconds): /health
+        reaches OVS, whose library no request thread may import while the start
+        thread imports."""
+        return self.loaded is None or self.loaded.wait(self.wait)
 
     def settled(self, wait: float = CLAIM_WAIT) -> bool:
         """Whether the id is held; a call that comes in the moment the daemon
@@ -246,11 +262,20 @@ def serve(cfg: Config) -> None:
             # worker does not use) dumps every thread's stack to the log, to see
             # what a daemon that stopped answering is waiting on.
             faulthandler.register(signal.SIGUSR2, all_threads=True)
-            preload()                   # before any thread of ours: see preload.py
             parts = make_components(cfg)
-            start_metrics(parts)
-            background_start(parts)
-            return ClaimGate(create_app(parts), parts.heartbeat)
+            loaded = threading.Event()
+
+            def start() -> None:
+                # One thread imports every library before any other thread of ours
+                # starts (preload.py); Docker's activation calls, which need none, are
+                # answered meanwhile, and every other call waits at the gate for the
+                # host claim, which comes after.
+                preload()
+                loaded.set()
+                start_metrics(parts)
+                background_start(parts)
+            threading.Thread(target=start, name="start", daemon=True).start()
+            return ClaimGate(create_app(parts), parts.heartbeat, loaded)
 
     log.info("netplugin %s on host %s: socket %s, bridge %s (%s), etcd %s", __version__, cfg.host_id,
              cfg.socket, cfg.bridge, cfg.datapath_type, ",".join(cfg.etcd_endpoints))

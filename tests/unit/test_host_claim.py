@@ -202,3 +202,25 @@ def test_the_gate_answers_only_activation_until_the_id_is_claimed(kv, store, cfg
     hb.keeper.lease = None
     hb.beat()
     assert call(gate, "/IpamDriver.RequestAddress")[0].startswith("200")
+
+
+def test_health_waits_for_the_libraries_and_activation_does_not(kv, store, cfg):
+    """Until preload.py is done, /health (which reaches OVS) is 503 'starting'
+    while Docker's activation calls are answered; then /health goes through."""
+    import threading
+    hb = HostHeartbeat(cfg, store, wait_previous=0)
+    loaded = threading.Event()
+    app_calls = []
+
+    def app(environ, start_response):
+        app_calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"{}"]
+    gate = ClaimGate(app, hb, loaded, wait=0.05)
+    assert call(gate, "/Plugin.Activate")[0].startswith("200")
+    assert call(gate, "/IpamDriver.GetDefaultAddressSpaces")[0].startswith("200")
+    status, body = call(gate, "/health")
+    assert status.startswith("503") and "loading its libraries" in json.loads(body)["Err"]
+    loaded.set()
+    assert call(gate, "/health")[0].startswith("200")
+    assert app_calls == ["/Plugin.Activate", "/IpamDriver.GetDefaultAddressSpaces", "/health"]
