@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from ..errors import InvalidRequest
 from . import binlog, trust
 from .binlog import BinlogFile
-from .model import RESTORE, Backup, check_name
+from .model import RESTORE, Backup, Job, check_name
+from .pitr import check_replay
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +89,26 @@ def plan(records: list[BinlogFile], backups: list[Backup]) -> tuple[list[BinlogF
     return out, why
 
 
-def replaying(store, target: str) -> str | None:
+def replaying(jobs: list[Job], target: str) -> str | None:
     """The id of an active restore job that replays target's archive, if any.
-    A replay field that does not parse counts as reading it (safe side)."""
-    for j in store.list_jobs():
+    A replay field that does not pass pitr.check_replay counts as reading it
+    (safe side)."""
+    for j in jobs:
         if j.kind != RESTORE or j.terminal or not isinstance(j.spec, dict) or not j.spec.get("replay"):
             continue
-        replay = j.spec["replay"]
-        if not isinstance(replay, dict) or replay.get("source_target") in (target, None):
+        try:
+            if check_replay(j.spec["replay"])["source_target"] == target:
+                return j.id
+        except InvalidRequest:
             return j.id
     return None
 
 
 def prune(store, target: str, volume_path: Callable[[str], str | None], host: str, dry_run: bool = False,
-          backups: list[Backup] | None = None) -> Report:
+          backups: list[Backup] | None = None, jobs: list[Job] | None = None) -> Report:
     """One pass over target's archive on this host. backups: the kept backups
-    (default: the catalog's, every host's: any of them may start a replay)."""
+    (default: the catalog's, every host's: any of them may start a replay);
+    jobs: every job (default: read from the store), for the active restores."""
     report = Report(target)
     check_name(target, "target")
     bad = store.bad_binlogs
@@ -111,7 +116,7 @@ def prune(store, target: str, volume_path: Callable[[str], str | None], host: st
     report.bad = store.bad_binlogs - bad
     if backups is None:
         backups = trust.valid_backups(store.backups(target), log)
-    job = replaying(store, target)
+    job = replaying(store.list_jobs() if jobs is None else jobs, target)
     if job is not None:
         report.reasons[""] = f"restore job {job} replays the archive of {target}: nothing removed until it ends"
         report.kept = len(records)

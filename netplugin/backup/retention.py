@@ -180,7 +180,8 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
           volume_path: Callable[[str], str | None], host: str, dry_run: bool = False,
           tiers: Tiers | None = None, budget: int | None = None) -> Report:
     """Apply the plan to one target's backups written by host (this host)."""
-    every = [b for b in trust.valid_backups(store.backups(), log) if b.host == host]
+    catalog = trust.valid_backups(store.backups(), log)     # read and checked once: the binlog pass uses it too
+    every = [b for b in catalog if b.host == host]
     backups = [b for b in every if b.target == target]
     report = Report()
     if not backups:
@@ -207,7 +208,8 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
             p.delete.append(b)
             p.reasons[b.name] = f"volume {newest.volume} over its budget of {budget} bytes"
         p = keep_chains(p, backups)
-    reading = {str(j.spec.get("backup")): j.id for j in store.list_jobs()
+    jobs = store.list_jobs()
+    reading = {str(j.spec.get("backup")): j.id for j in jobs
                if j.kind == RESTORE and not j.terminal and isinstance(j.spec, dict)}
     for name, job in physical_chain.needed(backups, list(reading)).items():
         reading.setdefault(name, reading[job])          # a physical restore reads its whole chain
@@ -236,19 +238,20 @@ def prune(store, target: str, keep_last: int | None, max_age: float | None, now:
         store.remove_backup(b)
         report.deleted.append(b.name)
         log.info("retention: deleted backup %s of %s (%s)", b.name, target, p.reasons.get(b.name))
-    _prune_binlogs(store, target, report, volume_path, host, dry_run)
+    _prune_binlogs(store, target, report, [b for b in catalog if b.target == target], jobs, volume_path, host,
+                   dry_run)
     return report
 
 
-def _prune_binlogs(store, target: str, report: Report, volume_path: Callable[[str], str | None], host: str,
-                   dry_run: bool) -> None:
+def _prune_binlogs(store, target: str, report: Report, backups: list[Backup], jobs: list,
+                   volume_path: Callable[[str], str | None], host: str, dry_run: bool) -> None:
     """The binlog files no backup kept now needs (binlog_prune.py), as
     ``binlog <file>`` in the report; a failure there is reported, never raised:
-    the backups' retention is done."""
+    the backups' retention is done. backups: the target's, every host's."""
     gone = set(report.deleted)
-    kept = [b for b in trust.valid_backups(store.backups(target), log) if b.name not in gone]
+    kept = [b for b in backups if b.name not in gone]
     try:
-        bl = binlog_prune.prune(store, target, volume_path, host, dry_run=dry_run, backups=kept)
+        bl = binlog_prune.prune(store, target, volume_path, host, dry_run=dry_run, backups=kept, jobs=jobs)
     except NetpluginError as exc:
         report.skipped.append(f"binlog archive ({exc.message})")
         return

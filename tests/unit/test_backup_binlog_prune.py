@@ -102,6 +102,19 @@ def test_nothing_goes_while_a_restore_replays_the_archive(vol):
     assert len(store.binlogs("shop")) == 3 and len(on_disk(vol)) == 3
 
 
+def test_a_replay_of_another_target_does_not_hold_the_archive_and_a_bad_one_does(vol):
+    store = archive(vol, [1, 2, 3])
+    other = Job(id="20261204-000000-bbbbbb", kind=RESTORE, target="shop2", host="b", state="running",
+                spec={"replay": {"files": [name(1)], "start_pos": 4, "stop_at": T0, "source_target": "cart"}})
+    store.submit(other)
+    assert run(store, vol, backups=[backup("b1", name(3))], dry_run=True).removed == [name(1), name(2)]
+    bad = Job(id="20261204-000000-cccccc", kind=RESTORE, target="shop3", host="b", state="running",
+              spec={"replay": {"files": ["../x"], "source_target": "cart"}})     # fails pitr.check_replay
+    store.submit(bad)
+    report = run(store, vol, backups=[backup("b1", name(3))])
+    assert report.removed == [] and bad.id in report.reasons[""]
+
+
 def test_a_pass_stopped_after_a_record_went_is_swept_next_pass(vol):
     """Record first, then file: a kill -9 between them leaves a file without a
     record, removed by the next pass; a file the collector is writing (after
