@@ -100,6 +100,9 @@ class DockerAPIContract:
         assert "DRCTL_JOB=j1" in info["Config"]["Env"]
         assert LABELS.items() <= info["Config"]["Labels"].items()
         assert (info["State"]["Running"], info["State"]["Pid"], info["State"]["OOMKilled"]) == (False, 0, False)
+        # Never started: Go's zero time (drctl re-queues a start it can prove ran nothing); found by name too
+        assert info["State"]["StartedAt"].startswith("0001-01-01")
+        assert d.inspect_container(name)["Id"] == cid
         hc = info["HostConfig"]
         assert (hc["NanoCpus"], hc["Memory"], hc["MemorySwap"], hc["PidsLimit"]) == (
             LIMITS["nano_cpus"], LIMITS["mem_limit"], LIMITS["memswap_limit"], LIMITS["pids_limit"])
@@ -115,6 +118,8 @@ class DockerAPIContract:
         d.start(cid)
         info = d.inspect_container(cid)
         assert info["State"]["Running"] is True and info["State"]["Pid"] > 0
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", info["State"]["StartedAt"])
+        assert not info["State"]["StartedAt"].startswith("0001-01-01")
         net = info["NetworkSettings"]["Networks"][docker_world.network]
         assert HEX64.fullmatch(net["EndpointID"]) and re.fullmatch(r"\d+\.\d+\.\d+\.\d+", net["IPAddress"])
         with pytest.raises(Exception) as exc:                    # still waiting at its gate

@@ -48,6 +48,9 @@ class ReadTimeout(Exception):
     """Named like requests' ReadTimeout: what docker's wait(timeout=...) raises."""
 
 
+ZERO_TIME = "0001-01-01T00:00:00Z"       # Go's zero time: what dockerd says of a never-started container
+
+
 class FakeContainer:
     def __init__(self, cid, name, image, command, labels, host_config, networking, environment, user):
         self.id, self.name, self.image, self.command = cid, name, image, command
@@ -57,6 +60,7 @@ class FakeContainer:
         self.exit_code: int | None = None
         self.oom = False
         self.pid = 0
+        self.started_at = ZERO_TIME              # dockerd's State.StartedAt until the first start
         self.logs: list[str] = []
         self.done = threading.Event()
         self.killed = threading.Event()
@@ -122,9 +126,13 @@ class FakeDocker:
         return {"Id": cid, "Warnings": list(self.warnings)}
 
     def _get(self, cid) -> FakeContainer:
-        if cid not in self.containers:
-            raise NotFound(f"No such container: {cid}")
-        return self.containers[cid]
+        """By id or, as dockerd resolves them, by name."""
+        if cid in self.containers:
+            return self.containers[cid]
+        for c in self.containers.values():
+            if c.name and cid == c.name:
+                return c
+        raise NotFound(f"No such container: {cid}")
 
     def inspect_container(self, cid):
         c = self._get(cid)
@@ -133,14 +141,15 @@ class FakeDocker:
                 "Config": {"Env": [f"{k}={v}" for k, v in c.environment.items()], "Cmd": c.command,
                            "Labels": c.labels},
                 "State": {"Running": c.running, "ExitCode": c.exit_code if c.exit_code is not None else 0,
-                          "OOMKilled": c.oom, "Pid": c.pid},
+                          "OOMKilled": c.oom, "Pid": c.pid, "StartedAt": c.started_at},
                 "NetworkSettings": {"Networks": {net: {"EndpointID": c.endpoint, "IPAddress": c.ip}}}}
 
     def start(self, cid):
         c = self._get(cid)
-        c.running, c.pid = True, 40000 + int(cid, 16)
-        c.endpoint = hashlib.sha256(cid.encode()).hexdigest()
-        c.ip = f"10.0.0.{int(cid, 16) % 250 + 2}"
+        c.running, c.pid = True, 40000 + int(c.id, 16)
+        c.started_at = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        c.endpoint = hashlib.sha256(c.id.encode()).hexdigest()
+        c.ip = f"10.0.0.{int(c.id, 16) % 250 + 2}"
         if self.on_endpoint:
             self.on_endpoint(c)
         kind = c.command[-1] if c.command else "backup"

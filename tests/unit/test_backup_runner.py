@@ -522,34 +522,9 @@ class AgentKilled(BaseException):
     """The agent's process dying mid-step: nothing of the runner's catches it."""
 
 
-def _stamp_docker(rig):
-    """The fake Docker saying State.StartedAt as dockerd does (the zero time
-    until the container starts) and finding a container by its name too."""
-    docker = rig.docker
-    plain_get, plain_inspect, plain_start = docker._get, docker.inspect_container, docker.start
-    started: set[str] = set()
-
-    def get(ref):
-        for c in docker.containers.values():
-            if ref == c.name:
-                return c
-        return plain_get(ref)
-
-    def inspect(ref):
-        info = plain_inspect(get(ref).id)
-        info["State"]["StartedAt"] = "2026-12-04T12:00:00.5Z" if info["Id"] in started else "0001-01-01T00:00:00Z"
-        return info
-
-    def start(ref):
-        started.add(get(ref).id)
-        plain_start(get(ref).id)
-    docker._get, docker.inspect_container, docker.start = get, inspect, start
-
-
 def _killed_while_starting(rig, job, where="start"):
     """Run job until the agent dies: before docker start (the container
     created, never started), or after it (started, limits not checked)."""
-    _stamp_docker(rig)
     runner = rig.runner()
     start, applied = rig.docker.start, rig.env.applied
     if where == "start":
